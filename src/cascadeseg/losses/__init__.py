@@ -1,1 +1,73 @@
-"""cascadeseg.losses"""
+"""The papers' losses (napari-free).
+
+``build_loss(name, **options)`` returns a module called as ``loss(output, target, roi=None)``
+(``output``: a :class:`~cascadeseg.models.output.SegmentationOutput` or bare logits; ``target``:
+``(B, *spatial)`` labels) that combines deep-supervision heads, auxiliary outputs, cascade stages
+and the classification-guided module the way the model's paper does. The per-output pieces are
+usable alone on logits: :func:`soft_dice_loss`, :func:`focal_tversky_loss`, :func:`focal_loss`,
+:func:`cross_entropy_loss`, :func:`class_frequency_weighted_ce`, :func:`lovasz_hinge_loss`,
+:func:`laplace_dice_loss`, :func:`sample_matrix`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModelConfigError
+from .lovasz import lovasz_hinge_loss
+from .named import (
+    LOSSES,
+    ANUHybridLoss,
+    ClassWeightedCELoss,
+    DiceCELoss,
+    FocalTverskyLoss,
+    SoftDiceLoss,
+    UNetSharpMixedLoss,
+    WeightedSamplingLoss,
+)
+from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
+from .pixelwise import class_frequency_weighted_ce, class_frequency_weights, cross_entropy_loss, focal_loss
+from .sampling import brain_regions, sample_matrix
+from .supervision import SupervisedLoss
+
+
+def loss_names() -> list[str]:
+    """Names ``build_loss`` accepts (what ``ModelInfo.default_loss`` may say)."""
+    return list(LOSSES)
+
+
+def build_loss(name: str, **options: Any) -> nn.Module:
+    """The loss called ``name`` with its options (each class's docstring lists them and the
+    paper's defaults). Unknown names and options fail naming the loss and what it accepts."""
+    if name not in LOSSES:
+        raise ModelConfigError(f"unknown loss '{name}' (expected one of: {', '.join(LOSSES)})")
+    try:
+        return LOSSES[name](**options)
+    except TypeError as exc:
+        raise ModelConfigError(f"loss '{name}': {exc}") from exc
+
+
+__all__ = [
+    "ANUHybridLoss",
+    "ClassWeightedCELoss",
+    "DiceCELoss",
+    "FocalTverskyLoss",
+    "SoftDiceLoss",
+    "SupervisedLoss",
+    "UNetSharpMixedLoss",
+    "WeightedSamplingLoss",
+    "brain_regions",
+    "build_loss",
+    "class_frequency_weighted_ce",
+    "class_frequency_weights",
+    "cross_entropy_loss",
+    "focal_loss",
+    "focal_tversky_loss",
+    "laplace_dice_loss",
+    "loss_names",
+    "lovasz_hinge_loss",
+    "sample_matrix",
+    "soft_dice_loss",
+]

@@ -1,6 +1,9 @@
 """Building blocks shared by the architectures (dimension-generic: 2D and 3D)."""
 
 from .conv import ConvNormAct, DoubleConv, conv_layer, norm_layer
+from .encoder_decoder import UNetDecoder, UNetEncoder, level_widths, pooling_plan, segmentation_head
+from .residual import ResidualBlock
+from .rsu import RSU, RSU4F
 from .sampling import Downsample, Upsample, cumulative_divisor, plan_pooling, resize_to
 
 __all__ = [
@@ -13,4 +16,12 @@ __all__ = [
     "plan_pooling",
     "cumulative_divisor",
     "resize_to",
+    "UNetEncoder",
+    "UNetDecoder",
+    "level_widths",
+    "pooling_plan",
+    "segmentation_head",
+    "ResidualBlock",
+    "RSU",
+    "RSU4F",
 ]

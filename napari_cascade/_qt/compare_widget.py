@@ -1,0 +1,378 @@
+"""The Compare dock: cascade stages, every pruning depth and the attention maps, side by side.
+
+One click runs the engine's predictor once per pruning depth (each run really pruned, so the time
+shown is the time that depth costs) and, for models that have them, once more for the cascade
+stages and the attention coefficient maps. The results become layers:
+
+* ``<scan> L1`` .. ``L4`` and ``<scan> stage1`` / ``stage2``: labels layers;
+* ``<scan> stage2 vs stage1``, ``<scan> L2 vs L1`` ...: difference layers, 1 = added by the later
+  stage / deeper head (green), 2 = removed (red);
+* ``<scan> attention <gate>``: heat-map image layers in [0, 1].
+
+Side by side uses napari's grid mode with stride -2: every panel is a pair (a view of the scan
+sharing its voxels and contrast, then the overlay), counted from the top of the layer list so the
+pairs stay aligned whatever else the viewer holds. With a ground-truth labels layer, a table gives
+Dice, IoU, precision, recall and HD95 (engine metrics, foreground vs background) per stage and per
+depth, with each depth's time and speed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import napari
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cascadeseg.errors import CascadeSegError, VolumeError
+from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
+
+from .._layers import GEOMETRY_KEY, geometry_metadata, transform_kwargs, volume_from_image_layers
+from .model_picker import ChannelMapper, ModelPicker, labels_layers, model_info
+from .segment_widget import DEVICE_LABELS, RESULT_KEY, ModelCache, result_info
+from .workers import JobPanel
+
+NO_GROUND_TRUTH = "(none)"
+METRIC_COLUMNS = ("Dice", "IoU", "precision", "recall", "HD95 (mm)", "time (s)", "speed")
+DIFF_COLORS = {0: "transparent", 1: "#2ecc40", 2: "#ff4136", None: "transparent"}
+MAX_VISIBLE_GATES = 4
+
+
+@dataclass
+class _StepProgress:
+    """An engine Progress re-scaled to one step of several runs."""
+
+    fraction: float
+    done: int
+    total: int
+    rate: float
+    unit: str
+
+
+@dataclass
+class ComparisonRun:
+    """One output of the comparison: a label map and, for depths, its own timing."""
+
+    name: str
+    labels: np.ndarray
+    seconds: float | None = None
+    rate: float | None = None
+    unit: str = "slices"
+
+
+@dataclass
+class Comparison:
+    """Everything the worker computed; turned into layers and a table on the GUI thread."""
+
+    image_name: str
+    reference: Any  # the label Volume carrying the scan's geometry
+    depths: list[ComparisonRun] = field(default_factory=list)
+    stages: list[ComparisonRun] = field(default_factory=list)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def difference_map(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """1 where the later map adds foreground, 2 where it removes it (uint8)."""
+    before, after = earlier > 0, later > 0
+    diff = np.zeros(earlier.shape, dtype=np.uint8)
+    diff[after & ~before] = 1
+    diff[before & ~after] = 2
+    return diff
+
+
+def foreground_scores(pred: np.ndarray, truth: np.ndarray, spacing: Any) -> dict[str, float]:
+    """The engine's metrics for foreground (any non-zero label) vs background."""
+    from cascadeseg.metrics import evaluate_case
+
+    scores = evaluate_case(
+        (pred > 0).view(np.uint8), (truth > 0).view(np.uint8), spacing, regions={"foreground": (1,)}
+    )
+    return scores["foreground"]
+
+
+class CompareWidget(QWidget):
+    """Dock widget: compare the stages, depths and attention maps of one model on one scan."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.cache = ModelCache()
+        self.last_comparison: Comparison | None = None
+
+        self.models = ModelPicker()
+        self.channels = ChannelMapper(napari_viewer)
+        self.ground_truth = QComboBox()
+        self.device = QComboBox()
+        for name in DEVICE_CHOICES:
+            self.device.addItem(DEVICE_LABELS.get(name, name), name)
+        self.grid = QCheckBox("side by side (napari grid)")
+        self.grid.setChecked(True)
+        self.compare_button = QPushButton("Compare")
+        self.clear_button = QPushButton("Remove comparison layers")
+        self.job = JobPanel()
+        self.table = QTableWidget(0, len(METRIC_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(METRIC_COLUMNS))
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+
+        model_box = QGroupBox("Model")
+        QVBoxLayout(model_box).addWidget(self.models)
+        channel_box = QGroupBox("Image layer per model channel")
+        QVBoxLayout(channel_box).addWidget(self.channels)
+        form = QFormLayout()
+        form.addRow("ground truth:", self.ground_truth)
+        form.addRow("device:", self.device)
+        form.addRow("", self.grid)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.compare_button)
+        buttons.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(model_box)
+        layout.addWidget(channel_box)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.job)
+        layout.addWidget(self.table, 1)
+
+        self.models.changed.connect(self._model_changed)
+        self.compare_button.clicked.connect(self.run)
+        self.clear_button.clicked.connect(self.clear)
+        self.grid.toggled.connect(self._set_grid)
+        self.job.finished.connect(lambda _: self.compare_button.setEnabled(True))
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refill_ground_truth)
+        self._refill_ground_truth()
+        self._model_changed()
+
+    # -- choices ---------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        self.models.refresh()
+
+    def _model_changed(self) -> None:
+        entry = self.models.current_entry()
+        self.channels.set_channels(entry.card.channel_names if entry else ["image"])
+
+    def _refill_ground_truth(self, *_: Any) -> None:
+        previous = self.ground_truth.currentText()
+        candidates = [
+            layer.name for layer in labels_layers(self.viewer)
+            if (result_info(layer) or {}).get("kind") != "compare"
+        ]
+        self.ground_truth.blockSignals(True)
+        self.ground_truth.clear()
+        self.ground_truth.addItems([NO_GROUND_TRUTH, *candidates])
+        if previous in candidates:
+            self.ground_truth.setCurrentText(previous)
+        self.ground_truth.blockSignals(False)
+
+    def _truth_array(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        name = self.ground_truth.currentText()
+        if name == NO_GROUND_TRUTH or name not in self.viewer.layers:
+            return None
+        data = np.asarray(self.viewer.layers[name].data)
+        if data.shape != shape:
+            raise VolumeError(
+                f"ground truth '{name}' has shape {data.shape} but the scan has {shape}: "
+                "expected a label map on the scan's grid"
+            )
+        return data
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> bool:
+        """Start the comparison in a worker; ``False`` (with a notification) if refused."""
+        try:
+            entry = self.models.current_entry()
+            if entry is None:
+                raise CascadeSegError(
+                    "no model selected: pick one of the shipped models or browse to a checkpoint folder"
+                )
+            layers = self.channels.selected_layers()
+            volume = volume_from_image_layers(layers)
+            truth = self._truth_array(volume.spatial_shape)
+            device = self.device.currentData()
+            resolve_device(device)
+        except CascadeSegError as exc:
+            show_error(f"napari-cascade: {exc}")
+            return False
+        job = self._job(entry, layers[0].name, volume, truth, device)
+        started = self.job.start(job, self._show, "comparison")
+        if started:
+            self.compare_button.setEnabled(False)
+        return started
+
+    def _job(self, entry: Any, image_name: str, volume: Any, truth: np.ndarray | None,
+             device: str) -> Callable[..., Comparison]:
+        from cascadeseg.inference.predictor import PredictionRequest, Predictor
+
+        def job(progress: Callable[[Any], None], cancel: threading.Event) -> Comparison:
+            model, card = self.cache.load(entry.path)
+            predictor = Predictor(model, card, device=device)
+            info = model_info(card)
+            depths: list[int | None] = list(info.pruning_depths) if info and info.pruning_depths else [None]
+            extras = PredictionRequest(stages=bool(info and info.stages), attention=bool(info and info.attention))
+            steps = len(depths) + (1 if extras.stages or extras.attention else 0)
+
+            def step_progress(step: int, label: str) -> Callable[[Any], None]:
+                def report(p: Any) -> None:
+                    progress(_StepProgress((step + p.fraction) / steps, p.done, p.total, p.rate,
+                                           f"{p.unit} ({label})"))
+                return report
+
+            comparison = Comparison(image_name=image_name, reference=None)
+            for step, depth in enumerate(depths):
+                label = f"L{depth}" if depth is not None else "full"
+                result = predictor.predict(volume, depth=depth, progress=step_progress(step, label), cancel=cancel)
+                comparison.reference = result.labels
+                comparison.depths.append(ComparisonRun(label, result.labels.array,
+                                                       result.timings.get("inference"), result.rate, result.unit))
+            if extras.stages or extras.attention:
+                result = predictor.predict(volume, want=extras, progress=step_progress(steps - 1, "stages"),
+                                           cancel=cancel)
+                comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
+                comparison.attention = {gate: v.array for gate, v in result.attention.items()}
+            if truth is not None:
+                for run in comparison.stages + comparison.depths:
+                    comparison.metrics[run.name] = foreground_scores(run.labels, truth, volume.spacing)
+            return comparison
+
+        return job
+
+    # -- results -> layers -----------------------------------------------------------------
+    def clear(self) -> None:
+        """Remove every layer the comparison added and leave grid mode."""
+        for layer in [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("kind") == "compare"]:
+            self.viewer.layers.remove(layer)
+        self.viewer.grid.enabled = False
+
+    def _show(self, comparison: Comparison) -> None:
+        self.clear()
+        self.last_comparison = comparison
+        scan = self.viewer.layers[comparison.image_name] if comparison.image_name in self.viewer.layers else None
+        panels = self._panels(comparison)
+        # Appended in reverse so the first panel is the top pair of the layer list: grid cell (0, 0).
+        added = []
+        for name, kind, data, kwargs in reversed(panels):
+            if scan is not None:
+                added.append(self._backdrop(scan, name))
+            added.append(self._overlay(comparison, name, kind, data, kwargs))
+        if scan is not None:
+            from napari.experimental import link_layers
+
+            backdrops = [layer for layer in added if (result_info(layer) or {}).get("role") == "backdrop"]
+            link_layers([scan, *backdrops], ("contrast_limits", "gamma", "colormap"))
+        self._fill_table(comparison)
+        self._set_grid(self.grid.isChecked())
+        show_info(
+            f"napari-cascade: comparison of {len(comparison.depths)} depth(s), {len(comparison.stages)} stage(s), "
+            f"{len(comparison.attention)} attention map(s) added"
+        )
+
+    def _panels(self, comparison: Comparison) -> list[tuple[str, str, np.ndarray, dict[str, Any]]]:
+        """(name, kind, data, extra kwargs) per panel, in reading order."""
+        stem = comparison.image_name
+        panels: list[tuple[str, str, np.ndarray, dict[str, Any]]] = []
+        for runs in (comparison.stages, comparison.depths):
+            for index, run in enumerate(runs):
+                panels.append((f"{stem} {run.name}", "labels", run.labels, {}))
+                if index:
+                    earlier = runs[index - 1]
+                    panels.append((f"{stem} {run.name} vs {earlier.name}", "difference",
+                                   difference_map(earlier.labels, run.labels), {}))
+        # The full-resolution gates of the top row are the ones a reader can relate to the scan;
+        # the others are added hidden (napari's grid leaves hidden layers out).
+        gates = sorted(comparison.attention, key=lambda g: (not g.startswith("X0,"), g))
+        for index, gate in enumerate(gates):
+            panels.append((f"{stem} attention {gate}", "attention", comparison.attention[gate],
+                           {"visible": index < MAX_VISIBLE_GATES}))
+        return panels
+
+    def _metadata(self, comparison: Comparison, role: str, name: str) -> dict[str, Any]:
+        info = {"kind": "compare", "role": role, "image": comparison.image_name, "panel": name}
+        return {GEOMETRY_KEY: geometry_metadata(comparison.reference, **{RESULT_KEY: info})}
+
+    def _backdrop(self, scan: Any, name: str) -> Any:
+        """A second view of the scan (same array, no copy) under one panel's overlay."""
+        layer = self.viewer.add_image(
+            scan.data,
+            name=f"{name} (scan)",
+            colormap=scan.colormap,
+            contrast_limits=scan.contrast_limits,
+            metadata={GEOMETRY_KEY: {**scan.metadata.get(GEOMETRY_KEY, {}),
+                                     RESULT_KEY: {"kind": "compare", "role": "backdrop", "panel": name}}},
+            scale=scan.scale, translate=scan.translate, rotate=scan.rotate,
+        )
+        return layer
+
+    def _overlay(self, comparison: Comparison, name: str, kind: str, data: np.ndarray,
+                 extra: dict[str, Any]) -> Any:
+        geometry = transform_kwargs(comparison.reference)
+        metadata = self._metadata(comparison, kind, name)
+        if kind == "attention":
+            return self.viewer.add_image(
+                data, name=name, colormap="turbo", contrast_limits=(0.0, 1.0), opacity=0.55,
+                blending="translucent", metadata=metadata, **geometry, **extra,
+            )
+        if kind == "difference":
+            return self.viewer.add_labels(
+                data, name=name, metadata=metadata, opacity=0.9,
+                colormap=napari.utils.colormaps.DirectLabelColormap(color_dict=DIFF_COLORS), **geometry, **extra,
+            )
+        return self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.6, **geometry, **extra)
+
+    def _set_grid(self, enabled: bool) -> None:
+        backdrops = [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("role") == "backdrop"]
+        if not backdrops:
+            self.viewer.grid.enabled = False
+            return
+        for layer in backdrops:
+            # Without the grid the overlays stack on the original scan; the extra views would hide it.
+            layer.visible = enabled
+        self.viewer.grid.stride = -2
+        self.viewer.grid.enabled = enabled
+
+    def _fill_table(self, comparison: Comparison) -> None:
+        rows = comparison.stages + comparison.depths
+        self.table.setRowCount(len(rows))
+        self.table.setVerticalHeaderLabels([run.name for run in rows])
+        for row, run in enumerate(rows):
+            scores = comparison.metrics.get(run.name, {})
+            values = [
+                _fmt(scores.get("dice")), _fmt(scores.get("iou")), _fmt(scores.get("precision")),
+                _fmt(scores.get("recall")), _fmt(scores.get("hd95"), 1),
+                _fmt(run.seconds, 2), f"{run.rate:.1f} {run.unit}/s" if run.rate else "—",
+            ]
+            for column, text in enumerate(values):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+
+    def table_rows(self) -> dict[str, list[str]]:
+        """The metrics table as text (row name -> cells), for tests and export."""
+        return {
+            self.table.verticalHeaderItem(row).text(): [
+                self.table.item(row, column).text() for column in range(self.table.columnCount())
+            ]
+            for row in range(self.table.rowCount())
+        }
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if np.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,273 @@
+"""Widgets the Segment and Compare docks share: the model chooser and the channel mapping.
+
+:class:`ModelPicker` lists :func:`cascadeseg.inference.available_checkpoints` (shipped defaults,
+then the user's models folder) plus any checkpoint folder the user browses to; it shows the
+selected model card. :class:`ChannelMapper` maps the card's input channels to image layers of the
+viewer, one combo box per channel, pre-filled by matching layer names to channel names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import napari
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cascadeseg.errors import CascadeSegError, VolumeError
+from cascadeseg.inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints, read_card
+
+NO_MODEL = "(no model: pick or browse)"
+
+
+def model_info(card: ModelCard) -> Any | None:
+    """The architecture's :class:`~cascadeseg.models.ModelInfo` (``None`` if unknown here)."""
+    from cascadeseg.models import model_class
+
+    try:
+        return model_class(card.architecture).info
+    except CascadeSegError:
+        return None
+
+
+def card_summary(card: ModelCard) -> str:
+    """A few lines a user reads before trusting a model."""
+    info = model_info(card)
+    title = info.title if info else card.architecture
+    channels = ", ".join(card.channel_names)
+    classes = ", ".join(name for name, value in zip(card.class_names, card.class_values) if value)
+    data = card.training.get("data", "")
+    licence = card.training.get("licence", "")
+    lines = [
+        f"<b>{card.name or card.architecture}</b> — {title}, {card.dims}D",
+        f"channels: {channels}; classes: {classes}",
+    ]
+    if data:
+        lines.append(f"trained on: {data}")
+    if licence:
+        lines.append(f"licence: {licence}")
+    return "<br>".join(lines)
+
+
+def _per_depth(card: ModelCard, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        value = card.validation.get(key) or card.training.get(key)
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+    return {}
+
+
+def depth_choices(card: ModelCard) -> list[tuple[int | None, str]]:
+    """``(depth, label)`` per pruning depth with the card's Dice, parameters and speed.
+
+    The card keys read are ``validation.dice_per_depth`` (the card format's own field) and, when
+    the trainer recorded them, ``params_per_depth`` and ``slices_per_second_per_depth``.
+    """
+    info = model_info(card)
+    depths = list(info.pruning_depths) if info and info.pruning_depths else []
+    if not depths:
+        return [(None, "full network (no pruning)")]
+    params = _per_depth(card, "params_per_depth", "parameters_per_depth")
+    speed = _per_depth(card, "slices_per_second_per_depth", "speed_per_depth")
+    choices = []
+    for depth in depths:
+        parts = [f"L{depth}"]
+        dice = card.dice_for_depth(depth)
+        parts.append(f"Dice {dice:.3f}" if dice is not None else "Dice n/a")
+        if str(depth) in params:
+            parts.append(f"{float(params[str(depth)]) / 1e6:.2f} M params")
+        if str(depth) in speed:
+            parts.append(f"~{float(speed[str(depth)]):.0f} slices/s")
+        if depth == card.recommended_depth:
+            parts.append("recommended")
+        choices.append((depth, " · ".join(parts)))
+    return choices
+
+
+class ModelPicker(QWidget):
+    """Model list + Browse + Refresh, and the selected card's summary. Emits ``changed``."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox()
+        self.combo.setToolTip("Shipped default models, then your models folder, then browsed checkpoints")
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.setToolTip("Pick a checkpoint folder (model.safetensors + model_card.json)")
+        self.refresh_button = QPushButton("↻")
+        self.refresh_button.setToolTip("Refresh the model list (e.g. after training a model)")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.browse_button)
+        row.addWidget(self.refresh_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.summary)
+        self._entries: list[CheckpointEntry] = []
+        self._browsed: list[CheckpointEntry] = []
+        self.combo.currentIndexChanged.connect(self._on_index)
+        self.browse_button.clicked.connect(self._browse)
+        self.refresh_button.clicked.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-list the checkpoints, keeping the current choice when it still exists."""
+        current = self.current_entry()
+        self._entries = list(available_checkpoints())
+        known = {entry.path for entry in self._entries}
+        self._entries += [entry for entry in self._browsed if entry.path not in known]
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItem(NO_MODEL)
+        for entry in self._entries:
+            self.combo.addItem(f"{entry.name} ({entry.card.architecture}, {entry.source})")
+        index = 0
+        if current is not None:
+            index = next((i + 1 for i, e in enumerate(self._entries) if e.path == current.path), 0)
+        elif self._entries:
+            index = 1  # a model preselected: the first shipped default
+        self.combo.setCurrentIndex(index)
+        self.combo.blockSignals(False)
+        self._on_index()
+
+    def current_entry(self) -> CheckpointEntry | None:
+        index = self.combo.currentIndex() - 1
+        return self._entries[index] if 0 <= index < len(self._entries) else None
+
+    def select_path(self, path: str | Path) -> CheckpointEntry | None:
+        """Add a checkpoint folder to the list and select it; a bad folder is a notification."""
+        folder = Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        try:
+            card = read_card(folder)
+        except CascadeSegError as exc:
+            show_error(f"napari-cascade: {exc}")
+            return None
+        entry = CheckpointEntry(name=folder.name, path=folder, card=card, source="browsed")
+        self._browsed = [e for e in self._browsed if e.path != folder] + [entry]
+        self.refresh()
+        index = next(i + 1 for i, e in enumerate(self._entries) if e.path == folder)
+        self.combo.setCurrentIndex(index)
+        return entry
+
+    def select_name(self, name: str) -> bool:
+        for i, entry in enumerate(self._entries):
+            if entry.name == name:
+                self.combo.setCurrentIndex(i + 1)
+                return True
+        return False
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder (model.safetensors + model_card.json)")
+        if folder:
+            self.select_path(folder)
+
+    def _on_index(self, *_: Any) -> None:
+        entry = self.current_entry()
+        self.summary.setText(card_summary(entry.card) if entry else "No model selected.")
+        self.changed.emit()
+
+
+def _layer_matches(layer_name: str, channel: str) -> bool:
+    return channel.lower() in layer_name.lower()
+
+
+class ChannelMapper(QWidget):
+    """One combo box of image layers per model input channel."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.form = QFormLayout(self)
+        self.form.setContentsMargins(0, 0, 0, 0)
+        self.combos: list[QComboBox] = []
+        self.channel_names: list[str] = ["image"]
+        self._build()
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refill)
+
+    def set_channels(self, names: list[str]) -> None:
+        self.channel_names = list(names) or ["image"]
+        self._build()
+
+    def _build(self) -> None:
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.combos = []
+        for name in self.channel_names:
+            combo = QComboBox()
+            combo.setToolTip(f"The image layer holding the model's '{name}' channel")
+            self.form.addRow(f"{name}:", combo)
+            self.combos.append(combo)
+        self._refill()
+
+    def image_layers(self) -> list[Image]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refill(self, *_: Any) -> None:
+        layers = self.image_layers()
+        names = [layer.name for layer in layers]
+        for channel, combo in zip(self.channel_names, self.combos):
+            previous = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if previous in names:
+                combo.setCurrentText(previous)
+            else:
+                match = next((n for n in names if _layer_matches(n, channel)), None)
+                position = self.combos.index(combo)
+                fallback = names[position] if position < len(names) else (names[0] if names else "")
+                combo.setCurrentText(match or fallback)
+            combo.blockSignals(False)
+
+    def selected_layers(self) -> list[Image]:
+        """The layers in model channel order; a clear :class:`VolumeError` when they do not fit."""
+        by_name = {layer.name: layer for layer in self.image_layers()}
+        if not by_name:
+            raise VolumeError("no image layer in the viewer: open a scan first (File > Open, or File > Open Sample)")
+        chosen = []
+        for channel, combo in zip(self.channel_names, self.combos):
+            layer = by_name.get(combo.currentText())
+            if layer is None:
+                raise VolumeError(f"model channel '{channel}': no image layer chosen")
+            chosen.append(layer)
+        for layer in chosen:
+            ndim = layer.data.ndim
+            if getattr(layer, "rgb", False) or ndim != 3:
+                extra = (
+                    " (a multi-channel layer: open the scan with the napari-cascade reader, one layer per channel)"
+                    if ndim == 4 else ""
+                )
+                raise VolumeError(
+                    f"layer '{layer.name}' has shape {tuple(layer.data.shape)}: the model needs a 3D scan "
+                    f"(Z, Y, X) per channel{extra}"
+                )
+        if len(self.channel_names) > 1 and len({id(layer) for layer in chosen}) < len(chosen):
+            raise VolumeError(
+                f"the model expects {len(self.channel_names)} different channels "
+                f"({', '.join(self.channel_names)}) but the same layer was chosen twice; "
+                f"the viewer has {len(by_name)} image layer(s)"
+            )
+        return chosen
+
+
+def labels_layers(viewer: napari.Viewer) -> list[Labels]:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]

@@ -1,0 +1,136 @@
+"""Live training plot: loss per step and validation Dice per pruning depth per epoch.
+
+A matplotlib ``FigureCanvasQTAgg`` in a dock. It only draws what the trainer reports through
+:class:`cascadeseg.training.callbacks.StepInfo` / ``EpochInfo`` (handed over to the GUI thread by
+the train widget); it computes nothing itself. Redraws are throttled (at most a few per second)
+because a small model on a GPU makes hundreds of steps per second and a full canvas redraw costs
+tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+REDRAW_INTERVAL_S = 0.3
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1:05:09"`` / ``"4:02"`` for a time left; ``"?"`` when the trainer cannot tell yet."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TrainingPlot(QWidget):
+    """Two panels (training loss; validation Dice per depth) and a status line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.figure = Figure(figsize=(5.0, 3.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.loss_axes = self.figure.add_subplot(1, 2, 1)
+        self.dice_axes = self.figure.add_subplot(1, 2, 2)
+        self.status = QLabel("No training yet.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.status)
+        layout.addWidget(self.canvas, 1)
+        self.reset()
+
+    # -- data ---------------------------------------------------------------------------------
+    def reset(self, title: str = "") -> None:
+        """Clear the curves for a new run."""
+        self.title = title
+        self.step_numbers: list[int] = []
+        self.step_losses: list[float] = []
+        self.epoch_numbers: list[int] = []
+        self.epoch_losses: list[float] = []
+        self.dice_per_depth: dict[int, list[tuple[int, float]]] = {}
+        self.last_step: Any = None
+        self.last_epoch: Any = None
+        self.draw_count = 0
+        self._last_draw = 0.0
+        self.status.setText(f"{title}: starting…" if title else "No training yet.")
+        self._redraw(force=True)
+
+    def add_step(self, info: Any) -> None:
+        """A :class:`StepInfo` (optimiser step) from the trainer."""
+        self.last_step = info
+        self.step_numbers.append(int(info.step))
+        self.step_losses.append(float(info.loss))
+        self._update_status()
+        self._redraw()
+
+    def add_epoch(self, info: Any) -> None:
+        """An :class:`EpochInfo` (validated epoch) from the trainer."""
+        self.last_epoch = info
+        epoch = int(info.epoch) + 1  # shown 1-based, as the status line counts
+        self.epoch_numbers.append(epoch)
+        self.epoch_losses.append(float(info.train_loss))
+        for depth, dice in sorted(info.dice_per_depth.items()):
+            self.dice_per_depth.setdefault(int(depth), []).append((epoch, float(dice)))
+        self._update_status()
+        self._redraw(force=True)
+
+    def finish(self, text: str) -> None:
+        """Final status (done, cancelled, failed) and a last full redraw."""
+        self.status.setText(f"{self.title}: {text}" if self.title else text)
+        self._redraw(force=True)
+
+    # -- display ------------------------------------------------------------------------------
+    def status_text(self) -> str:
+        parts = []
+        step, epoch = self.last_step, self.last_epoch
+        if step is not None:
+            parts.append(f"epoch {step.epoch + 1}, step {step.step_in_epoch}/{step.steps_per_epoch}")
+            parts.append(f"loss {step.loss:.3f}")
+            parts.append(f"{step.samples_per_second:.1f} samples/s")
+            parts.append(f"{format_duration(step.time_left_seconds)} left")
+        if epoch is not None and epoch.dice_per_depth:
+            parts.append(
+                f"best val Dice {epoch.best_dice:.3f} (epoch {epoch.best_epoch + 1}, recommended L{epoch.recommended_depth})"
+            )
+        return " · ".join(parts)
+
+    def _update_status(self) -> None:
+        text = self.status_text()
+        self.status.setText(f"{self.title}: {text}" if self.title else text)
+
+    def _redraw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_draw < REDRAW_INTERVAL_S:
+            return
+        self._last_draw = now
+        ax = self.loss_axes
+        ax.clear()
+        ax.set_title("training loss", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if self.step_numbers:
+            ax.plot(self.step_numbers, self.step_losses, lw=0.8, alpha=0.6, label="per step")
+        if self.epoch_numbers and self.last_step is not None:
+            # Epoch means sit at the step where each epoch ended.
+            steps_per_epoch = max(1, int(self.last_step.steps_per_epoch))
+            ax.plot([e * steps_per_epoch for e in self.epoch_numbers], self.epoch_losses, "o-", ms=3, label="epoch mean")
+        if self.step_numbers:
+            ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax = self.dice_axes
+        ax.clear()
+        ax.set_title("validation Dice per pruning depth", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylim(0.0, 1.0)
+        for depth, points in sorted(self.dice_per_depth.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, label=f"L{depth}")
+        if self.dice_per_depth:
+            ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+        self.canvas.draw_idle()
+        self.draw_count += 1

@@ -1,0 +1,194 @@
+"""Run an engine call in a napari thread worker, with a progress bar, a rate and a Cancel button.
+
+The engine reports progress through a callback (:class:`cascadeseg.inference.progress.Progress`)
+and stops at the next batch when a cancel token is set (raising ``CancelledError``). This module
+is the glue: :class:`JobPanel` owns the progress bar, the status line and the Cancel button, and
+:meth:`JobPanel.start` runs ``job(progress, cancel)`` in ``napari.qt.threading.create_worker``.
+
+Errors never reach napari's traceback machinery: the job runs inside a ``try`` in the worker
+thread and its outcome (value, user error, cancellation, or an unexpected exception) comes back
+as a :class:`JobOutcome`. A :class:`~cascadeseg.errors.CascadeSegError` is shown as its one-line
+message (``show_error``); a cancellation as an info; anything else is a bug, logged with its
+traceback and shown as a short error, so the viewer stays usable in every case.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from cascadeseg.errors import CancelledError, CascadeSegError
+
+LOG = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Any], None]
+Job = Callable[[ProgressCallback, threading.Event], Any]
+
+
+@dataclass
+class JobOutcome:
+    """What a finished job left: its value, or why it has none."""
+
+    value: Any = None
+    error: str | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+
+def run_job(job: Job, progress: ProgressCallback, cancel: threading.Event) -> JobOutcome:
+    """Call ``job`` and turn every way it can end into a :class:`JobOutcome` (worker thread)."""
+    start = time.perf_counter()
+    try:
+        value = job(progress, cancel)
+    except CancelledError as exc:
+        return JobOutcome(cancelled=True, error=None, seconds=time.perf_counter() - start, value=str(exc))
+    except CascadeSegError as exc:
+        return JobOutcome(error=str(exc), seconds=time.perf_counter() - start)
+    except Exception as exc:  # a bug: keep the viewer alive, keep the traceback in the log
+        LOG.exception("napari-cascade job failed")
+        return JobOutcome(error=f"unexpected {type(exc).__name__}: {exc} (see the log for details)",
+                          seconds=time.perf_counter() - start)
+    if cancel.is_set():  # cancelled after the last batch: the result is still dropped, as asked
+        return JobOutcome(cancelled=True, seconds=time.perf_counter() - start)
+    return JobOutcome(value=value, seconds=time.perf_counter() - start)
+
+
+def format_progress(progress: Any) -> str:
+    """``"12/23 slices · 8.4 slices/s"`` from an engine Progress (or a plain fraction)."""
+    if isinstance(progress, (int, float)):
+        return f"{100 * float(progress):.0f}%"
+    unit = getattr(progress, "unit", "items")
+    text = f"{progress.done}/{progress.total} {unit}"
+    rate = getattr(progress, "rate", 0.0)
+    if rate:
+        text += f" · {rate:.1f} {unit}/s"
+    return text
+
+
+class _ProgressRelay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal)."""
+
+    progressed = Signal(object)
+
+
+class JobPanel(QWidget):
+    """Progress bar + status line + Cancel; runs one job at a time.
+
+    ``finished`` is emitted on the GUI thread with the :class:`JobOutcome` after the panel has
+    shown the notification for errors and cancellations.
+    """
+
+    finished = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.addWidget(self.progress_bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        self._relay = _ProgressRelay()
+        self._relay.progressed.connect(self._show_progress)
+        self._cancel = threading.Event()
+        self._worker: Any = None
+        self._label = ""
+        self._on_result: Callable[[Any], None] | None = None
+        self.last_outcome: JobOutcome | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def start(self, job: Job, on_result: Callable[[Any], None], label: str) -> bool:
+        """Run ``job`` in a thread worker; ``on_result(value)`` runs on the GUI thread on success.
+
+        Returns ``False`` (and tells the user) when a job is already running.
+        """
+        if self.busy:
+            show_error(f"napari-cascade: {self._label} is still running; wait for it or press Cancel")
+            return False
+        self._cancel = threading.Event()
+        self._label = label
+        self._on_result = on_result
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(f"{label}: %p%")
+        self.status.setText(f"{label}: starting…")
+        self.cancel_button.setEnabled(True)
+        worker = create_worker(
+            run_job, job, self._relay.progressed.emit, self._cancel, _start_thread=False
+        )
+        worker.returned.connect(self._done)
+        self._worker = worker
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next batch (the engine checks between batches)."""
+        if self.busy:
+            self._cancel.set()
+            self.cancel_button.setEnabled(False)
+            self.status.setText(f"{self._label}: cancelling…")
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        """Cancel and block until the worker is gone (closing the widget or the viewer)."""
+        worker = self._worker
+        if worker is None:
+            return
+        self.cancel()
+        deadline = time.monotonic() + timeout_s
+        while self._worker is not None and time.monotonic() < deadline:
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    def _show_progress(self, progress: Any) -> None:
+        fraction = progress if isinstance(progress, (int, float)) else getattr(progress, "fraction", 0.0)
+        self.progress_bar.setValue(int(1000 * float(fraction)))
+        self.status.setText(f"{self._label}: {format_progress(progress)}")
+
+    def _done(self, outcome: JobOutcome) -> None:
+        self._worker = None
+        self.cancel_button.setEnabled(False)
+        self.last_outcome = outcome
+        if outcome.cancelled:
+            self.progress_bar.setValue(0)
+            self.status.setText(f"{self._label}: cancelled, nothing added")
+            show_info(f"napari-cascade: {self._label} cancelled; nothing was added")
+        elif outcome.error is not None:
+            self.progress_bar.setValue(0)
+            self.status.setText(f"{self._label} failed: {outcome.error}")
+            show_error(f"napari-cascade: {outcome.error}")
+        else:
+            self.progress_bar.setValue(1000)
+            self.status.setText(f"{self._label}: done in {outcome.seconds:.1f} s")
+            callback = self._on_result
+            try:
+                if callback is not None:
+                    callback(outcome.value)
+            except CascadeSegError as exc:  # e.g. the image layer was deleted meanwhile
+                outcome.error = str(exc)
+                show_error(f"napari-cascade: {exc}")
+        self.finished.emit(outcome)

@@ -1,0 +1,55 @@
+"""npe2 writer: a labels layer to NIfTI with the geometry of the scan it was drawn on.
+
+The geometry comes from ``layer.metadata["cascadeseg"]`` (put there by the reader, the sample
+data and the segment widget); a labels layer created by hand in napari falls back to its own
+scale / translate / rotate. The engine's :func:`cascadeseg.io.save_labels` does the writing
+(smallest integer type, the source file's orientation, atomic temp-file + ``os.replace``).
+
+Overwriting: napari's Save dialog asks before it passes an existing path, so an existing target
+is replaced (atomically). The one file never replaced is the scan the labels were drawn on:
+saving a mask over its own image is always a slip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascadeseg.errors import OutputExistsError, VolumeError
+
+from ._layers import geometry_from_meta, volume_from_geometry
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for labels; returns the written path."""
+    from cascadeseg.io import save_labels
+
+    target = Path(path)
+    if not target.name.lower().endswith(NIFTI_SUFFIXES):
+        target = target.with_name(target.name + ".nii.gz")
+    labels = np.asarray(data)
+    name = attributes.get("name", "labels")
+    if labels.ndim != 3:
+        raise VolumeError(
+            f"labels layer '{name}' has shape {labels.shape}: only 3D label maps (Z, Y, X) can be saved as NIfTI"
+        )
+    geometry = geometry_from_meta(attributes)
+    source = geometry.get("source")
+    if source and _same_file(Path(source), target):
+        raise OutputExistsError(
+            f"{target}: refusing to write labels '{name}' over the scan they were drawn on; choose another file name"
+        )
+    reference = volume_from_geometry(np.broadcast_to(np.uint8(0), labels.shape), geometry)
+    written = save_labels(labels, reference, target, overwrite=True)
+    return [str(written)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

@@ -1,0 +1,78 @@
+"""``cascadeseg models``: what the model zoo offers and which checkpoints are installed.
+
+Without options: one line per architecture (dims, deep supervision, pruning depths, cascade
+stages, attention maps, classification-guided module, paper). ``--table`` measures parameters and
+GFLOPs of every model per pruning depth at paper width (PyTorch's FLOP counter on the meta
+device: nothing is allocated) next to the papers' figures. ``--checkpoints`` lists the shipped
+default models and the user's models (``$CASCADESEG_HOME/models``) with their cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .markdown import markdown_table
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the model zoo, its measured table, and installed checkpoints",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", metavar="MODEL", help="restrict to these architectures (default: all)")
+    parser.add_argument("--table", action="store_true",
+                        help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers")
+    parser.add_argument("--checkpoints", action="store_true", help="list shipped and user checkpoints with their cards")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import list_models, model_class
+
+    names = [model_class(n).info.name for n in args.names]  # unknown names fail naming the known ones
+    if args.checkpoints:
+        print(checkpoints_table())
+        return 0
+    if args.table:
+        from ..models.zoo_table import render_markdown, zoo_rows
+
+        print(render_markdown(zoo_rows(names or None)), end="")
+        return 0
+    infos = [i for i in list_models() if not names or i.name in names]
+    header = ("model", "title", "dims", "deep sup.", "pruning", "stages", "attention", "CGM", "paper")
+    rows = []
+    for info in infos:
+        rows.append((
+            info.name, info.title, "/".join(f"{d}D" for d in info.dims), _yes(info.deep_supervision),
+            ",".join(f"L{d}" for d in info.pruning_depths) or "-", ",".join(info.stages) or "-",
+            _yes(info.attention), _yes(info.classification_guided), info.paper,
+        ))
+    print(markdown_table(header, rows))
+    return 0
+
+
+def checkpoints_table() -> str:
+    """Installed checkpoints as a Markdown table (name, source, model, dims, channels, classes, depth, Dice)."""
+    from ..inference import available_checkpoints, user_models_dir
+
+    entries = available_checkpoints()
+    if not entries:
+        return f"no checkpoints installed (shipped defaults: none found; user models: {user_models_dir()})"
+    header = ("name", "source", "architecture", "dims", "channels", "classes", "recommended depth",
+              "validation Dice", "path")
+    rows = []
+    for e in entries:
+        card = e.card
+        depth = card.recommended_depth
+        dice = card.dice_for_depth(depth) if depth is not None else None
+        rows.append((e.name, e.source, card.architecture, f"{card.dims}D", ",".join(card.channel_names),
+                     ",".join(card.class_names), "-" if depth is None else f"L{depth}",
+                     "-" if dice is None else f"{dice:.3f}", str(e.path)))
+    return markdown_table(header, rows)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "-"

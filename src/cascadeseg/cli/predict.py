@@ -1,0 +1,196 @@
+"""``cascadeseg predict``: segment scans with a checkpoint and write nnU-Net-style label files.
+
+Inputs (any mix, each argument one of):
+
+* an image file (NIfTI, MHA/MHD, NRRD); an MSD channel file ``<case>_0000.nii.gz`` brings all of
+  its case's channels (``_0001``, ...) and names the output ``<case>.nii.gz``;
+* a DICOM series folder (output named after the folder);
+* a folder of image files (cases grouped by their ``_NNNN`` channel suffix);
+* an MSD / nnU-Net dataset folder: its ``imagesTs/`` when present, else ``imagesTr/``.
+
+Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry. Every output path is checked
+before any work starts: an existing file stops the run unless ``--overwrite``. Under ``torchrun``
+each rank segments its share of the cases (round robin) and writes only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError, InputFileError, OutputExistsError
+
+OUTPUT_SUFFIX = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class PredictCase:
+    """One scan to segment: the path handed to ``load_volume`` and the output's case id."""
+
+    case_id: str
+    path: Path
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment scans (files, DICOM folders or MSD folders) with a checkpoint",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                        help="image file, DICOM folder, folder of images, or MSD dataset folder")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="folder for the label files <case>.nii.gz (created if missing)")
+    parser.add_argument("-c", "--checkpoint", required=True,
+                        help="checkpoint folder, or the name of a shipped / user model (see 'cascadeseg models --checkpoints')")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="pruning depth 1..4 for models with pruning (default: the card's recommended depth)")
+    parser.add_argument("--mode", choices=("2d", "3d"), default=None,
+                        help="2d: slice by slice; 3d: sliding window (default: what the network was trained as)")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                        help="2D slicing axis in (z, y, x) array order; 0 = axial (default: the card's slice axis)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per 2D batch or windows per 3D batch (default: 8/1 on CPU, 32/2 on GPU)")
+    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                        help="3D sliding-window size (default: the card's patch size)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="3D window overlap in [0, 1) (default: 0.5)")
+    parser.add_argument("--no-mixed-precision", action="store_true",
+                        help="run in fp32 on GPUs too (mixed precision is never used on the CPU)")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep only the largest connected component of each label")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by each label")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import PostProcessing, Predictor, postprocess
+    from ..io import load_volume, save_labels
+    from .distributed import rank_info, shard
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cases = discover_cases(args.inputs)
+    info = rank_info()
+    mine = shard(cases, info)
+    out_dir: Path = args.output
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"--output {out_dir}: exists and is not a folder (expected a folder for label files)")
+    targets = {case.case_id: out_dir / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise OutputExistsError(
+            f"output file(s) already exist: {', '.join(existing[:3])}{more} (pass --overwrite to replace them)"
+        )
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
+                                          mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size)
+    post = PostProcessing(largest_component=args.largest_component, fill_holes=args.fill_holes,
+                          fill_holes_axis=(predictor.card.slice_axis if args.axis is None else args.axis)
+                          if (args.mode or f"{predictor.card.dims}d") == "2d" else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"[rank {info.rank}/{info.world_size}] " if info.is_distributed else ""
+    start = time.perf_counter()
+    for index, case in enumerate(mine, 1):
+        volume = load_volume(case.path)
+        with _ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
+            result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
+                                       progress=bar.update, patch_size=args.patch_size, overlap=args.overlap)
+        labels = result.labels.array
+        if post.any:
+            labels = postprocess(labels, post)
+        save_labels(labels, volume, targets[case.case_id], overwrite=args.overwrite)
+        del volume, result, labels
+    elapsed = time.perf_counter() - start
+    print(f"{prefix}segmented {len(mine)} case(s) in {elapsed:.1f} s -> {out_dir}", file=sys.stderr)
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar fed by the predictor's :class:`Progress` callbacks (slices/s or patches/s)."""
+
+    def __init__(self, desc: str, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1, desc=desc, disable=disable, leave=True, file=sys.stderr,
+                         dynamic_ncols=True)
+
+    def update(self, progress: Any) -> None:
+        bar = self._bar
+        if bar.total != progress.total:
+            bar.total, bar.unit = progress.total, f" {progress.unit}"
+        bar.update(progress.done - bar.n)
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+
+# -- finding the cases -----------------------------------------------------------------------------
+
+def discover_cases(inputs: list[Path]) -> list[PredictCase]:
+    """Every case named by ``inputs``, sorted by case id; duplicate ids are an error."""
+    found: dict[str, PredictCase] = {}
+    for path in inputs:
+        for case in _cases_of(Path(path).expanduser()):
+            other = found.get(case.case_id)
+            if other is not None and other.path != case.path:
+                raise DatasetError(
+                    f"two inputs give the same case id '{case.case_id}' ({other.path} and {case.path}); "
+                    f"outputs would collide (expected distinct case names)"
+                )
+            found[case.case_id] = case
+    if not found:
+        raise DatasetError(f"no images found in {', '.join(map(str, inputs))} (expected image files, "
+                           f"DICOM folders or an MSD folder with imagesTs/ or imagesTr/)")
+    return [found[k] for k in sorted(found)]
+
+
+def _cases_of(path: Path) -> list[PredictCase]:
+    from ..io.msd_layout import is_image_file
+
+    if not path.exists():
+        raise InputFileError(f"{path}: input does not exist (expected an image file or a folder)")
+    if path.is_file():
+        return [_file_case(path)]
+    for sub in ("imagesTs", "imagesTr"):
+        if (path / sub).is_dir():
+            return _folder_cases(path / sub)
+    if any(is_image_file(p) for p in path.iterdir()):
+        return _folder_cases(path)
+    # Neither images nor an MSD layout: a DICOM series folder (load_volume says if it is not).
+    return [PredictCase(path.name, path)]
+
+
+def _file_case(path: Path) -> PredictCase:
+    from ..io.msd_layout import case_channel_files, channel_of, split_suffix
+
+    channels = case_channel_files(path)
+    if channels:
+        case_id = channel_of(path)[0]  # type: ignore[index]
+        return PredictCase(case_id, channels[0])
+    stem, suffix = split_suffix(path)
+    if not suffix:
+        # A DICOM slice, or something load_volume will name in its error.
+        return PredictCase(path.parent.name, path)
+    return PredictCase(stem, path)
+
+
+def _folder_cases(folder: Path) -> list[PredictCase]:
+    from ..io.msd_layout import is_image_file
+
+    cases: dict[str, PredictCase] = {}
+    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
+        case = _file_case(path)
+        cases.setdefault(case.case_id, case)
+    return list(cases.values())

@@ -1,0 +1,120 @@
+"""Which device inference runs on, and the GPU-only speed settings that go with it.
+
+``"auto"`` picks CUDA, then Apple MPS, then the CPU. Mixed precision (bf16 where the GPU supports
+it, else fp16) and channels-last memory layout are used on GPUs only: on the CPU autocast to bf16
+is slower than fp32 on most hardware and changes results, so the CPU path stays plain fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from ..errors import CascadeSegError
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+class DeviceError(CascadeSegError):
+    """The requested device does not exist here, or ran out of memory even at the smallest batch."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"`` into a usable device.
+
+    Under ``torchrun`` with CUDA, ``"auto"``/``"cuda"`` pick ``cuda:$LOCAL_RANK`` so each rank uses
+    its own GPU. A device that is not available fails naming what is.
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif _mps_available():
+            name = "mps"
+        else:
+            return torch.device("cpu")
+    if name == "cuda":
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % max(torch.cuda.device_count(), 1)}"
+    kind = name.split(":")[0]
+    if kind not in ("cuda", "mps", "cpu"):
+        raise DeviceError(f"device {device!r} is unknown (expected one of {', '.join(DEVICE_CHOICES)} or 'cuda:N')")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r} was requested but CUDA is not available here "
+            f"(available: {', '.join(available_devices())}); use --device auto or cpu"
+        )
+    if kind == "mps" and not _mps_available():
+        raise DeviceError(
+            f"device {device!r} was requested but Apple MPS is not available here "
+            f"(available: {', '.join(available_devices())})"
+        )
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"device {device!r} is not a valid device name: {exc}") from exc
+    if kind == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return resolved
+
+
+def available_devices() -> list[str]:
+    """Device names usable on this machine, best first (what the GUI's device list shows)."""
+    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if _mps_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device`` (``None``: run in fp32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device, mixed_precision: bool = True) -> Iterator[None]:
+    """``torch.inference_mode`` plus autocast on GPUs (when ``mixed_precision``)."""
+    dtype = autocast_dtype(device) if mixed_precision else None
+    with torch.inference_mode():
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                yield
+
+
+def memory_format(device: torch.device, dims: int) -> torch.memory_format:
+    """Channels-last on GPUs (faster convolutions with tensor cores), contiguous on the CPU."""
+    if device.type in ("cuda", "mps"):
+        return torch.channels_last if dims == 2 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA/MPS out-of-memory error (the predictor then retries with a smaller batch)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give cached allocator blocks back (after an OOM, or when inference ends)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

@@ -1,0 +1,65 @@
+"""Post-processing of a predicted label map, as the papers use it.
+
+* keep the largest connected component of each label (the cascaded papers keep one tumour / one
+  organ per class and drop false-positive islands);
+* fill holes enclosed by a label;
+* restrict the labels to a body / non-brain mask (the coarse-to-fine paper searches only inside
+  the body; brain papers only inside the skull-stripped brain), i.e. everything outside the
+  mask becomes background.
+
+The component and hole operations are the mask-editing ones (:mod:`cascadeseg.editing.mask_ops`,
+scipy.ndimage, per label value, never overwriting another label): one implementation serves
+the GUI's correction tools and automatic post-processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..editing.mask_ops import fill_holes, keep_largest_component
+from ..errors import GeometryMismatchError, VolumeError
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Which post-processing steps to run, in this order: mask, largest component, fill holes.
+
+    The mask goes first so an island outside the body cannot win "largest component".
+    ``fill_holes_axis``: ``None`` fills cavities closed in 3D; an axis fills holes closed within
+    each slice along it (what slice-by-slice 2D predictions produce).
+    """
+
+    largest_component: bool = False
+    fill_holes: bool = False
+    fill_holes_axis: int | None = None
+    restrict_to_mask: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.largest_component or self.fill_holes or self.restrict_to_mask
+
+
+def apply_mask(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Labels outside ``mask`` (bool, same shape) set to background, in place; returns ``labels``."""
+    if mask.shape != labels.shape:
+        raise GeometryMismatchError(
+            f"post-processing mask has shape {mask.shape} but the label map has {labels.shape}"
+        )
+    labels[~mask.astype(bool, copy=False)] = 0
+    return labels
+
+
+def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | None = None) -> np.ndarray:
+    """Run the chosen steps on a ``(Z, Y, X)`` label map; returns a new array (input untouched)."""
+    out = labels
+    if options.restrict_to_mask:
+        if mask is None:
+            raise VolumeError("post-processing: restrict_to_mask was chosen but no mask was given")
+        out = apply_mask(out.copy(), mask)
+    if options.largest_component:
+        out = keep_largest_component(out)
+    if options.fill_holes:
+        out = fill_holes(out, slice_axis=options.fill_holes_axis)
+    return out if out is not labels else labels.copy()

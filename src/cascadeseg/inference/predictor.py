@@ -1,0 +1,573 @@
+"""Segment a whole scan with a checkpoint: 2D slice by slice, or 3D by sliding window.
+
+``Predictor(model, card).predict(volume)`` returns a :class:`PredictionResult` whose label map lies
+on the image's own voxel grid with the image's geometry.
+
+Choices made here, and why:
+
+* **Preprocessing** is the card's per-channel spec, applied once to the whole volume (MRI z-score
+  needs whole-volume statistics). That float32 array is the only float copy of the volume held;
+  network inputs are built batch by batch from it.
+* **2D**: slices along ``axis`` are batched and zero-padded at the high end of each in-plane axis
+  up to ``model.size_divisor`` (zero is the post-normalisation background level), then cropped back.
+* **3D**: MONAI's ``sliding_window_inference`` with Gaussian blending (``sigma_scale`` 0.125, as
+  nnU-Net) and the card's (possibly anisotropic) ``patch_size``. MONAI's implementation is used
+  rather than a new one because it already blends, pads and handles outputs of several
+  resolutions (attention maps) correctly. A volume smaller than the patch on an axis is
+  zero-padded to the patch by MONAI and cropped back (documented handling, not an error).
+* **Labels** come back in the smallest unsigned integer dtype that holds the card's class values;
+  output channel ``i`` is written as ``card.classes[i]["value"]``.
+* **NaN/Inf voxels** are refused with a :class:`VolumeError` giving their count: silently zeroing
+  them would hide a broken scan, and the readers offer an explicit replacement choice.
+* **Cancellation** is checked before every batch (2D) or window batch (3D); a cancelled call raises
+  :class:`CancelledError` and returns nothing, so no half-filled label map can escape.
+* **Out of memory** on a GPU halves the batch and retries the same batch; at batch size 1 the user
+  gets a plain :class:`DeviceError`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CascadeSegError, ModelConfigError, VolumeError
+from ..io.volume import Volume
+from ..models.output import OutputRequest, SegmentationOutput
+from .checkpoint import ModelCard
+from .device import (
+    DeviceError,
+    inference_context,
+    is_out_of_memory,
+    memory_format,
+    release_cached_memory,
+    resolve_device,
+)
+from .progress import CancelToken, ProgressCallback, ProgressTracker
+
+DEFAULT_PATCH_3D = (128, 128, 128)
+VOXELWISE_SPECS = ("ct_window", "none")  # preprocessing types that need no whole-volume statistics
+PREPROCESS_SLAB = 16  # slices per chunk when applying a voxel-wise spec
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    """Optional outputs beyond the label map (each costs memory of one volume per map).
+
+    ``probabilities``: softmax per class ``(K, Z, Y, X)`` float32. ``depths``: a label map for every
+    pruning depth (one forward pass computes all heads). ``stages``: a label map per cascade stage.
+    ``attention``: every attention gate's coefficients resampled onto the image grid.
+    """
+
+    probabilities: bool = False
+    depths: bool = False
+    stages: bool = False
+    attention: bool = False
+
+    def output_request(self) -> OutputRequest:
+        return OutputRequest(heads=self.depths, stages=self.stages, attention=self.attention)
+
+
+@dataclass
+class PredictionResult:
+    """What :meth:`Predictor.predict` returns; every map lies on the input image's grid.
+
+    ``labels``: label :class:`Volume` ``(Z, Y, X)`` with the image's geometry, smallest integer dtype.
+    ``probabilities``: ``(K, Z, Y, X)`` float32 Volume (channel names = class names) or ``None``.
+    ``depth_labels``: ``{depth: label Volume}`` when depths were requested.
+    ``stage_labels``: ``{stage name: label Volume}`` when stages were requested (a stage with its own
+    class count, e.g. CU-Net's whole-tumour stage 1, keeps its raw channel indices as values).
+    ``attention``: ``{gate: float32 Volume (Z, Y, X) in [0, 1]}`` when attention was requested.
+    ``depth``, ``mode``, ``axis``, ``device``: what was run. ``items``/``unit``: slices or patches
+    processed. ``timings``: seconds for ``preprocess``, ``inference``, ``total``.
+    ``stats``: model-specific measurements, e.g. ``stage2_fraction`` (the mean share of the input
+    a coarse-to-fine cascade's stage 2 ran on: its saving over running stage 2 everywhere).
+    """
+
+    labels: Volume
+    probabilities: Volume | None = None
+    depth_labels: dict[int, Volume] = field(default_factory=dict)
+    stage_labels: dict[str, Volume] = field(default_factory=dict)
+    attention: dict[str, Volume] = field(default_factory=dict)
+    depth: int = 1
+    mode: str = "2d"
+    axis: int = 0
+    device: str = "cpu"
+    items: int = 0
+    unit: str = "slices"
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Slices (2D) or patches (3D) per second of network time."""
+        t = self.timings.get("inference", 0.0)
+        return self.items / t if t > 0 else 0.0
+
+
+def label_dtype(max_value: int) -> np.dtype:
+    """Smallest unsigned integer dtype holding ``0..max_value``."""
+    return np.dtype(np.min_scalar_type(max(int(max_value), 0)))
+
+
+class Predictor:
+    """Runs a :class:`SegmentationModel` described by a :class:`ModelCard` on whole volumes.
+
+    ``device``: ``"auto"`` (CUDA, MPS, CPU), or a device name. ``mixed_precision``: bf16/fp16
+    autocast on GPUs (ignored on the CPU). ``batch_size``: slices per 2D batch / windows per 3D
+    batch (``None``: 8 slices or 1 window on the CPU, 32 slices or 2 windows on a GPU).
+    """
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: str | torch.device = "auto",
+                 mixed_precision: bool = True, batch_size: int | None = None) -> None:
+        self.card = card
+        self.device = resolve_device(device)
+        self.mixed_precision = mixed_precision
+        self.batch_size = batch_size
+        dims = int(getattr(model, "dims", card.dims))
+        if dims != card.dims:
+            raise ModelConfigError(f"model is {dims}D but its card says dims={card.dims}")
+        self.model = model.to(self.device, memory_format=memory_format(self.device, dims)).eval()
+        values = card.class_values
+        self._lut = None if values == list(range(len(values))) else torch.tensor(values, dtype=torch.int64)
+        self.label_dtype = label_dtype(max(values))
+
+    @classmethod
+    def from_checkpoint(cls, folder: Any, device: str | torch.device = "auto", **options: Any) -> "Predictor":
+        """Load a checkpoint folder (or shipped/user model name) and wrap it."""
+        from .checkpoint import load_checkpoint, resolve_checkpoint
+
+        model, card = load_checkpoint(resolve_checkpoint(folder), device=None)
+        return cls(model, card, device=device, **options)
+
+    # -- public ------------------------------------------------------------------------------
+    def resolve_depth(self, depth: int | None) -> int:
+        """``None`` -> the card's recommended depth (else the full depth); checked against the model."""
+        if depth is None:
+            depth = self.card.recommended_depth
+        return int(self.model.check_depth(depth))
+
+    def predict(
+        self,
+        volume: Volume,
+        mode: str | None = None,
+        axis: int | None = None,
+        depth: int | None = None,
+        want: PredictionRequest | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        patch_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
+    ) -> PredictionResult:
+        """Segment ``volume`` (``(C, Z, Y, X)`` with the card's channels in order).
+
+        ``mode``: ``"2d"`` or ``"3d"`` (default: the card's dims; a 2D network can only run in 2D
+        and a 3D one only in 3D). ``axis``: slicing axis for 2D (default: the card's
+        ``slice_axis``). ``depth``: pruning depth (default: the card's recommended depth).
+        ``patch_size``/``overlap``: 3D sliding window (default: the card's ``patch_size``, 50%).
+        """
+        t0 = time.perf_counter()
+        want = want or PredictionRequest()
+        mode = self._check_mode(mode)
+        axis = self.card.slice_axis if axis is None else int(axis)
+        if axis not in (0, 1, 2):
+            raise ModelConfigError(f"axis must be 0, 1 or 2 (z, y, x), got {axis}")
+        if not 0.0 <= overlap < 1.0:
+            raise ModelConfigError(f"overlap must be in [0, 1), got {overlap}")
+        depth = self.resolve_depth(depth)
+        self._check_volume(volume)
+        image = self._preprocess(volume)
+        working = self._working_grid(volume, image)
+        if working is not None:
+            image = working.array  # the native-grid float copy is released here
+        t1 = time.perf_counter()
+        crop_fractions = _CropFractions(self.model)
+        try:
+            if mode == "2d":
+                maps, items, unit = self._predict_2d(image, axis, depth, want, progress, cancel)
+            else:
+                maps, items, unit = self._predict_3d(image, depth, want, progress, cancel, patch_size, overlap)
+        finally:
+            crop_fractions.detach()
+        del image
+        t2 = time.perf_counter()
+        release_cached_memory(self.device)
+        if working is not None:
+            maps = _maps_to_grid(maps, working, volume)
+        result = self._wrap(volume, maps, want)
+        result.stats = crop_fractions.summary()
+        result.depth, result.mode, result.axis, result.device = depth, mode, axis, str(self.device)
+        result.items, result.unit = items, unit
+        result.timings = {"preprocess": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0}
+        return result
+
+    # -- checks and preprocessing ------------------------------------------------------------
+    def _check_mode(self, mode: str | None) -> str:
+        mode = (mode or f"{self.card.dims}d").lower()
+        if mode not in ("2d", "3d"):
+            raise ModelConfigError(f"mode must be '2d' or '3d', got {mode!r}")
+        if mode != f"{self.card.dims}d":
+            raise ModelConfigError(
+                f"mode {mode!r} does not fit this checkpoint: its network is {self.card.dims}D "
+                f"(use mode '{self.card.dims}d')"
+            )
+        return mode
+
+    def _check_volume(self, volume: Volume) -> None:
+        array = volume.array
+        name = str(volume.source) if volume.source else "image"
+        if array.ndim != 4:
+            raise VolumeError(
+                f"{name}: expected an image of shape (C, Z, Y, X), got shape {array.shape} "
+                f"(a label map cannot be segmented)"
+            )
+        expected = self.card.channel_names
+        if array.shape[0] != len(expected):
+            given = f" ({', '.join(volume.channel_names)})" if volume.channel_names else ""
+            raise VolumeError(
+                f"{name}: has {array.shape[0]} channel(s){given} but the model "
+                f"'{self.card.name or self.card.architecture}' expects {len(expected)}: {', '.join(expected)}"
+            )
+        if min(array.shape[1:]) == 0:
+            raise VolumeError(f"{name}: the volume is empty (spatial shape {array.shape[1:]})")
+        if np.issubdtype(array.dtype, np.floating):
+            # A sum is NaN/Inf iff some voxel is (barring overflow of huge finite values): checked
+            # without allocating a mask of the volume.
+            if not np.isfinite(array.sum(dtype=np.float64)):
+                bad = int(np.count_nonzero(~np.isfinite(array)))
+                if bad:
+                    raise VolumeError(
+                        f"{name}: {bad} voxel(s) are NaN or infinite; replace them before segmenting "
+                        f"(e.g. load the scan with NaN replacement) — expected finite intensities"
+                    )
+
+    def _working_grid(self, volume: Volume, image: np.ndarray) -> Volume | None:
+        """``image`` resampled (linear) to the card's ``target_spacing`` when the scan's spacing
+        differs from it by more than 1 % on some axis; ``None``: predict on the scan's own grid.
+
+        Intensities are normalised on the native grid first (the statistics the network was
+        trained with), then resampled; the maps come back with :func:`_maps_to_grid`.
+        """
+        target = self.card.target_spacing
+        if not target or np.allclose(volume.spacing, target, rtol=0.01):
+            return None
+        from ..preprocessing import resample_to_spacing
+
+        return resample_to_spacing(volume.with_array(image), target, is_label=False)
+
+    def _preprocess(self, volume: Volume) -> np.ndarray:
+        """The card's preprocessing per channel -> one float32 ``(C, Z, Y, X)`` array.
+
+        Voxel-wise specs (CT window, plain cast) are applied slab by slab straight into the
+        output, so their temporaries (NumPy promotes an int16 clip with float bounds to float64)
+        stay slab-sized; specs that need whole-volume statistics (z-score, min-max) see the
+        whole channel.
+        """
+        specs = [ch.get("preprocessing") for ch in self.card.input_channels]
+        out = np.empty(volume.array.shape, dtype=np.float32)
+        for c, spec in enumerate(specs):
+            channel = volume.array[c]
+            if not spec or spec.get("type", "none") in VOXELWISE_SPECS:
+                for z in range(0, channel.shape[0], PREPROCESS_SLAB):
+                    out[c, z:z + PREPROCESS_SLAB] = _preprocess_channel(channel[z:z + PREPROCESS_SLAB], spec)
+            else:
+                out[c] = _preprocess_channel(channel, spec)
+        return out
+
+    # -- 2D ----------------------------------------------------------------------------------
+    def _predict_2d(self, image: np.ndarray, axis: int, depth: int, want: PredictionRequest,
+                    progress: ProgressCallback | None, cancel: CancelToken | None
+                    ) -> tuple[dict[str, Any], int, str]:
+        planes = np.moveaxis(image, axis + 1, 1)  # (C, N, H, W) view, no copy
+        n, h, w = planes.shape[1:]
+        sink = _MapSink(image.shape[1:], self.card.num_classes, self.label_dtype, want)
+        divisor = tuple(int(d) for d in self.model.size_divisor)
+        pad = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
+        tracker = ProgressTracker(n, "slices", progress, cancel)
+        batch = self.batch_size or (32 if self.device.type != "cpu" else 8)
+        start = 0
+        with inference_context(self.device, self.mixed_precision):
+            while start < n:
+                tracker.check_cancelled()
+                stop = min(start + batch, n)
+                x = torch.from_numpy(np.ascontiguousarray(planes[:, start:stop].swapaxes(0, 1)))
+                try:
+                    out = self._forward(x, pad, depth, want)
+                except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                    batch = self._smaller_batch(exc, batch, f"slices of {h}x{w}")
+                    continue
+                sink.write_2d(out, axis, start, stop, (h, w), self._lut)
+                tracker.advance(stop - start)
+                start = stop
+        return sink.maps, n, "slices"
+
+    def _forward(self, x: torch.Tensor, pad: tuple[int, ...], depth: int, want: PredictionRequest
+                 ) -> SegmentationOutput:
+        x = x.to(self.device, non_blocking=True)
+        if any(pad):
+            x = F.pad(x, pad)
+        x = x.contiguous(memory_format=memory_format(self.device, x.ndim - 2))
+        request = want.output_request()
+        # Every depth needs every head: run the full network and take head `depth` as the result.
+        out = self.model(x, depth=None if want.depths else depth, request=request)
+        if want.depths and out.heads:
+            out.logits = out.heads.get(depth, out.logits)
+        return out
+
+    def _smaller_batch(self, exc: Exception, batch: int, what: str) -> int:
+        if not is_out_of_memory(exc):
+            raise exc
+        release_cached_memory(self.device)
+        if batch <= 1:
+            raise DeviceError(
+                f"the {self.device} device ran out of memory even with one item ({what}); "
+                f"use device 'cpu', a smaller patch, or close other programs using the GPU"
+            ) from exc
+        return max(batch // 2, 1)
+
+    # -- 3D ----------------------------------------------------------------------------------
+    def _predict_3d(self, image: np.ndarray, depth: int, want: PredictionRequest,
+                    progress: ProgressCallback | None, cancel: CancelToken | None,
+                    patch_size: Sequence[int] | None, overlap: float) -> tuple[dict[str, Any], int, str]:
+        from monai.inferers import sliding_window_inference
+
+        patch = self._patch_size(patch_size)
+        spatial = image.shape[1:]
+        n_windows = count_windows(spatial, patch, overlap)
+        batch = self.batch_size or (2 if self.device.type != "cpu" else 1)
+        x = torch.from_numpy(image)[None]  # shares memory with the float copy
+        while True:
+            tracker = ProgressTracker(n_windows, "patches", progress, cancel)
+            runner = _WindowRunner(self, depth, want, tracker)
+            try:
+                with inference_context(self.device, self.mixed_precision):
+                    outputs = sliding_window_inference(
+                        x, roi_size=patch, sw_batch_size=batch, predictor=runner, overlap=overlap,
+                        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
+                        sw_device=self.device, device=torch.device("cpu"),
+                    )
+                break
+            except CascadeSegError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                batch = self._smaller_batch(exc, batch, f"patches of {'x'.join(map(str, patch))}")
+        outputs = outputs if isinstance(outputs, dict) else {"logits": outputs}
+        sink = _MapSink(spatial, self.card.num_classes, self.label_dtype, want)
+        sink.write_3d(outputs, self._lut)
+        return sink.maps, n_windows, "patches"
+
+    def _patch_size(self, patch_size: Sequence[int] | None) -> tuple[int, int, int]:
+        """Requested or card patch size, rounded up to the network's size divisor per axis."""
+        size = tuple(patch_size or self.card.patch_size or DEFAULT_PATCH_3D)
+        if len(size) != 3 or min(size) < 1:
+            raise ModelConfigError(f"patch_size must be 3 positive sizes (z, y, x), got {size}")
+        divisor = tuple(int(d) for d in self.model.size_divisor)
+        return tuple(-(-s // d) * d for s, d in zip(size, divisor))  # type: ignore[return-value]
+
+    # -- results -----------------------------------------------------------------------------
+    def _wrap(self, volume: Volume, maps: dict[str, Any], want: PredictionRequest) -> PredictionResult:
+        def label_volume(array: np.ndarray) -> Volume:
+            return volume.with_array(array, channel_names=[], meta={**volume.meta, "kind": "labels"})
+
+        result = PredictionResult(labels=label_volume(maps["labels"]))
+        if want.probabilities:
+            result.probabilities = volume.with_array(maps["probabilities"], channel_names=self.card.class_names)
+        result.depth_labels = {d: label_volume(a) for d, a in maps.get("depths", {}).items()}
+        result.stage_labels = {s: label_volume(a) for s, a in maps.get("stages", {}).items()}
+        result.attention = {g: volume.with_array(a, channel_names=[g]) for g, a in maps.get("attention", {}).items()}
+        return result
+
+
+def _maps_to_grid(maps: dict[str, Any], working: Volume, original: Volume) -> dict[str, Any]:
+    """Result maps made on the working grid, back onto the scan's grid: labels by nearest
+    neighbour, probabilities and attention maps linearly."""
+    from ..preprocessing import resample_to_grid
+
+    def labels(array: np.ndarray) -> np.ndarray:
+        return resample_to_grid(working.with_array(array), original, is_label=True).array.astype(array.dtype, copy=False)
+
+    def floats(array: np.ndarray) -> np.ndarray:
+        return resample_to_grid(working.with_array(array), original, is_label=False).array
+
+    out: dict[str, Any] = {"labels": labels(maps["labels"])}
+    if "probabilities" in maps:
+        out["probabilities"] = floats(maps["probabilities"])
+    out["depths"] = {d: labels(a) for d, a in maps["depths"].items()}
+    out["stages"] = {k: labels(a) for k, a in maps["stages"].items()}
+    out["attention"] = {g: floats(a[None])[0] for g, a in maps["attention"].items()}
+    return out
+
+
+class _CropFractions:
+    """Reads a coarse-to-fine model's ``last_crop_fraction`` after each forward: the share of the
+    input its stage 2 ran on, i.e. the measured saving of the candidate-region crop."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.values: list[float] = []
+        self._handle = None
+        if hasattr(model, "last_crop_fraction"):
+            self._handle = model.register_forward_hook(
+                lambda module, args, output: self.values.append(float(module.last_crop_fraction)))
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def summary(self) -> dict[str, float]:
+        if not self.values:
+            return {}
+        return {"stage2_fraction": float(np.mean(self.values)), "stage2_forwards": float(len(self.values))}
+
+
+def _preprocess_channel(array3d: np.ndarray, spec: dict[str, Any] | None) -> np.ndarray:
+    """One channel through the card's spec (``None`` / ``{"type": "none"}``: cast only)."""
+    if not spec or spec.get("type", "none") == "none":
+        return np.asarray(array3d, dtype=np.float32)
+    from ..preprocessing import apply_channel_preprocessing
+
+    return apply_channel_preprocessing(array3d, spec)
+
+
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` as uint8 (int32 beyond 255 classes), computed with one vectorised
+    comparison per class: PyTorch's CPU argmax over the strided channel axis is ~10x slower
+    (0.34 s vs 0.04 s for 4x2x512x512 on one core). Ties go to the lowest class, as argmax."""
+    classes = logits.shape[1]
+    best = logits[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8 if classes <= 256 else torch.int32, device=logits.device)
+    for k in range(1, classes):  # a loop over classes, not voxels
+        candidate = logits[:, k]
+        index.masked_fill_(candidate > best, k)
+        torch.maximum(best, candidate, out=best)
+    return index
+
+
+def count_windows(spatial: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+    """How many windows MONAI's sliding window visits (its scan-interval rule, after padding)."""
+    total = 1
+    for size, roi in zip(spatial, patch):
+        size = max(size, roi)
+        if roi == size:
+            steps = 1
+        else:
+            interval = max(int(roi * (1 - overlap)), 1)
+            steps = -(-(size - roi) // interval) + 1
+        total *= steps
+    return total
+
+
+class _WindowRunner:
+    """The predictor MONAI calls per window batch: runs the model, reports, honours cancel.
+
+    Returns a plain tensor for the labels alone, or a dict of named maps (logits, each depth's
+    logits, each stage's logits, each attention gate) which MONAI blends at their own resolution.
+    """
+
+    def __init__(self, owner: Predictor, depth: int, want: PredictionRequest, tracker: ProgressTracker) -> None:
+        self.owner, self.depth, self.want, self.tracker = owner, depth, want, tracker
+        self.extras = want.depths or want.stages or want.attention
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        self.tracker.check_cancelled()
+        out = self.owner._forward(x, (0,) * 6, self.depth, self.want)
+        self.tracker.advance(x.shape[0])
+        if not self.extras:
+            return out.logits.float()
+        maps = {"logits": out.logits.float()}
+        if self.want.depths:
+            maps.update({f"depth:{d}": t.float() for d, t in out.heads.items()})
+        if self.want.stages:
+            maps.update({f"stage:{s}": t.float() for s, t in out.stages.items()})
+        if self.want.attention:
+            maps.update({f"attention:{g}": t.float() for g, t in out.attention.items()})
+        return maps
+
+
+class _MapSink:
+    """Collects network outputs into the result arrays (allocated once, filled batch by batch)."""
+
+    def __init__(self, spatial: Sequence[int], num_classes: int, dtype: np.dtype, want: PredictionRequest) -> None:
+        self.spatial = tuple(int(s) for s in spatial)
+        self.dtype = dtype
+        self.want = want
+        self.maps: dict[str, Any] = {"labels": np.zeros(self.spatial, dtype=dtype)}
+        if want.probabilities:
+            self.maps["probabilities"] = np.zeros((num_classes, *self.spatial), dtype=np.float32)
+        self.maps["depths"], self.maps["stages"], self.maps["attention"] = {}, {}, {}
+        self.num_classes = num_classes
+
+    def _labels_from_logits(self, logits: torch.Tensor, lut: torch.Tensor | None) -> np.ndarray:
+        index = channel_argmax(logits)
+        if lut is not None and logits.shape[1] == len(lut):
+            index = lut.to(index.device)[index.long()]
+        return index.to("cpu").numpy().astype(self.dtype, copy=False)
+
+    def _stage_labels(self, logits: torch.Tensor, lut: torch.Tensor | None) -> np.ndarray:
+        """A stage with the final class count uses the class values; another (CU-Net's
+        whole-target stage 1) keeps its channel indices."""
+        if logits.shape[1] == self.num_classes:
+            return self._labels_from_logits(logits, lut)
+        index = channel_argmax(logits).to("cpu").numpy()
+        return index.astype(label_dtype(logits.shape[1] - 1), copy=False)
+
+    def _new(self, group: str, key: Any, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        store = self.maps[group]
+        if key not in store:
+            store[key] = np.zeros(tuple(shape), dtype=dtype)
+        return store[key]
+
+    def write_2d(self, out: SegmentationOutput, axis: int, start: int, stop: int, hw: tuple[int, int],
+                 lut: torch.Tensor | None) -> None:
+        h, w = hw
+        crop = (slice(None), slice(None), slice(0, h), slice(0, w))
+        logits = out.logits[crop].float()
+        planes = lambda a: np.moveaxis(a, axis, 0)[start:stop]  # noqa: E731 - view of the slab
+        planes(self.maps["labels"])[...] = self._labels_from_logits(logits, lut)
+        if self.want.probabilities:
+            probs = torch.softmax(logits, dim=1).to("cpu").numpy()
+            np.moveaxis(self.maps["probabilities"], axis + 1, 1)[:, start:stop] = probs.swapaxes(0, 1)
+        if self.want.depths:
+            for d, head in out.heads.items():
+                planes(self._new("depths", d, self.spatial, self.dtype))[...] = \
+                    self._labels_from_logits(head[crop].float(), lut)
+        if self.want.stages:
+            for name, stage in out.stages.items():
+                # Stage maps are few classes; uint8 always holds them (checked by label_dtype).
+                labels = self._stage_labels(stage[crop].float(), lut)
+                planes(self._new("stages", name, self.spatial, labels.dtype))[...] = labels
+        if self.want.attention:
+            padded = out.logits.shape[2:]
+            for gate, coeff in out.attention.items():
+                up = F.interpolate(coeff.float(), size=tuple(padded), mode="bilinear", align_corners=False)
+                planes(self._new("attention", gate, self.spatial, np.float32))[...] = \
+                    up[:, 0, :h, :w].clamp_(0, 1).to("cpu").numpy()
+
+    def write_3d(self, outputs: dict[str, torch.Tensor], lut: torch.Tensor | None) -> None:
+        logits = outputs["logits"]
+        self.maps["labels"][...] = self._labels_from_logits(logits, lut)[0]
+        if self.want.probabilities:
+            self.maps["probabilities"][...] = torch.softmax(logits, dim=1)[0].numpy()
+        for key, tensor in outputs.items():
+            group, _, name = key.partition(":")
+            if group == "depth":
+                self.maps["depths"][int(name)] = self._labels_from_logits(tensor, lut)[0]
+            elif group == "stage":
+                self.maps["stages"][name] = self._stage_labels(tensor, lut)[0]
+            elif group == "attention":
+                if tuple(tensor.shape[2:]) != self.spatial:
+                    tensor = F.interpolate(tensor, size=self.spatial, mode="trilinear", align_corners=False)
+                self.maps["attention"][name] = tensor[0, 0].clamp_(0, 1).numpy()
+
+
+__all__ = [
+    "Predictor",
+    "PredictionRequest",
+    "PredictionResult",
+    "label_dtype",
+    "count_windows",
+]

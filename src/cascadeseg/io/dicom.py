@@ -1,0 +1,133 @@
+"""DICOM series through SimpleITK/GDCM: a folder, or any file of the series.
+
+Given a folder with several series, the error lists each one (UID, description, modality, number of
+files) and ``series_uid=`` picks one. Given a single file, its own series is loaded, which is what
+a user who double-clicks one slice expects. Slices are sorted by GDCM along the slice normal, and
+the rescale slope/intercept is applied (CT comes out in HU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from cascadeseg.errors import InputFileError
+from cascadeseg.io.itk_files import volume_from_sitk
+from cascadeseg.io.volume import Volume
+
+_TAG_MODALITY = "0008|0060"
+_TAG_SERIES_DESCRIPTION = "0008|103e"
+_TAG_STUDY_DATE = "0008|0020"
+_TAG_PATIENT_ID = "0010|0020"
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series found in a folder."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str
+    modality: str
+
+    def summary(self) -> str:
+        description = self.description or "(no description)"
+        return f"series_uid={self.uid!r}: {description}, {self.modality or '?'}, {len(self.files)} files"
+
+
+def _file_tags(filename: str) -> dict[str, str]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(filename)
+    reader.ReadImageInformation()
+    return {key: reader.GetMetaData(key).strip() for key in reader.GetMetaDataKeys()}
+
+
+def list_series(folder: Path) -> list[DicomSeries]:
+    """Every DICOM series in ``folder`` (not recursive), with description and modality."""
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise InputFileError(f"{folder}: cannot scan for DICOM series ({exc})") from exc
+    found = []
+    for uid in uids:
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        if not files:
+            continue
+        tags = _file_tags(files[0])
+        found.append(
+            DicomSeries(
+                uid=uid,
+                files=files,
+                description=tags.get(_TAG_SERIES_DESCRIPTION, ""),
+                modality=tags.get(_TAG_MODALITY, ""),
+            )
+        )
+    return found
+
+
+def _pick_series(path: Path, series_uid: str | None) -> DicomSeries:
+    folder = path if path.is_dir() else path.parent
+    series = list_series(folder)
+    if not series:
+        raise InputFileError(
+            f"{folder}: no DICOM images found; expected a folder holding one DICOM series "
+            "(files with the DICM preamble) or a NIfTI/MHA/NRRD file"
+        )
+    if series_uid is not None:
+        for candidate in series:
+            if candidate.uid == series_uid:
+                return candidate
+        listing = "; ".join(s.summary() for s in series)
+        raise InputFileError(f"{folder}: no DICOM series with series_uid={series_uid!r}; found: {listing}")
+    if path.is_file():
+        target = path.resolve()
+        for candidate in series:
+            if any(Path(name).resolve() == target for name in candidate.files):
+                return candidate
+    if len(series) > 1:
+        listing = "; ".join(s.summary() for s in series)
+        raise InputFileError(
+            f"{folder}: holds {len(series)} DICOM series, expected one; "
+            f"pass series_uid= to pick one of: {listing}"
+        )
+    return series[0]
+
+
+def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
+    """Read one DICOM series as ``(1, Z, Y, X)`` with its geometry, in the scanner's orientation."""
+    chosen = _pick_series(path, series_uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(chosen.files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputFileError(
+            f"{path}: DICOM series {chosen.uid!r} cannot be read ({str(exc).strip().splitlines()[-1]}); "
+            "expected a complete series of image slices"
+        ) from exc
+    tags = {key: reader.GetMetaData(0, key).strip() for key in reader.GetMetaDataKeys(0)}
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "series_uid": chosen.uid,
+        "series_description": chosen.description,
+        "dicom_modality": chosen.modality,
+        "num_files": len(chosen.files),
+    }
+    for key, name in ((_TAG_STUDY_DATE, "study_date"), (_TAG_PATIENT_ID, "patient_id")):
+        if tags.get(key):
+            meta[name] = tags[key]
+    return volume_from_sitk(image, path, meta)

@@ -1,0 +1,90 @@
+"""MetaImage (``.mha``/``.mhd``) and NRRD (``.nrrd``/``.nhdr``) through SimpleITK.
+
+Also the conversion between a SimpleITK image and the ``(C, Z, Y, X)`` array + geometry used
+everywhere else, shared with the DICOM reader. Orientation is left as in the file; the canonical
+reorientation happens in :mod:`cascadeseg.io.orientation`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from cascadeseg.errors import InputFileError
+from cascadeseg.io.volume import Volume
+
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def volume_from_sitk(image: sitk.Image, path: Path, meta: dict[str, Any]) -> Volume:
+    """Array ``(C, Z, Y, X)`` + geometry from a 2D, 3D or 4D, scalar or vector SimpleITK image.
+
+    A 4th dimension or a vector pixel is read as channels. 2D images come back with a 2D array so
+    the shared dimension checks can name the problem.
+    """
+    dimension = image.GetDimension()
+    array = sitk.GetArrayFromImage(image)
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        array = np.moveaxis(array, -1, 0)  # (..., C) -> (C, ...)
+    elif dimension == 3:
+        array = array[None]
+    if dimension < 3:
+        return Volume(array=array, spacing=(1.0, 1.0, 1.0), source=path, meta=meta)
+    spacing = tuple(float(s) for s in image.GetSpacing()[:3][::-1])
+    origin = tuple(float(o) for o in image.GetOrigin()[:3])
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dimension, dimension)[:3, :3]
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction, source=path, meta=meta)  # type: ignore[arg-type]
+
+
+def sitk_from_array(
+    array: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: tuple[float, float, float],
+    direction: np.ndarray,
+) -> sitk.Image:
+    """SimpleITK image from ``(Z, Y, X)`` (scalar) or ``(C, Z, Y, X)`` (C > 1: vector pixels)."""
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 4:
+        image = sitk.GetImageFromArray(np.moveaxis(array, 0, -1), isVector=True)
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing([float(s) for s in spacing[::-1]])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(v) for v in np.asarray(direction, dtype=float).reshape(-1)])
+    return image
+
+
+def read_itk_file(path: Path) -> Volume:
+    """Read a MetaImage or NRRD file (scalar or vector, 2D-4D) in its own orientation."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise InputFileError(
+            f"{path}: cannot be read as {path.suffix} image ({first_line}); "
+            "expected a complete MetaImage or NRRD file"
+        ) from exc
+    meta: dict[str, Any] = {"format": path.suffix.lstrip(".").lower()}
+    modality = reader.GetMetaData("Modality") if reader.HasMetaDataKey("Modality") else ""
+    if modality:
+        meta["header_modality"] = modality  # MetaImage writes e.g. MET_MOD_CT
+    return volume_from_sitk(image, path, meta)
+
+
+def write_itk_file(
+    array: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: tuple[float, float, float],
+    direction: np.ndarray,
+    path: Path,
+) -> None:
+    """Write MHA/MHD/NRRD with compression (labels compress ~50x)."""
+    image = sitk_from_array(array, spacing, origin, direction)
+    sitk.WriteImage(image, str(path), useCompression=True)

@@ -1,0 +1,191 @@
+"""The named losses of ``build_loss``: each paper's per-output term and combination rule.
+
+Per-output terms live in :mod:`.overlap`, :mod:`.pixelwise`, :mod:`.lovasz` and
+:mod:`.sampling`; the deep-supervision / stage / CGM combination in :mod:`.supervision`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ModelConfigError
+from ..models.output import SegmentationOutput
+from .lovasz import lovasz_hinge_loss
+from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
+from .pixelwise import class_frequency_weighted_ce, cross_entropy_loss, focal_loss
+from .sampling import sample_matrix
+from .supervision import SupervisedLoss
+from .targets import dilate
+
+
+class SoftDiceLoss(SupervisedLoss):
+    """"dice": soft Dice over the foreground classes (batch Dice, smooth 1e-5); deep-supervision
+    branches averaged (UNet++'s accurate mode)."""
+
+    def __init__(self, *, smooth: float = 1e-5, batch: bool = True, include_background: bool = False, **common: Any) -> None:
+        super().__init__(**common)
+        self.smooth, self.batch, self.include_background = smooth, batch, include_background
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return soft_dice_loss(
+            logits, target, smooth=self.smooth, batch=self.batch, include_background=self.include_background, roi=roi
+        )
+
+
+class DiceCELoss(SoftDiceLoss):
+    """"dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss)."""
+
+    def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 1.0, **options: Any) -> None:
+        super().__init__(**options)
+        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return self.ce_weight * cross_entropy_loss(logits, target, roi=roi) + self.dice_weight * super().term(
+            logits, target, roi
+        )
+
+
+class FocalTverskyLoss(SupervisedLoss):
+    """"focal_tversky": paper 000 Eq. 5 (alpha 0.4, beta 0.6, gamma 4/3, eps 1e-6) on every output;
+    a cascade's two stages are both supervised and summed (end-to-end training, paper 000 Fig. 1)."""
+
+    def __init__(self, *, alpha: float = 0.4, beta: float = 0.6, gamma: float = 4.0 / 3.0, eps: float = 1e-6,
+                 **common: Any) -> None:
+        super().__init__(**common)
+        self.alpha, self.beta, self.gamma, self.eps = alpha, beta, gamma, eps
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return focal_tversky_loss(logits, target, alpha=self.alpha, beta=self.beta, gamma=self.gamma, eps=self.eps, roi=roi)
+
+
+class WeightedSamplingLoss(SupervisedLoss):
+    """"weighted_sampling": CU-Net (paper 001) Eq. 1-4.
+
+    ``L = L1 + L2 + omega * sum_i La_i``: the two branch (stage) losses plus the eight auxiliary
+    losses with ``aux_weight`` omega (0.1 initially in the paper, divided by 10 every ten epochs
+    down to 1e-3 - the trainer may set ``loss.aux_weight`` between epochs). Each is the sampled
+    cross-entropy of Eq. 1 with the sample matrix of :mod:`.sampling` (U-Net 1's rule for
+    whole-tumour outputs, U-Net 2's for substructure outputs). ``roi`` is the brain mask
+    (S1 = outside). ``seed`` makes the random sampling reproducible.
+    """
+
+    def __init__(self, *, beta: float = 1.5, contour_weight: float = 2.0, contour_width: int = 10,
+                 empty_rate: float = 0.01, aux_weight: float = 0.1, seed: int | None = None, **common: Any) -> None:
+        super().__init__(aux_weight=aux_weight, **common)
+        if beta <= 0 or contour_weight < 1 or contour_width < 0 or not 0 <= empty_rate <= 1:
+            raise ModelConfigError(
+                "loss 'weighted_sampling': expected beta > 0, contour_weight >= 1, contour_width >= 0 and "
+                f"0 <= empty_rate <= 1, got {beta}, {contour_weight}, {contour_width}, {empty_rate}"
+            )
+        self.beta, self.contour_weight, self.contour_width, self.empty_rate = beta, contour_weight, contour_width, empty_rate
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        substructures = logits.shape[1] > 2  # U-Net 2's outputs; 2 channels: whole tumour (U-Net 1)
+        generator = self.generator if self.generator is not None and logits.device.type == "cpu" else None
+        weights = sample_matrix(
+            target > 0, roi, substructures=substructures, beta=self.beta, contour_weight=self.contour_weight,
+            contour_width=self.contour_width, empty_rate=self.empty_rate, generator=generator,
+        )
+        return cross_entropy_loss(logits, target, voxel_weight=weights)
+
+
+class ClassWeightedCELoss(SupervisedLoss):
+    """"class_weighted_ce": Roth et al.'s class-frequency-weighted cross-entropy (paper 002).
+
+    Stage 1 is trained on its candidate region C1 = ``roi`` (the body mask; everything without
+    one). Stage 2 on C2, the region stage 1 hands it: the bounding box (one box for the batch) of
+    stage 1's predicted foreground grown by ``candidate_margin`` voxels, the whole volume while
+    stage 1 finds nothing - the same rule as :mod:`cascadeseg.models.coarse_to_fine_unet`
+    (whose stage 2 logits outside the box are stage 1's, which this keeps out of stage 2's loss).
+    """
+
+    def __init__(self, *, candidate_margin: int = 4, **common: Any) -> None:
+        super().__init__(**common)
+        self.candidate_margin = int(candidate_margin)
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return class_frequency_weighted_ce(logits, target, roi=roi)
+
+    def stage_region(self, name: str, output: SegmentationOutput, target: Tensor, roi: Tensor | None) -> Tensor | None:
+        names = list(output.stages)
+        if names.index(name) == 0:
+            return roi
+        previous = output.stages[names[names.index(name) - 1]]
+        found = (previous.detach().argmax(dim=1) != 0).any(dim=0)  # union over the batch
+        if not bool(found.any()):
+            return roi
+        box = dilate(_bounding_box(found).unsqueeze(0), self.candidate_margin).expand_as(target)
+        return box if roi is None else box & roi
+
+
+def _bounding_box(mask: Tensor) -> Tensor:
+    """Filled bounding box of a non-empty bool mask ``(*spatial)``, as a mask of the same shape."""
+    box = torch.ones_like(mask)
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = torch.nonzero(mask.any(dim=others)).flatten()
+        inside = torch.zeros(mask.shape[axis], dtype=torch.bool, device=mask.device)
+        inside[int(hits[0]): int(hits[-1]) + 1] = True
+        shape = [1] * mask.ndim
+        shape[axis] = -1
+        box &= inside.view(shape)
+    return box
+
+
+class ANUHybridLoss(SupervisedLoss):
+    """"anu_hybrid": ANU-Net (paper 003) Eq. 8, summed over the deep-supervision heads X0,1..X0,4.
+
+    Per head: ``focal term + (1 - squared soft Dice)`` with Dice ``(2 Y Ybar + s)/(Y^2 + Ybar^2 + s)``,
+    ``s = 1``. Eq. 8 as printed divides by ``|Y - 0.5|^gamma``, which is infinite at Y = 0.5 - where
+    every untrained network starts - and contradicts the text around it, which describes the focal
+    loss of its reference [6] (RetinaNet) and takes gamma = 2 from it; so the focal term here is
+    RetinaNet's ``-alpha_t (1 - p_t)^gamma log p_t`` with alpha = 0.25 on the foreground ("the
+    weight of the positive sample loss is reduced"), 0.75 on background, gamma = 2.
+    """
+
+    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, smooth: float = 1.0,
+                 branch_reduction: str = "sum", **common: Any) -> None:
+        super().__init__(branch_reduction=branch_reduction, **common)
+        self.alpha, self.gamma, self.smooth = alpha, gamma, smooth
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return focal_loss(logits, target, alpha=self.alpha, gamma=self.gamma, roi=roi) + soft_dice_loss(
+            logits, target, smooth=self.smooth, squared=True, roi=roi
+        )
+
+
+class UNetSharpMixedLoss(SupervisedLoss):
+    """"unet_sharp_mixed": UNet# (paper 004) Eq. 2-6 plus the classification-guided BCE.
+
+    Per branch ``0.5 * focal (alpha 0.25, gamma 2) + Laplace-smoothed Dice (per image, +1)
+    + 0.5 * Lovasz hinge (per image)``; the loss is the average over all eight branches (the four
+    full-resolution heads and the four decoder outputs against the max-pooled ground truth,
+    Sec. 2.2 / Fig. 2 / Fig. 4), plus the CGM's BCE against per-image presence.
+    """
+
+    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, focal_weight: float = 0.5,
+                 lovasz_weight: float = 0.5, **common: Any) -> None:
+        super().__init__(**common)
+        self.alpha, self.gamma, self.focal_weight, self.lovasz_weight = alpha, gamma, focal_weight, lovasz_weight
+
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        return (
+            self.focal_weight * focal_loss(logits, target, alpha=self.alpha, gamma=self.gamma, roi=roi)
+            + laplace_dice_loss(logits, target, roi=roi)
+            + self.lovasz_weight * lovasz_hinge_loss(logits, target, roi=roi)
+        )
+
+
+LOSSES: dict[str, type[SupervisedLoss]] = {
+    "dice": SoftDiceLoss,
+    "dice_ce": DiceCELoss,
+    "focal_tversky": FocalTverskyLoss,
+    "weighted_sampling": WeightedSamplingLoss,
+    "class_weighted_ce": ClassWeightedCELoss,
+    "anu_hybrid": ANUHybridLoss,
+    "unet_sharp_mixed": UNetSharpMixedLoss,
+}

@@ -1,0 +1,148 @@
+"""How one loss term is applied to every output a model gives, and the outputs are combined.
+
+A :class:`SupervisedLoss` owns one per-output term (``term(logits, target, roi)``) and applies it:
+
+* to ``heads`` (full-resolution pruning heads) - or to ``logits`` when the output has neither
+  heads nor stages;
+* to ``aux`` (named low-resolution outputs), against the target down-scaled to their size
+  (max-pooled labels by default, see :func:`.targets.downscale_labels`);
+* to each cascade ``stage``; a 2-channel stage (or aux) of a multi-class problem is supervised
+  against the foreground union (whole tumour), any other against the full label map;
+* plus the classification-guided module's BCE on ``classification`` against per-image presence
+  of each foreground class, when the model gave one.
+
+Combination, set by each paper's subclass: ``branch_reduction`` "mean" (UNet++/UNet# "accurate
+mode": the average over branches) or "sum" (ANU-Net Eq. 8); ``aux_weight=None`` pools the aux
+branches into that same mean/sum (UNet#: "the average loss value of all branches"), a number adds
+``aux_weight * sum(aux)`` separately (CU-Net Eq. 4, omega = 0.1). Stages are summed with
+``stage_weights`` (default 1 each; a weight of 0 skips the stage: stage-by-stage training).
+
+The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
+logits), ``target`` a ``(B, *spatial)`` label map, ``roi`` an optional bool ``(B, *spatial)`` mask
+of the voxels the loss may look at (brain / body mask, candidate region); ``roi`` is an additive
+keyword - callers that have none just leave it out.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ModelConfigError, VolumeError
+from ..models.output import SegmentationOutput
+from .targets import as_float, check_target, class_presence, downscale_labels, downscale_mask, target_for_channels
+
+REDUCTIONS = ("mean", "sum")
+
+
+class SupervisedLoss(nn.Module):
+    """Base class of the named losses; subclasses implement :meth:`term`."""
+
+    def __init__(
+        self,
+        *,
+        branch_reduction: str = "mean",
+        aux_weight: float | None = None,
+        aux_downscale: str = "max",
+        stage_weights: Mapping[str, float] | None = None,
+        classification_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if branch_reduction not in REDUCTIONS:
+            raise ModelConfigError(
+                f"loss option branch_reduction: '{branch_reduction}' is unknown (expected one of {REDUCTIONS})"
+            )
+        if aux_downscale not in ("max", "nearest"):
+            raise ModelConfigError(
+                f"loss option aux_downscale: '{aux_downscale}' is unknown (expected 'max' or 'nearest')"
+            )
+        self.branch_reduction = branch_reduction
+        self.aux_weight = aux_weight
+        self.aux_downscale = aux_downscale
+        self.stage_weights = dict(stage_weights or {})
+        self.classification_weight = float(classification_weight)
+
+    # -- what subclasses define -------------------------------------------------------------
+    def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
+        """The paper's loss of one output against a target of the same size."""
+        raise NotImplementedError
+
+    def stage_region(
+        self, name: str, output: SegmentationOutput, target: Tensor, roi: Tensor | None
+    ) -> Tensor | None:
+        """Voxels a stage's loss covers; the whole ``roi`` unless a paper says otherwise."""
+        return roi
+
+    # -- the shared machinery ---------------------------------------------------------------
+    def supervise(self, name: str, logits: Tensor, target: Tensor, roi: Tensor | None, num_classes: int) -> Tensor:
+        """One output's term, with the target (and roi) brought to its size and class count."""
+        size = tuple(logits.shape[2:])
+        if size != tuple(target.shape[1:]):
+            if any(s > t for s, t in zip(size, target.shape[1:])) or len(size) != target.ndim - 1:
+                raise ModelConfigError(
+                    f"loss: output '{name}' has spatial size {size}, larger than or incompatible with "
+                    f"the target {tuple(target.shape[1:])} (expected full or lower resolution)"
+                )
+            target = downscale_labels(target, size, self.aux_downscale)
+            roi = None if roi is None else downscale_mask(roi, size)
+        target = target_for_channels(target, logits.shape[1], num_classes, name)
+        return self.term(logits, target, roi)
+
+    def _reduce(self, losses: list[Tensor]) -> Tensor:
+        stacked = torch.stack(losses)
+        return stacked.mean() if self.branch_reduction == "mean" else stacked.sum()
+
+    def forward(
+        self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None
+    ) -> Tensor:
+        if isinstance(output, Tensor):
+            output = SegmentationOutput(logits=output)
+        logits = output.logits
+        num_classes = logits.shape[1]
+        target = check_target(target, logits)
+        if roi is not None:
+            if roi.shape != target.shape:
+                raise VolumeError(
+                    f"loss roi: shape {tuple(roi.shape)} does not match the target {tuple(target.shape)}"
+                )
+            roi = roi.bool()
+
+        heads = [self.supervise(f"heads[{k}]", v, target, roi, num_classes) for k, v in sorted(output.heads.items())]
+        aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in output.aux.items()]
+        main = heads if heads or output.stages else [self.supervise("logits", logits, target, roi, num_classes)]
+
+        parts: list[Tensor] = []
+        if self.aux_weight is None:
+            if main or aux:
+                parts.append(self._reduce(main + aux))
+        else:
+            if main:
+                parts.append(self._reduce(main))
+            if aux:
+                parts.append(self.aux_weight * torch.stack(aux).sum())
+        for name, stage_logits in output.stages.items():
+            weight = float(self.stage_weights.get(name, 1.0))
+            if weight == 0.0:
+                continue  # stage-by-stage training: this stage is frozen or not trained now
+            region = self.stage_region(name, output, target, roi)
+            parts.append(weight * self.supervise(f"stages[{name}]", stage_logits, target, region, num_classes))
+        if output.classification is not None and self.classification_weight > 0:
+            parts.append(self.classification_weight * self.classification_loss(output.classification, target, num_classes))
+        if not parts:  # every stage weighted 0: a zero that still belongs to the graph
+            return logits.sum() * 0.0
+        return torch.stack(parts).sum()
+
+    @staticmethod
+    def classification_loss(presence_logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
+        """BCE of the classification-guided module against per-image class presence."""
+        expected = (target.shape[0], num_classes - 1)
+        if tuple(presence_logits.shape) != expected:
+            raise ModelConfigError(
+                f"loss: classification output has shape {tuple(presence_logits.shape)}, expected {expected} "
+                f"(batch, foreground classes)"
+            )
+        truth = class_presence(target, num_classes)
+        return F.binary_cross_entropy_with_logits(as_float(presence_logits), truth.to(as_float(presence_logits).dtype))

@@ -1,0 +1,83 @@
+"""The classification-guided module (CGM) of UNet 3+ and UNet# (paper 004, Sec. 2.3).
+
+A small classifier on a feature map says, per image and per foreground class, whether the class is
+present at all; at inference the segmentation of a class judged absent is suppressed, which removes
+the false positives shallow branches produce on images without the target (most slices of a scan).
+
+Output convention (``SegmentationOutput.classification``): presence logits ``(B, num_classes - 1)``,
+before the sigmoid, one per foreground class. The papers' binary 2-way softmax + argmax is the
+``num_classes == 2`` case of this (sigmoid(logit) > 0.5 <=> "organ present"); one logit per class
+generalises it to multi-class label maps.
+
+How "zeroing" is done on logits (the papers multiply probabilities by the 0/1 argmax): the logits
+of every foreground class judged absent are replaced by :data:`ABSENT_LOGIT`, a large negative
+number, so that softmax gives that class ~0 probability and argmax never picks it; if every
+foreground class is absent the prediction is background everywhere. ``-1e4`` rather than ``-inf``
+keeps softmax/cross-entropy finite and fits float16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ABSENT_LOGIT = -1.0e4
+
+
+def _global_pools(dims: int) -> tuple[nn.Module, nn.Module]:
+    if dims == 2:
+        return nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+    return nn.AdaptiveAvgPool3d(1), nn.AdaptiveMaxPool3d(1)
+
+
+class PooledPresenceHead(nn.Module):
+    """UNet#'s CGM: global average and max pooling concatenated, flattened, then
+    ``Dropout -> Linear`` (the paper's "blue", simplified CGM) or, with ``hidden``,
+    ``Dropout -> Linear -> ReLU -> Dropout -> Linear`` (its "green" CGM for wide maps).
+
+    The paper also puts ``BatchNorm1d`` before each dropout; it is left out because batch norm over
+    a batch of one image fails in training, and one-patch batches are the norm in 3D.
+    """
+
+    def __init__(self, dims: int, in_channels: int, num_foreground: int, hidden: int | None = None,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.avg, self.max = _global_pools(dims)
+        features = 2 * in_channels
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if hidden is not None:
+            layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            features = hidden
+        layers.append(nn.Linear(features, num_foreground))
+        self.classifier = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        pooled = torch.cat([self.avg(features), self.max(features)], dim=1).flatten(1)
+        return self.classifier(pooled)
+
+
+class MaxPoolPresenceHead(nn.Module):
+    """UNet 3+'s CGM (Huang et al. 2020): ``Dropout -> 1x1 conv -> global max pooling`` on the
+    deepest encoder feature: a class is present when some location of the coarse map votes for it."""
+
+    def __init__(self, dims: int, in_channels: int, num_foreground: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.dropout = nn.Dropout(dropout)
+        self.conv = conv(in_channels, num_foreground, kernel_size=1)
+        self.pool = _global_pools(dims)[1]
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.pool(self.conv(self.dropout(features))).flatten(1)
+
+
+def suppress_absent_classes(logits: Tensor, presence_logits: Tensor) -> Tensor:
+    """Logits with every foreground class the CGM judged absent (presence logit < 0, i.e. sigmoid
+    below 0.5) set to :data:`ABSENT_LOGIT` for that image. ``logits`` ``(B, C, *spatial)`` may be at
+    any resolution (full-resolution heads and low-resolution auxiliary outputs alike)."""
+    absent = (presence_logits < 0).reshape(presence_logits.shape + (1,) * (logits.ndim - 2))
+    foreground = logits[:, 1:].masked_fill(absent, ABSENT_LOGIT)
+    return torch.cat([logits[:, :1], foreground], dim=1)
+
+
+__all__ = ["ABSENT_LOGIT", "PooledPresenceHead", "MaxPoolPresenceHead", "suppress_absent_classes"]

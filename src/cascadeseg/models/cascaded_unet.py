@@ -1,0 +1,78 @@
+"""Plain cascaded U-Net (paper 000, Sec. 2.1 and Fig. 1): two U-Nets in series, coarse to fine.
+
+``stage1 = UNet_1(x)``; ``stage2 = UNet_2([x, softmax(stage1)])``; the final logits are stage 2's.
+
+Paper 000 draws a single "between connection" (the red arrow of Fig. 1) carrying the former
+U-Net's output into the latter and describes the latter as refining "roughly segmented image
+masks"; its related work (Jiang et al., ref. 12) feeds "the raw images together" with the coarse
+map. Choice: stage 2 sees the image concatenated with stage 1's class probabilities (softmax,
+so the input scale does not drift with the logits' scale), which is that reading, and keeps the
+image available to the refining stage. Both stages have the same widths and depth and the same
+class count; the whole cascade trains end to end (``stages`` lets a loss supervise stage 1 too).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import ModelInfo, SegmentationModel
+from .blocks.conv import Norm
+from .blocks.encoder_decoder import double_conv_factory, level_widths, pooling_plan
+from .blocks.sampling import cumulative_divisor
+from .output import OutputRequest, SegmentationOutput
+from .registry import register
+from .unet import UNetBody
+
+
+@register
+class CascadedUNet(SegmentationModel):
+    """Two U-Nets; the second sees the image and the first one's probabilities (paper 000, Fig. 1)."""
+
+    info = ModelInfo(
+        name="cascaded_unet",
+        title="Cascaded U-Net",
+        paper="Wu et al. 2022 (paper 000), Fig. 1: plain cascaded U-Net",
+        family="cascade",
+        dims=(2, 3),
+        stages=("stage1", "stage2"),
+        default_loss="focal_tversky",
+    )
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        base_width: int = 32,
+        levels: int = 5,
+        norm: Norm = "batch",
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
+        widths = level_widths(base_width, levels)
+        block = double_conv_factory(dims, norm)
+        self.stage1 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)
+        self.stage2 = UNetBody(dims, in_channels + num_classes, num_classes, widths, self.plan, block)
+
+    @property
+    def size_divisor(self) -> tuple[int, ...]:
+        return cumulative_divisor(self.plan, self.dims)
+
+    def forward(
+        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
+    ) -> SegmentationOutput:
+        self.check_depth(depth)
+        self.check_input(x)
+        request = request or OutputRequest()
+        coarse = self.stage1(x)
+        fine = self.stage2(torch.cat([x, torch.softmax(coarse, dim=1)], dim=1))
+        # Stage 1 must be computed anyway; exposing it is a dict entry, not extra work.
+        stages = {"stage1": coarse, "stage2": fine} if request.stages else {}
+        return SegmentationOutput(logits=fine, stages=stages)
+
+
+__all__ = ["CascadedUNet"]

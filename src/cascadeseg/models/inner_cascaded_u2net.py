@@ -1,0 +1,77 @@
+"""Inner Cascaded U²-Net (paper 000, Sec. 2.3): the Inner Cascaded U-Net with every two-convolution
+block replaced by a residual U-block (RSU, Fig. 3b).
+
+The wiring is exactly Eq. 1-2 (see :mod:`cascadeseg.models.inner_cascaded_unet`); only the block
+``C`` changes.
+
+Choices where the paper is silent or loose:
+
+* Block height per level follows U²-Net: RSU-7 at the first level, one less per level down to
+  RSU-4, and RSU-4F (dilations instead of pooling) at the deepest level, where maps are too small
+  to pool again. Paper 000 says "L is set to 7 as recommended"; that is U²-Net's top-level value,
+  and U²-Net itself shrinks L with depth. The same height is used at a level in both encoders and
+  both decoders.
+* Middle width ``M`` (Fig. 3b) is half the block's output width at every level; the paper leaves
+  ``M`` adjustable "to control the augmented parameters" without a value.
+* RSUs pool with ``ceil_mode`` and resize back, so they add no input-size constraint; in 3D their
+  inner pooling follows the spacing at their level (anisotropic scans pool in-plane first).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from .base import ModelInfo
+from .blocks.conv import Norm
+from .blocks.encoder_decoder import BlockFactory
+from .blocks.rsu import RSU, RSU4F
+from .blocks.sampling import Factor
+from .inner_cascaded_unet import InnerCascadedUNet
+from .registry import register
+
+TOP_RSU_HEIGHT = 7  # paper 000: "L is set to 7 as recommended in [7]"
+MIN_RSU_HEIGHT = 4
+
+
+def rsu_factory(
+    dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
+) -> BlockFactory:
+    """RSU-(7 - level) down to RSU-4, RSU-4F at the deepest level; mid width = out width // 2."""
+    base = [1.0] * dims if spacing is None or dims == 2 else [float(s) for s in spacing]
+    level_spacing: list[list[float]] = [base]
+    for factor in plan:
+        level_spacing.append([s * f for s, f in zip(level_spacing[-1], factor)])
+
+    def make(level: int, in_ch: int, out_ch: int) -> nn.Module:
+        mid = max(out_ch // 2, 1)
+        if level == levels - 1:
+            return RSU4F(dims, in_ch, mid, out_ch, norm=norm)
+        height = max(TOP_RSU_HEIGHT - level, MIN_RSU_HEIGHT)
+        return RSU(dims, in_ch, mid, out_ch, height, norm=norm, spacing=level_spacing[level])
+
+    return make
+
+
+@register
+class InnerCascadedU2Net(InnerCascadedUNet):
+    """Inner Cascaded U²-Net (paper 000, Sec. 2.3): Eq. 1-2 with RSU blocks."""
+
+    info = ModelInfo(
+        name="inner_cascaded_u2net",
+        title="Inner Cascaded U²-Net",
+        paper="Wu et al. 2022 (paper 000), Sec. 2.3, Fig. 3b (RSU from Qin et al. 2020)",
+        family="cascade",
+        dims=(2, 3),
+        default_loss="focal_tversky",
+    )
+
+    @classmethod
+    def block_factory(
+        cls, dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
+    ) -> BlockFactory:
+        return rsu_factory(dims, norm, levels, spacing, plan)
+
+
+__all__ = ["InnerCascadedU2Net", "rsu_factory"]

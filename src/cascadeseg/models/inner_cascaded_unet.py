@@ -1,0 +1,157 @@
+"""Inner Cascaded U-Net (paper 000, Sec. 2.2, Eq. 1-2).
+
+Two U-Nets fused into one network: the encoder of the latter U-Net sits between the encoder and
+the decoder of the former one, and every block of the latter U-Net also reads the former one's
+features of the same (and the next lower) level. With levels numbered ``i = 1..L`` as in the
+paper (index ``i - 1`` in the code), ``C`` a block, ``U`` up-sampling, ``[.]`` concatenation and
+a down-sampling of ``e_2^{i-1}`` implied where resolutions differ:
+
+* former U-Net: a plain U-Net, encoder ``e_1^i``, decoder ``d_1^i = C([e_1^i, U(d_1^{i+1})])``,
+  ``d_1^L = e_1^L``;
+* Eq. 1, latter encoder: ``e_2^1 = C([e_1^1, U(e_1^2)])``;
+  ``e_2^i = C([e_2^{i-1}, e_1^i, U(e_1^{i+1})])`` for ``1 < i < L``; ``e_2^L = C([e_2^{L-1}, e_1^L])``;
+* Eq. 2, latter decoder: ``d_2^i = C([d_1^i, e_2^i, d_2^{i+1}])`` for ``1 <= i < L`` (``d_2^{i+1}``
+  up-sampled, ``d_2^L = e_2^L``); the 1x1 head reads ``d_2^1``.
+
+Choices where the paper is silent:
+
+* ``C`` is the two-convolution U-Net block (paper: "convolution ... followed by batch
+  normalization and ReLU"; Fig. 3a shows the two-layer block the U²-Net variant replaces).
+* ``U`` is parameter-free (bi/tri)linear up-sampling keeping the width, everywhere including the
+  two decoders: the equations give ``U`` no weights and concatenate the up-sampled map at its own
+  width (``U(e_1^{i+1})`` has twice the channels of ``e_1^i``). Down-sampling is max pooling.
+* The model is single-stage, as the paper says ("a single-stage method"): the former U-Net's
+  decoder has no head of its own, so there are no ``stages`` to supervise.
+* 3D is an extension (the paper is 2D and leaves 3D to future work) with nnU-Net-style per-axis
+  pooling from the spacing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import ModelInfo, SegmentationModel
+from .blocks.conv import Norm
+from .blocks.encoder_decoder import (
+    BlockFactory,
+    UNetDecoder,
+    UNetEncoder,
+    double_conv_factory,
+    level_widths,
+    pooling_plan,
+    segmentation_head,
+)
+from .blocks.sampling import Downsample, Factor, Upsample, cumulative_divisor
+from .output import OutputRequest, SegmentationOutput
+from .registry import register
+
+
+class InnerCascadedEncoder(nn.Module):
+    """The latter U-Net's encoder, Eq. 1."""
+
+    def __init__(self, dims: int, widths: Sequence[int], plan: Sequence[Factor], make_block: BlockFactory) -> None:
+        super().__init__()
+        last = len(widths) - 1
+        self.pools = nn.ModuleList(Downsample(dims, factor) for factor in plan)
+        self.ups = nn.ModuleList(Upsample(dims, factor, mode="interp") for factor in plan)
+        blocks = []
+        for i, width in enumerate(widths):
+            in_ch = width + (widths[i - 1] if i > 0 else 0) + (widths[i + 1] if i < last else 0)
+            blocks.append(make_block(i, in_ch, width))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, former: Sequence[Tensor]) -> list[Tensor]:
+        last = len(former) - 1
+        out: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            parts = [former[i]]
+            if i > 0:
+                parts.insert(0, self.pools[i - 1](out[i - 1]))
+            if i < last:
+                parts.append(self.ups[i](former[i + 1]))
+            out.append(block(torch.cat(parts, dim=1)))
+        return out
+
+
+class InnerCascadedBody(nn.Module):
+    """Former U-Net, latter encoder (Eq. 1), latter decoder (Eq. 2) and head; tensor to logits."""
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        plan: Sequence[Factor],
+        make_block: BlockFactory,
+    ) -> None:
+        super().__init__()
+        self.former_encoder = UNetEncoder(dims, in_channels, widths, plan, make_block)
+        self.former_decoder = UNetDecoder(dims, widths, plan, make_block, upsample="interp")
+        self.latter_encoder = InnerCascadedEncoder(dims, widths, plan, make_block)
+        self.latter_decoder = UNetDecoder(
+            dims, widths, plan, make_block, skip_widths=[2 * w for w in widths], upsample="interp"
+        )
+        self.head = segmentation_head(dims, widths[0], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = self.former_encoder(x)
+        d1 = self.former_decoder(e1[-1], e1)
+        e2 = self.latter_encoder(e1)
+        d2 = self.latter_decoder(e2[-1], [(d1[i], e2[i]) for i in range(len(e2) - 1)])
+        return self.head(d2[0])
+
+
+@register
+class InnerCascadedUNet(SegmentationModel):
+    """Inner Cascaded U-Net (paper 000, Eq. 1-2); see the module docstring for the equations."""
+
+    info = ModelInfo(
+        name="inner_cascaded_unet",
+        title="Inner Cascaded U-Net",
+        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2",
+        family="cascade",
+        dims=(2, 3),
+        default_loss="focal_tversky",
+    )
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        base_width: int = 32,
+        levels: int = 5,
+        norm: Norm = "batch",
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
+        widths = level_widths(base_width, levels)
+        make_block = self.block_factory(dims, norm, levels, spacing, self.plan)
+        self.body = InnerCascadedBody(dims, in_channels, num_classes, widths, self.plan, make_block)
+
+    @classmethod
+    def block_factory(
+        cls, dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
+    ) -> BlockFactory:
+        """The block ``C`` of Eq. 1-2: the plain double convolution (the U²-Net variant overrides)."""
+        return double_conv_factory(dims, norm)
+
+    @property
+    def size_divisor(self) -> tuple[int, ...]:
+        return cumulative_divisor(self.plan, self.dims)
+
+    def forward(
+        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
+    ) -> SegmentationOutput:
+        self.check_depth(depth)
+        self.check_input(x)
+        # Single-stage network: nothing optional to compute whatever was requested.
+        return SegmentationOutput(logits=self.body(x))
+
+
+__all__ = ["InnerCascadedUNet", "InnerCascadedBody", "InnerCascadedEncoder"]

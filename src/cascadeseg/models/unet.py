@@ -1,0 +1,111 @@
+"""U-Net (Ronneberger et al. 2015; 3D: Çiçek et al. 2016), the baseline every paper here compares to.
+
+Structure: ``levels`` resolution levels with widths ``base_width * 2**level`` (paper:
+32-64-128-256-512), a double 3x3(x3) convolution per level, max pooling down, transposed
+convolution up (halving the width), concatenation with the encoder's skip, a double convolution,
+and a 1x1 convolution to class logits.
+
+Choices where the papers leave room:
+
+* "same" padding instead of the 2015 paper's valid convolutions, so the output has the input's
+  size and tiles need no overlap bookkeeping (every paper of this project does the same).
+* Batch norm after each convolution (as UNet++ / ANU-Net / UNet# train their U-Net baseline);
+  instance norm is offered for small 3D batches.
+* Inputs must be a multiple of :attr:`size_divisor` per axis: the model raises
+  :class:`ModelConfigError` naming the constraint rather than padding silently, because the
+  predictor pads once per volume (cheaper than padding every batch) and crops back.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from .base import ModelInfo, SegmentationModel
+from .blocks.conv import Norm
+from .blocks.encoder_decoder import (
+    BlockFactory,
+    UNetDecoder,
+    UNetEncoder,
+    double_conv_factory,
+    level_widths,
+    pooling_plan,
+    segmentation_head,
+)
+from .blocks.sampling import Factor, cumulative_divisor
+from .output import OutputRequest, SegmentationOutput
+from .registry import register
+
+
+class UNetBody(nn.Module):
+    """Encoder, decoder and 1x1 head as a tensor-to-tensor module: the U-Net proper, reused as a
+    stage by the cascaded models. ``forward`` returns the logits; :meth:`features` also returns the
+    decoder features of every level (CU-Net feeds them to its second U-Net)."""
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        plan: Sequence[Factor],
+        make_block: BlockFactory,
+        extra_channels: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = UNetEncoder(dims, in_channels, widths, plan, make_block, extra_channels)
+        self.decoder = UNetDecoder(dims, widths, plan, make_block)
+        self.head = segmentation_head(dims, widths[0], num_classes)
+
+    def features(self, x: Tensor, extras: Sequence[Tensor | None] | None = None) -> list[Tensor]:
+        """Decoder features per level (index 0: full resolution, last: the bottleneck)."""
+        encoded = self.encoder(x, extras)
+        return self.decoder(encoded[-1], encoded)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)[0])
+
+
+@register
+class UNet(SegmentationModel):
+    """The plain U-Net, 2D or 3D (see the module docstring for the choices made)."""
+
+    info = ModelInfo(
+        name="unet",
+        title="U-Net",
+        paper="Ronneberger et al. 2015 (2D), Çiçek et al. 2016 (3D); baseline in papers 000-004",
+        family="unet",
+        dims=(2, 3),
+        default_loss="dice_ce",
+    )
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        base_width: int = 32,
+        levels: int = 5,
+        norm: Norm = "batch",
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, dims)
+        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
+        widths = level_widths(base_width, levels)
+        self.body = UNetBody(dims, in_channels, num_classes, widths, self.plan, double_conv_factory(dims, norm))
+
+    @property
+    def size_divisor(self) -> tuple[int, ...]:
+        return cumulative_divisor(self.plan, self.dims)
+
+    def forward(
+        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
+    ) -> SegmentationOutput:
+        self.check_depth(depth)
+        self.check_input(x)
+        # A plain U-Net has no heads, stages, attention or classification: nothing optional to compute.
+        return SegmentationOutput(logits=self.body(x))
+
+
+__all__ = ["UNet", "UNetBody"]

@@ -1,0 +1,95 @@
+"""Distributed data parallel training under ``torchrun`` (NCCL on GPUs, Gloo on CPUs).
+
+The trainer runs the same code with one process or N: this module hides the difference.
+Rank 0 alone writes the run folder and validates; the other ranks wait at a barrier. Decisions
+that must be the same on every rank (stop for time, for cancellation, or at the end of the data)
+are made with an all-reduce, so no rank is left waiting on a collective the others skipped.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..cli.distributed import rank_info
+
+
+@dataclass
+class DistContext:
+    """This process's rank, the world size, and whether it initialised the process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the process group ``torchrun`` describes in the environment (no-op for one process)."""
+    info = rank_info()
+    if not info.is_distributed:
+        return DistContext()
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Validation on rank 0 can take minutes on a CPU while the others wait: a generous timeout.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+        owns = True
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank, owns_group=owns)
+
+
+def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` when distributed (gradients averaged across
+    ranks in backward; buffers such as batch-norm statistics broadcast from rank 0 each step)."""
+    if not ctx.is_distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one."""
+    if not ctx.is_distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier()
+
+
+def sync_state(model: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank.
+
+    Parameters stay equal under DDP anyway (same averaged gradients, same optimiser); buffers
+    (batch-norm running statistics) are only broadcast at the start of each forward, so after the
+    last step each rank holds its own. Broadcasting once at the end leaves identical models."""
+    if not ctx.is_distributed:
+        return
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,165 @@
+"""Train/validation splits: by patient, or by slice blocks when there is only one patient.
+
+Splitting by case would leak: two studies of one patient (TCIA's PGBM-001 has two) are nearly the
+same image. Cases are grouped by patient id (the case id without a trailing ``_YYYYMMDD`` study
+date, the TCGA/TCIA naming) and whole patients go to one side.
+
+With a single volume (the GUI's usual case: one annotated scan) the split is by blocks of slices
+along the slicing axis, and ``gap`` slices are dropped on each side of every validation block, so
+no validation slice is the immediate neighbour of a training slice (neighbouring slices are almost
+identical and would make the validation Dice meaningless).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import CascadeSegError, DatasetError
+from .config import write_json_atomic
+
+SPLIT_FILE = "split.json"
+_STUDY_DATE = re.compile(r"_(19|20)\d{6}$")
+
+
+def patient_id(case_id: str) -> str:
+    """The patient a case belongs to: its id without a trailing ``_YYYYMMDD`` study date."""
+    return _STUDY_DATE.sub("", case_id)
+
+
+@dataclass
+class SliceBlock:
+    """A half-open range ``[start, stop)`` of slices along ``axis`` of case ``case_id``."""
+
+    case_id: str
+    axis: int
+    start: int
+    stop: int
+
+
+@dataclass
+class Split:
+    """Which cases (or slice blocks of them) train and which validate."""
+
+    kind: str  # "patient" or "slice_blocks"
+    seed: int
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    train_blocks: list[SliceBlock] = field(default_factory=list)
+    val_blocks: list[SliceBlock] = field(default_factory=list)
+    gap: int = 0
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / SPLIT_FILE
+        write_json_atomic(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> "Split":
+        path = Path(folder) / SPLIT_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CascadeSegError(f"{path}: cannot read the run's split ({exc})") from exc
+        raw["train_blocks"] = [SliceBlock(**b) for b in raw.get("train_blocks", [])]
+        raw["val_blocks"] = [SliceBlock(**b) for b in raw.get("val_blocks", [])]
+        return cls(**raw)
+
+
+def split_by_patient(
+    case_ids: Sequence[str], val_fraction: float, seed: int, force_val: Sequence[str] = ()
+) -> Split:
+    """Seeded split of whole patients; ``force_val`` case ids (or patient ids) go to validation.
+
+    The number of validation patients is ``round(val_fraction * patients)``, at least one, and at
+    least one patient must be left for training.
+    """
+    patients: dict[str, list[str]] = {}
+    for case in case_ids:
+        patients.setdefault(patient_id(case), []).append(case)
+    names = sorted(patients)
+    if len(names) < 2:
+        raise DatasetError(
+            f"a patient split needs at least 2 patients, the data has {len(names)} "
+            f"({', '.join(names) or 'none'}); give more cases, or one volume for a slice-block split"
+        )
+    forced: set[str] = set()
+    for item in force_val:
+        pid = patient_id(item)
+        if pid not in patients:
+            raise DatasetError(f"validation case '{item}' is not in the data (cases: {', '.join(sorted(case_ids))})")
+        forced.add(pid)
+    n_val = max(1, int(round(val_fraction * len(names))), len(forced))
+    if n_val >= len(names):
+        raise DatasetError(
+            f"the split needs {n_val} validation patient(s) and at least 1 training patient, "
+            f"but the data has only {len(names)} patient(s); lower val_fraction or add cases"
+        )
+    rng = np.random.default_rng(seed)
+    rest = [p for p in names if p not in forced]
+    order = rng.permutation(len(rest))
+    val_patients = sorted(forced | {rest[i] for i in order[: n_val - len(forced)]})
+    val = sorted(c for p in val_patients for c in patients[p])
+    train = sorted(c for p in names if p not in val_patients for c in patients[p])
+    return Split(kind="patient", seed=seed, train=train, val=val)
+
+
+def split_by_slice_blocks(
+    case_id: str, num_slices: int, axis: int, val_fraction: float, block: int, gap: int, seed: int,
+    annotated: np.ndarray | None = None,
+) -> Split:
+    """Seeded split of one volume into training and validation blocks of ``block`` slices.
+
+    ``gap`` slices on each side of a validation block belong to neither side. ``annotated`` (bool
+    per slice) restricts both sides to slices that carry labels, so a partially annotated volume
+    (the GUI's case) validates on annotated slices only; blocks are then laid over annotated
+    slices.
+    """
+    slices = np.arange(num_slices) if annotated is None else np.flatnonzero(annotated)
+    n_blocks = int(np.ceil(len(slices) / block))
+    if n_blocks < 2 or len(slices) < 2 * block + gap:
+        raise DatasetError(
+            f"case '{case_id}': a slice-block split needs at least {2 * block + gap} "
+            f"{'annotated ' if annotated is not None else ''}slices along axis {axis} "
+            f"(2 blocks of {block} plus a gap of {gap}), the volume has {len(slices)}; "
+            f"lower slice_block/slice_gap or annotate more slices"
+        )
+    n_val = min(n_blocks - 1, max(1, int(round(val_fraction * n_blocks))))
+    rng = np.random.default_rng(seed)
+    # Validation blocks are drawn away from the two ends when possible so the training side keeps
+    # both ends of the anatomy; blocks are contiguous in the list of usable slices.
+    val_ids = set(int(i) for i in rng.choice(n_blocks, size=n_val, replace=False))
+    is_val = np.zeros(num_slices, dtype=bool)
+    usable = np.zeros(num_slices, dtype=bool)
+    usable[slices] = True
+    for b in val_ids:
+        is_val[slices[b * block : (b + 1) * block]] = True
+    # Drop `gap` usable slices on each side of every validation run.
+    dropped = np.convolve(is_val.astype(np.int32), np.ones(2 * gap + 1, dtype=np.int32), mode="same") > 0
+    is_train = usable & ~is_val & ~dropped
+    if not is_train.any():
+        raise DatasetError(
+            f"case '{case_id}': no training slices are left after taking validation blocks and gaps "
+            f"({len(slices)} usable slices, block {block}, gap {gap}); lower slice_gap or val_fraction"
+        )
+    return Split(
+        kind="slice_blocks",
+        seed=seed,
+        train=[case_id],
+        val=[case_id],
+        train_blocks=_runs(case_id, axis, is_train),
+        val_blocks=_runs(case_id, axis, is_val),
+        gap=gap,
+    )
+
+
+def _runs(case_id: str, axis: int, mask: np.ndarray) -> list[SliceBlock]:
+    """Contiguous runs of True in ``mask`` as slice blocks (vectorised edge detection)."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [SliceBlock(case_id, axis, int(a), int(b)) for a, b in zip(starts, stops)]

@@ -1,0 +1,160 @@
+"""Correct-mask dock in a real napari viewer on a real LGG scan: paint/erase, every correction
+tool and its undo, autosave + restore after a "crash", save, and adding to the training set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gui_helpers import add_labels_volume, add_volume, notification_messages, wait_for_job
+from scipy import ndimage
+
+from cascadeseg.io import Volume, load_labels, load_volume
+from napari_cascade._qt.correction_widget import CorrectionWidget
+
+pytestmark = pytest.mark.gui
+
+# This radiologist mask has a 78-voxel island beside the main tumour (29056 voxels).
+CASE = "TCGA_DU_5855_19951217"
+
+
+@pytest.fixture(scope="module")
+def lgg(shared_data: Path) -> tuple[Volume, Volume]:
+    image = load_volume(shared_data / "lgg-flair" / "imagesTr" / f"{CASE}_0000.nii.gz")
+    labels = load_labels(shared_data / "lgg-flair" / "labelsTr" / f"{CASE}.nii.gz", image)
+    return image, labels
+
+
+def _open(viewer, lgg, tmp_path: Path) -> tuple[CorrectionWidget, object, object]:
+    image, labels = lgg
+    scan = add_volume(viewer, image)[0]
+    prediction = add_labels_volume(viewer, labels, image, "prediction")
+    widget = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Correct mask")
+    widget.set_folder.setText(str(tmp_path / "training_set"))
+    widget.scan_combo.setCurrentText(scan.name)
+    widget.prediction_combo.setCurrentText(prediction.name)
+    return widget, scan, prediction
+
+
+def test_paint_correct_and_undo_every_tool(make_napari_viewer, lgg, tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    widget, scan, prediction = _open(viewer, lgg, tmp_path)
+    truth = np.asarray(lgg[1].array)
+
+    # Accept the prediction: a new working layer, the prediction itself untouched.
+    mask = widget.accept_prediction()
+    assert mask.name == "prediction (edited)" and widget.mask_layer() is mask
+    assert np.array_equal(mask.data, truth) and mask.data is not prediction.data
+    assert np.allclose(mask.scale, scan.scale) and np.allclose(mask.translate, scan.translate)
+
+    # napari's own paint and erase on the working mask.
+    z = int(np.argmax((truth == 1).sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, z)
+    mask.brush_size = 5
+    mask.paint((z, 10, 10), 1)  # paint a blob far from the tumour
+    assert mask.data[z, 10, 10] == 1
+    inside = np.argwhere(ndimage.binary_erosion(truth[z] == 1, iterations=8))
+    cy, cx = (int(v) for v in inside[len(inside) // 2])
+    mask.paint((z, cy, cx), 0)  # erase a hole inside the tumour
+    assert mask.data[z, cy, cx] == 0
+    painted = np.array(mask.data)
+    hole = (truth == 1) & (painted == 0)
+    assert hole.sum() > 5
+
+    # Keep largest component: removes the painted blob and the real 78-voxel island; undo/redo.
+    widget.label_spin.setValue(1)
+    removed = widget.keep_largest()
+    components, count = ndimage.label(mask.data == 1, structure=np.ones((3, 3, 3)))
+    assert count == 1 and removed == int((painted != mask.data).sum()) >= 78 + 5
+    assert widget.undo() == "keep largest component"
+    assert np.array_equal(mask.data, painted)
+    assert widget.redo() == "keep largest component"
+    assert not np.array_equal(mask.data, painted)
+    widget.undo()
+
+    # Remove islands below 100 voxels: the island and the small blob go, the tumour stays.
+    widget.islands_spin.setValue(100)
+    widget.remove_islands()
+    assert mask.data[z, 10, 10] == 0 and int((mask.data == 1).sum()) > 25000
+    widget.undo()
+    assert np.array_equal(mask.data, painted)
+
+    # Fill holes closes the erased hole, in 3D (tumour above and below) and slice by slice.
+    for per_slice in (False, True):
+        assert widget.fill_holes(per_slice=per_slice) >= int(hole.sum())
+        assert np.all(mask.data[hole] == 1)
+        assert widget.undo().startswith("fill holes")
+        assert np.array_equal(mask.data, painted)
+
+    # Interpolate between two hand-drawn slices.
+    keys = np.flatnonzero((truth == 1).any(axis=(1, 2)))
+    lo, hi = int(keys[2]), int(keys[2]) + 3
+    cleared = mask.data.copy()
+    cleared[lo + 1 : hi] = 0
+    mask.data_setitem(np.nonzero(mask.data != cleared), 0)
+    before = np.array(mask.data)
+    assert widget.interpolate() > 0
+    assert all(mask.data[k].any() for k in range(lo + 1, hi))
+    widget.undo()
+    assert np.array_equal(mask.data, before)
+
+    # Undo of the accept step leaves an empty working mask; the buttons follow the history.
+    assert "Undo" in widget.undo_button.text() and widget.undo_button.isEnabled()
+    assert np.array_equal(prediction.data, truth)  # the prediction was never edited
+
+
+def test_autosave_restore_save_and_training_set(make_napari_viewer, lgg, tmp_path: Path, qtbot) -> None:
+    viewer = make_napari_viewer()
+    widget, scan, _ = _open(viewer, lgg, tmp_path)
+    mask = widget.accept_prediction()
+    recovery_file = widget.recovery.path_for(lgg[0].source)
+    recovery_file.unlink(missing_ok=True)
+
+    # The QTimer writes the recovery file once the mask changed.
+    widget.autosave_spin.setValue(1)
+    widget.keep_largest()
+    qtbot.waitUntil(recovery_file.is_file, timeout=5000)
+    edited = np.array(mask.data)
+    widget.close()
+    viewer.close()  # "crash": the edits were never saved
+
+    # Reopening the scan offers the recovery; restoring gives back exactly the edited mask.
+    viewer = make_napari_viewer()
+    widget = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Correct mask")
+    widget.set_folder.setText(str(tmp_path / "training_set"))
+    add_volume(viewer, lgg[0])
+    assert widget.pending_recovery is not None and not widget.recovery_box.isHidden()
+    assert "prediction (edited)" in widget.recovery_label.text()
+    restored = widget.restore_recovery()
+    assert restored.name == "prediction (edited) (recovered)"
+    assert np.array_equal(restored.data, edited) and widget.mask_layer() is restored
+
+    # A clean save writes the mask with the scan's geometry and clears the recovery file.
+    saved = widget.save_mask(tmp_path / "corrected.nii.gz")
+    assert saved is not None and not recovery_file.exists()
+    reread = load_labels(saved, lgg[0])
+    assert np.array_equal(reread.array, edited)
+
+    # Add to the training set twice: the second is kept as a new version, never overwritten.
+    assert widget.add_to_training_set()
+    assert wait_for_job(qtbot, widget).ok
+    assert widget.add_to_training_set()
+    assert wait_for_job(qtbot, widget).ok
+    assert widget.last_added.case_id == f"{CASE}_v2"
+    folder = tmp_path / "training_set"
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [f"{CASE}.nii.gz", f"{CASE}_v2.nii.gz"]
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz" and len(meta["channel_names"]) == 1
+    slices = int(np.count_nonzero(edited.any(axis=(1, 2))))
+    assert f"2 case(s), {2 * slices} annotated slice(s)" in widget.set_summary.text()
+
+    # Bad input: an empty mask is a notification, and nothing is written.
+    restored.data_setitem(np.nonzero(restored.data), 0)
+    assert widget.add_to_training_set() is None
+    assert any("is empty" in m for m in notification_messages())
+    assert len(list((folder / "labelsTr").iterdir())) == 2
+    widget.close()

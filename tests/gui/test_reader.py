@@ -1,0 +1,129 @@
+"""Every real sample of ../shared/data opens through the plugin's reader with the right layers,
+channels, scale (voxel spacing) and physical position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from napari.layers import Image, Labels
+
+from cascadeseg.io import load_volume, save_volume
+from napari_cascade._reader import get_reader
+
+PLUGIN = "napari-cascade"
+
+
+def _itk_spacing_zyx(path: Path) -> tuple[float, ...]:
+    """Spacing straight from SimpleITK (independent of the engine), in array order."""
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        files = reader.GetGDCMSeriesFileNames(str(path))
+        image = sitk.ReadImage(files[0])
+        spacing = list(image.GetSpacing())
+        # Slice spacing of a series is the distance between neighbouring slice positions.
+        # GDCM sorts the files by position: the first two are neighbours.
+        first, second = (np.array(sitk.ReadImage(f).GetOrigin()) for f in files[:2])
+        spacing[2] = float(np.linalg.norm(second - first))
+        return tuple(spacing[::-1])
+    return tuple(sitk.ReadImage(str(path)).GetSpacing()[::-1])
+
+
+def _world(layer, index=(0, 0, 0)) -> np.ndarray:
+    return np.asarray(layer.data_to_world(np.asarray(index, dtype=float)))
+
+
+# (relative path, expected [(layer type, name fragment)], file giving the spacing)
+SAMPLES = [
+    ("lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz", [Image], None),
+    ("lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz", [Labels], None),
+    ("lgg-flair", [Image, Labels], "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz"),
+    ("tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz", [Image, Image], None),
+    ("tcia-btp/labelsTr/PGBM-003_19950329.nii.gz", [Labels], None),
+    ("dicom/PGBM-001_19920402/T1post", [Image], None),
+    ("brats-like/TCGA-DU-7294/TCGA-DU-7294_t1_bet.nii.gz", [Image], None),
+    ("brats-like/TCGA-DU-7294/TCGA-DU-7294_fla_bet.nii.gz", [Image], None),
+    ("brats-like/TCGA-DU-7294/simple.nii.gz", [Labels], None),
+    ("brats-like/TCGA-DU-7294/hnfnetv1-20.nii.gz", [Labels], None),
+    ("totalseg/example_ct.nii.gz", [Image], None),
+    ("totalseg/example_seg_fast_force_split.nii.gz", [Labels], None),
+    ("totalseg/example_ct_dicom", [Image], None),
+    ("totalseg/example_mr_sm.nii.gz", [Image], None),
+    ("totalseg/example_seg_mr.nii.gz", [Labels], None),
+]
+
+
+def test_every_sample_opens_with_scale_and_channels(make_napari_viewer, shared_data: Path) -> None:
+    viewer = make_napari_viewer()
+    for relative, kinds, spacing_from in SAMPLES:
+        path = shared_data / relative
+        assert path.exists(), path
+        layers = viewer.open(str(path), plugin=PLUGIN)
+        assert [type(layer) for layer in layers] == kinds, relative
+        expected = _itk_spacing_zyx(shared_data / (spacing_from or relative))
+        for layer in layers:
+            assert layer.data.ndim == 3, relative
+            np.testing.assert_allclose(layer.scale, expected, rtol=1e-4, err_msg=relative)
+            assert layer.metadata["cascadeseg"]["spacing"] == pytest.approx(list(expected), rel=1e-4)
+        for layer in layers[1:]:  # channels and labels of one case share its grid
+            assert layer.data.shape == layers[0].data.shape
+            np.testing.assert_allclose(_world(layer, (3, 5, 7)), _world(layers[0], (3, 5, 7)))
+    names = [layer.name for layer in viewer.layers]
+    # Multi-channel cases: one layer per channel, named by the channel.
+    assert "PGBM-003_19950329 [0000]" in names and "PGBM-003_19950329 [0001]" in names
+    # CT opens with the engine's window preset, MRI with percentile limits inside its range.
+    from cascadeseg.preprocessing import CT_WINDOWS
+
+    ct = viewer.layers["example_ct"]
+    assert tuple(ct.contrast_limits) == pytest.approx(CT_WINDOWS["abdomen"])
+    mri = viewer.layers["TCGA-DU-7294_t1_bet"]
+    assert 0 <= mri.contrast_limits[0] < mri.contrast_limits[1] <= float(mri.data.max())
+    brats = viewer.layers["hnfnetv1-20"]
+    assert set(np.unique(brats.data)) == {0, 1, 2, 4}
+
+
+def test_dicom_and_nifti_of_one_scan_lie_at_the_same_place(make_napari_viewer, shared_data: Path) -> None:
+    """The oblique TCIA scan: DICOM series and its NIfTI conversion overlay voxel for voxel."""
+    viewer = make_napari_viewer()
+    (dicom,) = viewer.open(str(shared_data / "dicom/PGBM-001_19920402/T1post"), plugin=PLUGIN)
+    nifti, _ = viewer.open(str(shared_data / "tcia-btp/imagesTr/PGBM-001_19920402_0000.nii.gz"), plugin=PLUGIN)
+    assert dicom.data.shape == nifti.data.shape
+    np.testing.assert_array_equal(np.asarray(dicom.data), np.asarray(nifti.data))
+    for index in [(0, 0, 0), (23, 319, 259), (12, 100, 50)]:
+        np.testing.assert_allclose(_world(dicom, index), _world(nifti, index), atol=1e-3)
+    # Oblique: the direction is a real rotation, kept as the layer's rotate (scale stays spacing).
+    assert not np.allclose(dicom.rotate, np.eye(3), atol=1e-3)
+    np.testing.assert_allclose(dicom.scale, (6.5, 0.6875, 0.6875), rtol=1e-4)
+
+
+def test_mha_and_nrrd_open_like_the_nifti(make_napari_viewer, shared_data: Path, tmp_path: Path) -> None:
+    source = load_volume(shared_data / "totalseg/example_ct_sm.nii.gz")
+    viewer = make_napari_viewer()
+    (reference,) = viewer.open(str(shared_data / "totalseg/example_ct_sm.nii.gz"), plugin=PLUGIN)
+    for suffix in (".mha", ".nrrd"):
+        path = save_volume(source, tmp_path / f"example_ct_sm{suffix}")
+        (layer,) = viewer.open(str(path), plugin=PLUGIN)
+        np.testing.assert_array_equal(np.asarray(layer.data), np.asarray(reference.data))
+        np.testing.assert_allclose(layer.scale, reference.scale, rtol=1e-6)
+        np.testing.assert_allclose(_world(layer, (5, 6, 7)), _world(reference, (5, 6, 7)), atol=1e-4)
+
+
+def test_every_lgg_patient_reads_as_one_flair_channel(shared_data: Path) -> None:
+    """The 80-patient cohort through the reader function (no viewer: layer data only)."""
+    files = sorted((shared_data / "lgg-flair/imagesTr").glob("*_0000.nii.gz"))
+    assert len(files) == 80
+    for path in files:
+        reader = get_reader(str(path))
+        assert reader is not None, path
+        (layer,) = reader(str(path))
+        data, kwargs, kind = layer
+        assert kind == "image" and data.ndim == 3 and data.shape[1:] == (256, 256), path
+        assert kwargs["scale"] == (1.0, 1.0, 1.0)
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a scan")
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader(str(tmp_path)) is None  # a folder with neither DICOM nor imagesTr/

@@ -1,0 +1,366 @@
+"""Losses of issue 5: hand-computed values, monotonicity on real labels, gradients, deep
+supervision / cascade / CGM combination, empty targets, and the registry's default losses.
+
+The hand-computed cases share one tiny binary "image" of four voxels whose foreground
+probabilities are p = (0.8, 0.6, 0.3, 0.1) and whose labels are g = (1, 1, 0, 0); the logits are
+built as (0, logit(p)) so that a 2-class softmax gives exactly p. The arithmetic is written out
+next to each expected value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cascadeseg.errors import ModelConfigError, VolumeError
+from cascadeseg.losses import (
+    build_loss,
+    class_frequency_weighted_ce,
+    cross_entropy_loss,
+    focal_loss,
+    focal_tversky_loss,
+    laplace_dice_loss,
+    loss_names,
+    lovasz_hinge_loss,
+    sample_matrix,
+    soft_dice_loss,
+)
+from cascadeseg.losses.targets import downscale_labels
+from cascadeseg.models.output import SegmentationOutput
+
+PAPER_LOSSES = [
+    "dice", "dice_ce", "focal_tversky", "weighted_sampling", "class_weighted_ce", "anu_hybrid", "unet_sharp_mixed",
+]
+P = [0.8, 0.6, 0.3, 0.1]
+G = [1, 1, 0, 0]
+ln = math.log
+
+
+def tiny(dims: int = 2, p: list[float] = P, g: list[int] = G, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (1, 2, 1, n) or (1, 2, 1, 1, n) with softmax foreground = p, and labels g."""
+    prob = torch.tensor(p, dtype=dtype)
+    fg = torch.log(prob / (1 - prob))
+    logits = torch.stack([torch.zeros_like(fg), fg])  # (2, n)
+    shape = (1, 2) + (1,) * (dims - 1) + (len(p),)
+    return logits.reshape(shape).clone().requires_grad_(True), torch.tensor(g).reshape((1,) + shape[2:])
+
+
+# -- real labels -------------------------------------------------------------------------------
+
+def _read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _crop_around(labels: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    centre = np.argwhere(labels > 0).mean(axis=0).round().astype(int)
+    start = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, size, labels.shape)]
+    return labels[tuple(slice(a, a + s) for a, s in zip(start, size))]
+
+
+@pytest.fixture(scope="module")
+def lgg_slice(shared_data: Path) -> torch.Tensor:
+    """A 64x64 crop of the LGG FLAIR-abnormality label on its largest slice: (1, 64, 64), {0, 1}."""
+    labels = _read(shared_data / "lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz")
+    z = int(labels.sum(axis=(1, 2)).argmax())
+    return torch.from_numpy(_crop_around(labels[z], (64, 64)).astype(np.int64))[None]
+
+
+@pytest.fixture(scope="module")
+def brats_labels(shared_data: Path) -> np.ndarray:
+    labels = _read(shared_data / "brats-like/TCGA-DU-7294/hnfnetv1-20.nii.gz")
+    return np.where(labels == 4, 3, labels).astype(np.int64)  # BraTS 0,1,2,4 -> classes 0..3
+
+
+@pytest.fixture(scope="module")
+def brats_patch(brats_labels: np.ndarray) -> torch.Tensor:
+    """A 16x32x32 crop of the BraTS-like label map, classes 0..3: (1, 16, 32, 32)."""
+    return torch.from_numpy(_crop_around(brats_labels, (16, 32, 32)))[None]
+
+
+def confident_logits(target: torch.Tensor, num_classes: int, scale: float = 4.0) -> torch.Tensor:
+    onehot = torch.nn.functional.one_hot(target, num_classes).movedim(-1, 1).double()
+    return scale * (2.0 * onehot - 1.0)
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+def test_loss_names_cover_the_papers_and_every_model_default() -> None:
+    from cascadeseg.models.registry import list_models
+
+    assert loss_names() == PAPER_LOSSES
+    defaults = {info.name: info.default_loss for info in list_models()}
+    assert defaults, "the model registry lists no model"
+    missing = {model: loss for model, loss in defaults.items() if loss not in loss_names()}
+    assert not missing, f"models whose default loss does not exist: {missing}"
+    for name in loss_names():
+        assert isinstance(build_loss(name), torch.nn.Module)
+
+
+def test_unknown_loss_and_option_fail_clearly() -> None:
+    with pytest.raises(ModelConfigError, match="unknown loss 'dicey'.*dice_ce"):
+        build_loss("dicey")
+    with pytest.raises(ModelConfigError, match="loss 'dice'.*smoothing"):
+        build_loss("dice", smoothing=1.0)
+    with pytest.raises(ModelConfigError, match="aux_downscale"):
+        build_loss("dice", aux_downscale="bilinear")
+
+
+def test_bad_targets_fail_clearly() -> None:
+    logits, _ = tiny()
+    with pytest.raises(VolumeError, match=r"label values must be in \[0, 1\].*\[0, 4\]"):
+        build_loss("dice_ce")(logits, torch.tensor([[[0, 4, 1, 0]]]))
+    with pytest.raises(VolumeError, match="does not match the logits"):
+        build_loss("dice_ce")(logits, torch.zeros(1, 1, 5, dtype=torch.long))
+
+
+# -- hand-computed values -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_soft_dice_and_dice_ce_hand_values(dims: int) -> None:
+    logits, target = tiny(dims)
+    # sum p g = 0.8 + 0.6 = 1.4; sum p = 1.8; sum g = 2  ->  Dice = (2.8 + s) / (3.8 + s)
+    dice = 1 - (2 * 1.4 + 1e-5) / (3.8 + 1e-5)
+    assert soft_dice_loss(logits, target).item() == pytest.approx(dice, abs=1e-12)
+    assert build_loss("dice")(SegmentationOutput(logits=logits), target).item() == pytest.approx(dice, abs=1e-12)
+    # CE = mean of -ln p_true with p_true = (0.8, 0.6, 0.7, 0.9)
+    ce = -(ln(0.8) + ln(0.6) + ln(0.7) + ln(0.9)) / 4
+    assert cross_entropy_loss(logits, target).item() == pytest.approx(ce, abs=1e-12)
+    assert build_loss("dice_ce")(logits, target).item() == pytest.approx(ce + dice, abs=1e-12)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_focal_tversky_hand_value(dims: int) -> None:
+    logits, target = tiny(dims)
+    # TP = 1.4; FP = sum p (1-g) = 0.3 + 0.1 = 0.4; FN = sum (1-p) g = 0.2 + 0.4 = 0.6
+    # TI = (1.4 + 1e-6) / (1.4 + 0.4*0.4 + 0.6*0.6 + 1e-6) = 1.4 / 1.92; FTL = (1 - TI)^(3/4)
+    ti = (1.4 + 1e-6) / (1.4 + 0.4 * 0.4 + 0.6 * 0.6 + 1e-6)
+    expected = (1 - ti) ** 0.75
+    assert focal_tversky_loss(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    assert build_loss("focal_tversky")(logits, target).item() == pytest.approx(expected, abs=1e-12)
+
+
+def _focal_hand() -> float:
+    # alpha_t = 0.25 on foreground, 0.75 on background; gamma = 2; p_true = (0.8, 0.6, 0.7, 0.9)
+    return (
+        -0.25 * 0.2**2 * ln(0.8) - 0.25 * 0.4**2 * ln(0.6) - 0.75 * 0.3**2 * ln(0.7) - 0.75 * 0.1**2 * ln(0.9)
+    ) / 4
+
+
+def _lovasz_hand() -> float:
+    # scores s = logit(p) = (ln 4, ln 1.5, ln 3/7, ln 1/9), signs (+, +, -, -)
+    # hinge errors 1 - s*sign = (1 - ln 4, 1 - ln 1.5, 1 + ln 3/7, 1 + ln 1/9)
+    #   = (-0.386, 0.595, 0.153, -1.197); sorted: 0.595 (g=1), 0.153 (g=0), -0.386 (g=1), -1.197 (g=0)
+    # Jaccard along the order: I = 2 - cumsum g = (1, 1, 0, 0); U = 2 + cumsum(1-g) = (2, 3, 3, 4)
+    # J = 1 - I/U = (1/2, 2/3, 1, 1); gradient = (1/2, 1/6, 1/3, 0); loss = sum relu(e) * grad
+    return (1 - ln(1.5)) * 0.5 + (1 + ln(3 / 7)) / 6
+
+
+def test_focal_and_lovasz_hand_values() -> None:
+    logits, target = tiny()
+    assert focal_loss(logits, target).item() == pytest.approx(_focal_hand(), abs=1e-12)
+    assert lovasz_hinge_loss(logits, target).item() == pytest.approx(_lovasz_hand(), abs=1e-12)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unet_sharp_mixed_hand_value(dims: int) -> None:
+    logits, target = tiny(dims)
+    laplace = 1 - (2 * 1.4 + 1) / (3.8 + 1)  # Eq. 4: 1 - (2 Y.Y^ + 1) / (Y + Y^ + 1)
+    assert laplace_dice_loss(logits, target).item() == pytest.approx(laplace, abs=1e-12)
+    expected = 0.5 * _focal_hand() + laplace + 0.5 * _lovasz_hand()  # Eq. 2
+    assert build_loss("unet_sharp_mixed")(logits, target).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_anu_hybrid_hand_value_summed_over_heads() -> None:
+    logits, target = tiny()
+    # squared Dice: sum p^2 = 0.64 + 0.36 + 0.09 + 0.01 = 1.1, sum g^2 = 2, s = 1 -> (2.8 + 1) / (1.1 + 2 + 1)
+    per_head = _focal_hand() + 1 - 3.8 / 4.1
+    loss = build_loss("anu_hybrid")
+    assert loss(logits, target).item() == pytest.approx(per_head, abs=1e-12)
+    # Eq. 8 sums over the deep-supervision heads: two identical heads give twice the value.
+    output = SegmentationOutput(logits=logits, heads={1: logits, 2: logits})
+    assert loss(output, target).item() == pytest.approx(2 * per_head, abs=1e-12)
+
+
+def test_class_weighted_ce_hand_value() -> None:
+    logits, target = tiny(g=[1, 0, 0, 0])
+    # N_1 = 1, N_0 = 3, N_C = 4: lambda_1 = (1 - 1/4)/1 = 0.75, lambda_0 = 0.25
+    # L = 1/4 [0.75 (-ln 0.8) + 0.25 (-ln 0.4 - ln 0.7 - ln 0.9)]
+    expected = (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4
+    assert class_frequency_weighted_ce(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    assert build_loss("class_weighted_ce")(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    # candidate region without the last voxel: N_C = 3, lambda_1 = 2/3, lambda_0 = 1/3
+    roi = torch.tensor([[[True, True, True, False]]])
+    expected_roi = ((2 / 3) * -ln(0.8) + (1 / 3) * -(ln(0.4) + ln(0.7))) / 3
+    assert build_loss("class_weighted_ce")(logits, target, roi=roi).item() == pytest.approx(expected_roi, abs=1e-12)
+
+
+def test_weighted_sampling_hand_value() -> None:
+    # One row of 8 voxels, tumour at 3..5, contour band of width 2 (radius 1):
+    # dilation 2..6, erosion {4} -> band S4 = {2, 3, 5, 6}, interior S3 = {4}, normal S2 = {0, 1, 7}.
+    # p2 = beta N_S3 / N_S2 = 1.5 * 3 / 3 > 1 -> 1; W = S2 + S3 + 2 S4 = (1, 1, 2, 2, 1, 2, 2, 1), sum 12.
+    p = [0.1, 0.2, 0.4, 0.7, 0.9, 0.6, 0.3, 0.2]
+    logits, target = tiny(p=p, g=[0, 0, 0, 1, 1, 1, 0, 0])
+    weights = sample_matrix(target > 0, None, substructures=False, contour_width=2)
+    assert weights.flatten().tolist() == [1, 1, 2, 2, 1, 2, 2, 1]
+    p_true = [0.9, 0.8, 0.6, 0.7, 0.9, 0.6, 0.7, 0.8]
+    expected = sum(w * -ln(q) for w, q in zip([1, 1, 2, 2, 1, 2, 2, 1], p_true)) / 12
+    loss = build_loss("weighted_sampling", contour_width=2)
+    assert loss(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    # Brain mask without voxel 0: S1 = {0} is never sampled (p1 = 0), the sum of W drops to 11.
+    roi = torch.ones_like(target, dtype=torch.bool)
+    roi[..., 0] = False
+    expected_roi = (12 * expected - -ln(0.9)) / 11
+    assert loss(logits, target, roi=roi).item() == pytest.approx(expected_roi, abs=1e-12)
+    # U-Net 2's rule (substructures): only tumour and band, contour weight 1.
+    substructure = sample_matrix(target > 0, None, substructures=True, contour_width=2)
+    assert substructure.flatten().tolist() == [0, 0, 1, 1, 1, 1, 1, 0]
+
+
+def test_weighted_sampling_rate_follows_eq3(lgg_slice: torch.Tensor) -> None:
+    tumour = lgg_slice > 0
+    generator = torch.Generator().manual_seed(0)
+    weights = sample_matrix(tumour, None, substructures=False, beta=0.5, contour_width=0, generator=generator)
+    normal = ~tumour
+    rate = 0.5 * int(tumour.sum()) / int(normal.sum())  # Eq. 3 with p3 = 1
+    sampled = int((weights[normal] > 0).sum())
+    expected = rate * int(normal.sum())
+    assert abs(sampled - expected) < 4 * math.sqrt(expected) + 1  # binomial: well within 4 sigma
+    assert bool((weights[tumour] == 1).all())
+
+
+# -- deep supervision, cascades, CGM -----------------------------------------------------------------
+
+def test_heads_are_averaged_and_aux_compared_with_downscaled_target() -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 3:7] = 1
+    heads = {1: torch.randn(1, 2, 8, 8, dtype=torch.float64), 2: torch.randn(1, 2, 8, 8, dtype=torch.float64)}
+    aux = {"X1,3": torch.randn(1, 2, 4, 4, dtype=torch.float64)}
+    logits = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    loss = build_loss("dice")
+    # heads only: the mean of the two heads; ``logits`` (= the deepest head in a model) is not added
+    expected = (soft_dice_loss(heads[1], target) + soft_dice_loss(heads[2], target)) / 2
+    assert loss(SegmentationOutput(logits=logits, heads=heads), target).item() == pytest.approx(expected.item())
+    # aux joins the average, against the max-pooled 4x4 target (rows 1..2, cols 1..3)
+    small = torch.zeros(1, 4, 4, dtype=torch.long)
+    small[0, 1:3, 1:4] = 1
+    assert torch.equal(downscale_labels(target, (4, 4)), small)
+    expected = (2 * expected + soft_dice_loss(aux["X1,3"], small)) / 3
+    value = loss(SegmentationOutput(logits=logits, heads=heads, aux=aux), target).item()
+    assert value == pytest.approx(expected.item())
+
+
+def test_max_pool_downscaling_keeps_small_structures() -> None:
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 1, 1] = 3  # one voxel of the rarest class
+    target[0, 0, 1] = 1
+    assert downscale_labels(target, (2, 2)).tolist() == [[[3, 0], [0, 0]]]  # max: the 3 wins its window
+    assert downscale_labels(target, (2, 2), "nearest").tolist() == [[[0, 0], [0, 0]]]  # nearest loses both
+
+
+def test_two_channel_stage_is_supervised_against_the_whole_tumour(brats_patch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    stage1 = torch.randn(1, 2, *brats_patch.shape[1:], dtype=torch.float64)
+    stage2 = torch.randn(1, 4, *brats_patch.shape[1:], dtype=torch.float64)
+    output = SegmentationOutput(logits=stage2, stages={"stage1": stage1, "stage2": stage2})
+    whole = (brats_patch > 0).long()
+    expected = focal_tversky_loss(stage1, whole) + focal_tversky_loss(stage2, brats_patch)
+    assert build_loss("focal_tversky")(output, brats_patch).item() == pytest.approx(expected.item())
+    # stage-by-stage training: weight 0 leaves a stage out
+    only_first = build_loss("focal_tversky", stage_weights={"stage2": 0.0})(output, brats_patch)
+    assert only_first.item() == pytest.approx(focal_tversky_loss(stage1, whole).item())
+
+
+def test_cu_net_combination_is_l1_plus_l2_plus_omega_aux(brats_patch: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    spatial = brats_patch.shape[1:]
+    stage1 = torch.randn(1, 2, *spatial, dtype=torch.float64)
+    stage2 = torch.randn(1, 4, *spatial, dtype=torch.float64)
+    aux1 = torch.randn(1, 2, *(s // 2 for s in spatial), dtype=torch.float64)
+    output = SegmentationOutput(logits=stage2, stages={"stage1": stage1, "stage2": stage2}, aux={"stage1_level2": aux1})
+    loss = build_loss("weighted_sampling", beta=1e6)  # p2 = 1: deterministic sampling
+    part = build_loss("weighted_sampling", beta=1e6)
+    small = downscale_labels((brats_patch > 0).long(), aux1.shape[2:])
+    expected = part(stage1, (brats_patch > 0).long()) + part(stage2, brats_patch) + 0.1 * part(aux1, small)
+    assert loss(output, brats_patch).item() == pytest.approx(expected.item())
+
+
+def test_classification_bce_against_presence() -> None:
+    logits, _ = tiny(p=[0.5, 0.5, 0.5, 0.5])
+    logits3 = torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1).detach().repeat(2, 1, 1, 1)
+    target = torch.tensor([[[1, 0, 0, 0]], [[0, 2, 2, 0]]])  # image 0 has class 1, image 1 class 2
+    presence = torch.tensor([[3.0, -3.0], [0.0, 0.0]], dtype=torch.float64)
+    loss = build_loss("unet_sharp_mixed")
+    seg = loss(logits3, target)
+    # truth ((1, 0), (0, 1)); BCE = mean of -ln sigmoid(3), -ln sigmoid(3), ln 2, ln 2
+    bce = (2 * -ln(1 / (1 + math.exp(-3))) + 2 * ln(2)) / 4
+    value = loss(SegmentationOutput(logits=logits3, classification=presence), target)
+    assert value.item() == pytest.approx(seg.item() + bce, abs=1e-12)
+    with pytest.raises(ModelConfigError, match="classification output has shape"):
+        loss(SegmentationOutput(logits=logits3, classification=presence[:, :1]), target)
+
+
+# -- behaviour on real labels: improvement lowers the loss; gradients; empty targets ---------------
+
+@pytest.mark.parametrize("name", PAPER_LOSSES)
+@pytest.mark.parametrize("case", ["lgg_2d_binary", "brats_3d_multiclass"])
+def test_loss_decreases_as_prediction_improves(name: str, case: str, request: pytest.FixtureRequest) -> None:
+    target = request.getfixturevalue("lgg_slice" if case == "lgg_2d_binary" else "brats_patch")
+    num_classes = 2 if case == "lgg_2d_binary" else 4
+    good = confident_logits(target, num_classes)
+    values = []
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        loss = build_loss(name, seed=0) if name == "weighted_sampling" else build_loss(name)
+        values.append(loss((2 * t - 1) * good, target).item())  # from confidently wrong to right
+    assert all(np.isfinite(values))
+    assert all(a > b for a, b in zip(values, values[1:])), values
+
+
+@pytest.mark.parametrize("name", PAPER_LOSSES)
+def test_gradient_matches_finite_differences(name: str) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[[0, 1, 1], [0, 2, 0]], [[2, 2, 0], [0, 0, 1]]])
+    loss = build_loss(name, beta=1e6) if name == "weighted_sampling" else build_loss(name)
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", PAPER_LOSSES)
+def test_every_supervised_output_gets_a_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 2:5, 2:6] = 1
+    target[1, 4:7, 1:3] = 2
+    leaf = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+    output = SegmentationOutput(
+        logits=leaf(2, 3, 8, 8),
+        heads={1: leaf(2, 3, 8, 8), 2: leaf(2, 3, 8, 8)},
+        aux={"low": leaf(2, 3, 4, 4)},
+        stages={"stage1": leaf(2, 2, 8, 8), "stage2": leaf(2, 3, 8, 8)},
+        classification=leaf(2, 2),
+    )
+    build_loss(name)(output, target).backward()
+    for tensor in [*output.heads.values(), *output.aux.values(), *output.stages.values(), output.classification]:
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all() and tensor.grad.abs().sum() > 0
+    assert output.logits.grad is None  # with heads/stages present, logits are not supervised twice
+
+
+@pytest.mark.parametrize("name", PAPER_LOSSES)
+@pytest.mark.parametrize("shape,num_classes", [((2, 16, 16), 2), ((1, 4, 8, 8), 4)])
+def test_empty_target_is_finite(name: str, shape: tuple[int, ...], num_classes: int) -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(shape, dtype=torch.long)
+    for logits in (torch.randn(shape[0], num_classes, *shape[1:]), confident_logits(target, num_classes).float()):
+        logits = logits.clone().requires_grad_(True)
+        value = build_loss(name)(logits, target)
+        value.backward()
+        assert torch.isfinite(value) and value.item() >= 0
+        assert torch.isfinite(logits.grad).all()
+    # An empty roi (nothing to look at) is a zero, not NaN.
+    value = build_loss(name)(logits, target, roi=torch.zeros(shape, dtype=torch.bool))
+    assert torch.isfinite(value)

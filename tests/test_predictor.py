@@ -1,0 +1,284 @@
+"""The predictor on real MRI/CT scans: 2D and 3D, geometry, depths, stages, attention, progress,
+cancellation, memory, bad input. Tiny random-init networks (width 4): the tests check behaviour
+(shapes, grids, dtypes, control flow), not segmentation quality."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.errors import CancelledError, ModelConfigError, VolumeError
+from cascadeseg.inference import (
+    DeviceError,
+    ModelCard,
+    PostProcessing,
+    PredictionRequest,
+    Predictor,
+    label_dtype,
+    postprocess,
+    resolve_device,
+    save_checkpoint,
+)
+from cascadeseg.inference.predictor import count_windows
+from cascadeseg.io import Volume, load_volume
+from cascadeseg.models import create_model
+
+ZSCORE = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
+ABDOMEN = {"type": "ct_window", "preset": "abdomen"}
+
+
+def tiny(arch: str, dims: int, channels: list[tuple[str, dict]], classes: list[int], **card_fields):
+    """A random-init width-4 network of ``arch`` and the card describing it."""
+    torch.manual_seed(0)
+    options = {"in_channels": len(channels), "num_classes": len(classes), "dims": dims, "base_width": 4, "levels": 3}
+    options.update(card_fields.pop("options", {}))
+    model = create_model(arch, **options).eval()
+    card = ModelCard(
+        architecture=arch, model_options=options, dims=dims,
+        input_channels=[{"name": n, "preprocessing": p} for n, p in channels],
+        classes=[{"value": v, "name": f"class {v}"} for v in classes], **card_fields,
+    )
+    return model, card
+
+
+def crop(volume: Volume, z: slice, y: slice, x: slice) -> Volume:
+    """A sub-block of a real scan with its geometry moved accordingly (origin of the first voxel)."""
+    start = np.array([z.start or 0, y.start or 0, x.start or 0], dtype=float)
+    origin = volume.affine_zyx() @ np.append(start, 1.0)  # rows (z, y, x) of LPS
+    return volume.with_array(np.ascontiguousarray(volume.array[:, z, y, x]),
+                             origin=tuple(origin[:3][::-1]))
+
+
+def assert_same_grid(labels: Volume, image: Volume) -> None:
+    assert labels.array.shape == image.spatial_shape
+    assert labels.spacing == image.spacing
+    assert np.allclose(labels.origin, image.origin)
+    assert np.allclose(labels.direction, image.direction)
+
+
+@pytest.fixture(scope="module")
+def lgg(shared_data: Path) -> Volume:
+    return load_volume(shared_data / "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def tcia(shared_data: Path) -> Volume:
+    return load_volume(shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def ct(shared_data: Path) -> Volume:
+    return load_volume(shared_data / "totalseg/example_ct_sm.nii.gz")
+
+
+def test_2d_on_real_lgg_keeps_grid_and_reports_progress(lgg: Volume) -> None:
+    model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    reports = []
+    result = Predictor(model, card, device="cpu", batch_size=8).predict(lgg, progress=reports.append)
+    assert_same_grid(result.labels, lgg)
+    assert result.labels.array.dtype == np.uint8
+    assert set(np.unique(result.labels.array)) <= {0, 1}
+    assert result.mode == "2d" and result.unit == "slices" and result.items == lgg.spatial_shape[0]
+    # 23 slices in batches of 8: 3 reports, monotone, ending at 1.0 with a positive rate.
+    assert [r.done for r in reports] == [8, 16, 23]
+    assert reports[-1].fraction == 1.0 and reports[-1].total == 23 and all(r.rate > 0 for r in reports)
+    assert set(result.timings) == {"preprocess", "inference", "total"} and result.rate > 0
+
+
+def test_2d_slicing_axis_and_odd_sizes_are_padded_and_cropped(lgg: Volume) -> None:
+    model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    small = crop(lgg, slice(3, 14), slice(60, 157), slice(40, 141))  # 11 x 97 x 101: not multiples of 4
+    predictor = Predictor(model, card, device="cpu")
+    along_x = predictor.predict(small, axis=2, want=PredictionRequest(probabilities=True))
+    assert along_x.items == 101 and along_x.axis == 2
+    assert_same_grid(along_x.labels, small)
+    probs = along_x.probabilities.array
+    assert probs.shape == (2, *small.spatial_shape) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert np.array_equal(probs.argmax(axis=0), along_x.labels.array)
+    # Slicing a single slab along z equals running the network on that slice by hand (crop after pad).
+    along_z = predictor.predict(small, axis=0)
+    from cascadeseg.preprocessing import apply_channel_preprocessing
+
+    x = torch.from_numpy(apply_channel_preprocessing(small.array[0], ZSCORE)[5:6])[None]
+    with torch.no_grad():
+        logits = model(torch.nn.functional.pad(x, (0, 3, 0, 3))).logits[..., :97, :101]
+    assert np.array_equal(along_z.labels.array[5], logits.argmax(1)[0].numpy())
+
+
+def test_3d_on_real_two_channel_anisotropic_mri(shared_data: Path, tcia: Volume) -> None:
+    assert tcia.num_channels == 2 and tcia.spacing[0] > 6  # 6.5 mm slices, 0.69 mm pixels
+    model, card = tiny("unet", 3, [("T1c", ZSCORE), ("FLAIR", ZSCORE)], [0, 1],
+                       options={"spacing": list(tcia.spacing)}, patch_size=[8, 48, 48])
+    assert model.size_divisor[0] < model.size_divisor[1]  # anisotropic pooling from the spacing
+    block = crop(tcia, slice(4, 16), slice(100, 164), slice(110, 174))
+    reports = []
+    result = Predictor(model, card, device="cpu").predict(block, progress=reports.append, overlap=0.25,
+                                                          want=PredictionRequest(probabilities=True))
+    assert_same_grid(result.labels, block)
+    assert result.mode == "3d" and result.unit == "patches"
+    assert result.items == count_windows(block.spatial_shape, (8, 48, 48), 0.25) == len(reports) == 8
+    assert reports[-1].fraction == 1.0
+    assert np.allclose(result.probabilities.array.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_3d_ct_smaller_than_patch_is_padded(ct: Volume) -> None:
+    model, card = tiny("unet", 3, [("CT", ABDOMEN)], [0, 1, 5], patch_size=[16, 32, 32])
+    small = crop(ct, slice(10, 20), slice(30, 50), slice(40, 64))  # 10 x 20 x 24 < 16 x 32 x 32
+    result = Predictor(model, card, device="cpu").predict(small)
+    assert result.items == 1
+    assert_same_grid(result.labels, small)
+    assert set(np.unique(result.labels.array)) <= {0, 1, 5}  # channel 2 is written as value 5
+
+
+def test_depths_heads_and_attention_on_real_scan(lgg: Volume) -> None:
+    model, card = tiny("anu_net", 2, [("FLAIR", ZSCORE)], [0, 1], recommended_depth=1)
+    block = crop(lgg, slice(8, 12), slice(64, 192), slice(64, 192))
+    predictor = Predictor(model, card, device="cpu")
+    assert predictor.predict(block).depth == 1  # the card's recommended depth is the default
+    everything = predictor.predict(block, depth=2, want=PredictionRequest(depths=True, attention=True))
+    assert sorted(everything.depth_labels) == [1, 2]  # levels=3: pruning depths L1, L2
+    for depth in (1, 2):
+        pruned = predictor.predict(block, depth=depth)
+        assert np.array_equal(pruned.labels.array, everything.depth_labels[depth].array)
+    assert np.array_equal(everything.labels.array, everything.depth_labels[2].array)
+    assert everything.attention, "ANU-Net returns its attention gates"
+    for gate, coeff in everything.attention.items():
+        assert coeff.array.shape == block.spatial_shape and coeff.array.dtype == np.float32
+        assert 0.0 <= coeff.array.min() and coeff.array.max() <= 1.0, gate
+    with pytest.raises(ModelConfigError, match="pruning depth 7"):
+        predictor.predict(block, depth=7)
+
+
+def test_cascade_stages_come_back_by_name(lgg: Volume, ct: Volume) -> None:
+    model, card = tiny("cascaded_unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    block = crop(lgg, slice(8, 11), slice(64, 128), slice(64, 128))
+    result = Predictor(model, card, device="cpu").predict(block, want=PredictionRequest(stages=True))
+    assert list(result.stage_labels) == ["stage1", "stage2"]
+    for stage in result.stage_labels.values():
+        assert_same_grid(stage, block)
+    # The coarse-to-fine 3D cascade reports the share of the input its stage 2 ran on.
+    model, card = tiny("coarse_to_fine_unet", 3, [("CT", ABDOMEN)], [0, 1, 5], patch_size=[16, 32, 32])
+    small = crop(ct, slice(0, 16), slice(30, 62), slice(40, 72))
+    result = Predictor(model, card, device="cpu").predict(small, want=PredictionRequest(stages=True))
+    assert sorted(result.stage_labels) == ["stage1", "stage2"]
+    assert 0.0 <= result.stats["stage2_fraction"] <= 1.0 and result.stats["stage2_forwards"] == 1
+
+
+def test_cancel_stops_within_one_batch_and_returns_nothing(lgg: Volume) -> None:
+    model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    cancel = threading.Event()
+    seen = []
+
+    def on_progress(progress) -> None:
+        seen.append(progress.done)
+        cancel.set()  # the user clicks Cancel after the first batch
+
+    with pytest.raises(CancelledError, match="cancelled after 4 of 23 slices"):
+        Predictor(model, card, device="cpu", batch_size=4).predict(lgg, progress=on_progress, cancel=cancel)
+    assert seen == [4]
+
+
+def test_bad_input_is_refused_with_clear_messages(lgg: Volume, tcia: Volume) -> None:
+    model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    predictor = Predictor(model, card, device="cpu")
+    with pytest.raises(VolumeError, match=r"has 2 channel\(s\).*expects 1: FLAIR"):
+        predictor.predict(tcia)
+    nan = lgg.with_array(lgg.array[:, :4].astype(np.float32))
+    nan.array[0, 1, 2, 3] = np.nan
+    with pytest.raises(VolumeError, match="1 voxel\\(s\\) are NaN"):
+        predictor.predict(nan)
+    with pytest.raises(VolumeError, match="empty"):
+        predictor.predict(lgg.with_array(lgg.array[:, :0]))
+    with pytest.raises(VolumeError, match="label map cannot be segmented"):
+        predictor.predict(lgg.with_array(lgg.array[0]))
+    with pytest.raises(ModelConfigError, match="network is 2D"):
+        predictor.predict(lgg, mode="3d")
+
+
+def test_out_of_memory_halves_the_batch_then_says_so(lgg: Volume) -> None:
+    model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+    block = crop(lgg, slice(0, 10), slice(64, 128), slice(64, 128))
+    sizes = []
+    original = model.forward
+
+    def limited(x, depth=None, request=None):
+        sizes.append(x.shape[0])
+        if x.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(x, depth=depth, request=request)
+
+    model.forward = limited
+    limit = 2
+    reference = Predictor(model, card, device="cpu", batch_size=2).predict(block).labels.array
+    sizes.clear()
+    result = Predictor(model, card, device="cpu", batch_size=8).predict(block)
+    assert sizes[:3] == [8, 4, 2] and np.array_equal(result.labels.array, reference)
+    limit = 0
+    with pytest.raises(DeviceError, match="ran out of memory even with one item"):
+        Predictor(model, card, device="cpu", batch_size=2).predict(block)
+
+
+def test_2d_memory_holds_one_float_copy(lgg: Volume) -> None:
+    """512x512x60 int16 CT in 2D: NumPy allocations during predict stay under two float copies
+    (one float copy + the labels + per-batch buffers). The 512x512x600 figure is measured by
+    ``cascadeseg bench --memory`` in a fresh process."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1500, size=(1, 60, 512, 512), dtype=np.int16)
+    volume = Volume(array, spacing=(2.0, 0.8, 0.8), modality="CT")
+    model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 1], options={"levels": 2})
+    predictor = Predictor(model, card, device="cpu", batch_size=4)
+    float_copy = array.size * 4
+    tracemalloc.start()
+    try:
+        result = predictor.predict(volume)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.labels.array.dtype == np.uint8
+    assert peak < 2.0 * float_copy, f"peak {peak / 2**20:.0f} MiB vs one float copy {float_copy / 2**20:.0f} MiB"
+
+
+def test_checkpoint_round_trip_and_label_values(tmp_path: Path, ct: Volume) -> None:
+    model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 300])
+    folder = save_checkpoint(model, card, tmp_path / "ct-model")
+    predictor = Predictor.from_checkpoint(folder, device="cpu")
+    result = predictor.predict(crop(ct, slice(0, 4), slice(0, 64), slice(0, 64)))
+    assert result.labels.array.dtype == np.uint16 and set(np.unique(result.labels.array)) <= {0, 300}
+    assert label_dtype(255) == np.uint8 and label_dtype(256) == np.uint16 and label_dtype(70000) == np.uint32
+
+
+def test_postprocessing_on_a_real_label_map(shared_data: Path) -> None:
+    from cascadeseg.io import load_labels
+
+    labels = load_labels(shared_data / "lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz").array.copy()
+    labels[0, :3, :3] = 1  # a far-away false-positive island
+    labels[labels.shape[0] // 2, 5:9, 5:9] = 1
+    lesion = labels == 1
+    kept = postprocess(labels, PostProcessing(largest_component=True))
+    assert kept[0, 0, 0] == 0 and kept.sum() < labels.sum() and kept[lesion].any()
+    ring = np.zeros((1, 9, 9), dtype=np.uint8)
+    ring[0, 2:7, 2:7] = 1
+    ring[0, 4, 4] = 0
+    assert postprocess(ring, PostProcessing(fill_holes=True, fill_holes_axis=0))[0, 4, 4] == 1
+    mask = np.zeros(labels.shape, dtype=bool)
+    mask[labels.shape[0] // 2] = True
+    inside = postprocess(labels, PostProcessing(restrict_to_mask=True), mask=mask)
+    assert inside[~mask].max() == 0 and np.array_equal(inside[mask], labels[mask])
+    assert labels[0, 0, 0] == 1  # the input is never modified
+    with pytest.raises(VolumeError, match="no mask"):
+        postprocess(labels, PostProcessing(restrict_to_mask=True))
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type in ("cpu", "mps")
+    with pytest.raises(DeviceError, match="unknown"):
+        resolve_device("tpu")
