@@ -56,6 +56,20 @@ def test_session_writes_only_on_change(tmp_path: Path, shared_data: Path, labels
     assert session.store.find(shared_data / SCAN) is None
 
 
+def test_snapshot_then_write_in_two_steps(tmp_path: Path, shared_data: Path, labels: np.ndarray) -> None:
+    """The GUI snapshots on its thread and writes in a worker: later edits do not leak in."""
+    session = AutosaveSession(shared_data / SCAN, RecoveryStore(tmp_path))
+    session.mark_clean(labels)
+    assert session.pending(labels) is None
+    labels[1, 2, 3] = 1
+    snapshot, checksum = session.pending(labels)
+    labels[4, 5, 6] = 1  # the user keeps painting while the write runs
+    session.write(snapshot, checksum)
+    restored, _ = session.store.load(shared_data / SCAN)
+    assert restored[1, 2, 3] == 1 and restored[4, 5, 6] == 0
+    assert session.tick(labels) is not None  # the later edit is written on the next tick
+
+
 def test_interrupted_write_keeps_previous_file(
     tmp_path: Path, shared_data: Path, labels: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -95,7 +95,9 @@ def test_case_ids_are_safe_file_names() -> None:
     assert case_id_from_source(None) == "case"
 
 
-def test_hand_added_case_is_counted_from_its_mask(tmp_path: Path, scan: tuple[Volume, Volume], shared_data: Path) -> None:
+def test_hand_added_case_is_counted_from_its_mask(
+    tmp_path: Path, scan: tuple[Volume, Volume], shared_data: Path
+) -> None:
     image, labels = scan
     training_set = TrainingSet(tmp_path)
     training_set.add_case(image, labels, case_id="mine")
@@ -242,3 +244,21 @@ def test_killed_writer_is_rolled_back_on_next_open(
     assert reopened.summary().num_cases == 1
     image_again, labels_again = load_dataset(folder)[0].load()
     assert np.array_equal(labels_again.array, labels.array)
+
+
+def test_msd_v1_dataset_json_is_understood(tmp_path: Path, scan: tuple[Volume, Volume]) -> None:
+    image, labels = scan
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "name": "BrainTumour", "modality": {"0": "T1c", "1": "FLAIR"},
+        "labels": {"0": "background", "1": "tumour"}, "numTraining": 0,
+    }))
+    training_set = TrainingSet(tmp_path)
+    assert training_set.summary().labels == {"background": 0, "tumour": 1}
+    assert training_set.summary().channel_names == {"0": "T1c", "1": "FLAIR"}
+    with_two = labels.array.copy()
+    with_two[with_two.shape[0] // 2, :3, :3] = 2
+    training_set.add_case(image, with_two, case_id="study")
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "tumour": 1, "label_2": 2}
+    assert meta["numTraining"] == 1 and meta["modality"] == {"0": "T1c", "1": "FLAIR"}
+    assert meta["channel_names"] == {"0": "T1c", "1": "FLAIR"}

@@ -62,6 +62,12 @@ def test_corrupt_gzip_body(shared_data: Path, tmp_path: Path) -> None:
         load_volume(tmp_path / "corrupt.nii.gz")
 
 
+def test_uncompressed_nifti_named_nii_gz_still_opens(shared_data: Path, tmp_path: Path) -> None:
+    raw = gzip.decompress((shared_data / LGG_IMAGE).read_bytes())
+    (tmp_path / "plain.nii.gz").write_bytes(raw)
+    np.testing.assert_array_equal(load_volume(tmp_path / "plain.nii.gz").array, load_volume(shared_data / LGG_IMAGE).array)
+
+
 def test_files_that_are_not_images(shared_data: Path, tmp_path: Path) -> None:
     text = tmp_path / "notes.nii.gz"
     shutil.copy(shared_data / "README.md", text)  # text with an image name
@@ -108,6 +114,14 @@ def test_dicom_folder_with_several_series(shared_data: Path, tmp_path: Path) -> 
     assert load_volume(one_file).array.shape == (1, 24, 320, 260)
     with pytest.raises(InputFileError, match="no DICOM series with series_uid='1.2.3'"):
         load_volume(mixed, series_uid="1.2.3")
+
+
+def test_dicom_series_with_a_missing_slice(shared_data: Path, tmp_path: Path) -> None:
+    files = sorted((shared_data / PGBM_DICOM).iterdir())
+    for path in files[:10] + files[11:]:  # one slice file lost in the middle of the series
+        (tmp_path / path.name).symlink_to(path)
+    with pytest.raises(VolumeError, match=r"the 23 DICOM slices are not evenly spaced \(gaps from 6\.5 to 13 mm"):
+        load_volume(tmp_path)
 
 
 def test_2d_image_where_a_volume_is_needed(shared_data: Path, tmp_path: Path) -> None:

@@ -215,3 +215,24 @@ def test_msd_case_file_loads_all_channels_with_dataset_json_names(shared_data: P
     assert labels is None and loaded.array.shape == (2, 22, 320, 280)
     single = load_volume(tmp_path / "imagesTr" / "PGBM-003_19950329_0001.nii.gz", whole_case=False)
     np.testing.assert_array_equal(single.array[0], loaded.array[1])
+
+
+def test_original_msd_layout_with_4d_files_and_modality_names(shared_data: Path, tmp_path: Path) -> None:
+    from cascadeseg.io import load_labels as read_labels
+    from cascadeseg.io import save_labels
+
+    image = load_channels(brats_files(shared_data)[::3])  # t1 and flair
+    labels = read_labels(shared_data / "brats-like" / "TCGA-DU-7294" / "simple.nii.gz", reference=image)
+    crop = (slice(70, 80), slice(60, 180), slice(60, 180))
+    small = image.with_array(np.ascontiguousarray(image.array[(slice(None), *crop)]), meta={})
+    (tmp_path / "imagesTr").mkdir()
+    save_volume(small, tmp_path / "imagesTr" / "BRATS_001.nii.gz")
+    save_labels(labels.array[crop], small, tmp_path / "labelsTr" / "BRATS_001.nii.gz")
+    (tmp_path / "dataset.json").write_text('{"name": "BrainTumour", "modality": {"0": "T1", "1": "FLAIR"}}')
+    [case] = load_dataset(tmp_path)
+    assert case.case_id == "BRATS_001" and case.channel_names == ("T1", "FLAIR")
+    loaded, loaded_labels = case.load()
+    assert loaded.channel_names == ["T1", "FLAIR"] and loaded.array.shape == (2, 10, 120, 120)
+    np.testing.assert_array_equal(loaded.array, small.array)
+    assert loaded_labels is not None
+    np.testing.assert_array_equal(loaded_labels.array, labels.array[crop])

@@ -96,3 +96,18 @@ def test_many_labels_use_a_wider_integer_type(shared_data: Path, tmp_path: Path)
     saved = nib.load(save_labels(labels, image, tmp_path / "many.nii.gz"))
     assert saved.get_data_dtype() == np.uint16
     np.testing.assert_array_equal(load_labels(tmp_path / "many.nii.gz").array, labels)
+
+
+def test_qform_only_source_keeps_its_exact_affine(shared_data: Path, tmp_path: Path) -> None:
+    source = nib.load(shared_data / "tcia-btp" / "imagesTr" / "PGBM-003_19950329_0000.nii.gz")
+    image_file = nib.Nifti1Image(np.asanyarray(source.dataobj), None, source.header)
+    image_file.header.set_sform(None, code=0)  # some converters write only the qform (oblique here)
+    nib.save(image_file, tmp_path / "qform_only.nii.gz")
+    written_source = nib.load(tmp_path / "qform_only.nii.gz")
+    assert written_source.header["sform_code"] == 0 and written_source.header["qform_code"] > 0
+
+    image = load_volume(tmp_path / "qform_only.nii.gz")
+    labels = load_labels(shared_data / "tcia-btp" / "labelsTr" / "PGBM-003_19950329.nii.gz", reference=image)
+    saved = nib.load(save_labels(labels, image, tmp_path / "labels.nii.gz"))
+    np.testing.assert_array_equal(saved.affine, written_source.affine)
+    assert saved.header["sform_code"] == 0 and saved.header["qform_code"] == written_source.header["qform_code"]

@@ -71,6 +71,16 @@ def lgg_slice(shared_data: Path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
+def lgg_slice_and_brain(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole largest-tumour LGG slice (1, 256, 256) and a brain mask from its FLAIR image
+    (intensity above 10 of 255: the black background outside the head is S1 of paper 001)."""
+    labels = _read(shared_data / "lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz")
+    image = _read(shared_data / "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz")
+    z = int(labels.sum(axis=(1, 2)).argmax())
+    return torch.from_numpy(labels[z].astype(np.int64))[None], torch.from_numpy(image[z] > 10)[None]
+
+
+@pytest.fixture(scope="module")
 def brats_labels(shared_data: Path) -> np.ndarray:
     labels = _read(shared_data / "brats-like/TCGA-DU-7294/hnfnetv1-20.nii.gz")
     return np.where(labels == 4, 3, labels).astype(np.int64)  # BraTS 0,1,2,4 -> classes 0..3
@@ -199,6 +209,22 @@ def test_class_weighted_ce_hand_value() -> None:
     assert build_loss("class_weighted_ce")(logits, target, roi=roi).item() == pytest.approx(expected_roi, abs=1e-12)
 
 
+def test_class_weighted_ce_stage2_covers_stage1_candidate_box() -> None:
+    # Stage 1 predicts foreground at voxels 1..2 only; with margin 1 the candidate box C2 is 0..3.
+    stage1 = torch.tensor([-5.0, 5.0, 5.0, -5.0, -5.0, -5.0], dtype=torch.float64)
+    stage1 = torch.stack([torch.zeros(6, dtype=torch.float64), stage1]).reshape(1, 2, 1, 6)
+    stage2, target = tiny(p=[0.8, 0.6, 0.3, 0.1, 0.5, 0.5], g=[1, 0, 0, 0, 1, 1])
+    output = SegmentationOutput(logits=stage2, stages={"stage1": stage1, "stage2": stage2})
+    loss = build_loss("class_weighted_ce", candidate_margin=1)
+    inside = torch.tensor([[[True, True, True, True, False, False]]])
+    expected = class_frequency_weighted_ce(stage1, target) + class_frequency_weighted_ce(stage2, target, roi=inside)
+    assert loss(output, target).item() == pytest.approx(expected.item(), abs=1e-12)
+    # inside C2 the labels are those of the class-weighted hand case above
+    assert class_frequency_weighted_ce(stage2, target, roi=inside).item() == pytest.approx(
+        (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4, abs=1e-12
+    )
+
+
 def test_weighted_sampling_hand_value() -> None:
     # One row of 8 voxels, tumour at 3..5, contour band of width 2 (radius 1):
     # dilation 2..6, erosion {4} -> band S4 = {2, 3, 5, 6}, interior S3 = {4}, normal S2 = {0, 1, 7}.
@@ -221,16 +247,23 @@ def test_weighted_sampling_hand_value() -> None:
     assert substructure.flatten().tolist() == [0, 0, 1, 1, 1, 1, 1, 0]
 
 
-def test_weighted_sampling_rate_follows_eq3(lgg_slice: torch.Tensor) -> None:
-    tumour = lgg_slice > 0
+def test_weighted_sampling_rate_follows_eq3(lgg_slice_and_brain: tuple[torch.Tensor, torch.Tensor]) -> None:
+    labels, brain = lgg_slice_and_brain
+    tumour = labels > 0
     generator = torch.Generator().manual_seed(0)
-    weights = sample_matrix(tumour, None, substructures=False, beta=0.5, contour_width=0, generator=generator)
-    normal = ~tumour
-    rate = 0.5 * int(tumour.sum()) / int(normal.sum())  # Eq. 3 with p3 = 1
+    weights = sample_matrix(tumour, brain, substructures=False, beta=1.5, contour_width=0, generator=generator)
+    normal = brain & ~tumour
+    assert bool((weights[~brain & ~tumour] == 0).all())  # p1 = 0: the black background never counts
+    assert bool((weights[tumour] == 1).all())  # p3 = 1
+    rate = 1.5 * int(tumour.sum()) / int(normal.sum())  # Eq. 3
+    assert 0.01 < rate < 1
     sampled = int((weights[normal] > 0).sum())
     expected = rate * int(normal.sum())
-    assert abs(sampled - expected) < 4 * math.sqrt(expected) + 1  # binomial: well within 4 sigma
-    assert bool((weights[tumour] == 1).all())
+    assert abs(sampled - expected) < 4 * math.sqrt(expected)  # binomial: within 4 sigma
+    # the contour band (default 10 px) carries weight alpha1 = 2 on both sides of the boundary
+    with_band = sample_matrix(tumour, brain, substructures=False, generator=generator)
+    band = with_band == 2
+    assert bool(band.any()) and bool((band & tumour).any()) and bool((band & ~tumour).any())
 
 
 # -- deep supervision, cascades, CGM -----------------------------------------------------------------

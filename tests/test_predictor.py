@@ -230,7 +230,7 @@ def test_2d_memory_holds_one_float_copy(lgg: Volume) -> None:
     rng = np.random.default_rng(0)
     array = rng.integers(-1000, 1500, size=(1, 60, 512, 512), dtype=np.int16)
     volume = Volume(array, spacing=(2.0, 0.8, 0.8), modality="CT")
-    model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 1], options={"levels": 2})
+    model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 1], options={"levels": 2, "base_width": 2})
     predictor = Predictor(model, card, device="cpu", batch_size=4)
     float_copy = array.size * 4
     tracemalloc.start()
@@ -282,3 +282,16 @@ def test_device_resolution() -> None:
         assert resolve_device("auto").type in ("cpu", "mps")
     with pytest.raises(DeviceError, match="unknown"):
         resolve_device("tpu")
+
+
+def test_target_spacing_resamples_in_plane_and_maps_back(tcia: Volume) -> None:
+    """A 2D card trained at 1.375 mm pixels on a 0.6875 mm scan: the network sees half-size
+    slices (the 6.5 mm slice axis is left alone) and the labels land on the scan's own grid."""
+    model, card = tiny("unet", 2, [("T1c", ZSCORE), ("FLAIR", ZSCORE)], [0, 1], target_spacing=[1.0, 1.375, 1.375])
+    block = crop(tcia, slice(8, 12), slice(80, 208), slice(96, 224))  # 4 x 128 x 128 at 0.6875 mm
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+    result = Predictor(model, card, device="cpu").predict(block, want=PredictionRequest(probabilities=True))
+    assert seen == [(4, 2, 64, 64)]
+    assert_same_grid(result.labels, block)
+    assert result.probabilities.array.shape == (2, 4, 128, 128)

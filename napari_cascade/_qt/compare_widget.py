@@ -50,7 +50,7 @@ from .workers import JobPanel
 NO_GROUND_TRUTH = "(none)"
 METRIC_COLUMNS = ("Dice", "IoU", "precision", "recall", "HD95 (mm)", "time (s)", "speed")
 DIFF_COLORS = {0: "transparent", 1: "#2ecc40", 2: "#ff4136", None: "transparent"}
-MAX_VISIBLE_GATES = 4
+MAX_GATE_PANELS = 4
 
 
 @dataclass
@@ -255,25 +255,29 @@ class CompareWidget(QWidget):
     # -- results -> layers -----------------------------------------------------------------
     def clear(self) -> None:
         """Remove every layer the comparison added and leave grid mode."""
-        for layer in [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("kind") == "compare"]:
-            self.viewer.layers.remove(layer)
+        # Grid first: with the grid on, every removal would lay all the panels out again.
         self.viewer.grid.enabled = False
+        for layer in self._owned():
+            self.viewer.layers.remove(layer)
 
     def _show(self, comparison: Comparison) -> None:
-        self.clear()
         self.last_comparison = comparison
         scan = self.viewer.layers[comparison.image_name] if comparison.image_name in self.viewer.layers else None
         panels = self._panels(comparison)
+        wanted = {name for name, *_ in panels} | {f"{name} (scan)" for name, *_ in panels}
+        stale = [layer for layer in self._owned() if layer.name not in wanted]
+        self.viewer.grid.enabled = False
+        for layer in stale:
+            self.viewer.layers.remove(layer)
         # Appended in reverse so the first panel is the top pair of the layer list: grid cell (0, 0).
-        added = []
+        backdrops = []
         for name, kind, data, kwargs in reversed(panels):
             if scan is not None:
-                added.append(self._backdrop(scan, name))
-            added.append(self._overlay(comparison, name, kind, data, kwargs))
+                backdrops.append(self._backdrop(scan, name))
+            self._overlay(comparison, name, kind, data, kwargs)
         if scan is not None:
             from napari.experimental import link_layers
 
-            backdrops = [layer for layer in added if (result_info(layer) or {}).get("role") == "backdrop"]
             link_layers([scan, *backdrops], ("contrast_limits", "gamma", "colormap"))
         self._fill_table(comparison)
         self._set_grid(self.grid.isChecked())
@@ -282,23 +286,27 @@ class CompareWidget(QWidget):
             f"{len(comparison.attention)} attention map(s) added"
         )
 
+    def _owned(self) -> list[Any]:
+        return [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("kind") == "compare"]
+
     def _panels(self, comparison: Comparison) -> list[tuple[str, str, np.ndarray, dict[str, Any]]]:
-        """(name, kind, data, extra kwargs) per panel, in reading order."""
+        """(name, kind, data, extra kwargs) per panel, in reading order.
+
+        Differences: stage 2 against stage 1, and the deepest head against the shallowest (one
+        panel: the consecutive ones add little and every layer costs napari a full redraw).
+        Attention: the gates of the full-resolution row (``X0,*``) first, at most four; the
+        deeper gates are coarse and their maps are in ``Comparison.attention`` for scripts.
+        """
         stem = comparison.image_name
         panels: list[tuple[str, str, np.ndarray, dict[str, Any]]] = []
         for runs in (comparison.stages, comparison.depths):
-            for index, run in enumerate(runs):
-                panels.append((f"{stem} {run.name}", "labels", run.labels, {}))
-                if index:
-                    earlier = runs[index - 1]
-                    panels.append((f"{stem} {run.name} vs {earlier.name}", "difference",
-                                   difference_map(earlier.labels, run.labels), {}))
-        # The full-resolution gates of the top row are the ones a reader can relate to the scan;
-        # the others are added hidden (napari's grid leaves hidden layers out).
-        gates = sorted(comparison.attention, key=lambda g: (not g.startswith("X0,"), g))
-        for index, gate in enumerate(gates):
-            panels.append((f"{stem} attention {gate}", "attention", comparison.attention[gate],
-                           {"visible": index < MAX_VISIBLE_GATES}))
+            panels += [(f"{stem} {run.name}", "labels", run.labels, {}) for run in runs]
+            if len(runs) > 1:
+                first, last = runs[0], runs[-1]
+                panels.append((f"{stem} {last.name} vs {first.name}", "difference",
+                               difference_map(first.labels, last.labels), {}))
+        gates = sorted(comparison.attention, key=lambda g: (not g.startswith("X0,"), g))[:MAX_GATE_PANELS]
+        panels += [(f"{stem} attention {gate}", "attention", comparison.attention[gate], {}) for gate in gates]
         return panels
 
     def _metadata(self, comparison: Comparison, role: str, name: str) -> dict[str, Any]:
@@ -307,21 +315,31 @@ class CompareWidget(QWidget):
 
     def _backdrop(self, scan: Any, name: str) -> Any:
         """A second view of the scan (same array, no copy) under one panel's overlay."""
-        layer = self.viewer.add_image(
+        backdrop_name = f"{name} (scan)"
+        if backdrop_name in self.viewer.layers:  # a re-run: napari redraws on every add/remove
+            layer = self.viewer.layers[backdrop_name]
+            if layer.data is scan.data:
+                return layer
+            self.viewer.layers.remove(layer)
+        return self.viewer.add_image(
             scan.data,
-            name=f"{name} (scan)",
+            name=backdrop_name,
             colormap=scan.colormap,
             contrast_limits=scan.contrast_limits,
             metadata={GEOMETRY_KEY: {**scan.metadata.get(GEOMETRY_KEY, {}),
                                      RESULT_KEY: {"kind": "compare", "role": "backdrop", "panel": name}}},
             scale=scan.scale, translate=scan.translate, rotate=scan.rotate,
         )
-        return layer
 
     def _overlay(self, comparison: Comparison, name: str, kind: str, data: np.ndarray,
                  extra: dict[str, Any]) -> Any:
-        geometry = transform_kwargs(comparison.reference)
         metadata = self._metadata(comparison, kind, name)
+        if name in self.viewer.layers:  # a re-run: new voxels in the same layer
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.metadata = metadata
+            return layer
+        geometry = transform_kwargs(comparison.reference)
         if kind == "attention":
             return self.viewer.add_image(
                 data, name=name, colormap="turbo", contrast_limits=(0.0, 1.0), opacity=0.55,
@@ -335,15 +353,19 @@ class CompareWidget(QWidget):
         return self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.6, **geometry, **extra)
 
     def _set_grid(self, enabled: bool) -> None:
-        backdrops = [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("role") == "backdrop"]
-        if not backdrops:
+        """Grid on: every panel (scan view + overlay) side by side. Grid off: the comparison is
+        hidden, so the scan and the user's own layers are what the canvas shows; each panel is one
+        visibility click away in the layer list."""
+        owned = self._owned()
+        if not owned:
             self.viewer.grid.enabled = False
             return
-        for layer in backdrops:
-            # Without the grid the overlays stack on the original scan; the extra views would hide it.
+        self.viewer.grid.enabled = False  # lay the panels out once, not once per change
+        for layer in owned:
             layer.visible = enabled
         self.viewer.grid.stride = -2
         self.viewer.grid.enabled = enabled
+        self.viewer.reset_view()
 
     def _fill_table(self, comparison: Comparison) -> None:
         rows = comparison.stages + comparison.depths

@@ -21,12 +21,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import napari
 import numpy as np
 from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -40,6 +42,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QApplication,
     QVBoxLayout,
     QWidget,
 )
@@ -103,6 +106,15 @@ def scan_channel_layers(viewer: napari.Viewer, image: Image) -> list[Image]:
     return sorted(same, key=lambda layer: (layer.metadata.get(GEOMETRY_KEY) or {}).get("channel_index", 0))
 
 
+def _write_recovery(session: AutosaveSession, snapshot: np.ndarray, checksum: int) -> Path | str:
+    """Write a recovery snapshot; a failure comes back as its message (never raises: it may run
+    in a worker thread, where an exception would end up in napari's traceback dialog)."""
+    try:
+        return session.write(snapshot, checksum)
+    except (OSError, CascadeSegError) as exc:
+        return str(exc)
+
+
 class CorrectionWidget(QWidget):
     """Dock widget: correct a labels layer, autosave it, add it to the local training set."""
 
@@ -113,8 +125,9 @@ class CorrectionWidget(QWidget):
         self._histories: dict[int, EditHistory] = {}
         self._autosave: AutosaveSession | None = None
         self._autosave_layer: Labels | None = None
+        self._autosave_worker: Any = None
         self._offered: set[str] = set()
-        self.pending_recovery: tuple[str, Image] | None = None
+        self.pending_recovery: tuple[str, Image | Labels] | None = None
         self.last_added: Any = None
 
         # -- layers ---------------------------------------------------------------------------
@@ -252,7 +265,7 @@ class CorrectionWidget(QWidget):
         self.undo_button.clicked.connect(lambda: self.undo())
         self.redo_button.clicked.connect(lambda: self.redo())
         self.autosave_spin.valueChanged.connect(self._restart_timer)
-        self.timer.timeout.connect(self.autosave_now)
+        self.timer.timeout.connect(lambda: self.autosave_now(background=True))
         self.restore_button.clicked.connect(lambda: self.restore_recovery())
         self.discard_button.clicked.connect(lambda: self.discard_recovery())
         self.save_button.clicked.connect(self._save_dialog)
@@ -281,12 +294,13 @@ class CorrectionWidget(QWidget):
         self.refresh_layers()
         layer = event.value
         layer.events.name.connect(lambda *_: self.refresh_layers())
-        if isinstance(layer, Image):
+        if isinstance(layer, (Image, Labels)):
             self._check_for_recovery(layer)
 
     def _on_layer_removed(self, event: Any) -> None:
         self._histories.pop(id(event.value), None)
         if event.value is self._autosave_layer:
+            self.wait_for_autosave()
             self.autosave_now()  # the last edits of a deleted mask still reach the recovery file
             self._autosave, self._autosave_layer = None, None
         self.refresh_layers()
@@ -402,13 +416,21 @@ class CorrectionWidget(QWidget):
 
     @user_action
     def accept_prediction(self) -> Labels:
-        """Copy the prediction into the working mask (creating one beside it when none is chosen
-        or the prediction itself is chosen), as an undoable step; the prediction stays as it was."""
+        """Copy the prediction into the working mask as an undoable step; the prediction stays
+        as it was. The copy goes into the chosen working mask only when that mask is still empty;
+        otherwise (or with none chosen) a new layer ``<prediction> (edited)`` is made, so that
+        accepting never overwrites a mask the user has painted."""
         prediction = self._layer(self.prediction_combo.currentText(), Labels)
         if prediction is None:
             raise VolumeError("no prediction: run the Segment widget or open a label map, then pick it here")
         target = self._layer(self.mask_combo.currentText(), Labels)
-        if target is None or target is prediction or target.data.shape != prediction.data.shape:
+        reusable = (
+            target is not None
+            and target is not prediction
+            and target.data.shape == prediction.data.shape
+            and not np.asarray(target.data).any()
+        )
+        if not reusable:
             data, kwargs, _ = labels_layer(
                 np.zeros_like(np.asarray(prediction.data)),
                 reference_volume(prediction),
@@ -426,15 +448,28 @@ class CorrectionWidget(QWidget):
     def _restart_timer(self, *_: Any) -> None:
         self.timer.start(int(self.autosave_spin.value()) * 1000)
 
+    def _follow_selected_label(self, event: Any = None) -> None:
+        """The label value the tools edit follows the label picked in napari's layer controls."""
+        layer = self._autosave_layer
+        if layer is not None and int(layer.selected_label) > 0:
+            self.label_spin.setValue(int(layer.selected_label))
+
     def _mask_changed(self, *_: Any) -> None:
         layer = self._layer(self.mask_combo.currentText(), Labels)
         if layer is self._autosave_layer:
             return
+        if self._autosave_layer is not None:
+            self._autosave_layer.events.selected_label.disconnect(self._follow_selected_label)
+        if layer is not None:
+            layer.events.selected_label.connect(self._follow_selected_label)
         if self._autosave is not None:
+            self.wait_for_autosave()
             self.autosave_now()  # switching masks must not drop the previous one's last edits
         self._autosave, self._autosave_layer = None, layer
         if layer is not None and isinstance(layer.data, np.ndarray):
-            source = scan_source(layer) or self._scan_source_for(layer)
+            # Keyed by the scan, so reopening the scan finds it even when the mask came from its
+            # own label file (whose layer carries the label file's path).
+            source = self._scan_source_for(layer) or scan_source(layer)
             if source is not None:
                 self._autosave = AutosaveSession(source, self.recovery, layer_name=layer.name)
                 self._autosave.mark_clean(layer.data)
@@ -451,26 +486,51 @@ class CorrectionWidget(QWidget):
             return scan_source(scan)
         return None
 
-    def autosave_now(self) -> Path | None:
-        """Write the recovery file if the working mask changed (the timer calls this)."""
-        if self._autosave is None or self._autosave_layer is None:
+    def autosave_now(self, background: bool = False) -> Path | None:
+        """Write the recovery file if the working mask changed (the timer calls this with
+        ``background=True``: the snapshot is taken here, compressing and writing it, which takes
+        a second or two for a large CT mask, happens in a worker thread)."""
+        session, layer = self._autosave, self._autosave_layer
+        if session is None or layer is None or self._autosave_worker is not None:
+            return None  # nothing to save, or a write is still running: the next tick catches up
+        pending = session.pending(np.asarray(layer.data))
+        if pending is None:
             return None
-        try:
-            path = self._autosave.tick(np.asarray(self._autosave_layer.data))
-        except (OSError, CascadeSegError) as exc:  # a full disk must not break editing
-            self.autosave_status.setText(f"autosave failed: {exc}")
-            show_warning(f"napari-cascade: autosave failed ({exc})")
-            return None
-        if path is not None:
-            self.autosave_status.setText(f"autosaved '{self._autosave_layer.name}' to {path}")
-        return path
+        if not background:
+            return self._autosaved(_write_recovery(session, *pending), layer.name)
+        worker = create_worker(_write_recovery, session, *pending, _start_thread=False)
+        worker.returned.connect(lambda outcome: self._autosaved(outcome, layer.name))
+        worker.finished.connect(self._autosave_finished)
+        self._autosave_worker = worker
+        worker.start()
+        return None
+
+    def _autosaved(self, outcome: Path | str, layer_name: str) -> Path | None:
+        if isinstance(outcome, Path):
+            self.autosave_status.setText(f"autosaved '{layer_name}' to {outcome}")
+            return outcome
+        # A full disk must not break editing: say so and keep going (the next tick retries).
+        self.autosave_status.setText(f"autosave failed: {outcome}")
+        show_warning(f"napari-cascade: autosave failed ({outcome})")
+        return None
+
+    def _autosave_finished(self) -> None:
+        self._autosave_worker = None
+
+    def wait_for_autosave(self, timeout_s: float = 30.0) -> None:
+        """Block (processing events) until a background recovery write has finished."""
+        deadline = time.monotonic() + timeout_s
+        while self._autosave_worker is not None and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
 
     def _check_all_for_recovery(self) -> None:
         for layer in list(self.viewer.layers):
-            if isinstance(layer, Image):
+            if isinstance(layer, (Image, Labels)):
                 self._check_for_recovery(layer)
 
-    def _check_for_recovery(self, image: Image) -> None:
+    def _check_for_recovery(self, image: Image | Labels) -> None:
+        """Offer a recovery file of the scan (or label file) ``image`` was opened from."""
         source = scan_source(image)
         if source is None or source in self._offered:
             return
@@ -499,7 +559,8 @@ class CorrectionWidget(QWidget):
         layer = self.viewer.add_labels(data, **kwargs)
         self.pending_recovery = None
         self.recovery_box.setVisible(False)
-        self.scan_combo.setCurrentText(image.name)
+        if isinstance(image, Image):
+            self.scan_combo.setCurrentText(image.name)
         self.select_mask(layer)
         # The recovery file stays until the restored mask is saved: a second crash loses nothing.
         show_info(f"napari-cascade: restored {info.describe()} as '{layer.name}'")
@@ -520,6 +581,7 @@ class CorrectionWidget(QWidget):
         layer = self.mask_layer()
         data = self._mask_array(layer)
         written = save_labels(data, reference_volume(layer), path, overwrite=overwrite)
+        self.wait_for_autosave()  # an in-flight recovery write must not outlive the clear below
         if self._autosave is not None and self._autosave_layer is layer:
             self._autosave.saved_cleanly(data)
         self.autosave_status.setText(f"saved '{layer.name}' to {written}; recovery file cleared")
@@ -587,7 +649,8 @@ class CorrectionWidget(QWidget):
         self.update_summary()
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
-        self.autosave_now()
         self.timer.stop()
+        self.wait_for_autosave()
+        self.autosave_now()
         self.job.wait()
         super().closeEvent(event)

@@ -51,6 +51,7 @@ from cascadeseg.inference.checkpoint import (
     CheckpointEntry,
     available_checkpoints,
     load_checkpoint,
+    read_card,
     save_checkpoint,
     user_models_dir,
 )
@@ -143,6 +144,9 @@ class TrainWidget(QWidget):
 
         # -- model ----------------------------------------------------------------------------
         self.init_combo = QComboBox()
+        self.init_browse = QPushButton("Browse…")
+        self.init_browse.setToolTip("Fine-tune a checkpoint folder that is not in the list")
+        self._browsed: list[CheckpointEntry] = []
         self.model_combo = QComboBox()
         for info in self._models.values():
             self.model_combo.addItem(f"{info.title} ({info.name})", info.name)
@@ -182,6 +186,12 @@ class TrainWidget(QWidget):
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 1_000_000)
         self.steps_per_epoch.setSpecialValueText("auto")
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 256)
+        self.threads.setSpecialValueText("auto")
+        self.threads.setToolTip(
+            "CPU threads for training (auto: PyTorch's default); fewer keeps a shared machine responsive"
+        )
         self.model_name = QLineEdit()
         self.model_name.setPlaceholderText("name of the new model (default: <model>-<date>)")
         self.train_button = QPushButton("Train")
@@ -201,11 +211,12 @@ class TrainWidget(QWidget):
         self.folder_browse.clicked.connect(self._browse)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.init_combo.currentIndexChanged.connect(self._init_changed)
+        self.init_browse.clicked.connect(self._browse_init)
         self.budget_kind.currentIndexChanged.connect(self._budget_changed)
         self.train_button.clicked.connect(lambda: self.start())
         self.cancel_button.clicked.connect(self.cancel)
         self.job.finished.connect(self._finished)
-        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
         self.refresh_layers()
         self.refresh_checkpoints()
@@ -227,7 +238,10 @@ class TrainWidget(QWidget):
 
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
-        model_form.addRow("weights:", self.init_combo)
+        init_row = QHBoxLayout()
+        init_row.addWidget(self.init_combo, 1)
+        init_row.addWidget(self.init_browse)
+        model_form.addRow("weights:", init_row)
         model_form.addRow("architecture:", self.model_combo)
         model_form.addRow("loss:", self.loss_combo)
         model_form.addRow("2D / 3D:", self.dims_combo)
@@ -242,6 +256,7 @@ class TrainWidget(QWidget):
         budget_row.addWidget(self.epochs)
         run_form.addRow("stop after:", budget_row)
         run_form.addRow("device:", self.device)
+        run_form.addRow("CPU threads:", self.threads)
         run_form.addRow("in-plane size:", self.inplane)
         run_form.addRow("batch size:", self.batch_size)
         run_form.addRow("steps per epoch:", self.steps_per_epoch)
@@ -259,6 +274,10 @@ class TrainWidget(QWidget):
         layout.addStretch(1)
 
     # -- choices ------------------------------------------------------------------------------
+    def _on_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self.refresh_layers)
+        self.refresh_layers()
+
     def refresh_layers(self, *_: Any) -> None:
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
             current = combo.currentText()
@@ -270,7 +289,9 @@ class TrainWidget(QWidget):
     def refresh_checkpoints(self) -> None:
         """Re-list the checkpoints one can fine-tune from (shipped and user models)."""
         current = self.init_combo.currentText()
-        self._checkpoints = list(available_checkpoints())
+        listed = list(available_checkpoints())
+        known = {entry.path for entry in listed}
+        self._checkpoints = listed + [entry for entry in self._browsed if entry.path not in known]
         self.init_combo.blockSignals(True)
         self.init_combo.clear()
         self.init_combo.addItem(FRESH, None)
@@ -293,6 +314,24 @@ class TrainWidget(QWidget):
                 self.init_combo.setCurrentIndex(index + 1)
                 return True
         return False
+
+    def add_init_checkpoint(self, folder: str | Path) -> CheckpointEntry | None:
+        """Add a checkpoint folder to fine-tune from and select it; a bad folder is a notification."""
+        path = Path(folder)
+        try:
+            card = read_card(path)
+        except CascadeSegError as exc:
+            show_error(f"napari-cascade: {exc}")
+            return None
+        entry = CheckpointEntry(name=path.name, path=path, card=card, source="browsed")
+        self._browsed = [e for e in self._browsed if e.path != path] + [entry]
+        self.select_init(entry.name)
+        return entry
+
+    def _browse_init(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Checkpoint to fine-tune (model.safetensors + model_card.json)")
+        if folder:
+            self.add_init_checkpoint(folder)
 
     def _source_changed(self, *_: Any) -> None:
         kind = self.source.currentData()
@@ -350,7 +389,9 @@ class TrainWidget(QWidget):
         image_layer = self._layer(self.image_combo.currentText(), Image)
         labels_layer = self._layer(self.labels_combo.currentText(), Labels)
         if image_layer is None or labels_layer is None:
-            raise VolumeError("training from layers needs an image layer and a labels layer; open a scan and paint its mask")
+            raise VolumeError(
+                "training from layers needs an image layer and a labels layer; open a scan and paint its mask"
+            )
         image = volume_from_image_layers(scan_channel_layers(self.viewer, image_layer))
         labels = np.array(labels_layer.data, copy=True)  # the user may keep painting meanwhile
         if labels.shape != image.spatial_shape:
@@ -380,16 +421,18 @@ class TrainWidget(QWidget):
         summary = TrainingSet(folder).summary()
         if summary.num_cases == 0:
             raise DatasetError(f"training data folder {folder}: holds no complete case (image and label)")
-        values = {int(v) for v in summary.labels.values() if isinstance(v, int)} or None
+        values = set(summary.labels.values()) or None
         channels = len(summary.channel_names) or None
         return str(folder), f"{folder.name} ({summary.describe()})", values, channels
 
     def gather(self) -> TrainRequest:
         """Read and check the choices; a user mistake raises :class:`CascadeSegError`."""
-        from cascadeseg.training import TrainConfig
+        from cascadeseg.training.config import TrainConfig
 
+        split: dict[str, int] = {}
         if self.source.currentData() == SOURCE_LAYERS:
             data, source_text, values, channels = self._layer_data()
+            split = self._slice_split(data[0][1].array)
         else:
             data, source_text, values, channels = self._folder_data()
         entry = self.init_entry()
@@ -416,14 +459,37 @@ class TrainWidget(QWidget):
             minutes=float(self.minutes.value()) if by_time else None,
             steps_per_epoch=int(self.steps_per_epoch.value()) or None,
             device=device,
+            threads=int(self.threads.value()) or None,
             init_checkpoint=str(entry.path) if entry else None,
             annotated_slices_only=bool(
                 self.source.currentData() == SOURCE_LAYERS and self.annotated_only.isChecked()
             ),
             description=f"trained in napari-cascade's Train dock on {source_text}",
+            **split,
         )
         config.validate()
         return TrainRequest(config=config, model_name=name, source_text=source_text, init_entry=entry)
+
+    def _slice_split(self, labels: np.ndarray) -> dict[str, int]:
+        """Slice-block split options that fit the slices a user painted on one scan.
+
+        One scan validates on blocks of its own slices (8 slices with a gap of 3 by default,
+        which needs 19 annotated slices); a user who corrected 6 slices should still be able to
+        train, so blocks and gap shrink with the number of annotated slices, keeping at least
+        two blocks and some training slices.
+        """
+        axis = int(self.axis_combo.currentData())
+        other = tuple(a for a in range(3) if a != axis)
+        counted = labels.any(axis=other) if self.annotated_only.isChecked() else np.ones(labels.shape[axis], bool)
+        available = int(np.count_nonzero(counted))
+        if available < 3:
+            raise DatasetError(
+                f"only {available} slice(s) along the training axis hold labels; paint at least 3 "
+                "(some train the model, at least one validates it)"
+            )
+        block = max(1, min(8, available // 5))
+        gap = max(0, min(3, (available - 2 * block) // 4))
+        return {"slice_block": block, "slice_gap": gap}
 
     @staticmethod
     def _check_fits(entry: CheckpointEntry, values: set[int] | None, channels: int | None) -> None:
@@ -485,7 +551,7 @@ class TrainWidget(QWidget):
         window.add_dock_widget(self.plot, name=PLOT_DOCK_NAME, area="bottom")
 
     def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
-        from cascadeseg.training import train
+        from cascadeseg.training.trainer import train
         from cascadeseg.training.callbacks import FunctionCallback
 
         relay = self._relay
@@ -499,11 +565,15 @@ class TrainWidget(QWidget):
 
             if not _TRAINING_LOCK.acquire(blocking=False):
                 raise CascadeSegError("a training is already running; wait for it to finish or cancel it")
+            import torch
+
+            threads = torch.get_num_threads()  # the trainer sets its own; segmentation keeps ours
             try:
                 result = train(request.config, FunctionCallback(on_step=on_step, on_epoch=relay.epoch.emit), stop)
                 request.outcome["result"] = result
                 request.outcome["installed"] = self._install(request, result)
             finally:
+                torch.set_num_threads(threads)
                 _TRAINING_LOCK.release()
             return request.outcome
 
@@ -516,11 +586,15 @@ class TrainWidget(QWidget):
         if result.best_checkpoint is None:
             return None
         config = request.config
-        stopped = {"epochs": "all epochs", "time": "the time budget", "cancelled": "Cancel"}.get(result.stopped, result.stopped)
-        origin = f"fine-tuned from '{request.init_entry.name}'" if request.init_entry else f"trained from scratch ({config.model}, {config.dims}D)"
+        reasons = {"epochs": "all epochs", "time": "the time budget", "cancelled": "Cancel"}
+        stopped = reasons.get(result.stopped, result.stopped)
+        if request.init_entry is not None:
+            origin = f"fine-tuned from '{request.init_entry.name}'"
+        else:
+            origin = f"trained from scratch ({config.model}, {config.dims}D)"
         description = (
             f"{origin} on {request.source_text}; stopped by {stopped} after {result.epochs_completed} epoch(s); "
-            f"best validation Dice {result.best_dice:.3f} at epoch {(result.best_epoch or 0) + 1}"
+            f"best validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}"
         )
         training = {
             "run_dir": str(result.run_dir),

@@ -36,6 +36,7 @@ class TrainingPlot(QWidget):
         super().__init__(parent)
         self.figure = Figure(figsize=(5.0, 3.2), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)  # a bottom dock would otherwise squash it to a line
         self.loss_axes = self.figure.add_subplot(1, 2, 1)
         self.dice_axes = self.figure.add_subplot(1, 2, 2)
         self.status = QLabel("No training yet.")
@@ -81,7 +82,9 @@ class TrainingPlot(QWidget):
         self._redraw(force=True)
 
     def finish(self, text: str) -> None:
-        """Final status (done, cancelled, failed) and a last full redraw."""
+        """Final status (done, cancelled, failed), keeping the last numbers, and a full redraw."""
+        numbers = self.status_text()
+        text = f"{text} — last: {numbers}" if numbers else text
         self.status.setText(f"{self.title}: {text}" if self.title else text)
         self._redraw(force=True)
 
@@ -96,7 +99,8 @@ class TrainingPlot(QWidget):
             parts.append(f"{format_duration(step.time_left_seconds)} left")
         if epoch is not None and epoch.dice_per_depth:
             parts.append(
-                f"best val Dice {epoch.best_dice:.3f} (epoch {epoch.best_epoch + 1}, recommended L{epoch.recommended_depth})"
+                f"best val Dice {epoch.best_dice:.3f} (epoch {epoch.best_epoch + 1}, "
+                f"recommended L{epoch.recommended_depth})"
             )
         return " · ".join(parts)
 
@@ -118,7 +122,8 @@ class TrainingPlot(QWidget):
         if self.epoch_numbers and self.last_step is not None:
             # Epoch means sit at the step where each epoch ended.
             steps_per_epoch = max(1, int(self.last_step.steps_per_epoch))
-            ax.plot([e * steps_per_epoch for e in self.epoch_numbers], self.epoch_losses, "o-", ms=3, label="epoch mean")
+            ends = [e * steps_per_epoch for e in self.epoch_numbers]
+            ax.plot(ends, self.epoch_losses, "o-", ms=3, label="epoch mean")
         if self.step_numbers:
             ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)

@@ -3,7 +3,9 @@ tool and its undo, autosave + restore after a "crash", save, and adding to the t
 
 from __future__ import annotations
 
+import errno
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +107,18 @@ def test_paint_correct_and_undo_every_tool(make_napari_viewer, lgg, tmp_path: Pa
     assert "Undo" in widget.undo_button.text() and widget.undo_button.isEnabled()
     assert np.array_equal(prediction.data, truth)  # the prediction was never edited
 
+    # Accepting again never overwrites the painted working mask: the copy goes to a new layer.
+    kept = np.array(mask.data)
+    second = widget.accept_prediction()
+    assert second is not mask and np.array_equal(mask.data, kept) and np.array_equal(second.data, truth)
+    # The label value the tools edit follows napari's label picker.
+    second.selected_label = 3
+    assert widget.label_spin.value() == 3
 
-def test_autosave_restore_save_and_training_set(make_napari_viewer, lgg, tmp_path: Path, qtbot) -> None:
+
+def test_autosave_restore_save_and_training_set(
+    make_napari_viewer, lgg, tmp_path: Path, qtbot, monkeypatch: pytest.MonkeyPatch, artifacts_dir: Path
+) -> None:
     viewer = make_napari_viewer()
     widget, scan, _ = _open(viewer, lgg, tmp_path)
     mask = widget.accept_prediction()
@@ -151,6 +163,26 @@ def test_autosave_restore_save_and_training_set(make_napari_viewer, lgg, tmp_pat
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz" and len(meta["channel_names"]) == 1
     slices = int(np.count_nonzero(edited.any(axis=(1, 2))))
     assert f"2 case(s), {2 * slices} annotated slice(s)" in widget.set_summary.text()
+
+    # A read-only training-set folder: a clear message from the worker, the set and mask untouched.
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args: object, **kwargs: object):
+        if Path(str(kwargs.get("dir", ""))) == folder:  # root ignores chmod: refuse like a ro mount
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert widget.add_to_training_set()
+    outcome = wait_for_job(qtbot, widget)
+    monkeypatch.undo()
+    assert outcome.error is not None and "read-only" in outcome.error
+    assert any("read-only" in m for m in notification_messages())
+    assert len(list((folder / "labelsTr").iterdir())) == 2 and np.array_equal(restored.data, edited)
+
+    screenshot = artifacts_dir / "correction_widget.png"
+    viewer.window.screenshot(path=str(screenshot), canvas_only=False)
+    print(f"screenshot of the Correct mask dock: {screenshot}")
 
     # Bad input: an empty mask is a notification, and nothing is written.
     restored.data_setitem(np.nonzero(restored.data), 0)

@@ -26,6 +26,9 @@ NUM_CLASSES = 3  # multi-class: background + 2
 # One 2D model per family for the slow export checks (plain U-Net, nested with attention gates,
 # nested with full-scale skips and the CGM, full-scale UNet 3+, a cascade).
 EXPORT_SET = ["unet", "anu_net", "unet_sharp", "unet3plus", "cascaded_unet"]
+# Compiling costs ~10 s of CPU per model: UNet 3+ shares UNet#'s full-scale links and CGM, so it is
+# left out of the compile run (it is still exported to ONNX).
+COMPILE_SET = ["unet", "anu_net", "unet_sharp", "cascaded_unet"]
 
 
 def build(name: str, dims: int, **options) -> nn.Module:
@@ -188,7 +191,7 @@ def test_cgm_zeroes_heads_for_an_empty_prediction(name: str, dims: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPORT_SET)
+@pytest.mark.parametrize("name", COMPILE_SET)
 def test_torch_compile_runs_and_matches_eager(name: str) -> None:
     model = build(name, 2).eval()
     depth = model.max_depth - 1 if pruning_depths(model) else None  # a pruned graph where there is one

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cascadeseg.errors import ModelConfigError
 from cascadeseg.models import OutputRequest, SegmentationOutput, create_model, model_class
-from cascadeseg.models.coarse_to_fine_unet import candidate_box
+from cascadeseg.models.coarse_to_fine_unet import candidate_box, foreground_mask
 from cascadeseg.models.cu_net import hierarchical_fusion
 
 FAMILY = ["unet", "cascaded_unet", "cu_net", "coarse_to_fine_unet", "inner_cascaded_unet", "inner_cascaded_u2net"]
@@ -54,6 +54,8 @@ def test_shapes_and_size_constraint(name: str, dims: int) -> None:
         model(torch.randn(1, 1, *odd))
     with pytest.raises(ModelConfigError, match="input channel"):
         model(torch.randn(1, 2, *size))
+    with pytest.raises(ModelConfigError, match="pruning depth 2"):  # no pruning in this family
+        model(torch.randn(1, 1, *size), depth=2)
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -119,7 +121,9 @@ def test_every_parameter_gets_a_gradient(name: str, dims: int) -> None:
 @pytest.mark.parametrize("name", FAMILY)
 def test_anisotropic_3d_pools_in_plane_first(name: str) -> None:
     spacing = (6.5, 0.7, 0.7)
-    model = tiny(name, 3, spacing=spacing, levels=4).eval()
+    # Instance norm here: small 3D batches are where it replaces the papers' batch norm.
+    model = tiny(name, 3, spacing=spacing, levels=4, norm="instance").eval()
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
     assert model.plan[0] == (1, 2, 2)  # the 6.5 mm axis is not pooled at the first level
     assert model.size_divisor[0] < model.size_divisor[1]
     with torch.no_grad():
@@ -257,3 +261,12 @@ def test_candidate_box_margin_and_edges() -> None:
     # Axis 0: rows 0..3 after the margin, grown to 8 and kept inside; axis 1: 18..23 grown to 8 both ways.
     assert box == (slice(0, 8), slice(17, 25))
     assert candidate_box(torch.zeros(2, 8, 8, dtype=torch.bool), (1, 1), (4, 4)) is None
+
+
+def test_foreground_mask_equals_argmax_not_background() -> None:
+    logits = torch.randint(-2, 3, (2, 4, 6, 7, 5)).float()  # integer scores: many ties
+    assert torch.equal(foreground_mask(logits), logits.argmax(dim=1) != 0)
+    mask = torch.zeros(2, 20, 30, 40, dtype=torch.bool)
+    mask[0, 3, 5, 7] = True
+    mask[1, 10, 25, 30] = True  # the box is the union over the batch
+    assert candidate_box(mask, (0, 0, 0), (1, 1, 1)) == (slice(3, 11), slice(5, 26), slice(7, 31))

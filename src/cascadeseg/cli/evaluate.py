@@ -18,25 +18,20 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, InputFileError, OutputExistsError
+from .atomic import write_text_atomic
+from .main import command_parser
 from .markdown import markdown_table
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "tp", "fp", "fn", "tn")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a folder of predictions against a folder of labels",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(subparsers, "evaluate", __doc__)
     parser.add_argument("predictions", type=Path, metavar="PRED", help="folder of predicted label files <case>.nii.gz")
     parser.add_argument("labels", type=Path, metavar="LABELS",
                         help="folder of reference label files <case>.nii.gz, or an MSD folder with labelsTr/")
@@ -70,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         per_case[case_id] = evaluate_case(pred.array, ref.array, ref.spacing, classes=classes,
                                           regions=regions, surface=not args.no_hd95)
     summary = aggregate_cases(per_case.values())
-    _write_atomic(csv_path, _csv_text(per_case))
+    write_text_atomic(csv_path, _csv_text(per_case))
     report = {"cases": len(per_case), "summary": _strict_json(summary), "unmatched_labels": unmatched}
-    _write_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     print(format_summary(summary))
     if unmatched:
         print(f"note: {len(unmatched)} reference(s) without a prediction were not scored: "
@@ -152,16 +147,3 @@ def format_summary(summary: dict[str, dict[str, Any]]) -> str:
 def _fmt(value: Any) -> str:
     value = float(value)
     return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4f}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in ``path``'s folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

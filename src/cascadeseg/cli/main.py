@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from ..errors import CascadeSegError
 
@@ -34,6 +34,14 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def command_parser(subparsers: Any, name: str, module_doc: str | None) -> argparse.ArgumentParser:
+    """The sub-parser of command ``name`` for its module's ``add_parser``: the one-line help from
+    :data:`COMMANDS`, the description from the module docstring after its first paragraph."""
+    description = module_doc.split("\n\n", 1)[-1] if module_doc else None
+    return subparsers.add_parser(name, help=COMMANDS[name][1], description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

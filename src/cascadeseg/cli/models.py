@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .main import command_parser
 from .markdown import markdown_table
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "models",
-        help="list the model zoo, its measured table, and installed checkpoints",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(subparsers, "models", __doc__)
     parser.add_argument("names", nargs="*", metavar="MODEL", help="restrict to these architectures (default: all)")
     parser.add_argument("--table", action="store_true",
                         help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, InputFileError, OutputExistsError
+from .main import command_parser
 
 OUTPUT_SUFFIX = ".nii.gz"
 
@@ -36,12 +37,7 @@ class PredictCase:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "predict",
-        help="segment scans (files, DICOM folders or MSD folders) with a checkpoint",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(subparsers, "predict", __doc__)
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="image file, DICOM folder, folder of images, or MSD dataset folder")
     parser.add_argument("-o", "--output", type=Path, required=True,

@@ -181,14 +181,25 @@ class AutosaveSession:
         """The current labels are saved (or freshly loaded): nothing to recover until they change."""
         self._last_crc = self._checksum(labels)
 
-    def tick(self, labels: np.ndarray) -> Path | None:
-        """Write a recovery file if ``labels`` changed since the last write or clean mark."""
+    def pending(self, labels: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """A snapshot to write and its checksum when ``labels`` changed since the last write or
+        clean mark, else ``None``. Split from :meth:`write` so that a GUI can take the (fast)
+        snapshot on its own thread and compress and write it (slow for a large CT) elsewhere."""
         crc = self._checksum(labels)
         if crc == self._last_crc:
             return None
-        path = self.store.save(self.source, labels, self.layer_name)
-        self._last_crc = crc
+        return np.array(labels, copy=True), crc
+
+    def write(self, snapshot: np.ndarray, checksum: int) -> Path:
+        """Write a snapshot from :meth:`pending`; later ticks skip it while it stays unchanged."""
+        path = self.store.save(self.source, snapshot, self.layer_name)
+        self._last_crc = checksum
         return path
+
+    def tick(self, labels: np.ndarray) -> Path | None:
+        """Write a recovery file now if ``labels`` changed since the last write or clean mark."""
+        pending = self.pending(labels)
+        return None if pending is None else self.write(*pending)
 
     def saved_cleanly(self, labels: np.ndarray) -> None:
         """The user saved the mask: the recovery file is obsolete."""

@@ -39,6 +39,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import DatasetError, GeometryMismatchError, VolumeError
+from ..io.msd_layout import channel_names_from_json
 from ..io.volume import Volume
 
 __all__ = ["TrainingSet", "AddedCase", "TrainingSetSummary", "case_id_from_source", "default_training_set_dir"]
@@ -81,8 +82,8 @@ class TrainingSetSummary:
     folder: Path
     num_cases: int
     annotated_slices: int
-    channel_names: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
+    channel_names: dict[str, str] = field(default_factory=dict)  # {"0": "FLAIR", ...}
+    labels: dict[str, int] = field(default_factory=dict)  # {"background": 0, "tumour": 1}
     incomplete: tuple[str, ...] = ()  # case ids with missing channel or label files
 
     def describe(self) -> str:
@@ -179,6 +180,19 @@ class TrainingSet:
         names = meta.get("channel_names") or meta.get("modality")
         return len(names) if names else None
 
+    @staticmethod
+    def _labels_by_name(meta: Mapping[str, Any]) -> dict[str, int]:
+        """``{name: value}`` from nnU-Net v2 (``{"tumour": 1}``) or MSD / nnU-Net v1
+        (``{"1": "tumour"}``) ``labels``; nnU-Net v2 region entries (lists) are skipped."""
+        table = meta.get("labels") or {}
+        out: dict[str, int] = {}
+        for key, value in table.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[str(key)] = value
+            elif isinstance(value, str) and str(key).isdigit():
+                out[value] = int(key)
+        return out
+
     def _image_paths(self, case_id: str, num_channels: int) -> list[Path]:
         return [self.images_dir / f"{case_id}_{k:04d}{FILE_ENDING}" for k in range(num_channels)]
 
@@ -218,8 +232,8 @@ class TrainingSet:
             folder=self.folder,
             num_cases=len(complete),
             annotated_slices=total,
-            channel_names=dict(meta.get("channel_names", {})),
-            labels=dict(meta.get("labels", {})),
+            channel_names={str(k): n for k, n in enumerate(channel_names_from_json(meta) or [])},
+            labels=self._labels_by_name(meta),
             incomplete=tuple(incomplete),
         )
 
@@ -342,9 +356,10 @@ class TrainingSet:
         staging.mkdir()
         try:
             moves: list[tuple[Path, Path]] = []
-            names = list(image.channel_names) or [f"channel{k}" for k in range(image.num_channels)]
+            names = list(image.channel_names)
+            names += [f"channel{k}" for k in range(len(names), image.num_channels)]
             for k, final in enumerate(image_paths):
-                channel = image.with_array(image.array[k : k + 1], channel_names=[names[k] if k < len(names) else f"channel{k}"])
+                channel = image.with_array(image.array[k : k + 1], channel_names=[names[k]])
                 staged = staging / final.name
                 save_volume(channel, staged)
                 moves.append((staged, final))
@@ -369,10 +384,15 @@ class TrainingSet:
         meta = self.metadata()
         meta.setdefault("name", self.name)
         if not meta.get("channel_names"):
-            names = list(image.channel_names) or [image.modality or "image"] * image.num_channels
+            names = (
+                channel_names_from_json(meta)  # an MSD / nnU-Net v1 folder names them in "modality"
+                or list(image.channel_names)
+                or [image.modality or "image"] * image.num_channels
+            )
             meta["channel_names"] = {str(k): str(n) for k, n in enumerate(names)}
-        labels = dict(meta.get("labels") or {"background": 0})
-        known_values = {int(v) for v in labels.values() if not isinstance(v, list)}
+        regions = {k: v for k, v in (meta.get("labels") or {}).items() if isinstance(v, list)}
+        labels: dict[str, Any] = {**(self._labels_by_name(meta) or {"background": 0}), **regions}
+        known_values = {v for v in labels.values() if isinstance(v, int)}
         names = dict(label_names or {})
         for value in np.unique(label_array).tolist():
             if int(value) not in known_values:

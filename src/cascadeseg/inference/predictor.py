@@ -181,7 +181,7 @@ class Predictor:
         depth = self.resolve_depth(depth)
         self._check_volume(volume)
         image = self._preprocess(volume)
-        working = self._working_grid(volume, image)
+        working = self._working_grid(volume, image, axis if mode == "2d" else None)
         if working is not None:
             image = working.array  # the native-grid float copy is released here
         t1 = time.perf_counter()
@@ -245,15 +245,22 @@ class Predictor:
                         f"(e.g. load the scan with NaN replacement) — expected finite intensities"
                     )
 
-    def _working_grid(self, volume: Volume, image: np.ndarray) -> Volume | None:
+    def _working_grid(self, volume: Volume, image: np.ndarray, slice_axis: int | None) -> Volume | None:
         """``image`` resampled (linear) to the card's ``target_spacing`` when the scan's spacing
         differs from it by more than 1 % on some axis; ``None``: predict on the scan's own grid.
 
+        In 2D (``slice_axis`` given) only the in-plane axes are resampled, as nnU-Net's 2D
+        configuration does: the slices themselves are what the network was trained on, and
+        resampling 6.5 mm slices to 1 mm would multiply the work for nothing.
         Intensities are normalised on the native grid first (the statistics the network was
         trained with), then resampled; the maps come back with :func:`_maps_to_grid`.
         """
-        target = self.card.target_spacing
-        if not target or np.allclose(volume.spacing, target, rtol=0.01):
+        if not self.card.target_spacing:
+            return None
+        target = [float(t) for t in self.card.target_spacing]
+        if slice_axis is not None:
+            target[slice_axis] = float(volume.spacing[slice_axis])
+        if np.allclose(volume.spacing, target, rtol=0.01):
             return None
         from ..preprocessing import resample_to_spacing
 

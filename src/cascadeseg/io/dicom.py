@@ -3,7 +3,8 @@
 Given a folder with several series, the error lists each one (UID, description, modality, number of
 files) and ``series_uid=`` picks one. Given a single file, its own series is loaded, which is what
 a user who double-clicks one slice expects. Slices are sorted by GDCM along the slice normal, and
-the rescale slope/intercept is applied (CT comes out in HU).
+the rescale slope/intercept is applied (CT comes out in HU). A series with missing or duplicated
+slices is refused rather than stretched over one average spacing.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
-from cascadeseg.errors import InputFileError
+from cascadeseg.errors import InputFileError, VolumeError
 from cascadeseg.io.itk_files import volume_from_sitk
 from cascadeseg.io.volume import Volume
 
 _TAG_MODALITY = "0008|0060"
 _TAG_SERIES_DESCRIPTION = "0008|103e"
 _TAG_STUDY_DATE = "0008|0020"
+_TAG_IMAGE_POSITION = "0020|0032"
+# gaps between slice positions may differ by this fraction of the typical gap (rounding in the
+# headers); more means missing or duplicated slices, which ITK would silently average over
+_GAP_TOLERANCE = 0.1
 _TAG_PATIENT_ID = "0010|0020"
 
 
@@ -106,6 +112,29 @@ def _pick_series(path: Path, series_uid: str | None) -> DicomSeries:
     return series[0]
 
 
+def _check_slice_gaps(reader: sitk.ImageSeriesReader, image: sitk.Image, path: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing or duplicated files): ITK would
+    give it one average spacing, placing every slice after the gap at the wrong position."""
+    count = len(reader.GetFileNames())
+    if count < 3 or image.GetDimension() != 3:
+        return
+    try:
+        positions = np.array(
+            [[float(v) for v in reader.GetMetaData(i, _TAG_IMAGE_POSITION).split("\\")] for i in range(count)]
+        )
+    except (RuntimeError, ValueError):
+        return  # no usable Image Position (Patient): nothing to check against
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    gaps = np.diff(np.sort(positions @ normal))
+    typical = float(np.median(gaps))
+    if typical <= 0 or float(np.abs(gaps - typical).max()) > _GAP_TOLERANCE * typical:
+        raise VolumeError(
+            f"{path}: the {count} DICOM slices are not evenly spaced (gaps from {gaps.min():.3g} to "
+            f"{gaps.max():.3g} mm, typically {typical:.3g} mm); expected a complete series without missing "
+            "or duplicated slices"
+        )
+
+
 def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     """Read one DICOM series as ``(1, Z, Y, X)`` with its geometry, in the scanner's orientation."""
     chosen = _pick_series(path, series_uid)
@@ -119,6 +148,7 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
             f"{path}: DICOM series {chosen.uid!r} cannot be read ({str(exc).strip().splitlines()[-1]}); "
             "expected a complete series of image slices"
         ) from exc
+    _check_slice_gaps(reader, image, path)
     tags = {key: reader.GetMetaData(0, key).strip() for key in reader.GetMetaDataKeys(0)}
     meta: dict[str, Any] = {
         "format": "dicom",

@@ -32,7 +32,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 def _header_fields(header: nib.Nifti1Header) -> dict[str, Any]:
     """The header fields that define the affine, JSON-able, so a writer can reproduce them exactly."""
     sform, sform_code = header.get_sform(coded=True)
-    qform, qform_code = header.get_qform(coded=True)
+    _, qform_code = header.get_qform(coded=True)
     return {
         "sform": None if sform is None else np.asarray(sform).tolist(),
         "sform_code": int(sform_code),
@@ -54,14 +54,16 @@ def _load_checked(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     """
     if not path.name.lower().endswith(".gz"):
         return nib.load(str(path))
-    raw = gzip.decompress(path.read_bytes())
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic; a plain .nii merely named .nii.gz is read as it is
+        raw = gzip.decompress(raw)
     if len(raw) < 4:
-        raise InputFileError(f"{path}: decompresses to {len(raw)} bytes; expected a NIfTI header")
+        raise InputFileError(f"{path}: cannot be read as NIfTI (only {len(raw)} bytes); expected a NIfTI header")
     header_size = int.from_bytes(raw[:4], "little")
     if header_size not in (348, 540):
         header_size = int.from_bytes(raw[:4], "big")
     if header_size not in (348, 540):
-        raise InputFileError(f"{path}: the decompressed data do not start with a NIfTI-1/2 header; expected a NIfTI image")
+        raise InputFileError(f"{path}: cannot be read as NIfTI (no NIfTI-1/2 header at its start); expected a NIfTI image")
     image_type = nib.Nifti1Image if header_size == 348 else nib.Nifti2Image
     return image_type.from_bytes(raw)
 
@@ -76,6 +78,10 @@ def read_nifti(path: Path) -> Volume:
     try:
         image = _load_checked(path)
         data = np.asanyarray(image.dataobj)
+        if data.dtype == np.float64 and image.get_data_dtype() != np.float64:
+            # nibabel applies scl_slope/inter in float64; float32 holds any scanner's intensities
+            # at half the memory
+            data = data.astype(np.float32)
         affine = np.asarray(image.affine, dtype=float)
     except InputFileError:
         raise

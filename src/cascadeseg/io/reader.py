@@ -22,8 +22,8 @@ from cascadeseg.io.itk_files import ITK_SUFFIXES, read_itk_file
 from cascadeseg.io.modality import infer_modality, modality_from_text
 from cascadeseg.io.msd_layout import case_channel_files, channel_names_from_json, channel_of, split_suffix
 from cascadeseg.io.nifti import NIFTI_SUFFIXES, read_nifti
-from cascadeseg.io.stacking import stack_channels
 from cascadeseg.io.orientation import orientation_code, reorient
+from cascadeseg.io.stacking import stack_channels
 from cascadeseg.io.volume import Volume
 
 PathLike = str | os.PathLike

@@ -18,7 +18,6 @@ from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
 from .pixelwise import class_frequency_weighted_ce, cross_entropy_loss, focal_loss
 from .sampling import sample_matrix
 from .supervision import SupervisedLoss
-from .targets import dilate
 
 
 class SoftDiceLoss(SupervisedLoss):
@@ -85,6 +84,7 @@ class WeightedSamplingLoss(SupervisedLoss):
 
     def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
         substructures = logits.shape[1] > 2  # U-Net 2's outputs; 2 channels: whole tumour (U-Net 1)
+        # A CPU generator cannot draw on a GPU; there the global RNG (seeded by the trainer) draws.
         generator = self.generator if self.generator is not None and logits.device.type == "cpu" else None
         weights = sample_matrix(
             target > 0, roi, substructures=substructures, beta=self.beta, contour_weight=self.contour_weight,
@@ -112,28 +112,20 @@ class ClassWeightedCELoss(SupervisedLoss):
 
     def stage_region(self, name: str, output: SegmentationOutput, target: Tensor, roi: Tensor | None) -> Tensor | None:
         names = list(output.stages)
-        if names.index(name) == 0:
+        position = names.index(name)
+        if position == 0:
             return roi
-        previous = output.stages[names[names.index(name) - 1]]
-        found = (previous.detach().argmax(dim=1) != 0).any(dim=0)  # union over the batch
-        if not bool(found.any()):
+        # Imported here so a problem in that model file cannot break every other loss.
+        from ..models.coarse_to_fine_unet import candidate_box
+
+        previous = output.stages[names[position - 1]].detach()
+        dims = target.ndim - 1
+        box = candidate_box(previous.argmax(dim=1) != 0, [self.candidate_margin] * dims, [1] * dims)
+        if box is None:  # stage 1 found nothing: stage 2 sees the whole volume (as in the model)
             return roi
-        box = dilate(_bounding_box(found).unsqueeze(0), self.candidate_margin).expand_as(target)
-        return box if roi is None else box & roi
-
-
-def _bounding_box(mask: Tensor) -> Tensor:
-    """Filled bounding box of a non-empty bool mask ``(*spatial)``, as a mask of the same shape."""
-    box = torch.ones_like(mask)
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = torch.nonzero(mask.any(dim=others)).flatten()
-        inside = torch.zeros(mask.shape[axis], dtype=torch.bool, device=mask.device)
-        inside[int(hits[0]): int(hits[-1]) + 1] = True
-        shape = [1] * mask.ndim
-        shape[axis] = -1
-        box &= inside.view(shape)
-    return box
+        region = torch.zeros_like(target, dtype=torch.bool)
+        region[(slice(None), *box)] = True
+        return region if roi is None else region & roi
 
 
 class ANUHybridLoss(SupervisedLoss):

@@ -32,7 +32,7 @@ def check_target(target: Tensor, logits: Tensor) -> Tensor:
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         target = target.long()
-    low, high = int(target.min()), int(target.max())
+    low, high = (int(v) for v in torch.aminmax(target))  # one pass, one device sync
     if low < 0 or high >= logits.shape[1]:
         raise VolumeError(
             f"loss target: label values must be in [0, {logits.shape[1] - 1}] for a {logits.shape[1]}-class "

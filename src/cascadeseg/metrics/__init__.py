@@ -13,7 +13,7 @@ is; HD95 0 when both are empty and ``inf`` when exactly one is (see :mod:`.overl
 
 from .aggregate import aggregate_cases
 from .case import CaseScores, evaluate_case
-from .overlap import ConfusionCounts, label_confusion_matrix, structure_counts
+from .overlap import ConfusionCounts, label_confusion_matrix
 from .regions import BRATS_REGIONS
 from .surface import hausdorff_distance, hd95, surface_distances
 
@@ -26,6 +26,5 @@ __all__ = [
     "hausdorff_distance",
     "hd95",
     "label_confusion_matrix",
-    "structure_counts",
     "surface_distances",
 ]

@@ -19,7 +19,7 @@ literature (BraTS) uses the same convention for an empty reference and an empty 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
@@ -130,10 +130,3 @@ def counts_for_labels(cm: np.ndarray, labels: Iterable[int]) -> ConfusionCounts:
     fp, fn = pred_pos - tp, ref_pos - tp
     return ConfusionCounts(tp=tp, fp=fp, fn=fn, tn=total - tp - fp - fn)
 
-
-def structure_counts(
-    pred: np.ndarray, ref: np.ndarray, structures: Mapping[str, tuple[int, ...]]
-) -> dict[str, ConfusionCounts]:
-    """Confusion counts of each named structure (a tuple of labels) from one pass over the maps."""
-    cm = label_confusion_matrix(check_label_map(pred, "prediction"), check_label_map(ref, "reference"))
-    return {name: counts_for_labels(cm, labels) for name, labels in structures.items()}

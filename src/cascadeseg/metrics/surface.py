@@ -1,7 +1,7 @@
 """Surface distances and HD95 in millimetres.
 
-Definition (the one MONAI's ``compute_hausdorff_distance(percentile=95)`` and the BraTS toolkits
-use): the boundary of a mask is its voxels that have a 6-neighbour (4 in 2D) outside the mask,
+Definition (the one of MONAI's ``compute_hausdorff_distance(percentile=95)``; the tests check
+agreement on the real scans): the boundary of a mask is its voxels that have a 6-neighbour (4 in 2D) outside the mask,
 image borders counting as outside. For every boundary voxel of the prediction we take the
 Euclidean distance, in mm using the voxel spacing, to the nearest boundary voxel of the reference,
 and vice versa; HD95 is the larger of the two directed 95th percentiles (linear interpolation, as
@@ -10,6 +10,9 @@ and vice versa; HD95 is the larger of the two directed 95th percentiles (linear 
 Empty masks: both empty -> 0 (nothing to disagree about); exactly one empty -> ``inf`` (no surface
 to measure to; a finite stand-in would silently depend on the image size). Aggregation
 (:mod:`.aggregate`) counts infinite values separately or replaces them by a chosen penalty.
+Differences from MONAI: it answers ``inf`` for an empty prediction but NaN for an empty
+reference, which a nan-mean would then silently drop (here both are ``inf``), and it returns
+float32 distances (here float64; values agree to ~1e-6 relative).
 
 Speed: both masks are cropped to the bounding box of their union (plus one voxel, so the erosion
 sees the true neighbours) before anything else - exact, because every boundary voxel lies inside

@@ -24,6 +24,8 @@ Choices where the review is silent:
   in training mode stage 2 runs on the whole volume, so early training, when stage 1 is still
   empty, still trains stage 2.
 * 2D is offered as the same construction on slices.
+* On PyTorch's ``meta`` device (shape-only runs, e.g. the FLOP table) there are no values to find
+  a box in, so stage 2 counts over the whole volume: the worst case.
 * The box is data-dependent, so ``torch.compile`` graph-breaks around it and an ONNX export would
   freeze one box: export :class:`~cascadeseg.models.cascaded_unet.CascadedUNet` instead.
 """
@@ -49,6 +51,19 @@ from .unet import UNetBody
 Box = tuple[slice, ...]
 
 
+def _axis_profile(mask: Tensor, axis: int) -> Tensor:
+    """``mask.any`` over every axis but ``axis``: trailing axes first, then leading ones, so both
+    reductions run over contiguous memory (a tuple-of-dims ``any`` is several times slower)."""
+    profile = mask.flatten(axis + 1).any(dim=-1) if axis < mask.ndim - 1 else mask
+    return profile.flatten(0, axis - 1).any(dim=0) if axis > 0 else profile
+
+
+def foreground_mask(logits: Tensor) -> Tensor:
+    """Voxels whose best class is not the background: ``argmax != 0`` without the channel-strided
+    argmax (ties go to the background, as with argmax)."""
+    return logits[:, 1:].amax(dim=1) > logits[:, 0]
+
+
 def candidate_box(
     foreground: Tensor, margin: Sequence[int], multiple: Sequence[int]
 ) -> Box | None:
@@ -60,8 +75,7 @@ def candidate_box(
         return None
     box: list[slice] = []
     for axis, size in enumerate(union.shape):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        hits = torch.nonzero(union.any(dim=others) if others else union).flatten()
+        hits = torch.nonzero(_axis_profile(union, axis)).flatten()
         lo = max(int(hits[0]) - margin[axis], 0)
         hi = min(int(hits[-1]) + 1 + margin[axis], size)
         length = min(math.ceil((hi - lo) / multiple[axis]) * multiple[axis], size)
@@ -137,10 +151,14 @@ class CoarseToFineUNet(SegmentationModel):
         pool = F.avg_pool2d if self.dims == 2 else F.avg_pool3d
         small = pool(x, kernel_size=self.coarse, stride=self.coarse) if any(c > 1 for c in self.coarse) else x
         coarse = resize_to(self.stage1(small), x.shape[2:])
-        with torch.no_grad():
-            box = candidate_box(coarse.argmax(dim=1) != 0, self.margin, self.fine_divisor)
+        whole_volume = tuple(slice(0, s) for s in x.shape[2:])
+        if coarse.is_meta:
+            box: Box | None = whole_volume  # shape-only run (FLOP counting): the worst case
+        else:
+            with torch.no_grad():
+                box = candidate_box(foreground_mask(coarse), self.margin, self.fine_divisor)
         if box is None and self.training:
-            box = tuple(slice(0, s) for s in x.shape[2:])
+            box = whole_volume
         if box is None:
             logits = coarse
             fraction = 0.0
@@ -154,4 +172,4 @@ class CoarseToFineUNet(SegmentationModel):
         return SegmentationOutput(logits=logits, stages=stages)
 
 
-__all__ = ["CoarseToFineUNet", "candidate_box"]
+__all__ = ["CoarseToFineUNet", "candidate_box", "foreground_mask"]

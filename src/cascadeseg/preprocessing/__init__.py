@@ -12,11 +12,13 @@ from cascadeseg.preprocessing.intensity import (
     preprocess_volume,
     resolve_window,
 )
+from cascadeseg.preprocessing.presets import PreprocessingPreset, preprocessing_presets
 from cascadeseg.preprocessing.masks import body_mask, fill_holes, largest_component, otsu_threshold
 from cascadeseg.preprocessing.resample import resample_to_grid, resample_to_spacing
 
 __all__ = [
     "CT_WINDOWS",
+    "PreprocessingPreset",
     "apply_channel_preprocessing",
     "body_mask",
     "ct_window",
@@ -27,6 +29,7 @@ __all__ = [
     "n4_bias_correction",
     "otsu_threshold",
     "preprocess_volume",
+    "preprocessing_presets",
     "resample_to_grid",
     "resample_to_spacing",
     "resolve_window",

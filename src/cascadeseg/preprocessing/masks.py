@@ -1,7 +1,9 @@
 """Body / head (non-background) masks by thresholding, used to restrict the search region.
 
 Threshold, keep the largest connected component, fill holes (in 3D and then slice by slice, so a
-cavity open at the first or last slice is filled too). CT uses -500 HU (air vs tissue); MR and
+cavity open at the first or last slice is filled too). CT uses -500 HU (air vs tissue). Data whose
+background is exactly zero (skull-stripped / masked MR such as BraTS: at least 30% zeros) use
+"not zero": Otsu would split the brain itself into dark and bright tissue there. Other MR and
 unknown data use Otsu's threshold, computed on a 256-bin histogram.
 """
 
@@ -14,6 +16,7 @@ from cascadeseg.errors import VolumeError
 from cascadeseg.io.volume import Volume
 
 CT_BODY_THRESHOLD_HU = -500.0
+ZERO_BACKGROUND_FRACTION = 0.3
 
 
 def otsu_threshold(array: np.ndarray, bins: int = 256) -> float:
@@ -39,12 +42,31 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labelled == int(np.argmax(sizes))
 
 
+def _fill_enclosed(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[int, ...]) -> np.ndarray:
+    """Background components that do not touch the border faces of ``border_axes`` are holes.
+
+    One labelling pass instead of ``binary_fill_holes``'s iterated dilation: the same result,
+    several times faster on whole scans."""
+    background, count = ndimage.label(~mask, structure)
+    if count == 0:
+        return mask.copy()
+    faces = []
+    for axis in border_axes:
+        faces.append(np.take(background, 0, axis=axis).ravel())
+        faces.append(np.take(background, -1, axis=axis).ravel())
+    keep = np.ones(count + 1, dtype=bool)  # label 0 = the mask itself
+    keep[np.unique(np.concatenate(faces))] = False
+    keep[0] = True
+    return keep[background]
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes in 3D, then in every axial slice."""
-    filled = ndimage.binary_fill_holes(mask)
+    """Fill enclosed holes in 3D, then in every axial slice (a cavity open at the top or bottom
+    slice of the scan, like the lungs cut by the field of view, is closed within its slices)."""
+    filled = _fill_enclosed(mask, ndimage.generate_binary_structure(3, 1), (0, 1, 2))
     in_slice = np.zeros((3, 3, 3), dtype=bool)
     in_slice[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(filled, structure=in_slice)
+    return _fill_enclosed(filled, in_slice, (1, 2))
 
 
 def body_mask(image: Volume | np.ndarray, *, threshold: float | None = None, modality: str | None = None) -> np.ndarray:
@@ -62,9 +84,17 @@ def body_mask(image: Volume | np.ndarray, *, threshold: float | None = None, mod
         raise VolumeError(f"body_mask: got an array of shape {array.shape}; expected one channel (Z, Y, X)")
     if array.min() == array.max():
         raise VolumeError(f"body_mask: the image is constant ({array.flat[0]}); no body to separate from background")
-    if threshold is None:
-        threshold = CT_BODY_THRESHOLD_HU if modality == "CT" else otsu_threshold(array)
-    mask = largest_component(array > threshold)
+    if threshold is not None:
+        candidate = array > threshold
+    elif modality == "CT":
+        threshold = CT_BODY_THRESHOLD_HU
+        candidate = array > threshold
+    else:
+        candidate = array != 0
+        if np.count_nonzero(candidate) > (1.0 - ZERO_BACKGROUND_FRACTION) * array.size:
+            threshold = otsu_threshold(array)
+            candidate = array > threshold
+    mask = largest_component(candidate)
     if not mask.any():
-        raise VolumeError(f"body_mask: no voxel is above the threshold {threshold}; expected a body in the image")
+        raise VolumeError(f"body_mask: no voxel is above the threshold {threshold if threshold is not None else 0}; expected a body in the image")
     return fill_holes(mask)

@@ -59,6 +59,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None  # None: from the labels (max label + 1, at least 2)
     class_names: list[str] | None = None
+    channel_names: list[str] | None = None  # None: from the data (dataset.json or file suffixes)
     preprocessing: list[dict[str, Any]] | None = None  # one spec per channel; None: by modality
     # 2D: slices along ``axis`` (0 = axial in the canonical orientation); 3D: patches.
     axis: int = 0

@@ -136,7 +136,7 @@ class _Trainer:
             "recommended_depth", "best_dice", "epoch_seconds", "validation_seconds", "samples_per_second", "elapsed_seconds"]
         self.log = CsvLog(self.run_dir / LOG_FILE, self.columns)
         if self.ctx.is_main and cfg.resume:
-            self.log.truncate_after(self.state["epoch"] - 1)
+            self.log.truncate_after(int(self.state["epoch"]))
         self.dataset = PatchDataset(
             self.train_cases, cfg.dims, cfg.axis, self.patch, cfg.foreground_probability,
             epoch_length(self.train_cases, cfg.dims, cfg.axis, cfg.steps_per_epoch, cfg.batch_size, self.ctx.world_size),
@@ -546,7 +546,7 @@ class _Trainer:
             architecture=cfg.model,
             model_options=options,
             dims=cfg.dims,
-            input_channels=[{"name": n, "preprocessing": p} for n, p in zip(data.channel_names, data.preprocessing)],
+            input_channels=[{"name": n, "preprocessing": p} for n, p in zip(self._channel_names(), data.preprocessing)],
             classes=[{"value": k, "name": n} for k, n in enumerate(names)],
             target_spacing=spacing,
             patch_size=list(self.patch) if cfg.dims == 3 else None,
@@ -558,6 +558,12 @@ class _Trainer:
             name=self.run_dir.name,
             description=cfg.description or f"{model.info.title} ({cfg.dims}D) trained with cascadeseg train",
         )
+
+    def _channel_names(self) -> list[str]:
+        names = self.config.channel_names or self.data.channel_names
+        if len(names) != self.data.in_channels:
+            raise ModelConfigError(f"channel_names lists {len(names)} names but the images have {self.data.in_channels} channel(s)")
+        return list(names)
 
     def _data_summary(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,201 @@
+"""Train dock in a real napari viewer on real LGG crops: train from the local training set with a
+live plot and Cancel, train from layers to the end and segment with the new model from the
+Segment dock, and every bad input as a notification with nothing lost.
+
+Models are tiny (ANU-Net / U-Net, base width 4, 64 px slices, a few steps) so that this runs in
+seconds on 2 CPU cores; what is tested is the path from the GUI to the trainer and back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gui_helpers import add_labels_volume, add_volume, notification_messages
+from napari.layers import Labels
+
+from cascadeseg.editing import TrainingSet
+from cascadeseg.inference.checkpoint import available_checkpoints, load_checkpoint, user_models_dir
+from cascadeseg.io import Volume, load_labels, load_volume
+from napari_cascade._qt.train_widget import SOURCE_FOLDER, SOURCE_LAYERS, TrainWidget
+
+pytestmark = pytest.mark.gui
+
+# Two LGG patients (a patient split needs two), cropped around the lesion; 25 annotated slices of
+# TCGA_DU_6401 are enough for a slice-block split when a single scan trains from its layers.
+CROPS = {
+    "TCGA_DU_6401_19831001": (slice(18, 43), slice(104, 232), slice(48, 176)),
+    "TCGA_CS_4941_19960909": (slice(8, 20), slice(60, 188), slice(60, 188)),
+}
+
+
+def _crop(volume: Volume, z: slice, y: slice, x: slice) -> Volume:
+    """A crop keeping true geometry: the origin moves to the crop's first voxel."""
+    corner = volume.affine_zyx() @ np.array([z.start, y.start, x.start, 1.0])
+    array = volume.array[z, y, x] if volume.is_label else volume.array[:, z, y, x]
+    return volume.with_array(np.ascontiguousarray(array), origin=tuple(float(v) for v in corner[2::-1]))
+
+
+@pytest.fixture(scope="module")
+def lgg_crops(shared_data: Path) -> dict[str, tuple[Volume, Volume]]:
+    crops = {}
+    for case, box in CROPS.items():
+        image = load_volume(shared_data / "lgg-flair" / "imagesTr" / f"{case}_0000.nii.gz")
+        labels = load_labels(shared_data / "lgg-flair" / "labelsTr" / f"{case}.nii.gz", image)
+        crops[case] = (_crop(image, *box), _crop(labels, *box))
+        assert crops[case][1].array.any()
+    return crops
+
+
+def _tiny(widget: TrainWidget, model: str = "anu_net") -> None:
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(model))
+    widget.base_width.setValue(4)
+    widget.inplane.setValue(64)
+    widget.batch_size.setValue(4)
+    widget.steps_per_epoch.setValue(2)
+    widget.device.setCurrentIndex(widget.device.findData("cpu"))
+    widget.threads.setValue(1)  # 2 shared CI cores: two OpenMP threads contend and run ~10x slower
+
+
+def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops) -> None:
+    folder = tmp_path / "training_set"
+    for case, (image, labels) in lgg_crops.items():
+        TrainingSet(folder).add_case(image, labels, case_id=case)
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    # Defaults: the paper's loss of the chosen model is preselected, a time budget is the default.
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("anu_net"))
+    assert widget.loss_combo.currentData() == widget._models["anu_net"].default_loss
+    assert "(paper)" in widget.loss_combo.currentText()
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_FOLDER))
+    widget.folder.setText(str(folder))
+    _tiny(widget)
+    widget.minutes.setValue(3.0)  # the budget is minutes; Cancel ends it after the first epochs
+    widget.model_name.setText("lgg-cancelled")
+
+    assert widget.start()
+    assert not widget.start()  # two trainings at once: refused with a message
+    assert any("already running" in m for m in notification_messages())
+    qtbot.waitUntil(lambda: len(widget.plot.epoch_numbers) >= 2, timeout=120_000)
+    steps_seen = widget.plot.step_numbers[-1]
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+    result = widget.last_request.outcome["result"]
+    assert result.stopped == "cancelled"
+    # Stopped within one step: at most the step running at the click (and one whose report was
+    # still queued for the GUI thread) came after it.
+    assert result.steps <= steps_seen + 2
+    # The live plot got the loss per step and the validation Dice of every ANU-Net depth.
+    assert len(widget.plot.step_numbers) >= 4 and widget.plot.draw_count >= 3
+    assert sorted(widget.plot.dice_per_depth) == [1, 2, 3, 4]
+    assert "samples/s" in widget.plot.status.text() and "cancelled" in widget.plot.status.text()
+    # The last good checkpoint is kept and loads; the best one is installed as a user model.
+    model, card = load_checkpoint(result.last_checkpoint)
+    assert card.architecture == "anu_net" and card.num_classes == 2
+    assert widget.installed == user_models_dir() / "lgg-cancelled"
+    assert "lgg-cancelled" in [entry.name for entry in available_checkpoints()]
+    _, installed_card = load_checkpoint(widget.installed)
+    assert "Cancel" in installed_card.description and "training_set" in installed_card.description
+    assert widget.train_button.isEnabled() and not widget.cancel_button.isEnabled()
+    widget.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Training with threads=1 must not leave the rest of the session on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fine_tune_from_layers_then_segment_with_new_model(
+    make_napari_viewer, qtbot, lgg_crops, tiny_models, artifacts_dir: Path
+) -> None:
+    from napari_cascade._qt.segment_widget import SegmentWidget
+
+    image, labels = lgg_crops["TCGA_DU_6401_19831001"]
+    viewer = make_napari_viewer()
+    scan = add_volume(viewer, image, name="DU_6401")[0]
+    mask = add_labels_volume(viewer, labels, image, "DU_6401 mask")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_LAYERS))
+    widget.image_combo.setCurrentText(scan.name)
+    widget.labels_combo.setCurrentText(mask.name)
+    _tiny(widget)
+    widget.add_init_checkpoint(tiny_models["anu"])  # fine-tune: architecture and classes from it
+    widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
+    widget.epochs.setValue(2)
+    widget.model_name.setText("lgg-from-layers")
+
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    result = widget.last_request.outcome["result"]
+    assert result.stopped == "epochs" and result.epochs_completed == 2
+    assert widget.plot.epoch_numbers == [1, 2]
+    # The new model is in the Segment dock's list, selected, and runs at once on the scan.
+    entry = segment.models.current_entry()
+    assert entry is not None and entry.name == "lgg-from-layers"
+    assert entry.card.architecture == "anu_net" and entry.card.dims == 2
+    assert "fine-tuned from 'tiny-anu'" in entry.card.description
+    assert segment.run()
+    qtbot.waitUntil(lambda: not segment.job.busy, timeout=60_000)
+    assert segment.job.last_outcome.ok, segment.job.last_outcome.error
+    produced = [layer for layer in viewer.layers if isinstance(layer, Labels) and "lgg-from-layers" in layer.name]
+    assert len(produced) == 1
+    assert produced[0].data.shape == mask.data.shape
+    assert np.allclose(produced[0].scale, scan.scale) and np.allclose(produced[0].translate, scan.translate)
+    screenshot = artifacts_dir / "train_widget.png"
+    viewer.window.screenshot(path=str(screenshot), canvas_only=False)
+    print(f"screenshot of the Train dock with its live plot: {screenshot}")
+    widget.close()
+    segment.close()
+
+
+def test_bad_input_is_a_notification(make_napari_viewer, tiny_models, lgg_crops, tmp_path: Path) -> None:
+    image, labels = lgg_crops["TCGA_CS_4941_19960909"]
+    viewer = make_napari_viewer()
+    scan = add_volume(viewer, image, name="CS_4941")[0]
+    empty = viewer.add_labels(np.zeros(labels.array.shape, np.uint8), name="nothing painted", scale=scan.scale)
+    widget = TrainWidget(viewer)
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_LAYERS))
+    widget.image_combo.setCurrentText(scan.name)
+    _tiny(widget)
+
+    def refused(fragment: str) -> None:
+        assert not widget.start() and not widget.busy
+        assert any(fragment in m for m in notification_messages()), notification_messages()[-3:]
+        assert fragment in widget.status.text()
+
+    # No labels painted.
+    widget.labels_combo.setCurrentText(empty.name)
+    refused("is empty")
+    # Labels on too few slices to keep one for validation.
+    two_slices = np.zeros(labels.array.shape, np.uint8)
+    two_slices[3:5] = labels.array[3:5]
+    add_labels_volume(viewer, image.with_array(two_slices), image, "two slices")
+    widget.labels_combo.setCurrentText("two slices")
+    refused("paint at least 3")
+    # Labels with a class the chosen checkpoint was not set up for (it knows 0 and 1).
+    three = np.asarray(labels.array).copy()
+    three[three == 1] = 2
+    add_labels_volume(viewer, image.with_array(three), image, "class two")
+    widget.labels_combo.setCurrentText("class two")
+    assert widget.add_init_checkpoint(tiny_models["anu"]) is not None
+    assert widget.model_combo.currentData() == "anu_net" and not widget.model_combo.isEnabled()
+    refused("set up for classes")
+    # A folder that is not a training set.
+    widget.init_combo.setCurrentIndex(0)
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_FOLDER))
+    widget.folder.setText(str(tmp_path / "nowhere"))
+    refused("imagesTr")
+    # Nothing lost: every layer is still there, unchanged.
+    assert [layer.name for layer in viewer.layers] == [scan.name, "nothing painted", "two slices", "class two"]
+    assert np.array_equal(viewer.layers["class two"].data, three)

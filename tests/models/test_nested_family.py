@@ -1,0 +1,236 @@
+"""UNet++, ANU-Net, UNet 3+ and UNet#: paper parameter counts, pruning that really prunes, gate
+names and shapes, anisotropic 3D, the classification-guided module, and real LGG FLAIR slices.
+
+Parameter and FLOP counts run on PyTorch's meta device (no memory, no arithmetic), so the paper
+width (32, 5 levels) costs nothing here; every forward on real numbers uses base width 4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cascadeseg.errors import ModelConfigError
+from cascadeseg.io import load_labels, load_volume
+from cascadeseg.models import OutputRequest, create_model
+from cascadeseg.models.anu_net import gate_name
+from cascadeseg.models.blocks.classification_guided import ABSENT_LOGIT, suppress_absent_classes
+from cascadeseg.models.blocks.nested import node_key
+from cascadeseg.models.unet_sharp import full_scale_sources
+from cascadeseg.models.zoo_table import PAPER_PARAMS_M, measure
+
+PRUNABLE = ["unet_plus_plus", "anu_net", "unet_sharp"]
+MINE = PRUNABLE + ["unet3plus"]
+LGG_CASE = "TCGA_CS_4941_19960909"
+
+
+def paper_width(name: str, dims: int = 2) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, in_channels=1, num_classes=2, dims=dims).eval()
+
+
+def tiny(name: str, dims: int = 2, **options) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, **{"in_channels": 1, "num_classes": 2, "dims": dims, "base_width": 4, **options})
+
+
+# ---------------------------------------------------------------------------- paper figures
+@pytest.mark.parametrize("name", PRUNABLE)
+def test_parameters_per_depth_match_the_papers(name: str) -> None:
+    model = paper_width(name)
+    for depth in range(1, 5):
+        measured = measure(model, (1, 1, 256, 256), depth).params_m
+        paper = PAPER_PARAMS_M.get((name, depth))
+        if paper is not None:
+            # 15%: the issue's threshold for a difference that docs/model_zoo.md must explain.
+            assert measured == pytest.approx(paper[0], rel=0.15), f"{name} L{depth}"
+    # The full depth runs every parameter except the other depths' heads and UNet#'s aux heads.
+    unused = ("heads.1.", "heads.2.", "heads.3.", "aux_heads.")
+    assert measure(model, (1, 1, 256, 256), 4).params_m == pytest.approx(
+        sum(p.numel() for n, p in model.named_parameters() if not n.startswith(unused)) / 1e6, abs=1e-9
+    )
+
+
+def test_unet_plus_plus_has_the_quoted_9_16_million_parameters() -> None:
+    assert sum(p.numel() for p in paper_width("unet_plus_plus").parameters()) / 1e6 == pytest.approx(9.16, abs=0.005)
+
+
+# ---------------------------------------------------------------------------- real pruning
+@pytest.mark.parametrize("name", PRUNABLE)
+def test_depth_k_runs_only_the_nodes_head_k_depends_on(name: str) -> None:
+    model = tiny(name, levels=5).eval()
+    ran: set[str] = set()
+    hooks = [m.register_forward_hook(lambda *_, n=n: ran.add(n)) for n, m in model.named_modules() if n]
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        for depth in range(1, 5):
+            ran.clear()
+            model(x, depth=depth)
+            nodes = {(i, j) for i in range(5) for j in range(1, 5 - i) if f"nodes.{node_key(i, j)}" in ran}
+            assert nodes == {(i, j) for i in range(5) for j in range(1, 5 - i) if i + j <= depth}
+            encoder = {i for i in range(5) if f"encoder.{i}" in ran}
+            assert encoder == set(range(depth + 1))
+            assert {n for n in ran if n.startswith("heads.")} == {f"heads.{depth}"}  # one head only
+            assert not any(n.startswith("aux_heads") for n in ran)
+    for hook in hooks:
+        hook.remove()
+
+
+@pytest.mark.parametrize("name", PRUNABLE)
+def test_depth_1_costs_less_than_a_fifth_of_depth_4(name: str) -> None:
+    model = paper_width(name)
+    flops = {k: measure(model, (16, 1, 256, 256), k).gflops for k in (1, 4)}
+    assert flops[4] / flops[1] > 8  # measured: 8.7x (UNet++), 9.0x (ANU-Net), 10.5x (UNet#)
+
+
+def test_depth_must_be_a_pruning_level_of_this_model() -> None:
+    model = tiny("unet_sharp", levels=3).eval()
+    assert model.max_depth == 2
+    x = torch.randn(1, 1, 16, 16)
+    for bad in (0, 3, -1):
+        with pytest.raises(ModelConfigError, match=r"depth .* expected 1\.\.2"):
+            model(x, depth=bad)
+
+
+# ---------------------------------------------------------------------------- attention gates
+def test_anu_net_gates_are_named_and_shaped_like_their_skip_map() -> None:
+    model = tiny("anu_net", levels=5).eval()
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        full = model(x, request=OutputRequest(attention=True))
+        shallow = model(x, depth=1, request=OutputRequest(attention=True))
+    expected = {gate_name(i, k, j) for i in range(4) for j in range(1, 5 - i) for k in range(j)}
+    assert set(full.attention) == expected and len(expected) == 20
+    assert set(shallow.attention) == {"X0,0->X0,1"}
+    for gate, alpha in full.attention.items():
+        level = int(gate[1])  # "X{i},{k}->X{i},{j}": the skip map X(i, k) lives on level i
+        assert alpha.shape == (2, 1, 32 >> level, 48 >> level), gate
+        assert 0 <= alpha.min() and alpha.max() <= 1
+
+
+def test_attention_maps_cost_nothing_when_not_requested() -> None:
+    model = tiny("anu_net", levels=3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 16, 16))
+    assert out.attention == {}
+
+
+# ---------------------------------------------------------------------------- anisotropic 3D
+@pytest.mark.parametrize("name", MINE)
+def test_anisotropic_3d_scan_pools_in_plane_first(name: str) -> None:
+    # TCIA brain-tumour-progression geometry: 6.5 mm slices, ~0.5 mm pixels.
+    model = tiny(name, dims=3, levels=4, spacing=(6.5, 0.49, 0.49)).eval()
+    assert model.plan[0] == (1, 2, 2) and model.size_divisor[0] < model.size_divisor[1]
+    size = (model.size_divisor[0] * 2, 32, 24)
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, *size), request=OutputRequest(heads=True, attention=True))
+    assert out.logits.shape == (1, 2, *size)
+    assert all(h.shape == (1, 2, *size) for h in out.heads.values())
+    for alpha in out.attention.values():
+        assert alpha.shape[2] in (size[0], size[0] // 2)  # the slice axis is pooled late
+
+
+# ---------------------------------------------------------------------------- UNet# structure
+def test_unet_sharp_full_scale_inputs_follow_eq_1() -> None:
+    # Paper 004: X(0,4) gets full-scale links from X(4,0), X(3,1), X(2,2); X(0,2) from X(2,0).
+    assert full_scale_sources(0, 4) == [(4, 0), (3, 1), (2, 2)]
+    assert full_scale_sources(0, 2) == [(2, 0)]
+    assert full_scale_sources(1, 3) == [(4, 0), (3, 1)]
+    assert full_scale_sources(0, 1) == [] and full_scale_sources(3, 1) == []
+
+
+def test_unet_sharp_supervises_eight_branches_at_full_depth() -> None:
+    model = tiny("unet_sharp", levels=5).train()
+    out = model(torch.randn(2, 1, 32, 32), request=OutputRequest.for_training())
+    assert sorted(out.heads) == [1, 2, 3, 4] and all(h.shape == (2, 2, 32, 32) for h in out.heads.values())
+    assert {k: tuple(v.shape[2:]) for k, v in out.aux.items()} == {
+        "X1,3": (16, 16), "X2,2": (8, 8), "X3,1": (4, 4), "X4,0": (2, 2)
+    }
+    assert out.classification.shape == (2, 1)
+
+
+# ---------------------------------------------------------------------------- CGM
+def test_suppress_absent_classes_per_image_and_class() -> None:
+    logits = torch.randn(2, 4, 3, 5)
+    presence = torch.tensor([[1.0, -1.0, 2.0], [-3.0, -0.5, -2.0]])  # image 0: class 2 absent; image 1: none
+    gated = suppress_absent_classes(logits, presence)
+    torch.testing.assert_close(gated[0, [0, 1, 3]], logits[0, [0, 1, 3]])
+    assert (gated[0, 2] == ABSENT_LOGIT).all()
+    assert (gated[1, 1:] == ABSENT_LOGIT).all() and torch.equal(gated[1, 0], logits[1, 0])
+    assert (gated[1].argmax(0) == 0).all()
+
+
+# ---------------------------------------------------------------------------- real data
+def _lgg_slices(shared_data: Path) -> tuple[Tensor, Tensor]:
+    """Two real 256x256 FLAIR slices of one LGG patient, z-scored: the one with most tumour and one
+    without tumour; and their label maps."""
+    image = load_volume(shared_data / "lgg-flair" / "imagesTr" / f"{LGG_CASE}_0000.nii.gz")
+    labels = load_labels(shared_data / "lgg-flair" / "labelsTr" / f"{LGG_CASE}.nii.gz", image)
+    area = labels.array.reshape(labels.array.shape[0], -1).sum(axis=1)
+    tumour, empty = int(area.argmax()), int(np.flatnonzero(area == 0)[len(area) // 4])
+    flair = image.array[0, [tumour, empty]].astype(np.float32)
+    flair = (flair - flair.mean()) / flair.std()
+    return torch.from_numpy(flair)[:, None], torch.from_numpy(labels.array[[tumour, empty]].astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def lgg(shared_data: Path) -> tuple[Tensor, Tensor]:
+    return _lgg_slices(shared_data)
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_real_lgg_slice_through_every_output(name: str, lgg: tuple[Tensor, Tensor]) -> None:
+    images, labels = lgg
+    assert images.shape == (2, 1, 256, 256) and labels[0].any() and not labels[1].any()
+    model = tiny(name, levels=5).eval()
+    with torch.no_grad():
+        out = model(images[:1], request=OutputRequest.everything())
+        assert out.logits.shape == (1, 2, 256, 256) and torch.isfinite(out.logits).all()
+        for k, head in out.heads.items():
+            torch.testing.assert_close(model(images[:1], depth=k).logits, head, rtol=0, atol=1e-6)
+        for alpha in out.attention.values():
+            assert alpha.shape[-1] in (256, 128, 64, 32) and 0 <= alpha.min() <= alpha.max() <= 1
+
+
+def test_unet_sharp_learns_a_real_lesion_and_its_cgm_removes_false_positives(lgg: tuple[Tensor, Tensor]) -> None:
+    """A short fit on two real slices (tumour / no tumour) at 128x128: deep supervision on heads
+    and aux plus the CGM's BCE. Afterwards the CGM tells the slices apart and the gated output of
+    the tumour-free slice has no foreground, while the tumour is found."""
+    images, labels = lgg
+    images = F.avg_pool2d(images, 2)
+    labels = F.max_pool2d(labels[:, None].float(), 2)[:, 0].long()
+    present = labels.flatten(1).any(1).float()[:, None]
+    torch.manual_seed(0)
+    model = create_model("unet_sharp", in_channels=1, num_classes=2, dims=2, base_width=8, levels=3,
+                         norm="instance")
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    weight = torch.tensor([1.0, 10.0])  # the lesion is ~2% of the slice
+    for _ in range(60):
+        out = model(images, request=OutputRequest.for_training())
+        loss = sum(F.cross_entropy(h, labels, weight=weight) for h in out.heads.values())
+        loss = loss + sum(F.cross_entropy(a, F.interpolate(labels[:, None].float(), size=a.shape[2:]).long()[:, 0],
+                                          weight=weight) for a in out.aux.values())
+        loss = loss + F.binary_cross_entropy_with_logits(out.classification, present)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(images, request=OutputRequest(heads=True, classification=True))
+        ungated = model.cgm_gating
+        model.cgm_gating = False
+        raw = model(images).logits
+        model.cgm_gating = ungated
+    assert out.classification[0, 0] > 0 > out.classification[1, 0]
+    prediction = out.logits.argmax(1)
+    truth = labels[0].bool()
+    dice = 2 * (prediction[0].bool() & truth).sum() / (prediction[0].bool().sum() + truth.sum())
+    assert dice > 0.5
+    assert not prediction[1].any()
+    assert all(not head.argmax(1)[1].any() for head in out.heads.values())
+    torch.testing.assert_close(out.logits[0], raw[0])  # the tumour slice is left as it is

@@ -1,0 +1,152 @@
+"""``cascadeseg predict`` (and ``evaluate`` after it) on real scans, including two torchrun ranks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.cli.main import main
+from cascadeseg.inference import ModelCard, save_checkpoint
+from cascadeseg.models import create_model
+
+LGG_CASES = ("TCGA_CS_4941_19960909", "TCGA_CS_6665_20010817")
+ZSCORE = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
+
+
+def make_checkpoint(folder: Path, dims: int, channels: list[tuple[str, dict]], classes: list[int],
+                    **card_fields) -> Path:
+    """A random-init width-4 U-Net checkpoint (tests check files and geometry, not quality)."""
+    torch.manual_seed(0)
+    options = {"in_channels": len(channels), "num_classes": len(classes), "dims": dims, "base_width": 4, "levels": 3}
+    card = ModelCard(architecture="unet", model_options=options, dims=dims,
+                     input_channels=[{"name": n, "preprocessing": p} for n, p in channels],
+                     classes=[{"value": v, "name": f"class {v}"} for v in classes], **card_fields)
+    return save_checkpoint(create_model("unet", **options), card, folder)
+
+
+@pytest.fixture(scope="module")
+def flair_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "flair-unet", 2, [("FLAIR", ZSCORE)], [0, 1])
+
+
+def lgg_image(shared_data: Path, case: str) -> Path:
+    return shared_data / "lgg-flair" / "imagesTr" / f"{case}_0000.nii.gz"
+
+
+def assert_label_matches_image(label_file: Path, image_file: Path) -> None:
+    label, image = nib.load(str(label_file)), nib.load(str(image_file))
+    assert label.shape == image.shape[:3]
+    assert np.allclose(label.affine, image.affine, atol=1e-4)
+    assert np.issubdtype(label.get_data_dtype(), np.integer)
+
+
+def test_predict_then_evaluate_two_real_cases(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pred"
+    inputs = [str(lgg_image(shared_data, c)) for c in LGG_CASES]
+    assert main(["predict", *inputs, "-o", str(out), "-c", str(flair_ckpt), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "slices/s" in err and "segmented 2 case(s)" in err  # the tqdm bar and the summary
+    assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in LGG_CASES]
+    for case in LGG_CASES:
+        assert_label_matches_image(out / f"{case}.nii.gz", lgg_image(shared_data, case))
+    assert main(["evaluate", str(out), str(shared_data / "lgg-flair")]) == 0
+    captured = capsys.readouterr()
+    assert "| structure | cases | Dice mean" in captured.out and "78 reference(s) without a prediction" in captured.err
+    rows = (out / "evaluation.csv").read_text().splitlines()
+    assert rows[0].startswith("case,structure,dice,iou,precision,recall,specificity,hd95")
+    assert [r.split(",")[0] for r in rows[1:]] == list(LGG_CASES)
+
+
+def test_existing_output_is_refused_then_overwritten(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pred"
+    out.mkdir()
+    target = out / f"{LGG_CASES[0]}.nii.gz"
+    target.write_bytes(b"user's file")
+    args = ["predict", str(lgg_image(shared_data, LGG_CASES[0])), "-o", str(out), "-c", str(flair_ckpt), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cascadeseg: error: output file(s) already exist")
+    assert target.read_bytes() == b"user's file"
+    assert main([*args, "--overwrite", "--largest-component", "--fill-holes"]) == 0
+    assert_label_matches_image(target, lgg_image(shared_data, LGG_CASES[0]))
+
+
+def test_msd_folder_with_two_channels_in_2d(shared_data: Path, tmp_path: Path) -> None:
+    """An MSD folder (imagesTs/) of the two-channel TCIA study: channels grouped, output named by case."""
+    case = "PGBM-003_19950329"
+    images = tmp_path / "dataset" / "imagesTs"
+    images.mkdir(parents=True)
+    for channel in ("0000", "0001"):
+        (images / f"{case}_{channel}.nii.gz").symlink_to(shared_data / "tcia-btp/imagesTr" / f"{case}_{channel}.nii.gz")
+    ckpt = make_checkpoint(tmp_path / "ckpt", 2, [("T1c", ZSCORE), ("FLAIR", ZSCORE)], [0, 1])
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "dataset"), "-o", str(out), "-c", str(ckpt), "--no-progress",
+                 "--batch-size", "11"]) == 0
+    assert [p.name for p in out.iterdir()] == [f"{case}.nii.gz"]
+    assert_label_matches_image(out / f"{case}.nii.gz", images / f"{case}_0000.nii.gz")
+
+
+def test_3d_ct_prediction_keeps_geometry(shared_data: Path, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", 3, [("CT", {"type": "ct_window", "preset": "abdomen"})], [0, 1, 5],
+                           patch_size=[32, 64, 64])
+    image = shared_data / "totalseg" / "example_ct_sm.nii.gz"
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "-o", str(out), "-c", str(ckpt), "--mode", "3d", "--patch-size", "32", "112", "128",
+                 "--no-progress"]) == 0
+    result = out / "example_ct_sm.nii.gz"
+    assert_label_matches_image(result, image)
+    assert set(np.unique(np.asarray(nib.load(str(result)).dataobj))) <= {0, 1, 5}
+
+
+def test_interrupt_leaves_no_output(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cascadeseg.cli import predict
+
+    def interrupt(self, progress) -> None:  # the user presses Ctrl-C after the first batch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict._ProgressBar, "update", interrupt)
+    out = tmp_path / "pred"
+    assert main(["predict", str(lgg_image(shared_data, LGG_CASES[0])), "-o", str(out), "-c", str(flair_ckpt)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no label file, no temp file
+
+
+def test_bad_inputs_give_one_line_errors(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "pred")
+    tcia = str(shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz")
+    cases = [
+        (["predict", tcia, "-o", out, "-c", str(flair_ckpt)], "expects 1: FLAIR"),
+        (["predict", tcia, "-o", out, "-c", "no-such-model"], "neither an existing folder nor a known model name"),
+        (["predict", str(tmp_path / "missing.nii.gz"), "-o", out, "-c", str(flair_ckpt)], "does not exist"),
+        (["predict", tcia, "-o", out, "-c", str(flair_ckpt), "--depth", "3"], "pruning depth 3"),
+        (["predict", tcia, "-o", out, "-c", str(flair_ckpt), "--device", "tpu"], "device 'tpu' is unknown"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("cascadeseg: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_two_torchrun_ranks_share_the_cases(shared_data: Path, flair_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "cascadeseg.cli.main", "predict", *[str(lgg_image(shared_data, c)) for c in LGG_CASES],
+           "-o", str(out), "-c", str(flair_ckpt), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[rank 0/2] segmented 1 case(s)" in proc.stderr and "[rank 1/2] segmented 1 case(s)" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in LGG_CASES]
+    for case in LGG_CASES:
+        assert_label_matches_image(out / f"{case}.nii.gz", lgg_image(shared_data, case))

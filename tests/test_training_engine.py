@@ -1,0 +1,247 @@
+"""The trainer on real LGG patients (tiny widths, cropped and downsampled so each run takes seconds):
+training steps, callbacks, checkpoints, resume after a simulated kill, cancellation, single-volume
+splits, stagewise cascades, 3D patches, and the bad inputs each with its clear error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.errors import DatasetError, GeometryMismatchError, OutputExistsError
+from cascadeseg.inference.checkpoint import load_checkpoint
+from cascadeseg.io import load_labels, load_volume
+from cascadeseg.io.volume import Volume
+from cascadeseg.training import run_folder
+from cascadeseg.training.config import TrainConfig
+from cascadeseg.training.trainer import train
+
+PATIENTS = ["TCGA_CS_4941_19960909", "TCGA_CS_4943_20000902", "TCGA_DU_6404_19850629"]
+TINY = {"base_width": 4, "levels": 3}
+
+
+def _crop_to_tumour(image: Volume, labels: Volume, slices: int = 12) -> tuple[Volume, Volume]:
+    """The ``slices`` axial slices centred on the tumour (the cases stay real, just thinner)."""
+    z = np.flatnonzero(labels.array.any(axis=(1, 2)))
+    centre = int(z.mean()) if len(z) else labels.array.shape[0] // 2
+    lo = max(0, min(centre - slices // 2, labels.array.shape[0] - slices))
+    return image.with_array(image.array[:, lo : lo + slices].copy()), labels.with_array(labels.array[lo : lo + slices].copy())
+
+
+@pytest.fixture(scope="module")
+def lgg_pairs(shared_data: Path) -> list[tuple[Volume, Volume]]:
+    root = shared_data / "lgg-flair"
+    pairs = []
+    for case in PATIENTS:
+        image = load_volume(root / "imagesTr" / f"{case}_0000.nii.gz")
+        labels = load_labels(root / "labelsTr" / f"{case}.nii.gz", reference=image)
+        pairs.append(_crop_to_tumour(image, labels))
+    return pairs
+
+
+def tiny_config(data, run_dir: Path, **changes) -> TrainConfig:
+    values = dict(
+        data=data, run_dir=str(run_dir), model="unet", dims=2, model_options=dict(TINY), inplane_size=64,
+        batch_size=4, epochs=2, steps_per_epoch=3, val_fraction=0.34, seed=0, threads=2,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+class Recorder:
+    def __init__(self, stop_at_step: int | None = None, cancel: threading.Event | None = None, crash_at_step: int | None = None):
+        self.steps, self.epochs, self.started, self.ended = [], [], [], []
+        self.stop_at_step, self.cancel, self.crash_at_step = stop_at_step, cancel, crash_at_step
+
+    def on_train_start(self, info):
+        self.started.append(info)
+
+    def on_step(self, info):
+        self.steps.append(info)
+        if self.cancel is not None and info.step == self.stop_at_step:
+            self.cancel.set()
+        if info.step == self.crash_at_step:
+            raise KeyboardInterrupt("simulated kill")
+
+    def on_epoch(self, info):
+        self.epochs.append(info)
+
+    def on_train_end(self, result):
+        self.ended.append(result)
+
+
+def read_log(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_steps_on_real_patients_write_a_complete_run_folder(lgg_pairs, tmp_path: Path) -> None:
+    rec = Recorder()
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, model="anu_net", val_cases=["TCGA_DU_6404_19850629"]), callbacks=rec)
+    assert result.stopped == "epochs" and result.epochs_completed == 2 and result.steps == 6
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "split.json", "log.csv", "last", "best"}
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["kind"] == "patient" and split["val"] == ["TCGA_DU_6404_19850629"] and len(split["train"]) == 2
+    # Callbacks: every step, every epoch, with Dice at every pruning depth of ANU-Net.
+    assert [s.step for s in rec.steps] == [1, 2, 3, 4, 5, 6] and len(rec.started) == 1 and len(rec.ended) == 1
+    assert all(np.isfinite(s.loss) and s.samples_per_second > 0 for s in rec.steps)
+    assert [e.epoch for e in rec.epochs] == [0, 1]
+    assert set(rec.epochs[-1].dice_per_depth) == {1, 2, 3, 4}
+    assert all(0.0 <= v <= 1.0 for e in rec.epochs for v in e.dice_per_depth.values())
+    log = read_log(run_dir)
+    assert [r["epoch"] for r in log] == ["1", "2"] and {"dice_depth1", "dice_depth4", "recommended_depth"} <= set(log[0])
+    # The best checkpoint loads through the inference loader and its card carries the validation.
+    model, card = load_checkpoint(run_dir / "best")
+    assert card.architecture == "anu_net" and card.target_spacing == [1.0, 4.0, 4.0] and card.slice_size == [64, 64]
+    assert set(card.validation["dice_per_depth"]) == {"1", "2", "3", "4"}
+    assert card.recommended_depth in (1, 2, 3, 4)
+    assert card.validation["cases"] == ["TCGA_DU_6404_19850629"]
+    best_epoch_dice = max(rec.epochs[result.best_epoch - 1].dice_per_depth.values())
+    assert result.best_dice == pytest.approx(best_epoch_dice)
+
+
+def test_resume_after_a_kill_continues_from_the_last_checkpoint(lgg_pairs, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # Killed during epoch 2 (after epoch 1's checkpoint was written).
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(lgg_pairs, run_dir, epochs=3), callbacks=Recorder(crash_at_step=5))
+    assert run_folder.find_checkpoint(run_dir, "last") == run_dir / "last"
+    load_checkpoint(run_dir / "last")  # loadable as left by the kill
+    state = run_folder.read_training_state(run_dir / "last")
+    assert state["epoch"] == 1 and state["step"] == 3
+    # A second run into the same folder without resume is refused; resume continues.
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(tiny_config(lgg_pairs, run_dir, epochs=3))
+    rec = Recorder()
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=3, resume=True), callbacks=rec)
+    assert rec.steps[0].step == 4 and rec.steps[0].epoch == 1
+    assert result.epochs_completed == 3 and result.steps == 9
+    assert [r["epoch"] for r in read_log(run_dir)] == ["1", "2", "3"]
+
+
+def test_a_kill_between_the_checkpoint_renames_leaves_a_loadable_checkpoint(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+    train(tiny_config(lgg_pairs, run_dir, epochs=1))
+    model, card = load_checkpoint(run_dir / "last")
+    real_replace = os.replace
+    calls = []
+
+    def dying_replace(src, dst):
+        calls.append((src, dst))
+        if Path(dst) == run_dir / "last":  # the old one is moved away, the new one not yet in place
+            raise KeyboardInterrupt("killed between the renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(run_folder.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_folder.write_checkpoint(run_dir, "last", model, card, {"epoch": 1, "step": 3})
+    monkeypatch.setattr(run_folder.os, "replace", real_replace)
+    survivor = run_folder.find_checkpoint(run_dir, "last")
+    assert survivor == run_dir / ".last.old"
+    load_checkpoint(survivor)
+
+
+def test_cancel_stops_within_one_step_and_keeps_a_loadable_checkpoint(lgg_pairs, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    rec = Recorder(stop_at_step=2, cancel=cancel)
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=5), callbacks=rec, cancel=cancel)
+    assert result.stopped == "cancelled" and result.steps == 2 and len(rec.steps) == 2
+    assert not (run_dir / "best").exists()  # no validation happened: nothing is called "best"
+    model, card = load_checkpoint(result.last_checkpoint)
+    assert "cancelled" in card.training["note"]
+
+
+def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=0.05))
+    assert result.stopped == "time" and 1 <= result.epochs_completed < 1000
+    assert result.best_dice is not None and result.elapsed_seconds < 60
+
+
+def test_single_volume_is_split_by_slice_blocks_with_a_gap(lgg_pairs, tmp_path: Path) -> None:
+    image, labels = lgg_pairs[0]
+    image = image.with_array(image.array[:, :, 64:192, 64:192].copy())
+    labels = labels.with_array(labels.array[:, 64:192, 64:192].copy())
+    run_dir = tmp_path / "run"
+    result = train(tiny_config([(image, labels)], run_dir, epochs=1, slice_block=3, slice_gap=1, val_fraction=0.25, inplane_size=None))
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["kind"] == "slice_blocks" and split["val_blocks"] and split["train_blocks"]
+    train_slices = {s for b in split["train_blocks"] for s in range(b["start"], b["stop"])}
+    for b in split["val_blocks"]:
+        assert not train_slices & set(range(b["start"] - 1, b["stop"] + 1))
+    assert result.best_dice is not None
+
+
+def test_stagewise_cascade_freezes_stage_one_in_the_second_half(lgg_pairs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(lgg_pairs, run_dir, model="cascaded_unet", epochs=2, cascade_training="stagewise")
+    train(cfg)
+    first = load_file(str(run_dir / "best" / "model.safetensors")) if (run_dir / "best").exists() else None
+    log = read_log(run_dir)
+    assert [r["phase"] for r in log] == ["stage1", "full"]
+    # Resume for a third epoch (phase 2 continues): stage-1 weights must not move any more.
+    before = load_file(str(run_dir / "last" / "model.safetensors"))
+    train(tiny_config(lgg_pairs, run_dir, model="cascaded_unet", epochs=3, cascade_training="stagewise", resume=True))
+    after = load_file(str(run_dir / "last" / "model.safetensors"))
+    moved = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k]) and "running" not in k}
+    assert moved, "stage 2 must still learn"
+    assert not any(k.startswith("stage1") for k in moved), sorted(moved)[:5]
+    assert first is None or set(first) == set(after)
+
+
+def test_3d_patch_training_validates_with_sliding_windows(lgg_pairs, tmp_path: Path) -> None:
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", dims=3, patch_size=[8, 32, 32], batch_size=2, epochs=1, steps_per_epoch=2))
+    _, card = load_checkpoint(tmp_path / "run" / "best")
+    assert card.dims == 3 and card.patch_size == [8, 32, 32] and result.best_dice is not None
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_shape_and_geometry_mismatches_are_refused(lgg_pairs, tmp_path: Path) -> None:
+    image, labels = lgg_pairs[0]
+    short = labels.with_array(labels.array[:-1].copy())
+    with pytest.raises(GeometryMismatchError, match="shape"):
+        train(tiny_config([(image, short), *lgg_pairs[1:]], tmp_path / "a"))
+    moved = labels.with_array(labels.array, spacing=(1.0, 1.2, 1.2))
+    with pytest.raises(GeometryMismatchError, match="mm away"):
+        train(tiny_config([(image, moved), *lgg_pairs[1:]], tmp_path / "b"))
+
+
+def test_labels_the_model_does_not_know_are_refused(lgg_pairs, tmp_path: Path) -> None:
+    image, labels = lgg_pairs[0]
+    three = labels.array.copy()
+    three[three == 1] = 3
+    with pytest.raises(DatasetError, match=r"label value\(s\) \[3\].*num_classes=2"):
+        train(tiny_config([(image, labels.with_array(three)), *lgg_pairs[1:]], tmp_path / "a", num_classes=2))
+
+
+def test_empty_folder_images_without_labels_and_too_few_patients(shared_data: Path, lgg_pairs, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "imagesTr").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no image files"):
+        train(tiny_config(str(empty), tmp_path / "r1"))
+    unlabelled = tmp_path / "unlabelled"
+    (unlabelled / "imagesTr").mkdir(parents=True)
+    (unlabelled / "labelsTr").mkdir()
+    src = shared_data / "lgg-flair" / "imagesTr" / f"{PATIENTS[0]}_0000.nii.gz"
+    os.symlink(src, unlabelled / "imagesTr" / src.name)
+    with pytest.raises(DatasetError, match="no label map"):
+        train(tiny_config(str(unlabelled), tmp_path / "r2"))
+    with pytest.raises(DatasetError, match="at least 1 training patient"):
+        train(tiny_config(lgg_pairs[:2], tmp_path / "r3", val_cases=[PATIENTS[0], PATIENTS[1]]))
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(lgg_pairs, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DatasetError, match="cannot be resumed"):
+        train(tiny_config(lgg_pairs, tmp_path / "x", resume=True))

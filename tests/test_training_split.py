@@ -1,0 +1,136 @@
+"""Train/validation splits, recommended depth, augmentation and sampling (fast, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.errors import DatasetError
+from cascadeseg.training.augmentation import augment_batch
+from cascadeseg.training.config import AugmentationConfig
+from cascadeseg.training.datasets import TrainingCase
+from cascadeseg.training.sampling import PatchDataset
+from cascadeseg.training.split import Split, patient_id, split_by_patient, split_by_slice_blocks
+from cascadeseg.training.validation import case_dice, recommended_depth
+
+
+def lgg_case_ids(shared_data: Path) -> list[str]:
+    return sorted(p.name[: -len("_0000.nii.gz")] for p in (shared_data / "lgg-flair" / "imagesTr").glob("*_0000.nii.gz"))
+
+
+def test_patient_split_is_seeded_disjoint_and_keeps_forced_case(shared_data: Path, tmp_path: Path) -> None:
+    ids = lgg_case_ids(shared_data)
+    assert len(ids) == 80
+    a = split_by_patient(ids, 0.15, seed=0, force_val=["TCGA_DU_6404_19850629"])
+    b = split_by_patient(ids, 0.15, seed=0, force_val=["TCGA_DU_6404_19850629"])
+    c = split_by_patient(ids, 0.15, seed=1, force_val=["TCGA_DU_6404_19850629"])
+    assert a == b and a.val != c.val
+    assert "TCGA_DU_6404_19850629" in a.val and len(a.val) == 12
+    assert not set(a.train) & set(a.val) and sorted(a.train + a.val) == ids
+    a.save(tmp_path)
+    assert Split.load(tmp_path) == a
+
+
+def test_two_studies_of_one_patient_stay_on_one_side(shared_data: Path) -> None:
+    # TCIA's PGBM-001 was scanned twice: the studies must not straddle the split.
+    ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (shared_data / "tcia-btp" / "imagesTr").glob("*_0000.nii.gz"))
+    assert patient_id("PGBM-001_19920402") == "PGBM-001"
+    for seed in range(6):
+        split = split_by_patient(ids, 0.3, seed=seed)
+        sides = {"train" if c in split.train else "val" for c in ids if c.startswith("PGBM-001")}
+        assert len(sides) == 1
+
+
+def test_patient_split_refuses_too_few_patients() -> None:
+    with pytest.raises(DatasetError, match="at least 2 patients"):
+        split_by_patient(["TCGA_A_1_19990101"], 0.2, seed=0)
+    with pytest.raises(DatasetError, match="only 2 patient"):
+        split_by_patient(["P1", "P2"], 0.2, seed=0, force_val=["P1", "P2"])
+    with pytest.raises(DatasetError, match="not in the data"):
+        split_by_patient(["P1", "P2", "P3"], 0.2, seed=0, force_val=["P9"])
+
+
+def test_slice_blocks_keep_a_gap_between_training_and_validation() -> None:
+    split = split_by_slice_blocks("vol", 60, axis=0, val_fraction=0.25, block=6, gap=2, seed=3)
+    train = np.zeros(60, bool)
+    val = np.zeros(60, bool)
+    for b in split.train_blocks:
+        train[b.start : b.stop] = True
+    for b in split.val_blocks:
+        val[b.start : b.stop] = True
+    assert val.sum() >= 6 and train.sum() >= 30 and not (train & val).any()
+    # No validation slice has a training slice within `gap` slices.
+    for s in np.flatnonzero(val):
+        assert not train[max(0, s - 2) : s + 3].any()
+
+
+def test_slice_blocks_use_annotated_slices_and_refuse_thin_volumes() -> None:
+    annotated = np.zeros(80, bool)
+    annotated[20:60] = True
+    split = split_by_slice_blocks("vol", 80, 0, 0.25, 5, 1, seed=0, annotated=annotated)
+    used = [s for b in split.train_blocks + split.val_blocks for s in range(b.start, b.stop)]
+    assert min(used) >= 20 and max(used) < 60
+    with pytest.raises(DatasetError, match="slice-block split needs"):
+        split_by_slice_blocks("thin", 10, 0, 0.2, 8, 3, seed=0)
+
+
+def test_recommended_depth_is_shallowest_within_one_point() -> None:
+    assert recommended_depth({1: 0.70, 2: 0.795, 3: 0.80, 4: 0.805}) == 2
+    assert recommended_depth({1: 0.81, 2: 0.80, 3: 0.79, 4: 0.78}) == 1
+    assert recommended_depth({1: 0.50, 2: 0.60, 3: 0.70, 4: 0.80}) == 4
+    assert recommended_depth({1: 0.9}) == 1
+
+
+def test_case_dice_from_confusion_and_empty_masks() -> None:
+    # truth rows, prediction columns: 30 TP, 10 FN, 20 FP -> 2*30/(40+50)
+    conf = torch.tensor([[100, 20], [10, 30]])
+    assert case_dice(conf) == pytest.approx(60 / 90)
+    assert case_dice(torch.tensor([[50, 0], [0, 0]])) == 1.0  # nothing to find, nothing found
+    assert case_dice(torch.tensor([[50, 5], [0, 0]])) == 0.0  # false positives on an empty case
+
+
+def test_augmentation_moves_image_and_labels_together_and_is_seeded() -> None:
+    # Labels are a threshold of the image: after any spatial transform they must still agree.
+    torch.manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.randn(6, 1, 64, 64), 9, 1, 4) * 10
+    labels = (image[:, 0] > 0.5).long()
+    cfg = AugmentationConfig(intensity_scale=(1, 1), intensity_shift=0.0, elastic_probability=1.0, spatial_probability=1.0)
+    out_a = augment_batch(image, labels, cfg, torch.Generator().manual_seed(5))
+    out_b = augment_batch(image, labels, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(out_a[0], out_b[0]) and torch.equal(out_a[1], out_b[1])
+    img, lab = out_a
+    assert not torch.equal(img, image)
+    inside = img[:, 0, 8:-8, 8:-8]  # away from the border (padding)
+    clear = (inside - 0.5).abs() > 0.3  # bilinear vs nearest may differ right at the boundary only
+    agree = ((inside > 0.5).long() == lab[:, 8:-8, 8:-8])[clear].float().mean()
+    assert clear.float().mean() > 0.5 and agree > 0.99
+
+
+def test_rot90_and_flips_are_exact_on_square_slices() -> None:
+    image = torch.arange(64.0).view(1, 1, 8, 8).repeat(16, 1, 1, 1)
+    labels = (image[:, 0] >= 32).long()
+    cfg = AugmentationConfig(rotate_degrees=0, scale_range=(1, 1), elastic_probability=0, intensity_scale=(1, 1), intensity_shift=0)
+    img, lab = augment_batch(image, labels, cfg, torch.Generator().manual_seed(0))
+    base = image[0, 0]
+    variants = [torch.rot90(f, k, (0, 1)) for f in (base, base.flip(0)) for k in range(4)]
+    for i in range(16):
+        assert any(torch.allclose(img[i, 0], v, atol=1e-3) for v in variants)
+        assert torch.equal(lab[i], (img[i, 0] >= 31.5).long())
+
+
+def test_foreground_oversampling_hits_rare_foreground() -> None:
+    labels = np.zeros((20, 64, 64), np.uint8)
+    labels[10, 30:34, 30:34] = 1  # 16 voxels of 81920: 0.02 %
+    case = TrainingCase("c", np.random.default_rng(0).normal(size=(1, 20, 64, 64)).astype(np.float32), labels, labels, (1.0, 1.0, 1.0))
+    with_fg = PatchDataset([case], 2, 0, (32, 32), 0.5, 200, seed=0)
+    without = PatchDataset([case], 2, 0, (32, 32), 0.0, 200, seed=0)
+    share = np.mean([with_fg[i][1].any().item() for i in range(200)])
+    assert 0.35 < share < 0.7
+    assert np.mean([without[i][1].any().item() for i in range(200)]) < 0.15
+    img, lab = PatchDataset([case], 3, 0, (8, 32, 32), 1.0, 5, seed=1)[0]
+    assert img.shape == (1, 8, 32, 32) and lab.shape == (8, 32, 32) and lab.any()
+    # Same (seed, epoch, index) -> same sample, whatever worker draws it.
+    assert torch.equal(with_fg[7][0], with_fg[7][0])
