@@ -161,3 +161,22 @@ def test_available_checkpoints_lists_user_models_and_skips_broken(tmp_path: Path
     assert [(e.name, e.card.name) for e in entries] == [("my-model", "mine")]
     with pytest.warns(UserWarning):
         assert resolve_checkpoint("my-model") == user_models_dir() / "my-model"
+
+
+def test_zip_archive_of_a_checkpoint_loads_without_extracting(saved, tmp_path: Path) -> None:
+    import zipfile
+
+    model, folder = saved
+    archive = tmp_path / "shared-model.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            handle.write(folder / name, f"ckpt/{name}")
+    loaded, card = load_checkpoint(archive)
+    assert card == _card() and resolve_checkpoint(archive) == archive
+    x = torch.randn(1, 2, 32, 32)
+    assert torch.equal(model(x).logits, loaded(x).logits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "shared-model.zip"]  # nothing extracted
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK not really")
+    with pytest.raises(CheckpointError, match="not a readable zip archive"):
+        load_checkpoint(bad)

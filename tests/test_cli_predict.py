@@ -76,7 +76,7 @@ def test_existing_output_is_refused_then_overwritten(shared_data: Path, flair_ck
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("cascadeseg: error: output file(s) already exist")
     assert target.read_bytes() == b"user's file"
-    assert main([*args, "--overwrite", "--largest-component", "--fill-holes"]) == 0
+    assert main([*args, "--overwrite", "--largest-component", "--fill-holes", "--body-mask"]) == 0
     assert_label_matches_image(target, lgg_image(shared_data, LGG_CASES[0]))
 
 
@@ -114,7 +114,7 @@ def test_interrupt_leaves_no_output(shared_data: Path, flair_ckpt: Path, tmp_pat
     def interrupt(self, progress) -> None:  # the user presses Ctrl-C after the first batch
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict._ProgressBar, "update", interrupt)
+    monkeypatch.setattr(predict.ProgressBar, "update", interrupt)
     out = tmp_path / "pred"
     assert main(["predict", str(lgg_image(shared_data, LGG_CASES[0])), "-o", str(out), "-c", str(flair_ckpt)]) == 130
     assert "interrupted" in capsys.readouterr().err

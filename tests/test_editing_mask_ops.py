@@ -74,6 +74,28 @@ def test_keep_largest_per_label_on_brats(brats_labels: np.ndarray) -> None:
         assert _sizes(out == value) == sizes_before[-1:]
 
 
+def test_work_inside_the_label_box_matches_whole_volume(brats_labels: np.ndarray) -> None:
+    """The operations crop to each label's bounding box for speed; the result must be exactly
+    that of the plain whole-volume computation (3 BraTS labels, nested inside each other)."""
+    expected_fill = brats_labels.copy()
+    expected_slices = brats_labels.copy()
+    per_slice = np.zeros((3, 3, 3), bool)
+    per_slice[1] = ndimage.generate_binary_structure(2, 1)
+    for value in (1, 2, 4):
+        filled = ndimage.binary_fill_holes(brats_labels == value)
+        expected_fill[filled & (brats_labels == 0)] = value
+        filled = ndimage.binary_fill_holes(brats_labels == value, structure=per_slice)
+        expected_slices[filled & (brats_labels == 0)] = value
+    assert np.array_equal(fill_holes(brats_labels), expected_fill)
+    assert np.array_equal(fill_holes(brats_labels, slice_axis=0), expected_slices)
+    expected_islands = brats_labels.copy()
+    for value in (1, 2, 4):
+        components, _ = ndimage.label(brats_labels == value, structure=FULL)
+        sizes = np.bincount(components.ravel())
+        expected_islands[(sizes < 30)[components] & (components > 0)] = 0
+    assert np.array_equal(remove_islands(brats_labels, 30), expected_islands)
+
+
 # -- remove islands -----------------------------------------------------------------------------
 def test_remove_islands_threshold_on_real_mask(two_islands: np.ndarray) -> None:
     assert np.array_equal(remove_islands(two_islands, 78), two_islands)  # 78 is not < 78

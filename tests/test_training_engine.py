@@ -48,7 +48,7 @@ def lgg_pairs(shared_data: Path) -> list[tuple[Volume, Volume]]:
 def tiny_config(data, run_dir: Path, **changes) -> TrainConfig:
     values = dict(
         data=data, run_dir=str(run_dir), model="unet", dims=2, model_options=dict(TINY), inplane_size=64,
-        batch_size=4, epochs=2, steps_per_epoch=3, val_fraction=0.34, seed=0, threads=2,
+        batch_size=4, epochs=2, steps_per_epoch=3, val_fraction=0.34, seed=0, threads=1,
     )
     values.update(changes)
     return TrainConfig(**values)

@@ -26,6 +26,7 @@ import napari
 import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -365,7 +366,8 @@ class CompareWidget(QWidget):
             layer.visible = enabled
         self.viewer.grid.stride = -2
         self.viewer.grid.enabled = enabled
-        self.viewer.reset_view()
+        # Fit the camera once the canvas has laid out the grid's view boxes (next event loop turn).
+        QTimer.singleShot(50, self.viewer.reset_view)
 
     def _fill_table(self, comparison: Comparison) -> None:
         rows = comparison.stages + comparison.depths

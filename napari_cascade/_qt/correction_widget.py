@@ -30,7 +30,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QApplication,
     QVBoxLayout,
@@ -245,11 +246,22 @@ class CorrectionWidget(QWidget):
         set_form.addRow(self.set_summary)
         set_form.addRow(self.job)
 
-        layout = QVBoxLayout(self)
+        # Four groups are taller than a laptop screen's dock area: scroll rather than squash.
+        content = QWidget()
+        layout = QVBoxLayout(content)
         for box in (layers_box, tools_box, autosave_box, set_box):
             layout.addWidget(box)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(content)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        # A scroll area's own size hint is tiny; ask for the content's width so the dock opens wide.
+        scroll.setMinimumWidth(content.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     def _connect(self) -> None:
         events = self.viewer.layers.events

@@ -24,7 +24,8 @@ def setup_demo(viewer: napari.Viewer, models: DemoModels, depth: int | None = No
     (one after the other: on a small CPU two jobs at once would only slow each other down)."""
     scan, truth = viewer.open_sample(PLUGIN, "sample_scan")
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
-    _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare stages and depths")
+    # Tabbed: the compare dock needs the height for its metrics table.
+    compare_dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare stages and depths", tabify=True)
     for widget in (segment, compare):
         widget.models.select_path(models.main)
         widget.device.setCurrentIndex(max(widget.device.findData(device), 0))
@@ -37,6 +38,7 @@ def setup_demo(viewer: napari.Viewer, models: DemoModels, depth: int | None = No
     def compare_after_segment(outcome: Any) -> None:
         segment.job.finished.disconnect(compare_after_segment)
         if outcome.ok:
+            compare_dock.raise_()
             compare.run()
 
     segment.job.finished.connect(compare_after_segment)

@@ -69,11 +69,34 @@ def _per_depth(card: ModelCard, *keys: str) -> dict[str, Any]:
     return {}
 
 
-def depth_choices(card: ModelCard) -> list[tuple[int | None, str]]:
-    """``(depth, label)`` per pruning depth with the card's Dice, parameters and speed.
+def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
+    """Parameters that run and GFLOPs per slice (2D) / patch (3D) at each depth, measured by the
+    engine (``cascadeseg.models.zoo_table.measure``) on the meta device: no weights, no voxels,
+    a few milliseconds. Empty when the architecture cannot run on the meta device."""
+    import torch
 
-    The card keys read are ``validation.dice_per_depth`` (the card format's own field) and, when
-    the trainer recorded them, ``params_per_depth`` and ``slices_per_second_per_depth``.
+    from cascadeseg.models.zoo_table import measure
+
+    if card.dims == 2:
+        shape = (1, len(card.input_channels), *(card.slice_size or (256, 256)))
+    else:
+        shape = (1, len(card.input_channels), *(card.patch_size or (128, 128, 128)))
+    try:
+        with torch.device("meta"):
+            model = card.create_model().eval()
+        return {depth: measure(model, shape, depth) for depth in depths}
+    except (CascadeSegError, NotImplementedError, RuntimeError, TypeError, ValueError):
+        return {}
+
+
+def depth_choices(card: ModelCard) -> list[tuple[int | None, str]]:
+    """``(depth, label)`` per pruning depth: the card's validation Dice, the parameters, and the
+    expected speed.
+
+    Dice is the card's ``validation.dice_per_depth``. Speed is the card's measured
+    ``slices_per_second_per_depth`` when the trainer recorded it; otherwise the cost in GFLOPs
+    per slice (or patch), which is what the speed of a depth is proportional to on one device.
+    Parameters: the card's ``params_per_depth``, else measured (:func:`depth_costs`).
     """
     info = model_info(card)
     depths = list(info.pruning_depths) if info and info.pruning_depths else []
@@ -81,15 +104,22 @@ def depth_choices(card: ModelCard) -> list[tuple[int | None, str]]:
         return [(None, "full network (no pruning)")]
     params = _per_depth(card, "params_per_depth", "parameters_per_depth")
     speed = _per_depth(card, "slices_per_second_per_depth", "speed_per_depth")
+    costs = depth_costs(card, depths) if not (params and speed) else {}
+    unit = "slice" if card.dims == 2 else "patch"
     choices = []
     for depth in depths:
         parts = [f"L{depth}"]
         dice = card.dice_for_depth(depth)
         parts.append(f"Dice {dice:.3f}" if dice is not None else "Dice n/a")
+        cost = costs.get(depth)
         if str(depth) in params:
             parts.append(f"{float(params[str(depth)]) / 1e6:.2f} M params")
+        elif cost is not None and cost.params_m is not None:
+            parts.append(f"{cost.params_m:.2f} M params")
         if str(depth) in speed:
             parts.append(f"~{float(speed[str(depth)]):.0f} slices/s")
+        elif cost is not None and cost.gflops is not None:
+            parts.append(f"{cost.gflops:.2f} GFLOP/{unit}")
         if depth == card.recommended_depth:
             parts.append("recommended")
         choices.append((depth, " · ".join(parts)))

@@ -325,7 +325,12 @@ class TrainWidget(QWidget):
             return None
         entry = CheckpointEntry(name=path.name, path=path, card=card, source="browsed")
         self._browsed = [e for e in self._browsed if e.path != path] + [entry]
-        self.select_init(entry.name)
+        self.refresh_checkpoints()
+        index = self.init_combo.findData(str(path))
+        if index < 0:  # listed already under its own (resolved) path: pick it by name
+            self.select_init(entry.name)
+        else:
+            self.init_combo.setCurrentIndex(index)
         return entry
 
     def _browse_init(self) -> None:

@@ -93,7 +93,7 @@ def test_depth_must_be_a_pruning_level_of_this_model() -> None:
     assert model.max_depth == 2
     x = torch.randn(1, 1, 16, 16)
     for bad in (0, 3, -1):
-        with pytest.raises(ModelConfigError, match=r"depth .* expected 1\.\.2"):
+        with pytest.raises(ModelConfigError, match=r"depth .*expected 1\.\.2"):
             model(x, depth=bad)
 
 

@@ -62,6 +62,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected component of each label")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by each label")
+    parser.add_argument("--body-mask", action="store_true",
+                        help="clear labels outside the body (CT) / head (MR) mask found by thresholding the first channel")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     return parser
@@ -70,6 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..inference import PostProcessing, Predictor, postprocess
     from ..io import load_volume, save_labels
+    from ..preprocessing import body_mask
     from .distributed import rank_info, shard
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size)
     post = PostProcessing(largest_component=args.largest_component, fill_holes=args.fill_holes,
+                          restrict_to_mask=args.body_mask,
                           fill_holes_axis=(predictor.card.slice_axis if args.axis is None else args.axis)
                           if (args.mode or f"{predictor.card.dims}d") == "2d" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for index, case in enumerate(mine, 1):
         volume = load_volume(case.path)
-        with _ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
+        with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
             result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
                                        progress=bar.update, patch_size=args.patch_size, overlap=args.overlap)
         labels = result.labels.array
         if post.any:
-            labels = postprocess(labels, post)
+            labels = postprocess(labels, post, mask=body_mask(volume) if args.body_mask else None)
         save_labels(labels, volume, targets[case.case_id], overwrite=args.overwrite)
         del volume, result, labels
     elapsed = time.perf_counter() - start
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressBar:
+class ProgressBar:
     """A tqdm bar fed by the predictor's :class:`Progress` callbacks (slices/s or patches/s)."""
 
     def __init__(self, desc: str, disable: bool) -> None:
@@ -125,12 +129,14 @@ class _ProgressBar:
             bar.total, bar.unit = progress.total, f" {progress.unit}"
         bar.update(progress.done - bar.n)
 
-    def __enter__(self) -> "_ProgressBar":
+    def __enter__(self) -> "ProgressBar":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
 
+
+_ProgressBar = ProgressBar  # the name cli/demo.py imports
 
 # -- finding the cases -----------------------------------------------------------------------------
 

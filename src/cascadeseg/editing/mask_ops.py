@@ -52,6 +52,24 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
     return ndimage.generate_binary_structure(ndim, ndim if connectivity is None else connectivity)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every ``True`` voxel (``None`` when there is none).
+
+    The operations run inside this box: a tumour is ~1% of a scan, so labelling or filling its
+    box instead of the whole volume is tens of times faster. It is also exact: every voxel
+    outside the box reaches the volume's border without entering the box, so "connected to the
+    outside" means the same inside the box as in the whole volume.
+    """
+    boxes = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        boxes.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(boxes)
+
+
 def _component_sizes(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Component index of every voxel and the voxel count of each component (index 0 = outside)."""
     components, _ = ndimage.label(mask, structure=structure)
@@ -67,12 +85,15 @@ def keep_largest_component(
     out = labels.copy()
     structure = _structure(3, connectivity)
     for value in _labels_to_process(labels, label):
-        components, sizes = _component_sizes(labels == value, structure)
+        box = _bounding_box(labels == value)
+        if box is None:
+            continue
+        components, sizes = _component_sizes(labels[box] == value, structure)
         if len(sizes) <= 2:  # background plus at most one island: nothing to drop
             continue
         sizes[0] = 0
         keep = int(np.argmax(sizes))
-        out[(components != 0) & (components != keep)] = 0
+        out[box][(components != 0) & (components != keep)] = 0
     return out
 
 
@@ -92,10 +113,13 @@ def remove_islands(
     out = labels.copy()
     structure = _structure(3, connectivity)
     for value in _labels_to_process(labels, label):
-        components, sizes = _component_sizes(labels == value, structure)
+        box = _bounding_box(labels == value)
+        if box is None:
+            continue
+        components, sizes = _component_sizes(labels[box] == value, structure)
         small = sizes < int(min_size)
         small[0] = False
-        out[small[components]] = 0
+        out[box][small[components]] = 0
     return out
 
 
@@ -123,8 +147,11 @@ def fill_holes(
         structure[tuple(index)] = _structure(2, 1)
     out = labels.copy()
     for value in _labels_to_process(labels, label):
-        filled = ndimage.binary_fill_holes(labels == value, structure=structure)
-        out[filled & (labels == 0)] = value
+        box = _bounding_box(labels == value)
+        if box is None:
+            continue
+        filled = ndimage.binary_fill_holes(labels[box] == value, structure=structure)
+        out[box][filled & (labels[box] == 0)] = value
     return out
 
 

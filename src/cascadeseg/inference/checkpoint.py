@@ -1,6 +1,7 @@
 """Checkpoints: a folder with the weights (safetensors) and a JSON model card.
 
-Layout of a checkpoint folder::
+Layout of a checkpoint folder (a ``.zip`` of it, with the files at the top or in one folder, is
+read as well)::
 
     <name>/
         model.safetensors     # the state dict, nothing executable
@@ -199,40 +200,50 @@ class CheckpointEntry:
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def read_card(folder: str | os.PathLike[str]) -> ModelCard:
-    """Read and validate ``folder/model_card.json`` without touching the weights."""
-    path = _checkpoint_folder(folder) / CARD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent}: not a checkpoint folder (no {CARD_FILE} inside)")
+def read_card(checkpoint: str | os.PathLike[str]) -> ModelCard:
+    """Read and validate the model card of a checkpoint folder or ``.zip`` archive, without
+    touching the weights."""
+    path = Path(checkpoint).expanduser()
+    if _is_archive(path):
+        raw, source = _archive_member(path, CARD_FILE), f"{path}:{CARD_FILE}"
+    else:
+        card_path = _checkpoint_folder(path) / CARD_FILE
+        if not card_path.is_file():
+            raise CheckpointError(f"{card_path.parent}: not a checkpoint folder (no {CARD_FILE} inside)")
+        raw, source = card_path.read_bytes(), str(card_path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: model card is not valid JSON ({exc})") from exc
-    return ModelCard.from_dict(data, source=str(path))
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{source}: model card is not valid JSON ({exc})") from exc
+    return ModelCard.from_dict(data, source=source)
 
 
-def load_checkpoint(folder: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, ModelCard]:
-    """Load ``(model, card)`` from a checkpoint folder (or a file inside it), in eval mode.
+def load_checkpoint(checkpoint: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, ModelCard]:
+    """Load ``(model, card)`` from a checkpoint folder (or a file inside it) or a ``.zip`` archive
+    of one, in eval mode on ``device`` (``None``: leave on the CPU).
 
     The model is rebuilt from the card and the safetensors weights must match it exactly: a
     missing or unexpected tensor or a different shape raises :class:`CheckpointError` listing
-    them (first few) instead of loading a half-initialised network.
+    them (first few) instead of loading a half-initialised network. Archives are read in memory
+    (never extracted, so no path in them can point outside).
     """
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
-    root = _checkpoint_folder(folder)
+    path = Path(checkpoint).expanduser()
+    archive = _is_archive(path)
+    root = path if archive else _checkpoint_folder(path)
     card = read_card(root)
     weights = root / WEIGHTS_FILE
-    if not weights.is_file():
+    if not archive and not weights.is_file():
         raise CheckpointError(f"{root}: weights file {WEIGHTS_FILE} is missing")
     try:
         model = card.create_model()
     except ModelConfigError as exc:
-        raise CheckpointError(f"{root / CARD_FILE}: the card does not describe a buildable model: {exc}") from exc
+        raise CheckpointError(f"{root}: the model card does not describe a buildable model: {exc}") from exc
     try:
-        state = load_file(str(weights), device="cpu")
+        state = load(_archive_member(root, WEIGHTS_FILE)) if archive else load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights}: corrupt or unreadable safetensors file ({exc})") from exc
     check_state_matches(model.state_dict(), state, source=str(root))
@@ -244,6 +255,27 @@ def load_checkpoint(folder: str | os.PathLike[str], device: Any = "cpu") -> tupl
 
         model.to(resolve_device(device))
     return model, card
+
+
+def _is_archive(path: Path) -> bool:
+    return path.suffix.lower() == ".zip" and path.is_file()
+
+
+def _archive_member(archive: Path, name: str) -> bytes:
+    """The bytes of ``name`` at the top of ``archive`` or inside its single top folder."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            members = [m for m in handle.namelist() if m.rsplit("/", 1)[-1] == name and m.count("/") <= 1]
+            if len(members) != 1:
+                raise CheckpointError(
+                    f"{archive}: expected exactly one {name} at the top of the archive (or in one top folder), "
+                    f"found {len(members)}"
+                )
+            return handle.read(members[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{archive}: not a readable zip archive ({exc})") from exc
 
 
 def check_state_matches(expected: dict[str, Any], found: dict[str, Any], source: str) -> None:
@@ -376,12 +408,14 @@ def available_checkpoints() -> list[CheckpointEntry]:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder from a path, or from the name of a shipped / user checkpoint.
+    """A checkpoint folder (or ``.zip``) from a path, or from the name of a shipped / user checkpoint.
 
     A path that exists wins; otherwise the name is looked up in :func:`available_checkpoints`.
     Unknown names fail listing the names that exist.
     """
     path = Path(name_or_path).expanduser()
+    if _is_archive(path):
+        return path
     if path.exists():
         return _checkpoint_folder(path)
     entries = available_checkpoints()

@@ -183,7 +183,9 @@ class Predictor:
         image = self._preprocess(volume)
         working = self._working_grid(volume, image, axis if mode == "2d" else None)
         if working is not None:
-            image = working.array  # the native-grid float copy is released here
+            # Keep only the working grid's geometry: the native-grid float copy is released here
+            # and the resampled one lives on in `image` alone.
+            image, working = working.array, working.with_array(np.empty((0,), dtype=np.float32))
         t1 = time.perf_counter()
         crop_fractions = _CropFractions(self.model)
         try:
@@ -275,10 +277,14 @@ class Predictor:
         whole channel.
         """
         specs = [ch.get("preprocessing") for ch in self.card.input_channels]
+        voxelwise = [not spec or spec.get("type", "none") in VOXELWISE_SPECS for spec in specs]
+        if len(specs) == 1 and not voxelwise[0]:
+            # One whole-volume channel: its result *is* the stack, no second float copy.
+            return _preprocess_channel(volume.array[0], specs[0])[None]
         out = np.empty(volume.array.shape, dtype=np.float32)
         for c, spec in enumerate(specs):
             channel = volume.array[c]
-            if not spec or spec.get("type", "none") in VOXELWISE_SPECS:
+            if voxelwise[c]:
                 for z in range(0, channel.shape[0], PREPROCESS_SLAB):
                     out[c, z:z + PREPROCESS_SLAB] = _preprocess_channel(channel[z:z + PREPROCESS_SLAB], spec)
             else:

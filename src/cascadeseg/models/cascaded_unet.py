@@ -53,7 +53,7 @@ class CascadedUNet(SegmentationModel):
     ) -> None:
         super().__init__(in_channels, num_classes, dims)
         self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels)
+        widths = level_widths(base_width, levels, self.info.name)
         block = double_conv_factory(dims, norm)
         self.stage1 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)
         self.stage2 = UNetBody(dims, in_channels + num_classes, num_classes, widths, self.plan, block)

@@ -125,7 +125,7 @@ class CoarseToFineUNet(SegmentationModel):
         coarse_spacing = [s * c for s, c in zip(voxel, self.coarse)] if spacing is not None else None
         self.coarse_plan = pooling_plan(self.info.name, dims, levels, coarse_spacing)
         self.margin = tuple(math.ceil(margin_mm / s) for s in voxel)
-        widths = level_widths(base_width, levels)
+        widths = level_widths(base_width, levels, self.info.name)
         block = double_conv_factory(dims, norm)
         self.stage1 = UNetBody(dims, in_channels, num_classes, widths, self.coarse_plan, block)
         self.stage2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)

@@ -91,7 +91,7 @@ class CUNet(SegmentationModel):
     ) -> None:
         super().__init__(in_channels, num_classes, dims)
         self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels)
+        widths = level_widths(base_width, levels, self.info.name)
         block = residual_factory(dims, norm)
         self.unet1 = UNetBody(dims, in_channels, WHOLE_TARGET_CLASSES, widths, self.plan, block)
         self.unet2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block, extra_channels=widths)

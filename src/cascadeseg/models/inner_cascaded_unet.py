@@ -130,7 +130,7 @@ class InnerCascadedUNet(SegmentationModel):
     ) -> None:
         super().__init__(in_channels, num_classes, dims)
         self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels)
+        widths = level_widths(base_width, levels, self.info.name)
         make_block = self.block_factory(dims, norm, levels, spacing, self.plan)
         self.body = InnerCascadedBody(dims, in_channels, num_classes, widths, self.plan, make_block)
 

@@ -92,7 +92,7 @@ class UNet(SegmentationModel):
     ) -> None:
         super().__init__(in_channels, num_classes, dims)
         self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels)
+        widths = level_widths(base_width, levels, self.info.name)
         self.body = UNetBody(dims, in_channels, num_classes, widths, self.plan, double_conv_factory(dims, norm))
 
     @property

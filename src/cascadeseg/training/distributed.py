@@ -77,17 +77,30 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def sync_state(model: nn.Module, ctx: DistContext) -> None:
-    """Copy rank 0's parameters and buffers to every rank.
+def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank.
 
-    Parameters stay equal under DDP anyway (same averaged gradients, same optimiser); buffers
-    (batch-norm running statistics) are only broadcast at the start of each forward, so after the
-    last step each rank holds its own. Broadcasting once at the end leaves identical models."""
+    DDP broadcasts buffers only at the start of each forward, so after the last step every rank
+    holds its own statistics; parameters need no copy (same averaged gradients, same optimiser:
+    :func:`check_parameters_agree` verifies that instead of hiding a divergence)."""
     if not ctx.is_distributed:
         return
     with torch.no_grad():
-        for tensor in list(model.parameters()) + list(model.buffers()):
+        for tensor in model.buffers():
             dist.broadcast(tensor.data, src=0)
+
+
+def check_parameters_agree(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
+    """Raise if the ranks' parameters differ (a broken sampler or optimiser would show here)."""
+    if not ctx.is_distributed:
+        return
+    with torch.no_grad():
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+        low, high = checksum.clone(), checksum.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise RuntimeError("DDP ranks ended with different parameters: gradients were not synchronised")
 
 
 def shutdown(ctx: DistContext) -> None:

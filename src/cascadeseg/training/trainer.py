@@ -40,7 +40,9 @@ from .augmentation import augment_batch
 from .callbacks import CallbackList, EpochInfo, StepInfo
 from .config import TrainConfig
 from .datasets import LoadedData, TrainingCase, case_sources, load_cases
-from .distributed import DistContext, any_rank, barrier, init_distributed, shutdown, sync_state, unwrap, wrap_model
+from .distributed import (
+    DistContext, any_rank, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
+)
 from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length, resolve_patch_size
 from .split import Split, patient_id, split_by_patient, split_by_slice_blocks
@@ -67,6 +69,7 @@ class TrainResult:
     dice_per_depth: dict[int, float] = field(default_factory=dict)  # of the best epoch
     recommended_depth: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None  # the final weights (last step), on the CPU, in eval mode
 
 
 def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None) -> TrainResult:
@@ -271,7 +274,7 @@ class _Trainer:
         self.model.train()
         start_time = time.perf_counter() - float(self.state["elapsed"])
         self._session_start, self._session_first_step = time.perf_counter(), int(self.state["step"])
-        validation_reserve = 0.0
+        validation_reserve: float | None = None  # measured after the first validation
         phase_of_epoch = self._phase_plan()
         consecutive_bad = 0
         while self.state["epoch"] < cfg.epochs:
@@ -289,7 +292,10 @@ class _Trainer:
             for step_in_epoch, (images, labels) in enumerate(self.loader, start=1):
                 elapsed = time.perf_counter() - start_time
                 cancelled = bool(self.cancel is not None and self.cancel.is_set())
-                out_of_time = budget is not None and elapsed + validation_reserve >= budget
+                reserve = validation_reserve
+                if reserve is None:
+                    reserve = self._estimate_validation_seconds(samples, time.perf_counter() - epoch_start)
+                out_of_time = budget is not None and elapsed + reserve >= budget
                 if any_rank(cancelled or out_of_time, self.ctx, self.device):
                     reason = "cancelled" if any_rank(cancelled, self.ctx, self.device) else "time"
                     break
@@ -337,7 +343,8 @@ class _Trainer:
             if reason == "time":
                 stopped = "time"
                 break
-        sync_state(self.model, self.ctx)
+        check_parameters_agree(self.model, self.ctx, self.device)
+        sync_buffers(self.model, self.ctx)
         result = self._result(stopped, time.perf_counter() - start_time)
         if self.ctx.is_main:
             self.callbacks.emit("on_train_end", result)
@@ -413,6 +420,15 @@ class _Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
+
+    def _estimate_validation_seconds(self, samples: int, seconds: float) -> float:
+        """Before the first validation: its cost guessed from the training pace (a forward pass
+        costs about a third of a training step per voxel; times 1.5 for safety)."""
+        if samples == 0:
+            return 0.0
+        voxels_per_second = samples / self.ctx.world_size * float(np.prod(self.patch)) / max(seconds, 1e-9)
+        val_voxels = sum(float(np.prod(c.spatial_shape)) for c in self.val_cases)
+        return 1.5 * val_voxels / (3.0 * voxels_per_second)
 
     def _progress(self, elapsed: float, budget: float | None) -> float:
         planned = self.config.epochs * max(1, self.steps_per_epoch)
@@ -600,6 +616,7 @@ class _Trainer:
             elapsed_seconds=elapsed, best_dice=None if self.state["best_dice"] < 0 else float(self.state["best_dice"]),
             best_epoch=None if self.state["best_epoch"] < 0 else int(self.state["best_epoch"]) + 1,
             dice_per_depth=dpd, recommended_depth=rec, history=self.history,
+            model=self.model.to("cpu").eval(),
         )
 
     def release(self) -> None:

@@ -24,12 +24,13 @@ from .sampling import Downsample, Factor, Upsample, plan_pooling
 BlockFactory = Callable[[int, int, int], nn.Module]
 
 
-def level_widths(base_width: int, levels: int) -> list[int]:
+def level_widths(base_width: int, levels: int, model: str = "") -> list[int]:
     """Channel widths per level: ``base_width`` doubled at each level (paper: 32..512 at 5 levels)."""
+    who = f"model '{model}': " if model else ""
     if base_width < 1:
-        raise ModelConfigError(f"base_width must be >= 1, got {base_width}")
+        raise ModelConfigError(f"{who}base_width must be >= 1, got {base_width}")
     if levels < 2:
-        raise ModelConfigError(f"levels must be >= 2 (one pooling at least), got {levels}")
+        raise ModelConfigError(f"{who}levels must be >= 2 (one pooling at least), got {levels}")
     return [base_width * 2**level for level in range(levels)]
 
 

@@ -1,0 +1,182 @@
+"""The results table of issue 5: the six architectures trained under ONE budget on ONE split.
+
+Each model is trained with ``cascadeseg train`` (same data, split, seed, input size, width,
+augmentation and wall-clock budget; each model with its paper's loss), then its best checkpoint
+is scored on the held-out patients through the real predictor (Dice and HD95 per patient, at
+every pruning depth). Writes ``docs/training_results.md`` and ``benchmarks/results/train_results.json``.
+
+    python benchmarks/train_results.py --minutes 4 --parallel 2
+
+Trainings run as separate processes (``--parallel`` at a time, one torch thread each). A run
+folder that already exists is scored again without retraining (``--rescore``) or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ["unet", "cascaded_unet", "inner_cascaded_unet", "unet_plus_plus", "anu_net", "unet_sharp"]
+SAMPLE_CASE = "TCGA_DU_6404_19850629"
+
+
+def train_command(args: argparse.Namespace, model: str, run_dir: Path) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "cascadeseg"), "train", str(args.data), "--model", model, "--dims", "2",
+        "--base-width", str(args.base_width), "--inplane-size", str(args.inplane_size),
+        "--patch-size", str(args.patch), str(args.patch), "--batch-size", str(args.batch_size),
+        "--minutes", str(args.minutes), "--epochs", "1000", "--steps-per-epoch", str(args.steps_per_epoch),
+        "--val-fraction", str(args.val_fraction), "--val-case", SAMPLE_CASE, "--augmentation", '{"rot90": false}',
+        "--threads", "1", "--seed", str(args.seed), "--run-dir", str(run_dir), "--no-progress",
+    ]
+
+
+def run_one(args: argparse.Namespace, model: str) -> dict:
+    """Train (unless the run exists and --rescore), then score the best checkpoint."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cascadeseg.models import create_model, model_class
+    from cascadeseg.training.holdout import score_checkpoint
+    from cascadeseg.training.split import Split
+
+    run_dir = args.runs / f"results-{model}"
+    command = train_command(args, model, run_dir)
+    if run_dir.exists() and not args.rescore:
+        raise SystemExit(f"{run_dir} exists: pass --rescore to score it again, or remove it to retrain")
+    if not run_dir.exists():
+        log = (args.runs / f"results-{model}.out").open("w")
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(run_dir / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    split = Split.load(run_dir)
+    best = run_dir / "best"
+    scores = score_checkpoint(best, args.data, split.val, device="cpu")
+    card = json.loads((best / "model_card.json").read_text())
+    info = model_class(model).info
+    net = create_model(model, in_channels=1, num_classes=2, dims=2, base_width=args.base_width)
+    depths = sorted(scores.dice)
+    recommended = card.get("recommended_depth") or depths[-1]
+    full = depths[-1]
+    mean_hd, median_hd, n_inf = scores.hd95_summary(full)
+    full_epochs = [r for r in rows if float(r["epoch_seconds"]) > 0]
+    return {
+        "model": model, "title": info.title, "loss": card["training"]["loss"],
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "epochs": len(rows), "steps": int(rows[-1]["step"]) if rows else 0,
+        "seconds_per_epoch": sum(float(r["epoch_seconds"]) for r in full_epochs) / max(1, len(full_epochs)),
+        "validation_seconds": sum(float(r["validation_seconds"]) for r in rows) / max(1, len(rows)),
+        "samples_per_second": sum(float(r["samples_per_second"]) for r in full_epochs) / max(1, len(full_epochs)),
+        "dice_full": scores.mean_dice(full), "dice_recommended": scores.mean_dice(recommended),
+        "recommended_depth": card.get("recommended_depth"), "dice_per_depth": {d: scores.mean_dice(d) for d in depths},
+        "hd95_mean": mean_hd, "hd95_median": median_hd, "hd95_inf": n_inf,
+        "predict_seconds_per_case": scores.seconds_per_case, "val_cases": split.val,
+        "command": " ".join(shlex.quote(c) for c in ["cascadeseg"] + command[1:]),
+        "scores": scores.to_dict(),
+    }
+
+
+def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
+    import torch
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Training results: six architectures, one budget, one split",
+        "",
+        f"Made by `python benchmarks/train_results.py --minutes {args.minutes} --parallel {args.parallel}` on {stamp}.",
+        "",
+        "**Budget, stated plainly:** each model trained for "
+        f"**{args.minutes} minutes of wall-clock time** (validation included) on a **2-core CPU shared with seven "
+        "other developers' jobs** (one torch thread per training, "
+        f"{args.parallel} trainings at a time; {platform.processor() or platform.machine()}, torch {torch.__version__}). "
+        "That is a few thousand training slices per model, far below the papers' hundreds of epochs on GPUs: "
+        "the table compares the architectures' *early* learning speed at small width, not their final accuracy, "
+        "and it does not settle which paper is right.",
+        "",
+        f"Setup shared by all rows: LGG FLAIR (`{args.data}`, Buda et al. 2019, TCGA-LGG; CC BY-NC-SA 4.0), "
+        f"seeded patient split (seed {args.seed}, {int(args.val_fraction * 100)} % of 80 patients held out, "
+        f"the bundled sample patient {SAMPLE_CASE} always in validation: {len(results[0]['val_cases']) if results else 0} "
+        f"validation patients), 2D axial slices resampled to {args.inplane_size} px in-plane, {args.patch} x {args.patch} "
+        f"training crops (half centred on tumour), batch {args.batch_size}, base width {args.base_width} (paper: 32), "
+        "Adam 1e-3 with cosine decay over the budget, flips / small rotations / zoom / elastic / intensity augmentation, "
+        "each model with its paper's loss. Best epoch by validation Dice (model selection only).",
+        "",
+        "Scores: every validation patient's scan segmented by the real predictor (`Predictor`, the path of "
+        "`cascadeseg predict`) on its original 256 x 256 grid; Dice and HD95 per patient (3D), then the mean over "
+        "patients. HD95 is in voxels of the source (its spacing is unknown and written as 1 mm); patients where "
+        "the prediction is empty but the reference is not (HD95 infinite) are counted in the `HD95 inf` column "
+        "and left out of the HD95 mean.",
+        "",
+        "| model | paper loss | parameters | epochs | s / epoch | train samples / s | Dice (full depth) | "
+        "Dice (recommended depth) | HD95 mean / median | HD95 inf |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rec = f"{r['dice_recommended']:.3f} (L{r['recommended_depth']})" if r["recommended_depth"] else "-"
+        lines.append(
+            f"| {r['title']} (`{r['model']}`) | {r['loss']} | {r['parameters'] / 1e6:.2f} M | {r['epochs']} | "
+            f"{r['seconds_per_epoch']:.0f} | {r['samples_per_second']:.1f} | {r['dice_full']:.3f} | {rec} | "
+            f"{r['hd95_mean']:.1f} / {r['hd95_median']:.1f} | {r['hd95_inf']} |"
+        )
+    lines += ["", "Dice per pruning depth (models with deep supervision):", ""]
+    for r in results:
+        if len(r["dice_per_depth"]) > 1:
+            per = ", ".join(f"L{d}: {v:.3f}" for d, v in sorted(r["dice_per_depth"].items()))
+            lines.append(f"- `{r['model']}`: {per}")
+    lines += [
+        "",
+        f"Wall-clock time of the whole table: {wall / 60:.1f} min. An epoch is {args.steps_per_epoch} steps of "
+        f"{args.batch_size} crops. Per-patient values are in `benchmarks/results/train_results.json`.",
+        "",
+        "Each training command (one per row):",
+        "",
+    ]
+    lines += [f"- `{r['command']}`" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/lgg-flair"))
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--minutes", type=float, default=4.0, help="wall-clock budget per model")
+    parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
+    parser.add_argument("--base-width", type=int, default=8)
+    parser.add_argument("--inplane-size", type=int, default=128)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps-per-epoch", type=int, default=60)
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs")
+    parser.add_argument("--rescore", action="store_true", help="score existing run folders again without training")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "training_results.md")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train_results.json")
+    args = parser.parse_args(argv)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        results = list(pool.map(lambda m: run_one(args, m), args.models))
+    wall = time.perf_counter() - t0
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((args.json, json.dumps(results, indent=1, default=str) + "\n"), (args.out, markdown(results, args, wall))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    print(markdown(results, args, wall))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
