@@ -94,7 +94,8 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     lines = [
         "# Training results: six architectures, one budget, one split",
         "",
-        f"Made by `python benchmarks/train_results.py --minutes {args.minutes} --parallel {args.parallel}` on {stamp}.",
+        f"Made by `python benchmarks/train_results.py --minutes {args.minutes} --parallel {args.parallel}` "
+        f"(models run in batches with `--models ... --merge`) on {stamp}.",
         "",
         "**Budget, stated plainly:** each model trained for "
         f"**{args.minutes} minutes of wall-clock time** (validation included) on a **2-core CPU shared with seven "
@@ -136,8 +137,11 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
             lines.append(f"- `{r['model']}`: {per}")
     lines += [
         "",
-        f"Wall-clock time of the whole table: {wall / 60:.1f} min. An epoch is {args.steps_per_epoch} steps of "
-        f"{args.batch_size} crops. Per-patient values are in `benchmarks/results/train_results.json`.",
+        f"Wall-clock time of the whole table: {wall / 60:.1f} min (data loading, training, validation and scoring). "
+        f"With {args.steps_per_epoch} steps per epoch the budget ends the first epoch, so each model was validated once, "
+        "at the end of its budget; 's / epoch' is the training time of that epoch and 'train samples / s' its throughput "
+        "(it also reflects how busy the shared CPU was at the time). Per-patient values are in "
+        "`benchmarks/results/train_results.json`.",
         "",
         "Each training command (one per row):",
         "",
@@ -156,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inplane-size", type=int, default=128)
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps-per-epoch", type=int, default=60)
+    # Large: the budget ends the first epoch, so each model is validated once, at the end.
+    parser.add_argument("--steps-per-epoch", type=int, default=10000)
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     parser.add_argument("--rescore", action="store_true", help="score existing run folders again without training")
+    parser.add_argument("--merge", action="store_true", help="keep rows of other models from an earlier --json (same settings)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "training_results.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train_results.json")
     args = parser.parse_args(argv)
@@ -170,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         results = list(pool.map(lambda m: run_one(args, m), args.models))
     wall = time.perf_counter() - t0
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and args.json.is_file():
+        # Rows of models trained by an earlier invocation (same settings) are kept.
+        earlier = {r["model"]: r for r in json.loads(args.json.read_text())}
+        earlier.update({r["model"]: r for r in results})
+        results = [earlier[m] for m in MODELS if m in earlier] + [r for m, r in earlier.items() if m not in MODELS]
+        wall += sum(r.get("wall_seconds", 0.0) for m, r in earlier.items() if m not in args.models)
+    for r in results:
+        r.setdefault("wall_seconds", wall)
     for path, text in ((args.json, json.dumps(results, indent=1, default=str) + "\n"), (args.out, markdown(results, args, wall))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)

@@ -145,3 +145,33 @@ def test_rank_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(CascadeSegError, match="inconsistent torchrun environment"):
         rank_info()
+
+
+def test_evaluate_brats_regions_on_real_segmentations(shared_data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real BraTS-algorithm outputs of one patient: WT/TC/ET rows, WT Dice equal to a direct
+    count, and ET (present in one map only) scored 0 with an infinite HD95 reported as such."""
+    import nibabel as nib
+    import numpy as np
+
+    folder = shared_data / "brats-like" / "TCGA-DU-7294"
+    for name, source in (("pred", "hnfnetv1-20"), ("ref", "isen-20")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "TCGA-DU-7294.nii.gz").symlink_to(folder / f"{source}.nii.gz")
+    csv_path = tmp_path / "scores.csv"
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"), "--regions", "brats",
+                 "-o", str(csv_path)]) == 0
+    rows = {r.split(",")[1]: r.split(",") for r in csv_path.read_text().splitlines()[1:]}
+    assert sorted(rows) == ["ET", "TC", "WT"]
+    pred = np.asarray(nib.load(str(folder / "hnfnetv1-20.nii.gz")).dataobj) > 0
+    ref = np.asarray(nib.load(str(folder / "isen-20.nii.gz")).dataobj) > 0
+    expected = 2 * np.count_nonzero(pred & ref) / (np.count_nonzero(pred) + np.count_nonzero(ref))
+    assert abs(float(rows["WT"][2]) - expected) < 1e-5
+    assert float(rows["ET"][2]) == 0.0 and rows["ET"][7] == "inf"
+    assert "1 inf" in capsys.readouterr().out
+
+
+def test_models_table_measures_the_named_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "unet", "--table"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | depth | params 2D (M) |" in out and "| unet | full | 7.762 |" in out

@@ -21,14 +21,14 @@ ZSCORE = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
 
 
 def make_checkpoint(folder: Path, dims: int, channels: list[tuple[str, dict]], classes: list[int],
-                    **card_fields) -> Path:
-    """A random-init width-4 U-Net checkpoint (tests check files and geometry, not quality)."""
+                    architecture: str = "unet", **card_fields) -> Path:
+    """A random-init width-4 checkpoint (tests check files and geometry, not quality)."""
     torch.manual_seed(0)
     options = {"in_channels": len(channels), "num_classes": len(classes), "dims": dims, "base_width": 4, "levels": 3}
-    card = ModelCard(architecture="unet", model_options=options, dims=dims,
+    card = ModelCard(architecture=architecture, model_options=options, dims=dims,
                      input_channels=[{"name": n, "preprocessing": p} for n, p in channels],
                      classes=[{"value": v, "name": f"class {v}"} for v in classes], **card_fields)
-    return save_checkpoint(create_model("unet", **options), card, folder)
+    return save_checkpoint(create_model(architecture, **options), card, folder)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +95,15 @@ def test_msd_folder_with_two_channels_in_2d(shared_data: Path, tmp_path: Path) -
     assert_label_matches_image(out / f"{case}.nii.gz", images / f"{case}_0000.nii.gz")
 
 
-def test_3d_ct_prediction_keeps_geometry(shared_data: Path, tmp_path: Path) -> None:
+def test_3d_ct_coarse_to_fine_prediction_keeps_geometry(shared_data: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", 3, [("CT", {"type": "ct_window", "preset": "abdomen"})], [0, 1, 5],
-                           patch_size=[32, 64, 64])
+                           architecture="coarse_to_fine_unet", patch_size=[32, 64, 64])
     image = shared_data / "totalseg" / "example_ct_sm.nii.gz"
     out = tmp_path / "pred"
     assert main(["predict", str(image), "-o", str(out), "-c", str(ckpt), "--mode", "3d", "--patch-size", "32", "112", "128",
                  "--no-progress"]) == 0
+    assert "example_ct_sm: stage 2 ran on" in capsys.readouterr().err  # the crop's saving, measured
     result = out / "example_ct_sm.nii.gz"
     assert_label_matches_image(result, image)
     assert set(np.unique(np.asarray(nib.load(str(result)).dataobj))) <= {0, 1, 5}

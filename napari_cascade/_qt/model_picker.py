@@ -27,7 +27,13 @@ from qtpy.QtWidgets import (
 )
 
 from cascadeseg.errors import CascadeSegError, VolumeError
-from cascadeseg.inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints, read_card
+from cascadeseg.inference.checkpoint import (
+    CARD_FILE,
+    CheckpointEntry,
+    ModelCard,
+    available_checkpoints,
+    read_card,
+)
 
 NO_MODEL = "(no model: pick or browse)"
 
@@ -89,22 +95,27 @@ def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
         return {}
 
 
-def depth_choices(card: ModelCard) -> list[tuple[int | None, str]]:
+def pruning_depths(card: ModelCard) -> list[int]:
+    info = model_info(card)
+    return list(info.pruning_depths) if info and info.pruning_depths else []
+
+
+def depth_choices(card: ModelCard, costs: dict[int, Any] | None = None) -> list[tuple[int | None, str]]:
     """``(depth, label)`` per pruning depth: the card's validation Dice, the parameters, and the
     expected speed.
 
     Dice is the card's ``validation.dice_per_depth``. Speed is the card's measured
     ``slices_per_second_per_depth`` when the trainer recorded it; otherwise the cost in GFLOPs
     per slice (or patch), which is what the speed of a depth is proportional to on one device.
-    Parameters: the card's ``params_per_depth``, else measured (:func:`depth_costs`).
+    Parameters: the card's ``params_per_depth``, else measured (``costs`` from
+    :func:`depth_costs`, computed off the GUI thread by the caller).
     """
-    info = model_info(card)
-    depths = list(info.pruning_depths) if info and info.pruning_depths else []
+    depths = pruning_depths(card)
     if not depths:
         return [(None, "full network (no pruning)")]
     params = _per_depth(card, "params_per_depth", "parameters_per_depth")
     speed = _per_depth(card, "slices_per_second_per_depth", "speed_per_depth")
-    costs = depth_costs(card, depths) if not (params and speed) else {}
+    costs = costs or {}
     unit = "slice" if card.dims == 2 else "patch"
     choices = []
     for depth in depths:
@@ -136,7 +147,10 @@ class ModelPicker(QWidget):
         self.combo = QComboBox()
         self.combo.setToolTip("Shipped default models, then your models folder, then browsed checkpoints")
         self.browse_button = QPushButton("Browse…")
-        self.browse_button.setToolTip("Pick a checkpoint folder (model.safetensors + model_card.json)")
+        self.browse_button.setToolTip(
+            "Pick a checkpoint folder (model.safetensors + model_card.json), or a folder of them "
+            "(a training run, your models folder)"
+        )
         self.refresh_button = QPushButton("↻")
         self.refresh_button.setToolTip("Refresh the model list (e.g. after training a model)")
         self.summary = QLabel("")
@@ -181,21 +195,34 @@ class ModelPicker(QWidget):
         return self._entries[index] if 0 <= index < len(self._entries) else None
 
     def select_path(self, path: str | Path) -> CheckpointEntry | None:
-        """Add a checkpoint folder to the list and select it; a bad folder is a notification."""
+        """Add a checkpoint folder to the list and select it; a bad folder is a notification.
+
+        A folder of checkpoints (a training run with ``best/`` and ``last/``, or a models folder)
+        adds every checkpoint inside and selects ``best`` (else the first).
+        """
         folder = Path(path)
         if folder.is_file():
             folder = folder.parent
-        try:
-            card = read_card(folder)
-        except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+        inside = sorted(p.parent for p in folder.glob(f"*/{CARD_FILE}")) if folder.is_dir() else []
+        candidates = [folder] if (folder / CARD_FILE).is_file() or not inside else inside
+        entries = []
+        for candidate in candidates:
+            try:
+                card = read_card(candidate)
+            except CascadeSegError as exc:
+                show_error(f"napari-cascade: {exc}")
+                continue
+            name = candidate.name if candidate == folder else f"{folder.name}/{candidate.name}"
+            entries.append(CheckpointEntry(name=name, path=candidate, card=card, source="browsed"))
+        if not entries:
             return None
-        entry = CheckpointEntry(name=folder.name, path=folder, card=card, source="browsed")
-        self._browsed = [e for e in self._browsed if e.path != folder] + [entry]
+        paths = {entry.path for entry in entries}
+        self._browsed = [e for e in self._browsed if e.path not in paths] + entries
         self.refresh()
-        index = next(i + 1 for i, e in enumerate(self._entries) if e.path == folder)
+        chosen = next((e for e in entries if e.path.name == "best"), entries[0])
+        index = next(i + 1 for i, e in enumerate(self._entries) if e.path == chosen.path)
         self.combo.setCurrentIndex(index)
-        return entry
+        return chosen
 
     def select_name(self, name: str) -> bool:
         for i, entry in enumerate(self._entries):

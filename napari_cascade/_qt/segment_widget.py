@@ -19,6 +19,7 @@ from typing import Any, Callable
 import napari
 import numpy as np
 from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -44,7 +45,7 @@ from .._layers import (
     transform_kwargs,
     volume_from_image_layers,
 )
-from .model_picker import ChannelMapper, ModelPicker, depth_choices
+from .model_picker import ChannelMapper, ModelPicker, depth_choices, depth_costs, pruning_depths
 from .workers import JobPanel
 
 AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
@@ -109,6 +110,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.cache = ModelCache()
         self.last_result: Any = None
+        self._cost_workers: list[Any] = []
 
         self.models = ModelPicker()
         self.channels = ChannelMapper(napari_viewer)
@@ -174,6 +176,7 @@ class SegmentWidget(QWidget):
         self.channels.set_channels(card.channel_names)
         for depth, label in depth_choices(card):
             self.depth.addItem(label, depth)
+        self._measure_depths(entry)
         if card.recommended_depth is not None:
             index = self.depth.findData(card.recommended_depth)
             if index >= 0:
@@ -188,6 +191,31 @@ class SegmentWidget(QWidget):
         self.mode_3d.setToolTip("" if card.dims == 3 else reason)
         self.axis.setEnabled(card.dims == 2)
         self.axis.setCurrentIndex(self.axis.findData(card.slice_axis))
+
+    def _measure_depths(self, entry: CheckpointEntry) -> None:
+        """Fill in parameters and GFLOPs per depth from a worker (building the model on the meta
+        device takes a moment; the list is usable at once with the card's Dice)."""
+        depths = pruning_depths(entry.card)
+        if not depths:
+            return
+
+        def show(costs: dict[int, Any]) -> None:
+            current = self.models.current_entry()
+            if current is None or current.path != entry.path or not costs:
+                return  # the user picked another model meanwhile
+            try:
+                for index, (depth, label) in enumerate(depth_choices(entry.card, costs)):
+                    if self.depth.itemData(index) == depth:
+                        self.depth.setItemText(index, label)
+            except RuntimeError:  # the widget was closed while the worker ran
+                return
+
+        worker = create_worker(depth_costs, entry.card, depths, _start_thread=False)
+        worker.returned.connect(show)
+        # Keep finished workers referenced until a later start: dropping the last reference from
+        # one of its own signals would delete it while its thread is still emitting.
+        self._cost_workers = [w for w in self._cost_workers if w.is_running] + [worker]
+        worker.start()
 
     # -- running ---------------------------------------------------------------------------
     def gather(self) -> SegmentRequest:

@@ -140,6 +140,9 @@ class JobPanel(QWidget):
             run_job, job, self._relay.progressed.emit, self._cancel, _start_thread=False
         )
         worker.returned.connect(self._done)
+        # Closing the dock (or the viewer) stops the engine at its next batch instead of letting
+        # it run on for nobody.
+        self.destroyed.connect(self._cancel.set)
         self._worker = worker
         worker.start()
         return True

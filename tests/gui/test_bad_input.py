@@ -88,8 +88,12 @@ def test_checkpoint_that_fails_to_load(segment, qtbot, tiny_models, sample_crop,
     assert "safetensors" in _last_error()
     assert len(viewer.layers) == count
     # A folder that is not a checkpoint at all is refused when browsing.
-    assert widget.models.select_path(tmp_path) is None
+    (tmp_path / "not_a_model").mkdir()
+    assert widget.models.select_path(tmp_path / "not_a_model") is None
     assert "model_card.json" in _last_error()
+    # A folder of checkpoints (a training run, a models folder) lists every checkpoint inside.
+    chosen = widget.models.select_path(tiny_models["anu"].parent)
+    assert chosen is not None and widget.models.combo.count() >= 1 + 3
     # The viewer and the widget still work.
     widget.models.select_path(tiny_models["anu"])
     assert widget.run() and wait_for_job(qtbot, widget).ok

@@ -198,19 +198,19 @@ def test_real_lgg_slice_through_every_output(name: str, lgg: tuple[Tensor, Tenso
 
 
 def test_unet_sharp_learns_a_real_lesion_and_its_cgm_removes_false_positives(lgg: tuple[Tensor, Tensor]) -> None:
-    """A short fit on two real slices (tumour / no tumour) at 128x128: deep supervision on heads
-    and aux plus the CGM's BCE. Afterwards the CGM tells the slices apart and the gated output of
-    the tumour-free slice has no foreground, while the tumour is found."""
+    """A short fit on two real slices (tumour / no tumour), down-scaled to 64x64 to stay cheap: deep
+    supervision on heads and aux plus the CGM's BCE. Afterwards the CGM tells the slices apart, the
+    gated outputs of the tumour-free slice have no foreground, and the tumour is found."""
     images, labels = lgg
-    images = F.avg_pool2d(images, 2)
-    labels = F.max_pool2d(labels[:, None].float(), 2)[:, 0].long()
+    images = F.avg_pool2d(images, 4)
+    labels = F.max_pool2d(labels[:, None].float(), 4)[:, 0].long()
     present = labels.flatten(1).any(1).float()[:, None]
     torch.manual_seed(0)
     model = create_model("unet_sharp", in_channels=1, num_classes=2, dims=2, base_width=8, levels=3,
                          norm="instance")
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     weight = torch.tensor([1.0, 10.0])  # the lesion is ~2% of the slice
-    for _ in range(60):
+    for _ in range(40):
         out = model(images, request=OutputRequest.for_training())
         loss = sum(F.cross_entropy(h, labels, weight=weight) for h in out.heads.values())
         loss = loss + sum(F.cross_entropy(a, F.interpolate(labels[:, None].float(), size=a.shape[2:]).long()[:, 0],

@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.memory:
         report["memory_512x512x600"] = memory_in_subprocess(args.memory_width or (32 if device.type == "cuda" else 8),
                                                             str(device))
+    report["meta"]["load_average_at_end"] = _load_average()
     json_path, md_path = write_report(report, args.output_dir)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
@@ -429,7 +430,7 @@ def check_targets(section: dict[str, Any]) -> dict[str, Any]:
             targets[f"unet_vs_basicunet_batch{batch}_at_least_1x"] = {"value": ratio, "ok": ratio >= 1.0}
         if ours:
             reference = ours[0]["achieved_gflop_s"]
-            ratios = {f"{r['model']}@{r['depth']}": r["achieved_gflop_s"] / reference
+            ratios = {f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / reference
                       for r in rows2d if r["batch"] == batch and r["model"] != "unet"}
             slow = {k: v for k, v in ratios.items() if v < 1 / 1.5}
             targets[f"gflop_rate_within_1.5x_of_unet_batch{batch}"] = {"value": ratios, "ok": not slow,
@@ -498,8 +499,17 @@ def _meta(device: Any, args: argparse.Namespace, widths: list[int]) -> dict[str,
     return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "project_version": __version__, "quick": args.quick,
             "widths": widths, "levels": args.levels, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            # Other processes competing for the cores make every figure slower: recorded, not hidden.
+            "load_average_at_start": _load_average(),
             "command": " ".join(["cascadeseg", *sys.argv[1:]]) if Path(sys.argv[0]).name == "cascadeseg"
             else "cascadeseg bench (called from Python)"}
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
 
 
 def write_report(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
@@ -521,7 +531,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Inference benchmark — {meta['device']} ({meta['device_name']})", "",
              f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpu_count']} CPUs, "
              f"napari-cascade {meta['project_version']}, {meta['date_utc']} UTC, "
-             f"{'quick run' if meta['quick'] else 'full run'}, levels {meta['levels']}.", "",
+             f"{'quick run' if meta['quick'] else 'full run'}, levels {meta['levels']}; "
+             f"load average (1/5/15 min) {meta.get('load_average_at_start')} at the start, "
+             f"{meta.get('load_average_at_end')} at the end.", "",
              f"Command: `{meta['command']}`", ""]
     for width, section in report.get("widths", {}).items():
         lines += [f"## Base width {width}", ""]

@@ -13,7 +13,8 @@ Existing outputs are never replaced without ``--overwrite``: a second run writes
 beside them and says so.
 
 The default model: the shipped checkpoint with pruning depths (so the overview shows them), and,
-when a shipped cascade exists too, that model's stage 1 / stage 2 outputs in a second row.
+when a shipped cascade exists too, that model's stage 1 / stage 2 outputs beside them. ``--model``
+replaces both with the one model given.
 """
 
 from __future__ import annotations
@@ -94,11 +95,9 @@ def choose_models(requested: str | None = None) -> DemoModels:
         except Exception:  # noqa: BLE001 - an unknown architecture just is not preferred
             return None
 
+    if requested is not None:  # the user's choice alone: its own stages / depths are shown
+        return DemoModels(main=resolve_checkpoint(requested))
     cascades = [e for e in shipped if info(e) is not None and info(e).stages]
-    if requested is not None:
-        main = resolve_checkpoint(requested)
-        stages = None if any(e.path == main for e in cascades) else (cascades[0].path if cascades else None)
-        return DemoModels(main=main, stages=stages)
     if not shipped:
         raise CheckpointError(
             "no default model is installed (resources/checkpoints is empty): train one with "

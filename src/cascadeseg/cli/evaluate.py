@@ -7,8 +7,8 @@ reference; references without a prediction are listed but do not stop the run.
 Writes a per-case CSV (one row per case and structure: Dice, IoU, precision, recall,
 specificity, HD95 in mm, voxel counts) and a JSON summary (mean, median and pooled "global" Dice
 per structure, from :func:`cascadeseg.metrics.aggregate_cases`), and prints the summary table.
-Structures are every non-zero label found (default), the labels given with ``--classes``, and the
-BraTS regions (whole tumour, tumour core, enhancing tumour) with ``--regions brats``.
+Structures are every non-zero label found (default), or the labels given with ``--classes``
+and/or the BraTS regions (whole tumour, tumour core, enhancing tumour) with ``--regions brats``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=int, nargs="+", default=None, metavar="LABEL",
                         help="label values to score (default: every non-zero label present)")
     parser.add_argument("--regions", choices=("brats",), default=None,
-                        help="also score the BraTS regions WT (1,2,4), TC (1,4), ET (4)")
+                        help="score the BraTS regions WT (1,2,4), TC (1,4), ET (4) (only these, unless --classes adds labels)")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large volumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV / summary")
     return parser

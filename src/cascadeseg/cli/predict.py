@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
             result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
                                        progress=bar.update, patch_size=args.patch_size, overlap=args.overlap)
+        if "stage2_fraction" in result.stats:  # coarse-to-fine cascade: the saving of its crop
+            print(f"{prefix}{case.case_id}: stage 2 ran on {result.stats['stage2_fraction']:.0%} of the input",
+                  file=sys.stderr)
         labels = result.labels.array
         if post.any:
             labels = postprocess(labels, post, mask=body_mask(volume) if args.body_mask else None)

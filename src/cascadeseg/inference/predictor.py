@@ -384,7 +384,7 @@ class Predictor:
     # -- results -----------------------------------------------------------------------------
     def _wrap(self, volume: Volume, maps: dict[str, Any], want: PredictionRequest) -> PredictionResult:
         def label_volume(array: np.ndarray) -> Volume:
-            return volume.with_array(array, channel_names=[], meta={**volume.meta, "kind": "labels"})
+            return volume.with_array(array, channel_names=[], modality=None)
 
         result = PredictionResult(labels=label_volume(maps["labels"]))
         if want.probabilities:

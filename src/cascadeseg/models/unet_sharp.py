@@ -15,16 +15,17 @@ the loss compares with a down-scaled ground truth (L_De). ``aux`` is filled when
 at full depth (the decoder nodes only exist there); keys are the node names, e.g. ``"X2,2"``.
 
 Classification-guided module: one :class:`~.blocks.classification_guided.PooledPresenceHead`
-(the paper's simplified "blue" CGM) shared by the four full-resolution branches, applied to the
-feature ``X(0, k)`` the output comes from. Why shared and there: the paper applies the same CGM
-structure to each first-layer branch (Fig. 3); a per-branch copy fed by that branch keeps pruning
-exact (depth k needs nothing deeper than ``X(0, k)``, so the deepest encoder node the paper's
-"green" CGM uses is not computed at L1..L3) and one weight set gives the single
-``classification`` tensor of the output contract, trained through whichever branch is requested.
-At inference (eval mode) foreground logits of classes judged absent are suppressed in ``logits``,
-``heads`` and ``aux`` (see :func:`~.blocks.classification_guided.suppress_absent_classes`); in
-training the heads stay ungated so segmentation keeps learning on every image (the paper's
-argmax gate has no gradient anyway). ``cgm_gating=False`` turns the gate off.
+(the paper's simplified "blue" CGM, which it applies to the first-layer branches) on ``X(0, 1)``,
+the first-layer node that every pruning depth computes. Why there and only once: the output
+contract has one ``classification`` tensor, so only one classifier is trained; placing it on the
+node all depths share means the classifier that was trained is the one used at L1..L4 alike, and
+pruning stays exact (the deepest encoder node the paper's "green" CGM reads is not computed at
+L1..L3). ``X(0, 1)`` is itself deep-supervised to segment the target, so max- and average-pooling
+it is a direct "is there any target" signal. At inference (eval mode) the foreground logits of
+classes judged absent are suppressed in ``logits``, ``heads`` and ``aux`` (see
+:func:`~.blocks.classification_guided.suppress_absent_classes`); in training the outputs stay
+ungated so segmentation keeps learning on every image (the paper's argmax gate has no gradient
+anyway). ``cgm_gating=False`` turns the gate off.
 
 Other choices: full-scale convolutions run on the coarse grid before interpolation
 (:mod:`.blocks.full_scale`); heads output logits (the paper's ReLU after the head convolutions
@@ -113,14 +114,13 @@ class UNetSharp(NestedUNetBase):
         gate = self.cgm_gating and not self.training
         if not (gate or request.classification):
             return out
-        # Each full-resolution branch is judged from its own feature, so pruning stays exact.
-        presence = {k: self.cgm(grid[(0, k)]) for k in (out.heads or {depth: None})}
+        presence = self.cgm(grid[(0, 1)])
         if request.classification:
-            out.classification = presence[depth]
+            out.classification = presence
         if gate:
-            out.heads = {k: suppress_absent_classes(v, presence[k]) for k, v in out.heads.items()}
-            out.logits = out.heads[depth] if out.heads else suppress_absent_classes(out.logits, presence[depth])
-            out.aux = {k: suppress_absent_classes(v, presence[depth]) for k, v in out.aux.items()}
+            out.logits = suppress_absent_classes(out.logits, presence)
+            out.heads = {k: suppress_absent_classes(v, presence) for k, v in out.heads.items()}
+            out.aux = {k: suppress_absent_classes(v, presence) for k, v in out.aux.items()}
         return out
 
 

@@ -1,0 +1,69 @@
+"""Turn a run's checkpoint into a model others use: the shipped defaults, or a user model.
+
+The exported folder is an ordinary checkpoint (``model.safetensors`` + ``model_card.json``,
+without the run's training state). Optionally the card's validation is replaced by the held-out
+scores measured through the real predictor (:mod:`.holdout`), so what the card promises is what
+``cascadeseg predict`` and the GUI deliver.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import CheckpointError
+from ..inference.checkpoint import load_checkpoint, save_checkpoint
+from .run_folder import find_checkpoint
+
+
+def export_run(
+    run_dir: Path,
+    destination: Path,
+    *,
+    which: str = "best",
+    name: str | None = None,
+    description: str | None = None,
+    holdout_data: Path | None = None,
+    holdout_cases: Sequence[str] | None = None,
+    card_updates: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Copy ``run_dir/<which>`` to ``destination`` (refused if it exists unless ``overwrite``).
+
+    With ``holdout_data`` (the MSD folder the run trained on), the held-out cases (``holdout_cases``,
+    default: the card's validation cases) are segmented by the predictor at every depth; the card
+    then records those Dice/HD95 values, and the recommended depth is re-derived from them.
+    """
+    from .validation import recommended_depth
+
+    source = find_checkpoint(Path(run_dir), which)
+    if source is None:
+        raise CheckpointError(f"run folder '{run_dir}' has no complete '{which}' checkpoint to export")
+    model, card = load_checkpoint(source, device="cpu")
+    if name is not None:
+        card.name = name
+    if description is not None:
+        card.description = description
+    if holdout_data is not None:
+        from .holdout import score_checkpoint
+
+        cases = list(holdout_cases or card.validation.get("cases", []))
+        if not cases:
+            raise CheckpointError(f"{source}: the card lists no validation cases to score; pass holdout_cases")
+        scores = score_checkpoint(source, Path(holdout_data), cases)
+        trainer_view = {k: card.validation.get(k) for k in ("dice_per_depth", "metric")}
+        card.validation = {
+            **scores.to_dict(),
+            "metric": "mean over held-out patients of the per-patient 3D Dice / HD95 (voxel units of the source grid), "
+                      "each scan segmented by cascadeseg's Predictor on its original grid",
+            "cases": cases,
+            "trainer_validation": trainer_view,
+        }
+        if model.info.pruning_depths:
+            card.recommended_depth = recommended_depth({d: scores.mean_dice(d) for d in scores.dice})
+    for key, value in (card_updates or {}).items():
+        if isinstance(value, dict) and isinstance(getattr(card, key, None), dict):
+            getattr(card, key).update(value)
+        else:
+            setattr(card, key, value)
+    return save_checkpoint(model, card, destination, overwrite=overwrite)
