@@ -56,17 +56,10 @@ def is_dataset_folder(path: Path) -> bool:
 
 
 def _looks_like_dicom_folder(path: Path) -> bool:
-    """A folder with at least one file carrying the DICOM preamble marker ("DICM" at byte 128)."""
-    for entry in sorted(path.iterdir())[:20]:
-        if entry.is_file():
-            try:
-                with entry.open("rb") as handle:
-                    handle.seek(128)
-                    if handle.read(4) == b"DICM":
-                        return True
-            except OSError:
-                continue
-    return False
+    """A folder with a DICOM file among its first entries (the engine checks the preamble)."""
+    from cascadeseg.io.dicom import is_dicom_file
+
+    return any(entry.is_file() and is_dicom_file(entry) for entry in sorted(path.iterdir())[:20])
 
 
 def read_paths(path: str | Sequence[str]) -> list[LayerDataTuple]:
@@ -83,10 +76,29 @@ def read_path(path: Path) -> list[LayerDataTuple]:
 
     if path.is_dir() and is_dataset_folder(path):
         return read_dataset(path)
+    if path.is_dir():
+        return read_dicom_folder(path)
     volume = load_volume(path)
     if is_label_file(path, volume):
         return [volume_as_labels(volume, name=scan_stem(path))]
     return image_layers(volume)
+
+
+def read_dicom_folder(folder: Path) -> list[LayerDataTuple]:
+    """Every series of a DICOM folder; several series open side by side, named by description
+    (the engine's single-volume reader would ask which one, which a file dialog cannot answer)."""
+    from cascadeseg.io import list_series, load_volume
+
+    series = list_series(folder)
+    if len(series) <= 1:
+        return image_layers(load_volume(folder))
+    layers: list[LayerDataTuple] = []
+    for item in series:
+        volume = load_volume(folder, series_uid=item.uid)
+        if not item.description:  # the layer name must still tell the series apart
+            volume.channel_names = [f"series ...{item.uid[-8:]}"]
+        layers.extend(image_layers(volume, name=folder.name))
+    return layers
 
 
 def read_dataset(folder: Path) -> list[LayerDataTuple]:

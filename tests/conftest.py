@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before torch is imported: OpenMP threads that spin-wait make PyTorch up to ~100x slower when
+# another process shares the cores (measured here on 2 busy cores); passive waiting costs nothing
+# on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -123,6 +123,21 @@ def test_every_lgg_patient_reads_as_one_flair_channel(shared_data: Path) -> None
         assert kwargs["scale"] == (1.0, 1.0, 1.0)
 
 
+def test_dicom_folder_with_two_series_opens_both(shared_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "two_series"
+    folder.mkdir()
+    for prefix, series in (("mr", "dicom/PGBM-001_19920402/T1post"), ("ct", "totalseg/example_ct_dicom")):
+        for item in (shared_data / series).iterdir():
+            shutil.copy(item, folder / f"{prefix}_{item.name}")
+    layers = get_reader(str(folder))(str(folder))
+    shapes = sorted(data.shape for data, _, _ in layers)
+    assert shapes == [(20, 512, 512), (24, 320, 260)]
+    names = {kwargs["name"] for _, kwargs, _ in layers}
+    assert names == {"two_series [CT Body 3.0]", "two_series [T1post]"}
+
+
 def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a scan")
     assert get_reader(str(tmp_path / "notes.txt")) is None

@@ -31,6 +31,16 @@ EXPORT_SET = ["unet", "anu_net", "unet_sharp", "unet3plus", "cascaded_unet"]
 COMPILE_SET = ["unet", "anu_net", "unet_sharp", "cascaded_unet"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The networks here are tiny: splitting their small kernels over threads costs more (and, on a
+    shared 2-core runner, spins) than it brings."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build(name: str, dims: int, **options) -> nn.Module:
     torch.manual_seed(0)
     return create_model(name, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, dims=dims, **{**TINY, **options})

@@ -29,6 +29,16 @@ MINE = PRUNABLE + ["unet3plus"]
 LGG_CASE = "TCGA_CS_4941_19960909"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The networks here are tiny: splitting their small kernels over threads costs more (and, on a
+    shared 2-core runner, spins) than it brings."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def paper_width(name: str, dims: int = 2) -> nn.Module:
     with torch.device("meta"):
         return create_model(name, in_channels=1, num_classes=2, dims=dims).eval()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cascadeseg.errors import ModelConfigError
-from cascadeseg.models import OutputRequest, SegmentationOutput, create_model, model_class
+from cascadeseg.models import LogitsOnly, OutputRequest, SegmentationOutput, create_model, model_class
 from cascadeseg.models.coarse_to_fine_unet import candidate_box, foreground_mask
 from cascadeseg.models.cu_net import hierarchical_fusion
 
@@ -297,3 +297,10 @@ def test_foreground_mask_equals_argmax_not_background() -> None:
     mask[0, 3, 5, 7] = True
     mask[1, 10, 25, 30] = True  # the box is the union over the batch
     assert candidate_box(mask, (0, 0, 0), (1, 1, 1)) == (slice(3, 11), slice(5, 26), slice(7, 31))
+
+
+def test_coarse_to_fine_refuses_export_with_a_clear_error() -> None:
+    """Its crop depends on stage 1's values; an export would freeze one box silently."""
+    model = tiny("coarse_to_fine_unet", 2).eval()
+    with pytest.raises(Exception, match="cannot be exported"):
+        torch.export.export(LogitsOnly(model), (torch.randn(1, 1, *spatial(2, model)),))

@@ -92,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
         )
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size)
+    mode = args.mode or f"{predictor.card.dims}d"
+    slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
+    # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.
     post = PostProcessing(largest_component=args.largest_component, fill_holes=args.fill_holes,
-                          restrict_to_mask=args.body_mask,
-                          fill_holes_axis=(predictor.card.slice_axis if args.axis is None else args.axis)
-                          if (args.mode or f"{predictor.card.dims}d") == "2d" else None)
+                          fill_holes_axis=slice_axis if mode == "2d" else None, restrict_to_mask=args.body_mask)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.is_distributed else ""
     start = time.perf_counter()

@@ -103,7 +103,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--description", default="", help="text for the model card")
     g.add_argument("--data-licence", default=None, help="licence of the training data, written into the model card")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(_train_parser=parser)
     return parser
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces ``args``: every option that differs from its default, in the
+    parser's order (recorded in the model card)."""
+    parser = getattr(args, "_train_parser", None)
+    if parser is None:
+        return "cascadeseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    words = ["cascadeseg", "train"]
+    for action in parser._actions:  # argparse keeps no public list of its actions
+        if action.dest in ("help", "_train_parser") or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default or value is None:
+            continue
+        if not action.option_strings:
+            words.append(str(value))
+        elif action.nargs == 0:
+            words.append(action.option_strings[0])
+        elif isinstance(value, list) and action.nargs in ("+", "*", 2, 3):
+            words += [action.option_strings[0], *map(str, value)]
+        elif isinstance(value, list):  # append actions: the option once per value
+            for item in value:
+                words += [action.option_strings[0], str(item)]
+        else:
+            words += [action.option_strings[0], str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _key_values(items: list[str], what: str) -> dict[str, Any]:
@@ -128,9 +156,9 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise ModelConfigError(f"--{what}: not valid JSON ({exc})") from exc
 
 
-def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the arguments describe (resume: the stored one, extended)."""
-    command = "cascadeseg " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line(args)
     if args.resume:
         if args.run_dir is None:
             raise ModelConfigError("--resume needs --run-dir (the folder of the run to continue)")

@@ -337,6 +337,7 @@ def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str],
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary, shareable folder
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": card.architecture,
                                                               "format_version": str(card.format_version)})
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -26,8 +26,8 @@ Choices where the review is silent:
 * 2D is offered as the same construction on slices.
 * On PyTorch's ``meta`` device (shape-only runs, e.g. the FLOP table) there are no values to find
   a box in, so stage 2 counts over the whole volume: the worst case.
-* The box is data-dependent, so ``torch.compile`` graph-breaks around it and an ONNX export would
-  freeze one box: export :class:`~cascadeseg.models.cascaded_unet.CascadedUNet` instead.
+* The box is data-dependent, so ``torch.compile`` graph-breaks around it, and an export (ONNX,
+  ``torch.export``) would freeze one box: exporting raises :class:`ModelConfigError` saying so.
 """
 
 from __future__ import annotations
@@ -147,6 +147,11 @@ class CoarseToFineUNet(SegmentationModel):
     ) -> SegmentationOutput:
         self.check_depth(depth)
         self.check_input(x)
+        if torch.compiler.is_exporting():
+            raise ModelConfigError(
+                f"model '{self.info.name}' cannot be exported (ONNX / torch.export): its stage-2 crop "
+                "depends on stage 1's values; export 'cascaded_unet' or the two stages' U-Nets instead"
+            )
         request = request or OutputRequest()
         pool = F.avg_pool2d if self.dims == 2 else F.avg_pool3d
         small = pool(x, kernel_size=self.coarse, stride=self.coarse) if any(c > 1 for c in self.coarse) else x
