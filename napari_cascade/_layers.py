@@ -159,14 +159,12 @@ def labels_layer(
     return labels, {"name": name, "metadata": metadata, **transform_kwargs(reference)}, "labels"
 
 
-def _geometry_from_transform(layer: Any) -> dict[str, Any]:
-    """Geometry for a layer made inside napari (no metadata): read it back from its transform."""
-    scale = np.asarray(layer.scale, dtype=float)[-3:]
-    translate = np.asarray(layer.translate, dtype=float)[-3:]
-    rotate = np.asarray(layer.rotate, dtype=float)[-3:, -3:]
+def _geometry_from_transform(scale: Any, translate: Any, rotate: Any) -> dict[str, Any]:
+    """Geometry of a layer made inside napari (no metadata): read back from its transform."""
+    rotate = np.asarray(rotate if rotate is not None else np.eye(3), dtype=float)[-3:, -3:]
     return {
-        "spacing": scale.tolist(),
-        "origin": translate[_ZYX].tolist(),
+        "spacing": np.asarray(scale, dtype=float)[-3:].tolist(),
+        "origin": np.asarray(translate, dtype=float)[-3:][_ZYX].tolist(),
         "direction": rotate[np.ix_(_ZYX, _ZYX)].tolist(),
         "modality": None,
         "source": None,
@@ -178,21 +176,19 @@ def _geometry_from_transform(layer: Any) -> dict[str, Any]:
 def layer_geometry(layer: Any) -> dict[str, Any]:
     """The geometry a layer carries: from the reader's metadata, else from its transform."""
     stored = getattr(layer, "metadata", {}).get(GEOMETRY_KEY)
-    return dict(stored) if stored else _geometry_from_transform(layer)
+    if stored and "spacing" in stored:
+        return dict(stored)
+    return _geometry_from_transform(layer.scale, layer.translate, layer.rotate)
 
 
 def geometry_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """Same as :func:`layer_geometry` for the ``meta`` dict napari hands to writers."""
     stored = (meta.get("metadata") or {}).get(GEOMETRY_KEY)
-    if stored:
+    if stored and "spacing" in stored:
         return dict(stored)
-
-    class _Transform:  # the writer's meta has the same fields as a layer
-        scale = meta.get("scale", (1.0, 1.0, 1.0))
-        translate = meta.get("translate", (0.0, 0.0, 0.0))
-        rotate = meta.get("rotate", np.eye(3))
-
-    return _geometry_from_transform(_Transform)
+    return _geometry_from_transform(
+        meta.get("scale", (1.0, 1.0, 1.0)), meta.get("translate", (0.0, 0.0, 0.0)), meta.get("rotate")
+    )
 
 
 def volume_from_geometry(array: np.ndarray, geometry: dict[str, Any]) -> Volume:

@@ -159,6 +159,21 @@ def test_cancel_stops_within_one_step_and_keeps_a_loadable_checkpoint(lgg_pairs,
     assert "cancelled" in card.training["note"]
 
 
+def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=2))
+    # A vanishing learning rate: the fine-tuned weights must still be the checkpoint's.
+    tuned = train(tiny_config(lgg_pairs, tmp_path / "tuned", epochs=1, steps_per_epoch=1, lr=1e-12, inplane_size=None,
+                              init_checkpoint=str(first / "last")))
+    start = load_file(str(first / "last" / "model.safetensors"))
+    end = tuned.model.state_dict()
+    assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in start if "running" not in k and "num_batches" not in k)
+    _, card = load_checkpoint(tmp_path / "tuned" / "last")
+    assert card.target_spacing == [1.0, 4.0, 4.0]  # the resolution of the checkpoint it started from
+
+
 def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
     result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=0.05))
     assert result.stopped == "time" and 1 <= result.epochs_completed < 1000

@@ -82,6 +82,7 @@ class Comparison:
 
     image_name: str
     reference: Any  # the label Volume carrying the scan's geometry
+    truth: np.ndarray | None = None
     depths: list[ComparisonRun] = field(default_factory=list)
     stages: list[ComparisonRun] = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)
@@ -115,6 +116,7 @@ class CompareWidget(QWidget):
         self.viewer = napari_viewer
         self.cache = ModelCache()
         self.last_comparison: Comparison | None = None
+        self._hidden_for_grid: list[Any] = []
 
         self.models = ModelPicker()
         self.channels = ChannelMapper(napari_viewer)
@@ -234,7 +236,7 @@ class CompareWidget(QWidget):
                                            f"{p.unit} ({label})"))
                 return report
 
-            comparison = Comparison(image_name=image_name, reference=None)
+            comparison = Comparison(image_name=image_name, reference=None, truth=truth)
             for step, depth in enumerate(depths):
                 label = f"L{depth}" if depth is not None else "full"
                 result = predictor.predict(volume, depth=depth, progress=step_progress(step, label), cancel=cancel)
@@ -257,7 +259,7 @@ class CompareWidget(QWidget):
     def clear(self) -> None:
         """Remove every layer the comparison added and leave grid mode."""
         # Grid first: with the grid on, every removal would lay all the panels out again.
-        self.viewer.grid.enabled = False
+        self._set_grid(False)
         for layer in self._owned():
             self.viewer.layers.remove(layer)
 
@@ -290,9 +292,14 @@ class CompareWidget(QWidget):
     def _owned(self) -> list[Any]:
         return [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("kind") == "compare"]
 
+    def _owned_layer(self, name: str) -> Any | None:
+        """A layer this widget made, by name (never one of the user's layers of the same name)."""
+        return next((layer for layer in self._owned() if layer.name == name), None)
+
     def _panels(self, comparison: Comparison) -> list[tuple[str, str, np.ndarray, dict[str, Any]]]:
         """(name, kind, data, extra kwargs) per panel, in reading order.
 
+        The ground truth (when chosen) comes first, as the reference the others are read against.
         Differences: stage 2 against stage 1, and the deepest head against the shallowest (one
         panel: the consecutive ones add little and every layer costs napari a full redraw).
         Attention: the gates of the full-resolution row (``X0,*``) first, at most four; the
@@ -300,6 +307,9 @@ class CompareWidget(QWidget):
         """
         stem = comparison.image_name
         panels: list[tuple[str, str, np.ndarray, dict[str, Any]]] = []
+        if comparison.truth is not None:  # the reference first (same array: no copy)
+            # Drawn as an outline so that it cannot be mistaken for a prediction.
+            panels.append((f"{stem} ground truth (compare)", "labels", comparison.truth, {"contour": 2}))
         for runs in (comparison.stages, comparison.depths):
             panels += [(f"{stem} {run.name}", "labels", run.labels, {}) for run in runs]
             if len(runs) > 1:
@@ -317,8 +327,8 @@ class CompareWidget(QWidget):
     def _backdrop(self, scan: Any, name: str) -> Any:
         """A second view of the scan (same array, no copy) under one panel's overlay."""
         backdrop_name = f"{name} (scan)"
-        if backdrop_name in self.viewer.layers:  # a re-run: napari redraws on every add/remove
-            layer = self.viewer.layers[backdrop_name]
+        layer = self._owned_layer(backdrop_name)
+        if layer is not None:  # a re-run: napari redraws on every add/remove
             if layer.data is scan.data:
                 return layer
             self.viewer.layers.remove(layer)
@@ -335,8 +345,8 @@ class CompareWidget(QWidget):
     def _overlay(self, comparison: Comparison, name: str, kind: str, data: np.ndarray,
                  extra: dict[str, Any]) -> Any:
         metadata = self._metadata(comparison, kind, name)
-        if name in self.viewer.layers:  # a re-run: new voxels in the same layer
-            layer = self.viewer.layers[name]
+        layer = self._owned_layer(name)
+        if layer is not None:  # a re-run: new voxels in the same layer
             layer.data = data
             layer.metadata = metadata
             return layer
@@ -351,19 +361,34 @@ class CompareWidget(QWidget):
                 data, name=name, metadata=metadata, opacity=0.9,
                 colormap=napari.utils.colormaps.DirectLabelColormap(color_dict=DIFF_COLORS), **geometry, **extra,
             )
-        return self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.6, **geometry, **extra)
+        contour = extra.pop("contour", 0)
+        layer = self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.6, **geometry, **extra)
+        layer.contour = contour  # not an add_labels argument in napari 0.9
+        return layer
 
     def _set_grid(self, enabled: bool) -> None:
         """Grid on: every panel (scan view + overlay) side by side. Grid off: the comparison is
         hidden, so the scan and the user's own layers are what the canvas shows; each panel is one
         visibility click away in the layer list."""
         owned = self._owned()
-        if not owned:
-            self.viewer.grid.enabled = False
-            return
         self.viewer.grid.enabled = False  # lay the panels out once, not once per change
+        enabled = enabled and bool(owned)
         for layer in owned:
             layer.visible = enabled
+        # The user's own layers would fill grid cells of their own, out of the panels' pairing:
+        # hidden while the grid is on (the ground truth has its panel), shown again after.
+        if enabled:
+            others = [layer for layer in self.viewer.layers if layer not in owned and layer.visible]
+            self._hidden_for_grid += others
+            for layer in others:
+                layer.visible = False
+        else:
+            for layer in self._hidden_for_grid:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+            self._hidden_for_grid = []
+        if not owned:
+            return
         self.viewer.grid.stride = -2
         self.viewer.grid.enabled = enabled
         # Fit the camera once the canvas has laid out the grid's view boxes (next event loop turn).

@@ -54,7 +54,7 @@ def card_summary(card: ModelCard) -> str:
     title = info.title if info else card.architecture
     channels = ", ".join(card.channel_names)
     classes = ", ".join(name for name, value in zip(card.class_names, card.class_values) if value)
-    data = card.training.get("data", "")
+    data = _training_data_text(card.training.get("data", ""))
     licence = card.training.get("licence", "")
     lines = [
         f"<b>{card.name or card.architecture}</b> — {title}, {card.dims}D",
@@ -65,6 +65,22 @@ def card_summary(card: ModelCard) -> str:
     if licence:
         lines.append(f"licence: {licence}")
     return "<br>".join(lines)
+
+
+def _training_data_text(data: Any) -> str:
+    """The card's training-data summary: free text, or the trainer's dict (source and counts)."""
+    if not isinstance(data, dict):
+        return str(data or "")
+    parts = [str(data.get("source", "")).rstrip("/").rsplit("/", 1)[-1]]
+    counts = []
+    for key in ("train_cases", "val_cases"):
+        value = data.get(key)
+        count = len(value) if isinstance(value, (list, tuple)) else value
+        if isinstance(count, int):
+            counts.append(f"{count} {key.split('_')[0]}")
+    if counts:
+        parts.append(f"({', '.join(counts)} patients)")
+    return " ".join(p for p in parts if p)
 
 
 def _per_depth(card: ModelCard, *keys: str) -> dict[str, Any]:

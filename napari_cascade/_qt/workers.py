@@ -154,19 +154,6 @@ class JobPanel(QWidget):
             self.cancel_button.setEnabled(False)
             self.status.setText(f"{self._label}: cancelling…")
 
-    def wait(self, timeout_s: float = 60.0) -> None:
-        """Cancel and block until the worker is gone (closing the widget or the viewer)."""
-        worker = self._worker
-        if worker is None:
-            return
-        self.cancel()
-        deadline = time.monotonic() + timeout_s
-        while self._worker is not None and time.monotonic() < deadline:
-            from qtpy.QtWidgets import QApplication
-
-            QApplication.processEvents()
-            time.sleep(0.01)
-
     def _show_progress(self, progress: Any) -> None:
         fraction = progress if isinstance(progress, (int, float)) else getattr(progress, "fraction", 0.0)
         self.progress_bar.setValue(int(1000 * float(fraction)))
@@ -194,4 +181,8 @@ class JobPanel(QWidget):
             except CascadeSegError as exc:  # e.g. the image layer was deleted meanwhile
                 outcome.error = str(exc)
                 show_error(f"napari-cascade: {exc}")
+            except Exception as exc:  # a bug turning results into layers: viewer stays usable
+                LOG.exception("napari-cascade: showing the result failed")
+                outcome.error = f"unexpected {type(exc).__name__}: {exc} (see the log for details)"
+                show_error(f"napari-cascade: {outcome.error}")
         self.finished.emit(outcome)

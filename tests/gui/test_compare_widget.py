@@ -59,8 +59,11 @@ def test_depths_attention_and_metrics_table(make_napari_viewer, qtbot, sample_cr
     assert float(rows["L2"][5]) > 0  # each depth's own time
     assert rows["L1"][6].endswith("slices/s")
 
+    assert "crop ground truth (compare)" in names  # the reference panel
+    assert not image.visible and not truth.visible  # the user's layers step aside in the grid
     widget.grid.setChecked(False)
     assert not viewer.grid.enabled
+    assert image.visible and truth.visible
 
 
 

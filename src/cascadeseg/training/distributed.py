@@ -63,13 +63,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
+def all_max(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """The element-wise maximum of ``values`` over all ranks (the same list on every rank).
+
+    Used each step for the stop flags and the elapsed time: a time-based learning-rate schedule
+    must see the same clock on every rank, or the ranks' weights would drift apart."""
     if not ctx.is_distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def barrier(ctx: DistContext) -> None:

@@ -41,7 +41,7 @@ from .callbacks import CallbackList, EpochInfo, StepInfo
 from .config import TrainConfig
 from .datasets import LoadedData, TrainingCase, case_sources, load_cases
 from .distributed import (
-    DistContext, any_rank, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
+    DistContext, all_max, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
 )
 from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length, resolve_patch_size
@@ -109,6 +109,11 @@ class _Trainer:
             prepare_run_dir(self.run_dir, cfg.resume)
         barrier(self.ctx)
         init_card = read_card(cfg.init_checkpoint) if cfg.init_checkpoint else None
+        if init_card is not None:
+            # Fine-tuning keeps the resolution and slicing the network learned at.
+            if cfg.inplane_size is None:
+                cfg.inplane_size = init_card.training.get("inplane_size")
+            cfg.axis = init_card.slice_axis
         self.data = load_cases(
             case_sources(cfg.data),
             axis=cfg.axis,
@@ -279,7 +284,7 @@ class _Trainer:
         consecutive_bad = 0
         while self.state["epoch"] < cfg.epochs:
             epoch = int(self.state["epoch"])
-            phase = phase_of_epoch(epoch, time.perf_counter() - start_time, budget)
+            phase = phase_of_epoch(epoch, all_max([time.perf_counter() - start_time], self.ctx, self.device)[0], budget)
             if phase != self.state["phase"]:
                 model = self._enter_phase(phase, model)
             self.dataset.set_epoch(epoch)
@@ -290,14 +295,18 @@ class _Trainer:
             samples = 0
             reason = None
             for step_in_epoch, (images, labels) in enumerate(self.loader, start=1):
-                elapsed = time.perf_counter() - start_time
                 cancelled = bool(self.cancel is not None and self.cancel.is_set())
                 reserve = validation_reserve
                 if reserve is None:
                     reserve = self._estimate_validation_seconds(samples, time.perf_counter() - epoch_start)
-                out_of_time = budget is not None and elapsed + reserve >= budget
-                if any_rank(cancelled or out_of_time, self.ctx, self.device):
-                    reason = "cancelled" if any_rank(cancelled, self.ctx, self.device) else "time"
+                # One collective per step: every rank sees the same clock and the same decision.
+                flag, elapsed, reserve = all_max(
+                    [float(cancelled), time.perf_counter() - start_time, reserve], self.ctx, self.device)
+                if flag:
+                    reason = "cancelled"
+                    break
+                if budget is not None and elapsed + reserve >= budget:
+                    reason = "time"
                     break
                 loss_value = self._step(model, images, labels, epoch, elapsed, budget)
                 if not math.isfinite(loss_value):

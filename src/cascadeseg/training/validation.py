@@ -54,6 +54,18 @@ def case_dice(confusion: Tensor) -> float:
     return float(dice.mean())
 
 
+def class_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(1)`` as K elementwise passes: the same result (first maximum wins), but
+    several times faster on the CPU, where a reduction over the strided channel axis is slow."""
+    best = logits[:, 0]
+    pred = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for k in range(1, logits.shape[1]):
+        better = logits[:, k] > best
+        pred = torch.where(better, k, pred)
+        best = torch.maximum(best, logits[:, k])
+    return pred
+
+
 def _confusion(pred: Tensor, truth: Tensor, k: int) -> Tensor:
     return torch.bincount((truth.reshape(-1).long() * k + pred.reshape(-1).long()), minlength=k * k).reshape(k, k)
 
@@ -124,7 +136,7 @@ def _validate_case_2d(model, case, axis, k, depths, divisor, device, batch_size,
             logits = logits[..., : size[0], : size[1]].float()
             if tuple(size) != full:
                 logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-            confusions[i] += _confusion(logits.argmax(1), gt, k).cpu()
+            confusions[i] += _confusion(class_argmax(logits), gt, k).cpu()
     return confusions
 
 
@@ -148,5 +160,5 @@ def _validate_case_3d(model, case, k, depths, patch_size, device, batch_size, am
     for logits in outputs:
         if tuple(logits.shape[2:]) != tuple(truth.shape):
             logits = F.interpolate(logits, size=tuple(truth.shape), mode="trilinear", align_corners=False)
-        confusions.append(_confusion(logits.argmax(1)[0], truth, k).cpu())
+        confusions.append(_confusion(class_argmax(logits)[0], truth, k).cpu())
     return confusions
