@@ -34,6 +34,7 @@ WORKER = textwrap.dedent(
     config = TrainConfig(
         data=pairs, run_dir=str(out / "run"), model="unet", model_options={"base_width": 4, "levels": 3},
         inplane_size=64, batch_size=2, epochs=2, steps_per_epoch=3, val_fraction=0.34, seed=0, threads=1,
+        minutes=30,  # the cosine follows the clock: the ranks must agree on it or their weights drift
     )
     steps = []
     result = train(config, callbacks=type("CB", (), {"on_step": lambda self, i: steps.append(i.loss)})())

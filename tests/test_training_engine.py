@@ -174,6 +174,22 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     assert card.target_spacing == [1.0, 4.0, 4.0]  # the resolution of the checkpoint it started from
 
 
+def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: Path, lgg_pairs, tmp_path: Path) -> None:
+    from cascadeseg.training import export_run
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(lgg_pairs, run_dir, epochs=1, val_cases=["TCGA_DU_6404_19850629"]))
+    exported = export_run(run_dir, tmp_path / "model", name="tiny", holdout_data=shared_data / "lgg-flair",
+                          card_updates={"training": {"licence": "CC BY-NC-SA 4.0"}})
+    assert sorted(p.name for p in exported.iterdir()) == ["model.safetensors", "model_card.json"]
+    _, card = load_checkpoint(exported)
+    assert card.name == "tiny" and card.training["licence"] == "CC BY-NC-SA 4.0"
+    assert card.validation["cases"] == ["TCGA_DU_6404_19850629"]  # the whole scan, on its own grid
+    assert 0.0 <= card.validation["dice_per_depth"]["1"] <= 1.0 and "hd95_per_depth" in card.validation
+    with pytest.raises(OutputExistsError):
+        export_run(run_dir, exported)
+
+
 def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
     result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=0.05))
     assert result.stopped == "time" and 1 <= result.epochs_completed < 1000

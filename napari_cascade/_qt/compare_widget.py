@@ -4,14 +4,18 @@ One click runs the engine's predictor once per pruning depth (each run really pr
 shown is the time that depth costs) and, for models that have them, once more for the cascade
 stages and the attention coefficient maps. The results become layers:
 
+* ``<scan> ground truth (compare)``: the chosen reference, as an outline (first panel);
 * ``<scan> L1`` .. ``L4`` and ``<scan> stage1`` / ``stage2``: labels layers;
-* ``<scan> stage2 vs stage1``, ``<scan> L2 vs L1`` ...: difference layers, 1 = added by the later
+* ``<scan> stage2 vs stage1`` and ``<scan> L4 vs L1``: difference layers, 1 = added by the later
   stage / deeper head (green), 2 = removed (red);
-* ``<scan> attention <gate>``: heat-map image layers in [0, 1].
+* ``<scan> attention <gate>``: heat-map image layers in [0, 1] (the full-resolution gates).
 
 Side by side uses napari's grid mode with stride -2: every panel is a pair (a view of the scan
 sharing its voxels and contrast, then the overlay), counted from the top of the layer list so the
-pairs stay aligned whatever else the viewer holds. With a ground-truth labels layer, a table gives
+pairs stay aligned; the user's own layers are hidden while the grid is on and shown again after.
+Re-running reuses the panels' layers (napari redraws everything on each add and remove).
+All whole-volume work (predictions, differences, metrics) runs in the worker thread.
+With a ground-truth labels layer, a table gives
 Dice, IoU, precision, recall and HD95 (engine metrics, foreground vs background) per stage and per
 depth, with each depth's time and speed.
 """
@@ -24,7 +28,6 @@ from typing import Any, Callable
 
 import napari
 import numpy as np
-from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -83,6 +86,8 @@ class Comparison:
     image_name: str
     reference: Any  # the label Volume carrying the scan's geometry
     truth: np.ndarray | None = None
+    # (later run, earlier run) -> difference map, computed in the worker (whole-volume work)
+    differences: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     depths: list[ComparisonRun] = field(default_factory=list)
     stages: list[ComparisonRun] = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)
@@ -248,6 +253,10 @@ class CompareWidget(QWidget):
                                            cancel=cancel)
                 comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
                 comparison.attention = {gate: v.array for gate, v in result.attention.items()}
+            for runs in (comparison.stages, comparison.depths):
+                if len(runs) > 1:
+                    first, last = runs[0], runs[-1]
+                    comparison.differences[(last.name, first.name)] = difference_map(first.labels, last.labels)
             if truth is not None:
                 for run in comparison.stages + comparison.depths:
                     comparison.metrics[run.name] = foreground_scores(run.labels, truth, volume.spacing)
@@ -312,10 +321,10 @@ class CompareWidget(QWidget):
             panels.append((f"{stem} ground truth (compare)", "labels", comparison.truth, {"contour": 2}))
         for runs in (comparison.stages, comparison.depths):
             panels += [(f"{stem} {run.name}", "labels", run.labels, {}) for run in runs]
-            if len(runs) > 1:
-                first, last = runs[0], runs[-1]
-                panels.append((f"{stem} {last.name} vs {first.name}", "difference",
-                               difference_map(first.labels, last.labels), {}))
+            if len(runs) > 1 and (runs[-1].name, runs[0].name) in comparison.differences:
+                later, earlier = runs[-1].name, runs[0].name
+                panels.append((f"{stem} {later} vs {earlier}", "difference",
+                               comparison.differences[(later, earlier)], {}))
         gates = sorted(comparison.attention, key=lambda g: (not g.startswith("X0,"), g))[:MAX_GATE_PANELS]
         panels += [(f"{stem} attention {gate}", "attention", comparison.attention[gate], {}) for gate in gates]
         return panels

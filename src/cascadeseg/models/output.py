@@ -69,6 +69,9 @@ class LogitsOnly(nn.Module):
         super().__init__()
         self.model = model
         self.depth = depth
+        # A new Module starts in training mode; exporters restore the wrapper's mode onto the
+        # wrapped model when they finish, which would silently put an eval model back in training.
+        self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x, depth=self.depth).logits

@@ -298,7 +298,7 @@ class _Trainer:
                 cancelled = bool(self.cancel is not None and self.cancel.is_set())
                 reserve = validation_reserve
                 if reserve is None:
-                    reserve = self._estimate_validation_seconds(samples, time.perf_counter() - epoch_start)
+                    reserve = self._estimate_validation_seconds(len(losses), time.perf_counter() - epoch_start, budget)
                 # One collective per step: every rank sees the same clock and the same decision.
                 flag, elapsed, reserve = all_max(
                     [float(cancelled), time.perf_counter() - start_time, reserve], self.ctx, self.device)
@@ -430,14 +430,16 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _estimate_validation_seconds(self, samples: int, seconds: float) -> float:
+    def _estimate_validation_seconds(self, steps: int, seconds: float, budget: float | None) -> float:
         """Before the first validation: its cost guessed from the training pace (a forward pass
-        costs about a third of a training step per voxel; times 1.5 for safety)."""
-        if samples == 0:
+        costs about a third of a training step per voxel; times 1.5 for safety). The first steps
+        are slow (lazy imports, allocator warm-up), so no guess before 10 steps, and the guess
+        never takes more than half the budget from training."""
+        if steps < 10 or budget is None:
             return 0.0
-        voxels_per_second = samples / self.ctx.world_size * float(np.prod(self.patch)) / max(seconds, 1e-9)
+        voxels_per_second = steps * self.config.batch_size * float(np.prod(self.patch)) / max(seconds, 1e-9)
         val_voxels = sum(float(np.prod(c.spatial_shape)) for c in self.val_cases)
-        return 1.5 * val_voxels / (3.0 * voxels_per_second)
+        return min(0.5 * budget, 1.5 * val_voxels / (3.0 * voxels_per_second))
 
     def _progress(self, elapsed: float, budget: float | None) -> float:
         planned = self.config.epochs * max(1, self.steps_per_epoch)
