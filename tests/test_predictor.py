@@ -274,8 +274,14 @@ def test_postprocessing_on_a_real_label_map(shared_data: Path) -> None:
         postprocess(labels, PostProcessing(restrict_to_mask=True))
 
 
-def test_device_resolution() -> None:
-    assert resolve_device("cpu").type == "cpu"
+def test_device_resolution_and_default_batch() -> None:
+    from cascadeseg.inference.predictor import default_2d_batch
+
+    cpu = resolve_device("cpu")
+    assert cpu.type == "cpu"
+    # A pixel budget: 512x512 CT slices go two at a time on the CPU (activation memory), 256x256 eight.
+    assert [default_2d_batch(cpu, s, s) for s in (64, 256, 512, 1024)] == [8, 8, 2, 1]
+    assert default_2d_batch(torch.device("cuda"), 512, 512) == 8
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda")

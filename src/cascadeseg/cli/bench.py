@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import CascadeSegError, InputFileError
+from ..errors import CancelledError, CascadeSegError, InputFileError
 from .atomic import write_text_atomic
 from .main import command_parser
 from .markdown import markdown_table
@@ -66,6 +65,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="also segment a 512x512x600 int16 CT volume in 2D in a fresh process and report its peak memory")
     parser.add_argument("--memory-width", type=int, default=None,
                         help="U-Net width for --memory (default: 32 on a GPU, 8 on the CPU)")
+    parser.add_argument("--memory-batches", type=int, default=None,
+                        help="stop the --memory run after this many batches (wide networks on a CPU); "
+                             "the volume-sized arrays are allocated before the first batch")
     parser.add_argument("--data", type=Path, default=None,
                         help="the shared data folder (default: $CASCADESEG_DATA or ../shared/data)")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"),
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         _progress(f"width {width}: done")
     if args.memory:
         report["memory_512x512x600"] = memory_in_subprocess(args.memory_width or (32 if device.type == "cuda" else 8),
-                                                            str(device))
+                                                            str(device), args.memory_batches)
     report["meta"]["load_average_at_end"] = _load_average()
     json_path, md_path = write_report(report, args.output_dir)
     print(md_path.read_text())
@@ -129,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
 # -- timing and memory -----------------------------------------------------------------------------
 
 def time_call(fn: Callable[[], Any], min_time: float, device: Any, min_repeats: int = 2) -> float:
-    """Median seconds per call after one warm-up call, repeating for at least ``min_time`` s."""
+    """Fastest seconds per call after one warm-up call, repeating for at least ``min_time`` s.
+
+    The minimum, as ``timeit`` advises: on a shared machine the slower repeats measure the other
+    processes, not the code."""
     import torch
 
     def sync() -> None:
@@ -145,7 +150,7 @@ def time_call(fn: Callable[[], Any], min_time: float, device: Any, min_repeats: 
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 class PeakMemory:
@@ -441,9 +446,10 @@ def check_targets(section: dict[str, Any]) -> dict[str, Any]:
 
 # -- the 512x512x600 memory probe ------------------------------------------------------------------
 
-def memory_in_subprocess(width: int, device: str) -> dict[str, Any]:
+def memory_in_subprocess(width: int, device: str, batches: int | None = None) -> dict[str, Any]:
     """Run :func:`memory_probe` in a fresh interpreter (a clean peak-RSS counter) and return its report."""
-    code = f"from cascadeseg.cli.bench import memory_probe; memory_probe({width}, {device!r})"
+    code = (f"import torch; torch.set_num_threads({_torch_threads()}); from cascadeseg.cli.bench import memory_probe; "
+            f"memory_probe({width}, {device!r}, stop_after_batches={batches!r})")
     _progress(f"memory probe: 512x512x600 int16 CT, 2D, U-Net width {width} (fresh process)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -451,10 +457,20 @@ def memory_in_subprocess(width: int, device: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def memory_probe(width: int, device: str, slices: int = 600) -> None:
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def memory_probe(width: int, device: str, slices: int = 600, stop_after_batches: int | None = None) -> None:
     """Segment a synthetic 512x512x``slices`` int16 CT volume in 2D and print a JSON line with
-    the process's peak resident memory (``ru_maxrss``), which counts everything: the volume, the
-    one float copy, the labels, PyTorch itself, and the label file write."""
+    the process's peak resident memory (``VmHWM``), which counts everything: the volume, the
+    one float copy, the labels, PyTorch itself, and the label file write.
+
+    ``stop_after_batches``: cancel after that many batches (for wide networks that would take
+    hours on a CPU). The float copy and the label map are allocated before the first batch and
+    every batch has the same activations, so the peak then covers all but the final file write."""
     import resource
 
     import numpy as np
@@ -465,7 +481,14 @@ def memory_probe(width: int, device: str, slices: int = 600) -> None:
     from ..models import create_model
 
     def maxrss_mib() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        # VmHWM is this process image's own high-water mark; ru_maxrss would also carry the
+        # parent's RSS over fork+exec on Linux (the bench process that started the probe).
+        try:
+            with open("/proc/self/status", encoding="ascii") as handle:
+                line = next(x for x in handle if x.startswith("VmHWM:"))
+            return int(line.split()[1]) / 1024  # kB
+        except (OSError, StopIteration, ValueError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     options = {"in_channels": 1, "num_classes": 2, "dims": 2, "base_width": width, "levels": 5}
     card = ModelCard(architecture="unet", model_options=options, dims=2,
@@ -476,17 +499,29 @@ def memory_probe(width: int, device: str, slices: int = 600) -> None:
     array = np.random.default_rng(0).integers(-1024, 1500, size=(1, slices, 512, 512), dtype=np.int16)
     volume = Volume(array, spacing=(1.0, 0.8, 0.8), modality="CT")
     t0 = time.perf_counter()
-    result = predictor.predict(volume)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_labels(result.labels.array, volume, Path(tmp) / "labels.nii.gz")
+    stop = threading.Event()
+    batches: list[Any] = []
+
+    def count(progress: Any) -> None:
+        batches.append(progress)
+        if stop_after_batches is not None and len(batches) >= stop_after_batches:
+            stop.set()
+
+    try:
+        result = predictor.predict(volume, progress=count, cancel=stop)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_labels(result.labels.array, volume, Path(tmp) / "labels.nii.gz")
+        rate, label_type = slices / result.timings["inference"], str(result.labels.array.dtype)
+    except CancelledError:
+        rate, label_type = batches[-1].rate, "n/a (stopped early)"
     seconds = time.perf_counter() - t0
     peak = maxrss_mib()
     print(json.dumps({"shape_zyx": [slices, 512, 512], "dtype": "int16", "mode": "2d", "model": f"unet w{width}",
                       "device": device, "threads": torch.get_num_threads(), "seconds": seconds,
-                      "slices_per_s": slices / result.timings["inference"],
+                      "slices_per_s": rate, "slices_done": batches[-1].done if batches else 0,
                       "volume_mib": array.nbytes / 2**20, "before_volume_mib": start_mib,
                       "peak_rss_mib": peak, "target_mib": 4096, "ok": peak < 4096,
-                      "label_dtype": str(result.labels.array.dtype)}))
+                      "label_dtype": label_type}))
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -537,6 +572,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{meta.get('load_average_at_end')} at the end.", "",
              f"Command: `{meta['command']}`", ""]
     for width, section in report.get("widths", {}).items():
+        if not any(section.get(k) for k in ("2d", "3d", "peers", "overhead", "e2e")):
+            continue  # every section skipped (e.g. a --memory-only run)
         lines += [f"## Base width {width}", ""]
         if section.get("2d"):
             lines += ["### 2D, 256x256 (slices/s; GFLOP/s = slices/s x GFLOPs per slice)", "",
@@ -577,7 +614,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["### Targets", "", markdown_table(("target", "measured", "result"), rows), ""]
     if "memory_512x512x600" in report:
         m = report["memory_512x512x600"]
+        partial = m.get("slices_done", m["shape_zyx"][0]) < m["shape_zyx"][0]
         lines += ["## 512x512x600 int16 CT in 2D (fresh process)", "",
+                  (f"Stopped after {m['slices_done']} slices (--memory-batches); the float copy and the label "
+                   f"map were allocated before the first batch, the final file write is not included. "
+                   if partial else "") +
                   f"{m['model']} on {m['device']}, {m['threads']} threads: {m['seconds']:.1f} s "
                   f"({m['slices_per_s']:.1f} slices/s); peak resident memory **{m['peak_rss_mib']:.0f} MiB** "
                   f"(volume {m['volume_mib']:.0f} MiB, process before the volume {m['before_volume_mib']:.0f} MiB; "

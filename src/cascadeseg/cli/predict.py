@@ -53,7 +53,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu (default: auto)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="slices per 2D batch or windows per 3D batch (default: 8/1 on CPU, 32/2 on GPU)")
+                        help="slices per 2D batch or windows per 3D batch (default: 8 slices of 256x256 or "
+                             "2 of 512x512 / 1 window on CPU; 4x that on GPU)")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                         help="3D sliding-window size (default: the card's patch size)")
     parser.add_argument("--overlap", type=float, default=0.5, help="3D window overlap in [0, 1) (default: 0.5)")
