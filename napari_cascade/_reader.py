@@ -89,9 +89,12 @@ def read_dicom_folder(folder: Path) -> list[LayerDataTuple]:
     (the engine's single-volume reader would ask which one, which a file dialog cannot answer)."""
     from cascadeseg.io import list_series, load_volume
 
-    series = list_series(folder)
-    if len(series) <= 1:
+    try:  # the common case, one series: a single scan of the folder
         return image_layers(load_volume(folder))
+    except InputFileError:
+        series = list_series(folder)
+        if len(series) <= 1:
+            raise
     layers: list[LayerDataTuple] = []
     for item in series:
         volume = load_volume(folder, series_uid=item.uid)

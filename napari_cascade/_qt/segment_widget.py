@@ -176,6 +176,11 @@ class SegmentWidget(QWidget):
         self.channels.set_channels(card.channel_names)
         for depth, label in depth_choices(card):
             self.depth.addItem(label, depth)
+        size = card.slice_size if card.dims == 2 else card.patch_size
+        self.depth.setToolTip(
+            "validation Dice from the model card; parameters that run at this depth; GFLOPs per "
+            + ("x".join(map(str, size)) + " input" if size else "input") + " (speed scales with it)"
+        )
         self._measure_depths(entry)
         if card.recommended_depth is not None:
             index = self.depth.findData(card.recommended_depth)

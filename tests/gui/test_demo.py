@@ -79,7 +79,7 @@ def test_headless_demo_with_the_shipped_default(tmp_path: Path, artifacts_dir) -
     report = run_headless(choose_models(), tmp_path, device="cpu")
     print(report)
     dice = [float(line.rsplit(":", 1)[1]) for line in report.splitlines() if "(mask)" in line]
-    assert dice and dice[0] > 0.5, report  # far above chance; see test_segment_widget.SAMPLE_DICE_FLOOR
+    assert dice and dice[0] > 0.6, report  # as test_segment_widget.SAMPLE_DICE_FLOOR
     png = tmp_path / f"{SAMPLE_CASE_ID}_overview.png"
     (artifacts_dir / "demo_overview.png").write_bytes(png.read_bytes())
     print(f"headless demo overview: {artifacts_dir / 'demo_overview.png'}")
@@ -124,6 +124,8 @@ def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewe
     shots[f"napari_compare{tag}.png"] = viewer.screenshot(canvas_only=False, flash=False)
     compare.grid.setChecked(False)
     viewer.layers.selection.active = next(layer for layer in viewer.layers if "segmentation" in layer.name)
+    next(dock for name, dock in viewer.window._dock_widgets.items() if name.startswith("Segment")).raise_()
+    qtbot.wait(300)  # the camera is fitted to the single view on the next event loop turn
     shots[f"napari_segmented{tag}.png"] = viewer.screenshot(canvas_only=False, flash=False)
     from napari.utils.io import imsave
 

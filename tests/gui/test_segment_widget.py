@@ -15,7 +15,7 @@ from cascadeseg.metrics import evaluate_case
 from napari_cascade._qt.segment_widget import ADD, REPLACE, SegmentWidget, is_edited
 
 PLUGIN = "napari-cascade"
-SAMPLE_DICE_FLOOR = 0.5
+SAMPLE_DICE_FLOOR = 0.6
 
 
 def _widget(make_napari_viewer, qtbot) -> tuple[object, SegmentWidget]:
