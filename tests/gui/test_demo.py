@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gui_helpers import wait_for_job
 
-from cascadeseg.cli.demo import DemoModels, choose_models, free_path
+from cascadeseg.cli.demo import choose_models, free_path
 from cascadeseg.errors import CheckpointError
 from cascadeseg.inference import available_checkpoints
 from cascadeseg.shipped import SAMPLE_CASE_ID, sample_scan_path
@@ -61,19 +61,20 @@ def test_outputs_are_never_overwritten_silently(tmp_path: Path) -> None:
     assert free_path(tmp_path / "o.png", overwrite=False) == tmp_path / "o.png"
 
 
-def test_default_model_choice() -> None:
+def test_default_model_choice(monkeypatch) -> None:
     shipped = _shipped()
-    if not shipped:
-        with pytest.raises(CheckpointError, match="no default model"):
-            choose_models()
-        return
+    assert shipped, "no default model shipped in resources/checkpoints (the README's main job needs one)"
     models = choose_models()
     assert models.main in [entry.path for entry in shipped]
+    from cascadeseg.inference import checkpoint
+
+    monkeypatch.setattr(checkpoint, "shipped_checkpoints_dir", lambda: None)
+    with pytest.raises(CheckpointError, match="no default model"):
+        choose_models()
 
 
 def test_headless_demo_with_the_shipped_default(tmp_path: Path, artifacts_dir) -> None:
-    if not _shipped() and not any(Path(__file__).parents[2].joinpath("resources/checkpoints").glob("*/model_card.json")):
-        pytest.skip("no default checkpoint shipped in resources/checkpoints yet (issue 5 trains it)")
+    assert _shipped(), "no default model shipped in resources/checkpoints (the README's main job needs one)"
     from cascadeseg.cli.demo import run_headless
 
     report = run_headless(choose_models(), tmp_path, device="cpu")
@@ -89,17 +90,17 @@ def test_headless_demo_with_the_shipped_default(tmp_path: Path, artifacts_dir) -
         (docs / "demo_overview.png").write_bytes(png.read_bytes())
 
 
-def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewer, qtbot, tiny_models,
-                                                               artifacts_dir) -> None:
+def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewer, qtbot, artifacts_dir) -> None:
     """The GUI main job on the bundled sample, then screenshots of the main views.
 
-    With the shipped default (once issue 5 ships it) the screenshots are the README's; set
+    With the shipped default the screenshots are the README's; set
     CASCADESEG_UPDATE_SCREENSHOTS=1 to copy them into docs/screenshots/.
     """
     from napari_cascade._qt.demo_viewer import setup_demo
 
     shipped = bool(_shipped())
-    models = choose_models() if shipped else DemoModels(main=tiny_models["cascade"])
+    assert shipped, "no default model shipped in resources/checkpoints (the README's main job needs one)"
+    models = choose_models()
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     segment, compare = setup_demo(viewer, models, device="cpu")
@@ -113,27 +114,22 @@ def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewe
     assert any("segmentation" in name for name in names)
     rows = compare.table_rows()
     assert rows and all(cells[0] != "—" for cells in rows.values())  # the sample's ground truth was used
-    if not shipped:
-        assert any(name.endswith("stage2 vs stage1") for name in names)
-        assert list(rows) == ["stage1", "stage2", "full"]
-
-    tag = "" if shipped else "_tiny_model"
     shots = {}
     assert viewer.grid.enabled  # the demo ends on the comparison
     qtbot.wait(300)  # the widget fits the camera once the grid is laid out
-    shots[f"napari_compare{tag}.png"] = viewer.screenshot(canvas_only=False, flash=False)
+    shots["napari_compare.png"] = viewer.screenshot(canvas_only=False, flash=False)
     compare.grid.setChecked(False)
     viewer.layers.selection.active = next(layer for layer in viewer.layers if "segmentation" in layer.name)
     next(dock for name, dock in viewer.window._dock_widgets.items() if name.startswith("Segment")).raise_()
     qtbot.wait(300)  # the camera is fitted to the single view on the next event loop turn
-    shots[f"napari_segmented{tag}.png"] = viewer.screenshot(canvas_only=False, flash=False)
+    shots["napari_segmented.png"] = viewer.screenshot(canvas_only=False, flash=False)
     from napari.utils.io import imsave
 
     for name, pixels in shots.items():
         assert pixels.ndim == 3 and pixels.shape[0] > 400 and pixels[..., :3].std() > 10  # not blank
         imsave(str(artifacts_dir / name), pixels)
         print(f"\nscreenshot: {artifacts_dir / name}")
-        if shipped and os.environ.get("CASCADESEG_UPDATE_SCREENSHOTS") == "1":
+        if os.environ.get("CASCADESEG_UPDATE_SCREENSHOTS") == "1":
             docs = Path(__file__).parents[2] / "docs" / "screenshots"
             docs.mkdir(parents=True, exist_ok=True)
             imsave(str(docs / name), pixels)
