@@ -77,6 +77,16 @@ def format_progress(progress: Any) -> str:
     return text
 
 
+def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,
+                  done: threading.Event) -> JobOutcome:
+    """:func:`run_job`, then flag the worker thread's end (what :meth:`JobPanel.wait` waits for;
+    the ``returned`` signal cannot be waited on from the GUI thread that would deliver it)."""
+    try:
+        return run_job(job, progress, cancel)
+    finally:
+        done.set()
+
+
 class _ProgressRelay(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
 
@@ -112,6 +122,8 @@ class JobPanel(QWidget):
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
         self._cancel = threading.Event()
+        self._thread_done = threading.Event()
+        self._thread_done.set()
         self._worker: Any = None
         self._label = ""
         self._on_result: Callable[[Any], None] | None = None
@@ -130,6 +142,7 @@ class JobPanel(QWidget):
             show_error(f"napari-cascade: {self._label} is still running; wait for it or press Cancel")
             return False
         self._cancel = threading.Event()
+        self._thread_done = threading.Event()
         self._label = label
         self._on_result = on_result
         self.progress_bar.setValue(0)
@@ -137,7 +150,8 @@ class JobPanel(QWidget):
         self.status.setText(f"{label}: starting…")
         self.cancel_button.setEnabled(True)
         worker = create_worker(
-            run_job, job, self._relay.progressed.emit, self._cancel, _start_thread=False
+            _run_and_flag, job, self._relay.progressed.emit, self._cancel, self._thread_done,
+            _start_thread=False
         )
         worker.returned.connect(self._done)
         # Closing the dock (or the viewer) stops the engine at its next batch instead of letting
@@ -153,6 +167,11 @@ class JobPanel(QWidget):
             self._cancel.set()
             self.cancel_button.setEnabled(False)
             self.status.setText(f"{self._label}: cancelling…")
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until the running job's thread has ended (docks call it when they close, after
+        asking the job to stop). Returns ``False`` if it was still running after ``timeout`` s."""
+        return self._thread_done.wait(timeout)
 
     def _show_progress(self, progress: Any) -> None:
         fraction = progress if isinstance(progress, (int, float)) else getattr(progress, "fraction", 0.0)
