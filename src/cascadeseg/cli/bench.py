@@ -232,10 +232,19 @@ def gflops_of(fn: Callable[[], Any]) -> float:
 # -- sections --------------------------------------------------------------------------------------
 
 def _model(name: str, dims: int, setup: Setup) -> Any:
+    """A model in the memory layout the Predictor runs it in (channels-last), so the sections
+    measure what the engine does; feed it inputs through :func:`_engine_layout`."""
+    from ..inference.device import memory_format
     from ..models import create_model
 
     return create_model(name, in_channels=1, num_classes=2, dims=dims, base_width=setup.width,
-                        levels=setup.levels).to(setup.device).eval()
+                        levels=setup.levels).to(setup.device, memory_format=memory_format(setup.device, dims)).eval()
+
+
+def _engine_layout(x: Any, setup: Setup) -> Any:
+    from ..inference.device import memory_format
+
+    return x.contiguous(memory_format=memory_format(setup.device, x.ndim - 2))
 
 
 def _depths(model: Any) -> list[int | None]:
@@ -254,7 +263,7 @@ def bench_2d(name: str, setup: Setup) -> list[dict[str, Any]]:
         one = torch.randn(1, 1, 256, 256, device=setup.device)
         gflops = gflops_of(lambda: model(one, depth=depth))
         for batch in (1, 16):
-            x = torch.randn(batch, 1, 256, 256, device=setup.device)
+            x = _engine_layout(torch.randn(batch, 1, 256, 256, device=setup.device), setup)
             with inference_context(setup.device), PeakMemory(setup.device) as memory:
                 seconds = time_call(lambda: model(x, depth=depth), setup.min_time, setup.device)
             rows.append({"model": name, "depth": depth, "batch": batch, "slices_per_s": batch / seconds,
@@ -273,7 +282,7 @@ def bench_3d(name: str, setup: Setup) -> list[dict[str, Any]]:
     model = _model(name, 3, setup)
     rows = []
     s = setup.size3d
-    x = torch.randn(1, 1, s, s, s, device=setup.device)
+    x = _engine_layout(torch.randn(1, 1, s, s, s, device=setup.device), setup)
     for depth in _depths(model):
         gflops = gflops_of(lambda: model(x, depth=depth))
         with inference_context(setup.device), PeakMemory(setup.device) as memory:
@@ -304,13 +313,21 @@ def bench_peers(setup: Setup) -> list[dict[str, Any]]:
     import torch
 
     rows = []
-    for name, net in monai_peers(setup.width, setup.levels).items():
+    # Each peer as a user runs it (a plain loop, default layout) and, for a like-for-like check of
+    # the arithmetic, in the channels-last layout the engine uses for its own models.
+    peers = [(name, net, False) for name, net in monai_peers(setup.width, setup.levels).items()]
+    peers += [(f"{name} (channels-last)", net, True) for name, net in monai_peers(setup.width, setup.levels).items()]
+    for name, net, channels_last in peers:
         net = net.to(setup.device).eval()
         one = torch.randn(1, 1, 256, 256, device=setup.device)
         gflops = gflops_of(lambda: net(one))
         params = sum(p.numel() for p in net.parameters()) / 1e6
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
         for batch in (1, 16):
             x = torch.randn(batch, 1, 256, 256, device=setup.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), PeakMemory(setup.device) as memory:
                 seconds = time_call(lambda: net(x), setup.min_time, setup.device)
             rows.append({"model": name, "batch": batch, "slices_per_s": batch / seconds, "params_m": params,
@@ -348,7 +365,7 @@ def bench_overhead(setup: Setup, image_path: Path) -> dict[str, Any]:
     def bare() -> None:
         with inference_context(setup.device):
             for start in range(0, slices.shape[0], batch):
-                model(slices[start:start + batch].to(setup.device)).logits.cpu()
+                model(_engine_layout(slices[start:start + batch].to(setup.device), setup)).logits.cpu()
 
     engine_times, bare_times = [], []
     for _ in range(3):  # interleaved, so drifting machine load hits both alike
@@ -429,10 +446,11 @@ def check_targets(section: dict[str, Any]) -> dict[str, Any]:
     rows2d = section.get("2d", [])
     for batch in (1, 16):
         ours = [r for r in rows2d if r["model"] == "unet" and r["batch"] == batch]
-        peer = [r for r in section.get("peers", []) if r["model"] == "monai.BasicUNet" and r["batch"] == batch]
-        if ours and peer:
-            ratio = ours[0]["slices_per_s"] / peer[0]["slices_per_s"]
-            targets[f"unet_vs_basicunet_batch{batch}_at_least_1x"] = {"value": ratio, "ok": ratio >= 1.0}
+        for peer_name, key in (("monai.BasicUNet (channels-last)", "same_layout"), ("monai.BasicUNet", "plain_loop")):
+            peer = [r for r in section.get("peers", []) if r["model"] == peer_name and r["batch"] == batch]
+            if ours and peer:
+                ratio = ours[0]["slices_per_s"] / peer[0]["slices_per_s"]
+                targets[f"unet_vs_basicunet_{key}_batch{batch}_at_least_1x"] = {"value": ratio, "ok": ratio >= 1.0}
         if ours:
             reference = ours[0]["achieved_gflop_s"]
             ratios = {f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / reference

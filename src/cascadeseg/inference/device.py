@@ -98,10 +98,14 @@ def inference_context(device: torch.device, mixed_precision: bool = True) -> Ite
 
 
 def memory_format(device: torch.device, dims: int) -> torch.memory_format:
-    """Channels-last on GPUs (faster convolutions with tensor cores), contiguous on the CPU."""
-    if device.type in ("cuda", "mps"):
-        return torch.channels_last if dims == 2 else torch.channels_last_3d
-    return torch.contiguous_format
+    """Channels-last everywhere: on GPUs for tensor cores, and on the CPU because oneDNN's
+    convolutions are much faster on it. Measured here (2-core x86_64, 1 thread, batch 16 at
+    256x256, width 8): U-Net 1.76 -> 0.86 s, ANU-Net 11.4 -> 4.2 s (its many 1x1 attention-gate
+    convolutions at full resolution were 30x slower in NCHW), UNet++ 5.8 -> 3.3 s, UNet# 6.8 -> 3.9 s;
+    width 32: U-Net 11.1 -> 7.9 s, ANU-Net 46 -> 31 s; 3D patches 64x96x96: 7-15 % faster.
+    Outputs are equal to the contiguous run within float rounding (max difference 1e-7)."""
+    del device  # the same choice on every device; kept in the signature for callers
+    return torch.channels_last if dims == 2 else torch.channels_last_3d
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
