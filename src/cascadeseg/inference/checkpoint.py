@@ -340,6 +340,7 @@ def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str],
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary, shareable folder
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": card.architecture,
                                                               "format_version": str(card.format_version)})
+        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it owner-only; others must read it too
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
         if target.exists():
             backup = target.with_name(f".{target.name}.old-{os.getpid()}")
