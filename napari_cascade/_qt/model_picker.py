@@ -108,6 +108,8 @@ def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
             model = card.create_model().eval()
         return {depth: measure(model, shape, depth) for depth in depths}
     except (CascadeSegError, NotImplementedError, RuntimeError, TypeError, ValueError):
+        # Shape-only (meta) execution cannot run data-dependent models such as the coarse-to-fine
+        # crop; the depth list then shows the card's Dice without parameter/FLOP figures.
         return {}
 
 

@@ -127,7 +127,7 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
     from ..io import load_labels, load_volume, save_labels
     from ..metrics import evaluate_case
     from ..shipped import SAMPLE_CASE_ID, sample_label_path, sample_scan_path
-    from .predict import _ProgressBar
+    from .predict import ProgressBar
 
     start = time.perf_counter()
     scan = load_volume(sample_scan_path())
@@ -137,7 +137,7 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
     has_depths = len(getattr(predictor.model.info, "pruning_depths", ())) > 1
     want = PredictionRequest(depths=has_depths, stages=bool(predictor.model.info.stages))
     name = card.name or models.main.name
-    with _ProgressBar(f"demo: {name}", disable=False) as bar:
+    with ProgressBar(f"demo: {name}", disable=False) as bar:
         result = predictor.predict(scan, depth=depth, want=want, progress=bar.update)
     panels = [("ground truth", truth.array)]
     if result.depth_labels:  # every depth; the one written as the mask is marked
@@ -149,7 +149,7 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
     if models.stages is not None:
         cascade = Predictor.from_checkpoint(models.stages, device=device)
         cascade_name = cascade.card.name or models.stages.name
-        with _ProgressBar(f"demo: {cascade_name}", disable=False) as bar:
+        with ProgressBar(f"demo: {cascade_name}", disable=False) as bar:
             staged = cascade.predict(scan, want=PredictionRequest(stages=True), progress=bar.update)
         panels += [(f"{cascade_name} {s}", v.array) for s, v in staged.stage_labels.items()]
         panels.append((cascade_name, staged.labels.array))

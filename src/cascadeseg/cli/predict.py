@@ -141,7 +141,6 @@ class ProgressBar:
         self._bar.close()
 
 
-_ProgressBar = ProgressBar  # the name cli/demo.py imports
 
 # -- finding the cases -----------------------------------------------------------------------------
 
