@@ -152,3 +152,21 @@ def test_two_torchrun_ranks_share_the_cases(shared_data: Path, flair_ckpt: Path,
     assert sorted(p.name for p in out.iterdir()) == [f"{c}.nii.gz" for c in LGG_CASES]
     for case in LGG_CASES:
         assert_label_matches_image(out / f"{case}.nii.gz", lgg_image(shared_data, case))
+
+
+def test_probabilities_and_mirroring_are_written_with_the_scan_geometry(shared_data: Path, flair_ckpt: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    image = lgg_image(shared_data, LGG_CASES[0])
+    args = ["predict", str(image), "-o", str(out), "-c", str(flair_ckpt), "--no-progress", "--save-probabilities"]
+    assert main([*args, "--mirror"]) == 0
+    labels = nib.load(str(out / f"{LGG_CASES[0]}.nii.gz"))
+    probs = nib.load(str(out / f"{LGG_CASES[0]}_probabilities.nii.gz"))
+    assert probs.shape == (*nib.load(str(image)).shape[:3], 2)
+    assert np.allclose(probs.affine, labels.affine, atol=1e-5)
+    p = np.asarray(probs.dataobj, dtype=np.float32)
+    assert np.allclose(p.sum(axis=3), 1.0, atol=1e-4)
+    assert np.array_equal(p.argmax(axis=3), np.asarray(labels.dataobj))
+    # The probability file is checked before any work, like the label file.
+    (out / f"{LGG_CASES[0]}.nii.gz").unlink()
+    assert main(args) == 2

@@ -69,6 +69,8 @@ def test_segment_sample_crop_gives_labels_on_the_image_grid(make_napari_viewer, 
     assert "0.01 M params" in widget.depth.currentText()
     qtbot.waitUntil(lambda: "GFLOP/slice" in widget.depth.itemText(3), timeout=60_000)
     widget.probabilities.setChecked(True)
+    widget.mirror.setChecked(True)
+    assert widget.gather().mirror
     assert widget.run()
     assert not widget.run_button.isEnabled()  # one run at a time
     outcome = wait_for_job(qtbot, widget)

@@ -8,7 +8,9 @@ Inputs (any mix, each argument one of):
 * a folder of image files (cases grouped by their ``_NNNN`` channel suffix);
 * an MSD / nnU-Net dataset folder: its ``imagesTs/`` when present, else ``imagesTr/``.
 
-Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry. Every output path is checked
+Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry (and, with
+``--save-probabilities``, ``OUTPUT/<case>_probabilities.nii.gz``: float32 softmax, one volume per
+class along the 4th axis, same geometry). Every output path is checked
 before any work starts: an existing file stops the run unless ``--overwrite``. Under ``torchrun``
 each rank segments its share of the cases (round robin) and writes only those.
 """
@@ -26,6 +28,7 @@ from ..errors import DatasetError, InputFileError, OutputExistsError
 from .main import command_parser
 
 OUTPUT_SUFFIX = ".nii.gz"
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=float, default=0.5, help="3D window overlap in [0, 1) (default: 0.5)")
     parser.add_argument("--no-mixed-precision", action="store_true",
                         help="run in fp32 on GPUs too (mixed precision is never used on the CPU)")
+    parser.add_argument("--mirror", action="store_true",
+                        help="test-time mirroring (nnU-Net's default): average over the mirror images "
+                             "along every in-plane axis in 2D (4x the time) or every axis in 3D (8x)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write OUTPUT/<case>_probabilities.nii.gz (float32 softmax, class along "
+                             "the 4th axis, the scan's geometry)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected component of each label")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by each label")
@@ -71,8 +80,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import PostProcessing, Predictor, postprocess
-    from ..io import load_volume, save_labels
+    from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
+    from ..io import load_volume, save_labels, save_volume
     from ..preprocessing import body_mask
     from .distributed import rank_info, shard
 
@@ -85,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--output {out_dir}: exists and is not a folder (expected a folder for label files)")
     targets = {case.case_id: out_dir / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine}
-    existing = [str(p) for p in targets.values() if p.exists()]
+    prob_targets = {case.case_id: out_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine} \
+        if args.save_probabilities else {}
+    existing = [str(p) for p in [*targets.values(), *prob_targets.values()] if p.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise OutputExistsError(
@@ -105,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         volume = load_volume(case.path)
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
             result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
+                                       want=PredictionRequest(probabilities=args.save_probabilities, mirror=args.mirror),
                                        progress=bar.update, patch_size=args.patch_size, overlap=args.overlap)
         if "stage2_fraction" in result.stats:  # coarse-to-fine cascade: the saving of its crop
             print(f"{prefix}{case.case_id}: stage 2 ran on {result.stats['stage2_fraction']:.0%} of the input",
@@ -113,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         if post.any:
             labels = postprocess(labels, post, mask=body_mask(volume) if args.body_mask else None)
         save_labels(labels, volume, targets[case.case_id], overwrite=args.overwrite)
+        if result.probabilities is not None:
+            save_volume(result.probabilities, prob_targets[case.case_id], overwrite=args.overwrite)
         del volume, result, labels
     elapsed = time.perf_counter() - start
     print(f"{prefix}segmented {len(mine)} case(s) in {elapsed:.1f} s -> {out_dir}", file=sys.stderr)

@@ -49,8 +49,10 @@ class HoldoutScores:
         return out
 
 
-def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], device: str = "cpu") -> HoldoutScores:
-    """Segment ``case_ids`` of the MSD folder ``dataset`` with ``checkpoint`` at every depth."""
+def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], device: str = "cpu",
+                     mirror: bool = False) -> HoldoutScores:
+    """Segment ``case_ids`` of the MSD folder ``dataset`` with ``checkpoint`` at every depth
+    (``mirror``: with test-time mirroring, :class:`~cascadeseg.inference.PredictionRequest`)."""
     from ..inference.predictor import PredictionRequest, Predictor
     from ..io import load_dataset
     from ..metrics import evaluate_case
@@ -62,8 +64,13 @@ def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], d
     t0 = time.perf_counter()
     for case in case_ids:
         image, labels = refs[case].load()
-        result = predictor.predict(image, want=PredictionRequest(depths=True))
-        maps = result.depth_labels or {1: result.labels}
+        if mirror:
+            # Mirroring applies to the chosen depth's logits: one call per depth.
+            depths = list(predictor.model.info.pruning_depths) or [None]
+            maps = {d or 1: predictor.predict(image, depth=d, want=PredictionRequest(mirror=True)).labels for d in depths}
+        else:
+            result = predictor.predict(image, want=PredictionRequest(depths=True))
+            maps = result.depth_labels or {1: result.labels}
         for depth, volume in maps.items():
             row = evaluate_case(volume.array, labels.array, labels.spacing, classes=foreground)
             # Mean over the foreground classes (one class for the LGG set).

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import CascadeSegError, DatasetError, ModelConfigError
 from ..inference.checkpoint import ModelCard, load_checkpoint, read_card
-from ..inference.device import autocast_dtype, release_cached_memory, resolve_device
+from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
 from ..models import OutputRequest, SegmentationOutput, create_model
 from .augmentation import augment_batch
 from .callbacks import CallbackList, EpochInfo, StepInfo
@@ -123,7 +123,10 @@ class _Trainer:
         )
         self.split = self._make_split()
         self.train_cases, self.val_cases = self._split_cases(self.split)
-        self.model = self._make_model(init_card).to(self.device)
+        # Channels-last for training too: oneDNN's and cuDNN's fast convolution paths (measured
+        # on this project's 2-core CPU: 20-27 % faster forward + backward at width 8).
+        self.memory_format = memory_format(self.device, cfg.dims)
+        self.model = self._make_model(init_card).to(self.device, memory_format=self.memory_format)
         self.divisor = tuple(int(d) for d in self.model.size_divisor)
         self.patch = resolve_patch_size(self.train_cases, cfg.dims, cfg.axis, cfg.patch_size, self.divisor)
         self.depths: list[int | None] = list(self.model.info.pruning_depths) or [None]
@@ -409,6 +412,7 @@ class _Trainer:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(cfg.seed) * 1_000_003 + self.ctx.rank * 7919 + int(self.state["step"]))
         images, labels = augment_batch(images, labels, cfg.augmentation, gen)
+        images = images.contiguous(memory_format=self.memory_format)
         self._set_lr(epoch, elapsed, budget)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = model(images, request=OutputRequest.for_training())
