@@ -109,6 +109,29 @@ def test_augmentation_moves_image_and_labels_together_and_is_seeded() -> None:
     assert clear.float().mean() > 0.5 and agree > 0.99
 
 
+def test_elastic_field_is_a_cubic_bspline() -> None:
+    """The elastic deformation is a true cubic B-spline: basis values by hand (beta3(0) = 2/3,
+    beta3(0.5) = 23/48, beta3(1) = 1/6, beta3(2) = 0), partition of unity, and in 3D no
+    displacement along the slice axis."""
+    from cascadeseg.training.augmentation import _elastic_field, bspline_basis, cubic_bspline
+
+    values = cubic_bspline(torch.tensor([0.0, 0.5, -0.5, 1.0, 1.5, 2.0, 3.0]))
+    assert torch.allclose(values, torch.tensor([2 / 3, 23 / 48, 23 / 48, 1 / 6, 1 / 48, 0.0, 0.0]))
+    basis = bspline_basis(9, 5)  # 9 voxels, knots at voxels 0, 2, 4, 6, 8 (+ one beyond each end)
+    assert basis.shape == (9, 7)
+    assert torch.allclose(basis.sum(dim=1), torch.ones(9))  # a constant field is reproduced exactly
+    assert torch.allclose(basis[4], torch.tensor([0, 0, 1 / 6, 2 / 3, 1 / 6, 0, 0]))  # on the middle knot
+    assert torch.allclose(basis[3, 2:4], torch.tensor([23 / 48, 23 / 48]))  # half-way between knots
+    cfg = AugmentationConfig(elastic_probability=1.0, elastic_magnitude=0.05, elastic_control_points=4)
+    field = _elastic_field(64, torch.Size((6, 32, 32)), cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert field.shape == (64, 6, 32, 32, 3)
+    assert torch.all(field[..., 2] == 0)
+    # elastic_magnitude stays the displacement's standard deviation (2 normalised units = 1 image)
+    assert 0.07 < float(field[..., :2].std()) < 0.13
+    smooth = (field[:, :, 1:] - field[:, :, :-1]).abs().max()
+    assert float(smooth) < 0.05  # neighbouring voxels move together
+
+
 def test_rot90_and_flips_are_exact_on_square_slices() -> None:
     image = torch.arange(64.0).view(1, 1, 8, 8).repeat(16, 1, 1, 1)
     labels = (image[:, 0] >= 32).long()

@@ -5,9 +5,11 @@ into ONE sampling grid per sample and applied with a single ``grid_sample`` per 
 for the image, nearest for the labels), so the cost is one resampling whatever is enabled, there
 is no Python loop over voxels or samples, and it runs on the GPU when training does.
 
-The elastic field is drawn as random displacements of a coarse grid of control points and
-interpolated bicubically (2D) or trilinearly (3D) to full resolution: a smooth field like the
-B-spline deformations of the papers, at a fraction of the cost of a true B-spline evaluation.
+The elastic field is the papers' B-spline deformation: random coefficients on a coarse uniform
+control grid, evaluated with the cubic B-spline basis at every voxel (separably: one small basis
+matrix per axis, so 2D and 3D cost a few matrix products, not a per-voxel loop). The control grid
+has ``elastic_control_points`` knots across the image plus one beyond each border, as SimpleITK's
+``BSplineTransform`` lays out its mesh, so the field is smooth up to the edges.
 Rotations are in the plane normal to the slice axis (array axes Y, X), because the slice axis
 of clinical scans is usually much coarser than the plane.
 
@@ -80,19 +82,46 @@ def _plane_matrix(b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: tor
     return pixel * half[None, None, :] / half[None, :, None]  # D^-1 R D with D = diag(w/2, h/2)
 
 
+def cubic_bspline(t: Tensor) -> Tensor:
+    """The cubic B-spline basis function beta3(t): 2/3 - t^2 + |t|^3/2 on |t| < 1,
+    (2 - |t|)^3 / 6 on 1 <= |t| < 2, zero beyond."""
+    a = t.abs()
+    inner = 2.0 / 3.0 - a**2 + a**3 / 2.0
+    outer = (2.0 - a).clamp(min=0.0) ** 3 / 6.0
+    return torch.where(a < 1.0, inner, outer)
+
+
+def bspline_basis(size: int, knots: int, device: torch.device | None = None) -> Tensor:
+    """``(size, knots + 2)`` matrix: voxel ``i`` of an axis of ``size`` voxels against the
+    coefficients at knot positions ``-1 .. knots`` (``knots`` knots spanning the axis end to end,
+    one extra beyond each end)."""
+    u = torch.linspace(0.0, float(knots - 1), size, device=device) if size > 1 else torch.zeros(1, device=device)
+    k = torch.arange(-1, knots + 1, device=device, dtype=u.dtype)
+    return cubic_bspline(u[:, None] - k[None, :])
+
+
+# sqrt(sum of beta3(j)^2 over the integers): the standard deviation of a B-spline field at a knot
+# per unit coefficient standard deviation, per axis. Dividing by it keeps `elastic_magnitude` the
+# displacement's standard deviation, as it was with interpolated control points.
+_BSPLINE_GAIN = math.sqrt((2.0 / 3.0) ** 2 + 2 * (1.0 / 6.0) ** 2)
+
+
 def _elastic_field(b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: torch.Generator, device: torch.device) -> Tensor:
-    """A smooth displacement field (B, *S, dims) in normalised units, zero for samples not drawn."""
+    """A smooth B-spline displacement field (B, *S, dims) in normalised units, zero for samples
+    not drawn."""
     dims = len(spatial)
     n = max(2, int(cfg.elastic_control_points))
     # Normalised coordinates span 2 per axis, so a magnitude of 1 image size is 2 units.
-    coarse = torch.randn((b, dims, *([n] * dims)), generator=gen, device=device) * (2 * cfg.elastic_magnitude)
+    scale = 2 * cfg.elastic_magnitude / _BSPLINE_GAIN**dims
+    coefficients = torch.randn((b, dims, *([n + 2] * dims)), generator=gen, device=device) * scale
     chosen = torch.rand(b, generator=gen, device=device) < cfg.elastic_probability
-    coarse = coarse * chosen.float().view(b, *([1] * (dims + 1)))
+    coefficients = coefficients * chosen.float().view(b, *([1] * (dims + 1)))
+    bases = [bspline_basis(int(s), n, device) for s in spatial]
     if dims == 3:
-        coarse[:, 2] = 0  # no displacement along the (coarse) slice axis
-        field = F.interpolate(coarse, size=tuple(spatial), mode="trilinear", align_corners=True)
+        coefficients[:, 2] = 0  # grid_sample's third component moves along the (coarse) slice axis
+        field = torch.einsum("bcpqr,zp,yq,xr->bczyx", coefficients, *bases)
     else:
-        field = F.interpolate(coarse, size=tuple(spatial), mode="bicubic", align_corners=True)
+        field = torch.einsum("bcpq,yp,xq->bcyx", coefficients, *bases)
     return field.movedim(1, -1)
 
 
