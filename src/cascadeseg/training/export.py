@@ -26,6 +26,7 @@ def export_run(
     holdout_data: Path | None = None,
     holdout_cases: Sequence[str] | None = None,
     card_updates: dict[str, Any] | None = None,
+    holdout_mirror: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Copy ``run_dir/<which>`` to ``destination`` (refused if it exists unless ``overwrite``).
@@ -33,6 +34,8 @@ def export_run(
     With ``holdout_data`` (the MSD folder the run trained on), the held-out cases (``holdout_cases``,
     default: the card's validation cases) are segmented by the predictor at every depth; the card
     then records those Dice/HD95 values, and the recommended depth is re-derived from them.
+    ``holdout_mirror``: also score with test-time mirroring (recorded under ``validation.mirrored``;
+    the recommended depth stays the one of plain inference, the default everywhere).
     """
     from .validation import recommended_depth
 
@@ -59,6 +62,9 @@ def export_run(
             "cases": cases,
             "trainer_validation": trainer_view,
         }
+        if holdout_mirror:
+            mirrored = score_checkpoint(source, Path(holdout_data), cases, mirror=True).to_dict()
+            card.validation["mirrored"] = {k: mirrored[k] for k in ("dice_per_depth", "hd95_per_depth", "dice_per_case")}
         if model.info.pruning_depths:
             card.recommended_depth = recommended_depth({d: scores.mean_dice(d) for d in scores.dice})
     for key, value in (card_updates or {}).items():
