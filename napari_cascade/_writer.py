@@ -8,6 +8,10 @@ scale / translate / rotate. The engine's :func:`cascadeseg.io.save_labels` does 
 Overwriting: napari's Save dialog asks before it passes an existing path, so an existing target
 is replaced (atomically). The one file never replaced is the scan the labels were drawn on:
 saving a mask over its own image is always a slip.
+
+A successful save also clears the Correct-mask dock's crash-recovery file of the scan when it
+holds this same layer (File > Save is a clean save like the dock's own Save button); a recovery
+file of another layer of the scan is left alone.
 """
 
 from __future__ import annotations
@@ -45,7 +49,24 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         )
     reference = volume_from_geometry(np.broadcast_to(np.uint8(0), labels.shape), geometry)
     written = save_labels(labels, reference, target, overwrite=True)
+    if source:
+        _clear_recovery(str(source), name)
     return [str(written)]
+
+
+def _clear_recovery(source: str, layer_name: str) -> None:
+    """Drop the scan's recovery file if it holds ``layer_name`` (the edits are now on disk). A
+    recovery store that cannot be read is left as it is: the save itself has succeeded."""
+    from cascadeseg.editing.autosave import RecoveryStore
+    from cascadeseg.errors import CascadeSegError
+
+    store = RecoveryStore()
+    try:
+        info = store.find(source)
+        if info is not None and info.layer_name == layer_name:
+            store.clear(source)
+    except (OSError, CascadeSegError):
+        pass
 
 
 def _same_file(a: Path, b: Path) -> bool:

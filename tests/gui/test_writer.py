@@ -71,3 +71,26 @@ def test_writer_never_replaces_the_scan_itself(shared_data: Path, tmp_path: Path
     with pytest.raises(OutputExistsError, match="drawn on"):
         write_labels(str(scan), np.zeros(data.shape, np.uint8), {"name": "mask", **kwargs})
     assert scan.read_bytes() == before
+
+
+def test_saving_through_the_writer_clears_that_layers_recovery_file(make_napari_viewer, shared_data: Path,
+                                                                    tmp_path: Path) -> None:
+    """File > Save is a clean save: the scan's crash-recovery file of the saved layer goes away;
+    one holding another layer of the same scan stays."""
+    from cascadeseg.editing.autosave import RecoveryStore
+
+    viewer = make_napari_viewer()
+    scan_path = shared_data / "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz"
+    (image,) = viewer.open(str(scan_path), plugin=PLUGIN)
+    mask = viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint8), name="working mask",
+                             metadata=dict(image.metadata))
+    mask.data[5, 10:20, 10:20] = 1
+    store = RecoveryStore()
+    store.save(str(scan_path), np.asarray(mask.data), layer_name="another mask")
+    mask.save(str(tmp_path / "kept.nii.gz"), plugin=PLUGIN)
+    assert store.find(str(scan_path)) is not None  # another layer's edits: not ours to drop
+    store.save(str(scan_path), np.asarray(mask.data), layer_name="working mask")
+    mask.save(str(tmp_path / "saved.nii.gz"), plugin=PLUGIN)
+    assert store.find(str(scan_path)) is None
+    assert np.array_equal(np.asarray(viewer.open(str(tmp_path / "saved.nii.gz"), plugin=PLUGIN)[0].data),
+                          np.asarray(mask.data))
