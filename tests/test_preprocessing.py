@@ -63,6 +63,15 @@ def test_ct_window_scales_hounsfield_to_unit_range(ct_case) -> None:
     np.testing.assert_array_equal(by_spec, liver)
     np.testing.assert_array_equal(by_preset, liver)
     assert image.array.dtype == np.int32  # the input is untouched
+    # One float32 copy is all the window allocates (no float64 temporary of the volume).
+    import tracemalloc
+
+    ct16 = hu.astype(np.int16)
+    tracemalloc.start()
+    ct_window(ct16, "abdomen")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1.2 * ct16.size * 4
     for name, (low, high) in CT_WINDOWS.items():
         windowed = ct_window(hu, name)
         assert windowed.min() == 0.0 and windowed.max() == 1.0, name

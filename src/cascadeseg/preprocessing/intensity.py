@@ -51,7 +51,10 @@ def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
 def ct_window(array: np.ndarray, window: str | Sequence[float]) -> np.ndarray:
     """Clip HU to ``window`` and scale linearly to [0, 1] (float32)."""
     low, high = resolve_window(window)
-    scaled = np.clip(array, low, high).astype(np.float32, copy=False)
+    # Cast first, then clip in place: clipping an int16 CT with float bounds would make a float64
+    # temporary (NumPy's promotion), twice the size of the float32 result.
+    scaled = np.array(array, dtype=np.float32, copy=True)
+    np.clip(scaled, np.float32(low), np.float32(high), out=scaled)
     scaled -= np.float32(low)
     scaled /= np.float32(high - low)  # division, not a reciprocal product: the top maps to exactly 1.0
     return scaled
