@@ -16,6 +16,7 @@ file of another layer of the scan is left alone.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
 
 def _clear_recovery(source: str, layer_name: str) -> None:
     """Drop the scan's recovery file if it holds ``layer_name`` (the edits are now on disk). A
-    recovery store that cannot be read is left as it is: the save itself has succeeded."""
+    recovery store that cannot be read or cleared only gets a warning: the save itself has
+    succeeded, and a stale recovery file merely offers edits that are already saved."""
     from cascadeseg.editing.autosave import RecoveryStore
     from cascadeseg.errors import CascadeSegError
 
@@ -65,8 +67,8 @@ def _clear_recovery(source: str, layer_name: str) -> None:
         info = store.find(source)
         if info is not None and info.layer_name == layer_name:
             store.clear(source)
-    except (OSError, CascadeSegError):
-        pass
+    except (OSError, CascadeSegError) as exc:
+        warnings.warn(f"saved, but the recovery file of {source} could not be cleared: {exc}", stacklevel=2)
 
 
 def _same_file(a: Path, b: Path) -> bool:

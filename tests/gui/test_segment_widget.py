@@ -28,19 +28,26 @@ def _results(viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels) and "segmentation" in layer.name]
 
 
+def _run_to_one_result(qtbot, widget: SegmentWidget, viewer, image, timeout_ms: int) -> Labels:
+    """Run the dock, wait for the worker, and return its one result layer, checked to lie on
+    ``image``'s grid."""
+    assert widget.run()
+    outcome = wait_for_job(qtbot, widget, timeout_ms)
+    assert outcome.ok, outcome.error
+    (labels,) = _results(viewer)
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    return labels
+
+
 def test_shipped_default_segments_the_bundled_sample(make_napari_viewer, qtbot) -> None:
     shipped = [entry for entry in available_checkpoints() if entry.source == "shipped"]
     assert shipped, "no default model shipped in resources/checkpoints (the README's main job needs one)"
     viewer, widget = _widget(make_napari_viewer, qtbot)
     image, truth = viewer.open_sample(PLUGIN, "sample_scan")
     assert widget.models.current_entry() is not None and widget.models.current_entry().source == "shipped"
-    assert widget.run()
-    outcome = wait_for_job(qtbot, widget, 300_000)
-    assert outcome.ok, outcome.error
-    (labels,) = _results(viewer)
-    assert labels.data.shape == image.data.shape
-    np.testing.assert_allclose(labels.scale, image.scale)
-    np.testing.assert_allclose(labels.translate, image.translate)
+    labels = _run_to_one_result(qtbot, widget, viewer, image, 300_000)
     # Thin plugin: exactly what the engine gives for the same model, scan and depth.
     from cascadeseg.inference.predictor import Predictor
     from cascadeseg.io import load_volume
@@ -197,12 +204,6 @@ def test_3d_checkpoint_segments_a_ct_volume_by_sliding_window(make_napari_viewer
     (image,) = viewer.open(str(shared_data / "totalseg/example_ct_sm.nii.gz"), plugin=PLUGIN)
     assert widget.models.select_path(folder) is not None
     assert widget.gather().mode == "3d"
-    assert widget.run()
-    outcome = wait_for_job(qtbot, widget, 120_000)
-    assert outcome.ok, outcome.error
-    (labels,) = _results(viewer)
-    assert labels.data.shape == image.data.shape
-    np.testing.assert_allclose(labels.scale, image.scale)
-    np.testing.assert_allclose(labels.translate, image.translate)
+    labels = _run_to_one_result(qtbot, widget, viewer, image, 120_000)
     assert set(np.unique(labels.data)) <= {0, 1, 5}
     assert labels.metadata["cascadeseg"]["result"]["rate"] > 0

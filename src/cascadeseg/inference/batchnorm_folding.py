@@ -33,29 +33,38 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     )
 
 
-def fold_batch_norms(model: nn.Module, copy_model: bool = True) -> tuple[nn.Module, int]:
-    """``(model', n)``: ``model`` (a deep copy unless ``copy_model=False``) in eval mode with its
-    ``n`` conv -> batch-norm pairs folded into single convolutions.
+def _pairs(model: nn.Module) -> list[tuple[nn.Sequential, str, str]]:
+    """Every foldable (sequential, conv name, norm name) of ``model``."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            found += [(module, a, b) for a, b in zip(names, names[1:])
+                      if module._modules[a] is not None and module._modules[b] is not None
+                      and _foldable(module._modules[a], module._modules[b])]
+    return found
 
-    The copy is the default because callers (the GUI after fine-tuning) may keep training the
-    model they handed over; a folded model has no batch norm left to train.
+
+def fold_batch_norms(model: nn.Module, copy_model: bool = True) -> tuple[nn.Module, int]:
+    """``(model', n)``: ``model`` with its ``n`` conv -> batch-norm pairs folded into single
+    convolutions, in eval mode.
+
+    ``model'`` is a deep copy unless ``copy_model=False`` (the default copy, because callers such
+    as the GUI after fine-tuning may keep training the model they handed over; a folded model has
+    no batch norm left to train). With nothing to fold, ``model`` itself comes back untouched: no
+    copy is made (a model loaded for inference alone is folded in place by its loader).
     """
+    if not _pairs(model):
+        return model, 0
     folded_model = copy.deepcopy(model) if copy_model else model
     folded_model.eval()
-    count = 0
-    for module in folded_model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            conv, norm = module._modules[first], module._modules[second]
-            if conv is None or norm is None or not _foldable(conv, norm):
-                continue
-            transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-            module._modules[first] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
-            module._modules[second] = nn.Identity()
-            count += 1
-    return folded_model, count
+    pairs = _pairs(folded_model)
+    for module, first, second in pairs:
+        conv, norm = module._modules[first], module._modules[second]
+        transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+        module._modules[first] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
+        module._modules[second] = nn.Identity()
+    return folded_model, len(pairs)
 
 
 __all__ = ["fold_batch_norms"]

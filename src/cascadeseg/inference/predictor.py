@@ -161,6 +161,9 @@ class Predictor:
         from .checkpoint import load_checkpoint, resolve_checkpoint
 
         model, card = load_checkpoint(resolve_checkpoint(folder), device=None)
+        # Nobody else holds this model: fold it in place, so the constructor has nothing left to
+        # fold and makes no copy.
+        model, _ = fold_batch_norms(model, copy_model=False)
         return cls(model, card, device=device, **options)
 
     # -- public ------------------------------------------------------------------------------
