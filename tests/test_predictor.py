@@ -376,3 +376,30 @@ def test_inference_folds_batch_norm_and_leaves_the_callers_model_trainable(share
     assert count == 0  # nothing left to fold
     assert torch.allclose(reference, folded, atol=1e-4)
     assert (reference.argmax(1) == folded.argmax(1)).float().mean() > 0.9999
+
+
+def test_folding_reaches_a_norm_that_opens_the_next_sequence(shared_data: Path) -> None:
+    """MONAI's BasicUNet (the benchmark's peer) keeps each norm first in an ADN sequence after its
+    conv: all of them fold, a norm after an activation does not, and real slices give the same
+    logits."""
+    from monai.networks.nets import BasicUNet
+
+    from cascadeseg.inference.batchnorm_folding import fold_batch_norms
+    from cascadeseg.inference.predictor import _preprocess_channel
+
+    torch.manual_seed(0)
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 16, 32, 64, 4), norm=("batch", {}))
+    scan = load_volume(shared_data / "lgg-flair/imagesTr/TCGA_DU_6404_19850629_0000.nii.gz")
+    x = torch.from_numpy(_preprocess_channel(scan.array[0, 18:26], ZSCORE))[:, None]
+    x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        net.train()(x)  # running statistics that are not the identity
+    net.eval()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    folded, count = fold_batch_norms(net)
+    assert norms == 18 and count == norms
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+    act_then_norm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(4)))
+    assert fold_batch_norms(act_then_norm.eval())[1] == 0

@@ -174,6 +174,38 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     assert card.target_spacing == [1.0, 4.0, 4.0]  # the resolution of the checkpoint it started from
 
 
+def test_weight_average_is_what_is_validated_and_saved(lgg_pairs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    # Same seed: both runs take the same first step, so the two-step run's average must be
+    # 0.5 * w1 + 0.5 * w2 (the first update copies the weights, AveragedModel's convention).
+    one = train(tiny_config(lgg_pairs, tmp_path / "one", epochs=1, steps_per_epoch=1, ema_decay=0.5))
+    two = train(tiny_config(lgg_pairs, tmp_path / "two", epochs=2, steps_per_epoch=1, ema_decay=0.5))
+    w1 = run_folder.read_training_state(one.last_checkpoint)["raw_weights"]
+    state = run_folder.read_training_state(two.last_checkpoint)
+    w2, saved = state["raw_weights"], load_file(str(two.last_checkpoint / "model.safetensors"))
+    assert state["ema_updates"] == 2
+    floats = [k for k in saved if saved[k].is_floating_point()]
+    assert any(not torch.allclose(w1[k], w2[k]) for k in floats)  # the weights did move
+    for k in floats:
+        torch.testing.assert_close(saved[k], 0.5 * w1[k] + 0.5 * w2[k], rtol=1e-5, atol=1e-6)
+    assert load_checkpoint(two.last_checkpoint)[1].training["ema_decay"] == 0.5
+
+
+def test_resume_with_a_weight_average_ends_where_an_unbroken_run_ends(lgg_pairs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    unbroken = train(tiny_config(lgg_pairs, tmp_path / "unbroken", epochs=3, ema_decay=0.9))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(lgg_pairs, tmp_path / "broken", epochs=3, ema_decay=0.9), callbacks=Recorder(crash_at_step=5))
+    resumed = train(tiny_config(lgg_pairs, tmp_path / "broken", epochs=3, ema_decay=0.9, resume=True))
+    assert resumed.steps == unbroken.steps == 9
+    a = load_file(str(unbroken.last_checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.last_checkpoint / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
 def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: Path, lgg_pairs, tmp_path: Path) -> None:
     from cascadeseg.training import export_run
 

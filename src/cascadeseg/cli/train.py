@@ -67,6 +67,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--step-size", type=int, default=_DEFAULTS.step_size, help="step schedule: epochs per decay")
     g.add_argument("--gamma", type=float, default=_DEFAULTS.gamma, help="step schedule: decay factor")
     g.add_argument("--warmup-steps", type=int, default=_DEFAULTS.warmup_steps, help="linear warm-up steps (default: 0)")
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                        "validate, checkpoint and ship it instead of the raw weights (default: off)")
     g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip, help="gradient norm clip, 0 to disable (default: 12)")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (never used on CPU)")
     g = parser.add_argument_group("budget")
@@ -199,7 +202,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         minutes=args.minutes, steps_per_epoch=args.steps_per_epoch,
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         schedule=args.schedule, step_size=args.step_size, gamma=args.gamma, warmup_steps=args.warmup_steps,
-        grad_clip=args.grad_clip or None, amp=not args.no_amp, seed=args.seed,
+        grad_clip=args.grad_clip or None, ema_decay=args.ema_decay, amp=not args.no_amp, seed=args.seed,
         val_fraction=args.val_fraction, val_cases=list(args.val_case),
         slice_gap=args.slice_gap, slice_block=args.slice_block, annotated_slices_only=args.annotated_slices_only,
         foreground_probability=args.foreground_probability, augmentation=augmentation,

@@ -7,8 +7,10 @@ the U-Net, UNet++ and ANU-Net at width 8 (profiled, channels-last, batch 16 at 2
 same pass costs GPU memory bandwidth. Outputs change only by float rounding.
 
 Only ``Conv -> BatchNorm`` pairs that follow each other inside an ``nn.Sequential`` are folded
-(every conv-norm unit of the zoo is built that way, see ``models/blocks/conv.py``); anything else
-(instance norm, a norm after a concatenation) is left as it is.
+(every conv-norm unit of the zoo is built that way, see ``models/blocks/conv.py``), including a
+norm that opens the sequence right after the conv (MONAI's ``Convolution``: conv, then its ``ADN``
+norm-dropout-activation sequence, so the benchmark's MONAI peers get the same treatment);
+anything else (instance norm, a norm after a concatenation or after an activation) is left as it is.
 """
 
 from __future__ import annotations
@@ -33,15 +35,32 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
     )
 
 
-def _pairs(model: nn.Module) -> list[tuple[nn.Sequential, str, str]]:
-    """Every foldable (sequential, conv name, norm name) of ``model``."""
+def _leading_norm(module: nn.Module) -> tuple[nn.Module, str] | None:
+    """``(parent, name)`` of the batch norm that ``module`` applies first, when it is a sequence
+    that starts with one (MONAI's ``Convolution`` is ``conv`` then an ``ADN`` sequence N, D, A)."""
+    while isinstance(module, nn.Sequential) and len(module._modules):
+        first = next(iter(module._modules))
+        child = module._modules[first]
+        if isinstance(child, _NORMS):
+            return module, first
+        module = child
+    return None
+
+
+def _pairs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, str]]:
+    """Every foldable (conv's sequence, conv name, norm's sequence, norm name) of ``model``: a
+    norm right after its conv in one sequence, or first in the sequence that follows the conv."""
     found = []
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
-            found += [(module, a, b) for a, b in zip(names, names[1:])
-                      if module._modules[a] is not None and module._modules[b] is not None
-                      and _foldable(module._modules[a], module._modules[b])]
+            for a, b in zip(names, names[1:]):
+                conv, after = module._modules[a], module._modules[b]
+                if conv is None or after is None:
+                    continue
+                where = (module, b) if isinstance(after, _NORMS) else _leading_norm(after)
+                if where is not None and _foldable(conv, where[0]._modules[where[1]]):
+                    found.append((module, a, where[0], where[1]))
     return found
 
 
@@ -59,11 +78,11 @@ def fold_batch_norms(model: nn.Module, copy_model: bool = True) -> tuple[nn.Modu
     folded_model = copy.deepcopy(model) if copy_model else model
     folded_model.eval()
     pairs = _pairs(folded_model)
-    for module, first, second in pairs:
-        conv, norm = module._modules[first], module._modules[second]
+    for conv_parent, conv_name, norm_parent, norm_name in pairs:
+        conv, norm = conv_parent._modules[conv_name], norm_parent._modules[norm_name]
         transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-        module._modules[first] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
-        module._modules[second] = nn.Identity()
+        conv_parent._modules[conv_name] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
+        norm_parent._modules[norm_name] = nn.Identity()
     return folded_model, len(pairs)
 
 

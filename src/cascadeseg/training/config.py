@@ -78,6 +78,9 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_steps: int = 0
     grad_clip: float | None = 12.0
+    # Exponential moving average of the weights (e.g. 0.999): validated, checkpointed and shipped
+    # instead of the raw weights; None: off.
+    ema_decay: float | None = None
     amp: bool = True  # mixed precision; only ever used on CUDA
     seed: int = 0
     val_fraction: float = 0.2
@@ -141,6 +144,8 @@ class TrainConfig:
             raise bad("patch_size", self.patch_size, f"{self.dims} sizes for a {self.dims}D model")
         if self.num_classes is not None and self.num_classes < 2:
             raise bad("num_classes", self.num_classes, "at least 2 (the background counts)")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise bad("ema_decay", self.ema_decay, "a decay in (0, 1), e.g. 0.999")
         if self.slice_gap < 0 or self.slice_block < 1:
             raise bad("slice_gap/slice_block", (self.slice_gap, self.slice_block), "gap >= 0 and block >= 1")
 

@@ -1,0 +1,57 @@
+"""The CPU inference allocator setting: large blocks come from the reused heap inside the block,
+from fresh mmaps outside it, and the system gets the memory back on leaving."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from cascadeseg.inference import allocator
+from cascadeseg.inference.allocator import reuse_freed_memory
+
+pytestmark = pytest.mark.skipif(not allocator.available(), reason="glibc only: elsewhere the setting is a documented no-op")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mmapped_bytes() -> int:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().hblkhd)
+
+
+def _mmapped_while_holding(nbytes: int) -> int:
+    before = _mmapped_bytes()
+    block = np.ones(nbytes, dtype=np.uint8)  # written, so really allocated
+    during = _mmapped_bytes()
+    del block
+    return during - before
+
+
+def test_large_blocks_stay_in_the_heap_only_inside_the_block() -> None:
+    size = 96 * 2**20  # above glibc's largest mmap threshold, like a width-32 batch-16 activation
+    assert _mmapped_while_holding(size) >= size  # plain glibc: a fresh mmap
+    with reuse_freed_memory() as active:
+        assert active
+        assert _mmapped_while_holding(size) == 0
+        with reuse_freed_memory():  # nested use keeps it on
+            assert _mmapped_while_holding(size) == 0
+        assert _mmapped_while_holding(size) == 0
+    assert _mmapped_while_holding(size) >= size  # restored
+
+
+def test_the_predictor_context_uses_it_on_the_cpu_only() -> None:
+    import torch
+
+    from cascadeseg.inference.device import inference_context
+
+    size = 96 * 2**20
+    with inference_context(torch.device("cpu")):
+        assert _mmapped_while_holding(size) == 0
+    with reuse_freed_memory(enabled=False) as active:
+        assert not active and _mmapped_while_holding(size) >= size
