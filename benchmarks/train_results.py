@@ -75,6 +75,7 @@ def run_one(args: argparse.Namespace, model: str) -> dict:
         "model": model, "title": info.title, "loss": card["training"]["loss"],
         "parameters": sum(p.numel() for p in net.parameters()),
         "epochs": len(rows), "steps": int(rows[-1]["step"]) if rows else 0,
+        "best_epoch": card["training"].get("epochs_completed"),
         "seconds_per_epoch": sum(float(r["epoch_seconds"]) for r in full_epochs) / max(1, len(full_epochs)),
         "validation_seconds": sum(float(r["validation_seconds"]) for r in rows) / max(1, len(rows)),
         "samples_per_second": sum(float(r["samples_per_second"]) for r in full_epochs) / max(1, len(full_epochs)),
@@ -90,19 +91,22 @@ def run_one(args: argparse.Namespace, model: str) -> dict:
 def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     import torch
 
+    once = args.steps_per_epoch >= 10000
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Training results: six architectures, one budget, one split",
         "",
-        f"Made by `python benchmarks/train_results.py --minutes {args.minutes} --parallel {args.parallel}` on {stamp}.",
+        f"Made by `{made_by(args)}` on {stamp}.",
         "",
         "**Budget, stated plainly:** each model trained for "
-        f"**{args.minutes} minutes of wall-clock time** (validation included) on a **2-core CPU shared with seven "
-        "other developers' jobs** (one torch thread per training, "
-        f"{args.parallel} trainings at a time; {platform.processor() or platform.machine()}, torch {torch.__version__}). "
-        "That is a few thousand training slices per model, far below the papers' hundreds of epochs on GPUs: "
-        "the table compares the architectures' *early* learning speed at small width, not their final accuracy, "
-        "and it does not settle which paper is right.",
+        f"**{args.minutes:g} minutes of wall-clock time** (validation included) on a **{os.cpu_count()}-core CPU** "
+        f"(one torch thread per training, {args.parallel} trainings at a time; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}; load average at the start and the "
+        f"end of the table: {load_note(results)}). "
+        f"That is {min(r['steps'] for r in results) * args.batch_size:,}-{max(r['steps'] for r in results) * args.batch_size:,} "
+        "training crops per model, far below the papers' hundreds of epochs on GPUs at full width: the table "
+        "compares the architectures at small width under a small CPU budget, not their final accuracy, and it "
+        "does not settle which paper is right.",
         "",
         f"Setup shared by all rows: LGG FLAIR (`{args.data}`, Buda et al. 2019, TCGA-LGG; CC BY-NC-SA 4.0), "
         f"seeded patient split (seed {args.seed}, {int(args.val_fraction * 100)} % of 80 patients held out, "
@@ -110,7 +114,10 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         f"validation patients), 2D axial slices resampled to {args.inplane_size} px in-plane, {args.patch} x {args.patch} "
         f"training crops (half centred on tumour), batch {args.batch_size}, base width {args.base_width} (paper: 32), "
         "Adam 1e-3 with cosine decay over the budget, flips / small rotations / zoom / elastic / intensity augmentation, "
-        "each model with its paper's loss. Best epoch by validation Dice (model selection only).",
+        "each model with its paper's loss. "
+        + (f"Validated every {args.steps_per_epoch} steps; the epoch with the best validation Dice is the one scored "
+           "(model selection on the validation patients, as for the shipped models)."
+           if not once else "Validated once, when the budget ran out, and that checkpoint is scored."),
         "",
         "Scores: every validation patient's scan segmented by the real predictor (`Predictor`, the path of "
         "`cascadeseg predict`) on its original 256 x 256 grid; Dice and HD95 per patient (3D), then the mean over "
@@ -118,9 +125,9 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         "the prediction is empty but the reference is not (HD95 infinite) are counted in the `HD95 inf` column "
         "and left out of the HD95 mean.",
         "",
-        f"| model | paper loss | parameters | training steps (samples) | time per epoch* | train samples / s | "
-        "validation s | Dice (full depth) | Dice (recommended depth) | HD95 mean / median | HD95 inf |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model | paper loss | parameters | training steps (samples) | validations (best) | time per epoch* | "
+        "train samples / s | validation s | Dice (full depth) | Dice (recommended depth) | HD95 mean / median | HD95 inf |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     slices = training_slices(args, results)
     for r in results:
@@ -128,24 +135,24 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         epoch = slices / r["samples_per_second"] / 60 if r["samples_per_second"] else float("nan")
         lines.append(
             f"| {r['title']} (`{r['model']}`) | {r['loss']} | {r['parameters'] / 1e6:.2f} M | {r['steps']} "
-            f"({r['steps'] * args.batch_size}) | {epoch:.1f} min | {r['samples_per_second']:.1f} | "
+            f"({r['steps'] * args.batch_size}) | {r['epochs']} ({r.get('best_epoch') or '-'}) | {epoch:.1f} min | "
+            f"{r['samples_per_second']:.1f} | "
             f"{r['validation_seconds']:.0f} | {r['dice_full']:.3f} | {rec} | "
             f"{r['hd95_mean']:.1f} / {r['hd95_median']:.1f} | {r['hd95_inf']} |"
         )
     lines += [
         "",
         f"\\* time per epoch: one pass over the {slices} axial slices of the training patients at the measured "
-        "throughput (the runs were far shorter than an epoch). The throughput also reflects how busy the shared CPU "
-        "was while each model trained (three trainings ran at a time beside other jobs), so it is a rough speed "
-        "ranking, not a benchmark; `cascadeseg bench` measures speed properly.",
+        f"throughput ({args.parallel} trainings shared the CPU, one thread each), so it is a rough speed ranking, "
+        "not a benchmark; `cascadeseg bench` measures inference speed properly.",
     ]
     lines += [
         "",
-        "Reading the table: under a wall-clock budget a cheaper network takes more optimiser steps, so at this "
-        "budget the ranking mostly follows the steps column; the nested and cascaded models pay for their extra "
-        "decoders and second stage per step, and the papers' claims (each beating the others after full training "
-        "on GPUs) are neither confirmed nor refuted by a few hundred steps. The longer runs of the default models "
-        "(`docs/default_models.md`) show where two of them get with more time.",
+        "Reading the table: under a wall-clock budget a cheaper network takes more optimiser steps, so the "
+        "ranking partly follows the steps column; the nested and cascaded models pay for their extra decoders and "
+        "second stage per step. The papers' claims (each beating the others after full training on GPUs at width "
+        "32) are not settled by a CPU budget at width 8. The longer runs of the default models "
+        "(`docs/default_models.md`) show where two of them get with 2-3 hours.",
     ]
     lines += ["", "Dice per pruning depth (models with deep supervision):", ""]
     for r in results:
@@ -155,14 +162,29 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     lines += [
         "",
         f"Wall-clock time of the whole table: {wall / 60:.1f} min (data loading, training, validation and scoring). "
-        "Each model was validated once, when its budget ran out (the budget ends the first epoch), and that "
-        "checkpoint was scored. Per-patient values are in `benchmarks/results/train_results.json`.",
+        "Per-patient values are in `benchmarks/results/train_results.json`.",
         "",
         "Each training command (one per row):",
         "",
     ]
     lines += [f"- `{r['command']}`" for r in results]
     return "\n".join(lines) + "\n"
+
+
+def made_by(args: argparse.Namespace) -> str:
+    line = f"python benchmarks/train_results.py --minutes {args.minutes:g} --parallel {args.parallel}"
+    if args.steps_per_epoch != 10000:
+        line += f" --steps-per-epoch {args.steps_per_epoch}"
+    if args.runs != REPO / "runs":
+        line += f" --runs {os.path.relpath(args.runs, REPO)}"
+    return line
+
+
+def load_note(results: list[dict]) -> str:
+    loads = results[0].get("load_average") if results else None
+    if not loads:
+        return "not recorded"
+    return f"{loads['start']} / {loads['end']} (1, 5, 15 min)"
 
 
 def training_slices(args: argparse.Namespace, results: list[dict]) -> int:
@@ -207,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     t0 = time.perf_counter()
+    load_start = [round(v, 2) for v in os.getloadavg()]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         results = list(pool.map(lambda m: run_one(args, m), args.models))
     wall = time.perf_counter() - t0
@@ -219,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         wall += sum(r.get("wall_seconds", 0.0) for m, r in earlier.items() if m not in args.models)
     for r in results:
         r.setdefault("wall_seconds", wall)
+        r.setdefault("load_average", {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]})
     for path, text in ((args.json, json.dumps(results, indent=1, default=str) + "\n"), (args.out, markdown(results, args, wall))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
