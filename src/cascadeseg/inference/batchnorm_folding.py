@@ -73,11 +73,14 @@ def fold_batch_norms(model: nn.Module, copy_model: bool = True) -> tuple[nn.Modu
     no batch norm left to train). With nothing to fold, ``model`` itself comes back untouched: no
     copy is made (a model loaded for inference alone is folded in place by its loader).
     """
-    if not _pairs(model):
+    pairs = _pairs(model)
+    if not pairs:
         return model, 0
-    folded_model = copy.deepcopy(model) if copy_model else model
+    folded_model = model
+    if copy_model:  # the copy's own modules are the ones to rewrite
+        folded_model = copy.deepcopy(model)
+        pairs = _pairs(folded_model)
     folded_model.eval()
-    pairs = _pairs(folded_model)
     for conv_parent, conv_name, norm_parent, norm_name in pairs:
         conv, norm = conv_parent._modules[conv_name], norm_parent._modules[norm_name]
         transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 
 from ..errors import CascadeSegError
+from .allocator import reuse_freed_memory
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
@@ -89,8 +90,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def inference_context(device: torch.device, mixed_precision: bool = True) -> Iterator[None]:
     """``torch.inference_mode`` plus autocast on GPUs (when ``mixed_precision``); on the CPU,
     freed activation memory is kept for the next batch (:mod:`.allocator`)."""
-    from .allocator import reuse_freed_memory
-
     dtype = autocast_dtype(device) if mixed_precision else None
     with torch.inference_mode(), reuse_freed_memory(device.type == "cpu"):
         if dtype is None:
