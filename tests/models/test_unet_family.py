@@ -266,6 +266,12 @@ def test_coarse_to_fine_stage2_sees_only_the_candidate_box(dims: int, shared_dat
     outside = torch.from_numpy(~inside)
     assert torch.equal(out.logits[0][:, outside], out.stages["stage1"][0][:, outside])
     assert not torch.equal(out.logits[0][:, ~outside], out.stages["stage1"][0][:, ~outside])
+    # The ablation the saving is measured against: stage 2 over the whole input, once.
+    model.restrict_stage2 = False
+    with torch.no_grad():
+        everywhere = model(torch.randn(1, 1, *size))
+    assert seen[1:] == [size] and model.last_crop_fraction == 1.0
+    assert everywhere.logits.shape == out.logits.shape
 
 
 def test_coarse_to_fine_skips_stage2_when_stage1_finds_nothing() -> None:

@@ -7,7 +7,9 @@ stage 1 found: the bounding box of stage 1's foreground (any non-background clas
 ``margin_mm``. Its logits are pasted back into the full-size map; outside the box the logits
 are stage 1's (up-sampled). So stage 2 costs the box's share of the volume, which the model
 records after each forward in :attr:`last_crop_fraction` (and the box in :attr:`last_crop`)
-for inference to report the saving.
+for inference to report the saving. Setting :attr:`restrict_stage2` to ``False`` runs stage 2 on
+the whole input instead (the ablation that measures the saving; the logits inside the box are the
+same either way up to stage 2's padding context).
 
 Choices where the review is silent:
 
@@ -131,6 +133,8 @@ class CoarseToFineUNet(SegmentationModel):
         self.stage2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)
         self.last_crop: Box | None = None
         self.last_crop_fraction: float = 0.0
+        # Not a constructor option: a run-time switch for measuring the crop's saving, never saved.
+        self.restrict_stage2 = True
 
     @property
     def fine_divisor(self) -> tuple[int, ...]:
@@ -162,7 +166,7 @@ class CoarseToFineUNet(SegmentationModel):
         else:
             with torch.no_grad():
                 box = candidate_box(foreground_mask(coarse), self.margin, self.fine_divisor)
-        if box is None and self.training:
+        if (box is None and self.training) or not self.restrict_stage2:
             box = whole_volume
         if box is None:
             logits = coarse
