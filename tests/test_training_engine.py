@@ -163,7 +163,8 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     from safetensors.torch import load_file
 
     first = tmp_path / "first"
-    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=2))
+    # Not the U-Net's paper loss (dice_ce): fine-tuning continues with the loss it was trained with.
+    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=2, loss="focal_tversky"))
     # A vanishing learning rate: the fine-tuned weights must still be the checkpoint's.
     tuned = train(tiny_config(lgg_pairs, tmp_path / "tuned", epochs=1, steps_per_epoch=1, lr=1e-12, inplane_size=None,
                               init_checkpoint=str(first / "last")))
@@ -172,6 +173,11 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in start if "running" not in k and "num_batches" not in k)
     _, card = load_checkpoint(tmp_path / "tuned" / "last")
     assert card.target_spacing == [1.0, 4.0, 4.0]  # the resolution of the checkpoint it started from
+    assert card.training["loss"] == "focal_tversky"
+    # A loss given explicitly wins over the checkpoint's.
+    other = train(tiny_config(lgg_pairs, tmp_path / "other", epochs=1, steps_per_epoch=1, inplane_size=None,
+                              init_checkpoint=str(first / "last"), loss="dice"))
+    assert load_checkpoint(other.last_checkpoint)[1].training["loss"] == "dice"
 
 
 def test_weight_average_is_what_is_validated_and_saved(lgg_pairs, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The Train dock: one click from corrected masks to a model in the Segment dock's list.
 
 Every choice has a working default: the source (the current image + labels layers, the local
-training set, or any MSD folder), the model with its paper's loss preselected, 2D/3D, a time
-budget or a number of epochs, fine-tuning from a checkpoint or a fresh start, and the device.
+training set, or any MSD folder), the model with its paper's loss preselected (fine-tuning: the
+loss the checkpoint was trained with), 2D/3D, a time budget or a number of epochs, fine-tuning
+from a checkpoint or a fresh start, and the device.
 
 Train runs :func:`cascadeseg.training.train` in a napari thread worker (through
 :class:`~napari_cascade._qt.workers.JobPanel`: one job at a time, Cancel, errors as
@@ -378,6 +379,10 @@ class TrainWidget(QWidget):
             self.model_combo.setCurrentIndex(self.model_combo.findData(entry.card.architecture))
             self.dims_combo.setCurrentIndex(self.dims_combo.findData(entry.card.dims))
             self.axis_combo.setCurrentIndex(self.axis_combo.findData(entry.card.slice_axis))
+            # Continue with the loss the checkpoint was trained with (still the user's to change).
+            trained_with = self.loss_combo.findData(entry.card.training.get("loss"))
+            if trained_with >= 0:
+                self.loss_combo.setCurrentIndex(trained_with)
 
     def _budget_changed(self, *_: Any) -> None:
         by_time = self.budget_kind.currentData() == "minutes"
@@ -455,7 +460,7 @@ class TrainWidget(QWidget):
             model=architecture,
             dims=dims,
             model_options={} if entry else {"base_width": int(self.base_width.value())},
-            loss=None if entry else self.loss_combo.currentData(),
+            loss=self.loss_combo.currentData(),
             axis=int(self.axis_combo.currentData()),
             inplane_size=int(self.inplane.value()) or None,
             batch_size=int(self.batch_size.value()),

@@ -50,7 +50,7 @@ def sample_crop(sample_scan: Volume) -> tuple[Volume, Volume]:
     return image, labels
 
 
-def _tiny_checkpoint(folder: Path, architecture: str, name: str, **card_extra) -> Path:
+def _tiny_checkpoint(folder: Path, architecture: str, name: str, loss: str | None = None, **card_extra) -> Path:
     import torch
 
     from cascadeseg.inference.checkpoint import ModelCard, save_checkpoint
@@ -64,7 +64,7 @@ def _tiny_checkpoint(folder: Path, architecture: str, name: str, **card_extra) -
         classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "lesion"}],
         name=name,
         description="random-init test model",
-        training={"data": "none (random init, tests only)", "licence": "BSD-3-Clause"},
+        training={"data": "none (random init, tests only)", "licence": "BSD-3-Clause", **({"loss": loss} if loss else {})},
         **card_extra,
     )
     model = card.create_model().eval()
@@ -77,7 +77,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     2-channel one (channel mapping)."""
     root = tmp_path_factory.mktemp("checkpoints")
     anu = _tiny_checkpoint(
-        root, "anu_net", "tiny-anu",
+        root, "anu_net", "tiny-anu", loss="dice_ce",  # not its paper's loss (anu_hybrid)
         recommended_depth=2,
         validation={"dice_per_depth": {"1": 0.5, "2": 0.6, "3": 0.62, "4": 0.63},
                     "params_per_depth": {"1": 1000, "2": 5000, "3": 20000, "4": 90000}},

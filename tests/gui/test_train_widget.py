@@ -131,6 +131,7 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     widget.labels_combo.setCurrentText(mask.name)
     _tiny(widget)
     widget.add_init_checkpoint(tiny_models["anu"])  # fine-tune: architecture and classes from it
+    assert widget.loss_combo.currentData() == "dice_ce"  # the loss the checkpoint was trained with
     widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
     widget.epochs.setValue(2)
     widget.model_name.setText("lgg-from-layers")
@@ -145,6 +146,7 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     assert entry is not None and entry.name == "lgg-from-layers"
     assert entry.card.architecture == "anu_net" and entry.card.dims == 2
     assert "fine-tuned from 'tiny-anu'" in entry.card.description
+    assert entry.card.training["loss"] == "dice_ce"
     assert segment.run()
     qtbot.waitUntil(lambda: not segment.job.busy, timeout=60_000)
     assert segment.job.last_outcome.ok, segment.job.last_outcome.error

@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--channel-names", nargs="+", default=None, help="one name per input channel (default: from the data)")
     g.add_argument("--init-checkpoint", default=None, help="fine-tune: start from this checkpoint's weights")
     g = parser.add_argument_group("loss and optimiser")
-    g.add_argument("--loss", default=None, help="loss name (default: the model's paper loss)")
+    g.add_argument("--loss", default=None, help="loss name (default: the model's paper loss; fine-tuning: the loss the --init-checkpoint was trained with)")
     g.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="loss option, VALUE as JSON (repeatable)")
     g.add_argument("--cascade-training", choices=("end_to_end", "stagewise"), default=_DEFAULTS.cascade_training,
                    help="cascades: both stages jointly, or stage 1 first then stage 2 with stage 1 frozen (default: end_to_end)")

@@ -134,7 +134,7 @@ class _Trainer:
         self.divisor = tuple(int(d) for d in self.model.size_divisor)
         self.patch = resolve_patch_size(self.train_cases, cfg.dims, cfg.axis, cfg.patch_size, self.divisor)
         self.depths: list[int | None] = list(self.model.info.pruning_depths) or [None]
-        self.loss_name = cfg.loss or self.model.info.default_loss
+        self.loss_name = cfg.loss or self._init_loss(init_card) or self.model.info.default_loss
         self.loss_fn = self._make_loss()
         self.optimizer = self._make_optimizer()
         self.ema = self._make_ema()
@@ -230,6 +230,17 @@ class _Trainer:
         if cfg.dims == 3:
             options.setdefault("spacing", list(self.train_cases[0].spacing))
         return create_model(cfg.model, in_channels=self.data.in_channels, num_classes=self.data.num_classes, dims=cfg.dims, **options)
+
+    @staticmethod
+    def _init_loss(init_card: Any) -> str | None:
+        """Fine-tuning without a loss given continues with the loss the checkpoint was trained
+        with (a shipped model may have left its paper's loss, e.g. the cascade's cross-entropy +
+        Dice); a card without one, or with a loss this version does not know, leaves the choice to
+        the model's paper loss."""
+        from ..losses import loss_names
+
+        name = init_card.training.get("loss") if init_card is not None else None
+        return name if name in loss_names() else None
 
     def _make_loss(self) -> nn.Module:
         from ..losses import build_loss
