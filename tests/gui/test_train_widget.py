@@ -132,6 +132,7 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     _tiny(widget)
     widget.add_init_checkpoint(tiny_models["anu"])  # fine-tune: architecture and classes from it
     assert widget.loss_combo.currentData() == "dice_ce"  # the loss the checkpoint was trained with
+    widget.average_weights.setChecked(True)
     widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
     widget.epochs.setValue(2)
     widget.model_name.setText("lgg-from-layers")
@@ -147,6 +148,7 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     assert entry.card.architecture == "anu_net" and entry.card.dims == 2
     assert "fine-tuned from 'tiny-anu'" in entry.card.description
     assert entry.card.training["loss"] == "dice_ce"
+    assert entry.card.training["ema_decay"] == 0.998  # the installed weights are the average
     assert segment.run()
     qtbot.waitUntil(lambda: not segment.job.busy, timeout=60_000)
     assert segment.job.last_outcome.ok, segment.job.last_outcome.error
