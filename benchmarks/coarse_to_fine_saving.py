@@ -49,13 +49,14 @@ def measure_case(predictor: Predictor, image, labels, classes: list[int], repeat
             result = predictor.predict(image, mode="3d")
             key = "box" if restricted else "everywhere"
             seconds = result.timings["inference"]
-            if key not in runs or seconds < runs[key]["seconds"]:
+            if key not in runs:  # the labels are the same every repeat: scored once
                 runs[key] = {
                     "seconds": seconds,
                     "stage2_fraction": result.stats.get("stage2_fraction", float("nan")),
                     "patches": result.items,
                     "dice": foreground_dice(result.labels.array, labels.array, labels.spacing, classes),
                 }
+            runs[key]["seconds"] = min(runs[key]["seconds"], seconds)
     model.restrict_stage2 = True
     return runs
 

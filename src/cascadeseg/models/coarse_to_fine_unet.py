@@ -161,12 +161,13 @@ class CoarseToFineUNet(SegmentationModel):
         small = pool(x, kernel_size=self.coarse, stride=self.coarse) if any(c > 1 for c in self.coarse) else x
         coarse = resize_to(self.stage1(small), x.shape[2:])
         whole_volume = tuple(slice(0, s) for s in x.shape[2:])
-        if coarse.is_meta:
-            box: Box | None = whole_volume  # shape-only run (FLOP counting): the worst case
+        if coarse.is_meta or not self.restrict_stage2:
+            # Shape-only run (FLOP counting): the worst case; or the ablation: stage 2 everywhere.
+            box: Box | None = whole_volume
         else:
             with torch.no_grad():
                 box = candidate_box(foreground_mask(coarse), self.margin, self.fine_divisor)
-        if (box is None and self.training) or not self.restrict_stage2:
+        if box is None and self.training:
             box = whole_volume
         if box is None:
             logits = coarse
