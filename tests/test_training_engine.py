@@ -180,6 +180,21 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     assert load_checkpoint(other.last_checkpoint)[1].training["loss"] == "dice"
 
 
+def test_fine_tuning_refuses_to_validate_on_the_checkpoints_training_patients(lgg_pairs, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=1))
+    trained_on = json.loads((first / "split.json").read_text())["train"]
+    with pytest.raises(DatasetError, match=f"{trained_on[0]}.*were training cases of init checkpoint"):
+        train(tiny_config(lgg_pairs, tmp_path / "leaky", epochs=1, steps_per_epoch=1, inplane_size=None,
+                          init_checkpoint=str(first / "last"), val_cases=[trained_on[0]]))
+    assert not (tmp_path / "leaky" / "last").exists()
+    # The checkpoint's own split (same seed and fraction) is accepted.
+    ok = train(tiny_config(lgg_pairs, tmp_path / "same", epochs=1, steps_per_epoch=1, inplane_size=None,
+                           init_checkpoint=str(first / "last")))
+    assert json.loads((tmp_path / "same" / "split.json").read_text())["val"] == json.loads((first / "split.json").read_text())["val"]
+    assert ok.steps == 1
+
+
 def test_weight_average_is_what_is_validated_and_saved(lgg_pairs, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -109,6 +109,27 @@ def split_by_patient(
     return Split(kind="patient", seed=seed, train=train, val=val)
 
 
+def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], source: str) -> None:
+    """Refuse a patient split whose validation patients a starting checkpoint was trained on.
+
+    Fine-tuning with another seed or ``val_fraction`` than the checkpoint's own run silently moves
+    some of its training patients into validation, and the validation Dice (best epoch, recommended
+    depth, the card's figures) becomes optimistic. Slice-block splits (one volume) are not checked:
+    their ids name blocks of a volume, and fine-tuning on the volume one has just annotated is the
+    point of the GUI's training.
+    """
+    if split.kind != "patient":
+        return
+    seen = {patient_id(c) for c in seen_train_cases}
+    leaked = sorted(c for c in split.val if patient_id(c) in seen)
+    if leaked:
+        raise DatasetError(
+            f"validation case(s) {', '.join(leaked)} were training cases of {source}: its validation "
+            f"Dice would be optimistic. Keep that checkpoint's split (the same seed and val_fraction, "
+            f"or name its validation cases with --val-case), or start from scratch"
+        )
+
+
 def split_by_slice_blocks(
     case_id: str, num_slices: int, axis: int, val_fraction: float, block: int, gap: int, seed: int,
     annotated: np.ndarray | None = None,

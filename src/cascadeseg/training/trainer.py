@@ -46,7 +46,7 @@ from .distributed import (
 )
 from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length, resolve_patch_size
-from .split import Split, patient_id, split_by_patient, split_by_slice_blocks
+from .split import Split, check_validation_unseen, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
 
@@ -123,6 +123,9 @@ class _Trainer:
             preprocessing=[c["preprocessing"] for c in init_card.input_channels] if init_card else cfg.preprocessing,
         )
         self.split = self._make_split()
+        if init_card is not None and not cfg.resume:
+            data = (init_card.training or {}).get("data") or {}
+            check_validation_unseen(self.split, data.get("train_cases") or [], f"init checkpoint '{cfg.init_checkpoint}'")
         self.train_cases, self.val_cases = self._split_cases(self.split)
         # Channels-last for training too: oneDNN's and cuDNN's fast convolution paths (measured
         # on this project's 2-core CPU: 20-27 % faster forward + backward at width 8).
