@@ -124,8 +124,12 @@ class _Trainer:
         )
         self.split = self._make_split()
         if init_card is not None and not cfg.resume:
-            data = (init_card.training or {}).get("data") or {}
-            check_validation_unseen(self.split, data.get("train_cases") or [], f"init checkpoint '{cfg.init_checkpoint}'")
+            # Cards are files from anywhere (older versions, hand-written, other tools): only a
+            # recorded list of training cases is checked, anything else means "unknown".
+            data = (init_card.training or {}).get("data")
+            seen = data.get("train_cases") if isinstance(data, dict) else None
+            if isinstance(seen, list):
+                check_validation_unseen(self.split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'")
         self.train_cases, self.val_cases = self._split_cases(self.split)
         # Channels-last for training too: oneDNN's and cuDNN's fast convolution paths (measured
         # on this project's 2-core CPU: 20-27 % faster forward + backward at width 8).
