@@ -125,8 +125,9 @@ def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], sourc
     if leaked:
         raise DatasetError(
             f"validation case(s) {', '.join(leaked)} were training cases of {source}: its validation "
-            f"Dice would be optimistic. Keep that checkpoint's split (the same seed and val_fraction, "
-            f"or name its validation cases with --val-case), or start from scratch"
+            f"Dice would be optimistic. Keep that checkpoint's split (the same seed and validation "
+            f"fraction, or force its validation cases: --val-case), add patients it has not seen, or "
+            f"start from scratch"
         )
 
 
