@@ -114,9 +114,9 @@ def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], sourc
 
     Fine-tuning with another seed or ``val_fraction`` than the checkpoint's own run silently moves
     some of its training patients into validation, and the validation Dice (best epoch, recommended
-    depth, the card's figures) becomes optimistic. Slice-block splits (one volume) are not checked:
-    their ids name blocks of a volume, and fine-tuning on the volume one has just annotated is the
-    point of the GUI's training.
+    depth, the card's figures) becomes optimistic. Only patient splits are checked: a slice-block
+    split (one volume) names blocks of a volume, and fine-tuning on the volume one has just
+    annotated is the point of the GUI's training.
     """
     if split.kind != "patient":
         return

@@ -122,14 +122,7 @@ class _Trainer:
             num_classes=init_card.num_classes if init_card else cfg.num_classes,
             preprocessing=[c["preprocessing"] for c in init_card.input_channels] if init_card else cfg.preprocessing,
         )
-        self.split = self._make_split()
-        if init_card is not None and not cfg.resume:
-            # Cards are files from anywhere (older versions, hand-written, other tools): only a
-            # recorded list of training cases is checked, anything else means "unknown".
-            data = (init_card.training or {}).get("data")
-            seen = data.get("train_cases") if isinstance(data, dict) else None
-            if isinstance(seen, list):
-                check_validation_unseen(self.split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'")
+        self.split = self._make_split(init_card)
         self.train_cases, self.val_cases = self._split_cases(self.split)
         # Channels-last for training too: oneDNN's and cuDNN's fast convolution paths (measured
         # on this project's 2-core CPU: 20-27 % faster forward + backward at width 8).
@@ -179,13 +172,20 @@ class _Trainer:
             self.callbacks.emit("on_train_start", self._start_info())
         return self._loop()
 
-    def _make_split(self) -> Split:
+    def _make_split(self, init_card: ModelCard | None) -> Split:
         cfg = self.config
         if cfg.resume:
             return Split.load(self.run_dir)
         ids = [c.case_id for c in self.data.cases]
         if len({patient_id(i) for i in ids}) >= 2:
-            return split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases)
+            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases)
+            # Cards are files from anywhere (older versions, hand-written, other tools): only a
+            # recorded list of training cases is checked, anything else means "unknown".
+            data = init_card.training.get("data") if init_card is not None else None
+            seen = data.get("train_cases") if isinstance(data, dict) else None
+            if isinstance(seen, list):
+                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'")
+            return split
         # One patient (the GUI's usual case): blocks of slices along the slicing axis.
         merged = Split(kind="slice_blocks", seed=cfg.seed, gap=cfg.slice_gap)
         for case in self.data.cases:
