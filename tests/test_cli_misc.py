@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cascadeseg.cli.distributed import RankInfo, rank_info, shard
+from cascadeseg.distributed import RankInfo, rank_info, shard
 from cascadeseg.cli.main import COMMANDS, main
 from cascadeseg.errors import CascadeSegError
 from cascadeseg.models import model_names

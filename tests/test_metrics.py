@@ -228,3 +228,25 @@ def test_real_label_against_eroded_and_shifted_copy(shared_data: Path, case: str
         label_confusion_matrix(pred.astype(np.uint8), ref.astype(np.uint8)).ravel(),
         [np.sum(~ref & ~pred), np.sum(~ref & pred), np.sum(ref & ~pred), np.sum(ref & pred)],
     )
+
+
+def test_one_case_dice_leaves_out_classes_absent_from_both() -> None:
+    """The project's one multi-class Dice convention (training validation, export, evaluate):
+    the mean over the structures present in the reference or the prediction. A class absent from
+    both is not counted as 1; a case with nothing anywhere is NaN (it says nothing)."""
+    from cascadeseg.metrics import aggregate_cases, case_mean_dice, mean_dice
+
+    ref = np.zeros((4, 10), np.uint8)
+    pred = np.zeros((4, 10), np.uint8)
+    ref[0, :4] = 1  # class 1: 4 reference voxels
+    pred[0, 2:6] = 1  # 2 TP, 2 FP, 2 FN -> Dice 4 / 8 = 0.5
+    ref[2, :5] = 3  # class 3: missed entirely -> Dice 0
+    # classes 2 and 4..117 are absent from both
+    assert case_mean_dice(pred, ref, range(1, 118)) == pytest.approx((0.5 + 0.0) / 2)
+    assert np.isnan(case_mean_dice(np.zeros_like(ref), np.zeros_like(ref), [1, 2]))
+    scores = evaluate_case(pred, ref, (1.0, 1.0), classes=[1, 2, 3], surface=False)
+    assert scores["2"]["dice"] == 1.0  # per structure, "nothing to find, nothing found" stays 1 ...
+    assert mean_dice(scores) == pytest.approx(0.25)  # ... but it is not averaged in
+    summary = aggregate_cases([scores, evaluate_case(ref, ref, (1.0, 1.0), classes=[1, 2, 3], surface=False)])
+    assert summary["2"]["dice"]["n"] == 0 and summary["2"]["n_absent"] == 2
+    assert summary["1"]["dice"]["mean"] == pytest.approx((0.5 + 1.0) / 2)

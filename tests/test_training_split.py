@@ -11,10 +11,11 @@ import torch
 from cascadeseg.errors import DatasetError
 from cascadeseg.training.augmentation import augment_batch
 from cascadeseg.training.config import AugmentationConfig
+from cascadeseg.inference.predictor import PAD_VALUE, PreparedScan
 from cascadeseg.training.datasets import TrainingCase
 from cascadeseg.training.sampling import PatchDataset
 from cascadeseg.training.split import Split, patient_id, split_by_patient, split_by_slice_blocks
-from cascadeseg.training.validation import case_dice, recommended_depth
+from cascadeseg.training.validation import recommended_depth
 
 
 def lgg_case_ids(shared_data: Path) -> list[str]:
@@ -84,14 +85,6 @@ def test_recommended_depth_is_shallowest_within_one_point() -> None:
     assert recommended_depth({1: 0.9}) == 1
 
 
-def test_case_dice_from_confusion_and_empty_masks() -> None:
-    # truth rows, prediction columns: 30 TP, 10 FN, 20 FP -> 2*30/(40+50)
-    conf = torch.tensor([[100, 20], [10, 30]])
-    assert case_dice(conf) == pytest.approx(60 / 90)
-    assert case_dice(torch.tensor([[50, 0], [0, 0]])) == 1.0  # nothing to find, nothing found
-    assert case_dice(torch.tensor([[50, 5], [0, 0]])) == 0.0  # false positives on an empty case
-
-
 def test_augmentation_moves_image_and_labels_together_and_is_seeded() -> None:
     # Labels are a threshold of the image: after any spatial transform they must still agree.
     torch.manual_seed(0)
@@ -147,7 +140,8 @@ def test_rot90_and_flips_are_exact_on_square_slices() -> None:
 def test_foreground_oversampling_hits_rare_foreground() -> None:
     labels = np.zeros((20, 64, 64), np.uint8)
     labels[10, 30:34, 30:34] = 1  # 16 voxels of 81920: 0.02 %
-    case = TrainingCase("c", np.random.default_rng(0).normal(size=(1, 20, 64, 64)).astype(np.float32), labels, labels, (1.0, 1.0, 1.0))
+    image = np.random.default_rng(0).normal(size=(1, 20, 64, 64)).astype(np.float32)
+    case = TrainingCase("c", PreparedScan(image, (20, 64, 64)), labels, labels, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
     with_fg = PatchDataset([case], 2, 0, (32, 32), 0.5, 200, seed=0)
     without = PatchDataset([case], 2, 0, (32, 32), 0.0, 200, seed=0)
     share = np.mean([with_fg[i][1].any().item() for i in range(200)])
@@ -157,3 +151,25 @@ def test_foreground_oversampling_hits_rare_foreground() -> None:
     assert img.shape == (1, 8, 32, 32) and lab.shape == (8, 32, 32) and lab.any()
     # Same (seed, epoch, index) -> same sample, whatever worker draws it.
     assert torch.equal(with_fg[7][0], with_fg[7][0])
+
+
+def test_training_crops_pad_with_the_predictors_pad_value(shared_data: Path) -> None:
+    """One pad value: a crop that runs past a real z-scored LGG scan is padded with exactly the
+    value the predictor pads with (0), not the scan's minimum (about -0.95 there)."""
+    from cascadeseg.io import load_labels, load_volume
+    from cascadeseg.inference.predictor import prepare_scan
+
+    root = shared_data / "lgg-flair"
+    image = load_volume(root / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    labels = load_labels(root / "labelsTr" / "TCGA_DU_6404_19850629.nii.gz", reference=image).array.astype(np.uint8)
+    scan = prepare_scan(image, [{"type": "mri_zscore", "percentiles": [0.5, 99.5]}], None, 0)
+    assert scan.image.min() < -0.5  # the scan's own minimum is far from the pad value
+    case = TrainingCase("lgg", scan, labels, labels, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    sampler = PatchDataset([case], 2, 0, (320, 320), 0.0, 4, seed=0)  # larger than the 256 x 256 slices
+    img, lab = sampler[0]
+    border = torch.ones(img.shape[1:], dtype=torch.bool)
+    inside = (img[0] != PAD_VALUE)
+    rows, cols = np.flatnonzero(inside.any(1).numpy()), np.flatnonzero(inside.any(0).numpy())
+    border[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = False
+    assert border.sum() >= 320 * 320 - 256 * 256  # the padded band
+    assert torch.all(img[0][border] == PAD_VALUE) and torch.all(lab[border] == 0)

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cascadeseg.cli.evaluate", "score a folder of predictions against a folder of labels"),
     "models": ("cascadeseg.cli.models", "list the model zoo, its measured table, and installed checkpoints"),
     "bench": ("cascadeseg.cli.bench", "measure inference speed and memory of the models on this device"),
-    "train": ("cascadeseg.cli.train", "train a model on an MSD folder or image/label pairs"),
+    "train": ("cascadeseg.cli.train", "train a model on an MSD folder or image/label pairs (planned for the budget)"),
+    "plan": ("cascadeseg.cli.plan", "print the training plan for a dataset on this machine, without training"),
     "demo": ("cascadeseg.cli.demo", "run the bundled sample through the default model (GUI or headless)"),
 }
 

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
     from ..io import load_volume, save_labels, save_volume
     from ..preprocessing import body_mask
-    from .distributed import rank_info, shard
+    from ..distributed import rank_info, shard
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -17,7 +17,7 @@ from .checkpoint import (
 )
 from .device import DeviceError, available_devices, resolve_device
 from .postprocess import PostProcessing, postprocess
-from .predictor import PredictionRequest, PredictionResult, Predictor, label_dtype
+from .predictor import PredictionRequest, PredictionResult, Predictor, PreparedScan, label_dtype, prepare_scan
 from .progress import Progress
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "PredictionRequest",
     "PredictionResult",
     "Predictor",
+    "PreparedScan",
     "label_dtype",
+    "prepare_scan",
     "Progress",
 ]

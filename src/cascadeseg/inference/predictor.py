@@ -54,6 +54,12 @@ from .progress import CancelToken, ProgressCallback, ProgressTracker
 DEFAULT_PATCH_3D = (128, 128, 128)
 VOXELWISE_SPECS = ("ct_window", "none")  # preprocessing types that need no whole-volume statistics
 PREPROCESS_SLAB = 16  # slices per chunk when applying a voxel-wise spec
+# The one pad value of the project: what lies outside a scan is 0 on the normalised scale, in the
+# 2D padding to the size divisor, MONAI's 3D window padding and the training sampler's crops. 0 is
+# the mean of a z-scored channel and what ``mri_zscore`` writes outside the foreground; nnU-Net
+# pads with 0 in both its loader and its predictor. A channel minimum (-0.95 on a z-scored LGG
+# scan) in training would teach the network a border it never sees at inference.
+PAD_VALUE = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,35 +208,49 @@ class Predictor:
             raise ModelConfigError(f"overlap must be in [0, 1), got {overlap}")
         depth = self.resolve_depth(depth)
         self._check_volume(volume)
-        image = self._preprocess(volume)
-        working = self._working_grid(volume, image, axis if mode == "2d" else None)
-        zoom = None
-        if working is not None:
-            # The native-grid float copy is released here and the resampled one lives on in
-            # `image` alone; the network's maps are zoomed back batch by batch (NativeZoom).
-            zoom = NativeZoom.between(working, volume)
-            image = working.array
-            del working
+        prepared = self.prepare(volume, axis if mode == "2d" else None)
         t1 = time.perf_counter()
-        crop_fractions = _CropFractions(self.model)
-        try:
-            if mode == "2d":
-                maps, items, unit = self._predict_2d(image, axis, depth, want, progress, cancel, zoom)
-            else:
-                maps, items, unit = self._predict_3d(image, depth, want, progress, cancel, patch_size, overlap, zoom)
-        finally:
-            crop_fractions.detach()
-        del image
+        maps, items, unit, stats = self.predict_maps(prepared, mode, axis, depth, want, progress, cancel,
+                                                     patch_size, overlap)
+        del prepared
         t2 = time.perf_counter()
-        release_cached_memory(self.device)
         result = self._wrap(volume, maps, want)
-        result.stats = crop_fractions.summary()
+        result.stats = stats
         result.depth, result.mode, result.axis, result.device = depth, mode, axis, str(self.device)
         result.items, result.unit = items, unit
         result.timings = {"preprocess": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0}
         return result
 
-    # -- checks and preprocessing ------------------------------------------------------------
+    def prepare(self, volume: Volume, slice_axis: int | None) -> "PreparedScan":
+        """The scan as this network sees it: the card's preprocessing on the scan's own grid, then
+        the card's working grid (see :func:`prepare_scan`). ``slice_axis``: 2D (that axis is not
+        resampled) or ``None`` (3D)."""
+        specs = [ch.get("preprocessing") for ch in self.card.input_channels]
+        return prepare_scan(volume, specs, self.card.target_spacing, slice_axis)
+
+    def predict_maps(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
+                     want: PredictionRequest | None = None, progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None, patch_size: Sequence[int] | None = None,
+                     overlap: float = 0.5) -> tuple[dict[str, Any], int, str, dict[str, float]]:
+        """Run the network over a :class:`PreparedScan`: the label map (and what ``want`` asks
+        for) as arrays on the scan's native grid, plus the items run, their unit and model
+        statistics. :meth:`predict` is ``prepare`` + this + wrapping into Volumes; training's
+        validation calls the same two pieces on its cached scans, so both score one path."""
+        want = want or PredictionRequest()
+        crop_fractions = _CropFractions(self.model)
+        try:
+            if mode == "2d":
+                maps, items, unit = self._predict_2d(prepared.image, axis, depth, want, progress, cancel, prepared.zoom,
+                                                     prepared.native_shape)
+            else:
+                maps, items, unit = self._predict_3d(prepared.image, depth, want, progress, cancel, patch_size, overlap,
+                                                     prepared.zoom)
+        finally:
+            crop_fractions.detach()
+            release_cached_memory(self.device)
+        return maps, items, unit, crop_fractions.summary()
+
+    # -- checks ------------------------------------------------------------
     def _check_mode(self, mode: str | None) -> str:
         mode = (mode or f"{self.card.dims}d").lower()
         if mode not in ("2d", "3d"):
@@ -270,62 +290,14 @@ class Predictor:
                         f"(e.g. load the scan with NaN replacement) — expected finite intensities"
                     )
 
-    def _working_grid(self, volume: Volume, image: np.ndarray, slice_axis: int | None) -> Volume | None:
-        """``image`` resampled (linear) to the card's ``target_spacing`` when the scan's spacing
-        differs from it by more than 1 % on some axis; ``None``: predict on the scan's own grid.
-
-        In 2D (``slice_axis`` given) only the in-plane axes are resampled, as nnU-Net's 2D
-        configuration does: the slices themselves are what the network was trained on, and
-        resampling 6.5 mm slices to 1 mm would multiply the work for nothing.
-        Intensities are normalised on the native grid first (the statistics the network was
-        trained with), then resampled. The network's outputs come back to the scan's grid as
-        logits, linearly (:class:`NativeZoom`), and the labels are taken there: nnU-Net's way, which
-        keeps boundaries finer than the working grid (measured on the 12 held-out LGG patients with
-        the shipped ANU-Net at 2 mm working pixels: see docs/default_models.md).
-        """
-        if not self.card.target_spacing:
-            return None
-        target = [float(t) for t in self.card.target_spacing]
-        if slice_axis is not None:
-            target[slice_axis] = float(volume.spacing[slice_axis])
-        if np.allclose(volume.spacing, target, rtol=0.01):
-            return None
-        from ..preprocessing import resample_to_spacing
-
-        return resample_to_spacing(volume.with_array(image), target, is_label=False)
-
-    def _preprocess(self, volume: Volume) -> np.ndarray:
-        """The card's preprocessing per channel -> one float32 ``(C, Z, Y, X)`` array.
-
-        Voxel-wise specs (CT window, plain cast) are applied slab by slab straight into the
-        output, so their temporaries (NumPy promotes an int16 clip with float bounds to float64)
-        stay slab-sized; specs that need whole-volume statistics (z-score, min-max) see the
-        whole channel.
-        """
-        specs = [ch.get("preprocessing") for ch in self.card.input_channels]
-        voxelwise = [not spec or spec.get("type", "none") in VOXELWISE_SPECS for spec in specs]
-        if len(specs) == 1 and not voxelwise[0]:
-            # One whole-volume channel: its result *is* the stack, no second float copy.
-            return _preprocess_channel(volume.array[0], specs[0])[None]
-        out = np.empty(volume.array.shape, dtype=np.float32)
-        for c, spec in enumerate(specs):
-            channel = volume.array[c]
-            if voxelwise[c]:
-                for z in range(0, channel.shape[0], PREPROCESS_SLAB):
-                    out[c, z:z + PREPROCESS_SLAB] = _preprocess_channel(channel[z:z + PREPROCESS_SLAB], spec)
-            else:
-                out[c] = _preprocess_channel(channel, spec)
-        return out
-
     # -- 2D ----------------------------------------------------------------------------------
     def _predict_2d(self, image: np.ndarray, axis: int, depth: int, want: PredictionRequest,
                     progress: ProgressCallback | None, cancel: CancelToken | None,
-                    zoom: "NativeZoom | None" = None) -> tuple[dict[str, Any], int, str]:
+                    zoom: "NativeZoom | None", native_shape: Sequence[int]) -> tuple[dict[str, Any], int, str]:
         planes = np.moveaxis(image, axis + 1, 1)  # (C, N, H, W) view, no copy
         n, h, w = planes.shape[1:]
         plane_zoom = zoom.in_plane(axis) if zoom is not None else None
-        spatial = zoom.native_shape if zoom is not None else image.shape[1:]
-        sink = _MapSink(spatial, self.card.num_classes, self.label_dtype, want, plane_zoom)
+        sink = _MapSink(native_shape, self.card.num_classes, self.label_dtype, want, plane_zoom)
         divisor = tuple(int(d) for d in self.model.size_divisor)
         pad = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
         tracker = ProgressTracker(n, "slices", progress, cancel)
@@ -350,7 +322,7 @@ class Predictor:
                  ) -> SegmentationOutput:
         x = x.to(self.device, non_blocking=True)
         if any(pad):
-            x = F.pad(x, pad)
+            x = F.pad(x, pad, value=PAD_VALUE)
         x = x.contiguous(memory_format=memory_format(self.device, x.ndim - 2))
         request = want.output_request()
         # Every depth needs every head: run the full network and take head `depth` as the result.
@@ -403,7 +375,7 @@ class Predictor:
                 with inference_context(self.device, self.mixed_precision):
                     outputs = sliding_window_inference(
                         x, roi_size=patch, sw_batch_size=batch, predictor=runner, overlap=overlap,
-                        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
+                        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=PAD_VALUE,
                         sw_device=self.device, device=torch.device("cpu"),
                     )
                 break
@@ -475,6 +447,103 @@ class NativeZoom:
         if any(pad):
             out = F.pad(out, pad, mode="replicate")
         return out[(slice(None), slice(None), *(slice(0, s) for s in self.native_shape))]
+
+
+@dataclass
+class PreparedScan:
+    """A scan as the network sees it, and the way back to the scan's own grid.
+
+    ``image``: ``(C, Z, Y, X)`` float32 on the working grid. ``native_shape``: the scan's spatial
+    shape. ``zoom``: working -> native (:class:`NativeZoom`), ``None`` when both grids are one.
+    Made by :func:`prepare_scan` for prediction and for training alike, so what a network is
+    trained on, validated on and run on at inference is the same array.
+    """
+
+    image: np.ndarray
+    native_shape: tuple[int, int, int]
+    zoom: NativeZoom | None = None
+
+    @property
+    def working_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
+
+    def restrict(self, axis: int, start: int, stop: int) -> "PreparedScan":
+        """Slices ``[start, stop)`` along ``axis`` (a view). Only for an axis the working grid did
+        not resample (2D's slicing axis), where working and native slice indices are the same."""
+        if self.zoom is not None and abs(self.zoom.scales[axis] - 1.0) > 1e-6:
+            raise ModelConfigError(f"cannot restrict a scan along axis {axis}: it was resampled along it")
+        index = [slice(None)] * 4
+        index[axis + 1] = slice(start, stop)
+        native = list(self.native_shape)
+        native[axis] = stop - start
+        zoom = None if self.zoom is None else NativeZoom(tuple(native), self.zoom.scales)
+        return PreparedScan(self.image[tuple(index)], tuple(native), zoom)  # type: ignore[arg-type]
+
+
+def preprocess_channels(volume: Volume, specs: Sequence[dict[str, Any] | None]) -> np.ndarray:
+    """Each channel through its spec -> one float32 ``(C, Z, Y, X)`` array on the scan's grid.
+
+    Voxel-wise specs (CT window, plain cast) are applied slab by slab straight into the output,
+    so their temporaries (NumPy promotes an int16 clip with float bounds to float64) stay
+    slab-sized; specs that need whole-volume statistics (z-score, min-max) see the whole channel.
+    """
+    array = volume.array if volume.array.ndim == 4 else volume.array[None]
+    if len(specs) != array.shape[0]:
+        raise ModelConfigError(
+            f"{volume.source or 'image'}: {array.shape[0]} channel(s) but {len(specs)} preprocessing spec(s) "
+            f"(expected one per channel)"
+        )
+    voxelwise = [not spec or spec.get("type", "none") in VOXELWISE_SPECS for spec in specs]
+    if len(specs) == 1 and not voxelwise[0]:
+        # One whole-volume channel: its result *is* the stack, no second float copy.
+        return _preprocess_channel(array[0], specs[0])[None]
+    out = np.empty(array.shape, dtype=np.float32)
+    for c, spec in enumerate(specs):
+        channel = array[c]
+        if voxelwise[c]:
+            for z in range(0, channel.shape[0], PREPROCESS_SLAB):
+                out[c, z:z + PREPROCESS_SLAB] = _preprocess_channel(channel[z:z + PREPROCESS_SLAB], spec)
+        else:
+            out[c] = _preprocess_channel(channel, spec)
+    return out
+
+
+def working_spacing(spacing: Sequence[float], target_spacing: Sequence[float] | None,
+                    slice_axis: int | None) -> tuple[float, float, float] | None:
+    """The working grid's spacing for a scan of ``spacing``; ``None``: the scan's own grid.
+
+    The target applies when it differs from the scan's spacing by more than 1 % on some axis. In
+    2D (``slice_axis`` given) only the in-plane axes are resampled, as nnU-Net's 2D configuration
+    does: the slices are what the network sees, and resampling 6.5 mm slices to 1 mm would
+    multiply the work for nothing.
+    """
+    if not target_spacing:
+        return None
+    target = [float(t) for t in target_spacing]
+    if slice_axis is not None:
+        target[slice_axis] = float(spacing[slice_axis])
+    if np.allclose(spacing, target, rtol=0.01):
+        return None
+    return tuple(target)  # type: ignore[return-value]
+
+
+def prepare_scan(volume: Volume, specs: Sequence[dict[str, Any] | None], target_spacing: Sequence[float] | None,
+                 slice_axis: int | None) -> PreparedScan:
+    """Preprocess on the scan's own grid (the statistics the network was trained with), then
+    resample linearly to the working grid (:func:`working_spacing`). The network's maps come back
+    to the scan's grid as logits (:class:`NativeZoom`) and the labels are taken there: nnU-Net's
+    way, which keeps boundaries finer than the working grid (measured on the 12 held-out LGG
+    patients with the shipped ANU-Net at 2 mm working pixels: see docs/default_models.md)."""
+    image = preprocess_channels(volume, specs)
+    native = tuple(int(s) for s in volume.spatial_shape)
+    spacing = working_spacing(volume.spacing, target_spacing, slice_axis)
+    if spacing is None:
+        return PreparedScan(image, native)  # type: ignore[arg-type]
+    from ..preprocessing import resample_to_spacing
+
+    working = resample_to_spacing(volume.with_array(image), spacing, is_label=False)
+    del image  # the native-grid float copy goes; the working one lives on alone
+    return PreparedScan(working.array, native, NativeZoom.between(working, volume))  # type: ignore[arg-type]
 
 
 class _CropFractions:
@@ -651,6 +720,10 @@ __all__ = [
     "Predictor",
     "PredictionRequest",
     "PredictionResult",
+    "PreparedScan",
+    "prepare_scan",
+    "preprocess_channels",
+    "working_spacing",
     "label_dtype",
     "count_windows",
 ]

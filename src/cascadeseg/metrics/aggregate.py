@@ -7,6 +7,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .case import informative
 from .overlap import ConfusionCounts
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall", "specificity")
@@ -17,8 +18,10 @@ def aggregate_cases(
 ) -> dict[str, dict[str, object]]:
     """Summarise :func:`.evaluate_case` results.
 
-    For each structure and metric: ``{"mean", "median", "std", "n"}`` over the cases that scored
-    that structure. ``"global_dice"`` pools the voxels of all cases (2 sum TP / (sum |P| + sum |G|)):
+    For each structure and metric: ``{"mean", "median", "std", "n"}`` over the cases where that
+    structure is present in the reference or the prediction (a case where it is absent from both
+    carries no information about it and is counted in ``"n_absent"``, not as a Dice of 1: the
+    convention of :func:`.case.mean_dice`). ``"global_dice"`` pools the voxels of all cases (2 sum TP / (sum |P| + sum |G|)):
     what a large structure-weighted score looks like, and defined even when single cases are not.
 
     HD95 of ``inf`` (exactly one mask empty) is handled explicitly, never averaged silently:
@@ -35,8 +38,9 @@ def aggregate_cases(
     summary: dict[str, dict[str, object]] = {}
     for name, rows in per_structure.items():
         entry: dict[str, object] = {}
+        present = [row for row in rows if informative(row)]
         for metric in RATIO_METRICS:
-            entry[metric] = _stats(np.array([row[metric] for row in rows], dtype=float))
+            entry[metric] = _stats(np.array([row[metric] for row in present], dtype=float))
         if all("hd95" in row for row in rows):
             values = np.array([row["hd95"] for row in rows], dtype=float)
             infinite = np.isinf(values)
@@ -55,6 +59,7 @@ def aggregate_cases(
         )
         entry["global_dice"] = pooled.dice()
         entry["n_cases"] = len(rows)
+        entry["n_absent"] = len(rows) - len(present)
         summary[name] = entry
     return summary
 

@@ -68,3 +68,28 @@ def evaluate_case(
                 )
         scores[name] = row
     return scores
+
+
+def informative(row: dict[str, float]) -> bool:
+    """Whether a structure was present in the reference or the prediction of its case."""
+    return (int(row["tp"]) + int(row["fp"]) + int(row["fn"])) > 0
+
+
+def mean_dice(scores: CaseScores, structures: Sequence[str] | None = None) -> float:
+    """One number per case: the mean Dice over the structures present in the reference or the
+    prediction. A structure absent from both carries no information (its per-structure Dice of 1
+    says "nothing to find, nothing found") and is left out of the mean, as nnU-Net leaves it out;
+    counting it as 1 would let a 117-class map with one structure found score near 1. ``NaN``
+    when no structure is present at all (the case says nothing about the model).
+
+    ``structures``: the names to average over (default: every structure in ``scores``).
+    """
+    names = list(scores) if structures is None else [str(s) for s in structures]
+    values = [scores[n]["dice"] for n in names if n in scores and informative(scores[n])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def case_mean_dice(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int]) -> float:
+    """:func:`mean_dice` of the foreground ``classes`` of one case (voxel counts only, no HD95)."""
+    spacing = (1.0,) * np.asarray(pred).ndim  # Dice does not depend on the spacing
+    return mean_dice(evaluate_case(pred, ref, spacing, classes=list(classes), surface=False))

@@ -50,7 +50,8 @@ def augment_batch(
     grid = F.affine_grid(theta, (b, 1, *spatial), align_corners=False)
     if cfg.elastic_probability > 0 and cfg.elastic_magnitude > 0:
         grid = grid + _elastic_field(b, spatial, cfg, gen, device)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Outside the crop is the project's one pad value (0, see inference.predictor.PAD_VALUE).
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     labels = labels[:, 0].round().long()
     images = _intensity(images, cfg, gen)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,70 +41,141 @@ class AugmentationConfig:
     spatial_probability: float = 0.8  # probability of a rotation/zoom being drawn at all
 
 
+# What the planner decides when a field is left as None ("auto"); every one can be given instead.
+PLANNED_FIELDS = (
+    "model", "dims", "axis", "target_spacing", "patch_size", "batch_size", "model_options",
+    "loss", "epochs", "steps_per_epoch", "val_max_cases", "foreground_probability", "threads",
+    "init_checkpoint", "augmentation", "preprocessing", "minutes",
+)
+
+
+def option(default: Any = None, help: str = "", *, group: str = "run", cli: bool = True, **argparse_options: Any) -> Any:
+    """A :class:`TrainConfig` field with what ``cascadeseg train`` needs to offer it: the help
+    text, its argparse group and options (``type``, ``choices``, ``nargs``, ``flag``, ``action``).
+    The CLI is built from these (``cascadeseg.cli.train``), so a new field is one line here."""
+    metadata = {"help": help, "group": group, "cli": cli, **argparse_options}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs.
+    """Everything a training run needs; ``None`` means "let the planner choose".
 
     ``data`` is an MSD / nnU-Net folder, a list of ``(image_path, label_path)`` pairs, or a list
     of in-memory ``(Volume, Volume)`` pairs (the GUI's path; these are described, not stored, in
     ``config.json``). ``run_dir`` is the run folder; it must not exist unless ``resume`` is set.
+
+    The planner (:mod:`cascadeseg.training.planner`) fills every field left ``None`` from the data,
+    the device and the budget, and writes its reasons to ``plan.json``; explicit values always
+    win. The caller's config is never changed: the trainer works on the planned copy, which is
+    what ``config.json`` holds. Each field's metadata is its ``cascadeseg train`` option.
     """
 
-    data: Any = None
-    run_dir: str = "runs/train"
-    model: str = "unet"
-    dims: int = 2
-    model_options: dict[str, Any] = field(default_factory=dict)
-    loss: str | None = None  # None: the model's paper loss (ModelInfo.default_loss)
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    num_classes: int | None = None  # None: from the labels (max label + 1, at least 2)
-    class_names: list[str] | None = None
-    channel_names: list[str] | None = None  # None: from the data (dataset.json or file suffixes)
-    preprocessing: list[dict[str, Any]] | None = None  # one spec per channel; None: by modality
-    # 2D: slices along ``axis`` (0 = axial in the canonical orientation); 3D: patches.
-    axis: int = 0
-    inplane_size: int | None = None  # resample slices to this size for cheap CPU training
-    patch_size: list[int] | None = None  # 2D crop (H, W) or 3D patch (D, H, W); None: whole slice
-    batch_size: int = 8
-    epochs: int = 50
-    minutes: float | None = None  # wall-clock budget; whichever of epochs/minutes comes first
-    steps_per_epoch: int | None = None  # None: one pass over the training slices (2D) / cases x 4 (3D)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    step_size: int = 30  # epochs between decays of the step schedule
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    grad_clip: float | None = 12.0
-    # Exponential moving average of the weights (e.g. 0.999): validated, checkpointed and shipped
-    # instead of the raw weights; None: off.
-    ema_decay: float | None = None
-    amp: bool = True  # mixed precision; only ever used on CUDA
-    seed: int = 0
-    val_fraction: float = 0.2
-    val_cases: list[str] = field(default_factory=list)  # case ids forced into validation
-    slice_gap: int = 3  # single volume: slices dropped between training and validation blocks
-    slice_block: int = 8  # single volume: slices per split block
-    annotated_slices_only: bool = False  # single volume: train/validate on slices with labels only
-    foreground_probability: float = 0.5  # share of samples centred on foreground
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    cascade_training: str = "end_to_end"
-    num_workers: int = 0
-    device: str = "auto"
-    resume: bool = False
-    init_checkpoint: str | None = None  # fine-tune: start from these weights
-    val_every: int = 1
-    val_batch_size: int = 16
-    description: str = ""
-    command: str | None = None  # the command line that made the run (written into the model card)
-    data_licence: str | None = None
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    data: Any = option(None, cli=False)
+    run_dir: str = option("runs/train", "run folder to create; never overwritten", cli=False)
+    model: str | None = option(None, "architecture (see 'cascadeseg models'); the checkpoint's when fine-tuning",
+                               group="model")
+    dims: int | None = option(None, "2: slices, 3: patches (planned from the spacing and the case size)",
+                              group="model", type=int, choices=(2, 3))
+    model_options: dict[str, Any] | None = option(None, cli=False)
+    loss: str | None = option(None, "loss name (planned: the model's paper loss; fine-tuning: the checkpoint's)",
+                              group="loss and optimiser")
+    loss_options: dict[str, Any] = option({}, cli=False)
+    num_classes: int | None = option(None, "classes incl. background (from the labels: max label + 1)",
+                                     group="model", type=int)
+    class_names: list[str] | None = option(None, "one name per class, background first", group="model", nargs="+")
+    channel_names: list[str] | None = option(None, "one name per input channel (from the data)", group="model", nargs="+")
+    preprocessing: list[dict[str, Any]] | None = option(
+        None, 'per-channel preprocessing as a JSON list, e.g. \'[{"type": "mri_zscore", "percentiles": [0.5, 99.5]}]\' '
+              "(planned: z-score for MR, a window over the labelled structures for CT)",
+        group="data and sampling", type="json")
+    axis: int | None = option(None, "2D slicing axis (z, y, x; 0 = axial); planned: the coarse or thin axis",
+                              group="data and sampling", type=int, choices=(0, 1, 2))
+    target_spacing: list[float] | None = option(None, "working grid spacing z y x in mm (2D: the slices stay native)",
+                                                group="data and sampling", type=float, nargs=3)
+    inplane_size: int | None = option(None, "in-plane pixels of the median case on the working grid (instead of "
+                                      "--target-spacing)", group="data and sampling", type=int)
+    patch_size: list[int] | None = option(None, "2D crop H W or 3D patch D H W", group="data and sampling", type=int,
+                                          nargs="+")
+    batch_size: int | None = option(None, "samples per step", group="budget", type=int)
+    epochs: int | None = option(None, "epochs (an upper bound with --minutes; neither given: a 30-minute budget)",
+                                group="budget", type=int)
+    minutes: float | None = option(None, "wall-clock budget including data loading, validation and checkpoints "
+                                   "(planned: 30 when neither --minutes nor --epochs is given)", group="budget",
+                                   type=float)
+    steps_per_epoch: int | None = option(None, "batches per epoch (planned: one validation interval)", group="budget",
+                                         type=int)
+    optimizer: str = option("adam", "optimiser", group="loss and optimiser", choices=("adam", "adamw", "sgd"))
+    lr: float = option(1e-3, "base learning rate", group="loss and optimiser", type=float)
+    momentum: float = option(0.99, "SGD momentum", group="loss and optimiser", type=float)
+    weight_decay: float = option(0.0, "weight decay", group="loss and optimiser", type=float)
+    schedule: str = option("cosine", "learning-rate schedule", group="loss and optimiser",
+                           choices=("cosine", "step", "constant"))
+    step_size: int = option(30, "step schedule: epochs per decay", group="loss and optimiser", type=int)
+    gamma: float = option(0.1, "step schedule: decay factor", group="loss and optimiser", type=float)
+    warmup_steps: int = option(0, "linear warm-up steps", group="loss and optimiser", type=int)
+    grad_clip: float | None = option(12.0, "gradient norm clip (0: off)", group="loss and optimiser", type=float)
+    # Exponential moving average of the weights: validated, checkpointed and shipped instead of
+    # the raw weights.
+    ema_decay: float | None = option(None, "keep a moving average of the weights with this decay (e.g. 0.999) and "
+                                     "validate, checkpoint and ship it instead of the raw weights",
+                                     group="loss and optimiser", type=float)
+    amp: bool = option(True, "no mixed precision on CUDA (never used on a CPU)", group="loss and optimiser",
+                       flag="--no-amp", action="store_false")
+    seed: int = option(0, "seed of split, sampling and augmentation", type=int)
+    val_fraction: float = option(0.2, "share of patients for validation", group="data and sampling", type=float)
+    val_cases: list[str] = option([], "case id forced into validation (repeatable)", group="data and sampling",
+                                  flag="--val-case", action="append")
+    val_max_cases: int | None = option(None, "validation cases per validation (planned: what the budget affords)",
+                                       group="data and sampling", type=int)
+    slice_gap: int = option(3, "single volume: slices left out beside validation blocks", group="data and sampling",
+                            type=int)
+    slice_block: int = option(8, "single volume: slices per split block", group="data and sampling", type=int)
+    annotated_slices_only: bool = option(False, "single volume: use only slices that carry labels",
+                                         group="data and sampling", action="store_true")
+    foreground_probability: float | None = option(None, "share of samples centred on foreground (planned from the "
+                                                  "foreground share)", group="data and sampling", type=float)
+    augmentation: AugmentationConfig | None = option(None, cli=False)
+    cascade_training: str = option("end_to_end", "cascades: both stages jointly, or stage 1 first then stage 2 with "
+                                   "stage 1 frozen", group="model", choices=("end_to_end", "stagewise"))
+    num_workers: int = option(0, "DataLoader worker processes", flag="--workers", type=int)
+    device: str = option("auto", "auto, cuda, cuda:N, mps or cpu")
+    resume: bool = option(False, cli=False)
+    init_checkpoint: str | None = option(None, "fine-tune: start from this checkpoint (a folder or a model name "
+                                         "from 'cascadeseg models --checkpoints'); its patient split must not "
+                                         "validate on its training patients", group="model")
+    # No init checkpoint given: may the planner start from a shipped model that fits the data?
+    auto_init: bool = option(True, "never start from a shipped model on its own (few patients otherwise do)",
+                             group="model", flag="--no-auto-init", action="store_false")
+    val_every: int = option(1, "validate every N epochs", group="budget", type=int)
+    val_batch_size: int | None = option(None, "slices (2D) or windows (3D) per validation batch (the predictor's "
+                                        "default)", group="budget", type=int)
+    description: str = option("", "text for the model card")
+    command: str | None = option(None, cli=False)  # the command line that made the run (in the model card)
+    data_licence: str | None = option(None, "licence of the training data, written into the model card")
+    threads: int | None = option(None, "torch CPU threads (planned: the cores this process may use)", type=int)
 
     def __post_init__(self) -> None:
         if isinstance(self.augmentation, dict):
             self.augmentation = AugmentationConfig(**self.augmentation)
+
+    def copy(self, **changes: Any) -> "TrainConfig":
+        """A deep-enough copy (lists and dicts copied; the data is shared, never written)."""
+        import copy
+
+        data = self.data
+        clone = copy.deepcopy(replace(self, data=None))
+        clone.data = data
+        for key, value in changes.items():
+            setattr(clone, key, value)
+        return clone
+
+    def is_planned(self) -> bool:
+        """Every field the planner decides has a value."""
+        return all(getattr(self, name) is not None for name in PLANNED_FIELDS if name != "init_checkpoint")
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -114,14 +185,20 @@ class TrainConfig:
         def bad(name: str, value: Any, expected: str) -> CascadeSegError:
             return ModelConfigError(f"training option '{name}' = {value!r} is invalid: expected {expected}")
 
-        if self.dims not in (2, 3):
+        if self.dims is not None and self.dims not in (2, 3):
             raise bad("dims", self.dims, "2 or 3")
-        if self.axis not in (0, 1, 2):
+        if self.axis is not None and self.axis not in (0, 1, 2):
             raise bad("axis", self.axis, "0, 1 or 2")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise bad("batch_size", self.batch_size, "a positive integer")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise bad("epochs", self.epochs, "a positive integer")
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != 3 or not all(float(v) > 0 for v in self.target_spacing)
+        ):
+            raise bad("target_spacing", self.target_spacing, "three positive spacings (z, y, x) in mm")
+        if self.val_max_cases is not None and self.val_max_cases < 1:
+            raise bad("val_max_cases", self.val_max_cases, "a positive number of cases")
         if self.minutes is not None and self.minutes <= 0:
             raise bad("minutes", self.minutes, "a positive number of minutes")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -136,11 +213,11 @@ class TrainConfig:
             raise bad("lr", self.lr, "a positive learning rate")
         if not 0.0 < self.val_fraction < 1.0:
             raise bad("val_fraction", self.val_fraction, "a fraction between 0 and 1")
-        if not 0.0 <= self.foreground_probability <= 1.0:
+        if self.foreground_probability is not None and not 0.0 <= self.foreground_probability <= 1.0:
             raise bad("foreground_probability", self.foreground_probability, "a probability in [0, 1]")
         if self.inplane_size is not None and self.inplane_size < 8:
             raise bad("inplane_size", self.inplane_size, "at least 8 pixels")
-        if self.patch_size is not None and len(self.patch_size) != self.dims:
+        if self.patch_size is not None and self.dims is not None and len(self.patch_size) != self.dims:
             raise bad("patch_size", self.patch_size, f"{self.dims} sizes for a {self.dims}D model")
         if self.num_classes is not None and self.num_classes < 2:
             raise bad("num_classes", self.num_classes, "at least 2 (the background counts)")
@@ -152,7 +229,7 @@ class TrainConfig:
     # -- JSON ----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, data=None))
         out["data"] = describe_data(self.data)
         return out
 

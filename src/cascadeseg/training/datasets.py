@@ -6,8 +6,10 @@ Three sources, one result (a list of :class:`TrainingCase`):
 * a list of ``(image_path, label_path)`` pairs;
 * a list of in-memory ``(Volume, Volume)`` pairs (what the GUI hands over).
 
-Decoded volumes are cached as preprocessed float32 at the training resolution, so sampling a batch
-is array slicing only; the original-grid labels are kept for patient-level validation.
+Decoded volumes are cached as preprocessed float32 on the working grid, made by the predictor's
+own :func:`~cascadeseg.inference.prepare_scan`, so sampling a batch is array slicing only and
+what the network trains on is what it sees at inference; the original-grid labels are kept for
+patient-level validation.
 """
 
 from __future__ import annotations
@@ -18,45 +20,64 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import DatasetError, GeometryMismatchError, InputFileError, VolumeError
+from ..inference.predictor import NativeZoom, PreparedScan, prepare_scan
 from ..io.checks import as_label_array, check_same_grid
 from ..io.volume import Volume
 
 
 @dataclass
 class TrainingCase:
-    """One case ready for sampling.
+    """One case ready for sampling and validation.
 
-    ``image``: ``(C, Z, Y, X)`` float32, preprocessed, at the training resolution.
-    ``labels``: ``(Z, Y, X)`` uint8 class indices at the training resolution.
-    ``labels_full``: the labels on the original grid (validation Dice is computed there).
-    ``spacing``: training-resolution spacing (z, y, x) in mm.
+    ``scan``: the image as the network sees it (:class:`~cascadeseg.inference.PreparedScan`: the
+    preprocessed ``(C, Z, Y, X)`` float32 array on the working grid, and the zoom back to the
+    scan's own grid), made by the predictor's own :func:`~cascadeseg.inference.prepare_scan`.
+    ``labels``: ``(Z, Y, X)`` uint8 class indices on the working grid (what the loss sees).
+    ``labels_full``: the labels on the scan's own grid (validation Dice is computed there).
+    ``spacing``: working-grid spacing (z, y, x) in mm; ``native_spacing``: the scan's.
     """
 
     case_id: str
-    image: np.ndarray
+    scan: PreparedScan
     labels: np.ndarray
     labels_full: np.ndarray
     spacing: tuple[float, float, float]
+    native_spacing: tuple[float, float, float]
     source: str | None = None
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.scan.image
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.labels.shape)  # type: ignore[return-value]
 
     def restrict(self, axis: int, start: int, stop: int, suffix: str) -> "TrainingCase":
-        """The slices ``[start, stop)`` along ``axis`` as a case of its own (views, no copy)."""
-        index = [slice(None)] * 3
-        index[axis] = slice(start, stop)
+        """The slices ``[start, stop)`` along ``axis`` as a case of its own (views, no copy).
+        The indices are of the scan's own grid; along a resampled axis (3D) they are mapped onto
+        the working grid for the training arrays."""
+        scale = self.labels.shape[axis] / self.labels_full.shape[axis]
+        w_start, w_stop = int(round(start * scale)), max(int(round(start * scale)) + 1, int(round(stop * scale)))
+        working = [slice(None)] * 3
+        working[axis] = slice(w_start, w_stop)
+        native = [slice(None)] * 3
+        native[axis] = slice(start, stop)
+        if self.scan.zoom is None or abs(self.scan.zoom.scales[axis] - 1.0) < 1e-9:
+            scan = self.scan.restrict(axis, start, stop)
+        else:  # 3D resampled along the axis: the block's maps are zoomed onto its native slices
+            shape = tuple(self.labels_full[tuple(native)].shape)
+            scan = PreparedScan(self.scan.image[(slice(None), *working)], shape,  # type: ignore[arg-type]
+                                NativeZoom(shape, self.scan.zoom.scales))
         return TrainingCase(
             case_id=f"{self.case_id}{suffix}",
-            image=self.image[(slice(None), *index)],
-            labels=self.labels[tuple(index)],
-            labels_full=self.labels_full[tuple(index)],
+            scan=scan,
+            labels=self.labels[tuple(working)],
+            labels_full=self.labels_full[tuple(native)],
             spacing=self.spacing,
+            native_spacing=self.native_spacing,
             source=self.source,
         )
 
@@ -205,162 +226,105 @@ def check_label_values(case_id: str, labels: np.ndarray, num_classes: int, where
         )
 
 
-def _where(image: Volume, labels: Volume) -> str:
-    if image.source is None and labels.source is None:
-        return ""
-    return f" ({image.source} / {labels.source})"
-
-
 # ----------------------------------------------------------------------------------------------
 # Preprocessing and resampling
 
 
 def default_preprocessing(image: Volume, num_channels: int) -> list[dict[str, Any]]:
-    """Per-channel preprocessing when the config gives none: z-score (robust percentiles) for MR
-    and unknown modality, the generic soft-tissue window for CT."""
+    """Per-channel preprocessing when neither the config nor the plan gives one: z-score (robust
+    percentiles) for MR and unknown modality, the generic soft-tissue window for CT."""
     if (image.modality or "").upper() == "CT":
         return [{"type": "ct_window", "window": [-160, 240]}] * num_channels
     return [{"type": "mri_zscore", "percentiles": [0.5, 99.5]}] * num_channels
 
 
-def preprocess(array: np.ndarray, specs: Sequence[dict[str, Any]], case_id: str) -> np.ndarray:
-    """Apply each channel's spec (``cascadeseg.preprocessing``) into one float32 array."""
-    from ..preprocessing import apply_channel_preprocessing
-
-    if len(specs) != array.shape[0]:
-        raise DatasetError(
-            f"case '{case_id}': the image has {array.shape[0]} channel(s) but the preprocessing "
-            f"gives {len(specs)} spec(s) (expected one per channel)"
-        )
-    out = np.empty(array.shape, dtype=np.float32)
-    for c, spec in enumerate(specs):
-        out[c] = apply_channel_preprocessing(array[c], spec)
-    return out
-
-
-def inplane_shape(shape: Sequence[int], axis: int, size: int | None) -> tuple[int, int, int]:
-    """The training-grid shape: the two axes other than ``axis`` scaled so the longer is
-    ``size`` (aspect ratio kept); ``None`` keeps the shape."""
-    shape = tuple(int(s) for s in shape)
-    if size is None:
-        return shape  # type: ignore[return-value]
-    plane = [a for a in range(3) if a != axis]
-    factor = size / max(shape[a] for a in plane)
-    out = list(shape)
-    for a in plane:
-        out[a] = max(1, int(round(shape[a] * factor)))
-    return tuple(out)  # type: ignore[return-value]
-
-
-def resize_inplane(image: np.ndarray, labels: np.ndarray, axis: int, target: Sequence[int], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resample image (C, Z, Y, X) and labels (Z, Y, X) in the plane normal to ``axis``.
-
-    The image uses area averaging when shrinking (anti-aliased) and bilinear when enlarging. Labels
-    take the majority class of the covered area (a per-class area average, then argmax), which
-    keeps thin structures better than nearest-neighbour picking of every other pixel.
-    """
-    if tuple(labels.shape) == tuple(target):
-        return image, labels
-    plane_target = [int(t) for a, t in enumerate(target) if a != axis]
-    shrinking = all(t <= s for t, s in zip(plane_target, [labels.shape[a] for a in range(3) if a != axis]))
-    mode = "area" if shrinking else "bilinear"
-    with torch.no_grad():
-        img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, axis + 1, 1)))  # (C, S, A, B)
-        c, s = img.shape[:2]
-        kwargs = {} if mode == "area" else {"align_corners": False}
-        img = F.interpolate(img.reshape(c * s, 1, *img.shape[2:]), size=plane_target, mode=mode, **kwargs)
-        image_out = np.moveaxis(img.reshape(c, s, *plane_target).numpy(), 1, axis + 1)
-        lab = torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels, axis, 0)))  # (S, A, B)
-        best = torch.full((lab.shape[0], *plane_target), -1.0)
-        best_class = torch.zeros((lab.shape[0], *plane_target), dtype=torch.uint8)
-        for k in range(num_classes):  # a running argmax: memory of one class map at a time
-            share = F.interpolate((lab == k).float()[:, None], size=plane_target, mode=mode, **kwargs)[:, 0]
-            better = share > best
-            best = torch.where(better, share, best)
-            best_class[better] = k
-        labels_out = np.moveaxis(best_class.numpy(), 0, axis)
-    return np.ascontiguousarray(image_out, dtype=np.float32), np.ascontiguousarray(labels_out)
-
-
-def scaled_spacing(spacing: Sequence[float], shape: Sequence[int], target: Sequence[int]) -> tuple[float, float, float]:
-    return tuple(float(sp) * s / t for sp, s, t in zip(spacing, shape, target))  # type: ignore[return-value]
-
-
 # ----------------------------------------------------------------------------------------------
-# Loading
+# Reading and preparing
 
 
 @dataclass
-class LoadedData:
-    """The cases plus what the model card must record about them."""
+class RawCase:
+    """A case as read and checked: its image and its label array on the image's grid."""
 
-    cases: list[TrainingCase]
-    num_classes: int
-    in_channels: int
-    channel_names: list[str]
-    preprocessing: list[dict[str, Any]]
-    modality: str | None
-    spacing: tuple[float, float, float]  # median original spacing
-    geometry: Volume  # first image with a 1-voxel array: the geometry template for messages/cards
+    case_id: str
+    image: Volume
+    labels: np.ndarray  # (Z, Y, X) unsigned
+    where: str = ""  # " (image / labels files)" for messages
 
 
-def load_cases(
-    sources: Iterable[CaseSource],
-    *,
-    axis: int,
-    inplane_size: int | None,
-    num_classes: int | None,
-    preprocessing: list[dict[str, Any]] | None,
-) -> LoadedData:
-    """Read, check, preprocess and resample every case (in that order, one at a time, so peak
-    memory is one raw volume plus the cache)."""
-    cases: list[TrainingCase] = []
-    first: Volume | None = None
-    spacings = []
+def read_cases(sources: Sequence[CaseSource], num_classes: int | None, cancel: Any = None) -> list[RawCase]:
+    """Read and check every case (same channels everywhere, labels on the image grid, whole
+    non-negative label values that the model knows). ``cancel.is_set()`` is checked between cases."""
+    from ..errors import CancelledError
+
+    cases: list[RawCase] = []
     in_channels: int | None = None
     for source in sources:
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("training cancelled while reading the data")
         image, labels = source.read()
         array, lab = check_pair(source.case_id, image, labels)
-        if first is None:
-            first, in_channels = image, array.shape[0]
+        if in_channels is None:
+            in_channels = array.shape[0]
         elif array.shape[0] != in_channels:
             raise DatasetError(
                 f"case '{source.case_id}' has {array.shape[0]} channel(s), the first case has {in_channels} "
                 f"(expected every case to have the same channels)"
             )
-        if num_classes is not None:
-            check_label_values(source.case_id, lab, num_classes, _where(image, labels))
-        elif int(lab.min()) < 0 or int(lab.max()) > 255:
-            check_label_values(source.case_id, lab, 256, _where(image, labels))
-        specs = preprocessing or default_preprocessing(image, array.shape[0])
-        preprocessing = list(specs)
-        lab_u8 = np.asarray(lab, dtype=np.uint8)
-        target = inplane_shape(lab.shape, axis, inplane_size)
-        # Resampled one case at a time so only one raw float volume is alive beside the cache.
-        img_t, lab_t = resize_inplane(preprocess(array, specs, source.case_id), lab_u8, axis, target, int(lab_u8.max()) + 1)
-        spacings.append(image.spacing)
-        cases.append(
-            TrainingCase(
-                case_id=source.case_id,
-                image=img_t,
-                labels=lab_t,
-                labels_full=lab_u8,
-                spacing=scaled_spacing(image.spacing, lab.shape, target),
-                source=None if image.source is None else str(image.source),
-            )
-        )
-    if first is None:
+        where = _where(image, labels)
+        check_label_values(source.case_id, lab, num_classes if num_classes is not None else 256, where)
+        if image.array.ndim == 3:
+            image = image.with_array(image.array[None])
+        cases.append(RawCase(source.case_id, image, np.asarray(lab, dtype=np.uint8), where))
+    if not cases:
         raise DatasetError("the training data holds no cases")
-    classes = num_classes if num_classes is not None else max(2, max(int(c.labels_full.max()) for c in cases) + 1)
-    names = list(first.channel_names) or [f"channel{c}" for c in range(in_channels or 1)]
-    spacing = tuple(float(v) for v in np.median(np.asarray(spacings, dtype=float), axis=0))
-    return LoadedData(
-        cases=cases,
-        num_classes=classes,
-        in_channels=int(in_channels or 1),
-        channel_names=names,
-        preprocessing=list(preprocessing or []),
-        modality=first.modality,
-        spacing=spacing,  # type: ignore[arg-type]
-        geometry=first,
+    return cases
+
+
+def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: Sequence[float] | None,
+                 slice_axis: int | None, num_classes: int) -> TrainingCase:
+    """The case on the working grid through the predictor's own preparation (so training,
+    validation and inference see the same array), with its labels carried onto that grid."""
+    try:
+        scan = prepare_scan(raw.image, specs, target_spacing, slice_axis)
+    except (VolumeError, InputFileError) as exc:
+        raise type(exc)(f"case '{raw.case_id}'{raw.where}: {exc}") from exc
+    labels = raw.labels
+    spacing = tuple(float(s) for s in raw.image.spacing)
+    if scan.zoom is not None:
+        spacing = tuple(float(s) * z for s, z in zip(spacing, scan.zoom.scales))
+        labels = resample_labels(raw.image.with_array(raw.labels), spacing, num_classes, scan.working_shape)
+    return TrainingCase(
+        case_id=raw.case_id, scan=scan, labels=np.ascontiguousarray(labels, dtype=np.uint8), labels_full=raw.labels,
+        spacing=spacing, native_spacing=tuple(float(s) for s in raw.image.spacing),  # type: ignore[arg-type]
+        source=None if raw.image.source is None else str(raw.image.source),
     )
+
+
+# Per-class linear resampling holds one float map per class: above this many classes nearest
+# neighbour is used instead (a 117-organ CT map would otherwise need 117 float volumes).
+_MAX_SOFT_LABEL_CLASSES = 16
+
+
+def resample_labels(labels: Volume, spacing: Sequence[float], num_classes: int, shape: Sequence[int]) -> np.ndarray:
+    """Labels onto the working grid of ``spacing`` (the same grid ``prepare_scan`` resamples the
+    image to): each class's indicator resampled linearly, then the majority class, as nnU-Net
+    resamples segmentations; this keeps thin structures better than nearest-neighbour picking.
+    Above :data:`_MAX_SOFT_LABEL_CLASSES` classes: nearest neighbour."""
+    from ..preprocessing import resample_to_spacing
+
+    if num_classes > _MAX_SOFT_LABEL_CLASSES:
+        out = resample_to_spacing(labels, spacing, is_label=True).array
+    else:
+        onehot = np.stack([(labels.array == k).astype(np.float32) for k in range(num_classes)])
+        shares = resample_to_spacing(labels.with_array(onehot), spacing, is_label=False).array
+        out = np.argmax(shares, axis=0)
+    if tuple(out.shape) != tuple(shape):
+        raise VolumeError(f"labels resampled to {tuple(out.shape)} but the image to {tuple(shape)}")
+    return out.astype(np.uint8, copy=False)
+
+
+def _where(image: Volume, labels: Volume) -> str:
+    if image.source is None and labels.source is None:
+        return ""
+    return f" ({image.source} / {labels.source})"

@@ -55,7 +55,7 @@ def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], d
     (``mirror``: with test-time mirroring, :class:`~cascadeseg.inference.PredictionRequest`)."""
     from ..inference.predictor import PredictionRequest, Predictor
     from ..io import load_dataset
-    from ..metrics import evaluate_case
+    from ..metrics import evaluate_case, mean_dice
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     foreground = [c["value"] for c in predictor.card.classes if c["value"] != 0]
@@ -73,8 +73,8 @@ def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], d
             maps = result.depth_labels or {1: result.labels}
         for depth, volume in maps.items():
             row = evaluate_case(volume.array, labels.array, labels.spacing, classes=foreground)
-            # Mean over the foreground classes (one class for the LGG set).
-            scores.dice.setdefault(int(depth), {})[case] = float(np.mean([row[str(k)]["dice"] for k in foreground]))
+            # The project's one case Dice: mean over the foreground classes present in either map.
+            scores.dice.setdefault(int(depth), {})[case] = mean_dice(row, [str(k) for k in foreground])
             scores.hd95.setdefault(int(depth), {})[case] = float(np.mean([row[str(k)]["hd95"] for k in foreground]))
     scores.seconds_per_case = (time.perf_counter() - t0) / max(1, len(case_ids))
     return scores

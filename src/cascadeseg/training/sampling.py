@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..inference.predictor import PAD_VALUE  # one pad value for training crops and inference
 from .datasets import TrainingCase
 
 # Foreground coordinates kept per case and class: enough to sample from, bounded for huge CTs.
 _MAX_FG_COORDS = 20_000
+
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -78,8 +80,6 @@ class PatchDataset(Dataset):
         self.case_weights = sizes / sizes.sum()
         self.foreground = [self._foreground_coords(c) for c in self.cases]
         self.cases_with_foreground = [i for i, fg in enumerate(self.foreground) if fg]
-        # Pad value per case and channel: the image minimum (background after normalisation).
-        self.pad_values = [c.image.reshape(c.image.shape[0], -1).min(axis=1) for c in self.cases]
 
     @staticmethod
     def _foreground_coords(case: TrainingCase) -> dict[int, np.ndarray]:
@@ -151,10 +151,7 @@ class PatchDataset(Dataset):
         pads = [(max(0, -starts[a]), max(0, starts[a] + sizes[a] - shape[a])) for a in range(3)]
         if any(p != (0, 0) for p in pads):
             labels = np.pad(labels, pads)
-            padded = np.empty((image.shape[0], *[sizes[a] for a in range(3)]), dtype=image.dtype)
-            for c in range(image.shape[0]):
-                padded[c] = np.pad(image[c], pads, constant_values=self.pad_values[case_index][c])
-            image = padded
+            image = np.pad(image, [(0, 0), *pads], constant_values=PAD_VALUE)
         return image, labels
 
 

@@ -1,24 +1,30 @@
-"""Patient-level validation during training: per-case 3D Dice at every pruning depth.
+"""Validation during training, through the predictor: one path, one Dice.
 
-Slice-averaged Dice flatters a model (empty slices score 1); the papers and nnU-Net report Dice
-per case over the whole volume, which is what is computed here. The prediction is made at the
-training resolution and its logits are resampled to the original grid before the argmax, exactly
-as the predictor does at inference, and compared with the original labels.
+Every validation case is segmented by :class:`~cascadeseg.inference.Predictor` exactly as
+``cascadeseg predict`` and the GUI segment a scan: the card's preprocessing and working grid
+(the cached :class:`~cascadeseg.inference.PreparedScan` was made by the predictor's own
+:func:`~cascadeseg.inference.prepare_scan`), the same padding, the same 3D sliding window and
+overlap, logits zoomed back to the scan's grid before the argmax. The labels are scored on the
+scan's own grid by :func:`cascadeseg.metrics.mean_dice`: per case, the mean Dice over the
+foreground classes present in the reference or the prediction (a class absent from both is not
+counted as 1). So the Dice that chooses ``best/``, the recommended depth and the card's figures
+is the Dice a user gets from ``cascadeseg predict`` + ``cascadeseg evaluate`` (tested).
 
-One forward pass with all deep-supervision heads requested gives every depth at once, so
-validating four depths costs one full-depth pass (plus the argmaxes).
+One forward pass with all deep-supervision heads requested gives every pruning depth at once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from ..models.output import OutputRequest
+from ..inference.checkpoint import ModelCard
+from ..inference.predictor import PredictionRequest, Predictor
+from ..metrics import case_mean_dice
 from .datasets import TrainingCase
 
 # Recommended depth: the shallowest whose Dice is within this of the best depth's (1 Dice point).
@@ -27,138 +33,71 @@ RECOMMENDATION_TOLERANCE = 0.01
 
 @dataclass
 class ValidationResult:
+    """Mean per-case Dice per depth, the per-case values, the recommended depth, and the cost."""
+
     dice_per_depth: dict[int, float]
     dice_per_case: dict[str, dict[int, float]]
     recommended_depth: int
+    seconds: float = 0.0
+    cases: list[str] = field(default_factory=list)
 
     @property
     def best_dice(self) -> float:
-        return max(self.dice_per_depth.values())
+        finite = [v for v in self.dice_per_depth.values() if math.isfinite(v)]
+        return max(finite) if finite else float("nan")
 
 
 def recommended_depth(dice_per_depth: dict[int, float], tolerance: float = RECOMMENDATION_TOLERANCE) -> int:
     """The shallowest depth whose Dice is within ``tolerance`` of the best depth's."""
-    best = max(dice_per_depth.values())
-    return min(d for d, v in dice_per_depth.items() if v >= best - tolerance)
+    finite = {d: v for d, v in dice_per_depth.items() if math.isfinite(v)}
+    if not finite:
+        return max(dice_per_depth)
+    best = max(finite.values())
+    return min(d for d, v in finite.items() if v >= best - tolerance)
 
 
-def case_dice(confusion: Tensor) -> float:
-    """Mean Dice over foreground classes from a (K, K) confusion matrix (rows: truth, cols:
-    prediction). A class absent from both truth and prediction scores 1 (nothing to find, nothing
-    found), the usual convention for empty masks."""
-    tp = confusion.diagonal()[1:].double()
-    truth = confusion.sum(1)[1:].double()
-    pred = confusion.sum(0)[1:].double()
-    denom = truth + pred
-    dice = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(denom))
-    return float(dice.mean())
-
-
-def class_argmax(logits: Tensor) -> Tensor:
-    """``logits.argmax(1)`` as K elementwise passes: the same result (first maximum wins), but
-    several times faster on the CPU, where a reduction over the strided channel axis is slow."""
-    best = logits[:, 0]
-    pred = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
-    for k in range(1, logits.shape[1]):
-        better = logits[:, k] > best
-        pred = torch.where(better, k, pred)
-        best = torch.maximum(best, logits[:, k])
-    return pred
-
-
-def _confusion(pred: Tensor, truth: Tensor, k: int) -> Tensor:
-    return torch.bincount((truth.reshape(-1).long() * k + pred.reshape(-1).long()), minlength=k * k).reshape(k, k)
-
-
-def _depth_logits(model: nn.Module, x: Tensor, depths: list[int]) -> list[Tensor]:
-    """Logits for each depth from one forward pass (heads when the model has pruning)."""
-    if depths == [None]:
-        return [model(x).logits]
-    out = model(x, request=OutputRequest(heads=True))
-    return [out.heads[d] if d in out.heads else out.logits for d in depths]
-
-
-@torch.no_grad()
 def validate(
-    model: nn.Module,
-    cases: list[TrainingCase],
+    model: Any,
+    card: ModelCard,
+    cases: Sequence[TrainingCase],
     *,
-    dims: int,
-    axis: int,
-    num_classes: int,
-    depths: list[int | None],
-    divisor: tuple[int, ...],
-    patch_size: tuple[int, ...],
-    device: torch.device,
-    batch_size: int = 16,
-    autocast_dtype: torch.dtype | None = None,
+    depths: bool,
+    device: Any = "cpu",
+    batch_size: int | None = None,
+    cancel: Any = None,
 ) -> ValidationResult:
-    """Per-case Dice at each depth (``[None]``: a model without pruning, reported as depth 1)."""
-    was_training = model.training
-    model.eval()
-    keys = [1 if d is None else int(d) for d in depths]
+    """Segment each case with the predictor (every pruning depth when ``depths``) and score it.
+
+    ``model`` is not changed (the predictor runs a copy with folded batch norms in eval mode).
+    A set ``cancel`` raises :class:`~cascadeseg.errors.CancelledError` between batches.
+    """
+    t0 = time.perf_counter()
+    predictor = Predictor(model, card, device=device, batch_size=batch_size)
+    mode = f"{card.dims}d"
+    axis = int(card.slice_axis)
+    full_depth = predictor.resolve_depth(predictor.model.max_depth)
+    want = PredictionRequest(depths=depths)
+    foreground = [v for v in card.class_values if v != 0]
     per_case: dict[str, dict[int, float]] = {}
-    try:
-        for case in cases:
-            if dims == 2:
-                confusions = _validate_case_2d(model, case, axis, num_classes, depths, divisor, device, batch_size, autocast_dtype)
-            else:
-                confusions = _validate_case_3d(model, case, num_classes, depths, patch_size, device, batch_size, autocast_dtype)
-            per_case[case.case_id] = {k: case_dice(c) for k, c in zip(keys, confusions)}
-    finally:
-        model.train(was_training)
-    mean = {k: float(np.mean([per_case[c][k] for c in per_case])) for k in keys}
-    return ValidationResult(dice_per_depth=mean, dice_per_case=per_case, recommended_depth=recommended_depth(mean))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _validate_case_2d(model, case, axis, k, depths, divisor, device, batch_size, amp):
-    image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image, axis + 1, 0)))  # (S, C, A, B)
-    truth = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.labels_full, axis, 0)))  # (S, A0, B0)
-    size = image.shape[2:]
-    full = tuple(truth.shape[1:])
-    pad = [(-s) % d for s, d in zip(size, divisor)]
-    fill = float(image.min())
-    confusions = [torch.zeros((k, k), dtype=torch.long) for _ in depths]
-    for start in range(0, image.shape[0], batch_size):
-        x = image[start : start + batch_size].to(device)
-        if any(pad):
-            x = F.pad(x, (0, pad[1], 0, pad[0]), value=fill)
-        with _autocast(device, amp):
-            outputs = _depth_logits(model, x, depths)
-        gt = truth[start : start + batch_size].to(device)
-        for i, logits in enumerate(outputs):
-            logits = logits[..., : size[0], : size[1]].float()
-            if tuple(size) != full:
-                logits = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-            confusions[i] += _confusion(class_argmax(logits), gt, k).cpu()
-    return confusions
-
-
-def _validate_case_3d(model, case, k, depths, patch_size, device, batch_size, amp):
-    from monai.inferers import sliding_window_inference
-
-    image = torch.from_numpy(case.image)[None].to(device)  # (1, C, Z, Y, X)
-    truth = torch.from_numpy(case.labels_full).to(device)
-
-    def predictor(x: Tensor) -> tuple[Tensor, ...]:
-        with _autocast(device, amp):
-            return tuple(t.float() for t in _depth_logits(model, x, depths))
-
-    outputs = sliding_window_inference(
-        image, roi_size=patch_size, sw_batch_size=max(1, batch_size // 4), predictor=predictor,
-        overlap=0.25, mode="gaussian",
+    for case in cases:
+        maps = _predict(predictor, case, mode, axis, full_depth, want, cancel)
+        per_case[case.case_id] = {d: case_mean_dice(labels, case.labels_full, foreground) for d, labels in maps.items()}
+    keys = sorted({d for scores in per_case.values() for d in scores})
+    mean = {d: _nanmean([per_case[c][d] for c in per_case]) for d in keys}
+    return ValidationResult(
+        dice_per_depth=mean, dice_per_case=per_case, recommended_depth=recommended_depth(mean),
+        seconds=time.perf_counter() - t0, cases=[c.case_id for c in cases],
     )
-    if isinstance(outputs, Tensor):
-        outputs = (outputs,)
-    confusions = []
-    for logits in outputs:
-        if tuple(logits.shape[2:]) != tuple(truth.shape):
-            logits = F.interpolate(logits, size=tuple(truth.shape), mode="trilinear", align_corners=False)
-        confusions.append(_confusion(class_argmax(logits)[0], truth, k).cpu())
-    return confusions
+
+
+def _predict(predictor: Predictor, case: TrainingCase, mode: str, axis: int, depth: int,
+             want: PredictionRequest, cancel: Any) -> dict[int, np.ndarray]:
+    """Label maps (class indices) on the case's own grid: ``{depth: labels}``."""
+    maps, _, _, _ = predictor.predict_maps(case.scan, mode, axis, depth, want, cancel=cancel)
+    out = dict(maps.get("depths", {})) or {depth: maps["labels"]}
+    return {int(d): labels for d, labels in out.items()}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")

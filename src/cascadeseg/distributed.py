@@ -1,31 +1,39 @@
-"""Distributed data parallel training under ``torchrun`` (NCCL on GPUs, Gloo on CPUs).
+"""Processes under ``torchrun``: who am I, and data-parallel training (NCCL on GPUs, Gloo on CPUs).
 
-The trainer runs the same code with one process or N: this module hides the difference.
-Rank 0 alone writes the run folder and validates; the other ranks wait at a barrier. Decisions
-that must be the same on every rank (stop for time, for cancellation, or at the end of the data)
-are made with an all-reduce, so no rank is left waiting on a collective the others skipped.
+Rank and world size are read from the environment ``torchrun`` sets (:func:`rank_info`), without
+initialising ``torch.distributed``: inference needs no process group, each rank takes its share of
+the cases (:func:`shard`, round robin over the sorted list) and writes its own outputs.
+
+Training runs the same code with one process or N (:func:`init_distributed` and the helpers below
+hide the difference). Rank 0 alone writes the run folder and validates; the other ranks wait at a
+barrier. Decisions that must be the same on every rank (stop for time, for cancellation, or at the
+end of the data) are made with an all-reduce, so no rank is left waiting on a collective the
+others skipped.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..cli.distributed import rank_info
+from .errors import CascadeSegError
+
+T = TypeVar("T")
 
 
-@dataclass
-class DistContext:
-    """This process's rank, the world size, and whether it initialised the process group."""
+@dataclass(frozen=True)
+class RankInfo:
+    """This process's place among ``torchrun``'s workers (rank 0 of 1 when run plainly)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False
 
     @property
     def is_distributed(self) -> bool:
@@ -34,6 +42,32 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def rank_info() -> RankInfo:
+    """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (unset: a single process)."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as exc:
+        raise CascadeSegError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (as torchrun sets them): {exc}") from exc
+    if world < 1 or not 0 <= rank < world:
+        raise CascadeSegError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}")
+    return RankInfo(rank, world, local)
+
+
+def shard(items: Sequence[T], info: RankInfo | None = None) -> list[T]:
+    """This rank's share of ``items``: every ``world_size``-th item starting at ``rank``."""
+    info = info or rank_info()
+    return list(items[info.rank :: info.world_size])
+
+@dataclass(frozen=True)
+class DistContext(RankInfo):
+    """A :class:`RankInfo` for training, plus whether this process initialised the process group
+    (and so must destroy it)."""
+
+    owns_group: bool = False
 
 
 def init_distributed(device: torch.device) -> DistContext:

@@ -1,0 +1,513 @@
+"""The planner: from the data, the device and the budget to every training choice, with reasons.
+
+nnU-Net turns a dataset fingerprint into a plan (target spacing, 2D/3D, patch, batch, network
+topology) for a GPU with a fixed 1000-epoch schedule; MONAI Auto3DSeg analyses the data and trains
+several candidates. Neither plans for a wall-clock budget on a CPU, which is where one-click
+training runs most often here. This planner does, in two passes:
+
+1. :func:`plan_training` (static): from the fingerprint, the device and the budget, choose 2D or
+   3D, the slicing axis, the working grid (target spacing), the patch and batch size, the network
+   width and depth, the loss, the sampling and the augmentation, and whether to start from a
+   shipped model (few cases). Every choice records a reason; every field given in the
+   :class:`TrainConfig` wins over the planner (and says so).
+2. :func:`schedule_for_budget` (measured): once the network exists, the trainer times real
+   training steps and one real validation case through the predictor, and this pass sizes the
+   validation (case subset, cadence, depths) and the epochs to the budget. Nothing about speed is
+   guessed: a faster or slower machine gets a different schedule for the same data.
+
+The plan is written to ``plan.json`` in the run folder and printed by ``cascadeseg plan DATA``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ModelConfigError
+from ..models import create_model, list_models
+from .config import AugmentationConfig, TrainConfig
+from .fingerprint import DatasetFingerprint
+
+PLAN_FILE = "plan.json"
+
+# Defaults when nothing else decides (each is a measured choice, see docs/one_click_training.md).
+DEFAULT_MODEL = "unet"  # most optimiser steps per second on a CPU: the best Dice at 20 minutes
+DEFAULT_MINUTES = 30.0  # `cascadeseg train DATA` with neither --minutes nor --epochs
+# Above this anisotropy (largest / smallest spacing) a 3D network mixes slices it cannot resolve:
+# slice by slice along the coarse axis (nnU-Net plans 2D-like patches there too).
+ANISOTROPY_2D = 3.0
+# A stack whose physical extent along one axis is under this share of the others is a stack of
+# thick slices whose header does not say so (LGG: 256 x 256 x 36 at "1 mm" is a 36 mm-tall brain).
+FLAT_EXTENT = 0.3
+# On a CPU a 3D network over cases larger than this (voxels at the working grid) sees each case
+# too few times within a budget: 2D instead. (The hippocampus crops have 63 k voxels, the CT 1.4 M.)
+CPU_3D_MAX_VOXELS = 3_000_000
+# Few patients: start from a shipped model that fits the data (transfer beats scratch).
+FEW_SHOT_PATIENTS = 10
+# Validation: at most this share of the (post start-up) budget, in this many rounds.
+VALIDATION_SHARE = 0.10
+MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10
+# Reserve at the end of a budget beyond the measured final validation (checkpoint writes, export).
+END_RESERVE_SECONDS = 5.0
+
+
+@dataclass
+class DeviceProfile:
+    """What the run may use: device kind, CPU cores, torch threads, memory."""
+
+    kind: str  # "cpu", "cuda" or "mps"
+    name: str
+    cores: int  # CPU cores this process may use (affinity and OMP_NUM_THREADS respected)
+    threads: int  # torch intra-op threads the run will use
+    memory_gb: float  # RAM available now
+    gpu_memory_gb: float | None = None
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind != "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity, capped by ``OMP_NUM_THREADS`` when set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        cores = min(cores, int(env))
+    return max(1, cores)
+
+
+def available_memory_gb() -> float:
+    """RAM available now (``MemAvailable``), or 4 GB when the system does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 4.0
+
+
+def device_profile(device: torch.device, threads: int | None = None) -> DeviceProfile:
+    cores = available_cores()
+    gpu = None
+    name = device.type
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu, name = props.total_memory / 1024**3, props.name
+    return DeviceProfile(kind=device.type, name=name, cores=cores, threads=int(threads or cores),
+                         memory_gb=available_memory_gb(), gpu_memory_gb=gpu)
+
+
+@dataclass
+class Choice:
+    value: Any
+    reason: str
+    source: str = "planned"  # "planned", "given" (the config said so) or "checkpoint"
+
+
+@dataclass
+class TrainPlan:
+    """Every decision with its reason, the data and device it was made for, and the budget."""
+
+    fingerprint: dict[str, Any]
+    device: dict[str, Any]
+    minutes: float | None
+    choices: dict[str, Choice] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)  # filled by schedule_for_budget
+
+    def choose(self, name: str, value: Any, reason: str, source: str = "planned") -> Any:
+        self.choices[name] = Choice(value, reason, source)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "minutes": self.minutes,
+            "device": self.device,
+            "choices": {k: {"value": c.value, "source": c.source, "reason": c.reason} for k, c in self.choices.items()},
+            "schedule": self.schedule,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainPlan":
+        plan = cls(fingerprint=data.get("fingerprint", {}), device=data.get("device", {}), minutes=data.get("minutes"))
+        for k, c in data.get("choices", {}).items():
+            plan.choices[k] = Choice(c["value"], c["reason"], c.get("source", "planned"))
+        plan.schedule = dict(data.get("schedule", {}))
+        return plan
+
+    def describe(self) -> str:
+        """A readable table: choice, value, where it came from, why."""
+        fp = self.fingerprint.get("summary", {})
+        lines = [
+            f"data: {self.fingerprint.get('num_cases')} case(s) of {self.fingerprint.get('num_patients')} patient(s), "
+            f"modality {self.fingerprint.get('modality') or 'unknown'}, median spacing {fp.get('median_spacing')} mm, "
+            f"median shape {fp.get('median_shape')}, classes {self.fingerprint.get('class_values')}",
+            f"device: {self.device.get('name')} ({self.device.get('kind')}), {self.device.get('threads')} thread(s) "
+            f"of {self.device.get('cores')} core(s), {self.device.get('memory_gb')} GB free"
+            + (f", GPU {self.device.get('gpu_memory_gb')} GB" if self.device.get("gpu_memory_gb") else ""),
+            f"budget: {'%g minutes' % self.minutes if self.minutes else 'epochs, no time limit'}",
+            "",
+        ]
+        width = max(len(k) for k in self.choices) if self.choices else 10
+        for name, choice in self.choices.items():
+            tag = "" if choice.source == "planned" else f" [{choice.source}]"
+            lines.append(f"  {name:<{width}}  {_show(choice.value)}{tag}\n  {'':<{width}}    {choice.reason}")
+        if self.schedule:
+            lines.append("")
+            lines.append("schedule (measured on this machine):")
+            for key, value in self.schedule.items():
+                lines.append(f"  {key}: {_show(value)}")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The static plan
+
+
+def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DeviceProfile,
+                  init_card: Any = None) -> tuple[TrainConfig, TrainPlan]:
+    """Fill every ``None`` of ``config`` (a copy is returned; ``config`` is not changed)."""
+    cfg = config.copy()
+    minutes = cfg.minutes
+    if minutes is None and cfg.epochs is None:
+        minutes = DEFAULT_MINUTES
+    plan = TrainPlan(fingerprint=fp.to_dict(), device=device.to_dict(), minutes=minutes)
+    cfg.minutes = minutes
+    thread_minutes = (minutes or 60.0) * device.threads
+    given = _given(config)
+
+    # -- threads --------------------------------------------------------------------------------
+    if cfg.threads is None and not device.is_gpu:
+        cfg.threads = plan.choose("threads", device.threads, f"the {device.cores} core(s) this process may use")
+    elif cfg.threads is not None:
+        plan.choose("threads", cfg.threads, "given", "given")
+
+    # -- starting point ---------------------------------------------------------------------------
+    if init_card is not None:
+        plan.choose("init_checkpoint", cfg.init_checkpoint, "fine-tune the given checkpoint", "given")
+
+    # -- 2D or 3D, and the slicing axis -----------------------------------------------------------
+    spacing, extent = fp.median_spacing, fp.median_extent_mm
+    if init_card is not None:
+        cfg.dims = plan.choose("dims", int(init_card.dims), "the checkpoint's", "checkpoint")
+        cfg.axis = plan.choose("axis", int(init_card.slice_axis), "the checkpoint's slicing axis", "checkpoint")
+    else:
+        dims, axis, why = _dims_and_axis(fp, device)
+        cfg.dims = given.get("dims") or plan.choose("dims", dims, why)
+        if "dims" in given:
+            plan.choose("dims", cfg.dims, "given", "given")
+        cfg.axis = given.get("axis", axis)
+        plan.choose("axis", cfg.axis, "given" if "axis" in given else f"slices normal to axis {axis} "
+                    f"({'the coarsest spacing' if fp.anisotropy > ANISOTROPY_2D else 'the thinnest extent'})"
+                    if cfg.dims == 2 else "3D: unused", "given" if "axis" in given else "planned")
+
+    # -- working grid ----------------------------------------------------------------------------
+    if init_card is not None and init_card.target_spacing:
+        cfg.target_spacing = plan.choose("target_spacing", list(init_card.target_spacing),
+                                         "the checkpoint's working grid (in-plane; slices stay native in 2D)",
+                                         "checkpoint")
+    elif cfg.target_spacing is not None:
+        plan.choose("target_spacing", cfg.target_spacing, "given", "given")
+    else:
+        target, why = _target_spacing(fp, cfg.dims, cfg.axis, cfg.inplane_size, device, thread_minutes)
+        cfg.target_spacing = plan.choose("target_spacing", target, why, "given" if cfg.inplane_size else "planned")
+    working_shape = _working_shape(fp, cfg.target_spacing, cfg.dims, cfg.axis)
+
+    # -- architecture, width, depth --------------------------------------------------------------
+    if init_card is not None:
+        cfg.model = plan.choose("model", init_card.architecture, "the checkpoint's architecture", "checkpoint")
+        cfg.model_options = {k: v for k, v in init_card.model_options.items() if k not in ("in_channels", "num_classes", "dims")}
+        plan.choose("model_options", cfg.model_options, "the checkpoint's", "checkpoint")
+    else:
+        if cfg.model is None:
+            cfg.model = plan.choose("model", DEFAULT_MODEL, "the plain U-Net takes the most optimiser steps per "
+                                    "second, which wins under a budget (docs/training_results.md); pick a cascade or "
+                                    "nested model with --model for its stages, attention maps or pruning")
+        else:
+            plan.choose("model", cfg.model, "given", "given")
+        _check_model(cfg.model)
+
+    # -- patch and batch -------------------------------------------------------------------------
+    if cfg.patch_size is not None:
+        plan.choose("patch_size", list(cfg.patch_size), "given", "given")
+    else:
+        patch, why = _patch_size(working_shape, cfg.dims, cfg.axis, device, thread_minutes)
+        cfg.patch_size = plan.choose("patch_size", patch, why)
+    if init_card is None:
+        options = dict(cfg.model_options or {})
+        if "base_width" not in options:
+            width, why = _base_width(device, thread_minutes)
+            options["base_width"] = width
+            plan.choose("base_width", width, why)
+        else:
+            plan.choose("base_width", options["base_width"], "given", "given")
+        if "levels" not in options:
+            levels, why = _levels(cfg.model, cfg.patch_size)
+            if levels is not None:
+                options["levels"] = levels
+                plan.choose("levels", levels, why)
+        if cfg.dims == 3 and "spacing" not in options:
+            options["spacing"] = [round(float(s), 4) for s in cfg.target_spacing]
+        cfg.model_options = options
+    if cfg.batch_size is not None:
+        plan.choose("batch_size", cfg.batch_size, "given", "given")
+    else:
+        batch, why = _batch_size(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
+                                 fp.num_classes, device)
+        cfg.batch_size = plan.choose("batch_size", batch, why)
+    memory = estimate_training_memory_gb(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
+                                         fp.num_classes, cfg.batch_size)
+    plan.choose("estimated_training_memory_gb", round(memory, 2),
+                "activations + logits of one step at this patch, width, class count and batch (analytic estimate)")
+
+    # -- loss, sampling, augmentation ------------------------------------------------------------
+    if cfg.loss is not None:
+        plan.choose("loss", cfg.loss, "given", "given")
+    elif init_card is not None and init_card.training.get("loss"):
+        from ..losses import loss_names
+
+        name = init_card.training.get("loss")
+        if name in loss_names():
+            cfg.loss = plan.choose("loss", name, "the loss the checkpoint was trained with", "checkpoint")
+    if cfg.loss is None:
+        info = {i.name: i for i in list_models()}[cfg.model]
+        cfg.loss = plan.choose("loss", info.default_loss, f"the paper loss of {info.title}")
+    if cfg.foreground_probability is None:
+        rare = fp.rarest_foreground_fraction
+        value = 0.5 if rare < 0.05 else 0.33
+        cfg.foreground_probability = plan.choose(
+            "foreground_probability", value,
+            f"the rarest class covers {100 * rare:.2f} % of the voxels: "
+            + ("half the samples centred on foreground" if value == 0.5 else "a third centred on foreground (nnU-Net)"))
+    if cfg.augmentation is None:
+        cfg.augmentation = AugmentationConfig(rot90=False)
+        plan.choose("augmentation", "flips, small rotations, zoom, elastic, intensity; no 90-degree rotations",
+                    "scans have a canonical orientation: a 90-degree turn shows anatomy no scanner makes")
+    if cfg.val_batch_size is None:
+        cfg.val_batch_size = None  # the predictor's own default (the same batches as inference)
+    return cfg, plan
+
+
+def _given(config: TrainConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in ("dims", "axis") if getattr(config, k) is not None}
+
+
+def _check_model(name: str) -> None:
+    names = [i.name for i in list_models()]
+    if name not in names:
+        raise ModelConfigError(f"model '{name}' is not known; expected one of {names}")
+
+
+def _dims_and_axis(fp: DatasetFingerprint, device: DeviceProfile) -> tuple[int, int, str]:
+    spacing, extent = fp.median_spacing, fp.median_extent_mm
+    if fp.anisotropy > ANISOTROPY_2D:
+        axis = int(np.argmax(spacing))
+        return 2, axis, (f"spacing {np.round(spacing, 2).tolist()} mm is {fp.anisotropy:.1f}x anisotropic "
+                         f"(> {ANISOTROPY_2D}): slice by slice along the coarse axis")
+    flatness = float(extent.min() / extent.max())
+    if flatness < FLAT_EXTENT:
+        axis = int(np.argmin(extent))
+        return 2, axis, (f"the median case is {np.round(extent).astype(int).tolist()} mm: {flatness:.2f} as thick as "
+                         f"wide, a stack of thick slices whose header does not say so (< {FLAT_EXTENT})")
+    voxels = float(np.prod(fp.median_shape))
+    if not device.is_gpu and voxels > CPU_3D_MAX_VOXELS:
+        axis = int(np.argmax(spacing)) if fp.anisotropy > 1.05 else 0
+        return 2, axis, (f"near-isotropic, but the median case has {voxels / 1e6:.1f} M voxels: on a CPU a 3D network "
+                         f"would see each case too few times (> {CPU_3D_MAX_VOXELS / 1e6:.0f} M)")
+    return 3, 0, (f"near-isotropic spacing {np.round(spacing, 2).tolist()} mm and {voxels / 1e6:.2f} M voxels per "
+                  f"case: 3D patches see the anatomy in all three directions")
+
+
+def _target_spacing(fp: DatasetFingerprint, dims: int, axis: int, inplane_size: int | None, device: DeviceProfile,
+                    thread_minutes: float) -> tuple[list[float], str]:
+    spacing = fp.median_spacing.astype(float).copy()
+    shape = fp.median_shape.astype(float)
+    if dims == 3:
+        return [round(float(s), 4) for s in spacing], "the median spacing of the cases (nnU-Net's full-resolution grid)"
+    plane = [a for a in range(3) if a != axis]
+    longest = max(shape[a] * spacing[a] / spacing[plane[0]] for a in plane)  # in-plane pixels at the finest spacing
+    in_plane = float(min(spacing[a] for a in plane))
+    if inplane_size:
+        wanted, why = float(inplane_size), f"inplane_size={inplane_size} given"
+    elif device.is_gpu:
+        wanted, why = 512.0, "a GPU trains at native resolution up to 512 px"
+    elif thread_minutes <= 40:
+        wanted, why = 128.0, f"a CPU budget of {thread_minutes:.0f} thread-minutes: 128 px slices"
+    elif thread_minutes <= 240:
+        wanted, why = 192.0, f"a CPU budget of {thread_minutes:.0f} thread-minutes: 192 px slices"
+    else:
+        wanted, why = 256.0, f"a CPU budget of {thread_minutes:.0f} thread-minutes: 256 px slices"
+    factor = max(1.0, longest / wanted)
+    target = spacing.copy()
+    for a in plane:
+        target[a] = in_plane * factor
+    target[axis] = spacing[axis]  # 2D: the slices stay as they are (the predictor does the same)
+    size = int(round(longest / factor))
+    return [round(float(s), 4) for s in target], (
+        f"in-plane {in_plane:.3g} mm x {factor:.3g} = {in_plane * factor:.3g} mm ({size} px across the median case); {why}")
+
+
+def _working_shape(fp: DatasetFingerprint, target: list[float], dims: int, axis: int) -> list[int]:
+    scale = fp.median_spacing / np.asarray(target, dtype=float)
+    shape = np.maximum(1, np.round(fp.median_shape * scale)).astype(int)
+    if dims == 2:
+        shape[axis] = int(fp.median_shape[axis])
+    return [int(s) for s in shape]
+
+
+def _patch_size(working: list[int], dims: int, axis: int, device: DeviceProfile,
+                thread_minutes: float) -> tuple[list[int], str]:
+    if dims == 2:
+        plane = [working[a] for a in range(3) if a != axis]
+        if device.is_gpu:
+            return [int(s) for s in plane], "whole slices (nnU-Net's 2D patch covers the slice)"
+        cap = 96 if thread_minutes <= 240 else 128
+        patch = [min(int(s), cap) for s in plane]
+        return patch, (f"crops of at most {cap} px (on a CPU, crops around the foreground give more optimiser "
+                       f"steps per minute than whole slices; inference runs on whole slices)")
+    cap_voxels = 128 ** 3 if device.is_gpu else 64 ** 3
+    patch = [int(s) for s in working]
+    while float(np.prod(patch)) > cap_voxels:
+        i = int(np.argmax(patch))
+        patch[i] = max(16, int(patch[i] * 0.875))
+    why = "the median case" if patch == list(working) else f"shrunk from the median case {working} to {int(np.prod(patch))} voxels"
+    return patch, f"{why} (at most {round(cap_voxels ** (1 / 3))}^3 voxels on a {'GPU' if device.is_gpu else 'CPU'})"
+
+
+def _base_width(device: DeviceProfile, thread_minutes: float) -> tuple[int, str]:
+    if device.is_gpu:
+        return 32, "the papers' width (a GPU affords it)"
+    if thread_minutes <= 60:
+        return 8, f"{thread_minutes:.0f} CPU thread-minutes: a narrow network takes 4x the steps of width 16"
+    if thread_minutes <= 300:
+        return 16, f"{thread_minutes:.0f} CPU thread-minutes: width 16"
+    return 24, f"{thread_minutes:.0f} CPU thread-minutes: width 24 (paper: 32)"
+
+
+def _levels(model: str, patch: list[int]) -> tuple[int | None, str]:
+    """Resolution levels so the coarsest feature map keeps >= 4 voxels along the smallest patch
+    axis (nnU-Net's rule); nested models keep their paper's 5 levels (their pruning heads depend
+    on it)."""
+    info = {i.name: i for i in list_models()}[model]
+    if info.pruning_depths:
+        return None, ""
+    smallest = min(int(p) for p in patch)
+    levels = int(max(2, min(5, 1 + math.floor(math.log2(max(smallest, 8) / 4)))))
+    if levels == 5:
+        return None, ""
+    return levels, f"{levels} levels: the coarsest map keeps >= 4 voxels of the {smallest}-voxel patch axis"
+
+
+def estimate_training_memory_gb(dims: int, patch: list[int], width: int, num_classes: int, batch: int) -> float:
+    """Bytes of one training step: the stored activations of a 5-level U-Net (about 12 float maps
+    per level's width: two convolutions, each with its normalisation and activation, encoder and
+    decoder; nested decoders are within a factor 2) plus the logits and their softmax, one-hot
+    target and gradients (6 maps per class). An estimate to size batch and patch, not a promise:
+    the tests measure the real peak."""
+    voxels = float(np.prod(patch))
+    per_level = sum(width * 2**level * voxels / (2 ** dims) ** level for level in range(5))
+    activations = 12 * per_level
+    logits = 6 * num_classes * voxels
+    return 4.0 * batch * (activations + logits) / 1024**3
+
+
+def _batch_size(dims: int, patch: list[int], width: int, num_classes: int, device: DeviceProfile) -> tuple[int, str]:
+    if device.is_gpu:
+        budget = 0.6 * float(device.gpu_memory_gb or 8.0)
+        batch = 32 if dims == 2 else 4
+        where = f"{budget:.0f} GB of GPU memory"
+    else:
+        budget = min(2.5, 0.3 * device.memory_gb)
+        batch = 8 if dims == 2 else 2
+        where = f"{budget:.1f} GB of RAM (so a whole run stays under 4 GB)"
+    while batch > 1 and estimate_training_memory_gb(dims, patch, width, num_classes, batch) > budget:
+        batch //= 2
+    return batch, f"fits {where} at this patch, width and {num_classes} classes"
+
+
+# ----------------------------------------------------------------------------------------------
+# The measured schedule
+
+
+def schedule_for_budget(
+    plan: TrainPlan,
+    cfg: TrainConfig,
+    *,
+    step_seconds: float,
+    case_seconds: list[float],
+    startup_seconds: float,
+    train_samples: int,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Size validation and epochs from measured costs; writes ``plan.schedule`` and returns the
+    config fields it sets (``val_max_cases``, ``steps_per_epoch``, ``epochs``, ``validation_depths``).
+
+    ``step_seconds``: one training step (measured); ``case_seconds``: the predicted validation cost of
+    each validation case (one case measured, scaled by voxels); ``startup_seconds``: already spent.
+    """
+    out: dict[str, Any] = {}
+    n_cases = len(case_seconds)
+    per_case = float(np.mean(case_seconds)) if case_seconds else 0.0
+    if cfg.minutes:
+        budget = cfg.minutes * 60.0
+        left = max(1.0, budget - startup_seconds)
+        val_budget = VALIDATION_SHARE * left
+        k = cfg.val_max_cases or n_cases
+        k = min(k, n_cases)
+        one = per_case * k
+        rounds = int(min(MAX_VALIDATIONS, math.floor(val_budget / one))) if one > 0 else MAX_VALIDATIONS
+        if rounds < MIN_VALIDATIONS and cfg.val_max_cases is None:
+            # Not even three validations of every case fit in the share: validate on a subset.
+            k = max(1, min(n_cases, int(val_budget / MIN_VALIDATIONS / max(per_case, 1e-9))))
+            one = per_case * k
+            rounds = MIN_VALIDATIONS
+        rounds = max(1, rounds)
+        train_seconds = max(step_seconds, left - rounds * one - END_RESERVE_SECONDS)
+        steps = max(1, int(train_seconds / step_seconds))
+        out["steps_per_epoch"] = cfg.steps_per_epoch or max(1, steps // rounds)
+        out["epochs"] = cfg.epochs or max(rounds, int(math.ceil(steps / out["steps_per_epoch"])))
+        out["val_max_cases"] = k
+        plan.schedule.update({
+            "startup_seconds": round(startup_seconds, 1),
+            "seconds_per_step": round(step_seconds, 4),
+            "seconds_per_validation_case": round(per_case, 3),
+            "validation_cases": f"{k} of {n_cases}",
+            "validations": rounds,
+            "validation_seconds_each": round(one, 1),
+            "estimated_steps": steps,
+            "steps_per_epoch": out["steps_per_epoch"],
+            "estimated_samples_seen": steps * int(cfg.batch_size or 1) * world_size,
+            "passes_over_training_data": round(steps * int(cfg.batch_size or 1) * world_size / max(train_samples, 1), 1),
+        })
+    else:
+        epochs = cfg.epochs or 50
+        out["epochs"] = epochs
+        out["val_max_cases"] = min(cfg.val_max_cases or n_cases, n_cases)
+        plan.schedule.update({
+            "seconds_per_step": round(step_seconds, 4),
+            "seconds_per_validation_case": round(per_case, 3),
+            "epochs": epochs,
+            "validation_cases": f"{out['val_max_cases']} of {n_cases}",
+        })
+    return out

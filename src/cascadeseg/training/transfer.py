@@ -1,0 +1,146 @@
+"""Few-shot adaptation: start from a shipped model, and map its input channels onto new data.
+
+A handful of annotated cases from another source (other channels, thicker slices) is the user's
+core loop, and from scratch it rarely learns in a CPU budget. Two pieces make a shipped model a
+starting point for such data:
+
+* :func:`pick_starting_checkpoint`: the shipped model whose task fits the data (same number of
+  classes, same modality family, a network the planned 2D/3D can run), used by the planner when
+  the data has few patients and the user named no checkpoint and no architecture;
+* :func:`map_channels` and :func:`inflate_input_weights`: a network trained on ``FLAIR`` applied
+  to ``T1c + FLAIR`` data. Channels are matched by name (case-insensitive, common aliases); a
+  one-channel network on unnamed channels spreads its input weights evenly over every new
+  channel (each gets ``w / C``: on C copies of the old input the network computes exactly what it
+  did, and fine-tuning then learns which channel carries what). Unmatched extra channels of a
+  multi-channel network start at zero.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CheckpointError
+from ..inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints
+
+_ALIASES = {
+    "flair": "flair", "fla": "flair", "t2flair": "flair", "t2-flair": "flair",
+    "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c", "t1 post-contrast": "t1c", "t1-post": "t1c",
+    "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2", "ct": "ct",
+}
+
+
+def canonical_channel(name: str) -> str | None:
+    """A channel name reduced to a known modality key (``"FLAIR"``, ``"fla"`` -> ``"flair"``);
+    ``None`` for names that say nothing (``"0000"``, ``"channel0"``)."""
+    key = re.sub(r"[_\s]+", " ", str(name).strip().lower())
+    if key in _ALIASES:
+        return _ALIASES[key]
+    compact = key.replace(" ", "")
+    return _ALIASES.get(compact)
+
+
+def map_channels(card_names: Sequence[str], data_names: Sequence[str]) -> list[int | None]:
+    """For each data channel, the index of the card channel it feeds (``None``: none).
+
+    Names are matched through :func:`canonical_channel`. A one-channel card on data whose
+    channels are not named after any modality maps every data channel to it (spread evenly by
+    :func:`inflate_input_weights`)."""
+    card_keys = [canonical_channel(n) for n in card_names]
+    mapping: list[int | None] = []
+    for name in data_names:
+        key = canonical_channel(name)
+        mapping.append(card_keys.index(key) if key is not None and key in card_keys else None)
+    if all(m is None for m in mapping) and len(card_names) == 1:
+        return [0] * len(data_names)
+    return mapping
+
+
+def inflate_input_weights(state: dict[str, torch.Tensor], model: torch.nn.Module, old_in: int,
+                          mapping: Sequence[int | None]) -> dict[str, torch.Tensor]:
+    """``state`` (a network with ``old_in`` input channels) made to fit ``model`` (``len(mapping)``
+    input channels). Only tensors whose second dimension holds the input channels change: a
+    convolution on the input (``old_in`` -> ``new_in``) or a cascade's stage-2 convolution on
+    ``cat([input, stage-1 probabilities])`` (input channels first). Any other mismatch is refused."""
+    new_in = len(mapping)
+    spread: dict[int, int] = {}
+    for m in mapping:
+        if m is not None:
+            spread[m] = spread.get(m, 0) + 1
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        want = target.get(key)
+        if want is None or want.shape == tensor.shape:
+            out[key] = tensor
+            continue
+        same_rest = want.ndim == tensor.ndim and want.shape[0] == tensor.shape[0] and want.shape[2:] == tensor.shape[2:]
+        if not (same_rest and want.ndim >= 2 and want.shape[1] - tensor.shape[1] == new_in - old_in):
+            raise CheckpointError(
+                f"cannot adapt tensor '{key}' from {tuple(tensor.shape)} to {tuple(want.shape)}: only the input "
+                f"channels ({old_in} -> {new_in}) may change"
+            )
+        new = torch.zeros(want.shape, dtype=tensor.dtype)
+        for j, m in enumerate(mapping):
+            if m is not None:
+                new[:, j] = tensor[:, m] / spread[m]
+        new[:, new_in:] = tensor[:, old_in:]
+        out[key] = new
+    return out
+
+
+def _modality_family(card: ModelCard) -> str:
+    types = {str((ch.get("preprocessing") or {}).get("type")) for ch in card.input_channels}
+    return "CT" if types == {"ct_window"} else "MR"
+
+
+def pick_starting_checkpoint(*, num_classes: int, modality: str | None, dims: int,
+                             entries: Sequence[CheckpointEntry] | None = None) -> tuple[CheckpointEntry | None, str]:
+    """The shipped checkpoint to fine-tune for data of this kind, and why (or why none)."""
+    family = "CT" if modality == "CT" else "MR"
+    candidates = []
+    for entry in entries if entries is not None else available_checkpoints():
+        if entry.source != "shipped":
+            continue
+        card = entry.card
+        if card.num_classes != num_classes or card.dims != dims or _modality_family(card) != family:
+            continue
+        dice = card.dice_for_depth(card.recommended_depth or 1) or 0.0
+        candidates.append((dice, entry))
+    if not candidates:
+        return None, f"no shipped {dims}D {family} model with {num_classes} classes to start from"
+    dice, best = max(candidates, key=lambda item: item[0])
+    return best, (f"shipped '{best.name}' ({best.card.architecture}, {family}, {num_classes} classes; "
+                  f"held-out Dice {dice:.3f}): few patients learn more from a trained network than from scratch")
+
+
+def describe_mapping(card: ModelCard, data_names: Sequence[str], mapping: Sequence[int | None]) -> str:
+    parts = []
+    for name, m in zip(data_names, mapping):
+        parts.append(f"{name} <- {card.channel_names[m]}" if m is not None else f"{name} <- (new, zero weights)")
+    return "; ".join(parts)
+
+
+def load_for_data(init: str, in_channels: int, data_names: Sequence[str]) -> tuple[Any, ModelCard, list[int | None]]:
+    """The init checkpoint's network adapted to ``in_channels`` named ``data_names`` (weights
+    inflated as :func:`inflate_input_weights` says), its card, and the channel mapping."""
+    from safetensors.torch import load_file
+
+    from ..inference.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_checkpoint
+
+    folder = resolve_checkpoint(init)
+    model, card = load_checkpoint(folder, device=None)
+    old_in = len(card.input_channels)
+    if in_channels == old_in and [canonical_channel(n) for n in data_names] in (
+            [canonical_channel(n) for n in card.channel_names], [None] * old_in):
+        return model, card, list(range(old_in))
+    mapping = map_channels(card.channel_names, data_names)
+    options = dict(card.model_options, in_channels=in_channels)
+    from ..models import create_model
+
+    adapted = create_model(card.architecture, **{k: v for k, v in options.items()})
+    state = inflate_input_weights(load_file(str(folder / WEIGHTS_FILE)), adapted, old_in, mapping)
+    adapted.load_state_dict(state, strict=True)
+    return adapted, card, mapping
