@@ -206,9 +206,10 @@ class _ProgressBar:
     def on_train_start(self, info: dict[str, Any]) -> None:
         if info.get("plan"):
             print(info["plan"], file=sys.stderr)
+        what = "case(s)" if info.get("split") != "slice_blocks" else f"slice block(s) of {info['volumes']} volume(s)"
         print(
             f"training {info['model']} ({info['dims']}D, {info['parameters'] / 1e6:.2f} M parameters, loss {info['loss']}) "
-            f"on {info['train_cases']} training / {info['val_cases']} validation case(s) "
+            f"on {info['train_cases']} training / {info['val_cases']} validation {what} "
             f"({info['validation_cases']} per validation), input {info['patch_size']}, "
             f"{info['device']}; run folder {info['run_dir']}",
             file=sys.stderr,

@@ -250,6 +250,40 @@ class Predictor:
             release_cached_memory(self.device)
         return maps, items, unit, crop_fractions.summary()
 
+    def estimate_seconds(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
+                         want: PredictionRequest | None = None, overlap: float = 0.5) -> float:
+        """Seconds :meth:`predict_maps` will take on ``prepared``, measured: one batch of the size
+        it would run (real slices or one real window) is run twice and the second timed, then
+        multiplied by the number of batches, plus a quarter for what surrounds the network
+        (argmax, zoom back to the scan's grid, blending). Costs one to two batches, not a scan:
+        what a time budget needs before it can afford a whole prediction."""
+        want = want or PredictionRequest()
+        image = prepared.image
+        with torch.no_grad(), inference_context(self.device, self.mixed_precision):
+            if mode == "2d":
+                planes = np.moveaxis(image, axis + 1, 1)
+                n, h, w = planes.shape[1:]
+                batch = min(n, self.batch_size or default_2d_batch(self.device, h, w))
+                divisor = tuple(int(d) for d in self.model.size_divisor)
+                pad = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
+                x = torch.from_numpy(np.ascontiguousarray(planes[:, :batch].swapaxes(0, 1)))
+                batches = -(-n // batch)
+            else:
+                patch = self._patch_size(None)
+                batch = self.batch_size or (2 if self.device.type != "cpu" else 1)
+                x = torch.zeros((batch, image.shape[0], *patch))
+                slices = tuple(slice(0, min(p, s)) for p, s in zip(patch, image.shape[1:]))
+                x[(slice(None), slice(None), *(slice(0, sl.stop) for sl in slices))] = torch.from_numpy(
+                    np.ascontiguousarray(image[(slice(None), *slices)]))[None]
+                pad = (0,) * 6
+                batches = -(-count_windows(image.shape[1:], patch, overlap) // batch)
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                self._forward(x, pad, depth, want)
+                times.append(time.perf_counter() - t0)
+        return 1.25 * batches * times[-1]
+
     # -- checks ------------------------------------------------------------
     def _check_mode(self, mode: str | None) -> str:
         mode = (mode or f"{self.card.dims}d").lower()

@@ -16,6 +16,7 @@ class DataInfo:
     """What a card must record about the training data (filled once the data is read)."""
 
     num_classes: int
+    class_values: list[int]  # output channel i is written as class_values[i]
     in_channels: int
     channel_names: list[str]
     preprocessing: list[dict[str, Any]]
@@ -29,9 +30,10 @@ class DataInfo:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what the model expects (issue: wrong-input warnings)
 
 
-def card_class_names(cfg: TrainConfig, num_classes: int, parent: ModelCard | None) -> list[str]:
+def card_class_names(cfg: TrainConfig, num_classes: int, parent: ModelCard | None,
+                     values: list[int] | None = None) -> list[str]:
     names = cfg.class_names or (parent.class_names if parent is not None and parent.num_classes == num_classes else None)
-    names = names or (["background"] + [f"class {k}" for k in range(1, num_classes)])
+    names = names or (["background"] + [f"class {k}" for k in (values or range(num_classes))[1:]])
     if len(names) != num_classes:
         raise ModelConfigError(f"class_names lists {len(names)} names but the model has {num_classes} classes")
     return list(names)
@@ -99,13 +101,13 @@ def build_card(
     description = cfg.description or f"{model.info.title} ({cfg.dims}D) trained with cascadeseg train"
     if parent is not None and not cfg.description:
         description = f"{model.info.title} ({cfg.dims}D) fine-tuned from '{parent_name}'"
-    names = card_class_names(cfg, data.num_classes, parent)
+    names = card_class_names(cfg, data.num_classes, parent, data.class_values)
     return ModelCard(
         architecture=str(cfg.model),
         model_options=options,
         dims=int(cfg.dims or 2),
         input_channels=[{"name": n, "preprocessing": p} for n, p in zip(data.channel_names, data.preprocessing)],
-        classes=[{"value": k, "name": n} for k, n in enumerate(names)],
+        classes=[{"value": int(v), "name": n} for v, n in zip(data.class_values, names)],
         regions=parent.regions if parent is not None and parent.num_classes == data.num_classes else None,
         target_spacing=list(cfg.target_spacing) if cfg.target_spacing else None,
         patch_size=list(cfg.patch_size) if cfg.dims == 3 and cfg.patch_size else None,

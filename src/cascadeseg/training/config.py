@@ -45,7 +45,7 @@ class AugmentationConfig:
 PLANNED_FIELDS = (
     "model", "dims", "axis", "target_spacing", "patch_size", "batch_size", "model_options",
     "loss", "epochs", "steps_per_epoch", "val_max_cases", "foreground_probability", "threads",
-    "init_checkpoint", "augmentation", "preprocessing", "minutes",
+    "init_checkpoint", "augmentation", "preprocessing", "minutes", "class_values",
 )
 
 
@@ -86,6 +86,10 @@ class TrainConfig:
     loss_options: dict[str, Any] = option({}, cli=False)
     num_classes: int | None = option(None, "classes incl. background (from the labels: max label + 1)",
                                      group="model", type=int)
+    class_values: list[int] | None = option(None, "the label values the model outputs, background (0) first "
+                                            "(planned: the values present; gaps such as TotalSegmentator's are "
+                                            "packed into as many output channels as values)", group="model",
+                                            type=int, nargs="+")
     class_names: list[str] | None = option(None, "one name per class, background first", group="model", nargs="+")
     channel_names: list[str] | None = option(None, "one name per input channel (from the data)", group="model", nargs="+")
     preprocessing: list[dict[str, Any]] | None = option(
@@ -221,6 +225,10 @@ class TrainConfig:
             raise bad("patch_size", self.patch_size, f"{self.dims} sizes for a {self.dims}D model")
         if self.num_classes is not None and self.num_classes < 2:
             raise bad("num_classes", self.num_classes, "at least 2 (the background counts)")
+        if self.class_values is not None and (
+            len(self.class_values) < 2 or self.class_values[0] != 0 or len(set(self.class_values)) != len(self.class_values)
+        ):
+            raise bad("class_values", self.class_values, "distinct label values starting with the background 0")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise bad("ema_decay", self.ema_decay, "a decay in (0, 1), e.g. 0.999")
         if self.slice_gap < 0 or self.slice_block < 1:

@@ -282,18 +282,25 @@ def read_cases(sources: Sequence[CaseSource], num_classes: int | None, cancel: A
 
 
 def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: Sequence[float] | None,
-                 slice_axis: int | None, num_classes: int) -> TrainingCase:
+                 slice_axis: int | None, class_values: Sequence[int]) -> TrainingCase:
     """The case on the working grid through the predictor's own preparation (so training,
-    validation and inference see the same array), with its labels carried onto that grid."""
+    validation and inference see the same array), with its labels carried onto that grid as
+    output-channel indices (``class_values[i]`` is channel ``i``); ``labels_full`` keeps the
+    label values on the scan's own grid, which is what the predictor writes and validation scores."""
     try:
         scan = prepare_scan(raw.image, specs, target_spacing, slice_axis)
     except (VolumeError, InputFileError) as exc:
         raise type(exc)(f"case '{raw.case_id}'{raw.where}: {exc}") from exc
+    num_classes = len(class_values)
     labels = raw.labels
+    if list(class_values) != list(range(num_classes)):
+        channel_of = np.zeros(max(int(labels.max()), max(class_values)) + 1, dtype=np.uint8)
+        channel_of[list(class_values)] = np.arange(num_classes, dtype=np.uint8)
+        labels = channel_of[labels]
     spacing = tuple(float(s) for s in raw.image.spacing)
     if scan.zoom is not None:
         spacing = tuple(float(s) * z for s, z in zip(spacing, scan.zoom.scales))
-        labels = resample_labels(raw.image.with_array(raw.labels), spacing, num_classes, scan.working_shape)
+        labels = resample_labels(raw.image.with_array(labels), spacing, num_classes, scan.working_shape)
     return TrainingCase(
         case_id=raw.case_id, scan=scan, labels=np.ascontiguousarray(labels, dtype=np.uint8), labels_full=raw.labels,
         spacing=spacing, native_spacing=tuple(float(s) for s in raw.image.spacing),  # type: ignore[arg-type]

@@ -52,8 +52,10 @@ FEW_SHOT_PATIENTS = 10
 # Validation: at most this share of the (post start-up) budget, in this many rounds.
 VALIDATION_SHARE = 0.10
 MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10
-# Reserve at the end of a budget beyond the measured final validation (checkpoint writes, export).
-END_RESERVE_SECONDS = 5.0
+# Reserve at the end of a budget beyond the measured final validation and checkpoint writes:
+# returning, releasing memory, the caller's export (1 s plus 1 % of the budget).
+END_RESERVE_SECONDS = 1.0
+END_RESERVE_SHARE = 0.01
 
 
 @dataclass
@@ -197,6 +199,10 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
     thread_minutes = (minutes or 60.0) * device.threads
     given = _given(config)
 
+    # -- classes ----------------------------------------------------------------------------------
+    cfg.class_values = _class_values(cfg, fp, init_card, plan)
+    num_classes = len(cfg.class_values)
+
     # -- threads --------------------------------------------------------------------------------
     if cfg.threads is None and not device.is_gpu:
         cfg.threads = plan.choose("threads", device.threads, f"the {device.cores} core(s) this process may use")
@@ -274,10 +280,10 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
         plan.choose("batch_size", cfg.batch_size, "given", "given")
     else:
         batch, why = _batch_size(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
-                                 fp.num_classes, device)
+                                 num_classes, device)
         cfg.batch_size = plan.choose("batch_size", batch, why)
     memory = estimate_training_memory_gb(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
-                                         fp.num_classes, cfg.batch_size)
+                                         num_classes, cfg.batch_size)
     plan.choose("estimated_training_memory_gb", round(memory, 2),
                 "activations + logits of one step at this patch, width, class count and batch (analytic estimate)")
 
@@ -307,6 +313,34 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
     if cfg.val_batch_size is None:
         cfg.val_batch_size = None  # the predictor's own default (the same batches as inference)
     return cfg, plan
+
+
+def _class_values(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan: TrainPlan) -> list[int]:
+    """The label values the network outputs, one channel each (background first)."""
+    present = sorted(set(fp.class_values) | {0})
+    if init_card is not None:
+        values = [int(v) for v in init_card.class_values]
+        unknown = sorted(set(present) - set(values))
+        if unknown:
+            known = ", ".join(f"{c['value']} ({c.get('name', '')})" for c in init_card.classes)
+            raise ModelConfigError(
+                f"the labels hold value(s) {unknown} but the init checkpoint was set up for classes {known}; "
+                "relabel them, or start a fresh model")
+        return plan.choose("class_values", values, "the checkpoint's classes", "checkpoint")
+    if cfg.class_values is not None:
+        unknown = sorted(set(present) - set(cfg.class_values))
+        if unknown:
+            raise ModelConfigError(f"the labels hold value(s) {unknown} that class_values {cfg.class_values} does not list")
+        return plan.choose("class_values", list(cfg.class_values), "given", "given")
+    if cfg.num_classes is not None:
+        return plan.choose("class_values", list(range(cfg.num_classes)), f"num_classes={cfg.num_classes} given", "given")
+    top = max(present)
+    if present == list(range(top + 1)):
+        values = present if top >= 1 else [0, 1]
+        return plan.choose("class_values", values, f"label values 0..{values[-1]}")
+    return plan.choose("class_values", present, (
+        f"{len(present)} label values present between 0 and {top}: one output channel per value present "
+        f"({len(present)} instead of {top + 1}; each channel is written back as its value)"))
 
 
 def _given(config: TrainConfig) -> dict[str, Any]:
@@ -483,10 +517,12 @@ def schedule_for_budget(
             one = per_case * k
             rounds = MIN_VALIDATIONS
         rounds = max(1, rounds)
-        train_seconds = max(step_seconds, left - rounds * one - END_RESERVE_SECONDS)
+        train_seconds = max(step_seconds, left - rounds * one - END_RESERVE_SECONDS - END_RESERVE_SHARE * budget)
         steps = max(1, int(train_seconds / step_seconds))
-        out["steps_per_epoch"] = cfg.steps_per_epoch or max(1, steps // rounds)
-        out["epochs"] = cfg.epochs or max(rounds, int(math.ceil(steps / out["steps_per_epoch"])))
+        out["steps_per_epoch"] = cfg.steps_per_epoch or max(1, int(math.ceil(steps / rounds)))
+        # One validation per epoch; the trainer keeps each epoch at its planned length in
+        # seconds, so the budget, not this count, normally ends the run.
+        out["epochs"] = cfg.epochs or rounds
         out["val_max_cases"] = k
         plan.schedule.update({
             "startup_seconds": round(startup_seconds, 1),

@@ -56,7 +56,7 @@ from .config import TrainConfig, write_json_atomic
 from .datasets import RawCase, TrainingCase, case_sources, default_preprocessing, prepare_case, read_cases
 from .fingerprint import DatasetFingerprint, fingerprint
 from .planner import (
-    END_RESERVE_SECONDS, PLAN_FILE, TrainPlan, device_profile, plan_training, schedule_for_budget,
+    END_RESERVE_SECONDS, END_RESERVE_SHARE, PLAN_FILE, TrainPlan, device_profile, plan_training, schedule_for_budget,
 )
 from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length
@@ -64,8 +64,10 @@ from .schedule import lr_factor, run_progress
 from .split import Split, check_validation_unseen, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
-# Steps timed before a budget is scheduled (after one warm-up step: lazy imports, allocator).
+# Steps timed before a budget is scheduled (after one warm-up step: lazy imports, allocator), and
+# the share of the budget they may take (slow 3D steps on a small budget stop after two).
 CALIBRATION_STEPS = 3
+CALIBRATION_SHARE = 0.05
 
 
 class TrainingError(CascadeSegError):
@@ -312,22 +314,23 @@ class Trainer:
 
     def _build_data(self, raw: list[RawCase], fp: DatasetFingerprint, data_names: list[str]) -> None:
         cfg = self.cfg
-        num_classes = cfg.num_classes or fp.num_classes
         if self.parent_card is None and cfg.init_checkpoint:
             self.parent_card = read_card(cfg.init_checkpoint)
-        if self.parent_card is not None:
-            num_classes = self.parent_card.num_classes
-            if fp.num_classes > num_classes:
-                raise DatasetError(
-                    f"init checkpoint '{cfg.init_checkpoint}' knows {num_classes} classes, the labels need {fp.num_classes}")
+        values = [int(v) for v in (cfg.class_values or range(max(2, max(fp.class_values) + 1)))]
+        unknown = sorted(set(fp.class_values) - set(values))
+        if unknown:
+            where = f"init checkpoint '{cfg.init_checkpoint}'" if self.parent_card is not None else "the model"
+            raise DatasetError(f"the labels hold value(s) {unknown} that {where} does not know (classes {values})")
+        num_classes = len(values)
         specs = cfg.preprocessing or default_preprocessing(raw[0].image, raw[0].image.num_channels)
         slice_axis = int(cfg.axis or 0) if cfg.dims == 2 else None
         cases: list[TrainingCase] = []
         for r in raw:
             self._check_cancel("while preparing the data")
-            cases.append(prepare_case(r, specs, cfg.target_spacing, slice_axis, num_classes))
+            cases.append(prepare_case(r, specs, cfg.target_spacing, slice_axis, values))
         self.cases = cases
         self.num_classes = num_classes
+        self.class_values = values
         self.in_channels = raw[0].image.num_channels
         self.data_channel_names = data_names
         self.channel_names = self._channel_names(data_names)
@@ -536,7 +539,12 @@ class Trainer:
         times = []
         self.epoch_start, self.epoch_samples, self.epoch_losses = time.perf_counter(), 0, []
         count = min(1 + CALIBRATION_STEPS, max(2, self.steps_per_epoch))
+        cap = CALIBRATION_SHARE * (self._budget() or float("inf"))
+        calibration_start = time.perf_counter()
         for i in range(count):
+            if i >= 2 and time.perf_counter() - calibration_start > cap:
+                count = i  # slow steps on a small budget: two are enough to know the pace
+                break
             try:
                 images, labels = next(batches)
             except StopIteration:  # an epoch shorter than the calibration: draw on
@@ -553,14 +561,7 @@ class Trainer:
                 self.epoch_samples += images.shape[0] * self.ctx.world_size
                 self._report_step(loss, i + 1)
         step_seconds = float(np.median(times[1:]))
-        case_seconds = [0.0] * len(self.val_order)
-        if self.ctx.is_main and self.val_order:
-            probe = min(self.val_order, key=lambda c: float(np.prod(c.labels_full.shape)))
-            t0 = time.perf_counter()
-            validate(self.shipped_model, self._card(None), [probe], depths=self._validate_depths(), device=self.device,
-                     batch_size=cfg.val_batch_size, cancel=self.cancel)
-            per_voxel = (time.perf_counter() - t0) / float(np.prod(probe.labels_full.shape))
-            case_seconds = [per_voxel * float(np.prod(c.labels_full.shape)) for c in self.val_order]
+        case_seconds = self._validation_costs() if self.ctx.is_main else [0.0] * len(self.val_order)
         step_seconds = all_max([step_seconds], self.ctx, self.device)[0]
         values = [0.0, 0.0, 0.0, 0.0, 0.0]
         if self.ctx.is_main:
@@ -577,6 +578,22 @@ class Trainer:
         self.target_epoch_seconds, self.validation_estimate = agreed[3], agreed[4]
         self._set_epoch_length(steps_per_epoch)
         self._calibration_steps = count
+
+    def _validation_costs(self) -> list[float]:
+        """Seconds each validation case will take, measured by the predictor on real data (one
+        or two batches of the smallest and of the largest case, scaled to every case's size)."""
+        from ..inference.predictor import PredictionRequest, Predictor
+
+        if not self.val_order:
+            return []
+        predictor = Predictor(self.shipped_model, self._card(None), device=self.device, batch_size=self.cfg.val_batch_size)
+        want = PredictionRequest(depths=self._validate_depths())
+        mode, axis, depth = f"{self.cfg.dims}d", int(self.cfg.axis or 0), predictor.model.max_depth
+        largest = max(self.val_order, key=lambda c: float(np.prod(c.scan.working_shape)))
+        seconds = predictor.estimate_seconds(largest.scan, mode, axis, depth, want)
+        self.model.train()
+        per_voxel = seconds / float(np.prod(largest.scan.working_shape))
+        return [per_voxel * float(np.prod(c.scan.working_shape)) for c in self.val_order]
 
     def _validate_depths(self) -> bool:
         """Every pruning depth from one pass, unless its maps would not fit: a many-class 3D map
@@ -833,7 +850,9 @@ class Trainer:
         """Seconds kept for the end: the last validation's measured cost (the calibration's
         estimate before the first), the checkpoint writes, and a small margin; 10 % over."""
         estimate = self.state.validation_seconds or getattr(self, "validation_estimate", 0.0)
-        return 1.1 * (estimate + 2 * self.state.checkpoint_seconds) + END_RESERVE_SECONDS if self.cfg.minutes else 0.0
+        if not self.cfg.minutes:
+            return 0.0
+        return 1.1 * (estimate + 2 * self.state.checkpoint_seconds) + END_RESERVE_SECONDS + END_RESERVE_SHARE * self._budget()
 
     def _planned_steps(self) -> int:
         return int(self.cfg.epochs or 1) * max(1, self.steps_per_epoch)
@@ -901,7 +920,8 @@ class Trainer:
 
     def _card(self, validation: ValidationResult | None, note: str = "") -> ModelCard:
         data = DataInfo(
-            num_classes=self.num_classes, in_channels=self.in_channels, channel_names=self.channel_names,
+            num_classes=self.num_classes, class_values=self.class_values, in_channels=self.in_channels,
+            channel_names=self.channel_names,
             preprocessing=self.preprocessing, modality=self.modality,
             spacing=[round(float(v), 4) for v in self.fingerprint.median_spacing],
             source=self.cfg.to_dict()["data"] if not isinstance(self.cfg.data, list) else f"{len(self.cases)} case(s)",
@@ -915,7 +935,8 @@ class Trainer:
 
     def _start_info(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir), "model": self.cfg.model, "dims": self.cfg.dims,
+            "run_dir": str(self.run_dir), "model": self.cfg.model, "dims": self.cfg.dims, "split": self.split.kind,
+            "volumes": len(self.cases),
             "train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
             "validation_cases": min(len(self.val_order), self.cfg.val_max_cases or len(self.val_order)),
             "patch_size": list(self.patch), "steps_per_epoch": self.steps_per_epoch,

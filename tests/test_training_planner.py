@@ -1,0 +1,211 @@
+"""One-click training: the planner's decisions on real datasets, the budget kept on a tiny budget,
+Cancel within seconds, validation that is the predictor, and bounded memory on a real CT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascadeseg.inference import Predictor, load_checkpoint
+from cascadeseg.io import load_labels, load_volume
+from cascadeseg.io.volume import Volume
+from cascadeseg.metrics import case_mean_dice
+from cascadeseg.training.config import TrainConfig
+from cascadeseg.training.datasets import case_sources, read_cases
+from cascadeseg.training.fingerprint import fingerprint
+from cascadeseg.training.planner import DeviceProfile, plan_training
+from cascadeseg.training.split import patient_id
+from cascadeseg.training.trainer import train
+
+CPU = DeviceProfile(kind="cpu", name="cpu", cores=2, threads=2, memory_gb=16.0)
+GPU = DeviceProfile(kind="cuda", name="a GPU", cores=16, threads=16, memory_gb=128.0, gpu_memory_gb=80.0)
+
+
+def _fingerprint(folder: Path, limit: int | None = None):
+    sources = case_sources(folder)[:limit]
+    raw = read_cases(sources, None)
+    names = list(raw[0].image.channel_names)
+    return fingerprint([(r.case_id, r.image, r.labels) for r in raw], names, patient_id)
+
+
+@pytest.fixture(scope="module")
+def fingerprints(shared_data: Path) -> dict:
+    return {
+        "tcia": _fingerprint(shared_data / "tcia-btp"),
+        "hippocampus": _fingerprint(shared_data / "hippocampus", 24),
+        "lgg": _fingerprint(shared_data / "lgg-flair", 12),
+        "chaos": _fingerprint(shared_data / "chaos-t2", 4),
+    }
+
+
+def test_planner_slices_thick_or_flat_stacks_and_goes_3d_on_isotropic_crops(fingerprints) -> None:
+    tcia, _ = plan_training(TrainConfig(data="x", minutes=15), fingerprints["tcia"], CPU)
+    assert tcia.dims == 2 and tcia.axis == 0  # 6.5 mm slices: 2D along z
+    # In-plane: the median 0.6875 mm grid coarsened to ~128 px across the median case; slices native.
+    assert tcia.target_spacing[0] == pytest.approx(6.5, abs=0.01) and tcia.target_spacing[1] == tcia.target_spacing[2]
+    width_px = fingerprints["tcia"].median_extent_mm[1] / tcia.target_spacing[1]
+    assert 120 <= width_px <= 136
+    chaos, _ = plan_training(TrainConfig(data="x", minutes=15), fingerprints["chaos"], CPU)
+    assert chaos.dims == 2 and chaos.axis == 0  # 7.7 mm slices
+    hippo, plan = plan_training(TrainConfig(data="x", minutes=10), fingerprints["hippocampus"], CPU)
+    assert hippo.dims == 3 and hippo.target_spacing == [1.0, 1.0, 1.0]
+    assert hippo.class_values == [0, 1, 2] and np.prod(hippo.patch_size) <= 64**3
+    assert "near-isotropic" in plan.choices["dims"].reason
+    # LGG says 1 mm isotropic, but 256 x 256 x ~36 mm is no brain: 2D along the thin axis.
+    lgg, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert lgg.dims == 2 and lgg.axis == 0 and "thick slices" in plan.choices["dims"].reason
+
+
+def test_cpu_and_gpu_plans_differ_where_the_device_matters(fingerprints) -> None:
+    cpu, _ = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    gpu, _ = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], GPU)
+    assert cpu.model_options["base_width"] == 8 and gpu.model_options["base_width"] == 32
+    assert cpu.target_spacing[1] == pytest.approx(2.0) and gpu.target_spacing[1] == pytest.approx(1.0)  # 128 vs 256 px
+    assert cpu.patch_size == [96, 96] and gpu.patch_size == [256, 256]  # crops vs whole slices
+    assert cpu.batch_size == 8 and gpu.batch_size == 32
+    assert cpu.threads == 2 and gpu.threads is None
+
+
+def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints) -> None:
+    asked = TrainConfig(data="x", minutes=20, dims=3, batch_size=3, model="anu_net", target_spacing=[2.0, 2.0, 2.0])
+    before = asked.to_dict()
+    planned, plan = plan_training(asked, fingerprints["lgg"], CPU)
+    assert asked.to_dict() == before
+    assert (planned.dims, planned.batch_size, planned.model, planned.target_spacing) == (3, 3, "anu_net", [2.0, 2.0, 2.0])
+    assert plan.choices["dims"].source == "given" and plan.choices["batch_size"].source == "given"
+    assert planned.loss == "anu_hybrid"  # the chosen model's paper loss
+
+
+def test_gapped_label_values_are_packed_into_channels(shared_data: Path) -> None:
+    ct = load_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    seg = load_labels(shared_data / "totalseg" / "example_seg.nii.gz", reference=ct)
+    fp = fingerprint([("ct", ct, seg.array.astype(np.uint8))], ["CT"], patient_id)
+    planned, plan = plan_training(TrainConfig(data="x", minutes=5), fp, CPU)
+    present = sorted(int(v) for v in np.unique(seg.array))
+    assert planned.class_values == present and len(present) < max(present) + 1
+    assert "one output channel per value present" in plan.choices["class_values"].reason
+
+
+# -- training runs ------------------------------------------------------------------------------
+
+def _tumour_slab(image: Volume, labels: Volume, slices: int = 12) -> tuple[Volume, Volume]:
+    z = np.flatnonzero(labels.array.any(axis=(1, 2)))
+    lo = max(0, min(int(z.mean()) - slices // 2, labels.array.shape[0] - slices))
+    return image.with_array(image.array[:, lo:lo + slices].copy()), labels.with_array(labels.array[lo:lo + slices].copy())
+
+
+@pytest.fixture(scope="module")
+def lgg_pairs(shared_data: Path) -> list[tuple[Volume, Volume]]:
+    root = shared_data / "lgg-flair"
+    pairs = []
+    for case in ("TCGA_CS_4941_19960909", "TCGA_CS_4943_20000902", "TCGA_DU_6404_19850629"):
+        image = load_volume(root / "imagesTr" / f"{case}_0000.nii.gz")
+        pairs.append(_tumour_slab(image, load_labels(root / "labelsTr" / f"{case}.nii.gz", reference=image)))
+    return pairs
+
+
+def test_a_tiny_budget_is_kept_and_leaves_a_validated_checkpoint(lgg_pairs, tmp_path: Path) -> None:
+    budget = 30.0
+    config = TrainConfig(data=lgg_pairs, run_dir=str(tmp_path / "run"), minutes=budget / 60, seed=0, model="unet",
+                         val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34)
+    t0 = time.perf_counter()
+    result = train(config)
+    wall = time.perf_counter() - t0
+    # The budget ends the run, or the planned epochs do when they fill it (each keeps its length).
+    assert result.stopped in ("time", "epochs") and result.epochs_completed >= 1
+    assert 0.6 * budget <= wall <= 1.1 * budget, f"{wall:.1f} s for a {budget:.0f} s budget"
+    assert result.elapsed_seconds <= wall
+    assert result.best_checkpoint is not None and result.last_checkpoint is not None
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["schedule"]["seconds_per_step"] > 0 and plan["choices"]["dims"]["value"] == 2
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["dims"] == 2 and stored["target_spacing"] and stored["batch_size"]  # the planned config
+    assert config.dims is None and config.batch_size is None  # the caller's is untouched
+
+
+def test_cancel_stops_within_five_seconds_even_during_validation(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    from cascadeseg.training import trainer as trainer_module
+
+    cancel = threading.Event()
+    real_validate = trainer_module.validate
+    seen = {}
+
+    def validate_then_cancel(*args, **kwargs):
+        # Cancel while the predictor is segmenting the validation cases: it must stop mid-way.
+        seen["t"] = time.perf_counter()
+        cancel.set()
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "validate", validate_then_cancel)
+    config = TrainConfig(data=lgg_pairs, run_dir=str(tmp_path / "run"), epochs=3, steps_per_epoch=2, seed=0,
+                         val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34, threads=1)
+    result = train(config, cancel=cancel)
+    assert time.perf_counter() - seen["t"] < 5.0
+    assert result.stopped == "cancelled" and result.best_checkpoint is None
+    load_checkpoint(result.last_checkpoint)  # the last finished step's weights, loadable
+    card = json.loads((result.last_checkpoint / "model_card.json").read_text())
+    assert "cancelled" in card["training"]["note"]
+
+
+def test_cancel_between_steps_stops_at_once(lgg_pairs, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    stamps = {}
+
+    class StopAtStep:
+        def on_step(self, info):
+            if info.step == 3:
+                stamps["t"] = time.perf_counter()
+                cancel.set()
+
+    config = TrainConfig(data=lgg_pairs, run_dir=str(tmp_path / "run"), minutes=5, seed=0, threads=1,
+                         val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34)
+    result = train(config, callbacks=StopAtStep(), cancel=cancel)
+    assert time.perf_counter() - stamps["t"] < 5.0
+    assert result.stopped == "cancelled" and result.steps == 3
+
+
+def test_validation_dice_is_the_predictors_dice_on_a_real_case(lgg_pairs, tmp_path: Path) -> None:
+    """The Dice the trainer records for a validation patient equals segmenting that patient's
+    scan with Predictor (as `cascadeseg predict` does) and scoring it with cascadeseg.metrics."""
+    config = TrainConfig(data=lgg_pairs, run_dir=str(tmp_path / "run"), model="anu_net",
+                         model_options={"base_width": 4}, epochs=1, steps_per_epoch=4, seed=0, threads=1,
+                         inplane_size=96, val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34)
+    result = train(config)
+    card = json.loads((result.best_checkpoint / "model_card.json").read_text())
+    recorded = card["validation"]["dice_per_case"]["TCGA_DU_6404_19850629"]
+    image, labels = lgg_pairs[2]
+    predictor = Predictor.from_checkpoint(result.best_checkpoint, device="cpu")
+    assert predictor.card.target_spacing[1] != image.spacing[1]  # resampled on the way: the hard case
+    from cascadeseg.inference import PredictionRequest
+
+    out = predictor.predict(image, want=PredictionRequest(depths=True))
+    for depth, volume in out.depth_labels.items():
+        assert case_mean_dice(volume.array, labels.array, [1]) == pytest.approx(recorded[str(depth)], abs=1e-4)
+    assert set(recorded) == {"1", "2", "3", "4"}
+
+
+def test_a_3d_run_on_the_real_ct_keeps_to_4_gb(shared_data: Path, tmp_path: Path) -> None:
+    """The 122 x 101 x 112 CT with its 62 organ labels, planned in 3D: peak resident memory of the
+    whole training process (data, steps, validation) stays under 4 GB."""
+    ct = shared_data / "totalseg" / "example_ct.nii.gz"
+    seg = shared_data / "totalseg" / "example_seg_fast_force_split.nii.gz"
+    code = (
+        "import resource, sys; from cascadeseg.cli.main import main; "
+        f"code = main(['train', '--pairs', {str(ct)!r}, {str(seg)!r}, '--dims', '3', '--minutes', '0.4', "
+        f"'--run-dir', {str(tmp_path / 'run')!r}, '--no-progress']); "
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_gb = int(proc.stdout.split("PEAK_KB")[1].split()[0]) / 1024**2
+    assert peak_gb < 4.0
+    card = json.loads((tmp_path / "run" / "last" / "model_card.json").read_text())
+    assert len(card["classes"]) == 62 and card["classes"][-1]["value"] == 117
+    assert "slice block(s) of 1 volume(s)" in proc.stderr
