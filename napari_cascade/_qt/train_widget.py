@@ -1,9 +1,9 @@
 """The Train dock: one click from corrected masks to a model in the Segment dock's list.
 
-Every choice has a working default: the source (the current image + labels layers, the local
-training set, or any MSD folder), the model with its paper's loss preselected (fine-tuning: the
-loss the checkpoint was trained with), 2D/3D, a time budget or a number of epochs, fine-tuning
-from a checkpoint or a fresh start, and the device.
+Give it the data and a time budget: everything else is planned by the engine's planner
+(:mod:`cascadeseg.training.planner`: 2D or 3D, working grid, patch, batch, width, loss,
+validation) for this data on this machine, and *Show plan* prints its choices and reasons before
+Train is pressed. Every choice can be overridden here (each field's "auto" is the planner's).
 
 Train runs :func:`cascadeseg.training.train` in a napari thread worker (through
 :class:`~napari_cascade._qt.workers.JobPanel`: one job at a time, Cancel, errors as
@@ -11,9 +11,11 @@ notifications). The trainer's step/epoch callbacks arrive in the worker thread a
 the GUI thread with a queued Qt signal, where :class:`TrainingPlot` draws them. Cancel sets the
 trainer's cancel event: it stops within one step and keeps its last good checkpoint.
 
-When the run ends, its best checkpoint (best validation Dice) is installed under
+When the run ends on its own, its best checkpoint (best validation Dice) is installed under
 :func:`cascadeseg.inference.user_models_dir` with a model card naming the data and the settings,
 and a docked Segment widget re-lists its models and selects the new one, so it can be run at once.
+A cancelled run is never installed on its own: the dock says what was kept (best and last
+checkpoints with their Dice) and *Install best*, *Install last* or *Discard* decide.
 The trainer releases the GPU's cached memory when it returns, however it ends.
 """
 
@@ -40,6 +42,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -51,11 +54,12 @@ from cascadeseg.errors import CascadeSegError, DatasetError, ModelConfigError, V
 from cascadeseg.inference.checkpoint import (
     CheckpointEntry,
     available_checkpoints,
-    load_checkpoint,
     read_card,
-    save_checkpoint,
     user_models_dir,
 )
+from cascadeseg.training.export import describe_kept, install_model, unique_model_name
+from cascadeseg.training.split import slice_split_options
+from cascadeseg.training.transfer import check_labels_fit
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 from cascadeseg.models import list_models
 
@@ -65,7 +69,8 @@ from .._layers import volume_from_image_layers
 from .workers import JobPanel
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
-FRESH = "start fresh"
+FRESH = "start fresh (or a shipped model, when the planner finds one that fits few patients)"
+AUTO = "auto"
 PLOT_DOCK_NAME = "Training progress"
 # The decay of the shipped cascade's recipe (docs/default_models.md): a horizon of ~500 steps.
 EMA_DECAY = 0.998
@@ -91,28 +96,7 @@ class _Relay(QObject):
 
     step = Signal(object)
     epoch = Signal(object)
-
-
-def unique_model_name(wanted: str) -> str:
-    """``wanted``, or ``wanted-2``, ``-3``… when a user model of that name exists."""
-    root = user_models_dir()
-    name, counter = wanted, 2
-    while (root / name).exists():
-        name, counter = f"{wanted}-{counter}", counter + 1
-    return name
-
-
-def install_model(checkpoint: Path, name: str, description: str, training: dict[str, Any]) -> Path:
-    """Copy a run's checkpoint into the user models folder under ``name`` with an updated card.
-
-    It goes through :func:`load_checkpoint` / :func:`save_checkpoint`, so what is installed is
-    proven to load, and the write is atomic (a half-installed model never appears in the list).
-    """
-    model, card = load_checkpoint(checkpoint, device="cpu")
-    card.name = name
-    card.description = description
-    card.training = {**card.training, **training}
-    return save_checkpoint(model, card, user_models_dir() / name)
+    plan = Signal(str)
 
 
 class TrainWidget(QWidget):
@@ -127,6 +111,7 @@ class TrainWidget(QWidget):
         self._relay = _Relay()
         self._relay.step.connect(self.plot.add_step)
         self._relay.epoch.connect(self.plot.add_epoch)
+        self._relay.plan.connect(lambda text: self.plan_text.setPlainText(text) if text else None)
         self._models = {info.name: info for info in list_models()}
         self._checkpoints: list[CheckpointEntry] = []
 
@@ -151,17 +136,20 @@ class TrainWidget(QWidget):
         self.init_browse.setToolTip("Fine-tune a checkpoint folder that is not in the list")
         self._browsed: list[CheckpointEntry] = []
         self.model_combo = QComboBox()
+        self.model_combo.addItem("auto (planned: U-Net, most steps per minute)", None)
         for info in self._models.values():
             self.model_combo.addItem(f"{info.title} ({info.name})", info.name)
         self.loss_combo = QComboBox()
         self.dims_combo = QComboBox()
         self.axis_combo = QComboBox()
+        self.axis_combo.addItem("auto (planned)", None)
         for label, axis in (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2)):
             self.axis_combo.addItem(label, axis)
         self.base_width = QSpinBox()
-        self.base_width.setRange(2, 128)
-        self.base_width.setValue(16)
-        self.base_width.setToolTip("Channels of the first level (paper: 32); smaller trains faster on a CPU")
+        self.base_width.setRange(0, 128)
+        self.base_width.setValue(0)
+        self.base_width.setSpecialValueText(AUTO)
+        self.base_width.setToolTip("Channels of the first level (paper: 32); auto: planned for the device and budget")
 
         # -- budget and device ----------------------------------------------------------------
         self.budget_kind = QComboBox()
@@ -181,11 +169,12 @@ class TrainWidget(QWidget):
         self.inplane = QSpinBox()
         self.inplane.setRange(0, 1024)
         self.inplane.setValue(0)
-        self.inplane.setSpecialValueText("native")
-        self.inplane.setToolTip("Resample slices to this size (pixels) for fast training; 'native' keeps them")
+        self.inplane.setSpecialValueText(AUTO)
+        self.inplane.setToolTip("In-plane pixels of the median scan on the working grid; auto: planned for the budget")
         self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 512)
-        self.batch_size.setValue(8)
+        self.batch_size.setRange(0, 512)
+        self.batch_size.setValue(0)
+        self.batch_size.setSpecialValueText(AUTO)
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 1_000_000)
         self.steps_per_epoch.setSpecialValueText("auto")
@@ -200,12 +189,24 @@ class TrainWidget(QWidget):
             "Validate, keep and install a moving average of the weights instead of the last step's: "
             "steadier validation Dice from epoch to epoch (the shipped cascade was trained this way)"
         )
+        self.plan_button = QPushButton("Show plan")
+        self.plan_button.setToolTip("What training would do with this data on this machine, and why "
+                                    "(reads the data and times a few steps; nothing is trained)")
+        self.plan_text = QPlainTextEdit()
+        self.plan_text.setReadOnly(True)
+        self.plan_text.setPlaceholderText("the planner's choices appear here (Show plan, or when training starts)")
+        self.plan_text.setMaximumHeight(160)
+        self.install_best_button = QPushButton("Install best")
+        self.install_last_button = QPushButton("Install last")
+        self.discard_button = QPushButton("Discard")
+        for button in (self.install_best_button, self.install_last_button, self.discard_button):
+            button.setVisible(False)
         self.model_name = QLineEdit()
         self.model_name.setPlaceholderText("name of the new model (default: <model>-<date>)")
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("Stop at the next step; the best checkpoint so far is kept and installed")
+        self.cancel_button.setToolTip("Stop within seconds; the checkpoints so far are kept and you choose what to install")
         self.job = JobPanel()
         # The panel's own Cancel drops a job's result; a cancelled training still has one (its
         # last good checkpoint), so the trainer gets its own stop event and this dock its own button.
@@ -224,6 +225,10 @@ class TrainWidget(QWidget):
         self.train_button.clicked.connect(lambda: self.start())
         self.cancel_button.clicked.connect(self.cancel)
         self.job.finished.connect(self._finished)
+        self.plan_button.clicked.connect(lambda: self.show_plan())
+        self.install_best_button.clicked.connect(lambda: self.install_kept("best"))
+        self.install_last_button.clicked.connect(lambda: self.install_kept("last"))
+        self.discard_button.clicked.connect(self.discard_kept)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
         self.refresh_layers()
@@ -275,11 +280,17 @@ class TrainWidget(QWidget):
         for box in (source_box, model_box, run_box):
             layout.addWidget(box)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.plan_button)
         buttons.addWidget(self.train_button, 1)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        layout.addWidget(self.plan_text)
         layout.addWidget(self.job)
         layout.addWidget(self.status)
+        kept = QHBoxLayout()
+        for button in (self.install_best_button, self.install_last_button, self.discard_button):
+            kept.addWidget(button)
+        layout.addLayout(kept)
         layout.addStretch(1)
 
     # -- choices ------------------------------------------------------------------------------
@@ -365,17 +376,21 @@ class TrainWidget(QWidget):
         """Preselect the paper's loss and the dimensions the architecture supports."""
         from cascadeseg.losses import loss_names
 
-        info = self._models[self.model_combo.currentData()]
+        name = self.model_combo.currentData()
+        info = self._models.get(name) if name else None
         self.loss_combo.clear()
-        for name in loss_names():
-            self.loss_combo.addItem(f"{name} (paper)" if name == info.default_loss else name, name)
-        self.loss_combo.setCurrentIndex(max(0, self.loss_combo.findData(info.default_loss)))
+        self.loss_combo.addItem("auto (the model's paper loss)", None)
+        for loss in loss_names():
+            self.loss_combo.addItem(f"{loss} (paper)" if info is not None and loss == info.default_loss else loss, loss)
+        if info is not None:
+            self.loss_combo.setCurrentIndex(max(0, self.loss_combo.findData(info.default_loss)))
         current = self.dims_combo.currentData()
         self.dims_combo.clear()
-        for dims in info.dims:
+        self.dims_combo.addItem("auto (planned from the spacing)", None)
+        for dims in (info.dims if info is not None else (2, 3)):
             self.dims_combo.addItem(f"{dims}D", dims)
-        if current in info.dims:
-            self.dims_combo.setCurrentIndex(self.dims_combo.findData(current))
+        if current is not None:
+            self.dims_combo.setCurrentIndex(max(0, self.dims_combo.findData(current)))
 
     def _init_changed(self, *_: Any) -> None:
         """Fine-tuning fixes architecture and dimensions to the checkpoint's."""
@@ -444,36 +459,41 @@ class TrainWidget(QWidget):
         return str(folder), f"{folder.name} ({summary.describe()})", values, channels
 
     def gather(self) -> TrainRequest:
-        """Read and check the choices; a user mistake raises :class:`CascadeSegError`."""
+        """Read and check the choices; a user mistake raises :class:`CascadeSegError`. Fields left
+        at "auto" stay ``None`` in the config: the planner decides them."""
         from cascadeseg.training.config import TrainConfig
 
         split: dict[str, int] = {}
         if self.source.currentData() == SOURCE_LAYERS:
             data, source_text, values, channels = self._layer_data()
-            split = self._slice_split(data[0][1].array)
+            axis = self.axis_combo.currentData()
+            split = slice_split_options(data[0][1].array, 0 if axis is None else int(axis), self.annotated_only.isChecked())
         else:
             data, source_text, values, channels = self._folder_data()
         entry = self.init_entry()
         if entry is not None:
-            self._check_fits(entry, values, channels)
+            check_labels_fit(entry.card, values, entry.name)
         device = self.device.currentData()
         resolve_device(device)  # a missing GPU is reported now, before any data is read
         architecture = entry.card.architecture if entry else self.model_combo.currentData()
-        dims = int(entry.card.dims if entry else self.dims_combo.currentData())
-        name = unique_model_name(self.model_name.text().strip() or f"{architecture}-{time.strftime('%Y%m%d-%H%M')}")
+        dims = entry.card.dims if entry else self.dims_combo.currentData()
+        wanted = self.model_name.text().strip() or f"{architecture or 'model'}-{time.strftime('%Y%m%d-%H%M')}"
+        name = unique_model_name(wanted)
         by_time = self.budget_kind.currentData() == "minutes"
+        options = {"base_width": int(self.base_width.value())} if (not entry and self.base_width.value()) else None
+        axis = self.axis_combo.currentData()
         config = TrainConfig(
             data=data,
             run_dir=str(user_models_dir().parent / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"),
             model=architecture,
-            dims=dims,
-            model_options={} if entry else {"base_width": int(self.base_width.value())},
+            dims=None if dims is None else int(dims),
+            model_options=options,
             loss=self.loss_combo.currentData(),
-            axis=int(self.axis_combo.currentData()),
+            axis=None if axis is None else int(axis),
             inplane_size=int(self.inplane.value()) or None,
-            batch_size=int(self.batch_size.value()),
-            # A time budget stops the run; the epoch count is then only an upper bound.
-            epochs=100_000 if by_time else int(self.epochs.value()),
+            batch_size=int(self.batch_size.value()) or None,
+            # A time budget stops the run (the planner sizes the epochs to it).
+            epochs=None if by_time else int(self.epochs.value()),
             minutes=float(self.minutes.value()) if by_time else None,
             steps_per_epoch=int(self.steps_per_epoch.value()) or None,
             device=device,
@@ -489,45 +509,6 @@ class TrainWidget(QWidget):
         config.validate()
         return TrainRequest(config=config, model_name=name, source_text=source_text, init_entry=entry)
 
-    def _slice_split(self, labels: np.ndarray) -> dict[str, int]:
-        """Slice-block split options that fit the slices a user painted on one scan.
-
-        One scan validates on blocks of its own slices (8 slices with a gap of 3 by default,
-        which needs 19 annotated slices); a user who corrected 6 slices should still be able to
-        train, so blocks and gap shrink with the number of annotated slices, keeping at least
-        two blocks and some training slices.
-        """
-        axis = int(self.axis_combo.currentData())
-        other = tuple(a for a in range(3) if a != axis)
-        counted = labels.any(axis=other) if self.annotated_only.isChecked() else np.ones(labels.shape[axis], bool)
-        available = int(np.count_nonzero(counted))
-        if available < 3:
-            raise DatasetError(
-                f"only {available} slice(s) along the training axis hold labels; paint at least 3 "
-                "(some train the model, at least one validates it)"
-            )
-        block = max(1, min(8, available // 5))
-        gap = max(0, min(3, (available - 2 * block) // 4))
-        return {"slice_block": block, "slice_gap": gap}
-
-    @staticmethod
-    def _check_fits(entry: CheckpointEntry, values: set[int] | None, channels: int | None) -> None:
-        """The labels and channels must be ones the checkpoint was set up for."""
-        card = entry.card
-        if values is not None:
-            unknown = sorted(values - set(card.class_values))
-            if unknown:
-                known = ", ".join(f"{c['value']} ({c.get('name', '')})" for c in card.classes)
-                raise ModelConfigError(
-                    f"the labels hold value(s) {unknown} but model '{entry.name}' was set up for classes {known}; "
-                    "relabel them, or start a fresh model"
-                )
-        if channels is not None and channels != len(card.input_channels):
-            raise ModelConfigError(
-                f"the image has {channels} channel(s) but model '{entry.name}' expects "
-                f"{len(card.input_channels)} ({', '.join(card.channel_names)}); pick matching data or start fresh"
-            )
-
     # -- running ------------------------------------------------------------------------------
     def start(self) -> bool:
         """Start training in a worker thread; ``False`` (with a notification) if refused."""
@@ -542,6 +523,7 @@ class TrainWidget(QWidget):
             return False
         self.last_request = request
         self.installed = None
+        self._show_kept_choice(False)
         self._show_plot()
         self.plot.reset(f"training '{request.model_name}'")
         self._stop = threading.Event()
@@ -561,13 +543,33 @@ class TrainWidget(QWidget):
         if self.job.busy:
             self._stop.set()
             self.cancel_button.setEnabled(False)
-            self.status.setText("cancelling: the trainer stops after the current step…")
+            self.status.setText("cancelling: the trainer stops after the current step or batch…")
 
     def _show_plot(self) -> None:
         window = getattr(self.viewer, "window", None)
         if window is None or PLOT_DOCK_NAME in window.dock_widgets:
             return
         window.add_dock_widget(self.plot, name=PLOT_DOCK_NAME, area="bottom")
+
+    def show_plan(self) -> bool:
+        """Plan with the current choices in a worker and show the plan (nothing is trained)."""
+        if self.job.busy:
+            show_error("napari-cascade: a training or plan is running; wait for it or press Cancel")
+            return False
+        try:
+            request = self.gather()
+        except CascadeSegError as exc:
+            show_error(f"napari-cascade: {exc}")
+            self.status.setText(str(exc))
+            return False
+
+        def job(progress: Callable[[Any], None], cancel: threading.Event) -> Any:
+            from cascadeseg.training.trainer import plan_only
+
+            return plan_only(request.config, cancel=cancel)
+
+        self.plan_text.setPlainText("planning: reading the data and timing a few steps…")
+        return self.job.start(job, lambda plan: self.plan_text.setPlainText(plan.describe()), "planning")
 
     def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
         from cascadeseg.training.trainer import train
@@ -582,72 +584,128 @@ class TrainWidget(QWidget):
                     elapsed = info.elapsed_seconds
                     progress(elapsed / max(elapsed + info.time_left_seconds, 1e-6))
 
+            def on_train_start(info: dict[str, Any]) -> None:
+                relay.plan.emit(info.get("plan") or "")
+
             if not _TRAINING_LOCK.acquire(blocking=False):
                 raise CascadeSegError("a training is already running; wait for it to finish or cancel it")
-            import torch
-
-            threads = torch.get_num_threads()  # the trainer sets its own; segmentation keeps ours
             try:
-                result = train(request.config, FunctionCallback(on_step=on_step, on_epoch=relay.epoch.emit), stop)
+                result = train(request.config, FunctionCallback(
+                    on_step=on_step, on_epoch=relay.epoch.emit, on_train_start=on_train_start), stop)
                 request.outcome["result"] = result
-                request.outcome["installed"] = self._install(request, result)
+                if result.stopped != "cancelled":  # a cancelled run waits for the user's choice
+                    request.outcome["installed"] = self._install(request, result, "best")
             finally:
-                torch.set_num_threads(threads)
                 _TRAINING_LOCK.release()
             return request.outcome
 
         return job
 
     @staticmethod
-    def _install(request: TrainRequest, result: Any) -> Path | None:
-        """Install the best validated checkpoint as a user model (also after a Cancel: what was
-        learnt is kept). ``None`` when the run stopped before its first validation."""
-        if result.best_checkpoint is None:
+    def _install(request: TrainRequest, result: Any, which: str) -> Path | None:
+        """Install the run's ``best`` or ``last`` checkpoint as a user model; ``None`` when the
+        run has no such checkpoint."""
+        checkpoint = result.best_checkpoint if which == "best" else result.last_checkpoint
+        if checkpoint is None:
             return None
         config = request.config
-        reasons = {"epochs": "all epochs", "time": "the time budget", "cancelled": "Cancel"}
+        reasons = {"epochs": "its planned epochs", "time": "the time budget", "cancelled": "Cancel"}
         stopped = reasons.get(result.stopped, result.stopped)
         if request.init_entry is not None:
             origin = f"fine-tuned from '{request.init_entry.name}'"
+        elif config.init_checkpoint:
+            origin = f"fine-tuned from '{Path(config.init_checkpoint).name}'"
         else:
-            origin = f"trained from scratch ({config.model}, {config.dims}D)"
+            origin = f"trained from scratch ({config.model or 'planned model'})"
+        dice = result.best_dice if which == "best" else result.last_dice
+        scored = f"validation Dice {dice:.3f}" if dice is not None else "not validated"
         description = (
             f"{origin} on {request.source_text}; stopped by {stopped} after {result.epochs_completed} epoch(s); "
-            f"best validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}"
+            f"{which} checkpoint, {scored}"
         )
         training = {
             "run_dir": str(result.run_dir),
             "source": request.source_text,
             "stopped": result.stopped,
+            "installed_checkpoint": which,
             "epochs_completed": result.epochs_completed,
             "elapsed_seconds": round(float(result.elapsed_seconds), 1),
             "trained_with": "napari-cascade Train dock",
         }
-        return install_model(Path(result.best_checkpoint), request.model_name, description, training)
+        return install_model(Path(checkpoint), request.model_name, description, training)
+
+    def install_kept(self, which: str) -> Path | None:
+        """After a Cancel: install the kept ``best`` or ``last`` checkpoint (the user's choice)."""
+        request = self.last_request
+        result = request.outcome.get("result") if request is not None else None
+        if result is None or self.installed is not None:
+            return None
+        try:
+            installed = self._install(request, result, which)
+        except CascadeSegError as exc:
+            show_error(f"napari-cascade: {exc}")
+            return None
+        if installed is None:
+            show_error(f"napari-cascade: the run has no {which} checkpoint to install")
+            return None
+        self.installed = installed
+        self._show_kept_choice(False)
+        self._refresh_segment_widgets(installed.name)
+        self.refresh_checkpoints()
+        text = f"model '{installed.name}' installed from the {which} checkpoint ({installed})"
+        self.status.setText(text)
+        show_info(f"napari-cascade: {text}")
+        return installed
+
+    def discard_kept(self) -> None:
+        """After a Cancel: install nothing (the run folder stays, for a later --resume)."""
+        request = self.last_request
+        result = request.outcome.get("result") if request is not None else None
+        self._show_kept_choice(False)
+        where = f"; its run folder {result.run_dir} is kept" if result is not None else ""
+        self.status.setText(f"nothing installed{where}")
+
+    def _show_kept_choice(self, visible: bool, result: Any = None) -> None:
+        self.install_best_button.setVisible(visible)
+        self.install_last_button.setVisible(visible)
+        self.discard_button.setVisible(visible)
+        if result is not None:
+            self.install_best_button.setEnabled(result.best_checkpoint is not None)
+            self.install_last_button.setEnabled(result.last_checkpoint is not None)
 
     def _finished(self, job_outcome: Any) -> None:
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if job_outcome.error is not None:
             self.plot.finish(f"failed: {job_outcome.error}")
-            self.status.setText(f"training failed: {job_outcome.error}")
+            self.status.setText(f"training failed: {job_outcome.error}; nothing was installed")
 
     def _trained(self, outcome: dict[str, Any]) -> None:
-        """The run ended (all epochs, time budget or Cancel; GUI thread): announce the installed
-        model and make a docked Segment widget list and select it."""
+        """The run ended (GUI thread). On its own (epochs or budget): announce the installed
+        model and make a docked Segment widget list and select it. After a Cancel: say what was
+        kept and offer the choice."""
         result, installed = outcome["result"], outcome.get("installed")
         self.installed = installed
-        cancelled = result.stopped == "cancelled"
+        if result.stopped == "cancelled":
+            kept = describe_kept(result)
+            done = result.elapsed_seconds / max(result.elapsed_seconds, (self.last_request.config.minutes or 0) * 60, 1e-9)
+            self.job.progress_bar.setValue(int(1000 * min(1.0, done)))
+            self.job.status.setText(f"training cancelled after {result.steps} steps")
+            self.plot.finish(f"cancelled: {kept}")
+            self.status.setText(f"training cancelled after {result.steps} steps; kept: {kept}. "
+                                "Install one of them as a model, or discard the run.")
+            self._show_kept_choice(True, result)
+            show_info(f"napari-cascade: training cancelled; kept: {kept}")
+            return
         last = f"last checkpoint: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint written"
         if installed is not None:
             text = f"model '{installed.name}' saved to {installed} (best Dice {result.best_dice:.3f})"
             self._refresh_segment_widgets(installed.name)
         else:
             text = f"no validated checkpoint to install; {last}"
-        head = "cancelled" if cancelled else "done"
-        self.plot.finish(f"{head}: {text}")
-        self.status.setText(f"training {head}: {text}; run folder {result.run_dir}")
-        show_info(f"napari-cascade: training {head}: {text}")
+        self.plot.finish(f"done: {text}")
+        self.status.setText(f"training done: {text}; run folder {result.run_dir}")
+        show_info(f"napari-cascade: training done: {text}")
         self.refresh_checkpoints()
 
     def _refresh_segment_widgets(self, name: str) -> None:

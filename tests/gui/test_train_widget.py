@@ -92,14 +92,21 @@ def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_pa
     assert len(widget.plot.step_numbers) >= 4 and widget.plot.draw_count >= 3
     assert sorted(widget.plot.dice_per_depth) == [1, 2, 3, 4]
     assert "samples/s" in widget.plot.status.text() and "cancelled" in widget.plot.status.text()
-    # The last good checkpoint is kept and loads; the best one is installed as a user model.
+    # The last good checkpoint is kept and loads; nothing is installed until the user chooses.
     model, card = load_checkpoint(result.last_checkpoint)
     assert card.architecture == "anu_net" and card.num_classes == 2
+    assert widget.installed is None and "lgg-cancelled" not in [e.name for e in available_checkpoints()]
+    assert "kept: best checkpoint: validation Dice" in widget.status.text()
+    assert not widget.install_best_button.isHidden() and not widget.discard_button.isHidden()
+    assert widget.job.progress_bar.value() < 1000  # not "100 % done"
+    widget.install_best_button.click()
     assert widget.installed == user_models_dir() / "lgg-cancelled"
     assert "lgg-cancelled" in [entry.name for entry in available_checkpoints()]
     _, installed_card = load_checkpoint(widget.installed)
     assert "Cancel" in installed_card.description and "training_set" in installed_card.description
+    assert "best checkpoint" in installed_card.description
     assert widget.train_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.install_best_button.isHidden()
     widget.close()
 
 
@@ -203,3 +210,26 @@ def test_bad_input_is_a_notification(make_napari_viewer, tiny_models, lgg_crops,
     # Nothing lost: every layer is still there, unchanged.
     assert [layer.name for layer in viewer.layers] == [scan.name, "nothing painted", "two slices", "class two"]
     assert np.array_equal(viewer.layers["class two"].data, three)
+
+
+def test_show_plan_before_training(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops) -> None:
+    """The planner's choices and the measured schedule are shown before Train is pressed, with
+    "auto" everywhere; an explicit choice in the dock appears as given."""
+    folder = tmp_path / "training_set"
+    for case, (image, labels) in lgg_crops.items():
+        TrainingSet(folder).add_case(image, labels, case_id=case)
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_FOLDER))
+    widget.folder.setText(str(folder))
+    widget.threads.setValue(1)
+    widget.minutes.setValue(2.0)
+    widget.batch_size.setValue(4)
+    assert widget.model_combo.currentData() is None and widget.base_width.value() == 0  # auto
+    assert widget.show_plan()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    text = widget.plan_text.toPlainText()
+    assert "dims" in text and "target_spacing" in text and "seconds_per_step" in text, text
+    assert "batch_size                    4 [given]" in text
+    assert not (user_models_dir().parent / "runs").exists() or not any((user_models_dir().parent / "runs").iterdir())
+    widget.close()

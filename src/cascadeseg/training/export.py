@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import CheckpointError
-from ..inference.checkpoint import load_checkpoint, save_checkpoint
+from ..inference.checkpoint import load_checkpoint, save_checkpoint, user_models_dir
 from .run_folder import find_checkpoint
 
 
@@ -73,3 +73,35 @@ def export_run(
         else:
             setattr(card, key, value)
     return save_checkpoint(model, card, destination, overwrite=overwrite)
+
+
+def unique_model_name(wanted: str) -> str:
+    """``wanted``, or ``wanted-2``, ``-3``... when a user model of that name exists."""
+    root = user_models_dir()
+    name, counter = wanted, 2
+    while (root / name).exists():
+        name, counter = f"{wanted}-{counter}", counter + 1
+    return name
+
+
+def install_model(checkpoint: Path, name: str, description: str, training: dict[str, Any]) -> Path:
+    """Copy a run's checkpoint into the user models folder under ``name`` with an updated card
+    (``training`` merged into the card's, so the data, licence and parent the trainer recorded
+    stay). It goes through :func:`load_checkpoint` / :func:`save_checkpoint`, so what is installed
+    is proven to load, and the write is atomic (a half-installed model never appears in a list)."""
+    model, card = load_checkpoint(checkpoint, device="cpu")
+    card.name = name
+    card.description = description
+    card.training = {**card.training, **training}
+    return save_checkpoint(model, card, user_models_dir() / name)
+
+
+def describe_kept(result: Any) -> str:
+    """What a run left behind, for a user deciding what to keep after a Cancel or a failure."""
+    parts = []
+    if result.best_checkpoint is not None:
+        parts.append(f"best checkpoint: validation Dice {result.best_dice:.3f} at epoch {result.best_epoch}")
+    if result.last_checkpoint is not None:
+        dice = f"validation Dice {result.last_dice:.3f}" if result.last_dice is not None else "not validated"
+        parts.append(f"last checkpoint: {result.steps} steps, {dice}")
+    return "; ".join(parts) if parts else "no checkpoint was written"

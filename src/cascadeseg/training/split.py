@@ -185,3 +185,23 @@ def _runs(case_id: str, axis: int, mask: np.ndarray) -> list[SliceBlock]:
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     return [SliceBlock(case_id, axis, int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def slice_split_options(labels: np.ndarray, axis: int, annotated_only: bool) -> dict[str, int]:
+    """Slice-block split options that fit the slices a user painted on one scan.
+
+    One scan validates on blocks of its own slices (8 slices with a gap of 3 by default, which
+    needs 19 annotated slices); a user who corrected 6 slices should still be able to train, so
+    blocks and gap shrink with the number of annotated slices, keeping at least two blocks and
+    some training slices."""
+    other = tuple(a for a in range(3) if a != axis)
+    counted = labels.any(axis=other) if annotated_only else np.ones(labels.shape[axis], bool)
+    available = int(np.count_nonzero(counted))
+    if available < 3:
+        raise DatasetError(
+            f"only {available} slice(s) along the training axis hold labels; paint at least 3 "
+            "(some train the model, at least one validates it)"
+        )
+    block = max(1, min(8, available // 5))
+    gap = max(0, min(3, (available - 2 * block) // 4))
+    return {"slice_block": block, "slice_gap": gap}

@@ -265,8 +265,10 @@ class Trainer:
         if self.cfg.init_checkpoint is None and self.cfg.auto_init and self.cfg.model is None \
                 and fp.num_patients <= _few_shot_patients():
             probe, _ = plan_training(self.cfg, fp, profile)
-            entry, auto_reason = pick_starting_checkpoint(num_classes=fp.num_classes, modality=fp.modality,
-                                                          dims=int(probe.dims or 2))
+            entry, auto_reason = pick_starting_checkpoint(num_classes=len(probe.class_values or [0, 1]),
+                                                          modality=fp.modality, dims=int(probe.dims or 2))
+            if entry is not None:
+                entry, auto_reason = self._without_leak(entry, auto_reason, fp)
             if entry is not None:
                 self.cfg.init_checkpoint = str(entry.path)
         if self.cfg.init_checkpoint:
@@ -283,6 +285,26 @@ class Trainer:
             self.cfg.preprocessing = self._plan_preprocessing(fp, raw[0], init_card)
         else:
             self.plan.choose("preprocessing", self.cfg.preprocessing, "given", "given")
+
+    def _without_leak(self, entry: Any, reason: str, fp: DatasetFingerprint) -> tuple[Any, str]:
+        """A shipped model trained on some of these patients must not validate on them: validate
+        on the patients it has not seen, or, when it has seen them all, start fresh."""
+        data = entry.card.training.get("data")
+        seen = {patient_id(str(c)) for c in data.get("train_cases", [])} if isinstance(data, dict) else set()
+        patients = sorted({patient_id(c) for c in fp.case_ids})
+        overlap = [p for p in patients if p in seen]
+        if not overlap or self.cfg.val_cases:
+            return entry, reason
+        unseen = [p for p in patients if p not in seen]
+        wanted = max(1, int(round(self.cfg.val_fraction * len(patients))))
+        if len(patients) < 2 or not unseen:
+            return None, (f"shipped '{entry.name}' was trained on {len(overlap)} of these {len(patients)} patient(s): "
+                          f"its validation would be optimistic, so training starts fresh")
+        order = np.random.default_rng(self.cfg.seed).permutation(len(unseen))
+        chosen = [unseen[i] for i in order[: min(wanted, len(unseen), len(patients) - 1)]]
+        self.cfg.val_cases = [c for c in fp.case_ids if patient_id(c) in set(chosen)]
+        return entry, reason + (f"; it was trained on {len(overlap)} of these patients, so validation uses "
+                                f"{len(chosen)} it has not seen")
 
     def _plan_preprocessing(self, fp: DatasetFingerprint, first: RawCase, init_card: ModelCard | None) -> list[dict[str, Any]]:
         """Per channel: the checkpoint's spec for a channel mapped onto it, else by modality (CT:

@@ -144,3 +144,16 @@ def load_for_data(init: str, in_channels: int, data_names: Sequence[str]) -> tup
     state = inflate_input_weights(load_file(str(folder / WEIGHTS_FILE)), adapted, old_in, mapping)
     adapted.load_state_dict(state, strict=True)
     return adapted, card, mapping
+
+
+def check_labels_fit(card: ModelCard, values: set[int] | None, name: str) -> None:
+    """Label values must be classes the checkpoint was set up for (its input channels may differ:
+    :func:`load_for_data` maps them)."""
+    if values is None:
+        return
+    unknown = sorted(values - set(card.class_values))
+    if unknown:
+        known = ", ".join(f"{c['value']} ({c.get('name', '')})" for c in card.classes)
+        raise CheckpointError(
+            f"the labels hold value(s) {unknown} but model '{name}' was set up for classes {known}; "
+            "relabel them, or start a fresh model")
