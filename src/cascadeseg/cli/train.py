@@ -243,6 +243,22 @@ class _ProgressBar:
             self.bar.close()
 
 
+def process_started() -> float:
+    """This process's start as a ``time.perf_counter()`` value (Linux: from ``/proc/self/stat``),
+    so a budget also covers the interpreter's and the libraries' start-up; elsewhere: now."""
+    now = time.perf_counter()
+    try:
+        import os
+
+        fields_after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields_after_name[19])  # field 22: starttime, in clock ticks since boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return now - max(0.0, min(age, 600.0))
+    except (OSError, ValueError, IndexError):
+        return now
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -265,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        result = train(config, callbacks=_ProgressBar(disable=args.no_progress or not main_rank), cancel=cancel)
+        result = train(config, callbacks=_ProgressBar(disable=args.no_progress or not main_rank), cancel=cancel,
+                       started=process_started())
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -64,6 +64,8 @@ from .schedule import lr_factor, run_progress
 from .split import Split, check_validation_unseen, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
+RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
+
 # Steps timed before a budget is scheduled (after one warm-up step: lazy imports, allocator), and
 # the share of the budget they may take (slow 3D steps on a small budget stop after two).
 CALIBRATION_STEPS = 3
@@ -117,11 +119,13 @@ class TrainResult:
     plan: TrainPlan | None = None
 
 
-def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None) -> TrainResult:
+def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None, started: float | None = None) -> TrainResult:
     """Train as ``config`` says (fields left ``None`` are planned); see the module docstring.
     ``callbacks``: a :class:`~cascadeseg.training.callbacks.TrainingCallback`-like object or a list
-    of them; ``cancel``: anything with ``is_set()`` (a ``threading.Event``)."""
-    started = time.perf_counter()
+    of them; ``cancel``: anything with ``is_set()`` (a ``threading.Event``); ``started``: the
+    ``time.perf_counter()`` the budget counts from (the command line passes its process start,
+    so interpreter and library start-up count too; default: now)."""
+    started = time.perf_counter() if started is None else started
     config.validate()
     previous_threads = torch.get_num_threads()
     device = resolve_device(config.device)
@@ -560,6 +564,7 @@ class Trainer:
         batches = iter(self.loader)
         times = []
         self.epoch_start, self.epoch_samples, self.epoch_losses = time.perf_counter(), 0, []
+        self._calibration_start = self.epoch_start
         count = min(1 + CALIBRATION_STEPS, max(2, self.steps_per_epoch))
         cap = CALIBRATION_SHARE * (self._budget() or float("inf"))
         calibration_start = time.perf_counter()
@@ -639,7 +644,10 @@ class Trainer:
         self.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        self.epoch_start = time.perf_counter()
+        # Epoch 0's clock starts with the calibration steps it holds (their samples count in it).
+        self.epoch_start = getattr(self, "_calibration_start", None) or time.perf_counter()
+        self._calibration_start = None
+        self.loop_start = time.perf_counter()  # the pace of this epoch's loop (no calibration in it)
         self.epoch_steps = 0  # steps of this sitting's loop (calibration steps excluded)
         self.epoch_losses = list(self._pending_losses)
         self.epoch_samples = len(self._pending_losses) * int(self.cfg.batch_size or 8) * self.ctx.world_size
@@ -729,6 +737,7 @@ class Trainer:
         checkpoint, log, and keep the next epochs at the planned duration."""
         epoch = self.state.epoch
         train_seconds = time.perf_counter() - self.epoch_start
+        loop_seconds = time.perf_counter() - self.loop_start
         if reason == "time" and not self.epoch_losses and self.last_validation is not None:
             self.state.elapsed = self._elapsed()
             return  # the budget ran out right after a validation: nothing new to validate
@@ -741,7 +750,7 @@ class Trainer:
         if self.ctx.is_main and validated:
             self.save_checkpoint("last", validation=result)
         barrier(self.ctx)
-        self._keep_epoch_duration(train_seconds)
+        self._keep_epoch_duration(loop_seconds)
 
     def run_validation(self) -> ValidationResult | None:
         """Rank 0: the validation subset through the predictor (:mod:`.validation`)."""
@@ -821,6 +830,12 @@ class Trainer:
             check_parameters_agree(self.model, self.ctx, self.device)
             sync_buffers(self.model, self.ctx)
         result = self._result(stopped)
+        if self.ctx.is_main and not self.dry_run and self.run_dir.is_dir():
+            write_json_atomic(self.run_dir / RESULT_FILE, {
+                "stopped": stopped, "elapsed_seconds": round(result.elapsed_seconds, 2),
+                "budget_seconds": self._budget(), "epochs_completed": result.epochs_completed, "steps": result.steps,
+                "best_dice": result.best_dice, "best_epoch": result.best_epoch, "last_dice": result.last_dice,
+            })
         if self.ctx.is_main:
             self.callbacks.emit("on_train_end", result)
         return result

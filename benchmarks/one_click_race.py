@@ -1,0 +1,164 @@
+"""The one-click race of issue 14: ``cascadeseg train DATA --minutes N`` against a tuned MONAI
+``UNet`` (``benchmarks/monai_baseline.py``), side by side, one CPU core and N minutes each, both
+scored on patients neither has seen.
+
+The LGG set is split by patient (seeded): ``--holdout`` patients are set aside before either side
+sees the data; the rest becomes the training folder both get. Ours gets nothing but the folder and
+the budget. The two trainings run at the same time, each pinned to its own core
+(``sched_setaffinity``) with ``OMP_NUM_THREADS=1``. Then both segment the held-out scans (ours
+through ``cascadeseg predict`` with the run's best checkpoint, MONAI slice by slice) and both are
+scored by ``cascadeseg.metrics`` (per-patient 3D Dice). Prints a table and writes it with the
+per-patient values to ``benchmarks/results/one_click_race_<date>.md/.json``.
+
+    python benchmarks/one_click_race.py --minutes 20 --holdout 16 --out runs/race
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pinned(core: int | None):
+    def pin() -> None:
+        if core is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {core})
+    return pin
+
+
+def make_split(data: Path, holdout: int, seed: int, out: Path) -> tuple[Path, list[str]]:
+    from cascadeseg.io import load_dataset
+    from cascadeseg.training.split import patient_id
+
+    refs = load_dataset(data)
+    patients = sorted({patient_id(r.case_id) for r in refs})
+    rng = np.random.default_rng(seed)
+    held = set(patients[i] for i in rng.permutation(len(patients))[:holdout])
+    train_dir = out / "train_data"
+    for sub in ("imagesTr", "labelsTr"):
+        (train_dir / sub).mkdir(parents=True, exist_ok=True)
+    held_cases = []
+    for ref in refs:
+        if patient_id(ref.case_id) in held:
+            held_cases.append(ref.case_id)
+            continue
+        for f in ref.image_files:
+            link = train_dir / "imagesTr" / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+        link = train_dir / "labelsTr" / ref.label_file.name
+        if not link.exists():
+            link.symlink_to(ref.label_file.resolve())
+    (out / "holdout.json").write_text(json.dumps({"seed": seed, "cases": sorted(held_cases)}, indent=2))
+    return train_dir, sorted(held_cases)
+
+
+def score(pred_dir: Path, data: Path, cases: list[str]) -> dict[str, float]:
+    from cascadeseg.io import load_labels, load_volume
+    from cascadeseg.metrics import case_mean_dice
+
+    out = {}
+    for case in cases:
+        ref = load_labels(data / "labelsTr" / f"{case}.nii.gz")
+        pred = load_volume(pred_dir / f"{case}.nii.gz")
+        pred_array = pred.array if pred.array.ndim == 3 else pred.array[0]
+        out[case] = case_mean_dice(np.asarray(pred_array).astype(np.uint8), np.asarray(ref.array), [1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "lgg-flair")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--holdout", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "race")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir, held = make_split(args.data, args.holdout, args.seed, out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    load_before = os.getloadavg()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None, None]
+    two = (cores + cores)[:2] if len(cores) >= 2 else [cores[0], cores[0]]
+    runs = {
+        "ours": [sys.executable, "-m", "cascadeseg.cli.main", "train", str(train_dir), "--minutes", str(args.minutes),
+                 "--run-dir", str(out / "ours"), "--no-progress"],
+        "monai": [sys.executable, str(ROOT / "benchmarks" / "monai_baseline.py"), "train", str(train_dir),
+                  "--minutes", str(args.minutes), "--out", str(out / "monai")],
+    }
+    procs, started, walls = {}, {}, {}
+    for (name, cmd), core in zip(runs.items(), two):
+        started[name] = time.perf_counter()
+        procs[name] = subprocess.Popen(cmd, env=env, preexec_fn=_pinned(core), stdout=open(out / f"{name}.log", "w"),
+                                       stderr=subprocess.STDOUT)
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} training failed: see {out / f'{name}.log'}")
+        walls[name] = time.perf_counter() - started[name]
+    load_after = os.getloadavg()
+    images = [str(args.data / "imagesTr" / f"{c}_0000.nii.gz") for c in held]
+    subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", *images, "-o", str(out / "ours_pred"),
+                    "-c", str(out / "ours" / "best"), "--overwrite"], env=env, check=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "monai_baseline.py"), "predict", str(out / "monai"),
+                    *images, "-o", str(out / "monai_pred")], env=env, check=True)
+    dice = {"ours": score(out / "ours_pred", args.data, held), "monai": score(out / "monai_pred", args.data, held)}
+    log = (out / "ours" / "log.csv").read_text().strip().splitlines()
+    plan = json.loads((out / "ours" / "plan.json").read_text())
+    ours_steps = int(log[-1].split(",")[1])
+    monai_run = json.loads((out / "monai" / "run.json").read_text())
+    rows = [
+        ("ours: `cascadeseg train DATA --minutes %g`" % args.minutes, args.minutes * 60, walls["ours"], ours_steps,
+         dice["ours"]),
+        ("MONAI UNet (1.63 M, 128 px, DiceCE, batch 16)", args.minutes * 60, walls["monai"], monai_run["steps"],
+         dice["monai"]),
+    ]
+    lines = [
+        f"# One-click race: {args.minutes:g} minutes, one CPU core each, side by side",
+        "",
+        f"Made by `python benchmarks/one_click_race.py --minutes {args.minutes:g} --holdout {args.holdout} "
+        f"--seed {args.seed}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+        f"{[round(v, 2) for v in load_before]} before, {[round(v, 2) for v in load_after]} after.",
+        "",
+        f"Training data: {len(list((train_dir / 'labelsTr').iterdir()))} LGG patients; scored on {len(held)} held-out "
+        f"patients neither side saw (seeded patient split, seed {args.seed}), per-patient 3D Dice by "
+        "`cascadeseg.metrics`, each scan on its own 256 x 256 grid.",
+        "",
+        "| run | budget s | wall s | steps | steps/s | Dice mean | median | min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, budget, wall, steps, values in rows:
+        v = np.array(list(values.values()))
+        lines.append(f"| {name} | {budget:.0f} | {wall:.0f} | {steps} | {steps / wall:.2f} | {v.mean():.3f} | "
+                     f"{np.median(v):.3f} | {v.min():.3f} |")
+    margin = np.mean(list(dice["ours"].values())) - np.mean(list(dice["monai"].values()))
+    lines += ["", f"Margin (ours - MONAI): **{margin:+.3f}** mean per-patient Dice.", "",
+              "Our plan (`plan.json` of the run):", "", "```", _plan_text(plan), "```"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"one_click_race_{stamp}.md").write_text(text)
+    (args.results / f"one_click_race_{stamp}.json").write_text(json.dumps(
+        {"minutes": args.minutes, "walls": walls, "steps": {"ours": ours_steps, "monai": monai_run["steps"]},
+         "dice": dice, "holdout": held, "plan": plan}, indent=2))
+
+
+def _plan_text(plan: dict) -> str:
+    from cascadeseg.training.planner import TrainPlan
+
+    return TrainPlan.from_dict(plan).describe()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""One-click training on every dataset of ``../shared/data``: budget kept, speed, validation Dice.
+
+For each dataset and budget, runs ``cascadeseg train DATA --minutes M`` with no other option
+(``--pairs`` for the TotalSegmentator and BraTS-style files, which are not MSD folders), one CPU
+core per run (``sched_setaffinity``, ``OMP_NUM_THREADS=1``), ``--parallel`` runs at a time, and
+reports the planned budget against the measured wall time of the whole process, the optimiser
+steps per second, and the run's own validation Dice (the predictor's path, its validation
+patients or slice blocks). Writes ``benchmarks/results/one_click_table_<date>.md/.json``.
+
+    python benchmarks/one_click_table.py --minutes 5 20 --parallel 2 --out runs/table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+DATASETS: dict[str, list[str]] = {
+    "lgg-flair": [str(DATA / "lgg-flair")],
+    "tcia-btp": [str(DATA / "tcia-btp")],
+    "hippocampus": [str(DATA / "hippocampus")],
+    "chaos-t2": [str(DATA / "chaos-t2")],
+    "lits-crop": [str(DATA / "lits-crop")],
+    "totalseg-ct": ["--pairs", str(DATA / "totalseg" / "example_ct.nii.gz"),
+                    str(DATA / "totalseg" / "example_seg_fast_force_split.nii.gz")],
+    "totalseg-mr": ["--pairs", str(DATA / "totalseg" / "example_mr_sm.nii.gz"),
+                    str(DATA / "totalseg" / "example_seg_mr.nii.gz")],
+    "brats-like": ["--pairs", str(DATA / "brats-like" / "TCGA-DU-7294" / "TCGA-DU-7294_fla_bet.nii.gz"),
+                   str(DATA / "brats-like" / "TCGA-DU-7294" / "simple.nii.gz")],
+}
+
+
+def _pin(core: int | None):
+    def pin() -> None:
+        if core is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {core})
+    return pin
+
+
+def _row(name: str, minutes: float, run: Path, wall: float, code: int) -> dict:
+    row = {"dataset": name, "minutes": minutes, "budget_s": minutes * 60, "wall_s": round(wall, 1), "exit": code}
+    if code != 0:
+        return row
+    plan = json.loads((run / "plan.json").read_text())
+    choices = {k: v["value"] for k, v in plan["choices"].items()}
+    with open(run / "log.csv", newline="") as fh:
+        log = list(csv.DictReader(fh))
+    last = log[-1]
+    result = json.loads((run / "result.json").read_text())
+    dice = [float(v) for k, v in last.items() if k.startswith("dice_depth") and v not in ("", None)]
+    row.update({
+        "dims": choices.get("dims"), "model": choices.get("model"), "init": Path(choices["init_checkpoint"]).name
+        if choices.get("init_checkpoint") else "", "target_spacing": choices.get("target_spacing"),
+        "patch": choices.get("patch_size"), "batch": choices.get("batch_size"), "classes": len(choices.get("class_values", [])),
+        "steps": int(last["step"]), "steps_per_s": round(int(last["step"]) / wall, 2),
+        "startup_s": plan["schedule"].get("startup_seconds"), "validations": len(log),
+        "validation_cases": plan["schedule"].get("validation_cases"),
+        "last_dice": round(max(dice), 4) if dice else None, "best_dice": float(last["best_dice"]),
+        "kept_pct": round(100 * wall / (minutes * 60), 1), "elapsed_s": result["elapsed_seconds"],
+        "stopped": result["stopped"],
+    })
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
+    jobs = [(name, m) for m in args.minutes for name in args.datasets]
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    running: list[tuple] = []
+    rows = []
+    free = list(cores[: args.parallel])
+    while jobs or running:
+        while jobs and free:
+            name, minutes = jobs.pop(0)
+            core = free.pop(0)
+            run = out / f"{name}-{minutes:g}min"
+            cmd = [sys.executable, "-m", "cascadeseg.cli.main", "train", *DATASETS[name], "--minutes", str(minutes),
+                   "--run-dir", str(run), "--no-progress"]
+            log = open(out / f"{name}-{minutes:g}min.log", "w")
+            running.append((name, minutes, run, core, time.perf_counter(),
+                            subprocess.Popen(cmd, env=env, preexec_fn=_pin(core), stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(1.0)
+        for item in list(running):
+            name, minutes, run, core, started, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            free.append(core)
+            rows.append(_row(name, minutes, run, time.perf_counter() - started, proc.returncode))
+            print(json.dumps(rows[-1]), flush=True)
+    rows.sort(key=lambda r: (r["minutes"], r["dataset"]))
+    lines = [
+        "# One-click training on every dataset: budget, speed, validation Dice",
+        "",
+        f"Made by `python benchmarks/one_click_table.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
+        f"--parallel {args.parallel}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `cascadeseg train DATA "
+        "--minutes M` and nothing else, one CPU core per run; load average "
+        f"{[round(v, 2) for v in load_before]} at the start, {[round(v, 2) for v in os.getloadavg()]} at the end; "
+        f"{(time.perf_counter() - t0) / 60:.0f} minutes in all.",
+        "",
+        "`wall s` is the whole process (interpreter start-up, data loading, planning, training, validation, "
+        "checkpoints, exit) timed from outside; `elapsed s` the run's own clock (from the process start to its "
+        "last checkpoint, `result.json`); `kept` is wall / budget. `Dice` is the run's own last and best validation (per-case 3D Dice through "
+        "the predictor, mean over the foreground classes present; its validation patients, or slice blocks of "
+        "a single volume).",
+        "",
+        "| dataset | budget s | wall s | elapsed s | kept | D | model (init) | spacing | patch x batch | classes | steps | steps/s | "
+        "start-up s | validations (cases) | last Dice | best Dice |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        if r["exit"] != 0:
+            lines.append(f"| {r['dataset']} | {r['budget_s']:.0f} | {r['wall_s']} | failed (exit {r['exit']}) |" + " |" * 12)
+            continue
+        model = r["model"] + (f" ({r['init']})" if r["init"] else "")
+        lines.append(
+            f"| {r['dataset']} | {r['budget_s']:.0f} | {r['wall_s']:.0f} | {r['elapsed_s']:.0f} | {r['kept_pct']:.0f} % | "
+            f"{r['dims']}D | {model} | "
+            f"{r['target_spacing']} | {r['patch']} x {r['batch']} | {r['classes']} | {r['steps']} | {r['steps_per_s']} | "
+            f"{r['startup_s']} | {r['validations']} ({r['validation_cases']}) | {r['last_dice']} | {r['best_dice']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"one_click_table_{stamp}.md").write_text(text)
+    (args.results / f"one_click_table_{stamp}.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
