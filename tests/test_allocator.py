@@ -45,13 +45,22 @@ def test_large_blocks_stay_in_the_heap_only_inside_the_block() -> None:
     assert _mmapped_while_holding(size) >= size  # restored
 
 
-def test_the_predictor_context_uses_it_on_the_cpu_only() -> None:
+def test_the_predictor_context_uses_it_on_the_cpu_only_when_the_process_opted_in() -> None:
     import torch
 
+    from cascadeseg.inference import allocator
     from cascadeseg.inference.device import inference_context
 
     size = 96 * 2**20
-    with inference_context(torch.device("cpu")):
-        assert _mmapped_while_holding(size) == 0
+    was = allocator.enabled()
+    try:
+        allocator.enable(False)  # a host process (napari) that did not opt in: its allocator is left alone
+        with inference_context(torch.device("cpu")):
+            assert _mmapped_while_holding(size) >= size
+        allocator.enable(True)  # the command line opts in
+        with inference_context(torch.device("cpu")):
+            assert _mmapped_while_holding(size) == 0
+    finally:
+        allocator.enable(was)
     with reuse_freed_memory(enabled=False) as active:
         assert not active and _mmapped_while_holding(size) >= size

@@ -44,3 +44,43 @@ def test_resources_are_reachable_as_package_data() -> None:
 
     root = files("cascadeseg.resources")
     assert root.joinpath("sample").is_dir()
+
+
+def _engine_imports() -> dict[str, set[str]]:
+    """Every module each engine file imports, anywhere in it (functions included), resolved to
+    absolute names: the layering is checked on the source, not only on what one import pulls in."""
+    import ast
+
+    src = ROOT / "src"
+    imports: dict[str, set[str]] = {}
+    for path in sorted((src / "cascadeseg").rglob("*.py")):
+        module = ".".join(path.relative_to(src).with_suffix("").parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        package = package.removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    name = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    name = node.module or ""
+                found.add(name)
+                found.update(f"{name}.{alias.name}" for alias in node.names)
+        imports[module.removesuffix(".__init__")] = found
+    return imports
+
+
+def test_engine_source_never_imports_the_gui_and_only_cli_imports_cli() -> None:
+    gui = ("napari", "napari_cascade", "qtpy", "PySide6", "PyQt5", "PyQt6", "magicgui", "vispy")
+    for module, names in _engine_imports().items():
+        bad = sorted(n for n in names if n.split(".")[0] in gui)
+        assert not bad, f"{module} imports {bad}: the engine must not import the GUI"
+        if not module.startswith("cascadeseg.cli"):
+            cli = sorted(n for n in names if n == "cascadeseg.cli" or n.startswith("cascadeseg.cli."))
+            assert not cli, f"{module} imports {cli}: nothing in the engine may import the command line"
+    # The walk sees relative imports too (a check that cannot fail would prove nothing).
+    assert "cascadeseg.inference.predictor" in _engine_imports()["cascadeseg.training.datasets"]

@@ -43,3 +43,11 @@ class OutputExistsError(CascadeSegError):
 
 class CancelledError(CascadeSegError):
     """Raised inside long work when the user cancelled it; callers treat it as a clean stop."""
+
+
+class DeviceError(CascadeSegError):
+    """The requested device does not exist here, or ran out of memory even at the smallest batch."""
+
+
+class TrainingError(CascadeSegError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""

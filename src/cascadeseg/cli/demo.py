@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CascadeSegError, CheckpointError
 
 DEFAULT_OUT = Path("out")
 
@@ -77,9 +77,25 @@ def run(args: argparse.Namespace) -> int:
         report = run_headless(models, args.out, depth=args.depth, device=args.device, overwrite=args.overwrite)
         print(report)
         return 0
-    from napari_cascade._qt.demo_viewer import run_demo_viewer  # the GUI only: never in headless mode
+    return gui_demo()(models, depth=args.depth, device=args.device)
 
-    return run_demo_viewer(models, depth=args.depth, device=args.device)
+
+GUI_ENTRY_POINTS = "cascadeseg.gui"
+
+
+def gui_demo() -> Any:
+    """The GUI half of the demo, provided by the plugin through the ``cascadeseg.gui`` entry point
+    (``demo``): the engine never imports the plugin, and an engine installed without the GUI
+    says what to install instead of failing on an import."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=GUI_ENTRY_POINTS):
+        if entry.name == "demo":
+            return entry.load()
+    raise CascadeSegError(
+        "the demo's window needs the napari plugin (pip install 'napari-cascade[gui]'); "
+        "or run 'cascadeseg demo --headless' to write the mask and an overview image instead"
+    )
 
 
 def choose_models(requested: str | None = None) -> DemoModels:

@@ -89,6 +89,9 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascadeseg`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from ..inference import allocator
+
+    allocator.enable()  # this process only runs the engine: keep freed inference memory (see allocator)
     try:
         parser = build_parser(_chosen_command(argv))
         args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ on plain NumPy label arrays and :class:`~cascadeseg.io.Volume` objects.
 
 from .autosave import AutosaveSession, RecoveryInfo, RecoveryStore, recovery_dir
 from .history import EditHistory, LabelEdit
-from .mask_ops import (
+from ..labelops import (
     annotated_slices,
     fill_holes,
     interpolate_between_slices,

@@ -17,6 +17,10 @@ glibc keeps no getter for these settings, hence fixed values rather than "the pr
 
 Elsewhere (macOS, Windows, musl) this is a no-op: their allocators cache large blocks already or
 have other knobs. Nested use is counted; only the outermost exit restores.
+
+Opt-in per process (:func:`enable`): leaving the block sets glibc's thresholds for the whole
+process, which a host application (napari, with its own allocations) did not ask for. The command
+line enables it (its process only runs the engine); the GUI leaves the host's allocator alone.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ _NEVER_TRIM = 2**62
 
 _lock = threading.Lock()
 _active = 0
+_enabled_for_process = False
+
+
+def enable(value: bool = True) -> None:
+    """Let inference keep freed memory in the heap in this process (the CLI calls this)."""
+    global _enabled_for_process
+    _enabled_for_process = bool(value)
+
+
+def enabled() -> bool:
+    """Whether this process opted in (:func:`enable`)."""
+    return _enabled_for_process
 
 
 def _glibc() -> ctypes.CDLL | None:

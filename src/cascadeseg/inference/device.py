@@ -13,14 +13,10 @@ from typing import Iterator
 
 import torch
 
-from ..errors import CascadeSegError
-from .allocator import reuse_freed_memory
+from ..errors import DeviceError
+from .allocator import enabled as allocator_enabled, reuse_freed_memory
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
-
-
-class DeviceError(CascadeSegError):
-    """The requested device does not exist here, or ran out of memory even at the smallest batch."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -88,10 +84,11 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 @contextlib.contextmanager
 def inference_context(device: torch.device, mixed_precision: bool = True) -> Iterator[None]:
-    """``torch.inference_mode`` plus autocast on GPUs (when ``mixed_precision``); on the CPU,
-    freed activation memory is kept for the next batch (:mod:`.allocator`)."""
+    """``torch.inference_mode`` plus autocast on GPUs (when ``mixed_precision``); on the CPU, in a
+    process that opted in (the command line does), freed activation memory is kept for the next
+    batch (:mod:`.allocator`)."""
     dtype = autocast_dtype(device) if mixed_precision else None
-    with torch.inference_mode(), reuse_freed_memory(device.type == "cpu"):
+    with torch.inference_mode(), reuse_freed_memory(device.type == "cpu" and allocator_enabled()):
         if dtype is None:
             yield
         else:

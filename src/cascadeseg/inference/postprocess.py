@@ -7,7 +7,7 @@
   the body; brain papers only inside the skull-stripped brain), i.e. everything outside the
   mask becomes background.
 
-The component and hole operations are the mask-editing ones (:mod:`cascadeseg.editing.mask_ops`,
+The component and hole operations are the label operations of :mod:`cascadeseg.labelops` (
 scipy.ndimage, per label value, never overwriting another label): one implementation serves
 the GUI's correction tools and automatic post-processing.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..editing.mask_ops import fill_holes, keep_largest_component
+from ..labelops import fill_holes, keep_largest_component
 from ..errors import GeometryMismatchError, VolumeError
 
 

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..distributed import (
     DistContext, all_max, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
 )
-from ..errors import CancelledError, CascadeSegError, DatasetError, ModelConfigError
+from ..errors import CancelledError, DatasetError, ModelConfigError, TrainingError
 from ..inference.checkpoint import ModelCard, read_card
 from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
 from ..models import OutputRequest, SegmentationOutput, create_model
@@ -70,10 +70,6 @@ RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
 # the share of the budget they may take (slow 3D steps on a small budget stop after two).
 CALIBRATION_STEPS = 3
 CALIBRATION_SHARE = 0.05
-
-
-class TrainingError(CascadeSegError):
-    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Mask-correction operations on integer label maps ``(Z, Y, X)``.
+"""Operations on integer label maps ``(Z, Y, X)``: the mask-correction tools and post-processing.
 
 Every operation is pure: it returns a new array of the input's dtype and never changes its input,
 so a caller can diff old against new (see :mod:`cascadeseg.editing.history`) to make it undoable.
@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..errors import VolumeError
+from .errors import VolumeError
 
 __all__ = [
     "keep_largest_component",
