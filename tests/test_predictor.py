@@ -5,7 +5,6 @@ cancellation, memory, bad input. Tiny random-init networks (width 4): the tests 
 from __future__ import annotations
 
 import threading
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +148,7 @@ def test_depths_heads_and_attention_on_real_scan(lgg: Volume) -> None:
     assert everything.attention, "ANU-Net returns its attention gates"
     for gate, coeff in everything.attention.items():
         assert coeff.array.shape == block.spatial_shape and coeff.array.dtype == np.float32
-        assert 0.0 <= coeff.array.min() and coeff.array.max() <= 1.0, gate
+        assert float(coeff.array.std()) > 0, gate  # the gate responds to the scan (not a constant map)
     with pytest.raises(ModelConfigError, match="pruning depth 7"):
         predictor.predict(block, depth=7)
 
@@ -223,24 +222,46 @@ def test_out_of_memory_halves_the_batch_then_says_so(lgg: Volume) -> None:
         Predictor(model, card, device="cpu", batch_size=2).predict(block)
 
 
-def test_2d_memory_holds_one_float_copy(lgg: Volume) -> None:
-    """512x512x60 int16 CT in 2D: NumPy allocations during predict stay under two float copies
-    (one float copy + the labels + per-batch buffers). The 512x512x600 figure is measured by
+MEMORY_PROBE = """
+import sys, numpy as np, torch
+from pathlib import Path
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from test_predictor import ABDOMEN, tiny
+from cascadeseg.inference.predictor import Predictor
+from cascadeseg.io.volume import Volume
+
+def hwm_kb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+array = np.random.default_rng(0).integers(-1000, 1500, size=(1, 60, 512, 512), dtype=np.int16)
+volume = Volume(array, spacing=(2.0, 0.8, 0.8), modality="CT")
+model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 1], options={"levels": 2, "base_width": 2})
+predictor = Predictor(model, card, device="cpu", batch_size=4)
+predictor.predict(Volume(array[:, :4].copy(), spacing=(2.0, 0.8, 0.8), modality="CT"))  # warm up the runtime
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts at the current resident size
+before = hwm_kb()
+result = predictor.predict(volume)
+print("GROWTH_KB", hwm_kb() - before, array.size * 4 // 1024)
+"""
+
+
+def test_2d_memory_holds_one_float_copy() -> None:
+    """512x512x60 int16 CT in 2D: the process's peak resident memory (NumPy and torch alike, read
+    from the kernel) grows by less than two float copies of the volume during predict (one float
+    copy + the labels + per-batch buffers). The 512x512x600 figure is measured by
     ``cascadeseg bench --memory`` in a fresh process."""
-    rng = np.random.default_rng(0)
-    array = rng.integers(-1000, 1500, size=(1, 60, 512, 512), dtype=np.int16)
-    volume = Volume(array, spacing=(2.0, 0.8, 0.8), modality="CT")
-    model, card = tiny("unet", 2, [("CT", ABDOMEN)], [0, 1], options={"levels": 2, "base_width": 2})
-    predictor = Predictor(model, card, device="cpu", batch_size=4)
-    float_copy = array.size * 4
-    tracemalloc.start()
-    try:
-        result = predictor.predict(volume)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert result.labels.array.dtype == np.uint8
-    assert peak < 2.0 * float_copy, f"peak {peak / 2**20:.0f} MiB vs one float copy {float_copy / 2**20:.0f} MiB"
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    growth_kb, float_copy_kb = (int(v) for v in proc.stdout.split("GROWTH_KB")[1].split())
+    assert growth_kb < 2.0 * float_copy_kb, f"peak grew {growth_kb / 1024:.0f} MiB vs one float copy {float_copy_kb / 1024:.0f} MiB"
+    assert growth_kb > 0.5 * float_copy_kb  # the probe sees the float copy: it measures what it claims
 
 
 def test_checkpoint_round_trip_and_label_values(tmp_path: Path, ct: Volume) -> None:
@@ -403,3 +424,17 @@ def test_folding_reaches_a_norm_that_opens_the_next_sequence(shared_data: Path) 
         torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
     act_then_norm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(4)))
     assert fold_batch_norms(act_then_norm.eval())[1] == 0
+
+
+@pytest.mark.parametrize("spatial, patch, overlap", [
+    ((112, 101, 122), (64, 64, 64), 0.5), ((36, 50, 35), (40, 56, 40), 0.5), ((155, 240, 240), (128, 128, 128), 0.25),
+    ((20, 256, 256), (8, 48, 48), 0.25), ((33, 97, 65), (16, 32, 32), 0.7), ((64, 64, 64), (64, 64, 64), 0.5),
+])
+def test_count_windows_is_monais_number_of_windows(spatial, patch, overlap) -> None:
+    """The progress bar's total is exactly the number of windows MONAI's sliding window visits."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    padded = tuple(max(s, p) for s, p in zip(spatial, patch))
+    interval = _get_scan_interval(padded, patch, 3, overlap)
+    assert count_windows(spatial, patch, overlap) == len(dense_patch_slices(padded, patch, interval))

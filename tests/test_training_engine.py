@@ -94,7 +94,9 @@ def test_training_steps_on_real_patients_write_a_complete_run_folder(lgg_pairs, 
     assert all(np.isfinite(s.loss) and s.samples_per_second > 0 for s in rec.steps)
     assert [e.epoch for e in rec.epochs] == [0, 1]
     assert set(rec.epochs[-1].dice_per_depth) == {1, 2}  # a 3-level ANU-Net has the heads L1 and L2
-    assert all(0.0 <= v <= 1.0 for e in rec.epochs for v in e.dice_per_depth.values())
+    for e in rec.epochs:  # each depth's Dice is the mean of that depth's per-patient Dice
+        for depth, value in e.dice_per_depth.items():
+            assert value == pytest.approx(np.mean([case[depth] for case in e.dice_per_case.values()]))
     log = read_log(run_dir)
     assert [r["epoch"] for r in log] == ["1", "2"] and {"dice_depth1", "dice_depth2", "recommended_depth"} <= set(log[0])
     # The best checkpoint loads through the inference loader and its card carries the validation.
@@ -238,15 +240,24 @@ def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: P
     _, card = load_checkpoint(exported)
     assert card.name == "tiny" and card.training["licence"] == "CC BY-NC-SA 4.0"
     assert card.validation["cases"] == ["TCGA_DU_6404_19850629"]  # the whole scan, on its own grid
-    assert 0.0 <= card.validation["dice_per_depth"]["1"] <= 1.0 and "hd95_per_depth" in card.validation
+    assert "hd95_per_depth" in card.validation
+    # The card's figure is the held-out scan segmented by the predictor and scored by the metrics.
+    from cascadeseg.inference import Predictor
+    from cascadeseg.metrics import case_mean_dice
+
+    scan = load_volume(shared_data / "lgg-flair" / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    truth = load_labels(shared_data / "lgg-flair" / "labelsTr" / "TCGA_DU_6404_19850629.nii.gz", reference=scan)
+    labels = Predictor.from_checkpoint(exported, device="cpu").predict(scan).labels.array
+    assert card.validation["dice_per_depth"]["1"] == pytest.approx(case_mean_dice(labels, truth.array, [1]), abs=1e-4)
     with pytest.raises(OutputExistsError):
         export_run(run_dir, exported)
 
 
 def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
-    result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=0.05))
+    budget = 6.0
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=budget / 60))
     assert result.stopped == "time" and 1 <= result.epochs_completed < 1000
-    assert result.best_dice is not None and result.elapsed_seconds < 60
+    assert result.best_dice is not None and result.elapsed_seconds <= 1.1 * budget
 
 
 def test_single_volume_is_split_by_slice_blocks_with_a_gap(lgg_pairs, tmp_path: Path) -> None:
@@ -269,7 +280,7 @@ def test_stagewise_cascade_freezes_stage_one_in_the_second_half(lgg_pairs, tmp_p
     run_dir = tmp_path / "run"
     cfg = tiny_config(lgg_pairs, run_dir, model="cascaded_unet", epochs=2, cascade_training="stagewise")
     train(cfg)
-    first = load_file(str(run_dir / "best" / "model.safetensors")) if (run_dir / "best").exists() else None
+    first = load_file(str(run_dir / "best" / "model.safetensors"))
     log = read_log(run_dir)
     assert [r["phase"] for r in log] == ["stage1", "full"]
     # Resume for a third epoch (phase 2 continues): stage-1 weights must not move any more.
@@ -279,7 +290,7 @@ def test_stagewise_cascade_freezes_stage_one_in_the_second_half(lgg_pairs, tmp_p
     moved = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k]) and "running" not in k}
     assert moved, "stage 2 must still learn"
     assert not any(k.startswith("stage1") for k in moved), sorted(moved)[:5]
-    assert first is None or set(first) == set(after)
+    assert set(first) == set(after)
 
 
 def test_3d_patch_training_validates_with_sliding_windows(lgg_pairs, tmp_path: Path) -> None:
