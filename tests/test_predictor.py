@@ -436,5 +436,5 @@ def test_count_windows_is_monais_number_of_windows(spatial, patch, overlap) -> N
     from monai.inferers.utils import _get_scan_interval
 
     padded = tuple(max(s, p) for s, p in zip(spatial, patch))
-    interval = _get_scan_interval(padded, patch, 3, overlap)
+    interval = _get_scan_interval(padded, patch, 3, (overlap,) * 3)
     assert count_windows(spatial, patch, overlap) == len(dense_patch_slices(padded, patch, interval))
