@@ -173,3 +173,39 @@ def test_training_crops_pad_with_the_predictors_pad_value(shared_data: Path) -> 
     border[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = False
     assert border.sum() >= 320 * 320 - 256 * 256  # the padded band
     assert torch.all(img[0][border] == PAD_VALUE) and torch.all(lab[border] == 0)
+
+
+def test_scanner_augmentations_change_intensities_only_and_keep_their_promises(shared_data: Path) -> None:
+    """Gamma, contrast, noise and the bias field on a real z-scored LGG slice: labels untouched,
+    gamma keeps the sample's range and its order of intensities, the bias field is smooth (its
+    log-ratio to the input varies slowly) and leaves the background minimum in place."""
+    from cascadeseg.inference.predictor import prepare_scan
+    from cascadeseg.io import load_volume
+
+    image = load_volume(shared_data / "lgg-flair" / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    scan = prepare_scan(image, [{"type": "mri_zscore", "percentiles": [0.5, 99.5]}], None, 0)
+    x = torch.from_numpy(scan.image[:, 20:24].swapaxes(0, 1).copy())  # 4 real slices (B, C, H, W)
+    labels = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long)
+    off = dict(flip=False, rot90=False, rotate_degrees=0.0, scale_range=(1.0, 1.0), elastic_probability=0.0,
+               intensity_scale=(1.0, 1.0), intensity_shift=0.0)
+    gamma = AugmentationConfig(**off, gamma_probability=1.0)
+    out, lab = augment_batch(x, labels, gamma, torch.Generator().manual_seed(0))
+    assert torch.equal(lab, labels)
+    for i in range(x.shape[0]):
+        assert torch.allclose(out[i].min(), x[i].min(), atol=1e-5) and torch.allclose(out[i].max(), x[i].max(), atol=1e-4)
+        order_in, order_out = x[i].flatten().argsort(), out[i].flatten()[x[i].flatten().argsort()]
+        assert torch.all(order_out[1:] >= order_out[:-1] - 1e-4)  # monotone (up to the identity resampling)
+        assert not torch.allclose(out[i], x[i])
+    bias = AugmentationConfig(**off, bias_probability=1.0, bias_magnitude=0.3)
+    out, _ = augment_batch(x, labels, bias, torch.Generator().manual_seed(1))
+    low = x.flatten(2).min(2).values[..., None, None]
+    tissue = x > low + 0.5
+    log_ratio = torch.log((out - low).clamp(min=1e-6) / (x - low).clamp(min=1e-6))
+    assert 0.3 < float(log_ratio[tissue].exp().min()) and float(log_ratio[tissue].exp().max()) < 3.4  # exp(+-4 sd)
+    assert float(log_ratio[tissue].std()) > 0.05  # it does vary over the slice ...
+    both = tissue[..., 1:] & tissue[..., :-1]
+    assert float((log_ratio[..., 1:] - log_ratio[..., :-1])[both].abs().max()) < 0.05  # ... smoothly
+    assert torch.allclose(out[x == low], x[x == low], atol=1e-4)  # the background stays the background
+    noise = AugmentationConfig(**off, noise_probability=1.0, noise_std=0.1)
+    out, _ = augment_batch(x, labels, noise, torch.Generator().manual_seed(2))
+    assert 0.0 < float((out - x).std()) <= 0.1

@@ -13,8 +13,11 @@ has ``elastic_control_points`` knots across the image plus one beyond each borde
 Rotations are in the plane normal to the slice axis (array axes Y, X), because the slice axis
 of clinical scans is usually much coarser than the plane.
 
-Intensity scaling and shifting are drawn per sample and channel. Everything is drawn from a
-``torch.Generator`` the trainer seeds per step, so a run is reproducible.
+Intensity scaling and shifting are drawn per sample and channel; so are, each with its own
+probability, what makes scans from another scanner look different: gamma on the sample's own
+intensity range, contrast around its mean, Gaussian noise, and a smooth multiplicative bias field
+(MR coil inhomogeneity, built on the same cubic B-spline basis as the elastic field). Everything is
+drawn from a ``torch.Generator`` the trainer seeds per step, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -129,6 +132,66 @@ def _elastic_field(b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: to
 def _intensity(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> Tensor:
     b, c = images.shape[:2]
     view = (b, c) + (1,) * (images.ndim - 2)
-    scale = _uniform((b, c), cfg.intensity_scale[0], cfg.intensity_scale[1], gen, images.device).view(view)
-    shift = _uniform((b, c), -cfg.intensity_shift, cfg.intensity_shift, gen, images.device).view(view)
+    device = images.device
+    images = _bias_field(images, cfg, gen)
+    images = _gamma(images, cfg, gen)
+    if cfg.contrast_probability > 0:
+        factor = _uniform((b, c), cfg.contrast_range[0], cfg.contrast_range[1], gen, device).view(view)
+        chosen = (torch.rand((b, c), generator=gen, device=device) < cfg.contrast_probability).view(view)
+        mean = images.mean(dim=tuple(range(2, images.ndim)), keepdim=True)
+        images = torch.where(chosen, (images - mean) * factor + mean, images)
+    if cfg.noise_probability > 0:
+        std = _uniform((b, 1), 0.0, cfg.noise_std, gen, device).view((b, 1) + (1,) * (images.ndim - 2))
+        chosen = (torch.rand((b,), generator=gen, device=device) < cfg.noise_probability).view(
+            (b, 1) + (1,) * (images.ndim - 2))
+        noise = torch.randn(images.shape, generator=gen, device=device) * std
+        images = torch.where(chosen, images + noise, images)
+    scale = _uniform((b, c), cfg.intensity_scale[0], cfg.intensity_scale[1], gen, device).view(view)
+    shift = _uniform((b, c), -cfg.intensity_shift, cfg.intensity_shift, gen, device).view(view)
     return images * scale + shift
+
+
+def _gamma(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> Tensor:
+    """``x -> lo + (hi - lo) * ((x - lo) / (hi - lo)) ** gamma`` on each sample's own range (as
+    nnU-Net: a normalised scan has negative values, gamma needs [0, 1]); gamma < 1 or > 1 equally
+    likely."""
+    if cfg.gamma_probability <= 0:
+        return images
+    b, c = images.shape[:2]
+    view = (b, c) + (1,) * (images.ndim - 2)
+    device = images.device
+    low, high = cfg.gamma_range
+    below = _uniform((b, c), low, 1.0, gen, device)
+    above = _uniform((b, c), 1.0, high, gen, device)
+    gamma = torch.where(torch.rand((b, c), generator=gen, device=device) < 0.5, below, above).view(view)
+    chosen = (torch.rand((b, c), generator=gen, device=device) < cfg.gamma_probability).view(view)
+    flat = images.flatten(2)
+    lo = flat.min(dim=2).values.view(view)
+    hi = flat.max(dim=2).values.view(view)
+    span = (hi - lo).clamp(min=1e-6)
+    mapped = lo + span * ((images - lo) / span).clamp(0, 1) ** gamma
+    return torch.where(chosen, mapped, images)
+
+
+def _bias_field(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> Tensor:
+    """Multiply by ``exp(f)``, ``f`` a smooth cubic B-spline field of 4 control points per axis
+    with standard deviation ``bias_magnitude`` (slowly varying gain, as a receive coil gives),
+    on the sample's values relative to its minimum so the background stays where it is."""
+    if cfg.bias_probability <= 0:
+        return images
+    b, c = images.shape[:2]
+    spatial = images.shape[2:]
+    device = images.device
+    dims = len(spatial)
+    knots = 4
+    coefficients = torch.randn((b, c, *([knots + 2] * dims)), generator=gen, device=device)
+    coefficients = coefficients * (cfg.bias_magnitude / _BSPLINE_GAIN**dims)
+    chosen = torch.rand((b,), generator=gen, device=device) < cfg.bias_probability
+    coefficients = coefficients * chosen.float().view(b, *([1] * (dims + 1)))
+    bases = [bspline_basis(int(s), knots, device) for s in spatial]
+    if dims == 3:
+        field = torch.einsum("bcpqr,zp,yq,xr->bczyx", coefficients, *bases)
+    else:
+        field = torch.einsum("bcpq,yp,xq->bcyx", coefficients, *bases)
+    low = images.flatten(2).min(dim=2).values.view((b, c) + (1,) * dims)
+    return low + (images - low) * torch.exp(field)

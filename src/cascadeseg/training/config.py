@@ -39,6 +39,16 @@ class AugmentationConfig:
     elastic_magnitude: float = 0.03  # displacement of a control point, as a fraction of the image size
     elastic_control_points: int = 5  # per axis; the displacement between them is cubic-smooth
     spatial_probability: float = 0.8  # probability of a rotation/zoom being drawn at all
+    # Scanner and protocol variation (nnU-Net's set, for scans from other sites): each drawn per
+    # sample with its probability; 0 switches one off.
+    gamma_probability: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)  # intensity ** gamma on the sample's [min, max]
+    contrast_probability: float = 0.0
+    contrast_range: tuple[float, float] = (0.75, 1.25)  # around the sample's mean
+    noise_probability: float = 0.0
+    noise_std: float = 0.1  # Gaussian noise, at most this standard deviation (normalised units)
+    bias_probability: float = 0.0
+    bias_magnitude: float = 0.3  # a smooth multiplicative field exp(+-magnitude), MR's coil inhomogeneity
 
 
 # What the planner decides when a field is left as None ("auto"); every one can be given instead.

@@ -307,9 +307,14 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
             f"the rarest class covers {100 * rare:.2f} % of the voxels: "
             + ("half the samples centred on foreground" if value == 0.5 else "a third centred on foreground (nnU-Net)"))
     if cfg.augmentation is None:
-        cfg.augmentation = AugmentationConfig(rot90=False)
-        plan.choose("augmentation", "flips, small rotations, zoom, elastic, intensity; no 90-degree rotations",
-                    "scans have a canonical orientation: a 90-degree turn shows anatomy no scanner makes")
+        ct = fp.modality == "CT"
+        cfg.augmentation = AugmentationConfig(rot90=False, gamma_probability=0.3, contrast_probability=0.15,
+                                              noise_probability=0.1, bias_probability=0.0 if ct else 0.3)
+        plan.choose("augmentation", "flips, small rotations, zoom, elastic; scale/shift, gamma, contrast, noise"
+                    + ("" if ct else ", bias field") + "; no 90-degree rotations",
+                    "scans have a canonical orientation (a 90-degree turn shows anatomy no scanner makes); scans from "
+                    "other scanners differ in gamma, contrast, noise" + ("" if ct else " and coil bias")
+                    + " (nnU-Net's probabilities)")
     if cfg.val_batch_size is None:
         cfg.val_batch_size = None  # the predictor's own default (the same batches as inference)
     return cfg, plan
