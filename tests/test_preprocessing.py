@@ -236,3 +236,24 @@ def test_shipped_presets_apply_to_the_real_scans_they_name(shared_data: Path, ct
     for name, volume in (("lgg_flair", load_volume(sample_scan_path())), ("brats", brats_case[0]), ("ct_liver", ct_case[0])):
         prepared = preprocess_volume(volume, presets[name].specs)
         assert prepared.array.dtype == np.float32 and np.isfinite(prepared.array).all(), name
+
+
+@pytest.mark.parametrize("path", ["lgg-flair/imagesTr/TCGA_DU_6404_19850629_0000.nii.gz",
+                                  "brats-like/TCGA-DU-7294/TCGA-DU-7294_fla_bet.nii.gz"])
+def test_auto_foreground_gives_the_same_input_for_a_rescaled_or_already_normalised_scan(shared_data: Path, path) -> None:
+    """A real FLAIR scan (LGG with its noisy background; BraTS-style skull-stripped with a zero
+    one), the same scan z-scored over all voxels (its background becomes a negative value) and
+    rescaled by 3 x + 100: the "auto" z-score gives one array for all three (to float precision),
+    where "nonzero" counts the shifted background as tissue."""
+    from cascadeseg.io import load_volume
+    from cascadeseg.preprocessing import apply_channel_preprocessing
+
+    scan = load_volume(shared_data / path).array[0].astype(np.float32)
+    zscored = (scan - scan.mean()) / scan.std()
+    rescaled = 3.0 * scan + 100.0
+    spec = {"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"}
+    reference = apply_channel_preprocessing(scan, spec)
+    for copy in (zscored, rescaled):
+        np.testing.assert_allclose(apply_channel_preprocessing(copy, spec), reference, atol=1e-4)
+    nonzero = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
+    assert np.abs(apply_channel_preprocessing(rescaled, nonzero) - reference).max() > 0.5

@@ -32,7 +32,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 """HU windows ``(low, high)``. Liver and abdomen as in the cascaded CT papers; brain and bone are
 the usual radiology presets written as ranges (brain W80/L40, bone W1500/L300)."""
 
-FOREGROUND_CHOICES = ("nonzero", "all")
+FOREGROUND_CHOICES = ("nonzero", "all", "auto")
 
 
 def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
@@ -70,6 +70,14 @@ def _foreground(array: np.ndarray, foreground: str | np.ndarray) -> np.ndarray |
         return None
     if foreground == "nonzero":
         return array != 0
+    if foreground == "auto":
+        # The head (or body): Otsu's threshold, largest component, holes filled. Otsu's threshold
+        # moves with the intensities, so the mask is the same for a x + b of a scan (a > 0): a
+        # background of 0, of -1.2 (a file already z-scored) or of b is left out alike, and a
+        # noisy background (LGG's 0-6 values around the head) does not weigh in the statistics.
+        from .masks import body_mask, otsu_threshold
+
+        return body_mask(array, threshold=otsu_threshold(array))
     raise ModelConfigError(f"foreground={foreground!r} is not known; expected one of {FOREGROUND_CHOICES} or a mask")
 
 
@@ -91,7 +99,10 @@ def mri_zscore(
     """Clip to the foreground's percentiles, then z-score with the foreground mean and std.
 
     ``foreground``: ``"nonzero"`` (default; skull-stripped BraTS-style data, zero background),
-    ``"all"``, or a boolean mask (e.g. :func:`cascadeseg.preprocessing.body_mask`). Voxels outside
+    ``"auto"`` (the head / body by Otsu's threshold, whatever the background's value: the result
+    is the same for ``a * x + b`` of a scan, ``a > 0``, so a file already z-scored or rescaled gives
+    the network the same input), ``"all"``, or a boolean mask (e.g.
+    :func:`cascadeseg.preprocessing.body_mask`). Voxels outside
     the foreground are set to 0, the normalised mean, as nnU-Net does, so padding carries no signal.
     """
     low_p, high_p = (float(p) for p in percentiles)

@@ -330,9 +330,10 @@ class Trainer:
                 specs.append({"type": "ct_window", "window": [round(float(low)), round(float(high))]})
             return self.plan.choose("preprocessing", specs, "CT: clip to the 0.5-99.5 percentiles of the labelled "
                                     "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]")
-        specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5]} for _ in range(n)]
-        return self.plan.choose("preprocessing", specs, "MR / unknown: z-score inside the non-zero region after "
-                                "clipping to its 0.5-99.5 percentiles")
+        specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"} for _ in range(n)]
+        return self.plan.choose("preprocessing", specs, "MR / unknown: z-score inside the head (Otsu's threshold, "
+                                "whatever the background's value: a file already normalised or rescaled gives the "
+                                "same input), after clipping to its 0.5-99.5 percentiles")
 
     def _build_data(self, raw: list[RawCase], fp: DatasetFingerprint, data_names: list[str]) -> None:
         cfg = self.cfg
