@@ -438,3 +438,24 @@ def test_count_windows_is_monais_number_of_windows(spatial, patch, overlap) -> N
     padded = tuple(max(s, p) for s, p in zip(spatial, patch))
     interval = _get_scan_interval(padded, patch, 3, (overlap,) * 3)
     assert count_windows(spatial, patch, overlap) == len(dense_patch_slices(padded, patch, interval))
+
+
+def test_wrong_input_gets_a_warning_before_running(shared_data: Path) -> None:
+    """The shipped FLAIR model warns (before running) for the real abdomen CT, the real T1
+    post-contrast DICOM series and a coronal slicing axis, and says nothing for an LGG FLAIR scan."""
+    from cascadeseg.io import load_volume
+
+    predictor = Predictor.from_checkpoint("lgg_flair_anu_net_2d", device="cpu")
+    flair = load_volume(shared_data / "lgg-flair" / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    assert predictor.input_warnings(flair) == []
+    ct = load_volume(shared_data / "totalseg" / "example_ct.nii.gz")
+    (warning,) = predictor.input_warnings(ct)
+    assert "looks like CT values" in warning and "trained on MR" in warning and "example_ct" in warning
+    t1c = load_volume(shared_data / "dicom" / "PGBM-001_19920402" / "T1post")
+    (warning,) = predictor.input_warnings(t1c)
+    assert "named 'T1post'" in warning and "expects 'FLAIR'" in warning
+    (warning,) = predictor.input_warnings(flair, axis=1)
+    assert "axial (z) slices" in warning and "coronal (y)" in warning and "use axis 0" in warning
+    # predict() returns them with its result too.
+    small = flair.with_array(flair.array[:, 20:22].copy())
+    assert predictor.predict(small, axis=1).warnings and not predictor.predict(small).warnings

@@ -113,6 +113,7 @@ class PredictionResult:
     unit: str = "slices"
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what about the scan does not fit the model
 
     @property
     def rate(self) -> float:
@@ -216,10 +217,18 @@ class Predictor:
         t2 = time.perf_counter()
         result = self._wrap(volume, maps, want)
         result.stats = stats
+        result.warnings = self.input_warnings(volume, mode, axis)
         result.depth, result.mode, result.axis, result.device = depth, mode, axis, str(self.device)
         result.items, result.unit = items, unit
         result.timings = {"preprocess": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0}
         return result
+
+    def input_warnings(self, volume: Volume, mode: str | None = None, axis: int | None = None) -> list[str]:
+        """What about ``volume`` does not fit this model (modality, channel names, slicing axis,
+        spacing): ask before running; :meth:`predict` also returns them with its result."""
+        from .input_check import input_warnings
+
+        return input_warnings(volume, self.card, mode, self.card.slice_axis if axis is None else axis)
 
     def prepare(self, volume: Volume, slice_axis: int | None) -> "PreparedScan":
         """The scan as this network sees it: the card's preprocessing on the scan's own grid, then

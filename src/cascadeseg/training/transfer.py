@@ -17,30 +17,13 @@ starting point for such data:
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import CheckpointError
 from ..inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints
-
-_ALIASES = {
-    "flair": "flair", "fla": "flair", "t2flair": "flair", "t2-flair": "flair",
-    "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c", "t1 post-contrast": "t1c", "t1-post": "t1c",
-    "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2", "ct": "ct",
-}
-
-
-def canonical_channel(name: str) -> str | None:
-    """A channel name reduced to a known modality key (``"FLAIR"``, ``"fla"`` -> ``"flair"``);
-    ``None`` for names that say nothing (``"0000"``, ``"channel0"``)."""
-    key = re.sub(r"[_\s]+", " ", str(name).strip().lower())
-    if key in _ALIASES:
-        return _ALIASES[key]
-    compact = key.replace(" ", "")
-    return _ALIASES.get(compact)
-
+from ..io.channels import canonical_channel
 
 def map_channels(card_names: Sequence[str], data_names: Sequence[str]) -> list[int | None]:
     """For each data channel, the index of the card channel it feeds (``None``: none).
