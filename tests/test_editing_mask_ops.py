@@ -200,3 +200,19 @@ def test_interpolate_along_another_axis_and_errors(one_tumour: np.ndarray) -> No
         interpolate_between_slices(labels, 0)
     with pytest.raises(VolumeError, match="3D"):
         keep_largest_component(labels[0])
+
+
+def test_distant_small_islands_go_near_or_large_ones_stay() -> None:
+    from cascadeseg.labelops import remove_distant_islands
+
+    labels = np.zeros((1, 40, 40), np.uint8)
+    labels[0, 10:20, 10:20] = 1  # main lesion, 100 voxels
+    labels[0, 10:12, 22:24] = 1  # satellite 2 voxels away: kept
+    labels[0, 35:37, 35:37] = 1  # small stray 15+ voxels away: dropped at 10 mm
+    labels[0, 30:38, 0:8] = 1  # a second lesion of 64 voxels (>= half the main): kept however far
+    out = remove_distant_islands(labels, (1.0, 1.0, 1.0), 10.0)
+    assert out[0, 35:37, 35:37].sum() == 0
+    assert out[0, 10:12, 22:24].all() and out[0, 30:38, 0:8].all() and out[0, 10:20, 10:20].all()
+    # Distances are in millimetres: with 0.2 mm pixels the stray is only ~3 mm away and stays.
+    assert remove_distant_islands(labels, (1.0, 0.2, 0.2), 10.0)[0, 35:37, 35:37].all()
+    assert labels[0, 35:37, 35:37].all()  # the input is untouched

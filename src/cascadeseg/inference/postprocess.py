@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..labelops import fill_holes, keep_largest_component
+from ..labelops import fill_holes, keep_largest_component, remove_distant_islands
 from ..errors import GeometryMismatchError, VolumeError
 
 
@@ -35,10 +35,12 @@ class PostProcessing:
     fill_holes: bool = False
     fill_holes_axis: int | None = None
     restrict_to_mask: bool = False
+    # Drop small islands farther than this (mm) from each label's main island (see labelops).
+    distant_islands_mm: float | None = None
 
     @property
     def any(self) -> bool:
-        return self.largest_component or self.fill_holes or self.restrict_to_mask
+        return self.largest_component or self.fill_holes or self.restrict_to_mask or self.distant_islands_mm is not None
 
 
 def apply_mask(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -51,8 +53,10 @@ def apply_mask(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return labels
 
 
-def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | None = None) -> np.ndarray:
-    """Run the chosen steps on a ``(Z, Y, X)`` label map; returns a new array (input untouched)."""
+def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | None = None,
+                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Run the chosen steps on a ``(Z, Y, X)`` label map; returns a new array (input untouched).
+    ``spacing`` (mm, the scan's) is needed by ``distant_islands_mm``."""
     out = labels
     if options.restrict_to_mask:
         if mask is None:
@@ -60,6 +64,10 @@ def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | 
         out = apply_mask(out.copy(), mask)
     if options.largest_component:
         out = keep_largest_component(out)
+    if options.distant_islands_mm is not None:
+        if spacing is None:
+            raise VolumeError("post-processing: distant_islands_mm needs the scan's spacing")
+        out = remove_distant_islands(out, spacing, options.distant_islands_mm)
     if options.fill_holes:
         out = fill_holes(out, slice_axis=options.fill_holes_axis)
     return out if out is not labels else labels.copy()
