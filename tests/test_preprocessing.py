@@ -257,3 +257,15 @@ def test_auto_foreground_gives_the_same_input_for_a_rescaled_or_already_normalis
         np.testing.assert_allclose(apply_channel_preprocessing(copy, spec), reference, atol=1e-4)
     nonzero = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
     assert np.abs(apply_channel_preprocessing(rescaled, nonzero) - reference).max() > 0.5
+
+
+def test_auto_foreground_keeps_a_crop_without_background(shared_data: Path) -> None:
+    """A hippocampus crop lies inside the brain: "auto" must not cut its darker tissue away."""
+    from cascadeseg.io import load_volume
+    from cascadeseg.preprocessing.intensity import _foreground
+
+    crop = load_volume(shared_data / "hippocampus" / "imagesTr" / "hippocampus_001_0000.nii.gz").array[0]
+    mask = _foreground(np.asarray(crop, dtype=np.float32), "auto")
+    assert mask is not None and mask.mean() > 0.97
+    lgg = load_volume(shared_data / "lgg-flair" / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz").array[0]
+    assert 0.2 < _foreground(lgg.astype(np.float32), "auto").mean() < 0.7  # the head, not the noisy air

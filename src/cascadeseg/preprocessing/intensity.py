@@ -33,6 +33,8 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 the usual radiology presets written as ranges (brain W80/L40, bone W1500/L300)."""
 
 FOREGROUND_CHOICES = ("nonzero", "all", "auto")
+# "auto": background is darker than this share of the 0.5-99.5 percentile range (MR air is a few %).
+AUTO_BACKGROUND_SHARE = 0.05
 
 
 def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
@@ -71,13 +73,18 @@ def _foreground(array: np.ndarray, foreground: str | np.ndarray) -> np.ndarray |
     if foreground == "nonzero":
         return array != 0
     if foreground == "auto":
-        # The head (or body): Otsu's threshold, largest component, holes filled. Otsu's threshold
-        # moves with the intensities, so the mask is the same for a x + b of a scan (a > 0): a
-        # background of 0, of -1.2 (a file already z-scored) or of b is left out alike, and a
-        # noisy background (LGG's 0-6 values around the head) does not weigh in the statistics.
-        from .masks import body_mask, otsu_threshold
+        # The head (or body): voxels brighter than 5 % of the robust intensity range, largest
+        # component, holes filled. The threshold moves with the intensities, so the mask is the
+        # same for a x + b of a scan (a > 0): a background of 0, of -1.2 (a file already z-scored)
+        # or of b is left out alike, a noisy background (LGG's 0-6 around a head of 40-200) does
+        # not weigh in the statistics, and a crop inside the brain (no background) keeps almost
+        # all of its voxels. (Otsu's threshold would split the tissue of a crop in two.)
+        from .masks import body_mask
 
-        return body_mask(array, threshold=otsu_threshold(array))
+        low, high = np.percentile(array, [0.5, 99.5])
+        if high <= low:
+            return None
+        return body_mask(array, threshold=float(low + AUTO_BACKGROUND_SHARE * (high - low)))
     raise ModelConfigError(f"foreground={foreground!r} is not known; expected one of {FOREGROUND_CHOICES} or a mask")
 
 
@@ -99,7 +106,7 @@ def mri_zscore(
     """Clip to the foreground's percentiles, then z-score with the foreground mean and std.
 
     ``foreground``: ``"nonzero"`` (default; skull-stripped BraTS-style data, zero background),
-    ``"auto"`` (the head / body by Otsu's threshold, whatever the background's value: the result
+    ``"auto"`` (the head / body, whatever the background's value: the result
     is the same for ``a * x + b`` of a scan, ``a > 0``, so a file already z-scored or rescaled gives
     the network the same input), ``"all"``, or a boolean mask (e.g.
     :func:`cascadeseg.preprocessing.body_mask`). Voxels outside

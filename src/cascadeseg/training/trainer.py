@@ -331,8 +331,8 @@ class Trainer:
             return self.plan.choose("preprocessing", specs, "CT: clip to the 0.5-99.5 percentiles of the labelled "
                                     "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]")
         specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"} for _ in range(n)]
-        return self.plan.choose("preprocessing", specs, "MR / unknown: z-score inside the head (Otsu's threshold, "
-                                "whatever the background's value: a file already normalised or rescaled gives the "
+        return self.plan.choose("preprocessing", specs, "MR / unknown: z-score inside the head (brighter than "
+                                "5 % of the intensity range, whatever the background's value: a file already normalised or rescaled gives the "
                                 "same input), after clipping to its 0.5-99.5 percentiles")
 
     def _build_data(self, raw: list[RawCase], fp: DatasetFingerprint, data_names: list[str]) -> None:
