@@ -43,3 +43,17 @@ class OutputExistsError(CascadeSegError):
 
 class CancelledError(CascadeSegError):
     """Raised inside long work when the user cancelled it; callers treat it as a clean stop."""
+
+
+class OutputIsInputError(OutputExistsError):
+    """An output path is, or would replace, one of the inputs: refused whatever the flags say
+    (``overwrite`` is consent to replace earlier outputs, never the data being read)."""
+
+
+class InsufficientMemoryError(CascadeSegError):
+    """A file or a computation needs more memory than this machine has available; refused before
+    anything large is allocated."""
+
+
+class RunFolderBusyError(OutputExistsError):
+    """Another live process holds the run folder (a second training or resume into it)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, InputFileError, OutputExistsError
-from .atomic import write_text_atomic
+from .._atomic import write_text
 from .main import command_parser
 from .markdown import markdown_table
 
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         per_case[case_id] = evaluate_case(pred.array, ref.array, ref.spacing, classes=classes,
                                           regions=regions, surface=not args.no_hd95)
     summary = aggregate_cases(per_case.values())
-    write_text_atomic(csv_path, _csv_text(per_case))
+    write_text(csv_path, _csv_text(per_case))
     report = {"cases": len(per_case), "summary": _strict_json(summary), "unmatched_labels": unmatched}
-    write_text_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     print(format_summary(summary))
     if unmatched:
         print(f"note: {len(unmatched)} reference(s) without a prediction were not scored: "

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import ModelConfigError
 from ..training.config import TrainConfig
+from ..training.run_folder import check_resumable
 
 _DEFAULTS = TrainConfig()
 
@@ -53,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: max label + 1)")
     g.add_argument("--class-names", nargs="+", default=None, help="one name per class, background first")
     g.add_argument("--channel-names", nargs="+", default=None, help="one name per input channel (default: from the data)")
-    g.add_argument("--init-checkpoint", default=None, help="fine-tune: start from this checkpoint's weights (a patient split must not validate on the checkpoint's training patients: keep its --seed / --val-fraction)")
+    g.add_argument("--init-checkpoint", default=None, help="fine-tune: start from this checkpoint's weights (a folder, or the name of a shipped / user model; a patient split must not validate on the checkpoint's training patients: keep its --seed / --val-fraction)")
     g = parser.add_argument_group("loss and optimiser")
     g.add_argument("--loss", default=None, help="loss name (default: the model's paper loss; fine-tuning: the loss the --init-checkpoint was trained with)")
     g.add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE", help="loss option, VALUE as JSON (repeatable)")
@@ -165,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         if args.run_dir is None:
             raise ModelConfigError("--resume needs --run-dir (the folder of the run to continue)")
+        check_resumable(args.run_dir)
         config = TrainConfig.load(args.run_dir)
         config.resume = True
         config.run_dir = str(args.run_dir)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import CascadeSegError, DatasetError, ModelConfigError
-from ..inference.checkpoint import ModelCard, load_checkpoint, read_card
+from ..inference.checkpoint import ModelCard, load_checkpoint, load_weights, read_card
 from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
 from ..models import OutputRequest, SegmentationOutput, create_model
 from .augmentation import augment_batch
@@ -44,9 +44,9 @@ from .datasets import LoadedData, TrainingCase, case_sources, load_cases
 from .distributed import (
     DistContext, all_max, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
 )
-from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
+from .run_folder import CsvLog, LOG_FILE, claim_run_folder, find_checkpoint, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length, resolve_patch_size
-from .split import Split, check_validation_unseen, patient_id, split_by_patient, split_by_slice_blocks
+from .split import Split, check_validation_unseen, patient_groups, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
 
@@ -107,7 +107,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg = self.config
         if self.ctx.is_main:
-            prepare_run_dir(self.run_dir, cfg.resume)
+            self.claim = claim_run_folder(self.run_dir, cfg.resume)
         barrier(self.ctx)
         init_card = read_card(cfg.init_checkpoint) if cfg.init_checkpoint else None
         if init_card is not None:
@@ -177,14 +177,15 @@ class _Trainer:
         if cfg.resume:
             return Split.load(self.run_dir)
         ids = [c.case_id for c in self.data.cases]
-        if len({patient_id(i) for i in ids}) >= 2:
-            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases)
+        groups = patient_groups(cfg.data)
+        if len({patient_id(i, groups) for i in ids}) >= 2:
+            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
             # Cards are files from anywhere (older versions, hand-written, other tools): only a
             # recorded list of training cases is checked, anything else means "unknown".
             data = init_card.training.get("data") if init_card is not None else None
             seen = data.get("train_cases") if isinstance(data, dict) else None
             if isinstance(seen, list):
-                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'")
+                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'", groups)
             return split
         # One patient (the GUI's usual case): blocks of slices along the slicing axis.
         merged = Split(kind="slice_blocks", seed=cfg.seed, gap=cfg.slice_gap)
@@ -290,10 +291,8 @@ class _Trainer:
         folder = find_checkpoint(self.run_dir, "last")
         if folder is None:
             return  # killed before the first checkpoint: start from scratch with the same split
-        from safetensors.torch import load_file
-
         state = read_training_state(folder)
-        saved = load_file(str(folder / "model.safetensors"))
+        saved = load_weights(folder)  # checksum verified
         if self.ema is not None:
             # model.safetensors holds the average; the raw weights ride in the training state.
             self.ema.module.load_state_dict(saved, strict=True)
@@ -685,7 +684,9 @@ class _Trainer:
         )
 
     def release(self) -> None:
-        """Drop the model, optimiser and cached batches so GPU memory is returned."""
+        """Drop the model, optimiser and cached batches so GPU memory is returned; let go of the run folder."""
+        if getattr(self, "claim", None) is not None:
+            self.claim.release()
         for name in ("model", "ema", "optimizer", "loader", "dataset", "loss_fn", "scaler"):
             if hasattr(self, name):
                 delattr(self, name)
