@@ -455,7 +455,7 @@ def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str],
     target = Path(folder).expanduser()
     if target.exists() and not overwrite:
         raise OutputExistsError(
-            f"{target}: checkpoint folder already exists (pass overwrite=True to replace it, or choose another name)"
+            f"{target}: checkpoint folder already exists; choose another name (or pass overwrite=True to replace it)"
         )
     card.validate(source=f"card for {target}")
     _check_card_fits_model(card, model, target)

@@ -41,6 +41,7 @@ from ..io.volume import Volume
 from ..models.output import OutputRequest, SegmentationOutput
 from .batchnorm_folding import fold_batch_norms
 from .checkpoint import ModelCard
+from .footprint import check_prediction_fits
 from .device import (
     DeviceError,
     inference_context,
@@ -202,7 +203,11 @@ class Predictor:
             raise ModelConfigError(f"overlap must be in [0, 1), got {overlap}")
         depth = self.resolve_depth(depth)
         self._check_volume(volume)
-        image = self._preprocess(volume)
+        check_prediction_fits(self, volume, mode, axis, want, patch_size, overlap)  # before allocating
+        try:
+            image = self._preprocess(volume)
+        except VolumeError as exc:  # e.g. a constant scan: say which one
+            raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
         working = self._working_grid(volume, image, axis if mode == "2d" else None)
         zoom = None
         if working is not None:

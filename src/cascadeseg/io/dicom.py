@@ -107,7 +107,7 @@ def _pick_series(path: Path, series_uid: str | None) -> DicomSeries:
         listing = "; ".join(s.summary() for s in series)
         raise InputFileError(
             f"{folder}: holds {len(series)} DICOM series, expected one; "
-            f"pass series_uid= to pick one of: {listing}"
+            f"pick one with series_uid= (--series-uid UID on the command line): {listing}"
         )
     return series[0]
 

@@ -87,6 +87,17 @@ def check_itk_size(reader: sitk.ImageFileReader, path: Path, slices: int = 1) ->
                per_voxel=2 * data / max(voxels, 1))
 
 
+def check_itk_file_size(path: Path) -> None:
+    """The size check of :func:`read_itk_file` from the header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputFileError(f"{path}: cannot be read as {path.suffix} image ({str(exc).strip().splitlines()[-1]})") from exc
+    check_itk_size(reader, path)
+
+
 def read_itk_file(path: Path) -> Volume:
     """Read a MetaImage or NRRD file (scalar or vector, 2D-4D) in its own orientation."""
     reader = sitk.ImageFileReader()

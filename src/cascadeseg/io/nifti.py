@@ -105,6 +105,17 @@ def _check_header_size(header: nib.Nifti1Header, path: Path, compressed: bool) -
             )
 
 
+def check_nifti_size(path: Path) -> None:
+    """The size checks of :func:`read_nifti` from the header alone (nothing else is read)."""
+    try:
+        head, compressed = _read_head(path)
+        _check_header_size(_parse_header(head, path), path, compressed)
+    except CascadeSegError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, HeaderDataError) as exc:
+        raise InputFileError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
+
+
 def _load_checked(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     """nibabel image whose bytes are verified, read only after its header's size was checked.
 

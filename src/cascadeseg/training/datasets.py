@@ -234,7 +234,10 @@ def preprocess(array: np.ndarray, specs: Sequence[dict[str, Any]], case_id: str)
         )
     out = np.empty(array.shape, dtype=np.float32)
     for c, spec in enumerate(specs):
-        out[c] = apply_channel_preprocessing(array[c], spec)
+        try:
+            out[c] = apply_channel_preprocessing(array[c], spec)
+        except VolumeError as exc:  # e.g. a constant image: say which case
+            raise VolumeError(f"case '{case_id}': {exc}") from exc
     return out
 
 
