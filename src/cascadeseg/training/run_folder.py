@@ -96,11 +96,11 @@ def check_resumable(run_dir: Path) -> None:
         return
     if _only_start_files(run_dir) and any((run_dir / name).exists() for name in _START_FILES + _CLAIM_FILES):
         has = _listing(run_dir)
+        written = f"only {has} was written" if has != "nothing" else f"neither {CONFIG_FILE} nor {SPLIT_FILE} was written"
         raise DatasetError(
-            f"run folder '{run_dir}' holds a run that was stopped before it started (it has "
-            f"{'only ' + has if has != 'nothing' else 'no files'}, not both {CONFIG_FILE} and {SPLIT_FILE}): no "
-            f"epoch was trained, so there is nothing to resume; start it again with the same command without "
-            f"--resume (the folder is reused)"
+            f"run folder '{run_dir}' holds a run that was stopped before it started ({written}): no epoch was "
+            f"trained, so there is nothing to resume; start it again with the same command without --resume "
+            f"(the folder is reused)"
         )
     raise DatasetError(
         f"run folder '{run_dir}' cannot be resumed: it has no {CONFIG_FILE} and {SPLIT_FILE} "
