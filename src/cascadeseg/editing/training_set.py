@@ -21,11 +21,12 @@ Safety, because this folder holds hours of a user's annotation work:
 * An existing case is never replaced silently: a new version ``<case>_v2`` (``_v3``, ...) is
   written instead, unless ``overwrite=True``. The files of the scan being added are never
   replaced, ``overwrite`` or not (a set folder chosen inside the scan's own dataset).
-* Every file of a case is first written completely into a staging folder inside the set (same
-  file system), then moved into place with ``os.replace`` (atomic). A journal in the staging
-  folder lists the moves; if the process dies half-way, the next :class:`TrainingSet` opened on
-  the folder rolls the half-moved case back, so the folder holds the old case or the new one,
-  never a torn file or a case with channels from two writes.
+* Every file of a case, and the ``dataset.json`` that lists it, is first written completely into a
+  staging folder inside the set (same file system), then moved into place with ``os.replace``
+  (atomic). A journal in the staging folder lists the moves; if the process dies half-way, the
+  next :class:`TrainingSet` opened on the folder rolls the half-moved case back, so the folder
+  holds the old case or the new one, never a torn file, a case with channels from two writes, or
+  a case that ``dataset.json`` does not list.
 * A read-only folder or a disk without room fails up front (or mid-write, cleaned up) with a
   :class:`~cascadeseg.errors.DatasetError` that names the folder.
 """
@@ -308,15 +309,14 @@ class TrainingSet:
             patient = recorded.get(requested) or patient_id(requested)
         else:
             patient = patient or image.meta.get("patient_id") or recorded.get(final_id) or patient_id(requested)
+        slices = _count_annotated_slices(label_array)
+        new_meta = self._new_metadata(image, label_array, final_id, slices, label_names, str(patient))
         try:
             self.images_dir.mkdir(parents=True, exist_ok=True)
             self.labels_dir.mkdir(parents=True, exist_ok=True)
-            self._write_case(image, label_array, image_paths, label_path)
+            self._write_case(image, label_array, image_paths, label_path, new_meta)
         except OSError as exc:
             raise _disk_error(self.folder, exc, f"write case '{final_id}'") from exc
-
-        slices = _count_annotated_slices(label_array)
-        self._update_metadata(image, label_array, final_id, slices, label_names, str(patient))
         return AddedCase(
             case_id=final_id,
             image_paths=tuple(image_paths),
@@ -381,8 +381,12 @@ class TrainingSet:
         return f"{requested}_v{version}"
 
     def _write_case(
-        self, image: Volume, label_array: np.ndarray, image_paths: list[Path], label_path: Path
+        self, image: Volume, label_array: np.ndarray, image_paths: list[Path], label_path: Path,
+        meta: dict[str, Any],
     ) -> None:
+        """Stage every file of the case and the new ``dataset.json``, then move them in as one
+        journaled commit: a kill leaves the old set or the new one, never a case that
+        ``dataset.json`` does not know."""
         from ..io import save_labels, save_volume
 
         staging = self.folder / f"{_STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -398,7 +402,10 @@ class TrainingSet:
                 moves.append((staged, final))
             staged_label = staging / f"label-{label_path.name}"
             save_labels(label_array, image, staged_label)
-            moves.append((staged_label, label_path))  # the label last: it marks the case complete
+            moves.append((staged_label, label_path))  # the label marks the case complete
+            staged_json = staging / DATASET_JSON
+            write_json(staged_json, meta)
+            moves.append((staged_json, self.dataset_json))
             _commit_moves(staging, moves)
         except BaseException:
             _roll_back(staging)
@@ -406,7 +413,7 @@ class TrainingSet:
             raise
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _update_metadata(
+    def _new_metadata(
         self,
         image: Volume,
         label_array: np.ndarray,
@@ -414,7 +421,8 @@ class TrainingSet:
         slices: int,
         label_names: Mapping[int, str] | None,
         patient: str,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """``dataset.json`` as it must read once the case is in."""
         meta = self.metadata()
         meta.setdefault("name", self.name)
         if not meta.get("channel_names"):
@@ -436,11 +444,8 @@ class TrainingSet:
         block = meta.setdefault(_CACHE_KEY, {})
         block.setdefault("annotated_slices", {})[case_id] = int(slices)
         block.setdefault(PATIENTS_KEY, {})[case_id] = patient
-        meta["numTraining"] = len(self.case_ids()[0])
-        try:
-            write_json(self.dataset_json, meta)
-        except OSError as exc:
-            raise _disk_error(self.folder, exc, "update dataset.json") from exc
+        meta["numTraining"] = len(set(self.case_ids()[0]) | {case_id})
+        return meta
 
     # -- recovery ------------------------------------------------------------------------------
     def _recover_interrupted_writes(self) -> None:

@@ -30,6 +30,7 @@ import getpass
 import json
 import logging
 import os
+import pickle
 import socket
 import sys
 import time
@@ -233,7 +234,13 @@ def read_training_state(folder: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any read/format failure means this state cannot be trusted
-        raise CheckpointError(f"{path}: cannot read the training state to resume ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError):
+            first = f"it holds Python objects other than tensors and numbers, which are never unpickled: {first}"
+        raise CheckpointError(
+            f"{path}: cannot read the training state to resume ({first}); expected the file `cascadeseg train` "
+            f"wrote: resume from an intact run folder or start a new run"
+        ) from exc
 
 
 class CsvLog:
