@@ -18,7 +18,7 @@ import torch
 from cascadeseg import _atomic
 from cascadeseg.cli.main import main
 from cascadeseg.errors import (
-    CheckpointError, DatasetError, InsufficientMemoryError, OutputIsInputError, VolumeError,
+    CheckpointError, DatasetError, InsufficientMemoryError, OutputIsInputError, OutputWriteError,
 )
 from cascadeseg.inference import ModelCard, Predictor, load_checkpoint, save_checkpoint
 from cascadeseg.inference.checkpoint import CARD_FILE, WEIGHTS_FILE, verify_checkpoint
@@ -297,6 +297,8 @@ def test_long_case_id_is_refused_and_ids_are_kept_as_given(shared_data: Path, tm
         training_set.add_case(image, labels, "x" * 300)
     ids = [training_set.add_case(image, labels, name).case_id for name in ("patient_0001", "patient_0002", "my scan (2)")]
     assert ids == ["patient_0001", "patient_0002", "my_scan_2"]
+    with pytest.raises(OutputWriteError, match="the file name is 307 bytes long; file systems allow 255"):
+        save_labels(labels, image, tmp_path / f"{'x' * 300}.nii.gz")
 
 
 def test_init_checkpoint_accepts_a_shipped_model_name() -> None:

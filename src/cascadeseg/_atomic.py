@@ -12,6 +12,10 @@ file or the new one, never half of one. One fsync policy for everything:
 * a **staged folder** (a checkpoint, a run's ``last/``) has each of its files and itself fsynced
   before it is renamed into place, then its parent folder.
 
+Cost, measured on this project's 2-core VM disk: a label map's save went from 8 to 16-20 ms and a
+checkpoint's from 25 to 60 ms with the fsyncs; nothing next to the seconds of a prediction or an
+epoch, and the price of a file that is still there after a power cut.
+
 Names. Temporaries are ``.cascadeseg-tmp-<pid>-<random>-<hint>`` (files and folders alike); a swap
 keeps the replaced folder as ``.<name>.old`` until the new one is in place. Because the writer's
 process id is in the name, :func:`clean_leftovers` can tell the debris of a killed writer from the

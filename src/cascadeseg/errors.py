@@ -45,6 +45,11 @@ class CancelledError(CascadeSegError):
     """Raised inside long work when the user cancelled it; callers treat it as a clean stop."""
 
 
+class OutputWriteError(CascadeSegError):
+    """An output cannot be written where the user asked: a read-only folder, a full disk, a name
+    longer than the file system allows."""
+
+
 class OutputIsInputError(OutputExistsError):
     """An output path is, or would replace, one of the inputs: refused whatever the flags say
     (``overwrite`` is consent to replace earlier outputs, never the data being read)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -88,6 +89,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascadeseg`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _show_engine_notes()
     try:
         parser = build_parser(_chosen_command(argv))
         args = parser.parse_args(argv)
@@ -101,6 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+class _NoteHandler(logging.StreamHandler):
+    """Prints to whatever ``sys.stderr`` is when a note is written (tests swap it)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)  # type: ignore[assignment]
+
+
+def _show_engine_notes() -> None:
+    """The engine reports what it did on the user's behalf (leftovers of a killed run removed, a
+    stale run folder taken over) as warnings on the ``cascadeseg`` logger: print them as notes."""
+    logger = logging.getLogger("cascadeseg")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        handler = _NoteHandler()
+        handler.setFormatter(logging.Formatter(f"{PROG}: note: %(message)s"))
+        logger.addHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m cascadeseg.cli.main`

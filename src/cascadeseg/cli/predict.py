@@ -182,7 +182,10 @@ def check_outputs_spare_inputs(inputs: list[Path], cases: list[PredictCase], out
                                outputs: list[Path]) -> None:
     """Refuse, before any work, outputs that are inputs (see the module docstring)."""
     from ..io.protect import refuse_dataset_folder, refuse_input_overwrite, same_file
+    from ..io.writer import check_file_name
 
+    for output in outputs:
+        check_file_name(output)
     refuse_dataset_folder(out_dir, option="--output folder")
     for given in inputs:
         given = Path(given).expanduser()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cascadeseg._atomic import commit_file, staging_folder
-from cascadeseg.errors import GeometryMismatchError, InputFileError, OutputExistsError, VolumeError
+from cascadeseg.errors import GeometryMismatchError, InputFileError, OutputExistsError, OutputWriteError, VolumeError
 from cascadeseg.io.checks import as_label_array, check_same_grid
 from cascadeseg.io.itk_files import ITK_SUFFIXES, write_itk_file
 from cascadeseg.io.msd_layout import split_suffix
@@ -26,6 +26,7 @@ from cascadeseg.io.reader import PathLike
 from cascadeseg.io.volume import Volume
 
 WRITABLE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+_MAX_NAME_BYTES = 255  # ext4, XFS, APFS, NTFS (in UTF-16 units there, close enough)
 
 
 def _writable_array(array: np.ndarray, path: Path) -> np.ndarray:
@@ -43,8 +44,20 @@ def _writable_array(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
+def check_file_name(path: Path) -> Path:
+    """Refuse a file name longer than file systems allow (else a raw ``OSError`` comes from deep
+    inside a write, or from ``Path.exists``)."""
+    size = len(path.name.encode("utf-8"))
+    if size > _MAX_NAME_BYTES:
+        raise OutputWriteError(
+            f"{path.parent / path.name[:40]}...: the file name is {size} bytes long; file systems allow "
+            f"{_MAX_NAME_BYTES}: choose a shorter name"
+        )
+    return path
+
+
 def _write(volume: Volume, path: PathLike, overwrite: bool, protect: tuple[Path, ...] = ()) -> Path:
-    target = Path(path).expanduser()
+    target = check_file_name(Path(path).expanduser())
     suffix = split_suffix(target)[1].lower()
     if suffix not in WRITABLE_SUFFIXES:
         raise InputFileError(f"{target}: cannot write this file type; expected one of {', '.join(WRITABLE_SUFFIXES)}")
@@ -55,6 +68,15 @@ def _write(volume: Volume, path: PathLike, overwrite: bool, protect: tuple[Path,
         )
     if target.is_dir():
         raise OutputExistsError(f"{target}: is a folder; expected a file name")
+    try:
+        return _write_file(volume, target, suffix)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"{target}: cannot be written ({exc.strerror or exc}); expected a writable folder with free space"
+        ) from exc
+
+
+def _write_file(volume: Volume, target: Path, suffix: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
 
     source_orientation = volume.meta.get("source_orientation", CANONICAL_ORIENTATION)
