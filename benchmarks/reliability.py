@@ -46,7 +46,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 from dataclasses import dataclass, field

@@ -8,7 +8,10 @@ accumulator per output map over the padded working grid. :func:`prediction_footp
 up as a lower bound (activations count two full-resolution feature maps of the first level only),
 so a refusal is certain to be right: a card asking for a 10^-3 mm grid or a 10^5-voxel patch is
 refused in milliseconds, naming the checkpoint and the scan, instead of dying in SimpleITK or the
-OOM killer after minutes.
+OOM killer after minutes. Measured against the real peak (growth of the process's peak resident
+memory over one prediction): 79 MiB estimated for 187 MiB used by a 58-slice LGG scan in 2D with
+probabilities and every depth (shipped ANU-Net), 102 MiB for 370 MiB by a 3D U-Net on a 112 x 101
+x 122 CT with probabilities.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ from ..io.volume import Volume
 from ..models.output import OutputRequest, SegmentationOutput
 from .batchnorm_folding import fold_batch_norms
 from .checkpoint import ModelCard
-from .footprint import check_prediction_fits
 from .device import (
     DeviceError,
     inference_context,
@@ -50,6 +49,7 @@ from .device import (
     release_cached_memory,
     resolve_device,
 )
+from .footprint import check_prediction_fits
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
 DEFAULT_PATCH_3D = (128, 128, 128)
