@@ -579,6 +579,17 @@ def replace(src, dst):
         die()  # the backup .name.old is still there
     return result
 os.replace = replace
+import torch
+real_save = torch.save
+saves = {{"n": 0}}
+def save(obj, handle, *args, **kwargs):
+    # the training state goes into <run>/<staging>/<name>/: killed there, the swap has not begun
+    if point == "while staging" and Path(getattr(handle, "name", handle)).parent.name == name:
+        saves["n"] += 1
+        if saves["n"] == nth:
+            die()
+    return real_save(obj, handle, *args, **kwargs)
+torch.save = save
 trainer.train(config)
 """
 
@@ -589,8 +600,12 @@ def swap_kills(work: Path, rng: random.Random, count: int) -> Section:
     section = Section("kills inside checkpoint swaps")
     data = small_dataset(work / "swap-ds", CASES[:3], slices=6)
     points = ["before the first rename", "before the second rename", "after the second rename"]
-    combos = [(name, nth, point) for name in ("last", "best") for nth in (2, 3) for point in points][:count]
-    epochs = 4
+    # best/ is rewritten only when the Dice improves: its first write (no old one to move away) is
+    # the one every run has
+    combos = [("last", nth, point) for nth in (2, 3, 4) for point in points]
+    combos += [("best", 1, "before the second rename"), ("best", 1, "while staging"), ("last", 3, "while staging")]
+    combos = combos[:count]
+    epochs = 5
     for index, (name, nth, point) in enumerate(combos, 1):
         run = work / f"swap-run-{index}"
         config = TrainConfig(data=str(data), run_dir=str(run), model="unet", dims=2,
@@ -737,6 +752,11 @@ def orientation_round_trip(work: Path) -> Section:
 # -- report ----------------------------------------------------------------------------------------
 
 def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
+    text = _markdown(sections, meta)
+    return text.replace(meta["work"].rstrip("/") + "/", "<work>/") if meta.get("work") else text
+
+
+def _markdown(sections: list[Section], meta: dict[str, Any]) -> str:
     lines = [
         "# Reliability benchmark",
         "",
@@ -750,7 +770,7 @@ def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
     ]
     for s in sections:
         lines.append(f"| {s.name} | {s.passed()} | {len(s.rows)} | {s.seconds:.0f} |")
-    bad = next(s for s in sections if s.name == "bad inputs")
+    bad = next((s for s in sections if s.name == "bad inputs"), Section("bad inputs"))
     entries = sorted({r["entry"] for r in bad.rows})
     lines += ["", f"Bad inputs: {len(bad.rows)} probes over {len(entries)} entry points ({', '.join(entries)}); "
               f"outcomes: " + ", ".join(f"{o} {sum(1 for r in bad.rows if r['outcome'] == o)}"
@@ -777,12 +797,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "reliability.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SECTION",
+                        choices=("inputs", "pickle", "sizes", "train-kills", "swap-kills", "predict-kills", "set-kills",
+                                 "memory", "orientation"),
+                        help="run only these sections (to iterate on one; the docs table comes from a full run)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(2)
-    from cascadeseg._atomic import write_json, write_text
+    from cascadeseg._atomic import write_text
 
     rng = random.Random(args.seed)
     kills = (5, 4, 4, 6, 20) if args.quick else (20, 12, 12, 20, 100)
@@ -792,10 +816,16 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         os.environ["CASCADESEG_HOME"] = str(work / "home")  # the user's own home is never touched
-        for run in (lambda: bad_inputs(work), lambda: hostile_training_state(work), lambda: size_refusals(work),
-                    lambda: train_kills(work, kills[0], rng, budget=900), lambda: swap_kills(work, rng, kills[1]),
-                    lambda: predict_kills(work, kills[2], rng), lambda: training_set_kills(work, kills[3], rng),
-                    lambda: memory_check(kills[4]), lambda: orientation_round_trip(work)):
+        chosen = {
+            "inputs": lambda: bad_inputs(work), "pickle": lambda: hostile_training_state(work),
+            "sizes": lambda: size_refusals(work), "train-kills": lambda: train_kills(work, kills[0], rng, budget=900),
+            "swap-kills": lambda: swap_kills(work, rng, kills[1]), "predict-kills": lambda: predict_kills(work, kills[2], rng),
+            "set-kills": lambda: training_set_kills(work, kills[3], rng), "memory": lambda: memory_check(kills[4]),
+            "orientation": lambda: orientation_round_trip(work),
+        }
+        if args.only:
+            chosen = {k: v for k, v in chosen.items() if k in args.only or (k == "inputs" and "sizes" in args.only)}
+        for run in chosen.values():
             start = time.perf_counter()
             section = run()
             section.seconds = time.perf_counter() - start
@@ -805,11 +835,13 @@ def main(argv: list[str] | None = None) -> int:
             for row in section.rows:
                 if not row["ok"]:
                     print(f"  FAILED: {row}", flush=True)
-    meta = {"quick": args.quick, "seed": args.seed, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"), "minutes": (time.perf_counter() - t0) / 60}
+    meta = {"quick": args.quick, "seed": args.seed, "work": str(args.work or scratch),
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+            "date": time.strftime("%Y-%m-%d"), "minutes": (time.perf_counter() - t0) / 60}
     write_text(args.out, markdown(sections, meta))
-    write_json(args.json, {"meta": meta, "sections": [{"name": s.name, "seconds": s.seconds, "rows": s.rows}
-                                                      for s in sections]}, default=str)
+    figures = json.dumps({"meta": meta, "sections": [{"name": s.name, "seconds": s.seconds, "rows": s.rows}
+                                                     for s in sections]}, indent=1, default=str)
+    write_text(args.json, figures.replace(meta["work"].rstrip("/") + "/", "<work>/") + "\n")
     print(markdown(sections, meta).split("\n\n")[2])
     return 0 if all(s.passed() == len(s.rows) for s in sections) else 1
 
