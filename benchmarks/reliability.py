@@ -405,6 +405,7 @@ def bad_inputs(work: Path) -> Section:
     for entry, what, probe, inputs in probes:
         before = {k: v for p in inputs for k, v in sha(p).items()}
         outcome, message = probe()
+        message = message.replace(str(work), "<work>")
         unchanged = before == {k: v for p in inputs for k, v in sha(p).items()}
         section.rows.append({"entry": entry, "probe": what, "outcome": outcome, "inputs unchanged": unchanged,
                              "message": message, "ok": outcome == "refused" and unchanged})
@@ -753,7 +754,7 @@ def orientation_round_trip(work: Path) -> Section:
 
 def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
     text = _markdown(sections, meta)
-    return text.replace(meta["work"].rstrip("/") + "/", "<work>/") if meta.get("work") else text
+    return text.replace(meta["work"].rstrip("/"), "<work>") if meta.get("work") else text
 
 
 def _markdown(sections: list[Section], meta: dict[str, Any]) -> str:
@@ -841,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(args.out, markdown(sections, meta))
     figures = json.dumps({"meta": meta, "sections": [{"name": s.name, "seconds": s.seconds, "rows": s.rows}
                                                      for s in sections]}, indent=1, default=str)
-    write_text(args.json, figures.replace(meta["work"].rstrip("/") + "/", "<work>/") + "\n")
+    write_text(args.json, figures.replace(meta["work"].rstrip("/"), "<work>") + "\n")
     print(markdown(sections, meta).split("\n\n")[2])
     return 0 if all(s.passed() == len(s.rows) for s in sections) else 1
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cascadeseg._atomic import clean_leftovers
 from cascadeseg.errors import OutputIsInputError, VolumeError
 from cascadeseg.io.protect import input_files, same_file
 
@@ -52,6 +53,7 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         raise OutputIsInputError(
             f"{target}: refusing to write labels '{name}' over the scan they were drawn on; choose another file name"
         )
+    clean_leftovers(target.parent)  # what a save killed in this folder left (said in the log)
     written = save_labels(labels, reference, target, overwrite=True)
     if source:
         _clear_recovery(str(source), name)

@@ -48,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._atomic import write_text
+    from .._atomic import clean_leftovers, write_text
     from ..io import load_labels
     from ..metrics import BRATS_REGIONS, aggregate_cases, evaluate_case
 
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     for path in (csv_path, json_path):
         if path.exists() and not args.overwrite:
             raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
+    clean_leftovers(csv_path.parent)  # an earlier, killed run's temporaries (said on the way)
     regions = BRATS_REGIONS if args.regions == "brats" else None
     classes = args.classes
     per_case: dict[str, dict[str, dict[str, float]]] = {}

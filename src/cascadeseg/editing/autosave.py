@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import open_atomic
+from .._atomic import clean_leftovers, open_atomic
 from .._home import home_dir
 from ..errors import InputFileError, VolumeError
 
@@ -67,6 +67,7 @@ class RecoveryStore:
 
     def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
         self.folder = Path(folder) if folder is not None else recovery_dir()
+        clean_leftovers(self.folder)  # a recovery write a crash cut short (the old file is intact)
 
     def path_for(self, source: str | os.PathLike[str]) -> Path:
         stem = Path(source).name.split(".")[0][:40] or "scan"
