@@ -58,7 +58,7 @@ def _row(name: str, minutes: float, run: Path, wall: float, code: int) -> dict:
     result = json.loads((run / "result.json").read_text())
     dice = [float(v) for k, v in last.items() if k.startswith("dice_depth") and v not in ("", None)]
     row.update({
-        "dims": choices.get("dims"), "model": choices.get("model"), "init": Path(choices["init_checkpoint"]).name
+        "dims": choices.get("dims"), "model": choices.get("model"), "init": str(choices["init_checkpoint"])
         if choices.get("init_checkpoint") else "", "target_spacing": choices.get("target_spacing"),
         "patch": choices.get("patch_size"), "batch": choices.get("batch_size"), "classes": len(choices.get("class_values", [])),
         "steps": int(last["step"]), "steps_per_s": round(int(last["step"]) / wall, 2),

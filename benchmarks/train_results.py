@@ -26,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cascadeseg._atomic import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["unet", "cascaded_unet", "inner_cascaded_unet", "unet_plus_plus", "anu_net", "unet_sharp"]
 SAMPLE_CASE = "TCGA_DU_6404_19850629"
@@ -223,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only is not None:
         results = json.loads(args.json.read_text())
         text = markdown(results, args, args.render_only * 60)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
+        write_text(args.out, text)
         print(text)
         return 0
     t0 = time.perf_counter()
@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         r.setdefault("wall_seconds", wall)
         r.setdefault("load_average", {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]})
     for path, text in ((args.json, json.dumps(results, indent=1, default=str) + "\n"), (args.out, markdown(results, args, wall))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     print(markdown(results, args, wall))
     return 0
 

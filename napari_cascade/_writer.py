@@ -6,8 +6,10 @@ scale / translate / rotate. The engine's :func:`cascadeseg.io.save_labels` does 
 (smallest integer type, the source file's orientation, atomic temp-file + ``os.replace``).
 
 Overwriting: napari's Save dialog asks before it passes an existing path, so an existing target
-is replaced (atomically). The one file never replaced is the scan the labels were drawn on:
-saving a mask over its own image is always a slip.
+is replaced (atomically). The files never replaced are those of the scan the labels were drawn on
+(every channel file of its case, through links and letter case): saving a mask over its own image
+is always a slip. The rule is the engine's (:mod:`cascadeseg.io.protect`), the same for every
+writer.
 
 A successful save also clears the Correct-mask dock's crash-recovery file of the scan when it
 holds this same layer (File > Save is a clean save like the dock's own Save button); a recovery
@@ -22,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from cascadeseg.errors import OutputExistsError, VolumeError
+from cascadeseg._atomic import clean_leftovers
+from cascadeseg.errors import OutputIsInputError, VolumeError
+from cascadeseg.io.protect import input_files, same_file
 
 from ._layers import geometry_from_meta, volume_from_geometry
 
@@ -44,11 +48,12 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
         )
     geometry = geometry_from_meta(attributes)
     source = geometry.get("source")
-    if source and _same_file(Path(source), target):
-        raise OutputExistsError(
+    reference = volume_from_geometry(np.broadcast_to(np.uint8(0), labels.shape), geometry)
+    if any(same_file(target, scan_file) for scan_file in input_files(reference)):
+        raise OutputIsInputError(
             f"{target}: refusing to write labels '{name}' over the scan they were drawn on; choose another file name"
         )
-    reference = volume_from_geometry(np.broadcast_to(np.uint8(0), labels.shape), geometry)
+    clean_leftovers(target.parent)  # what a save killed in this folder left (said in the log)
     written = save_labels(labels, reference, target, overwrite=True)
     if source:
         _clear_recovery(str(source), name)
@@ -70,9 +75,3 @@ def _clear_recovery(source: str, layer_name: str) -> None:
     except (OSError, CascadeSegError) as exc:
         warnings.warn(f"saved, but the recovery file of {source} could not be cleared: {exc}", stacklevel=2)
 
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def test_round_trip_restores_weights_and_card(saved) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [WEIGHTS_FILE, CARD_FILE]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "temp folder left behind"
     loaded, card = load_checkpoint(folder)
-    assert card == _card()
+    # the card is the one saved, plus the checksum of the weights as written
+    assert card == _card(weights_sha256=hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest())
     assert not loaded.training
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -113,6 +115,11 @@ def test_corrupt_checkpoint_files(saved) -> None:
     _, folder = saved
     weights = folder / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors: the weights are damaged"):
+        load_checkpoint(folder)
+    # a card from before checksums: the truncation is still caught, by safetensors
+    card = json.loads((folder / CARD_FILE).read_text())
+    (folder / CARD_FILE).write_text(json.dumps({**card, "weights_sha256": None}))
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         load_checkpoint(folder)
     (folder / CARD_FILE).write_text("{not json")
@@ -172,7 +179,7 @@ def test_zip_archive_of_a_checkpoint_loads_without_extracting(saved, tmp_path: P
         for name in (CARD_FILE, WEIGHTS_FILE):
             handle.write(folder / name, f"ckpt/{name}")
     loaded, card = load_checkpoint(archive)
-    assert card == _card() and resolve_checkpoint(archive) == archive
+    assert card == load_checkpoint(folder)[1] and card.weights_sha256 and resolve_checkpoint(archive) == archive
     x = torch.randn(1, 2, 32, 32)
     assert torch.equal(model(x).logits, loaded(x).logits)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "shared-model.zip"]  # nothing extracted

@@ -99,7 +99,7 @@ def test_dicom_folder_with_several_series(shared_data: Path, tmp_path: Path) -> 
             (mixed / f"{source.name}_{path.name}").symlink_to(path)
     series = list_series(mixed)
     assert len(series) == 2
-    with pytest.raises(InputFileError, match=r"holds 2 DICOM series, expected one; pass series_uid=") as info:
+    with pytest.raises(InputFileError, match=r"holds 2 DICOM series, expected one; pick one with series_uid= \(--series-uid UID on the command line\)") as info:
         load_volume(mixed)
     message = str(info.value)
     assert "series_uid='1.3.6.1.4.1.14519.5.2.1.4429.7055.197322826283777183783875680644': T1post, MR, 24 files" in message

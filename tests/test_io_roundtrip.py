@@ -92,7 +92,11 @@ def test_labels_off_the_reference_grid_are_refused(shared_data: Path, tmp_path: 
 
 def test_many_labels_use_a_wider_integer_type(shared_data: Path, tmp_path: Path) -> None:
     image = load_volume(shared_data / "totalseg" / "example_mr_sm.nii.gz")
-    labels = np.arange(np.prod(image.spatial_shape), dtype=np.int64).reshape(image.spatial_shape) % 1000
+    # 1000 structures as 8x8-voxel blocks in each slice: label maps are blocky (a map whose every
+    # voxel differs from its neighbour reads as an intensity image and is refused by load_labels)
+    z, y, x = np.indices(image.spatial_shape)
+    labels = (((z * (y.max() // 8 + 1) + y // 8) * (x.max() // 8 + 1) + x // 8) % 1000).astype(np.int64)
+    assert labels.max() > 255
     saved = nib.load(save_labels(labels, image, tmp_path / "many.nii.gz"))
     assert saved.get_data_dtype() == np.uint16
     np.testing.assert_array_equal(load_labels(tmp_path / "many.nii.gz").array, labels)

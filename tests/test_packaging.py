@@ -58,7 +58,7 @@ def _engine_imports() -> dict[str, set[str]]:
         package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
         package = package.removesuffix(".__init__")
         found = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):

@@ -51,3 +51,22 @@ class DeviceError(CascadeSegError):
 
 class TrainingError(CascadeSegError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+class OutputWriteError(CascadeSegError):
+    """An output cannot be written where the user asked: a read-only folder, a full disk, a name
+    longer than the file system allows."""
+
+
+class OutputIsInputError(OutputExistsError):
+    """An output path is, or would replace, one of the inputs: refused whatever the flags say
+    (``overwrite`` is consent to replace earlier outputs, never the data being read)."""
+
+
+class InsufficientMemoryError(CascadeSegError):
+    """A file or a computation needs more memory than this machine has available; refused before
+    anything large is allocated."""
+
+
+class RunFolderBusyError(OutputExistsError):
+    """Another live process holds the run folder (a second training or resume into it)."""

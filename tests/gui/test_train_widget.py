@@ -226,10 +226,12 @@ def test_show_plan_before_training(make_napari_viewer, qtbot, tmp_path: Path, lg
     widget.minutes.setValue(2.0)
     widget.batch_size.setValue(4)
     assert widget.model_combo.currentData() is None and widget.base_width.value() == 0  # auto
+    runs = user_models_dir().parent / "runs"
+    before = sorted(runs.iterdir()) if runs.is_dir() else []
     assert widget.show_plan()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     text = widget.plan_text.toPlainText()
     assert "dims" in text and "target_spacing" in text and "seconds_per_step" in text, text
     assert "batch_size                    4 [given]" in text
-    assert not (user_models_dir().parent / "runs").exists() or not any((user_models_dir().parent / "runs").iterdir())
+    assert (sorted(runs.iterdir()) if runs.is_dir() else []) == before  # planning writes nothing
     widget.close()

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import CancelledError, CascadeSegError, InputFileError
-from .atomic import write_text_atomic
+from .._atomic import write_text
 from .main import command_parser
 from .markdown import markdown_table
 
@@ -610,8 +610,8 @@ def write_report(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     meta = report["meta"]
     tag = f"{meta['device'].replace(':', '')}_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     json_path, md_path = folder / f"inference_{tag}.json", folder / f"inference_{tag}.md"
-    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
-    write_text_atomic(md_path, render_markdown(report))
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(md_path, render_markdown(report))
     return json_path, md_path
 
 

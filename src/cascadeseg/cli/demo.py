@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import open_atomic
 from ..errors import CascadeSegError, CheckpointError
 
 DEFAULT_OUT = Path("out")
@@ -223,11 +224,6 @@ def write_overview(scan: np.ndarray, truth: np.ndarray, panels: list[tuple[str, 
         score = f"\nDice {dice[name]:.3f}" if name in dice else ""
         ax.set_title(f"{name}{score}", fontsize=9)
     figure.suptitle(f"{title}\ngreen: ground truth, red: prediction", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with open_atomic(path, "wb") as handle:
+        figure.savefig(handle, format="png")
     return path

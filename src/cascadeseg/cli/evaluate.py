@@ -9,6 +9,8 @@ specificity, HD95 in mm, voxel counts) and a JSON summary (mean, median and pool
 per structure, from :func:`cascadeseg.metrics.aggregate_cases`), and prints the summary table.
 Structures are every non-zero label found (default), or the labels given with ``--classes``
 and/or the BraTS regions (whole tumour, tumour core, enhancing tumour) with ``--regions brats``.
+A file that holds a scan rather than a label map is refused. The CSV and summary never replace a
+prediction or reference file, ``--overwrite`` or not.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError, InputFileError, OutputExistsError
-from .atomic import write_text_atomic
+from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError
 from .main import command_parser
 from .markdown import markdown_table
 
@@ -47,15 +48,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._atomic import clean_leftovers, write_text
     from ..io import load_labels
     from ..metrics import BRATS_REGIONS, aggregate_cases, evaluate_case
 
     pairs, unmatched = pair_cases(args.predictions, args.labels)
-    csv_path = args.output or args.predictions / "evaluation.csv"
+    csv_path = (args.output or args.predictions / "evaluation.csv").expanduser()
     json_path = csv_path.with_suffix(".json")
+    check_reports_spare_inputs(csv_path, json_path, args.predictions, args.labels)
     for path in (csv_path, json_path):
         if path.exists() and not args.overwrite:
             raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
+    clean_leftovers(csv_path.parent)  # an earlier, killed run's temporaries (said on the way)
     regions = BRATS_REGIONS if args.regions == "brats" else None
     classes = args.classes
     per_case: dict[str, dict[str, dict[str, float]]] = {}
@@ -65,15 +69,31 @@ def run(args: argparse.Namespace) -> int:
         per_case[case_id] = evaluate_case(pred.array, ref.array, ref.spacing, classes=classes,
                                           regions=regions, surface=not args.no_hd95)
     summary = aggregate_cases(per_case.values())
-    write_text_atomic(csv_path, _csv_text(per_case))
+    write_text(csv_path, _csv_text(per_case))
     report = {"cases": len(per_case), "summary": _strict_json(summary), "unmatched_labels": unmatched}
-    write_text_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     print(format_summary(summary))
     if unmatched:
         print(f"note: {len(unmatched)} reference(s) without a prediction were not scored: "
               f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}", file=sys.stderr)
     print(f"{len(per_case)} case(s) scored; per-case CSV: {csv_path}; summary: {json_path}", file=sys.stderr)
     return 0
+
+
+def check_reports_spare_inputs(csv_path: Path, json_path: Path, pred_dir: Path, label_dir: Path) -> None:
+    """The reports are text: refuse a name of a label file, any file of PRED or LABELS, and the
+    folders of an MSD dataset."""
+    from ..io.msd_layout import is_image_file, split_suffix
+    from ..io.protect import refuse_dataset_folder, refuse_input_overwrite
+
+    if split_suffix(csv_path)[1]:
+        raise OutputIsInputError(
+            f"--output {csv_path}: is an image file name; expected a .csv file name for the per-case table"
+        )
+    refuse_dataset_folder(csv_path.parent, option="--output")
+    folders = [pred_dir, label_dir, label_dir / "labelsTr"]
+    inputs = [p for folder in folders if folder.is_dir() for p in folder.iterdir() if is_image_file(p)]
+    refuse_input_overwrite([csv_path, json_path], inputs, option="--output")
 
 
 def pair_cases(pred_dir: Path, label_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..inference import allocator
 
     allocator.enable()  # this process only runs the engine: keep freed inference memory (see allocator)
+    _show_engine_notes()
     try:
         parser = build_parser(_chosen_command(argv))
         args = parser.parse_args(argv)
@@ -105,6 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+class _NoteHandler(logging.StreamHandler):
+    """Prints to whatever ``sys.stderr`` is when a note is written (tests swap it)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)  # type: ignore[assignment]
+
+
+def _show_engine_notes() -> None:
+    """The engine reports what it did on the user's behalf (leftovers of a killed run removed, a
+    stale run folder taken over) as warnings on the ``cascadeseg`` logger: print them as notes."""
+    logger = logging.getLogger("cascadeseg")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        handler = _NoteHandler()
+        handler.setFormatter(logging.Formatter(f"{PROG}: note: %(message)s"))
+        logger.addHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m cascadeseg.cli.main`

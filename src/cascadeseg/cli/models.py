@@ -4,7 +4,9 @@ Without options: one line per architecture (dims, deep supervision, pruning dept
 stages, attention maps, classification-guided module, paper). ``--table`` measures parameters and
 GFLOPs of every model per pruning depth at paper width (PyTorch's FLOP counter on the meta
 device: nothing is allocated) next to the papers' figures. ``--checkpoints`` lists the shipped
-default models and the user's models (``$CASCADESEG_HOME/models``) with their cards.
+default models and the user's models (``models/`` in the home folder, ``$CASCADESEG_HOME`` when
+set) with their cards, and verifies each one's weights against the checksum its card records
+("damaged" names a checkpoint whose weights changed since it was saved).
 """
 
 from __future__ import annotations
@@ -52,21 +54,30 @@ def run(args: argparse.Namespace) -> int:
 
 def checkpoints_table() -> str:
     """Installed checkpoints as a Markdown table (name, source, model, dims, channels, classes, depth, Dice)."""
+    import sys
+
+    from ..errors import CheckpointError
     from ..inference import available_checkpoints, user_models_dir
+    from ..inference.checkpoint import verify_checkpoint
 
     entries = available_checkpoints()
     if not entries:
         return f"no checkpoints installed (shipped defaults: none found; user models: {user_models_dir()})"
     header = ("name", "source", "architecture", "dims", "channels", "classes", "recommended depth",
-              "validation Dice", "path")
+              "validation Dice", "weights", "path")
     rows = []
     for e in entries:
         card = e.card
         depth = card.recommended_depth
         dice = card.dice_for_depth(depth) if depth is not None else None
+        try:
+            weights = verify_checkpoint(e.path)
+        except CheckpointError as exc:
+            weights = "DAMAGED"
+            print(f"cascadeseg: warning: {exc}", file=sys.stderr)
         rows.append((e.name, e.source, card.architecture, f"{card.dims}D", ",".join(card.channel_names),
                      ",".join(card.class_names), "-" if depth is None else f"L{depth}",
-                     "-" if dice is None else f"{dice:.3f}", str(e.path)))
+                     "-" if dice is None else f"{dice:.3f}", weights, str(e.path)))
     return markdown_table(header, rows)
 
 

@@ -11,8 +11,11 @@ Inputs (any mix, each argument one of):
 Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry (and, with
 ``--save-probabilities``, ``OUTPUT/<case>_probabilities.nii.gz``: float32 softmax, one volume per
 class along the 4th axis, same geometry). Every output path is checked
-before any work starts: an existing file stops the run unless ``--overwrite``. Under ``torchrun``
-each rank segments its share of the cases (round robin) and writes only those.
+before any work starts: an existing file stops the run unless ``--overwrite``, and no output may
+be an input, whatever the flags (the output folder may not be a folder of inputs, nor the images or
+labels folder of an MSD dataset). What a killed run left in the output folder (temporaries of
+its writes) is removed first, and said so. Under ``torchrun`` each rank segments its share of the
+cases (round robin) and writes only those.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError, InputFileError, OutputExistsError
+from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError
 from .main import command_parser
 
 OUTPUT_SUFFIX = ".nii.gz"
@@ -74,34 +77,50 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by each label")
     parser.add_argument("--body-mask", action="store_true",
                         help="clear labels outside the body (CT) / head (MR) mask found by thresholding the first channel")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--nan-policy", default="raise", metavar="{raise,zero,min}",
+                        help="NaN/Inf voxels in a scan: raise (refuse the scan, default), zero (replace them by 0) "
+                             "or min (by the scan's smallest finite value)")
+    parser.add_argument("--series-uid", default=None,
+                        help="DICOM folder holding several series: the SeriesInstanceUID of the one to segment "
+                             "(the error for such a folder lists them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (never an input: that is always refused)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
+    from .._atomic import clean_leftovers
     from ..io import load_volume, save_labels, save_volume
+    from ..io.checks import NAN_POLICIES
+    from ..io.reader import check_volume_size
     from ..preprocessing import body_mask
     from ..distributed import rank_info, shard
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.nan_policy not in NAN_POLICIES:
+        raise InputFileError(f"--nan-policy {args.nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
     cases = discover_cases(args.inputs)
     info = rank_info()
     mine = shard(cases, info)
-    out_dir: Path = args.output
+    out_dir: Path = args.output.expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--output {out_dir}: exists and is not a folder (expected a folder for label files)")
     targets = {case.case_id: out_dir / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine}
     prob_targets = {case.case_id: out_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine} \
         if args.save_probabilities else {}
+    check_outputs_spare_inputs(args.inputs, cases, out_dir, [*targets.values(), *prob_targets.values()])
     existing = [str(p) for p in [*targets.values(), *prob_targets.values()] if p.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise OutputExistsError(
             f"output file(s) already exist: {', '.join(existing[:3])}{more} (pass --overwrite to replace them)"
         )
+    for case in mine:  # headers only, before the model loads: an impossible scan fails in milliseconds
+        check_volume_size(case.path)
+    from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
+
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
                                           mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size)
     mode = args.mode or f"{predictor.card.dims}d"
@@ -110,10 +129,11 @@ def run(args: argparse.Namespace) -> int:
     post = PostProcessing(largest_component=args.largest_component, fill_holes=args.fill_holes,
                           fill_holes_axis=slice_axis if mode == "2d" else None, restrict_to_mask=args.body_mask)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out_dir)  # a killed earlier run's temporaries (it says what it removed)
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.is_distributed else ""
     start = time.perf_counter()
     for index, case in enumerate(mine, 1):
-        volume = load_volume(case.path)
+        volume = load_volume(case.path, nan_policy=args.nan_policy, series_uid=args.series_uid)
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
             result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
                                        want=PredictionRequest(probabilities=args.save_probabilities, mirror=args.mirror),
@@ -154,6 +174,36 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
 
+
+
+# -- inputs are never outputs ----------------------------------------------------------------------
+
+def check_outputs_spare_inputs(inputs: list[Path], cases: list[PredictCase], out_dir: Path,
+                               outputs: list[Path]) -> None:
+    """Refuse, before any work, outputs that are inputs (see the module docstring)."""
+    from ..io.protect import refuse_dataset_folder, refuse_input_overwrite, same_file
+    from ..io.writer import check_file_name
+
+    for output in outputs:
+        check_file_name(output)
+    refuse_dataset_folder(out_dir, option="--output folder")
+    for given in inputs:
+        given = Path(given).expanduser()
+        if given.is_dir() and same_file(given, out_dir):
+            raise OutputIsInputError(
+                f"--output {out_dir}: is the input folder {given}; label maps written there would be read as "
+                f"scans by the next run, or replace them; choose another --output folder"
+            )
+    refuse_input_overwrite(outputs, [f for case in cases for f in _case_files(case)], option="--output folder")
+
+
+def _case_files(case: PredictCase) -> list[Path]:
+    """The files a case is read from: its channel files, or the files of its DICOM folder."""
+    from ..io.msd_layout import case_channel_files
+
+    if case.path.is_dir():
+        return [p for p in case.path.iterdir() if p.is_file()]
+    return case_channel_files(case.path) or [case.path]
 
 
 # -- finding the cases -----------------------------------------------------------------------------

@@ -157,6 +157,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         if args.run_dir is None:
             raise ModelConfigError("--resume needs --run-dir (the folder of the run to continue)")
+        from ..training.run_folder import check_resumable
+
+        check_resumable(args.run_dir)
         config = TrainConfig.load(args.run_dir)
         config.resume = True
         config.run_dir = str(args.run_dir)

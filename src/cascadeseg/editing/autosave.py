@@ -6,11 +6,11 @@ which costs milliseconds and needs no hook into every paint event). Reopening th
 :meth:`RecoveryStore.find` whether a recovery file exists and offers to restore it; a clean save
 of the mask calls :meth:`RecoveryStore.clear`.
 
-Files live in ``$CASCADESEG_HOME/recovery`` (default ``~/.cascadeseg/recovery``), named by a hash
+Files live in ``recovery/`` of the home folder (:func:`cascadeseg._home.home_dir`), named by a hash
 of the scan's resolved path, never next to the user's scan. The format is a compressed ``.npz``
 holding the label array and a JSON header, read with ``allow_pickle=False`` (nothing is ever
-unpickled). A write goes to a temporary file in the same folder and is moved into place with
-``os.replace``, so a crash during the write leaves the previous recovery file intact.
+unpickled). Writes are atomic (:mod:`cascadeseg._atomic`), so a crash during the write leaves the
+previous recovery file intact.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import clean_leftovers, open_atomic
+from .._home import home_dir
 from ..errors import InputFileError, VolumeError
 
 __all__ = ["recovery_dir", "RecoveryInfo", "RecoveryStore", "AutosaveSession", "DEFAULT_INTERVAL_S"]
@@ -36,9 +37,8 @@ _FORMAT_VERSION = 1
 
 
 def recovery_dir() -> Path:
-    """``$CASCADESEG_HOME/recovery`` (default ``~/.cascadeseg/recovery``)."""
-    home = os.environ.get("CASCADESEG_HOME")
-    return (Path(home) if home else Path.home() / ".cascadeseg") / "recovery"
+    """``recovery/`` in the home folder (``$CASCADESEG_HOME`` or the platform's user data folder)."""
+    return home_dir() / "recovery"
 
 
 def _source_key(source: str | os.PathLike[str]) -> str:
@@ -67,6 +67,7 @@ class RecoveryStore:
 
     def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
         self.folder = Path(folder) if folder is not None else recovery_dir()
+        clean_leftovers(self.folder)  # a recovery write a crash cut short (the old file is intact)
 
     def path_for(self, source: str | os.PathLike[str]) -> Path:
         stem = Path(source).name.split(".")[0][:40] or "scan"
@@ -90,16 +91,8 @@ class RecoveryStore:
             "dtype": str(labels.dtype),
         }
         target = self.path_for(source)
-        fd, tmp_name = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, labels=labels, header=np.array(json.dumps(header)))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with open_atomic(target, "wb") as handle:
+            np.savez_compressed(handle, labels=labels, header=np.array(json.dumps(header)))
         return target
 
     def find(self, source: str | os.PathLike[str]) -> RecoveryInfo | None:

@@ -8,17 +8,25 @@ Layout (what nnU-Net v2 and :func:`cascadeseg.io.load_dataset` read)::
 
 ``dataset.json`` holds nnU-Net v2's keys (``channel_names``, ``labels``, ``numTraining``,
 ``file_ending``) plus a ``napari_cascade`` block caching each case's annotated-slice count, so the
-widget can show the totals without reading every mask.
+widget can show the totals without reading every mask, and recording each case's patient
+(``patients``: a new version ``<case>_v2`` belongs to ``<case>``'s patient), which every patient
+split reads so the versions of a scan never straddle training and validation.
+
+Case ids are kept as given, only made safe as file names (characters other than letters, digits,
+``-``, ``_`` and ``.`` become ``_``); an id too long for a file name is refused, never truncated
+(two truncated ids could collide).
 
 Safety, because this folder holds hours of a user's annotation work:
 
 * An existing case is never replaced silently: a new version ``<case>_v2`` (``_v3``, ...) is
-  written instead, unless ``overwrite=True``.
-* Every file of a case is first written completely into a staging folder inside the set (same
-  file system), then moved into place with ``os.replace`` (atomic). A journal in the staging
-  folder lists the moves; if the process dies half-way, the next :class:`TrainingSet` opened on
-  the folder rolls the half-moved case back, so the folder holds the old case or the new one,
-  never a torn file or a case with channels from two writes.
+  written instead, unless ``overwrite=True``. The files of the scan being added are never
+  replaced, ``overwrite`` or not (a set folder chosen inside the scan's own dataset).
+* Every file of a case, and the ``dataset.json`` that lists it, is first written completely into a
+  staging folder inside the set (same file system), then moved into place with ``os.replace``
+  (atomic). A journal in the staging folder lists the moves; if the process dies half-way, the
+  next :class:`TrainingSet` opened on the folder rolls the half-moved case back, so the folder
+  holds the old case or the new one, never a torn file, a case with channels from two writes, or
+  a case that ``dataset.json`` does not list.
 * A read-only folder or a disk without room fails up front (or mid-write, cleaned up) with a
   :class:`~cascadeseg.errors.DatasetError` that names the folder.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,25 +47,32 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._atomic import TEMP_PREFIX, clean_leftovers, fsync_dir, pid_alive, write_json
+from .._home import home_dir
 from ..errors import DatasetError, GeometryMismatchError, VolumeError
+from ..io.dataset import PATIENTS_KEY, PROJECT_KEY, patient_id
 from ..io.msd_layout import channel_names_from_json
+from ..io.protect import input_files, refuse_input_overwrite
 from ..io.volume import Volume
+
+log = logging.getLogger("cascadeseg")
 
 __all__ = ["TrainingSet", "AddedCase", "TrainingSetSummary", "case_id_from_source", "default_training_set_dir"]
 
 FILE_ENDING = ".nii.gz"
 DATASET_JSON = "dataset.json"
-_CACHE_KEY = "napari_cascade"
+_CACHE_KEY = PROJECT_KEY
+# The longest file name most file systems take is 255 bytes; "<case>_0000.nii.gz" adds 12.
+MAX_CASE_ID_BYTES = 255 - len("_0000") - len(FILE_ENDING)
 _STAGING_PREFIX = ".staging-"
 _JOURNAL = "journal.json"
 _BACKUP_DIR = "backup"
 
 
 def default_training_set_dir() -> Path:
-    """``$CASCADESEG_HOME/training_set`` (default ``~/.cascadeseg/training_set``): where the GUI
-    collects corrected cases unless the user picks another folder."""
-    home = os.environ.get("CASCADESEG_HOME")
-    return (Path(home) if home else Path.home() / ".cascadeseg") / "training_set"
+    """``training_set/`` in the home folder (``$CASCADESEG_HOME`` or the platform's user data
+    folder): where the GUI collects corrected cases unless the user picks another folder."""
+    return home_dir() / "training_set"
 
 
 @dataclass(frozen=True)
@@ -108,9 +124,25 @@ def case_id_from_source(source: str | os.PathLike[str] | None, fallback: str = "
     else:
         if path.is_dir() or not path.suffix:
             name = path.name
-    name = re.sub(r"_\d{4}$", "", name)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return name or fallback
+    return safe_case_id(re.sub(r"_\d{4}$", "", name)) or fallback
+
+
+def safe_case_id(case_id: str) -> str:
+    """``case_id`` as a safe file name: runs of characters other than letters, digits, ``-``, ``_``
+    and ``.`` become one ``_``; leading and trailing dots and underscores go. Nothing else changes."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(case_id)).strip("._")
+
+
+def _check_case_id(case_id: str, given: str) -> str:
+    if not case_id:
+        raise DatasetError(f"case id {given!r}: has no letters or digits; expected a name such as 'patient_001'")
+    size = len(case_id.encode("utf-8"))
+    if size > MAX_CASE_ID_BYTES:
+        raise DatasetError(
+            f"case id '{case_id[:40]}...' is {size} characters long; file names allow at most "
+            f"{MAX_CASE_ID_BYTES} for a case id (with '_0000{FILE_ENDING}'); choose a shorter name"
+        )
+    return case_id
 
 
 def _disk_error(folder: Path, exc: OSError, doing: str) -> DatasetError:
@@ -124,20 +156,6 @@ def _disk_error(folder: Path, exc: OSError, doing: str) -> DatasetError:
         f"training set {folder}: cannot {doing} ({why}); choose a writable folder with free space. "
         "Nothing in the set was changed."
     )
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TrainingSet:
@@ -251,16 +269,24 @@ class TrainingSet:
         *,
         overwrite: bool = False,
         label_names: Mapping[int, str] | None = None,
+        patient: str | None = None,
     ) -> AddedCase:
         """Write ``image`` (every channel) and ``labels`` as a case and update ``dataset.json``.
 
-        ``case_id`` defaults to the image's file name. If that case exists, a new version
-        ``<case>_v2`` is written unless ``overwrite=True``. ``label_names`` names label values
-        (``{1: "tumour"}``); values without a name become ``label_<value>``. The mask must have
-        the image's grid, at least one labelled voxel, and the set's channel count.
+        ``case_id`` defaults to the image's file name (without an MSD channel suffix); a given id
+        is kept as it is, made safe as a file name (:func:`safe_case_id`). If that case exists, a
+        new version ``<case>_v2`` is written unless ``overwrite=True``. ``label_names`` names label
+        values (``{1: "tumour"}``); values without a name become ``label_<value>``. ``patient``
+        (default: a DICOM scan's patient id, else the case id without its study date) is recorded
+        in ``dataset.json``; a new version always belongs to the patient of the case it versions.
+        The mask must have the image's grid, at least one labelled voxel, and the set's channel
+        count.
         """
         label_array = self._check_case(image, labels)
-        requested = case_id_from_source(image.source) if case_id is None else case_id_from_source(case_id)
+        if case_id is None:
+            requested = _check_case_id(case_id_from_source(image.source), str(image.source))
+        else:
+            requested = _check_case_id(safe_case_id(case_id), str(case_id))
         meta = self.metadata()
         expected_channels = self._channel_count(meta)
         if expected_channels is not None and expected_channels != image.num_channels:
@@ -272,18 +298,25 @@ class TrainingSet:
         self._check_writable(image.array.nbytes + label_array.nbytes)
 
         final_id = requested if overwrite else self._free_case_id(requested, image.num_channels)
+        _check_case_id(final_id, final_id)  # "_v2" may push a long id over the limit
         replaced = overwrite and self._label_path(final_id).exists()
         image_paths = self._image_paths(final_id, image.num_channels)
         label_path = self._label_path(final_id)
+        refuse_input_overwrite([*image_paths, label_path], input_files(image),
+                               option="case name (or keep the case as a new version: overwrite off)")
+        recorded = meta.get(_CACHE_KEY, {}).get(PATIENTS_KEY, {})
+        if final_id != requested:
+            patient = recorded.get(requested) or patient_id(requested)
+        else:
+            patient = patient or image.meta.get("patient_id") or recorded.get(final_id) or patient_id(requested)
+        slices = _count_annotated_slices(label_array)
+        new_meta = self._new_metadata(image, label_array, final_id, slices, label_names, str(patient))
         try:
             self.images_dir.mkdir(parents=True, exist_ok=True)
             self.labels_dir.mkdir(parents=True, exist_ok=True)
-            self._write_case(image, label_array, image_paths, label_path)
+            self._write_case(image, label_array, image_paths, label_path, new_meta)
         except OSError as exc:
             raise _disk_error(self.folder, exc, f"write case '{final_id}'") from exc
-
-        slices = _count_annotated_slices(label_array)
-        self._update_metadata(image, label_array, final_id, slices, label_names)
         return AddedCase(
             case_id=final_id,
             image_paths=tuple(image_paths),
@@ -320,7 +353,7 @@ class TrainingSet:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             # A real probe: os.access is wrong on read-only mounts and always True for root.
-            fd, probe = tempfile.mkstemp(dir=self.folder, prefix=".write-probe-")
+            fd, probe = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-write-probe-")
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
@@ -348,8 +381,12 @@ class TrainingSet:
         return f"{requested}_v{version}"
 
     def _write_case(
-        self, image: Volume, label_array: np.ndarray, image_paths: list[Path], label_path: Path
+        self, image: Volume, label_array: np.ndarray, image_paths: list[Path], label_path: Path,
+        meta: dict[str, Any],
     ) -> None:
+        """Stage every file of the case and the new ``dataset.json``, then move them in as one
+        journaled commit: a kill leaves the old set or the new one, never a case that
+        ``dataset.json`` does not know."""
         from ..io import save_labels, save_volume
 
         staging = self.folder / f"{_STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -365,7 +402,10 @@ class TrainingSet:
                 moves.append((staged, final))
             staged_label = staging / f"label-{label_path.name}"
             save_labels(label_array, image, staged_label)
-            moves.append((staged_label, label_path))  # the label last: it marks the case complete
+            moves.append((staged_label, label_path))  # the label marks the case complete
+            staged_json = staging / DATASET_JSON
+            write_json(staged_json, meta)
+            moves.append((staged_json, self.dataset_json))
             _commit_moves(staging, moves)
         except BaseException:
             _roll_back(staging)
@@ -373,14 +413,16 @@ class TrainingSet:
             raise
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _update_metadata(
+    def _new_metadata(
         self,
         image: Volume,
         label_array: np.ndarray,
         case_id: str,
         slices: int,
         label_names: Mapping[int, str] | None,
-    ) -> None:
+        patient: str,
+    ) -> dict[str, Any]:
+        """``dataset.json`` as it must read once the case is in."""
         meta = self.metadata()
         meta.setdefault("name", self.name)
         if not meta.get("channel_names"):
@@ -399,25 +441,28 @@ class TrainingSet:
                 labels[names.get(int(value), f"label_{int(value)}")] = int(value)
         meta["labels"] = dict(sorted(labels.items(), key=lambda kv: kv[1] if isinstance(kv[1], int) else 10**9))
         meta["file_ending"] = FILE_ENDING
-        cache = meta.setdefault(_CACHE_KEY, {}).setdefault("annotated_slices", {})
-        cache[case_id] = int(slices)
-        meta["numTraining"] = len(self.case_ids()[0])
-        try:
-            _write_json_atomic(self.dataset_json, meta)
-        except OSError as exc:
-            raise _disk_error(self.folder, exc, "update dataset.json") from exc
+        block = meta.setdefault(_CACHE_KEY, {})
+        block.setdefault("annotated_slices", {})[case_id] = int(slices)
+        block.setdefault(PATIENTS_KEY, {})[case_id] = patient
+        meta["numTraining"] = len(set(self.case_ids()[0]) | {case_id})
+        return meta
 
     # -- recovery ------------------------------------------------------------------------------
     def _recover_interrupted_writes(self) -> None:
-        """Roll back cases whose write was killed half-way (see the module docstring)."""
+        """Roll back cases whose write was killed half-way (see the module docstring), and remove
+        the temporaries of killed writers (a ``dataset.json`` being replaced, say)."""
         stale = [p for p in self.folder.glob(f"{_STAGING_PREFIX}*") if p.is_dir() and not _writer_alive(p)]
         for staging in stale:
             _roll_back(staging)
             shutil.rmtree(staging, ignore_errors=True)
+            log.warning("training set %s: rolled back %s (a case write that was killed half-way)", self.folder,
+                        staging.name)
+        for sub in (self.folder, self.images_dir, self.labels_dir):
+            clean_leftovers(sub)
         if stale and self.dataset_json.is_file():
             meta = self.metadata()
             meta["numTraining"] = len(self.case_ids()[0])
-            _write_json_atomic(self.dataset_json, meta)
+            write_json(self.dataset_json, meta)
 
 
 def _count_annotated_slices(label_array: np.ndarray, axis: int = 0) -> int:
@@ -429,16 +474,8 @@ def _writer_alive(staging: Path) -> bool:
     match = re.match(rf"{re.escape(_STAGING_PREFIX)}(\d+)-", staging.name)
     if not match:
         return False
-    pid = int(match.group(1))
-    if pid == os.getpid():
-        return True  # another thread of this process is writing (failed writes clean up at once)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # this process counts as alive: another of its threads is writing (failed writes clean up at once)
+    return pid_alive(int(match.group(1)))
 
 
 def _commit_moves(staging: Path, moves: list[tuple[Path, Path]]) -> None:
@@ -450,12 +487,14 @@ def _commit_moves(staging: Path, moves: list[tuple[Path, Path]]) -> None:
         {"staged": str(staged), "final": str(final), "backup": str(backup_dir / f"{i}-{final.name}")}
         for i, (staged, final) in enumerate(moves)
     ]
-    _write_json_atomic(staging / _JOURNAL, journal)
+    write_json(staging / _JOURNAL, journal)
     for entry in journal:
         final = Path(entry["final"])
         if final.exists():
             os.replace(final, entry["backup"])
         os.replace(entry["staged"], final)
+    for folder in {Path(entry["final"]).parent for entry in journal}:
+        fsync_dir(folder)  # the renames are durable before the journal that could undo them goes
     (staging / _JOURNAL).unlink()  # committed: nothing to roll back any more
 
 

@@ -9,25 +9,37 @@ read as well)::
 
 Loading never unpickles: weights are read with ``safetensors`` only. A card whose
 ``format_version`` is newer than this code reads, a card that does not describe its weights
-(missing or unexpected tensors, a shape that differs) or a corrupt file fails with a
+(missing or unexpected tensors, a shape that differs), a card with an unknown preprocessing or a
+spacing that is not positive, or a corrupt file fails with a
 :class:`~cascadeseg.errors.CheckpointError` that names the folder and what was wrong.
 
-Saving writes into a temporary folder beside the target and renames it into place, so an
-interrupted save never leaves a half-written checkpoint under the final name; an existing folder is
-refused unless ``overwrite=True``.
+The card records the SHA-256 of ``model.safetensors`` (``weights_sha256``), and loading checks it:
+damage inside the tensor data (a bad copy, a disk error) leaves the safetensors header intact and
+would otherwise load as a silently different network. Cards written before the checksum existed
+load unchecked.
+
+Saving writes into a temporary folder beside the target and renames it into place
+(:mod:`cascadeseg._atomic`), so an interrupted save never leaves a half-written checkpoint under
+the final name; an existing folder is refused unless ``overwrite=True``.
+
+Wherever a checkpoint is named (``load_checkpoint``, ``read_card``, ``cascadeseg predict -c``,
+``--init-checkpoint``), a bare name that is not an existing path is looked up among the shipped and
+user models (:func:`resolve_checkpoint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._atomic import staging_folder, swap_folder, write_json
+from .._home import home_dir
 from ..errors import CheckpointError, ModelConfigError, OutputExistsError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -62,6 +74,8 @@ class ModelCard:
     * ``recommended_depth``: the pruning depth inference uses by default (``None``: full depth).
     * ``name``, ``description``: shown in model lists.
     * ``project_version``: the napari-cascade version that wrote it.
+    * ``weights_sha256``: SHA-256 (hex) of ``model.safetensors``, written by :func:`save_checkpoint`
+      and verified on load (``None``: a card from before checksums, loaded unchecked).
     * ``format_version``: version of this card format; a newer one than :data:`FORMAT_VERSION` is
       refused rather than misread.
     * ``extra``: unknown keys of a same-version card, kept so that a round trip loses nothing.
@@ -83,6 +97,7 @@ class ModelCard:
     name: str = ""
     description: str = ""
     project_version: str = ""
+    weights_sha256: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -176,6 +191,17 @@ class ModelCard:
                 raise CheckpointError(f"{source}: {key} must be positive integers, got {size!r}")
         if self.patch_size is not None and len(self.patch_size) != 3:
             raise CheckpointError(f"{source}: patch_size must have 3 entries (z, y, x), got {self.patch_size!r}")
+        for key, spacing in (("target_spacing", self.target_spacing), ("model_options.spacing", opts.get("spacing"))):
+            if spacing is not None and not _positive_spacing(spacing):
+                raise CheckpointError(
+                    f"{source}: {key} must be 3 positive millimetre sizes (z, y, x), got {spacing!r}"
+                )
+        for index, channel in enumerate(self.input_channels):
+            problem = _preprocessing_problem(channel.get("preprocessing"))
+            if problem:
+                raise CheckpointError(
+                    f"{source}: input_channels[{index}] ({channel.get('name', '?')}): {problem}"
+                )
 
     def create_model(self) -> Any:
         """The untrained network this card describes (``create_model(architecture, **options)``)."""
@@ -186,6 +212,44 @@ class ModelCard:
         options.setdefault("num_classes", len(self.classes))
         options.setdefault("dims", self.dims)
         return create_model(self.architecture, **options)
+
+
+def _positive_spacing(spacing: Any) -> bool:
+    try:
+        values = [float(v) for v in spacing]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+
+
+def _preprocessing_problem(spec: Any) -> str | None:
+    """What is wrong with a channel's preprocessing spec (``None``: nothing), checked when the card
+    is read so a bad card fails naming the checkpoint, not later inside a prediction."""
+    from ..preprocessing.presets import KNOWN_TYPES
+
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        return f"preprocessing must be an object like {{\"type\": \"mri_zscore\"}}, got {spec!r}"
+    kind = spec.get("type", "none")
+    if kind not in KNOWN_TYPES:
+        return f"preprocessing type {kind!r} is not known; expected one of {', '.join(KNOWN_TYPES)}"
+    if kind == "ct_window":
+        window, preset = spec.get("window"), spec.get("preset")
+        if window is None and preset is None:
+            return "ct_window needs 'window': [low, high] or a 'preset'"
+        if window is not None and not (
+            isinstance(window, (list, tuple)) and len(window) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in window) and window[0] < window[1]
+        ):
+            return f"ct_window 'window' must be [low, high] with low < high, got {window!r}"
+    percentiles = spec.get("percentiles")
+    if percentiles is not None and not (
+        isinstance(percentiles, (list, tuple)) and len(percentiles) == 2
+        and all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in percentiles) and percentiles[0] < percentiles[1]
+    ):
+        return f"'percentiles' must be [low, high] within 0..100 with low < high, got {percentiles!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -201,9 +265,9 @@ class CheckpointEntry:
 # -- reading ---------------------------------------------------------------------------------------
 
 def read_card(checkpoint: str | os.PathLike[str]) -> ModelCard:
-    """Read and validate the model card of a checkpoint folder or ``.zip`` archive, without
-    touching the weights."""
-    path = Path(checkpoint).expanduser()
+    """Read and validate the model card of a checkpoint folder or ``.zip`` archive (or of a shipped /
+    user model named by a bare name), without touching the weights."""
+    path = _locate(checkpoint)
     if _is_archive(path):
         raw, source = _archive_member(path, CARD_FILE), f"{path}:{CARD_FILE}"
     else:
@@ -228,24 +292,15 @@ def load_checkpoint(checkpoint: str | os.PathLike[str], device: Any = "cpu") -> 
     (never extracted, so no path in them can point outside).
     """
     import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load, load_file
 
-    path = Path(checkpoint).expanduser()
-    archive = _is_archive(path)
-    root = path if archive else _checkpoint_folder(path)
+    path = _locate(checkpoint)
+    root = path if _is_archive(path) else _checkpoint_folder(path)
     card = read_card(root)
-    weights = root / WEIGHTS_FILE
-    if not archive and not weights.is_file():
-        raise CheckpointError(f"{root}: weights file {WEIGHTS_FILE} is missing")
     try:
         model = card.create_model()
     except ModelConfigError as exc:
         raise CheckpointError(f"{root}: the model card does not describe a buildable model: {exc}") from exc
-    try:
-        state = load(_archive_member(root, WEIGHTS_FILE)) if archive else load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights}: corrupt or unreadable safetensors file ({exc})") from exc
+    state = load_weights(root, card)
     check_state_matches(model.state_dict(), state, source=str(root))
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
@@ -255,6 +310,76 @@ def load_checkpoint(checkpoint: str | os.PathLike[str], device: Any = "cpu") -> 
 
         model.to(resolve_device(device))
     return model, card
+
+
+def load_weights(checkpoint: str | os.PathLike[str], card: ModelCard | None = None) -> dict[str, Any]:
+    """The state dict of a checkpoint folder or archive, after its checksum was verified against
+    the card (read here unless given). Safetensors only: nothing is unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load, load_file
+
+    root = _locate(checkpoint)
+    archive = _is_archive(root)
+    if not archive:
+        root = _checkpoint_folder(root)
+    card = card if card is not None else read_card(root)
+    weights = root / WEIGHTS_FILE
+    if not archive and not weights.is_file():
+        raise CheckpointError(f"{root}: weights file {WEIGHTS_FILE} is missing")
+    raw = _archive_member(root, WEIGHTS_FILE) if archive else None
+    _check_digest(card, hashlib.sha256(raw).hexdigest() if raw is not None else _file_sha256(weights),
+                  f"{root}:{WEIGHTS_FILE}" if archive else str(weights))
+    try:
+        return load(raw) if raw is not None else load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: corrupt or unreadable safetensors file ({exc})") from exc
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
+    """``"verified"`` when the weights match the card's checksum, ``"no checksum"`` for a card
+    without one; a mismatch or an unreadable checkpoint raises :class:`CheckpointError`."""
+    root = _locate(checkpoint)
+    card = read_card(root)
+    if card.weights_sha256 is None:
+        return "no checksum"
+    if _is_archive(root):
+        digest, name = hashlib.sha256(_archive_member(root, WEIGHTS_FILE)).hexdigest(), f"{root}:{WEIGHTS_FILE}"
+    else:
+        weights = _checkpoint_folder(root) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(f"{root}: weights file {WEIGHTS_FILE} is missing")
+        digest, name = _file_sha256(weights), str(weights)
+    _check_digest(card, digest, name)
+    return "verified"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the weights ({exc})") from exc
+    return digest.hexdigest()
+
+
+def _check_digest(card: ModelCard, digest: str, weights: str) -> None:
+    if card.weights_sha256 is not None and digest != card.weights_sha256.lower():
+        raise CheckpointError(
+            f"{weights}: the weights are damaged: their SHA-256 is {digest[:16]}... but {CARD_FILE} "
+            f"records {card.weights_sha256[:16]}... (the file changed after it was saved: a bad copy, a disk "
+            f"error or an edit); expected the checkpoint as saved: copy or download it again"
+        )
+
+
+def _locate(checkpoint: str | os.PathLike[str]) -> Path:
+    """A path as given, or, for a bare name (no folder part) that is not an existing path, the
+    shipped / user model of that name."""
+    path = Path(checkpoint).expanduser()
+    if path.exists() or len(path.parts) != 1 or path.is_absolute():
+        return path
+    return resolve_checkpoint(checkpoint)
 
 
 def _is_archive(path: Path) -> bool:
@@ -329,29 +454,22 @@ def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str],
 
     target = Path(folder).expanduser()
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target}: checkpoint folder already exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(
+            f"{target}: checkpoint folder already exists; choose another name (or pass overwrite=True to replace it)"
+        )
     card.validate(source=f"card for {target}")
     _check_card_fits_model(card, model, target)
     # Clone so tied/shared tensors become independent (safetensors refuses shared storage).
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary, shareable folder
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": card.architecture,
-                                                              "format_version": str(card.format_version)})
-        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it owner-only; others must read it too
-        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staging_folder(target.parent, target.name) as staged:
+        weights = staged / WEIGHTS_FILE
+        save_file(state, str(weights), metadata={"architecture": card.architecture,
+                                                  "format_version": str(card.format_version)})
+        weights.chmod(0o644)  # safetensors creates it owner-only; others must read it too
+        record = card.to_dict()
+        record["weights_sha256"] = _file_sha256(weights)
+        write_json(staged / CARD_FILE, record)
+        swap_folder(staged, target)  # the staging folder itself becomes the checkpoint
     return target
 
 
@@ -370,13 +488,12 @@ def _check_card_fits_model(card: ModelCard, model: Any, target: Path) -> None:
 # -- discovery -------------------------------------------------------------------------------------
 
 def user_models_dir() -> Path:
-    """Where user-trained checkpoints live: ``$CASCADESEG_HOME/models`` (default ``~/.cascadeseg/models``).
+    """Where user-trained checkpoints live: ``models/`` in the home folder
+    (:func:`cascadeseg._home.home_dir`: ``$CASCADESEG_HOME`` or the platform's user data folder).
 
     Not created here: listing must not write into the user's home.
     """
-    home = os.environ.get("CASCADESEG_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cascadeseg"
-    return base / "models"
+    return home_dir() / "models"
 
 
 def shipped_checkpoints_dir() -> Path | None:

@@ -49,6 +49,7 @@ from .device import (
     release_cached_memory,
     resolve_device,
 )
+from .footprint import check_prediction_fits
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
 DEFAULT_PATCH_3D = (128, 128, 128)
@@ -209,7 +210,11 @@ class Predictor:
             raise ModelConfigError(f"overlap must be in [0, 1), got {overlap}")
         depth = self.resolve_depth(depth)
         self._check_volume(volume)
-        prepared = self.prepare(volume, axis if mode == "2d" else None)
+        check_prediction_fits(self, volume, mode, axis, want, patch_size, overlap)  # before allocating
+        try:
+            prepared = self.prepare(volume, axis if mode == "2d" else None)
+        except VolumeError as exc:  # e.g. a constant scan: say which one
+            raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
         t1 = time.perf_counter()
         maps, items, unit, stats = self.predict_maps(prepared, mode, axis, depth, want, progress, cancel,
                                                      patch_size, overlap)

@@ -2,18 +2,40 @@
 
 Reads only names (and ``dataset.json`` when present) when listing, so listing a large dataset is
 instant; :meth:`CaseRef.load` reads the voxels of one case.
+
+``dataset.json`` may record which patient each case belongs to, under this project's own block
+(nnU-Net ignores unknown keys): ``{"napari_cascade": {"patients": {"<case>": "<patient>"}}}``. The
+local training set writes it (a re-added case ``<case>_v2`` belongs to ``<case>``'s patient) and
+every patient split reads it (:func:`patient_keys`), so versions of a scan and scans of one
+patient never end up on both sides of a split.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from cascadeseg.errors import DatasetError
 from cascadeseg.io.msd_layout import channel_names_from_json, channel_of, is_image_file, split_suffix
 from cascadeseg.io.reader import PathLike, load_channels, load_labels, load_volume
 from cascadeseg.io.volume import Volume
+
+PROJECT_KEY = "napari_cascade"  # this project's block in dataset.json
+PATIENTS_KEY = "patients"  # {case id: patient key} inside it
+_STUDY_DATE = re.compile(r"_(19|20)\d{6}$")
+_VERSION = re.compile(r"_v\d+$")
+
+
+def patient_id(case_id: str, recorded: Mapping[str, str] | None = None) -> str:
+    """The patient a case belongs to: its key in ``recorded`` (a dataset's :func:`patient_keys`)
+    when there, else its id without a trailing ``_vN`` version (the local training set's re-added
+    cases) and then without a trailing ``_YYYYMMDD`` study date (the TCGA/TCIA naming)."""
+    if recorded and case_id in recorded:
+        return str(recorded[case_id])
+    return _STUDY_DATE.sub("", _VERSION.sub("", case_id))
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,20 @@ def _read_description(folder: Path) -> dict:
     return description
 
 
+def patient_keys(folder: PathLike) -> dict[str, str]:
+    """``{case id: patient}`` recorded in ``folder/dataset.json`` (``{}`` when none is recorded)."""
+    block = _read_description(Path(folder).expanduser()).get(PROJECT_KEY)
+    keys = block.get(PATIENTS_KEY) if isinstance(block, dict) else None
+    if keys is None:
+        return {}
+    if not isinstance(keys, dict) or not all(isinstance(v, str) and v for v in keys.values()):
+        raise DatasetError(
+            f"{Path(folder) / 'dataset.json'}: {PROJECT_KEY}.{PATIENTS_KEY} must map case ids to patient names "
+            f"(strings), got {str(keys)[:80]}"
+        )
+    return {str(k): v for k, v in keys.items()}
+
+
 def _group_cases(images_dir: Path) -> dict[str, dict[int, Path]]:
     """case id -> {channel: file}; a file without ``_NNNN`` is a whole (MSD 4D) case on its own."""
     cases: dict[str, dict[int, Path]] = {}
@@ -62,6 +98,12 @@ def _group_cases(images_dir: Path) -> dict[str, dict[int, Path]]:
             raise DatasetError(f"{path}: channel {channel:04d} of case {case!r} appears twice (two file types?)")
         cases[case][channel] = path
     return cases
+
+
+def _label_cases(labels_dir: Path) -> set[str]:
+    if not labels_dir.is_dir():
+        return set()
+    return {split_suffix(p)[0] for p in labels_dir.iterdir() if is_image_file(p)}
 
 
 def _label_file(labels_dir: Path, case: str) -> Path | None:
@@ -117,6 +159,13 @@ def load_dataset(folder: PathLike, *, images: str = "imagesTr", labels: str = "l
                 label_file=_label_file(root / labels, case),
                 channel_names=tuple(names),
             )
+        )
+    orphans = sorted(_label_cases(root / labels) - set(cases))
+    if orphans:
+        raise DatasetError(
+            f"{root / labels}: {len(orphans)} label map(s) have no image in {images}/ "
+            f"({', '.join(orphans[:5])}{', ...' if len(orphans) > 5 else ''}); expected {images}/<case>_0000.nii.gz "
+            f"for every label map (add the images, or remove the labels that have none)"
         )
     if json_names and expected_channels is not None and len(json_names) != len(expected_channels):
         raise DatasetError(

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cascadeseg.errors import InputFileError, VolumeError
-from cascadeseg.io.itk_files import volume_from_sitk
+from cascadeseg.io.itk_files import check_itk_size, volume_from_sitk
 from cascadeseg.io.volume import Volume
 
 _TAG_MODALITY = "0008|0060"
@@ -107,7 +107,7 @@ def _pick_series(path: Path, series_uid: str | None) -> DicomSeries:
         listing = "; ".join(s.summary() for s in series)
         raise InputFileError(
             f"{folder}: holds {len(series)} DICOM series, expected one; "
-            f"pass series_uid= to pick one of: {listing}"
+            f"pick one with series_uid= (--series-uid UID on the command line): {listing}"
         )
     return series[0]
 
@@ -138,6 +138,13 @@ def _check_slice_gaps(reader: sitk.ImageSeriesReader, image: sitk.Image, path: P
 def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     """Read one DICOM series as ``(1, Z, Y, X)`` with its geometry, in the scanner's orientation."""
     chosen = _pick_series(path, series_uid)
+    first = sitk.ImageFileReader()
+    first.SetFileName(chosen.files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputFileError(f"{chosen.files[0]}: cannot be read as a DICOM image ({str(exc).strip().splitlines()[-1]})") from exc
+    check_itk_size(first, path, slices=len(chosen.files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()

@@ -7,6 +7,8 @@ reorientation happens in :mod:`cascadeseg.io.orientation`.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,18 @@ import SimpleITK as sitk
 
 from cascadeseg.errors import InputFileError
 from cascadeseg.io.volume import Volume
+from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
 
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+_BITS = re.compile(r"(\d+)-bit")
+
+
+def _component_bytes(pixel_id: int) -> int:
+    """Bytes per component from SimpleITK's pixel type name ("vector of 16-bit signed integer")."""
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    match = _BITS.search(name)
+    size = int(match.group(1)) // 8 if match else 8
+    return 2 * size if name.startswith("complex") else size
 
 
 def volume_from_sitk(image: sitk.Image, path: Path, meta: dict[str, Any]) -> Volume:
@@ -59,11 +71,40 @@ def sitk_from_array(
     return image
 
 
+def check_itk_size(reader: sitk.ImageFileReader, path: Path, slices: int = 1) -> None:
+    """Refuse, from the header alone (``ReadImageInformation`` done), an image that cannot fit in
+    memory: SimpleITK's buffer plus the NumPy copy made of it. ``slices``: files of a DICOM
+    series, each one slice of the size the reader reports."""
+    shape = [int(s) for s in reader.GetSize()][::-1]
+    if slices > 1:
+        shape = [slices, *shape[-2:]]
+    components = int(reader.GetNumberOfComponents())
+    item = _component_bytes(reader.GetPixelID())
+    data = array_bytes(shape, np.uint8) * components * item
+    voxels = math.prod(shape)
+    what = f"{describe_shape(shape)} voxels" + (f" of {components} components" if components > 1 else "")
+    check_fits(2 * data, f"{path}: the header describes {what} ({format_bytes(data)}); reading it",
+               per_voxel=2 * data / max(voxels, 1))
+
+
+def check_itk_file_size(path: Path) -> None:
+    """The size check of :func:`read_itk_file` from the header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputFileError(f"{path}: cannot be read as {path.suffix} image ({str(exc).strip().splitlines()[-1]})") from exc
+    check_itk_size(reader, path)
+
+
 def read_itk_file(path: Path) -> Volume:
     """Read a MetaImage or NRRD file (scalar or vector, 2D-4D) in its own orientation."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
+        reader.ReadImageInformation()
+        check_itk_size(reader, path)
         image = reader.Execute()
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""

@@ -12,14 +12,18 @@ every format.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import zlib
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
-from cascadeseg.errors import InputFileError
+from cascadeseg.errors import CascadeSegError, InputFileError
+from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
 from cascadeseg.io.orientation import geometry_from_matrix, voxel_to_world
 from cascadeseg.io.volume import Volume
 
@@ -27,6 +31,7 @@ from cascadeseg.io.volume import Volume
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_NIFTI1_HEADER, _NIFTI2_HEADER = 348, 540
 
 
 def _header_fields(header: nib.Nifti1Header) -> dict[str, Any]:
@@ -45,26 +50,86 @@ def _header_fields(header: nib.Nifti1Header) -> dict[str, Any]:
     }
 
 
+def _read_head(path: Path) -> tuple[bytes, bool]:
+    """The first bytes of the (decompressed) file, enough for a NIfTI-1 or -2 header, and whether
+    the file is gzipped. Reading them never decompresses more than the header."""
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"  # a plain .nii merely named .nii.gz is read as it is
+    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+        return handle.read(_NIFTI2_HEADER), compressed
+
+
+def _parse_header(head: bytes, path: Path) -> nib.Nifti1Header:
+    if len(head) < 4:
+        raise InputFileError(f"{path}: cannot be read as NIfTI (only {len(head)} bytes); expected a NIfTI header")
+    header_size = int.from_bytes(head[:4], "little")
+    if header_size not in (_NIFTI1_HEADER, _NIFTI2_HEADER):
+        header_size = int.from_bytes(head[:4], "big")
+    if header_size not in (_NIFTI1_HEADER, _NIFTI2_HEADER) or len(head) < header_size:
+        raise InputFileError(f"{path}: cannot be read as NIfTI (no NIfTI-1/2 header at its start); expected a NIfTI image")
+    header_type = nib.Nifti1Header if header_size == _NIFTI1_HEADER else nib.Nifti2Header
+    return header_type.from_fileobj(io.BytesIO(head[:header_size]), check=False)
+
+
+def _check_header_size(header: nib.Nifti1Header, path: Path, compressed: bool) -> None:
+    """Refuse, before reading the voxels, a volume that cannot fit in memory or that the file is
+    too short to hold (a corrupt or hostile header claiming 10^12 voxels would otherwise end in a
+    raw ``MemoryError`` after trying to allocate it)."""
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if any(s < 0 for s in shape):
+        raise InputFileError(f"{path}: the NIfTI header gives a negative size {shape}; expected a valid image header")
+    stored = np.dtype(header.get_data_dtype())
+    slope, inter = header.get_slope_inter()
+    scaled = (slope not in (None, 1.0) and np.isfinite(slope)) or (inter not in (None, 0.0) and np.isfinite(inter))
+    in_memory = np.dtype(np.float32) if scaled or stored.kind == "f" else stored
+    data = array_bytes(shape, stored)
+    offset = int(header.get_data_offset())
+    # the decompressed file is held in memory next to the array read from it; scaling goes
+    # through float64 in nibabel
+    needed = array_bytes(shape, in_memory) + (offset + data if compressed else 0) + (array_bytes(shape, np.float64) if scaled else 0)
+    check_fits(
+        needed,
+        f"{path}: the NIfTI header describes {describe_shape(shape)} voxels of {stored.name} "
+        f"({format_bytes(data)} of voxel data); reading it",
+        per_voxel=needed / max(math.prod(shape), 1),
+        remedy="expected a volume that fits in memory (is the header corrupt? else crop or downsample the "
+               "scan, or use a machine with more memory)",
+    )
+    if not compressed:
+        size = path.stat().st_size
+        if size < offset + data:
+            raise InputFileError(
+                f"{path}: cannot be read as NIfTI: its header describes {describe_shape(shape)} voxels of "
+                f"{stored.name} ({data} bytes from byte {offset}) but the file has {size} bytes; expected a "
+                "complete file (is it truncated, or its header corrupt?)"
+            )
+
+
+def check_nifti_size(path: Path) -> None:
+    """The size checks of :func:`read_nifti` from the header alone (nothing else is read)."""
+    try:
+        head, compressed = _read_head(path)
+        _check_header_size(_parse_header(head, path), path, compressed)
+    except CascadeSegError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, HeaderDataError) as exc:
+        raise InputFileError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
+
+
 def _load_checked(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
-    """nibabel image whose bytes are verified.
+    """nibabel image whose bytes are verified, read only after its header's size was checked.
 
     A ``.nii.gz`` is decompressed in one go so the gzip CRC and length are checked: nibabel alone
     stops reading after the last voxel, before the checksum, and would return silently corrupted
     voxels from a damaged file.
     """
-    if not path.name.lower().endswith(".gz"):
+    head, compressed = _read_head(path)
+    header = _parse_header(head, path)
+    _check_header_size(header, path, compressed)
+    if not compressed and not path.name.lower().endswith(".gz"):
         return nib.load(str(path))
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic; a plain .nii merely named .nii.gz is read as it is
-        raw = gzip.decompress(raw)
-    if len(raw) < 4:
-        raise InputFileError(f"{path}: cannot be read as NIfTI (only {len(raw)} bytes); expected a NIfTI header")
-    header_size = int.from_bytes(raw[:4], "little")
-    if header_size not in (348, 540):
-        header_size = int.from_bytes(raw[:4], "big")
-    if header_size not in (348, 540):
-        raise InputFileError(f"{path}: cannot be read as NIfTI (no NIfTI-1/2 header at its start); expected a NIfTI image")
-    image_type = nib.Nifti1Image if header_size == 348 else nib.Nifti2Image
+    raw = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
+    image_type = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     return image_type.from_bytes(raw)
 
 
@@ -83,9 +148,9 @@ def read_nifti(path: Path) -> Volume:
             # at half the memory
             data = data.astype(np.float32)
         affine = np.asarray(image.affine, dtype=float)
-    except InputFileError:
+    except CascadeSegError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError, HeaderDataError) as exc:
         raise InputFileError(
             f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); "
             "expected a complete .nii or .nii.gz file (is it truncated, empty or not an image?)"

@@ -16,12 +16,14 @@ from typing import Sequence
 import numpy as np
 
 from cascadeseg.errors import DatasetError, InputFileError, VolumeError
-from cascadeseg.io.checks import NAN_POLICIES, as_label_array, check_dimensions, check_same_grid, handle_non_finite
+from cascadeseg.io.checks import (
+    NAN_POLICIES, as_label_array, check_dimensions, check_label_map, check_same_grid, handle_non_finite,
+)
 from cascadeseg.io.dicom import is_dicom_file, read_dicom_series
-from cascadeseg.io.itk_files import ITK_SUFFIXES, read_itk_file
+from cascadeseg.io.itk_files import ITK_SUFFIXES, check_itk_file_size, read_itk_file
 from cascadeseg.io.modality import infer_modality, modality_from_text
 from cascadeseg.io.msd_layout import case_channel_files, channel_names_from_json, channel_of, split_suffix
-from cascadeseg.io.nifti import NIFTI_SUFFIXES, read_nifti
+from cascadeseg.io.nifti import NIFTI_SUFFIXES, check_nifti_size, read_nifti
 from cascadeseg.io.orientation import orientation_code, reorient
 from cascadeseg.io.stacking import stack_channels
 from cascadeseg.io.volume import Volume
@@ -60,6 +62,22 @@ def _read_raw(path: Path, series_uid: str | None) -> Volume:
     if path.suffix.lower() in (".dcm", ".ima") or is_dicom_file(path):
         return read_dicom_series(path, series_uid)
     raise InputFileError(f"{path}: is not a supported image file; expected {SUPPORTED_FORMATS}")
+
+
+def check_volume_size(path: PathLike) -> None:
+    """Refuse, from its header alone, a NIfTI/MHA/NRRD file (with the other channel files of its
+    MSD case) whose voxels cannot fit in memory: the check :func:`load_volume` makes before
+    reading, for a caller that wants to know before starting long work. Other inputs (DICOM
+    folders) pass; :func:`load_volume` checks them when it reads them."""
+    source = _existing_path(path)
+    if not source.is_file():
+        return
+    for file in case_channel_files(source) or [source]:
+        suffix = split_suffix(file)[1].lower()
+        if suffix in NIFTI_SUFFIXES:
+            check_nifti_size(file)
+        elif suffix in ITK_SUFFIXES:
+            check_itk_file_size(file)
 
 
 def _to_canonical(raw: Volume) -> Volume:
@@ -173,7 +191,8 @@ def load_labels(
 ) -> Volume:
     """Open an integer label map ``(Z, Y, X)`` (smallest unsigned dtype) in canonical orientation.
 
-    Values must be whole, finite and non-negative. With ``reference`` (the image it belongs to) the
+    Values must be whole, finite and non-negative, and the file must look like a label map, not a
+    scan (:func:`~cascadeseg.io.checks.check_label_map`). With ``reference`` (the image it belongs to) the
     map must lie on the same voxel grid, else :class:`GeometryMismatchError`; a map stored in a
     different axis order (RAS vs LPS) of the same grid is fine, it is reoriented like the image.
     """
@@ -186,6 +205,7 @@ def load_labels(
             f"{source}: label file has {volume.num_channels} channels; expected a single 3D label map"
         )
     labels = volume.with_array(as_label_array(volume.array[0], str(source)), channel_names=[], modality=None)
+    check_label_map(labels.array, str(source))
     if reference is not None:
         check_same_grid(labels, reference)
     return labels

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from .._atomic import write_json
 from ..errors import CascadeSegError, ModelConfigError
 from ..io.volume import Volume
 
@@ -301,11 +302,8 @@ def describe_data(data: Any) -> Any:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it over (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically and durably (:func:`cascadeseg._atomic.write_json`)."""
+    write_json(path, payload, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -1,8 +1,12 @@
 """Train/validation splits: by patient, or by slice blocks when there is only one patient.
 
 Splitting by case would leak: two studies of one patient (TCIA's PGBM-001 has two) are nearly the
-same image. Cases are grouped by patient id (the case id without a trailing ``_YYYYMMDD`` study
-date, the TCGA/TCIA naming) and whole patients go to one side.
+same image, and two versions of one case (the local training set keeps a re-added case as
+``<case>_v2``) are the same scan. Cases are grouped by patient and whole patients go to one side.
+A case's patient is the key recorded in the dataset's ``dataset.json`` when it has one
+(:func:`cascadeseg.io.dataset.patient_keys`, written by the local training set), else its id
+without a trailing version ``_vN`` and then without a trailing ``_YYYYMMDD`` study date (the
+TCGA/TCIA naming).
 
 With a single volume (the GUI's usual case: one annotated scan) the split is by blocks of slices
 along the slicing axis, and ``gap`` slices are dropped on each side of every validation block, so
@@ -13,23 +17,31 @@ identical and would make the validation Dice meaningless).
 from __future__ import annotations
 
 import json
-import re
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._atomic import write_json
 from ..errors import CascadeSegError, DatasetError
-from .config import write_json_atomic
+from ..io.dataset import patient_id
+
+__all__ = ["SPLIT_FILE", "Split", "SliceBlock", "patient_id", "patient_groups", "split_by_patient",
+           "split_by_slice_blocks", "check_validation_unseen"]
 
 SPLIT_FILE = "split.json"
-_STUDY_DATE = re.compile(r"_(19|20)\d{6}$")
 
 
-def patient_id(case_id: str) -> str:
-    """The patient a case belongs to: its id without a trailing ``_YYYYMMDD`` study date."""
-    return _STUDY_DATE.sub("", case_id)
+def patient_groups(data: Any) -> dict[str, str]:
+    """The patients recorded in the ``dataset.json`` of training data given as a dataset folder
+    (``{}`` for file pairs, in-memory volumes, or a folder that records none)."""
+    if not isinstance(data, (str, os.PathLike)):
+        return {}
+    from ..io.dataset import patient_keys
+
+    return patient_keys(Path(data))
 
 
 @dataclass
@@ -56,7 +68,7 @@ class Split:
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / SPLIT_FILE
-        write_json_atomic(path, asdict(self))
+        write_json(path, asdict(self))
         return path
 
     @classmethod
@@ -72,16 +84,19 @@ class Split:
 
 
 def split_by_patient(
-    case_ids: Sequence[str], val_fraction: float, seed: int, force_val: Sequence[str] = ()
+    case_ids: Sequence[str], val_fraction: float, seed: int, force_val: Sequence[str] = (),
+    groups: Mapping[str, str] | None = None,
 ) -> Split:
     """Seeded split of whole patients; ``force_val`` case ids (or patient ids) go to validation.
 
-    The number of validation patients is ``round(val_fraction * patients)``, at least one, and at
-    least one patient must be left for training.
+    ``groups`` maps case ids to patients (a dataset's recorded keys, :func:`patient_groups`);
+    other cases get :func:`patient_id`. The number of validation patients is
+    ``round(val_fraction * patients)``, at least one, and at least one patient must be left for
+    training.
     """
     patients: dict[str, list[str]] = {}
     for case in case_ids:
-        patients.setdefault(patient_id(case), []).append(case)
+        patients.setdefault(patient_id(case, groups), []).append(case)
     names = sorted(patients)
     if len(names) < 2:
         raise DatasetError(
@@ -90,7 +105,7 @@ def split_by_patient(
         )
     forced: set[str] = set()
     for item in force_val:
-        pid = patient_id(item)
+        pid = patient_id(item, groups)
         if pid not in patients:
             raise DatasetError(f"validation case '{item}' is not in the data (cases: {', '.join(sorted(case_ids))})")
         forced.add(pid)
@@ -109,7 +124,8 @@ def split_by_patient(
     return Split(kind="patient", seed=seed, train=train, val=val)
 
 
-def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], source: str) -> None:
+def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], source: str,
+                            groups: Mapping[str, str] | None = None) -> None:
     """Refuse a patient split whose validation patients a starting checkpoint was trained on.
 
     Fine-tuning with another seed or ``val_fraction`` than the checkpoint's own run silently moves
@@ -120,8 +136,8 @@ def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], sourc
     """
     if split.kind != "patient":
         return
-    seen = {patient_id(c) for c in seen_train_cases}
-    leaked = sorted(c for c in split.val if patient_id(c) in seen)
+    seen = {patient_id(c, groups) for c in seen_train_cases}
+    leaked = sorted(c for c in split.val if patient_id(c, groups) in seen)
     if leaked:
         raise DatasetError(
             f"validation case(s) {', '.join(leaked)} were training cases of {source}: its validation "

@@ -46,7 +46,7 @@ from ..distributed import (
     DistContext, all_max, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
 )
 from ..errors import CancelledError, DatasetError, ModelConfigError, TrainingError
-from ..inference.checkpoint import ModelCard, read_card
+from ..inference.checkpoint import ModelCard, load_weights, read_card
 from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
 from ..models import OutputRequest, SegmentationOutput, create_model
 from .augmentation import augment_batch
@@ -58,10 +58,10 @@ from .fingerprint import DatasetFingerprint, fingerprint
 from .planner import (
     END_RESERVE_SECONDS, END_RESERVE_SHARE, PLAN_FILE, TrainPlan, device_profile, plan_training, schedule_for_budget,
 )
-from .run_folder import CsvLog, LOG_FILE, find_checkpoint, prepare_run_dir, read_training_state, write_checkpoint
+from .run_folder import CsvLog, LOG_FILE, claim_run_folder, find_checkpoint, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length
 from .schedule import lr_factor, run_progress
-from .split import Split, check_validation_unseen, patient_id, split_by_patient, split_by_slice_blocks
+from .split import Split, check_validation_unseen, patient_groups, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
 RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
@@ -186,13 +186,15 @@ class Trainer:
     def on_train_start(self) -> None:
         cfg = self.cfg
         if self.ctx.is_main and not self.dry_run:
-            prepare_run_dir(self.run_dir, cfg.resume)
+            self.claim = claim_run_folder(self.run_dir, cfg.resume)
         barrier(self.ctx)
         if cfg.resume:
             self._load_planned_config()
         raw = read_cases(case_sources(cfg.data), cfg.num_classes, self.cancel)
+        self.patient_groups = patient_groups(cfg.data)  # versions and cases of one patient (dataset.json)
         data_channel_names = list(raw[0].image.channel_names) or [f"{c:04d}" for c in range(raw[0].image.num_channels)]
-        fp = fingerprint([(r.case_id, r.image, r.labels) for r in raw], data_channel_names, patient_id)
+        fp = fingerprint([(r.case_id, r.image, r.labels) for r in raw], data_channel_names,
+                         lambda case: patient_id(case, self.patient_groups))
         if not cfg.resume:
             self._plan(fp, raw)
         torch.set_num_threads(int(self.cfg.threads or torch.get_num_threads()))
@@ -270,12 +272,9 @@ class Trainer:
             if entry is not None:
                 entry, auto_reason = self._without_leak(entry, auto_reason, fp)
             if entry is not None:
-                self.cfg.init_checkpoint = str(entry.path)
+                self.cfg.init_checkpoint = entry.name  # a shipped model's name, as a user would give it
         if self.cfg.init_checkpoint:
-            from ..inference.checkpoint import resolve_checkpoint
-
-            self.cfg.init_checkpoint = str(resolve_checkpoint(self.cfg.init_checkpoint))
-            init_card = read_card(self.cfg.init_checkpoint)
+            init_card = read_card(self.cfg.init_checkpoint)  # a folder, or a shipped / user model's name
             self.parent_card = init_card
         self.cfg, self.plan = plan_training(self.cfg, fp, profile, init_card)
         if auto_reason is not None:
@@ -290,8 +289,9 @@ class Trainer:
         """A shipped model trained on some of these patients must not validate on them: validate
         on the patients it has not seen, or, when it has seen them all, start fresh."""
         data = entry.card.training.get("data")
+        groups = self.patient_groups
         seen = {patient_id(str(c)) for c in data.get("train_cases", [])} if isinstance(data, dict) else set()
-        patients = sorted({patient_id(c) for c in fp.case_ids})
+        patients = sorted({patient_id(c, groups) for c in fp.case_ids})
         overlap = [p for p in patients if p in seen]
         if not overlap or self.cfg.val_cases:
             return entry, reason
@@ -302,7 +302,7 @@ class Trainer:
                           f"its validation would be optimistic, so training starts fresh")
         order = np.random.default_rng(self.cfg.seed).permutation(len(unseen))
         chosen = [unseen[i] for i in order[: min(wanted, len(unseen), len(patients) - 1)]]
-        self.cfg.val_cases = [c for c in fp.case_ids if patient_id(c) in set(chosen)]
+        self.cfg.val_cases = [c for c in fp.case_ids if patient_id(c, groups) in set(chosen)]
         return entry, reason + (f"; it was trained on {len(overlap)} of these patients, so validation uses "
                                 f"{len(chosen)} it has not seen")
 
@@ -388,13 +388,14 @@ class Trainer:
         if cfg.resume:
             return Split.load(self.run_dir)
         ids = [c.case_id for c in self.cases]
-        if len({patient_id(i) for i in ids}) >= 2:
-            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases)
+        groups = self.patient_groups
+        if len({patient_id(i, groups) for i in ids}) >= 2:
+            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
             # Cards are files from anywhere: only a recorded list of training cases is checked.
             data = self.parent_card.training.get("data") if self.parent_card is not None else None
             seen = data.get("train_cases") if isinstance(data, dict) else None
             if isinstance(seen, list):
-                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'")
+                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'", groups)
             return split
         # One patient (the GUI's usual case): blocks of slices along the slicing axis, in the
         # scan's own slice indices.
@@ -527,10 +528,8 @@ class Trainer:
         folder = find_checkpoint(self.run_dir, "last")
         if folder is None:
             return  # killed before the first checkpoint: start from scratch with the same split
-        from safetensors.torch import load_file
-
         saved_state = read_training_state(folder)
-        saved = load_file(str(folder / "model.safetensors"))
+        saved = load_weights(folder)  # checksum verified
         if self.ema is not None:
             # model.safetensors holds the average; the raw weights ride in the training state.
             self.ema.module.load_state_dict(saved, strict=True)
@@ -861,7 +860,10 @@ class Trainer:
         )
 
     def release(self) -> None:
-        """Drop the model, optimiser and cached batches so GPU memory is returned."""
+        """Drop the model, optimiser and cached batches so GPU memory is returned; let go of the
+        run folder."""
+        if getattr(self, "claim", None) is not None:
+            self.claim.release()
         for name in ("model", "model_for_steps", "ema", "optimizer", "loader", "dataset", "loss_fn", "scaler", "cases",
                      "train_cases", "val_cases", "val_order"):
             if hasattr(self, name):
