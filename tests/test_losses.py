@@ -154,11 +154,11 @@ def test_focal_tversky_hand_value(dims: int) -> None:
     assert build_loss("focal_tversky")(logits, target).item() == pytest.approx(expected, abs=1e-12)
 
 
-def _focal_hand() -> float:
-    # alpha_t = 0.25 on foreground, 0.75 on background; gamma = 2; p_true = (0.8, 0.6, 0.7, 0.9)
-    return (
-        -0.25 * 0.2**2 * ln(0.8) - 0.25 * 0.4**2 * ln(0.6) - 0.75 * 0.3**2 * ln(0.7) - 0.75 * 0.1**2 * ln(0.9)
-    ) / 4
+def _focal_hand(background_alpha: float = 0.75) -> float:
+    # alpha_t = 0.25 on foreground, 0.75 on background (RetinaNet; background_alpha=0.25: one alpha
+    # for every voxel, UNet# Eq. 3 as printed); gamma = 2; p_true = (0.8, 0.6, 0.7, 0.9)
+    b = background_alpha
+    return (-0.25 * 0.2**2 * ln(0.8) - 0.25 * 0.4**2 * ln(0.6) - b * 0.3**2 * ln(0.7) - b * 0.1**2 * ln(0.9)) / 4
 
 
 def _lovasz_hand() -> float:
@@ -181,8 +181,10 @@ def test_unet_sharp_mixed_hand_value(dims: int) -> None:
     logits, target = tiny(dims)
     laplace = 1 - (2 * 1.4 + 1) / (3.8 + 1)  # Eq. 4: 1 - (2 Y.Y^ + 1) / (Y + Y^ + 1)
     assert laplace_dice_loss(logits, target).item() == pytest.approx(laplace, abs=1e-12)
-    expected = 0.5 * _focal_hand() + laplace + 0.5 * _lovasz_hand()  # Eq. 2
+    expected = 0.5 * _focal_hand(background_alpha=0.25) + laplace + 0.5 * _lovasz_hand()  # Eq. 2, Eq. 3 as printed
     assert build_loss("unet_sharp_mixed")(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    balanced = 0.5 * _focal_hand() + laplace + 0.5 * _lovasz_hand()  # RetinaNet's alpha_t
+    assert build_loss("unet_sharp_mixed", alpha_balanced=True)(logits, target).item() == pytest.approx(balanced, abs=1e-12)
 
 
 def test_anu_hybrid_hand_value_summed_over_heads() -> None:
@@ -209,20 +211,25 @@ def test_class_weighted_ce_hand_value() -> None:
     assert build_loss("class_weighted_ce")(logits, target, roi=roi).item() == pytest.approx(expected_roi, abs=1e-12)
 
 
-def test_class_weighted_ce_stage2_covers_stage1_candidate_box() -> None:
-    # Stage 1 predicts foreground at voxels 1..2 only; with margin 1 the candidate box C2 is 0..3.
-    stage1 = torch.tensor([-5.0, 5.0, 5.0, -5.0, -5.0, -5.0], dtype=torch.float64)
+def test_class_weighted_ce_stage2_is_supervised_where_stage2_ran() -> None:
+    # The model ran stage 2 on voxels 0..3 (its box): there the stage-2 logits are its own, outside
+    # they are stage 1's copy. Stage 1 is supervised everywhere, stage 2 only on 0..3.
+    stage1 = torch.tensor([-5.0, 5.0, 5.0, -5.0, 2.0, -2.0], dtype=torch.float64)
     stage1 = torch.stack([torch.zeros(6, dtype=torch.float64), stage1]).reshape(1, 2, 1, 6)
-    stage2, target = tiny(p=[0.8, 0.6, 0.3, 0.1, 0.5, 0.5], g=[1, 0, 0, 0, 1, 1])
+    own, _ = tiny(p=[0.8, 0.6, 0.3, 0.1])
+    stage2 = stage1.clone()
+    stage2[..., :4] = own.detach()
+    target = torch.tensor([1, 0, 0, 0, 1, 1]).reshape(1, 1, 6)
     output = SegmentationOutput(logits=stage2, stages={"stage1": stage1, "stage2": stage2})
-    loss = build_loss("class_weighted_ce", candidate_margin=1)
     inside = torch.tensor([[[True, True, True, True, False, False]]])
-    expected = class_frequency_weighted_ce(stage1, target) + class_frequency_weighted_ce(stage2, target, roi=inside)
-    assert loss(output, target).item() == pytest.approx(expected.item(), abs=1e-12)
-    # inside C2 the labels are those of the class-weighted hand case above
-    assert class_frequency_weighted_ce(stage2, target, roi=inside).item() == pytest.approx(
-        (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4, abs=1e-12
-    )
+    expected_stage2 = (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4  # the hand case above
+    assert class_frequency_weighted_ce(stage2, target, roi=inside).item() == pytest.approx(expected_stage2, abs=1e-12)
+    expected = class_frequency_weighted_ce(stage1, target).item() + expected_stage2
+    assert build_loss("class_weighted_ce")(output, target).item() == pytest.approx(expected, abs=1e-12)
+    # With a body mask (C1) without voxel 5, stage 1 trains in C1 and stage 2 in C2 inside C1.
+    body = torch.tensor([[[True, True, True, True, True, False]]])
+    expected_body = class_frequency_weighted_ce(stage1, target, roi=body).item() + expected_stage2
+    assert build_loss("class_weighted_ce")(output, target, roi=body).item() == pytest.approx(expected_body, abs=1e-12)
 
 
 def test_weighted_sampling_hand_value() -> None:

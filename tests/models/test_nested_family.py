@@ -29,16 +29,6 @@ MINE = PRUNABLE + ["unet3plus"]
 LGG_CASE = "TCGA_CS_4941_19960909"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The networks here are tiny: splitting their small kernels over threads costs more (and, on a
-    shared 2-core runner, spins) than it brings."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def paper_width(name: str, dims: int = 2) -> nn.Module:
     with torch.device("meta"):
         return create_model(name, in_channels=1, num_classes=2, dims=dims).eval()
@@ -59,8 +49,10 @@ def test_parameters_per_depth_match_the_papers(name: str) -> None:
         if paper is not None:
             # 15%: the issue's threshold for a difference that docs/model_zoo.md must explain.
             assert measured == pytest.approx(paper[0], rel=0.15), f"{name} L{depth}"
-    # The full depth runs every parameter except the other depths' heads and UNet#'s aux heads.
-    unused = ("heads.1.", "heads.2.", "heads.3.", "aux_heads.")
+    # The full depth runs every parameter except the other depths' heads, UNet#'s aux heads and the
+    # classification-guided modules of the branches other than X(0,4) (training only).
+    unused = ("heads.1.", "heads.2.", "heads.3.", "aux_heads.", "cgms.x0_1.", "cgms.x0_2.", "cgms.x0_3.",
+              "cgms.x1_3.", "cgms.x2_2.", "cgms.x3_1.", "cgms.x4_0.")
     assert measure(model, (1, 1, 256, 256), 4).params_m == pytest.approx(
         sum(p.numel() for n, p in model.named_parameters() if not n.startswith(unused)) / 1e6, abs=1e-9
     )
@@ -162,6 +154,9 @@ def test_unet_sharp_supervises_eight_branches_at_full_depth() -> None:
         "X1,3": (16, 16), "X2,2": (8, 8), "X3,1": (4, 4), "X4,0": (2, 2)
     }
     assert out.classification.shape == (2, 1)
+    # One classification-guided module per branch (paper 004 Fig. 3), the output branch's in front.
+    assert sorted(out.branch_classification) == ["X0,1", "X0,2", "X0,3", "X0,4", "X1,3", "X2,2", "X3,1", "X4,0"]
+    assert out.classification is out.branch_classification["X0,4"]
 
 
 # ---------------------------------------------------------------------------- CGM
@@ -225,7 +220,8 @@ def test_unet_sharp_learns_a_real_lesion_and_its_cgm_removes_false_positives(lgg
         loss = sum(F.cross_entropy(h, labels, weight=weight) for h in out.heads.values())
         loss = loss + sum(F.cross_entropy(a, F.interpolate(labels[:, None].float(), size=a.shape[2:]).long()[:, 0],
                                           weight=weight) for a in out.aux.values())
-        loss = loss + F.binary_cross_entropy_with_logits(out.classification, present)
+        # Every branch's own classification-guided module learns presence (the loss's BCE term).
+        loss = loss + sum(F.binary_cross_entropy_with_logits(p, present) for p in out.branch_classification.values())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

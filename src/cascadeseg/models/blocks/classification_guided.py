@@ -19,6 +19,7 @@ keeps softmax/cross-entropy finite and fits float16.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ABSENT_LOGIT = -1.0e4
@@ -30,23 +31,39 @@ def _global_pools(dims: int) -> tuple[nn.Module, nn.Module]:
     return nn.AdaptiveAvgPool3d(1), nn.AdaptiveMaxPool3d(1)
 
 
-class PooledPresenceHead(nn.Module):
-    """UNet#'s CGM: global average and max pooling concatenated, flattened, then
-    ``Dropout -> Linear`` (the paper's "blue", simplified CGM) or, with ``hidden``,
-    ``Dropout -> Linear -> ReLU -> Dropout -> Linear`` (its "green" CGM for wide maps).
+class PresenceBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` of the CGM that also accepts a training batch of one image (common in 3D):
+    one image has no batch statistics, so it is normalised with the running ones, as in eval mode
+    (``nn.BatchNorm1d`` raises there)."""
 
-    The paper also puts ``BatchNorm1d`` before each dropout; it is left out because batch norm over
-    a batch of one image fails in training, and one-patch batches are the norm in 3D.
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class PooledPresenceHead(nn.Module):
+    """UNet#'s CGM (paper 004, Sec. 2.3, Fig. 3): global average and max pooling concatenated and
+    flattened, then the paper's "blue" (simplified) module ``BatchNorm1d -> Dropout -> Linear`` or,
+    with ``hidden``, its "green" module for wide maps, ``BatchNorm1d -> Dropout -> Linear -> ReLU ->
+    BatchNorm1d -> Dropout -> Linear``.
+
+    ``batch_norm=False`` leaves the batch norms out: the single module of the checkpoints made
+    before the paper's eight modules were implemented (``UNetSharp(cgm="single")``).
     """
 
     def __init__(self, dims: int, in_channels: int, num_foreground: int, hidden: int | None = None,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, batch_norm: bool = True) -> None:
         super().__init__()
         self.avg, self.max = _global_pools(dims)
         features = 2 * in_channels
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
+
+        def normalise(width: int) -> list[nn.Module]:
+            return [PresenceBatchNorm(width)] if batch_norm else []
+
+        layers: list[nn.Module] = [*normalise(features), nn.Dropout(dropout)]
         if hidden is not None:
-            layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True), *normalise(hidden), nn.Dropout(dropout)]
             features = hidden
         layers.append(nn.Linear(features, num_foreground))
         self.classifier = nn.Sequential(*layers)
@@ -80,4 +97,4 @@ def suppress_absent_classes(logits: Tensor, presence_logits: Tensor) -> Tensor:
     return torch.cat([logits[:, :1], foreground], dim=1)
 
 
-__all__ = ["ABSENT_LOGIT", "PooledPresenceHead", "MaxPoolPresenceHead", "suppress_absent_classes"]
+__all__ = ["ABSENT_LOGIT", "PooledPresenceHead", "PresenceBatchNorm", "MaxPoolPresenceHead", "suppress_absent_classes"]
