@@ -186,17 +186,17 @@ class UNetSharpMixedLoss(SupervisedLoss):
     """
 
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, focal_weight: float = 0.5,
-                 lovasz_weight: float = 0.5, alpha_balanced: bool = False, **common: Any) -> None:
+                 lovasz_weight: float = 0.5, alpha_balanced: bool = False, per_image: bool = True, **common: Any) -> None:
         super().__init__(**common)
         self.alpha, self.gamma, self.focal_weight, self.lovasz_weight = alpha, gamma, focal_weight, lovasz_weight
-        self.alpha_balanced = alpha_balanced
+        self.alpha_balanced, self.per_image = alpha_balanced, per_image
 
     def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
         focal = focal_loss(logits, target, alpha=self.alpha, gamma=self.gamma, balanced=self.alpha_balanced, roi=roi)
         return (
             self.focal_weight * focal
-            + laplace_dice_loss(logits, target, roi=roi)
-            + self.lovasz_weight * lovasz_hinge_loss(logits, target, roi=roi)
+            + laplace_dice_loss(logits, target, per_image=self.per_image, roi=roi)
+            + self.lovasz_weight * lovasz_hinge_loss(logits, target, per_image=self.per_image, roi=roi)
         )
 
 
