@@ -190,6 +190,23 @@ def test_unet_sharp_mixed_hand_value(dims: int) -> None:
     assert build_loss("unet_sharp_mixed", alpha_balanced=True)(logits, target).item() == pytest.approx(balanced, abs=1e-12)
 
 
+def test_laplace_dice_and_lovasz_per_image_or_over_the_batch() -> None:
+    # Image A: p = (0.8, 0.6, 0.3, 0.1), g = (1, 1, 0, 0); image B: p = 0.2 everywhere, no target.
+    a, ga = tiny()
+    b, gb = tiny(p=[0.2] * 4, g=[0] * 4)
+    logits, target = torch.cat([a, b]), torch.cat([ga, gb])
+    per_image = ((1 - 3.8 / 4.8) + (1 - 1 / 1.8)) / 2  # A: (2*1.4 + 1)/(1.8 + 2 + 1); B: 1/(0.8 + 1)
+    batch = 1 - 3.8 / 5.6  # one ratio: (2*1.4 + 1)/(1.8 + 0.8 + 2 + 1)
+    assert laplace_dice_loss(logits, target).item() == pytest.approx(per_image, abs=1e-12)
+    assert laplace_dice_loss(logits, target, per_image=False).item() == pytest.approx(batch, abs=1e-12)
+    # Lovasz over the batch = the Lovasz of the two images laid side by side as one image.
+    side_by_side = lovasz_hinge_loss(torch.cat([a, b], dim=-1), torch.cat([ga, gb], dim=-1))
+    assert lovasz_hinge_loss(logits, target, per_image=False).item() == pytest.approx(side_by_side.item(), abs=1e-12)
+    mixed = build_loss("unet_sharp_mixed")(logits, target).item()
+    focal = focal_loss(logits, target, balanced=False).item()
+    assert mixed == pytest.approx(0.5 * focal + batch + 0.5 * side_by_side.item(), abs=1e-12)
+
+
 def test_anu_hybrid_hand_value_summed_over_heads() -> None:
     logits, target = tiny()
     # squared Dice: sum p^2 = 0.64 + 0.36 + 0.09 + 0.01 = 1.1, sum g^2 = 2, s = 1 -> (2.8 + 1) / (1.1 + 2 + 1)

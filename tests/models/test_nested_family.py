@@ -296,10 +296,22 @@ def test_presence_judged_window_by_window_when_trained_on_crops() -> None:
     assert head(features, window=(16, 16)).item() == head(features).item()  # the whole map: global
     # _window_starts keeps the last window flush with the edge
     assert _window_starts(10, 4) == [0, 2, 4, 6] and _window_starts(11, 4) == [0, 2, 4, 6, 7]
+    # In a model: the window in each branch's own voxels (level 2 is pooled 4x).
     model = tiny("unet_sharp", levels=3, cgm_window=(8, 8))
-    assert model._node_window(0) == (8, 8) and model._node_window(2) == (2, 2)
+    assert model._window() == (8, 8) and model._node_window(2, (8, 8)) == (2, 2)
     with pytest.raises(ModelConfigError, match="cgm_window"):
         tiny("unet_sharp", cgm_window=(8, 8, 8))
+    # "auto" (default): the size of the training inputs, recorded while training and saved.
+    auto = tiny("unet_sharp", levels=3)
+    assert auto._window() is None  # never trained: the whole input, as the paper
+    auto.train()(torch.randn(2, 1, 16, 24), request=OutputRequest.for_training())
+    assert auto._window() == (16, 24) and auto.state_dict()["cgm_trained_size"].tolist() == [16, 24]
+    judged: list[tuple[int, ...]] = []
+    auto.cgms["x0_2"].classifier.register_forward_pre_hook(lambda _m, inp: judged.append(tuple(inp[0].shape)))
+    with torch.no_grad():
+        auto.eval()(torch.randn(1, 1, 32, 48))
+    assert judged == [(9, 8)]  # 3 x 3 windows of 16 x 24 (stride 8 x 12), 2 x 4 pooled features each
+    assert tiny("unet_sharp", levels=3, cgm_window=None)._window() is None
 
 
 # ---------------------------------------------------------------------------- real data

@@ -175,18 +175,27 @@ class ANUHybridLoss(SupervisedLoss):
 class UNetSharpMixedLoss(SupervisedLoss):
     """"unet_sharp_mixed": UNet# (paper 004) Eq. 2-6 plus the classification-guided BCE.
 
-    Per branch ``0.5 * focal (alpha 0.25, gamma 2) + Laplace-smoothed Dice (per image, +1)
-    + 0.5 * Lovasz hinge (per image)``; the loss is the average over all eight branches (the four
-    full-resolution heads and the four decoder outputs against the max-pooled ground truth,
-    Sec. 2.2 / Fig. 2 / Fig. 4), plus the BCE of the classification-guided modules against
-    per-image presence (averaged over the modules when each branch has its own). The focal alpha
-    weighs every voxel as Eq. 3 prints it (``alpha_balanced=False``); ``alpha_balanced=True`` is
-    RetinaNet's foreground/background balance (alpha on the foreground, 1 - alpha on the
-    background), what this loss did before.
+    Per branch ``0.5 * focal (alpha 0.25, gamma 2) + Laplace-smoothed Dice (+1) + 0.5 * Lovasz
+    hinge``; the loss is the average over all eight branches (the four full-resolution heads and
+    the four decoder outputs against the max-pooled ground truth, Sec. 2.2 / Fig. 2 / Fig. 4), plus
+    the BCE of the classification-guided modules against per-image presence (averaged over the
+    modules when each branch has its own).
+
+    * The focal alpha weighs every voxel as Eq. 3 prints it (``alpha_balanced=False``);
+      ``alpha_balanced=True`` is RetinaNet's balance (alpha on the foreground, 1 - alpha on the
+      background), what this loss did before.
+    * The Dice and Lovasz ratios are taken over the whole batch (``per_image=False``, default);
+      Eq. 6 takes them per image and averages (``per_image=True``). Why: training batches of
+      crops hold many images without lesion (half the crops here are drawn anywhere, and ~1 % of
+      the voxels are lesion), where a per-image Dice is decided by its +1 smoothing and keeps
+      pushing every probability to zero, and the Lovasz hinge of an image without positives only
+      sees its worst voxel. Measured on LGG (UNet#, width 8, 1500 steps, docs/model_zoo.md): Dice
+      0.27 / 0.32 at L1 / L4 per image, 0.38 / 0.55 over the batch. The paper trains on whole
+      images at batch 128, where most hold the organ.
     """
 
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, focal_weight: float = 0.5,
-                 lovasz_weight: float = 0.5, alpha_balanced: bool = False, per_image: bool = True, **common: Any) -> None:
+                 lovasz_weight: float = 0.5, alpha_balanced: bool = False, per_image: bool = False, **common: Any) -> None:
         super().__init__(**common)
         self.alpha, self.gamma, self.focal_weight, self.lovasz_weight = alpha, gamma, focal_weight, lovasz_weight
         self.alpha_balanced, self.per_image = alpha_balanced, per_image

@@ -41,12 +41,15 @@ suppressed (:func:`~.blocks.classification_guided.suppress_absent_classes`); in 
 outputs stay ungated so segmentation keeps learning on every image (the paper's argmax gate has no
 gradient anyway). ``cgm_gating=False`` turns the gate off.
 
-``cgm_window``: the input size the modules were trained on, when training used crops smaller than
-the images the model segments. The paper trains and judges whole images; a module trained on crops
-and shown a whole slice judges a diluted average and erases true lesions (measured on LGG: 41 % of
-the lesion voxels at L1). With ``cgm_window`` a larger input is judged window by window and a
-class is present when any window holds it (:class:`~.blocks.classification_guided.PooledPresenceHead`).
-``None`` (default): the whole input, the paper's.
+``cgm_window``: the size of the windows a module judges. The paper trains and judges whole
+images; a module trained on crops and shown a whole slice judges a diluted average and erases true
+lesions (measured on LGG: 41 % of the lesion voxels at L1, docs/model_zoo.md). So by default
+(``"auto"``) the model records the spatial size of its training inputs (the buffer
+``cgm_trained_size``, saved with the weights, like batch norm's statistics) and judges a larger
+input window by window at that size, a class being present when any window holds it
+(:class:`~.blocks.classification_guided.PooledPresenceHead`). Trained on whole images, the window
+is the whole image: the paper's module exactly. ``None`` always judges the whole input; explicit
+sizes (input voxels per axis) fix the window.
 
 Other choices: heads output logits (the paper's ReLU after the head convolutions would clip
 logits, so it is left out); default loss "unet_sharp_mixed" (Eq. 2-6).
@@ -99,11 +102,14 @@ class UNetSharp(NestedUNetBase):
 
     def __init__(
         self, in_channels: int, num_classes: int, dims: int, cgm_gating: bool = True, cgm: str = "paper",
-        link_width: str = "base", link_order: str = "conv_first", cgm_window: int | Sequence[int] | None = None,
+        link_width: str = "base", link_order: str = "conv_first", cgm_window: int | Sequence[int] | str | None = "auto",
         **common: Any,
     ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
         self.cgm_window = self._check_window(cgm_window)
+        if cgm == "paper":
+            # The training input size (zeros: not trained yet); read by cgm_window="auto".
+            self.register_buffer("cgm_trained_size", torch.zeros(dims, dtype=torch.long))
         for option, value, allowed in (("cgm", cgm, CGM_LAYOUTS), ("link_width", link_width, LINK_WIDTHS),
                                        ("link_order", link_order, LINK_ORDERS)):
             if value not in allowed:
@@ -133,9 +139,11 @@ class UNetSharp(NestedUNetBase):
                  for i, j in branches}
             )
 
-    def _check_window(self, window: int | Sequence[int] | None) -> tuple[int, ...] | None:
-        if window is None:
-            return None
+    def _check_window(self, window: int | Sequence[int] | str | None) -> tuple[int, ...] | str | None:
+        if window is None or window == "auto":
+            return window
+        if isinstance(window, str):
+            raise ModelConfigError(f"model '{self.info.name}': cgm_window must be 'auto', None or input sizes, got {window!r}")
         sizes = (int(window),) * self.dims if isinstance(window, (int, float)) else tuple(int(w) for w in window)
         if len(sizes) != self.dims or any(w < 1 for w in sizes):
             raise ModelConfigError(
@@ -143,12 +151,21 @@ class UNetSharp(NestedUNetBase):
             )
         return sizes
 
-    def _node_window(self, level: int) -> tuple[int, ...] | None:
-        """``cgm_window`` in the voxels of a level's feature map."""
-        if self.cgm_window is None:
+    def _window(self) -> tuple[int, ...] | None:
+        """The judged window in input voxels (None: the whole input)."""
+        if self.cgm_window != "auto":
+            return self.cgm_window  # type: ignore[return-value]
+        trained = getattr(self, "cgm_trained_size", None)
+        if trained is None or trained.is_meta or not bool((trained > 0).all()):
+            return None
+        return tuple(int(s) for s in trained.tolist())
+
+    def _node_window(self, level: int, window: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        """``window`` in the voxels of a level's feature map."""
+        if window is None:
             return None
         factor = factor_between(self.plan, 0, level, self.dims)
-        return tuple(max(1, math.ceil(w / f)) for w, f in zip(self.cgm_window, factor))
+        return tuple(max(1, math.ceil(w / f)) for w, f in zip(window, factor))
 
     def _green(self, level: int) -> bool:
         """The paper's "green" modules sit on the two deepest decoder branches (X(4,0), X(3,1))."""
@@ -161,12 +178,15 @@ class UNetSharp(NestedUNetBase):
 
     def _presence(self, grid: Grid, nodes: list[Node]) -> dict[Node, Tensor]:
         """Presence logits judging each branch node's output (the shared module with ``cgm="single"``)."""
+        window = self._window()
         if self.cgm_layout == "single":
-            shared = self.cgm(grid[(0, 1)], self._node_window(0))
+            shared = self.cgm(grid[(0, 1)], self._node_window(0, window))
             return {node: shared for node in nodes}
-        return {node: self.cgms[node_key(*node)](grid[node], self._node_window(node[0])) for node in nodes}
+        return {node: self.cgms[node_key(*node)](grid[node], self._node_window(node[0], window)) for node in nodes}
 
     def _finish(self, out: SegmentationOutput, grid: Grid, depth: int, request: OutputRequest) -> SegmentationOutput:
+        if self.training and self.cgm_layout == "paper" and not grid[(0, 0)].is_meta:
+            self.cgm_trained_size.copy_(torch.tensor(grid[(0, 0)].shape[2:]))
         if request.heads and depth == self.max_depth:
             out.aux = {node_name(i, j): self.aux_heads[node_key(i, j)](grid[(i, j)]) for i, j in self.aux_nodes}
         gate = self.cgm_gating and not self.training
