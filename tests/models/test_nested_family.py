@@ -111,7 +111,7 @@ def test_depth_k_runs_only_the_nodes_head_k_depends_on(name: str) -> None:
 def test_depth_1_costs_less_than_a_fifth_of_depth_4(name: str) -> None:
     model = paper_width(name)
     flops = {k: measure(model, (16, 1, 256, 256), k).gflops for k in (1, 4)}
-    assert flops[4] / flops[1] > 8  # measured: 8.7x (UNet++), 9.0x (ANU-Net), 10.5x (UNet#)
+    assert flops[4] / flops[1] > 8  # measured: 8.7x (UNet++), 9.0x (ANU-Net), 10.1x (UNet#)
 
 
 def test_depth_must_be_a_pruning_level_of_this_model() -> None:
