@@ -5,6 +5,7 @@ Usage (from the repository root)::
 
     python benchmarks/pruning_speed.py                      # paper width 32, batch 16, 256x256
     python benchmarks/pruning_speed.py --batch 4 --repeats 5 --models unet_sharp
+    python benchmarks/pruning_speed.py --models anu_net anu_net:merge=sum   # a model option (JSON value)
 
 Each repeat times depths 1..max in turn (interleaved, so a change in machine load hits every depth
 alike); the table shows the fastest and the median repeat per depth and the ratio of the full
@@ -14,6 +15,7 @@ depth's time to each depth's (fastest times: the least disturbed by other proces
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -25,9 +27,23 @@ from cascadeseg.models import create_model
 NESTED = ["unet_plus_plus", "anu_net", "unet_sharp"]
 
 
-def time_depths(name: str, batch: int, size: int, repeats: int, base_width: int) -> dict[int, list[float]]:
+def parse_model(spec: str) -> tuple[str, dict]:
+    """``"anu_net:merge=sum,levels=5"`` -> ``("anu_net", {"merge": "sum", "levels": 5})``."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value  # a bare word: a string option
+    return name, options
+
+
+def time_depths(spec: str, batch: int, size: int, repeats: int, base_width: int) -> dict[int, list[float]]:
     torch.manual_seed(0)
-    model = create_model(name, in_channels=1, num_classes=2, dims=2, base_width=base_width).eval()
+    name, options = parse_model(spec)
+    model = create_model(name, in_channels=1, num_classes=2, dims=2, base_width=base_width, **options).eval()
     x = torch.randn(batch, 1, size, size)
     depths = list(range(1, model.max_depth + 1))
     times: dict[int, list[float]] = {k: [] for k in depths}

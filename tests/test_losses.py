@@ -19,7 +19,9 @@ import torch
 
 from cascadeseg.errors import ModelConfigError, VolumeError
 from cascadeseg.losses import (
+    anu_focal_term,
     build_loss,
+    case_body_mask,
     class_frequency_weighted_ce,
     cross_entropy_loss,
     focal_loss,
@@ -29,6 +31,7 @@ from cascadeseg.losses import (
     lovasz_hinge_loss,
     sample_matrix,
     soft_dice_loss,
+    training_region,
 )
 from cascadeseg.losses.targets import downscale_labels
 from cascadeseg.models.output import SegmentationOutput
@@ -154,11 +157,11 @@ def test_focal_tversky_hand_value(dims: int) -> None:
     assert build_loss("focal_tversky")(logits, target).item() == pytest.approx(expected, abs=1e-12)
 
 
-def _focal_hand() -> float:
-    # alpha_t = 0.25 on foreground, 0.75 on background; gamma = 2; p_true = (0.8, 0.6, 0.7, 0.9)
-    return (
-        -0.25 * 0.2**2 * ln(0.8) - 0.25 * 0.4**2 * ln(0.6) - 0.75 * 0.3**2 * ln(0.7) - 0.75 * 0.1**2 * ln(0.9)
-    ) / 4
+def _focal_hand(background_alpha: float = 0.75) -> float:
+    # alpha_t = 0.25 on foreground, 0.75 on background (RetinaNet; background_alpha=0.25: one alpha
+    # for every voxel, UNet# Eq. 3 as printed); gamma = 2; p_true = (0.8, 0.6, 0.7, 0.9)
+    b = background_alpha
+    return (-0.25 * 0.2**2 * ln(0.8) - 0.25 * 0.4**2 * ln(0.6) - b * 0.3**2 * ln(0.7) - b * 0.1**2 * ln(0.9)) / 4
 
 
 def _lovasz_hand() -> float:
@@ -181,8 +184,27 @@ def test_unet_sharp_mixed_hand_value(dims: int) -> None:
     logits, target = tiny(dims)
     laplace = 1 - (2 * 1.4 + 1) / (3.8 + 1)  # Eq. 4: 1 - (2 Y.Y^ + 1) / (Y + Y^ + 1)
     assert laplace_dice_loss(logits, target).item() == pytest.approx(laplace, abs=1e-12)
-    expected = 0.5 * _focal_hand() + laplace + 0.5 * _lovasz_hand()  # Eq. 2
+    expected = 0.5 * _focal_hand(background_alpha=0.25) + laplace + 0.5 * _lovasz_hand()  # Eq. 2, Eq. 3 as printed
     assert build_loss("unet_sharp_mixed")(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    balanced = 0.5 * _focal_hand() + laplace + 0.5 * _lovasz_hand()  # RetinaNet's alpha_t
+    assert build_loss("unet_sharp_mixed", alpha_balanced=True)(logits, target).item() == pytest.approx(balanced, abs=1e-12)
+
+
+def test_laplace_dice_and_lovasz_per_image_or_over_the_batch() -> None:
+    # Image A: p = (0.8, 0.6, 0.3, 0.1), g = (1, 1, 0, 0); image B: p = 0.2 everywhere, no target.
+    a, ga = tiny()
+    b, gb = tiny(p=[0.2] * 4, g=[0] * 4)
+    logits, target = torch.cat([a, b]), torch.cat([ga, gb])
+    per_image = ((1 - 3.8 / 4.8) + (1 - 1 / 1.8)) / 2  # A: (2*1.4 + 1)/(1.8 + 2 + 1); B: 1/(0.8 + 1)
+    batch = 1 - 3.8 / 5.6  # one ratio: (2*1.4 + 1)/(1.8 + 0.8 + 2 + 1)
+    assert laplace_dice_loss(logits, target).item() == pytest.approx(per_image, abs=1e-12)
+    assert laplace_dice_loss(logits, target, per_image=False).item() == pytest.approx(batch, abs=1e-12)
+    # Lovasz over the batch = the Lovasz of the two images laid side by side as one image.
+    side_by_side = lovasz_hinge_loss(torch.cat([a, b], dim=-1), torch.cat([ga, gb], dim=-1))
+    assert lovasz_hinge_loss(logits, target, per_image=False).item() == pytest.approx(side_by_side.item(), abs=1e-12)
+    mixed = build_loss("unet_sharp_mixed")(logits, target).item()
+    focal = focal_loss(logits, target, balanced=False).item()
+    assert mixed == pytest.approx(0.5 * focal + batch + 0.5 * side_by_side.item(), abs=1e-12)
 
 
 def test_anu_hybrid_hand_value_summed_over_heads() -> None:
@@ -194,6 +216,23 @@ def test_anu_hybrid_hand_value_summed_over_heads() -> None:
     # Eq. 8 sums over the deep-supervision heads: two identical heads give twice the value.
     output = SegmentationOutput(logits=logits, heads={1: logits, 2: logits})
     assert loss(output, target).item() == pytest.approx(2 * per_head, abs=1e-12)
+
+
+def test_anu_eq8_focal_term_hand_value() -> None:
+    logits, target = tiny()
+    # p_t = (0.8, 0.6, 0.7, 0.9); |p_t - 0.5| = (0.3, 0.1, 0.2, 0.4), none below the 0.1 clamp;
+    # alpha_t = (0.25, 0.25, 0.75, 0.75); term = mean(alpha_t * -ln p_t / |p_t - 0.5|^2)
+    eq8 = (0.25 * -ln(0.8) / 0.09 + 0.25 * -ln(0.6) / 0.01 + 0.75 * -ln(0.7) / 0.04 + 0.75 * -ln(0.9) / 0.16) / 4
+    assert anu_focal_term(logits, target).item() == pytest.approx(eq8, abs=1e-12)
+    per_head = eq8 + 1 - 3.8 / 4.1  # plus Eq. 8's squared Dice, as in the default's hand value
+    assert build_loss("anu_hybrid", focal="eq8")(logits, target).item() == pytest.approx(per_head, abs=1e-12)
+    # At p_t = 0.5 the printed term is infinite; the clamp makes it alpha_t ln 2 / clamp^2.
+    uncertain, labels = tiny(p=[0.5, 0.5], g=[1, 0])
+    clamped = (0.25 * ln(2) / 0.1**2 + 0.75 * ln(2) / 0.1**2) / 2
+    assert anu_focal_term(uncertain, labels).item() == pytest.approx(clamped, abs=1e-12)
+    assert anu_focal_term(uncertain, labels, clamp=0.2).item() == pytest.approx(clamped / 4, abs=1e-12)
+    with pytest.raises(ModelConfigError, match="focal must be one of"):
+        build_loss("anu_hybrid", focal="printed")
 
 
 def test_class_weighted_ce_hand_value() -> None:
@@ -209,20 +248,25 @@ def test_class_weighted_ce_hand_value() -> None:
     assert build_loss("class_weighted_ce")(logits, target, roi=roi).item() == pytest.approx(expected_roi, abs=1e-12)
 
 
-def test_class_weighted_ce_stage2_covers_stage1_candidate_box() -> None:
-    # Stage 1 predicts foreground at voxels 1..2 only; with margin 1 the candidate box C2 is 0..3.
-    stage1 = torch.tensor([-5.0, 5.0, 5.0, -5.0, -5.0, -5.0], dtype=torch.float64)
+def test_class_weighted_ce_stage2_is_supervised_where_stage2_ran() -> None:
+    # The model ran stage 2 on voxels 0..3 (its box): there the stage-2 logits are its own, outside
+    # they are stage 1's copy. Stage 1 is supervised everywhere, stage 2 only on 0..3.
+    stage1 = torch.tensor([-5.0, 5.0, 5.0, -5.0, 2.0, -2.0], dtype=torch.float64)
     stage1 = torch.stack([torch.zeros(6, dtype=torch.float64), stage1]).reshape(1, 2, 1, 6)
-    stage2, target = tiny(p=[0.8, 0.6, 0.3, 0.1, 0.5, 0.5], g=[1, 0, 0, 0, 1, 1])
+    own, _ = tiny(p=[0.8, 0.6, 0.3, 0.1])
+    stage2 = stage1.clone()
+    stage2[..., :4] = own.detach()
+    target = torch.tensor([1, 0, 0, 0, 1, 1]).reshape(1, 1, 6)
     output = SegmentationOutput(logits=stage2, stages={"stage1": stage1, "stage2": stage2})
-    loss = build_loss("class_weighted_ce", candidate_margin=1)
     inside = torch.tensor([[[True, True, True, True, False, False]]])
-    expected = class_frequency_weighted_ce(stage1, target) + class_frequency_weighted_ce(stage2, target, roi=inside)
-    assert loss(output, target).item() == pytest.approx(expected.item(), abs=1e-12)
-    # inside C2 the labels are those of the class-weighted hand case above
-    assert class_frequency_weighted_ce(stage2, target, roi=inside).item() == pytest.approx(
-        (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4, abs=1e-12
-    )
+    expected_stage2 = (0.75 * -ln(0.8) + 0.25 * -(ln(0.4) + ln(0.7) + ln(0.9))) / 4  # the hand case above
+    assert class_frequency_weighted_ce(stage2, target, roi=inside).item() == pytest.approx(expected_stage2, abs=1e-12)
+    expected = class_frequency_weighted_ce(stage1, target).item() + expected_stage2
+    assert build_loss("class_weighted_ce")(output, target).item() == pytest.approx(expected, abs=1e-12)
+    # With a body mask (C1) without voxel 5, stage 1 trains in C1 and stage 2 in C2 inside C1.
+    body = torch.tensor([[[True, True, True, True, True, False]]])
+    expected_body = class_frequency_weighted_ce(stage1, target, roi=body).item() + expected_stage2
+    assert build_loss("class_weighted_ce")(output, target, roi=body).item() == pytest.approx(expected_body, abs=1e-12)
 
 
 def test_weighted_sampling_hand_value() -> None:
@@ -245,6 +289,56 @@ def test_weighted_sampling_hand_value() -> None:
     # U-Net 2's rule (substructures): only tumour and band, contour weight 1.
     substructure = sample_matrix(target > 0, None, substructures=True, contour_width=2)
     assert substructure.flatten().tolist() == [0, 0, 1, 1, 1, 1, 1, 0]
+
+
+def test_training_region_is_the_body_mask_plus_the_labels_and_reaches_the_loss() -> None:
+    # One row of 8 voxels: body mask 1..6 (voxels 0 and 7 are the black background S1), tumour at
+    # 5..7, so voxel 7 is labelled outside the thresholded mask and must stay in the region.
+    p = [0.1, 0.2, 0.4, 0.7, 0.9, 0.6, 0.3, 0.2]
+    logits, target = tiny(p=p, g=[0, 0, 0, 0, 0, 1, 1, 1])
+    body = torch.tensor([False, True, True, True, True, True, True, False]).reshape(target.shape)
+    region = training_region(build_loss("weighted_sampling"), target, body)
+    assert region.flatten().tolist() == [False] + [True] * 7
+    assert training_region(build_loss("dice_ce"), target, body) is None  # trains on every voxel
+    with pytest.raises(ModelConfigError, match="body mask"):
+        training_region(build_loss("class_weighted_ce"), target, None)
+    # CU-Net, contour width 2 (radius 1): dilation 4..7, erosion {6, 7} (the row's end is not
+    # background) -> band S4 = {4, 5}, interior S3 = {6, 7}; normal brain S2 = region minus tumour
+    # and band = {1, 2, 3}; S1 = {0} is never sampled (p1 = 0).
+    # p2 = 1.5 * 3 / 3 > 1 -> 1; W = (0, 1, 1, 1, 2, 2, 1, 1), sum 9.
+    p_true = [0.9, 0.8, 0.6, 0.3, 0.1, 0.6, 0.3, 0.2]
+    weights = [0, 1, 1, 1, 2, 2, 1, 1]
+    expected = sum(w * -ln(q) for w, q in zip(weights, p_true)) / 9
+    loss = build_loss("weighted_sampling", contour_width=2)
+    assert loss(logits, target, roi=region).item() == pytest.approx(expected, abs=1e-12)
+    # Coarse-to-fine stage 1 in C1 = the region: N_C = 7, N_1 = 3, N_0 = 4 -> lambda_1 = 4/7, lambda_0 = 3/7
+    ce = (3 / 7 * -(ln(0.8) + ln(0.6) + ln(0.3) + ln(0.1)) + 4 / 7 * -(ln(0.6) + ln(0.3) + ln(0.2))) / 7
+    assert build_loss("class_weighted_ce")(logits, target, roi=region).item() == pytest.approx(ce, abs=1e-12)
+
+
+def test_case_body_mask_on_a_real_scan(shared_data: Path) -> None:
+    image = _read(shared_data / "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz").astype(np.float32)
+    labels = _read(shared_data / "lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz")
+    head = case_body_mask(image[None])
+    assert head.shape == labels.shape and 0.3 < head.mean() < 0.8  # the head, not the black background
+    assert not (labels[~head] > 0).any()  # every lesion voxel lies inside it
+    assert not head[:, :3, :3].any()  # the image's corners are background
+    # A constant second channel (an empty modality) adds nothing.
+    both = case_body_mask(np.stack([image, np.zeros_like(image)]))
+    assert np.array_equal(both, head)
+
+
+def test_weighted_sampling_aux_weight_decays_as_paper_001(brats_patch: torch.Tensor) -> None:
+    loss = build_loss("weighted_sampling", beta=1e6)
+    omega = {}
+    for epoch in (0, 9, 10, 19, 20, 35):
+        loss.set_epoch(epoch)
+        omega[epoch] = loss.aux_weight
+    assert omega == {0: 0.1, 9: 0.1, 10: pytest.approx(0.01), 19: pytest.approx(0.01), 20: pytest.approx(1e-3),
+                     35: pytest.approx(1e-3)}
+    constant = build_loss("weighted_sampling", aux_decay=False, aux_weight=0.3)
+    constant.set_epoch(40)
+    assert constant.aux_weight == 0.3
 
 
 def test_weighted_sampling_rate_follows_eq3(lgg_slice_and_brain: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -336,6 +430,12 @@ def test_classification_bce_against_presence() -> None:
     assert value.item() == pytest.approx(seg.item() + bce, abs=1e-12)
     with pytest.raises(ModelConfigError, match="classification output has shape"):
         loss(SegmentationOutput(logits=logits3, classification=presence[:, :1]), target)
+    # One module per branch (UNet#): the BCE is the mean over the branches' modules.
+    branches = {"X0,1": presence, "X0,2": torch.full_like(presence, -3.0)}
+    # second module: truth ((1, 0), (0, 1)) -> -ln sigmoid(-3) twice, -ln sigmoid(3) twice
+    bce2 = (2 * -ln(1 / (1 + math.exp(3))) + 2 * -ln(1 / (1 + math.exp(-3)))) / 4
+    value = loss(SegmentationOutput(logits=logits3, classification=presence, branch_classification=branches), target)
+    assert value.item() == pytest.approx(seg.item() + (bce + bce2) / 2, abs=1e-12)
 
 
 # -- behaviour on real labels: improvement lowers the loss; gradients; empty targets ---------------

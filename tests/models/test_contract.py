@@ -31,16 +31,6 @@ EXPORT_SET = ["unet", "anu_net", "unet_sharp", "unet3plus", "cascaded_unet"]
 COMPILE_SET = ["unet", "anu_net", "unet_sharp", "cascaded_unet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The networks here are tiny: splitting their small kernels over threads costs more (and, on a
-    shared 2-core runner, spins) than it brings."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(name: str, dims: int, **options) -> nn.Module:
     torch.manual_seed(0)
     return create_model(name, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, dims=dims, **{**TINY, **options})
@@ -57,7 +47,8 @@ def image(size: tuple[int, ...], batch: int = 2) -> Tensor:
 
 
 def optional_outputs(out: SegmentationOutput) -> list[Tensor]:
-    maps = [*out.heads.values(), *out.aux.values(), *out.stages.values(), *out.attention.values()]
+    maps = [*out.heads.values(), *out.aux.values(), *out.stages.values(), *out.attention.values(),
+            *out.branch_classification.values()]
     return maps + ([out.classification] if out.classification is not None else [])
 
 
@@ -102,7 +93,7 @@ def test_every_parameter_receives_a_gradient(name: str, dims: int) -> None:
     x = image(valid_size(model, dims))
     out = model(x, request=OutputRequest.for_training())
     # A deep-supervised loss touches every output the model trains: logits, heads, aux, stages, CGM.
-    terms = [out.logits, *out.heads.values(), *out.aux.values(), *out.stages.values()]
+    terms = [out.logits, *out.heads.values(), *out.aux.values(), *out.stages.values(), *out.branch_classification.values()]
     if out.classification is not None:
         terms.append(out.classification)
     loss = sum(t.float().pow(2).mean() for t in terms)

@@ -17,8 +17,11 @@ from torch import Tensor, nn
 
 from cascadeseg.errors import ModelConfigError
 from cascadeseg.models import LogitsOnly, OutputRequest, SegmentationOutput, create_model, model_class
-from cascadeseg.models.coarse_to_fine_unet import candidate_box, foreground_mask
+from cascadeseg.losses import build_loss, class_frequency_weighted_ce
+from cascadeseg.models.coarse_to_fine_unet import candidate_box, foreground_mask, stage2_region
 from cascadeseg.models.cu_net import hierarchical_fusion
+from cascadeseg.models.inner_cascaded_u2net import RSU_HEIGHTS
+from cascadeseg.models.blocks.rsu import RSU, RSU4F
 
 FAMILY = ["unet", "cascaded_unet", "cu_net", "coarse_to_fine_unet", "inner_cascaded_unet", "inner_cascaded_u2net"]
 WITH_STAGES = ["cascaded_unet", "cu_net", "coarse_to_fine_unet"]
@@ -139,9 +142,32 @@ def test_bad_spacing_is_a_model_config_error() -> None:
 
 
 def test_unet_parameter_count_at_paper_width() -> None:
-    model = create_model("unet", in_channels=1, num_classes=2, dims=2)
-    params = sum(p.numel() for p in model.parameters())
-    assert abs(params - 7.85e6) / 7.85e6 < 0.02  # UNet++ paper's U-Net baseline, 32..512 widths
+    def params(**options) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in create_model("unet", in_channels=1, num_classes=2, dims=2, **options).parameters())
+
+    assert abs(params() - 7.85e6) / 7.85e6 < 0.02  # transposed up-convolutions (the 2015 U-Net): 7.76 M
+    # Paper 004's U-Net baseline is the bilinear one: 7.85 M exactly (to its two decimals).
+    assert params(upsample="interp") == pytest.approx(7.85e6, abs=5e3)
+    with pytest.raises(ModelConfigError, match="upsample must be one of"):
+        create_model("unet", in_channels=1, num_classes=2, dims=2, upsample="nearest")
+
+
+def test_u2net_rsu_heights_paper_is_rsu7_everywhere() -> None:
+    assert RSU_HEIGHTS == ("u2net", "paper")
+
+    def heights(model: nn.Module) -> list[int]:  # RSU-L has L - 1 encoder layers; RSU-4F counts 4
+        return [len(m.encoder) + 1 if isinstance(m, RSU) else 4 for m in model.modules() if isinstance(m, (RSU, RSU4F))]
+
+    default = tiny("inner_cascaded_u2net", 2, levels=5)
+    paper = tiny("inner_cascaded_u2net", 2, levels=5, rsu_heights="paper")
+    assert sorted(set(heights(default))) == [4, 5, 6, 7] and any(isinstance(m, RSU4F) for m in default.modules())
+    assert set(heights(paper)) == {7} and not any(isinstance(m, RSU4F) for m in paper.modules())
+    x = torch.randn(1, 1, 32, 32)  # the deepest level is 2x2: RSU-7 pools it down to 1x1 (ceil mode)
+    with torch.no_grad():
+        assert paper.eval()(x).logits.shape == (1, 3, 32, 32)
+    with pytest.raises(ModelConfigError, match="rsu_heights"):
+        tiny("inner_cascaded_u2net", 2, rsu_heights="7")
 
 
 def test_cu_net_fusion_is_hierarchical() -> None:
@@ -272,6 +298,26 @@ def test_coarse_to_fine_stage2_sees_only_the_candidate_box(dims: int, shared_dat
         everywhere = model(torch.randn(1, 1, *size))
     assert seen[1:] == [size] and model.last_crop_fraction == 1.0
     assert everywhere.logits.shape == out.logits.shape
+
+
+def test_coarse_to_fine_loss_supervises_stage2_exactly_where_the_model_ran_it(shared_data: Path) -> None:
+    """One stage-2 region for model and loss: in training the class-weighted CE of stage 2 covers the
+    model's own box (margin in mm, grown to the size divisor), and nothing outside it."""
+    label = _array(shared_data / "lgg-flair" / "labelsTr" / "TCGA_CS_4941_19960909.nii.gz")[13]
+    model = create_model("coarse_to_fine_unet", in_channels=1, num_classes=2, dims=2, base_width=4, levels=3,
+                         margin_mm=6.0).train()
+    size = tuple(s // d * d for s, d in zip(label.shape, model.size_divisor))
+    label = np.ascontiguousarray(label[: size[0], : size[1]])
+    model.stage1 = FixedLogits(_one_hot_logits(np.ascontiguousarray(label[:: model.coarse[0], :: model.coarse[1]]), 2))
+    out = model(torch.randn(1, 1, *size), request=OutputRequest.for_training())
+    inside = torch.zeros(1, *size, dtype=torch.bool)
+    inside[(slice(None), *model.last_crop)] = True
+    assert 0 < inside.float().mean() < 1
+    assert torch.equal(stage2_region(out.stages["stage1"], out.stages["stage2"]), inside)
+    target = torch.from_numpy(label.astype(np.int64))[None]
+    expected = class_frequency_weighted_ce(out.stages["stage1"], target) + class_frequency_weighted_ce(
+        out.stages["stage2"], target, roi=inside)
+    assert build_loss("class_weighted_ce")(out, target).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_coarse_to_fine_skips_stage2_when_stage1_finds_nothing() -> None:

@@ -3,10 +3,12 @@
 Without options: one line per architecture (dims, deep supervision, pruning depths, cascade
 stages, attention maps, classification-guided module, paper). ``--table`` measures parameters and
 GFLOPs of every model per pruning depth at paper width (PyTorch's FLOP counter on the meta
-device: nothing is allocated) next to the papers' figures. ``--checkpoints`` lists the shipped
-default models and the user's models (``models/`` in the home folder, ``$CASCADESEG_HOME`` when
-set) with their cards, and verifies each one's weights against the checksum its card records
-("damaged" names a checkpoint whose weights changed since it was saved).
+device: nothing is allocated) next to the papers' figures, with its default options and, where
+they differ from the paper, as the paper variant (e.g. ``anu_net [merge=sum]``, the reading that
+matches ANU-Net's Table 6). ``--checkpoints`` lists the shipped default models and the user's
+models (``models/`` in the home folder, ``$CASCADESEG_HOME`` when set) with their cards, and
+verifies each one's weights against the checksum its card records ("damaged" names a checkpoint
+whose weights changed since it was saved).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = command_parser(subparsers, "models", __doc__)
     parser.add_argument("names", nargs="*", metavar="MODEL", help="restrict to these architectures (default: all)")
     parser.add_argument("--table", action="store_true",
-                        help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers")
+                        help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers, "
+                             "default options and paper variants")
     parser.add_argument("--checkpoints", action="store_true", help="list shipped and user checkpoints with their cards")
     return parser
 

@@ -6,7 +6,10 @@
 and the classification-guided module the way the model's paper does. The per-output pieces are
 usable alone on logits: :func:`soft_dice_loss`, :func:`focal_tversky_loss`, :func:`focal_loss`,
 :func:`cross_entropy_loss`, :func:`class_frequency_weighted_ce`, :func:`lovasz_hinge_loss`,
-:func:`laplace_dice_loss`, :func:`sample_matrix`.
+:func:`laplace_dice_loss`, :func:`sample_matrix`, :func:`anu_focal_term`.
+
+Training in a paper's region of interest: :func:`training_region` gives the ``roi`` for a batch
+(see :mod:`.regions`); ``loss.set_epoch(epoch)`` applies a paper's per-epoch loss schedule.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from .named import (
     WeightedSamplingLoss,
 )
 from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
-from .pixelwise import class_frequency_weighted_ce, class_frequency_weights, cross_entropy_loss, focal_loss
+from .pixelwise import (
+    anu_focal_term,
+    class_frequency_weighted_ce,
+    class_frequency_weights,
+    cross_entropy_loss,
+    focal_loss,
+)
+from .regions import case_body_mask, loss_region, training_region
 from .sampling import brain_regions, sample_matrix
 from .supervision import SupervisedLoss
 
@@ -58,7 +68,9 @@ __all__ = [
     "SupervisedLoss",
     "UNetSharpMixedLoss",
     "WeightedSamplingLoss",
+    "anu_focal_term",
     "brain_regions",
+    "case_body_mask",
     "build_loss",
     "class_frequency_weighted_ce",
     "class_frequency_weights",
@@ -67,7 +79,9 @@ __all__ = [
     "focal_tversky_loss",
     "laplace_dice_loss",
     "loss_names",
+    "loss_region",
     "lovasz_hinge_loss",
     "sample_matrix",
     "soft_dice_loss",
+    "training_region",
 ]

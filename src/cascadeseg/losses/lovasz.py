@@ -28,12 +28,17 @@ def _jaccard_gradient(sorted_truth: Tensor) -> Tensor:
     return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
 
 
-def lovasz_hinge_loss(logits: Tensor, target: Tensor, *, roi: Tensor | None = None) -> Tensor:
-    """Mean over images and foreground classes of the Lovász hinge (see module docstring).
+def lovasz_hinge_loss(logits: Tensor, target: Tensor, *, per_image: bool = True, roi: Tensor | None = None) -> Tensor:
+    """Mean over images and foreground classes of the Lovász hinge (see module docstring);
+    ``per_image=False``: one Jaccard over the whole batch (the batch treated as one image).
 
     Voxels outside ``roi`` are excluded exactly: they get a label of 0 and an error below every
     real one, so they sort last and their (zero) hinge contributes nothing.
     """
+    if not per_image:  # the batch as one image: move it into the spatial axes
+        logits = logits.movedim(0, 1).reshape(1, logits.shape[1], -1)
+        target = target.reshape(1, -1)
+        roi = None if roi is None else roi.reshape(1, -1)
     logits = as_float(logits)
     batch, num_classes = logits.shape[:2]
     flat = logits.flatten(2)  # (B, C, V)

@@ -62,9 +62,10 @@ def soft_dice_loss(
     return 1.0 - _foreground(dice, include_background).mean()
 
 
-def laplace_dice_loss(logits: Tensor, target: Tensor, *, roi: Tensor | None = None) -> Tensor:
-    """UNet# Eq. 4: ``1 - (2 Y.Y^ + 1) / (Y + Y^ + 1)`` per image (Eq. 6 averages over the batch)."""
-    return soft_dice_loss(logits, target, smooth=1.0, batch=False, roi=roi)
+def laplace_dice_loss(logits: Tensor, target: Tensor, *, per_image: bool = True, roi: Tensor | None = None) -> Tensor:
+    """UNet# Eq. 4: ``1 - (2 Y.Y^ + 1) / (Y + Y^ + 1)`` per image (Eq. 6 averages over the batch);
+    ``per_image=False``: one ratio over the whole batch."""
+    return soft_dice_loss(logits, target, smooth=1.0, batch=not per_image, roi=roi)
 
 
 def focal_tversky_loss(

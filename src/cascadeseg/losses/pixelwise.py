@@ -54,20 +54,57 @@ def focal_loss(
     *,
     alpha: float | None = 0.25,
     gamma: float = 2.0,
+    balanced: bool = True,
     roi: Tensor | None = None,
 ) -> Tensor:
     """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``, mean over voxels.
 
     ``p_t`` is the softmax probability of the true class (for a 2-class output: the sigmoid of the
-    logit difference, i.e. the papers' binary form). ``alpha_t = alpha`` on foreground voxels and
-    ``1 - alpha`` on background, as in RetinaNet; ``alpha=None`` weighs both 1.
+    logit difference, i.e. the papers' binary form). ``balanced=True``: ``alpha_t = alpha`` on
+    foreground voxels and ``1 - alpha`` on background, as in RetinaNet; ``balanced=False``: one
+    weight ``alpha`` on every voxel, as UNet#'s Eq. 3 prints it. ``alpha=None`` weighs every voxel 1.
     """
-    log_probs = torch.log_softmax(as_float(logits), dim=1)
-    log_p_true = log_probs.gather(1, target.unsqueeze(1))[:, 0]
+    log_p_true = _log_p_true(logits, target)
     per_voxel = -((1.0 - log_p_true.exp()) ** gamma) * log_p_true
-    if alpha is not None:
-        per_voxel = per_voxel * torch.where(target > 0, alpha, 1.0 - alpha)
-    return weighted_mean(per_voxel, _roi_weights(roi, None))
+    return weighted_mean(per_voxel * _alpha_weights(target, alpha, balanced), _roi_weights(roi, None))
+
+
+def anu_focal_term(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    clamp: float = 0.1,
+    roi: Tensor | None = None,
+) -> Tensor:
+    """ANU-Net's Eq. 8 focal term as printed: ``-alpha_t log p_t / |p_t - 0.5|^gamma``, mean over voxels.
+
+    Eq. 8 writes ``alpha * Ybar * log(Y_i) / |Y_i - 0.5|^gamma`` inside ``1 - [...]``; with Eq. 6's
+    convention (``Ybar log Y`` summed over the classes of a one-hot ``Ybar``) that is ``log p_t``
+    of the true class, and ``|Y_i - 0.5| = |p_t - 0.5|`` for a binary output. The weight is 4 (at
+    gamma 2) for confident voxels and infinite at ``p_t = 0.5`` - where every untrained network
+    starts - so ``|p_t - 0.5|`` is clamped from below at ``clamp`` (0.1: the weight is at most
+    ``0.1^-gamma`` = 100, 25 times the confident voxels' 4). ``alpha_t`` as in the paper's text:
+    ``alpha`` on the foreground ("the weight of the positive sample loss is reduced"), ``1 - alpha``
+    on the background. A mean over voxels, not Eq. 8's sum: a sum would grow with the image and
+    drown the Dice term beside it.
+    """
+    log_p_true = _log_p_true(logits, target)
+    distance = (log_p_true.exp() - 0.5).abs().clamp_min(clamp)
+    per_voxel = -log_p_true / distance**gamma
+    return weighted_mean(per_voxel * _alpha_weights(target, alpha, True), _roi_weights(roi, None))
+
+
+def _log_p_true(logits: Tensor, target: Tensor) -> Tensor:
+    """``log p_t``: the log-softmax of the true class per voxel, ``(B, *spatial)``."""
+    return torch.log_softmax(as_float(logits), dim=1).gather(1, target.unsqueeze(1))[:, 0]
+
+
+def _alpha_weights(target: Tensor, alpha: float | None, balanced: bool) -> Tensor | float:
+    if alpha is None:
+        return 1.0
+    return torch.where(target > 0, alpha, 1.0 - alpha) if balanced else alpha
 
 
 def class_frequency_weights(target: Tensor, num_classes: int, roi: Tensor | None = None) -> Tensor:

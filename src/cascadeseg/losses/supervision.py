@@ -9,7 +9,8 @@ A :class:`SupervisedLoss` owns one per-output term (``term(logits, target, roi)`
 * to each cascade ``stage``; a 2-channel stage (or aux) of a multi-class problem is supervised
   against the foreground union (whole tumour), any other against the full label map;
 * plus the classification-guided module's BCE on ``classification`` against per-image presence
-  of each foreground class, when the model gave one.
+  of each foreground class, when the model gave one; with one module per branch
+  (``branch_classification``, UNet#) the mean of every module's BCE.
 
 Combination, set by each paper's subclass: ``branch_reduction`` "mean" (UNet++/UNet# "accurate
 mode": the average over branches) or "sum" (ANU-Net Eq. 8); ``aux_weight=None`` pools the aux
@@ -20,12 +21,15 @@ branches into that same mean/sum (UNet#: "the average loss value of all branches
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
 logits), ``target`` a ``(B, *spatial)`` label map, ``roi`` an optional bool ``(B, *spatial)`` mask
 of the voxels the loss may look at (brain / body mask, candidate region); ``roi`` is an additive
-keyword - callers that have none just leave it out.
+keyword - callers that have none just leave it out. A loss whose paper restricts it to the body /
+brain says so in ``region`` ("body"); :func:`.regions.training_region` makes that mask from a
+training batch. :meth:`SupervisedLoss.set_epoch` is called by the trainer at the start of every
+epoch; losses with a per-epoch schedule (CU-Net's omega) follow it there.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,10 @@ REDUCTIONS = ("mean", "sum")
 
 class SupervisedLoss(nn.Module):
     """Base class of the named losses; subclasses implement :meth:`term`."""
+
+    # The region of interest the paper trains this loss in: "body" (the body / brain mask of the
+    # image) or None (every voxel).
+    region: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -75,6 +83,9 @@ class SupervisedLoss(nn.Module):
     ) -> Tensor | None:
         """Voxels a stage's loss covers; the whole ``roi`` unless a paper says otherwise."""
         return roi
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch (0-based); a paper's per-epoch loss schedule goes here."""
 
     # -- the shared machinery ---------------------------------------------------------------
     def supervise(self, name: str, logits: Tensor, target: Tensor, roi: Tensor | None, num_classes: int) -> Tensor:
@@ -129,8 +140,11 @@ class SupervisedLoss(nn.Module):
                 continue  # stage-by-stage training: this stage is frozen or not trained now
             region = self.stage_region(name, output, target, roi)
             parts.append(weight * self.supervise(f"stages[{name}]", stage_logits, target, region, num_classes))
-        if output.classification is not None and self.classification_weight > 0:
-            parts.append(self.classification_weight * self.classification_loss(output.classification, target, num_classes))
+        presence = list(output.branch_classification.values()) or (
+            [output.classification] if output.classification is not None else [])
+        if presence and self.classification_weight > 0:
+            bce = torch.stack([self.classification_loss(p, target, num_classes) for p in presence]).mean()
+            parts.append(self.classification_weight * bce)
         if not parts:  # every stage weighted 0: a zero that still belongs to the graph
             return logits.sum() * 0.0
         return torch.stack(parts).sum()

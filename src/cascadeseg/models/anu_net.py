@@ -11,24 +11,40 @@ that filters skip feature ``X(i, k)`` on its way into node ``X(i, j)``; the map 
 spatial shape, ``(B, 1, *spatial)``, values in [0, 1]. The paper's Fig. 12 shows the first-layer
 gates, e.g. ``"X0,0->X0,1"`` (full resolution).
 
-Choices where the paper leaves room: Up = interpolation, as in the UNet++ it builds on (Fig. 4 does
-not say; it keeps the nested blocks' widths equal to UNet++'s); each gate has its own weights
-(Fig. 5 draws one gate per skip arrow); intermediate gate width = half the skip width. Default loss:
-the paper's hybrid of Eq. 8 ("anu_hybrid"), summed over the four heads.
+How the gated same-level features are merged, ``merge``:
+
+* ``"concat"`` (default; the shipped checkpoints): the text's reading, "concatenate the output
+  results of the Attention Gates", with one gate per skip arrow as Fig. 5 draws them: node
+  ``X(i, j)`` reads ``j * w_i + w_{i+1}`` channels, exactly UNet++'s widths plus the gates.
+* ``"sum"``: Eq. 4's ``sum_{k=0}^{j-1} Ag(X(i, k))`` read literally: the gated features are
+  added, so every node reads one ``w_i``-channel same-level tensor beside ``Up(X(i+1, j-1))``;
+  one gate per node, shared by its ``j`` same-level inputs (gating signal and weights are the
+  same for all of them, each input still gets its own coefficient map). This is the reading that
+  fits the parameter counts of Table 6 (0.1038 / 0.5134 / 2.1918 / 8.9506 M at L1..L4) within
+  1 % at every depth (``cascadeseg models --table``); no concatenating design can, because
+  concatenation alone already makes every node at least as wide as UNet++'s, whose L4 is 9.16 M.
+
+Other choices where the paper leaves room: Up = interpolation, as in the UNet++ it builds on
+(Fig. 4 does not say); intermediate gate width = half the skip width (Attention U-Net's). Default
+loss: the hybrid of Eq. 8 ("anu_hybrid"), summed over the four heads; see
+:class:`cascadeseg.losses.ANUHybridLoss` for its focal term.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import ModelConfigError
 from .base import ModelInfo
 from .blocks.attention import AttentionGate
-from .blocks.conv import DoubleConv, Norm
+from .blocks.conv import DoubleConv
 from .blocks.nested import Grid, NestedUNetBase, node_key, node_name
 from .registry import register
+
+MERGES = ("concat", "sum")
 
 
 def gate_key(i: int, k: int, j: int) -> str:
@@ -45,51 +61,38 @@ class ANUNet(NestedUNetBase):
     """Attention-based nested U-Net in 2D or 3D with deep supervision, pruning and attention maps."""
 
     info = ModelInfo(
-        name="anu_net",
-        title="ANU-Net (attention-based nested U-Net)",
-        paper="Li et al. 2020, ANU-Net, Computers & Graphics (paper 003)",
-        family="nested",
-        dims=(2, 3),
-        deep_supervision=True,
-        pruning_depths=(1, 2, 3, 4),
-        attention=True,
-        default_loss="anu_hybrid",
+        name="anu_net", title="ANU-Net (attention-based nested U-Net)", family="nested", dims=(2, 3),
+        paper="Li et al. 2020, ANU-Net, Computers & Graphics (paper 003)", deep_supervision=True,
+        pruning_depths=(1, 2, 3, 4), attention=True, default_loss="anu_hybrid",
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims, base_width, levels, norm, spacing)
-        w = self.widths
-        decoder = [(i, j) for i in range(levels - 1) for j in range(1, levels - i)]
+    def __init__(self, in_channels: int, num_classes: int, dims: int, merge: str = "concat", **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        if merge not in MERGES:
+            raise ModelConfigError(f"model '{self.info.name}': merge must be one of {MERGES}, got {merge!r}")
+        self.merge = merge
+        w, norm, concat = self.widths, self.norm, merge == "concat"
         self.nodes = nn.ModuleDict(
-            {node_key(i, j): DoubleConv(dims, j * w[i] + w[i + 1], w[i], norm=norm) for i, j in decoder}
+            {node_key(i, j): DoubleConv(dims, (j if concat else 1) * w[i] + w[i + 1], w[i], norm=norm)
+             for i, j in self.decoder_nodes}
         )
+        # "concat": a gate per skip arrow; "sum": one gate per node, keyed by its first input.
         self.gates = nn.ModuleDict(
-            {
-                gate_key(i, k, j): AttentionGate(dims, w[i], w[i + 1], norm=norm)
-                for i, j in decoder
-                for k in range(j)
-            }
+            {gate_key(i, k, j): AttentionGate(dims, w[i], w[i + 1], norm=norm)
+             for i, j in self.decoder_nodes for k in (range(j) if concat else (0,))}
         )
 
     def _node(self, i: int, j: int, grid: Grid, attention: dict[str, Tensor] | None) -> Tensor:
         g = self.ups[i](grid[(i + 1, j - 1)])
-        inputs: list[Tensor] = []
+        gated: list[Tensor] = []
         for k in range(j):
-            gated, alpha = self.gates[gate_key(i, k, j)](grid[(i, k)], g)
-            inputs.append(gated)
+            gate = self.gates[gate_key(i, k if self.merge == "concat" else 0, j)]  # "sum": the node's gate
+            features, alpha = gate(grid[(i, k)], g)
+            gated.append(features)
             if attention is not None:
                 attention[gate_name(i, k, j)] = alpha
-        inputs.append(g)
-        return self.nodes[node_key(i, j)](torch.cat(inputs, dim=1))
+        same_level = gated if self.merge == "concat" else [torch.stack(gated).sum(dim=0)]
+        return self.nodes[node_key(i, j)](torch.cat([*same_level, g], dim=1))
 
 
 __all__ = ["ANUNet", "gate_name"]

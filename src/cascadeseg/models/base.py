@@ -8,12 +8,21 @@ from typing import ClassVar, Sequence
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
+from .blocks.conv import Norm
+from .blocks.encoder_decoder import level_widths, pooling_plan
+from .blocks.sampling import Factor, cumulative_divisor
 from .output import OutputRequest, SegmentationOutput
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model supports, for the registry listing, the GUI and the model card."""
+    """What a model supports, for the registry listing, the GUI and the model card.
+
+    ``body_mask_at_inference``: the paper restricts the final segmentation to the body / head mask
+    of the scan (CU-Net fuses its outputs with the non-brain mask at test time, paper 001 Sec. 2.2;
+    the coarse-to-fine cascade searches only the body's candidate region, paper 002), so a predictor
+    should turn its body-mask post-processing on by default for this model.
+    """
 
     name: str
     title: str
@@ -26,51 +35,78 @@ class ModelInfo:
     attention: bool = False
     classification_guided: bool = False
     default_loss: str = "dice_ce"
+    body_mask_at_inference: bool = False
 
 
 class SegmentationModel(nn.Module):
-    """Common constructor arguments, checks and the forward signature of all models.
+    """What every model of the zoo shares: the constructor arguments and their checks, the
+    pooling plan and channel widths derived from them, the input checks, and ``forward``.
 
-    Subclasses set ``info`` and implement :meth:`forward`. ``max_depth`` is the deepest pruning
-    head (1 for models without pruning). ``size_divisor`` is what each spatial input size must be
-    a multiple of; the predictor pads to it and crops back.
+    ``forward(x, depth=None, request=None)`` resolves and checks ``depth``, checks ``x`` and calls
+    :meth:`_forward` with a resolved depth and a request; subclasses implement only that.
+
+    Constructor arguments (every architecture takes them; some add their own after them):
+
+    * ``in_channels``, ``num_classes`` (the background counts: binary segmentation has 2), ``dims``
+      (2 or 3);
+    * ``base_width``: channels of the first level, doubled per level (papers: 32, i.e. 32..512);
+    * ``levels``: resolution levels (papers: 5), so ``levels - 1`` poolings;
+    * ``norm``: "batch" (the papers'), "instance" (small 3D batches) or "none";
+    * ``spacing``: voxel size in mm (3D only): an anisotropic scan is pooled in-plane first.
+
+    ``max_depth`` is the deepest pruning head (``levels - 1`` for models with pruning, else 1).
+    ``size_divisor`` is what each spatial input size must be a multiple of (the product of the
+    pooling factors); the predictor pads to it and crops back.
     """
 
     info: ClassVar[ModelInfo]
 
-    def __init__(self, in_channels: int, num_classes: int, dims: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        base_width: int = 32,
+        levels: int = 5,
+        norm: Norm = "batch",
+        spacing: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
+        name = self.info.name
         if dims not in self.info.dims:
-            raise ModelConfigError(
-                f"model '{self.info.name}': dims={dims} is not supported (expected one of {self.info.dims})"
-            )
+            raise ModelConfigError(f"model '{name}': dims={dims} is not supported (expected one of {self.info.dims})")
         if in_channels < 1:
-            raise ModelConfigError(f"model '{self.info.name}': in_channels must be >= 1, got {in_channels}")
+            raise ModelConfigError(f"model '{name}': in_channels must be >= 1, got {in_channels}")
         if num_classes < 2:
             raise ModelConfigError(
-                f"model '{self.info.name}': num_classes counts the background and must be >= 2, got {num_classes}"
+                f"model '{name}': num_classes counts the background and must be >= 2, got {num_classes}"
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dims = dims
+        self.widths: list[int] = level_widths(base_width, levels, name)
+        self.plan: list[Factor] = pooling_plan(name, dims, levels, spacing)
+        self.base_width = base_width
+        self.levels = levels
+        self.norm: Norm = norm
+        # As given (in 2D the plan ignores it: slices are pooled isotropically, see pooling_plan).
+        self.spacing: tuple[float, ...] | None = None if spacing is None else tuple(float(s) for s in spacing)
 
     @property
     def max_depth(self) -> int:
-        return max(self.info.pruning_depths) if self.info.pruning_depths else 1
+        return self.levels - 1 if self.info.pruning_depths else 1
 
     @property
     def size_divisor(self) -> tuple[int, ...]:
-        raise NotImplementedError  # every concrete model defines it from its pooling plan
+        return cumulative_divisor(self.plan, self.dims)
 
     def check_depth(self, depth: int | None) -> int:
         """Resolve ``None`` to the full depth and reject depths this model does not have."""
         if depth is None:
             return self.max_depth
-        allowed: Sequence[int] = self.info.pruning_depths or (1,)
-        if depth not in allowed:
-            raise ModelConfigError(
-                f"model '{self.info.name}': pruning depth {depth} is not available (expected one of {tuple(allowed)})"
-            )
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.max_depth:
+            expected = f"with levels={self.levels} (expected 1..{self.max_depth})" if self.info.pruning_depths else "(no pruning: expected 1)"
+            raise ModelConfigError(f"model '{self.info.name}': pruning depth {depth!r} is not available {expected}")
         return depth
 
     def check_input(self, x: Tensor) -> None:
@@ -91,7 +127,13 @@ class SegmentationModel(nn.Module):
                 f"{self.size_divisor} per axis (the predictor pads to it)"
             )
 
-    def forward(  # pragma: no cover - signature only
+    def forward(
         self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
     ) -> SegmentationOutput:
+        resolved = self.check_depth(depth)
+        self.check_input(x)
+        return self._forward(x, resolved, request or OutputRequest())
+
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
+        """The architecture's forward pass on a checked input at a resolved depth."""
         raise NotImplementedError

@@ -13,15 +13,13 @@ class count; the whole cascade trains end to end (``stages`` lets a loss supervi
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import ModelInfo, SegmentationModel
-from .blocks.conv import Norm
-from .blocks.encoder_decoder import double_conv_factory, level_widths, pooling_plan
-from .blocks.sampling import cumulative_divisor
+from .blocks.encoder_decoder import double_conv_factory
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 from .unet import UNetBody
@@ -32,42 +30,18 @@ class CascadedUNet(SegmentationModel):
     """Two U-Nets; the second sees the image and the first one's probabilities (paper 000, Fig. 1)."""
 
     info = ModelInfo(
-        name="cascaded_unet",
-        title="Cascaded U-Net",
+        name="cascaded_unet", title="Cascaded U-Net", family="cascade", dims=(2, 3),
         paper="Wu et al. 2022 (paper 000), Fig. 1: plain cascaded U-Net",
-        family="cascade",
-        dims=(2, 3),
-        stages=("stage1", "stage2"),
-        default_loss="focal_tversky",
+        stages=("stage1", "stage2"), default_loss="focal_tversky",
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels, self.info.name)
-        block = double_conv_factory(dims, norm)
-        self.stage1 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)
-        self.stage2 = UNetBody(dims, in_channels + num_classes, num_classes, widths, self.plan, block)
+    def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        block = double_conv_factory(dims, self.norm)
+        self.stage1 = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block)
+        self.stage2 = UNetBody(dims, in_channels + num_classes, num_classes, self.widths, self.plan, block)
 
-    @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
-        request = request or OutputRequest()
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         coarse = self.stage1(x)
         fine = self.stage2(torch.cat([x, torch.softmax(coarse, dim=1)], dim=1))
         # Stage 1 must be computed anyway; exposing it is a dict entry, not extra work.

@@ -2,7 +2,9 @@
 
 Stage 1 is a U-Net on the whole input at a coarser grid (the input average-pooled by
 ``coarse_factor`` along the axes the first pooling level pools): it delineates the organs
-roughly. Stage 2 is a U-Net at full resolution that runs **only inside the candidate region**
+roughly. The coarser grid is this project's choice, not paper 002's: the review says only that
+stage 1 "roughly delineates" the organs inside the body mask. ``coarse_factor=1`` runs stage 1 at
+full resolution, as the review reads; the default 2 makes stage 1 4x (2D) / 8x (3D) cheaper. Stage 2 is a U-Net at full resolution that runs **only inside the candidate region**
 stage 1 found: the bounding box of stage 1's foreground (any non-background class) dilated by
 ``margin_mm``. Its logits are pasted back into the full-size map; outside the box the logits
 are stage 1's (up-sampled). So stage 2 costs the box's share of the volume, which the model
@@ -30,12 +32,20 @@ Choices where the review is silent:
   a box in, so stage 2 counts over the whole volume: the worst case.
 * The box is data-dependent, so ``torch.compile`` graph-breaks around it, and an export (ONNX,
   ``torch.export``) would freeze one box: exporting raises :class:`ModelConfigError` saying so.
+
+One stage-2 region for model and loss: the box is decided here, once per forward, and the
+loss reads it from the output instead of recomputing it with its own rule. By construction the
+``stage2`` logits are stage 1's outside the box and stage 2's own inside it, so the region stage 2
+ran on is where the two differ (:func:`stage2_region`); the loss supervises stage 2 there only.
+Training stage 1 inside the body mask C1 (the review's candidate region of stage 1) is the loss's
+``roi`` (:func:`cascadeseg.losses.training_region`); at inference ``info.body_mask_at_inference``
+asks the predictor to keep the labels inside the body mask.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +53,7 @@ from torch import Tensor
 
 from ..errors import ModelConfigError
 from .base import ModelInfo, SegmentationModel
-from .blocks.conv import Norm
-from .blocks.encoder_decoder import double_conv_factory, level_widths, pooling_plan
+from .blocks.encoder_decoder import double_conv_factory, pooling_plan
 from .blocks.sampling import cumulative_divisor, resize_to
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
@@ -87,50 +96,45 @@ def candidate_box(
     return tuple(box)
 
 
+def stage2_region(stage1: Tensor, stage2: Tensor) -> Tensor:
+    """Voxels where stage 2 ran, ``(B, *spatial)`` bool: where the ``stage2`` logits are not stage
+    1's (outside its box the model copies stage 1's logits, see the module docstring). A voxel of
+    the box whose logits equal stage 1's in every channel would need two different networks to
+    agree to the last bit; it would only leave that voxel out of stage 2's loss."""
+    return (stage1.detach() != stage2.detach()).any(dim=1)
+
+
 @register
 class CoarseToFineUNet(SegmentationModel):
     """Two-stage coarse-to-fine U-Net; stage 2 works only in stage 1's candidate box (paper 002)."""
 
     info = ModelInfo(
-        name="coarse_to_fine_unet",
-        title="Coarse-to-fine cascaded 3D U-Net",
+        name="coarse_to_fine_unet", title="Coarse-to-fine cascaded 3D U-Net", family="cascade", dims=(2, 3),
         paper="Roth et al. 2018, hierarchical 3D FCN for multi-organ CT (review: paper 002)",
-        family="cascade",
-        dims=(2, 3),
-        stages=("stage1", "stage2"),
-        default_loss="class_weighted_ce",
+        stages=("stage1", "stage2"), default_loss="class_weighted_ce", body_mask_at_inference=True,
     )
 
     def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-        coarse_factor: int = 2,
-        margin_mm: float = 10.0,
+        self, in_channels: int, num_classes: int, dims: int, coarse_factor: int = 2, margin_mm: float = 10.0,
+        **common: Any,
     ) -> None:
-        super().__init__(in_channels, num_classes, dims)
+        super().__init__(in_channels, num_classes, dims, **common)
         if coarse_factor < 1 or coarse_factor & (coarse_factor - 1):
             raise ModelConfigError(
                 f"model '{self.info.name}': coarse_factor must be a power of two >= 1, got {coarse_factor}"
             )
         if margin_mm < 0:
             raise ModelConfigError(f"model '{self.info.name}': margin_mm must be >= 0, got {margin_mm}")
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        voxel = [float(s) for s in spacing] if spacing is not None and len(spacing) == dims else [1.0] * dims
+        spacing = self.spacing if self.spacing is not None and len(self.spacing) == dims else None
+        voxel = list(spacing) if spacing is not None else [1.0] * dims
         # Coarsen the axes the first pooling level pools (in-plane only for thick-slice scans).
         self.coarse = tuple(coarse_factor if f > 1 else 1 for f in self.plan[0])
         coarse_spacing = [s * c for s, c in zip(voxel, self.coarse)] if spacing is not None else None
-        self.coarse_plan = pooling_plan(self.info.name, dims, levels, coarse_spacing)
+        self.coarse_plan = pooling_plan(self.info.name, dims, self.levels, coarse_spacing)
         self.margin = tuple(math.ceil(margin_mm / s) for s in voxel)
-        widths = level_widths(base_width, levels, self.info.name)
-        block = double_conv_factory(dims, norm)
-        self.stage1 = UNetBody(dims, in_channels, num_classes, widths, self.coarse_plan, block)
-        self.stage2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block)
+        block = double_conv_factory(dims, self.norm)
+        self.stage1 = UNetBody(dims, in_channels, num_classes, self.widths, self.coarse_plan, block)
+        self.stage2 = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block)
         self.last_crop: Box | None = None
         self.last_crop_fraction: float = 0.0
         # Not a constructor option: a run-time switch for measuring the crop's saving, never saved.
@@ -146,29 +150,29 @@ class CoarseToFineUNet(SegmentationModel):
         # Powers of two: the least common multiple is the larger one.
         return tuple(max(c * f, d) for c, f, d in zip(coarse, self.coarse, self.fine_divisor))
 
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
+    def stage2_box(self, stage1: Tensor) -> Box | None:
+        """The candidate region C2 stage 2 runs on, from stage 1's logits at the input size (the
+        rule of the module docstring); ``None`` when stage 1 found nothing."""
+        whole_volume = tuple(slice(0, s) for s in stage1.shape[2:])
+        if stage1.is_meta or not self.restrict_stage2:
+            # Shape-only run (FLOP counting): the worst case; or the ablation: stage 2 everywhere.
+            return whole_volume
+        with torch.no_grad():
+            box = candidate_box(foreground_mask(stage1), self.margin, self.fine_divisor)
+        if box is None and self.training:
+            return whole_volume  # early training: stage 1 is still empty, stage 2 must learn anyway
+        return box
+
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         if torch.compiler.is_exporting():
             raise ModelConfigError(
                 f"model '{self.info.name}' cannot be exported (ONNX / torch.export): its stage-2 crop "
                 "depends on stage 1's values; export 'cascaded_unet' or the two stages' U-Nets instead"
             )
-        request = request or OutputRequest()
         pool = F.avg_pool2d if self.dims == 2 else F.avg_pool3d
         small = pool(x, kernel_size=self.coarse, stride=self.coarse) if any(c > 1 for c in self.coarse) else x
         coarse = resize_to(self.stage1(small), x.shape[2:])
-        whole_volume = tuple(slice(0, s) for s in x.shape[2:])
-        if coarse.is_meta or not self.restrict_stage2:
-            # Shape-only run (FLOP counting): the worst case; or the ablation: stage 2 everywhere.
-            box: Box | None = whole_volume
-        else:
-            with torch.no_grad():
-                box = candidate_box(foreground_mask(coarse), self.margin, self.fine_divisor)
-        if box is None and self.training:
-            box = whole_volume
+        box = self.stage2_box(coarse)
         if box is None:
             logits = coarse
             fraction = 0.0
@@ -182,4 +186,4 @@ class CoarseToFineUNet(SegmentationModel):
         return SegmentationOutput(logits=logits, stages=stages)
 
 
-__all__ = ["CoarseToFineUNet", "candidate_box", "foreground_mask"]
+__all__ = ["CoarseToFineUNet", "candidate_box", "foreground_mask", "stage2_region"]

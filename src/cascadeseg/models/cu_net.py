@@ -2,8 +2,10 @@
 
 * Two U-Nets whose every basic unit is a residual block of two 3x3 convolutions.
 * U-Net 1 separates the whole target from the background (2 classes: background / whole, e.g.
-  the whole tumour); U-Net 2 segments all ``num_classes`` classes (for BraTS labels
-  background / necrosis / oedema / enhancing, after the label remapping of the data pipeline).
+  the whole tumour); U-Net 2 segments all ``num_classes`` classes. Labels are used as they are
+  (nothing remaps them): BraTS label maps {0, 1, 2, 4} need ``num_classes=5`` (class 3 never
+  occurs and is simply never predicted) unless the label files are remapped to {0, 1, 2, 3}
+  beforehand (``np.where(labels == 4, 3, labels)``, as the loss tests do with the BraTS-like case).
 * Between-net connections: "the features from the decoding layers of the first U-Net are
   transmitted to the corresponding encoding layers in the second U-Net by concatenation". Level
   ``l`` of U-Net 2's encoder reads ``[pool(e_2^{l-1}), d_1^l]``, at the first level
@@ -28,21 +30,25 @@ Choices where the paper is loose:
   background and U-Net 2 only decides which substructure a target voxel is, which matches the
   paper's training of U-Net 2 on target voxels only (p1 = p2 = 0 in Eq. 2). Stage 2's own
   background channel is kept so ``stage2`` has ``num_classes`` channels like every other model.
-* The non-brain mask of the paper is a preprocessing / loss-sampling matter, not part of the net.
+* The non-brain mask of the paper is not part of the network: in training it reaches the loss as
+  its region of interest (S1 = outside it, p1 = 0; :func:`cascadeseg.losses.training_region`), and
+  at test time ``info.body_mask_at_inference`` asks the predictor to fuse the segmentation with it
+  (voxels outside the brain become background), as paper 001 Sec. 2.2 does.
+* The auxiliary weight omega decays as the paper's recipe says (0.1, /10 every ten epochs, down to
+  1e-3): :func:`cascadeseg.models.recipes.cu_net_aux_weight`, applied by the loss's ``set_epoch``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .base import ModelInfo, SegmentationModel
 from .blocks.conv import Norm
-from .blocks.encoder_decoder import BlockFactory, level_widths, pooling_plan, segmentation_head
+from .blocks.encoder_decoder import BlockFactory, segmentation_head
 from .blocks.residual import ResidualBlock
-from .blocks.sampling import cumulative_divisor
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 from .unet import UNetBody
@@ -69,46 +75,22 @@ class CUNet(SegmentationModel):
     """Cascaded U-Net with between-net connections (paper 001); see the module docstring."""
 
     info = ModelInfo(
-        name="cu_net",
-        title="CU-Net (cascaded U-Net with between-net connections)",
-        paper="Liu et al., paper 001: cascaded U-Net for brain tumour segmentation",
-        family="cascade",
-        dims=(2, 3),
-        deep_supervision=True,
-        stages=("stage1", "stage2"),
-        default_loss="weighted_sampling",
+        name="cu_net", title="CU-Net (cascaded U-Net with between-net connections)", family="cascade",
+        paper="Liu et al., paper 001: cascaded U-Net for brain tumour segmentation", dims=(2, 3),
+        deep_supervision=True, stages=("stage1", "stage2"), default_loss="weighted_sampling",
+        body_mask_at_inference=True,
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels, self.info.name)
-        block = residual_factory(dims, norm)
+    def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        widths, block = self.widths, residual_factory(dims, self.norm)
         self.unet1 = UNetBody(dims, in_channels, WHOLE_TARGET_CLASSES, widths, self.plan, block)
         self.unet2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block, extra_channels=widths)
         # Auxiliary 1x1 heads on the lower-resolution decoding layers (levels 2..L, 1-based).
         self.aux1 = nn.ModuleList(segmentation_head(dims, w, WHOLE_TARGET_CLASSES) for w in widths[1:])
         self.aux2 = nn.ModuleList(segmentation_head(dims, w, num_classes) for w in widths[1:])
 
-    @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
-        request = request or OutputRequest()
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         dec1 = self.unet1.features(x)
         dec2 = self.unet2.features(x, extras=dec1)
         whole = self.unet1.head(dec1[0])

@@ -6,11 +6,13 @@ The wiring is exactly Eq. 1-2 (see :mod:`cascadeseg.models.inner_cascaded_unet`)
 
 Choices where the paper is silent or loose:
 
-* Block height per level follows U²-Net: RSU-7 at the first level, one less per level down to
-  RSU-4, and RSU-4F (dilations instead of pooling) at the deepest level, where maps are too small
-  to pool again. Paper 000 says "L is set to 7 as recommended"; that is U²-Net's top-level value,
-  and U²-Net itself shrinks L with depth. The same height is used at a level in both encoders and
-  both decoders.
+* Block height per level, ``rsu_heights``: ``"u2net"`` (default) follows U²-Net: RSU-7 at the
+  first level, one less per level down to RSU-4, and RSU-4F (dilations instead of pooling) at the
+  deepest level, where maps are too small to pool again. ``"paper"`` reads paper 000 literally
+  ("L is set to 7 as recommended in [7]"): RSU-7 at every level, the deepest included (its inner
+  poolings use ``ceil_mode``, so a 16x16 map pools down to 1x1 and back); 7 is U²-Net's top-level
+  value, and U²-Net itself shrinks L with depth, hence the default. The same height is used at a
+  level in both encoders and both decoders.
 * Middle width ``M`` (Fig. 3b) is half the block's output width at every level; the paper leaves
   ``M`` adjustable "to control the augmented parameters" without a value.
 * RSUs pool with ``ceil_mode`` and resize back, so they add no input-size constraint; in 3D their
@@ -19,10 +21,11 @@ Choices where the paper is silent or loose:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
+from ..errors import ModelConfigError
 from .base import ModelInfo
 from .blocks.conv import Norm
 from .blocks.encoder_decoder import BlockFactory
@@ -33,12 +36,15 @@ from .registry import register
 
 TOP_RSU_HEIGHT = 7  # paper 000: "L is set to 7 as recommended in [7]"
 MIN_RSU_HEIGHT = 4
+RSU_HEIGHTS = ("u2net", "paper")
 
 
 def rsu_factory(
-    dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
+    dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor],
+    heights: str = "u2net",
 ) -> BlockFactory:
-    """RSU-(7 - level) down to RSU-4, RSU-4F at the deepest level; mid width = out width // 2."""
+    """``heights="u2net"``: RSU-(7 - level) down to RSU-4, RSU-4F at the deepest level;
+    ``"paper"``: RSU-7 at every level. Mid width = out width // 2."""
     base = [1.0] * dims if spacing is None or dims == 2 else [float(s) for s in spacing]
     level_spacing: list[list[float]] = [base]
     for factor in plan:
@@ -46,6 +52,8 @@ def rsu_factory(
 
     def make(level: int, in_ch: int, out_ch: int) -> nn.Module:
         mid = max(out_ch // 2, 1)
+        if heights == "paper":
+            return RSU(dims, in_ch, mid, out_ch, TOP_RSU_HEIGHT, norm=norm, spacing=level_spacing[level])
         if level == levels - 1:
             return RSU4F(dims, in_ch, mid, out_ch, norm=norm)
         height = max(TOP_RSU_HEIGHT - level, MIN_RSU_HEIGHT)
@@ -59,19 +67,20 @@ class InnerCascadedU2Net(InnerCascadedUNet):
     """Inner Cascaded U²-Net (paper 000, Sec. 2.3): Eq. 1-2 with RSU blocks."""
 
     info = ModelInfo(
-        name="inner_cascaded_u2net",
-        title="Inner Cascaded U²-Net",
+        name="inner_cascaded_u2net", title="Inner Cascaded U²-Net", family="cascade", dims=(2, 3),
         paper="Wu et al. 2022 (paper 000), Sec. 2.3, Fig. 3b (RSU from Qin et al. 2020)",
-        family="cascade",
-        dims=(2, 3),
         default_loss="focal_tversky",
     )
 
-    @classmethod
-    def block_factory(
-        cls, dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
-    ) -> BlockFactory:
-        return rsu_factory(dims, norm, levels, spacing, plan)
+    def __init__(self, in_channels: int, num_classes: int, dims: int, rsu_heights: str = "u2net", **common: Any) -> None:
+        if rsu_heights not in RSU_HEIGHTS:
+            raise ModelConfigError(f"model '{self.info.name}': rsu_heights must be one of {RSU_HEIGHTS}, got {rsu_heights!r}")
+        # A plain attribute, set first because the parent's constructor builds the blocks with it.
+        self.rsu_heights = rsu_heights
+        super().__init__(in_channels, num_classes, dims, **common)
+
+    def block_factory(self) -> BlockFactory:
+        return rsu_factory(self.dims, self.norm, self.levels, self.spacing, self.plan, self.rsu_heights)
 
 
 __all__ = ["InnerCascadedU2Net", "rsu_factory"]

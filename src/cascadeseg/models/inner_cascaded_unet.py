@@ -28,23 +28,14 @@ Choices where the paper is silent:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .base import ModelInfo, SegmentationModel
-from .blocks.conv import Norm
-from .blocks.encoder_decoder import (
-    BlockFactory,
-    UNetDecoder,
-    UNetEncoder,
-    double_conv_factory,
-    level_widths,
-    pooling_plan,
-    segmentation_head,
-)
-from .blocks.sampling import Downsample, Factor, Upsample, cumulative_divisor
+from .blocks.encoder_decoder import BlockFactory, UNetDecoder, UNetEncoder, double_conv_factory, segmentation_head
+from .blocks.sampling import Downsample, Factor, Upsample
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 
@@ -79,15 +70,8 @@ class InnerCascadedEncoder(nn.Module):
 class InnerCascadedBody(nn.Module):
     """Former U-Net, latter encoder (Eq. 1), latter decoder (Eq. 2) and head; tensor to logits."""
 
-    def __init__(
-        self,
-        dims: int,
-        in_channels: int,
-        num_classes: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
-    ) -> None:
+    def __init__(self, dims: int, in_channels: int, num_classes: int, widths: Sequence[int], plan: Sequence[Factor],
+                 make_block: BlockFactory) -> None:
         super().__init__()
         self.former_encoder = UNetEncoder(dims, in_channels, widths, plan, make_block)
         self.former_decoder = UNetDecoder(dims, widths, plan, make_block, upsample="interp")
@@ -110,46 +94,19 @@ class InnerCascadedUNet(SegmentationModel):
     """Inner Cascaded U-Net (paper 000, Eq. 1-2); see the module docstring for the equations."""
 
     info = ModelInfo(
-        name="inner_cascaded_unet",
-        title="Inner Cascaded U-Net",
-        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2",
-        family="cascade",
-        dims=(2, 3),
-        default_loss="focal_tversky",
+        name="inner_cascaded_unet", title="Inner Cascaded U-Net", family="cascade", dims=(2, 3),
+        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2", default_loss="focal_tversky",
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels, self.info.name)
-        make_block = self.block_factory(dims, norm, levels, spacing, self.plan)
-        self.body = InnerCascadedBody(dims, in_channels, num_classes, widths, self.plan, make_block)
+    def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        self.body = InnerCascadedBody(dims, in_channels, num_classes, self.widths, self.plan, self.block_factory())
 
-    @classmethod
-    def block_factory(
-        cls, dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor]
-    ) -> BlockFactory:
+    def block_factory(self) -> BlockFactory:
         """The block ``C`` of Eq. 1-2: the plain double convolution (the U²-Net variant overrides)."""
-        return double_conv_factory(dims, norm)
+        return double_conv_factory(self.dims, self.norm)
 
-    @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         # Single-stage network: nothing optional to compute whatever was requested.
         return SegmentationOutput(logits=self.body(x))
 

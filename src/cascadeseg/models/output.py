@@ -20,7 +20,13 @@ Conventions, shared by every architecture:
 * ``attention`` maps a gate name (e.g. ``"X0,1"``) to coefficients in [0, 1] of shape
   ``(B, 1, *gated_spatial)``, the spatial size of the skip feature map the gate multiplies.
 * ``classification`` holds presence logits ``(B, num_classes - 1)`` of the classification-guided
-  module (UNet 3+, UNet#), before the sigmoid.
+  module (UNet 3+, UNet#), before the sigmoid: the module that judges the branch ``logits`` comes
+  from.
+* ``branch_classification`` (optional, added for UNet#'s one module per deep-supervision branch)
+  maps a branch's node name (e.g. ``"X2,2"``) to its own module's presence logits
+  ``(B, num_classes - 1)``, for the branches returned in ``heads`` / ``aux`` (or only the output
+  branch); empty for models with a single module. Consumers that only read ``classification`` are
+  unaffected; the loss trains every module listed here.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class SegmentationOutput:
     stages: dict[str, Tensor] = field(default_factory=dict)
     attention: dict[str, Tensor] = field(default_factory=dict)
     classification: Tensor | None = None
+    branch_classification: dict[str, Tensor] = field(default_factory=dict)
 
 
 class LogitsOnly(nn.Module):

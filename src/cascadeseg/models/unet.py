@@ -14,28 +14,27 @@ Choices where the papers leave room:
 * Inputs must be a multiple of :attr:`size_divisor` per axis: the model raises
   :class:`ModelConfigError` naming the constraint rather than padding silently, because the
   predictor pads once per volume (cheaper than padding every batch) and crops back.
+* ``upsample="transpose"`` (default, the 2015 paper's learned 2x2 up-convolution) or
+  ``"interp"``: parameter-free bilinear (trilinear) up-sampling keeping the deeper level's width,
+  so each decoder block reads ``w[l+1] + w[l]`` channels. The second is the U-Net that paper 004
+  compares with: at width 32 it has 7.85 M parameters, the figure of its Table 1 (the transposed
+  version has 7.76 M).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor, nn
 
+from ..errors import ModelConfigError
 from .base import ModelInfo, SegmentationModel
-from .blocks.conv import Norm
-from .blocks.encoder_decoder import (
-    BlockFactory,
-    UNetDecoder,
-    UNetEncoder,
-    double_conv_factory,
-    level_widths,
-    pooling_plan,
-    segmentation_head,
-)
-from .blocks.sampling import Factor, cumulative_divisor
+from .blocks.encoder_decoder import BlockFactory, UNetDecoder, UNetEncoder, double_conv_factory, segmentation_head
+from .blocks.sampling import Factor
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
+
+UPSAMPLING = ("transpose", "interp")
 
 
 class UNetBody(nn.Module):
@@ -43,19 +42,11 @@ class UNetBody(nn.Module):
     stage by the cascaded models. ``forward`` returns the logits; :meth:`features` also returns the
     decoder features of every level (CU-Net feeds them to its second U-Net)."""
 
-    def __init__(
-        self,
-        dims: int,
-        in_channels: int,
-        num_classes: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
-        extra_channels: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, dims: int, in_channels: int, num_classes: int, widths: Sequence[int], plan: Sequence[Factor],
+                 make_block: BlockFactory, extra_channels: Sequence[int] | None = None, upsample: str = "transpose") -> None:
         super().__init__()
         self.encoder = UNetEncoder(dims, in_channels, widths, plan, make_block, extra_channels)
-        self.decoder = UNetDecoder(dims, widths, plan, make_block)
+        self.decoder = UNetDecoder(dims, widths, plan, make_block, upsample=upsample)
         self.head = segmentation_head(dims, widths[0], num_classes)
 
     def features(self, x: Tensor, extras: Sequence[Tensor | None] | None = None) -> list[Tensor]:
@@ -72,38 +63,19 @@ class UNet(SegmentationModel):
     """The plain U-Net, 2D or 3D (see the module docstring for the choices made)."""
 
     info = ModelInfo(
-        name="unet",
-        title="U-Net",
+        name="unet", title="U-Net", family="unet", dims=(2, 3), default_loss="dice_ce",
         paper="Ronneberger et al. 2015 (2D), Çiçek et al. 2016 (3D); baseline in papers 000-004",
-        family="unet",
-        dims=(2, 3),
-        default_loss="dice_ce",
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels, self.info.name)
-        self.body = UNetBody(dims, in_channels, num_classes, widths, self.plan, double_conv_factory(dims, norm))
+    def __init__(self, in_channels: int, num_classes: int, dims: int, upsample: str = "transpose", **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        if upsample not in UPSAMPLING:
+            raise ModelConfigError(f"model 'unet': upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        self.upsample = upsample
+        block = double_conv_factory(dims, self.norm)
+        self.body = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block, upsample=upsample)
 
-    @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         # A plain U-Net has no heads, stages, attention or classification: nothing optional to compute.
         return SegmentationOutput(logits=self.body(x))
 

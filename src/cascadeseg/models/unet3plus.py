@@ -27,17 +27,16 @@ and UNet#'s mixed loss is the hybrid written for exactly this family and compari
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .base import ModelInfo, SegmentationModel
 from .blocks.classification_guided import MaxPoolPresenceHead, suppress_absent_classes
-from .blocks.conv import ConvNormAct, Norm, conv_layer
-from .blocks.encoder_decoder import UNetEncoder, double_conv_factory, level_widths, pooling_plan
+from .blocks.conv import ConvNormAct, conv_layer
+from .blocks.encoder_decoder import UNetEncoder, double_conv_factory
 from .blocks.full_scale import FullScaleLink
-from .blocks.sampling import cumulative_divisor
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 
@@ -47,31 +46,14 @@ class UNet3Plus(SegmentationModel):
     """UNet 3+ in 2D or 3D with full-scale skips, deep supervision and the CGM."""
 
     info = ModelInfo(
-        name="unet3plus",
-        title="UNet 3+ (full-scale connected U-Net)",
+        name="unet3plus", title="UNet 3+ (full-scale connected U-Net)", family="full_scale", dims=(2, 3),
         paper="Huang et al. 2020, UNet 3+ (ICASSP); the baseline of paper 004 (UNet#)",
-        family="full_scale",
-        dims=(2, 3),
-        deep_supervision=True,
-        classification_guided=True,
-        default_loss="unet_sharp_mixed",
+        deep_supervision=True, classification_guided=True, default_loss="unet_sharp_mixed",
     )
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-        cgm_gating: bool = True,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        widths = level_widths(base_width, levels)
-        self.levels = levels
+    def __init__(self, in_channels: int, num_classes: int, dims: int, cgm_gating: bool = True, **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        widths, levels, norm, base_width = self.widths, self.levels, self.norm, self.base_width
         self.cgm_gating = cgm_gating
         fused = levels * base_width
         self.encoder = UNetEncoder(dims, in_channels, widths, self.plan, double_conv_factory(dims, norm))
@@ -99,16 +81,7 @@ class UNet3Plus(SegmentationModel):
     def _aux_name(self, level: int) -> str:
         return f"En{level}" if level == self.levels - 1 else f"De{level}"
 
-    @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        self.check_depth(depth)
-        self.check_input(x)
-        request = request or OutputRequest()
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         encoded = self.encoder(x)
         bottom = self.levels - 1
         decoded: dict[int, Tensor] = {bottom: encoded[bottom]}

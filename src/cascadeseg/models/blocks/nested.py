@@ -19,16 +19,15 @@ convolutions on the many nested paths.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from ...errors import ModelConfigError
 from ..base import SegmentationModel
 from ..output import OutputRequest, SegmentationOutput
-from .conv import DoubleConv, Norm
-from .encoder_decoder import level_widths, pooling_plan, segmentation_head
-from .sampling import Downsample, Upsample, cumulative_divisor
+from .conv import DoubleConv
+from .encoder_decoder import segmentation_head
+from .sampling import Downsample, Upsample
 
 Grid = dict[tuple[int, int], Tensor]
 
@@ -44,57 +43,28 @@ def node_name(i: int, j: int) -> str:
 
 
 class NestedUNetBase(SegmentationModel):
-    """Common constructor, pruning and forward of the nested family.
+    """Encoder, grid traversal, deep-supervision heads and pruning of the nested family.
 
     Subclasses build their decoder nodes in ``__init__`` (after calling this one) and implement
-    :meth:`_node`; they may extend :meth:`_finish` (auxiliary heads, the CGM).
+    :meth:`_node`; they may extend :meth:`_finish` (auxiliary heads, the CGM). Pruning depths are
+    1..``levels - 1`` (paper: L1..L4 at 5 levels).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        dims: int,
-        base_width: int = 32,
-        levels: int = 5,
-        norm: Norm = "batch",
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, dims)
-        self.plan = pooling_plan(self.info.name, dims, levels, spacing)
-        self.widths = level_widths(base_width, levels)
-        self.levels = levels
-        self.norm: Norm = norm
+    def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
+        super().__init__(in_channels, num_classes, dims, **common)
+        levels, widths = self.levels, self.widths
         self.pools = nn.ModuleList(Downsample(dims, factor) for factor in self.plan)
         # ups[i]: level i+1 -> level i (interpolation, no parameters).
         self.ups = nn.ModuleList(Upsample(dims, factor) for factor in self.plan)
         self.encoder = nn.ModuleList(
-            DoubleConv(dims, in_channels if i == 0 else self.widths[i - 1], self.widths[i], norm=norm)
-            for i in range(levels)
+            DoubleConv(dims, in_channels if i == 0 else widths[i - 1], widths[i], norm=self.norm) for i in range(levels)
         )
-        self.heads = nn.ModuleDict(
-            {str(k): segmentation_head(dims, self.widths[0], num_classes) for k in range(1, levels)}
-        )
-
-    # ----------------------------------------------------------------- depth and size checks
-    @property
-    def max_depth(self) -> int:
-        return self.levels - 1
+        self.heads = nn.ModuleDict({str(k): segmentation_head(dims, widths[0], num_classes) for k in range(1, levels)})
 
     @property
-    def size_divisor(self) -> tuple[int, ...]:
-        return cumulative_divisor(self.plan, self.dims)
-
-    def check_depth(self, depth: int | None) -> int:
-        """Depths 1..levels-1 (paper: L1..L4 at 5 levels); ``None`` is the full model."""
-        if depth is None:
-            return self.max_depth
-        if not isinstance(depth, int) or not 1 <= depth <= self.max_depth:
-            raise ModelConfigError(
-                f"model '{self.info.name}': pruning depth {depth!r} is not available with levels={self.levels} "
-                f"(expected 1..{self.max_depth})"
-            )
-        return depth
+    def decoder_nodes(self) -> list[tuple[int, int]]:
+        """``(i, j)`` of every decoder node ``X(i, j>0)`` of the full grid."""
+        return [(i, j) for i in range(self.levels - 1) for j in range(1, self.levels - i)]
 
     # ----------------------------------------------------------------- the grid
     def _node(self, i: int, j: int, grid: Grid, attention: dict[str, Tensor] | None) -> Tensor:
@@ -119,12 +89,7 @@ class NestedUNetBase(SegmentationModel):
         """Hook for auxiliary heads and the classification-guided module."""
         return out
 
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
-        depth = self.check_depth(depth)
-        self.check_input(x)
-        request = request or OutputRequest()
+    def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         attention: dict[str, Tensor] | None = {} if request.attention else None
         grid = self._run_grid(x, depth, attention)
         wanted = range(1, depth + 1) if request.heads else (depth,)
