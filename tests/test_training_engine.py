@@ -340,3 +340,41 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(lgg_pairs, tmp_path: Pa
     (tmp_path / "x").mkdir()
     with pytest.raises(DatasetError, match="cannot be resumed"):
         train(tiny_config(lgg_pairs, tmp_path / "x", resume=True))
+
+
+def test_the_papers_region_of_interest_reaches_the_loss_and_the_prediction(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    """CU-Net (paper 001) samples its loss inside the head (p1 = 0 outside: Eq. 3): the trainer
+    hands the loss a region cropped and augmented with the labels, holding every labelled voxel;
+    and its predictions are fused with the head mask at inference (nothing outside the head)."""
+    from cascadeseg.inference import Predictor
+    from cascadeseg.training import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.Trainer._make_loss
+
+    def spying_loss(self):
+        loss = real(self)
+        forward = loss.forward
+
+        def record(output, target, roi=None):
+            seen.append((roi, target))
+            return forward(output, target, roi=roi)
+
+        loss.forward = record
+        return loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "_make_loss", spying_loss)
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", model="cu_net", epochs=1, steps_per_epoch=3))
+    assert len(seen) == 3
+    for roi, target in seen:
+        assert roi is not None and roi.shape == target.shape and roi.dtype == torch.bool
+        assert bool(roi[target > 0].all())  # every labelled voxel is supervised
+        assert 0.05 < float(roi.float().mean()) < 0.95  # a head, not everything and not nothing
+    image, _ = lgg_pairs[2]
+    predictor = Predictor.from_checkpoint(result.last_checkpoint, device="cpu")
+    assert predictor.model.info.body_mask_at_inference
+    from cascadeseg.losses.regions import case_body_mask
+
+    labels = predictor.predict(image).labels.array
+    outside = ~case_body_mask(image.array, image.modality)
+    assert outside.any() and not labels[outside].any()

@@ -240,7 +240,8 @@ class Predictor:
         the card's working grid (see :func:`prepare_scan`). ``slice_axis``: 2D (that axis is not
         resampled) or ``None`` (3D)."""
         specs = [ch.get("preprocessing") for ch in self.card.input_channels]
-        return prepare_scan(volume, specs, self.card.target_spacing, slice_axis)
+        return prepare_scan(volume, specs, self.card.target_spacing, slice_axis,
+                            body_mask=bool(getattr(self.model.info, "body_mask_at_inference", False)))
 
     def predict_maps(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
                      want: PredictionRequest | None = None, progress: ProgressCallback | None = None,
@@ -262,6 +263,10 @@ class Predictor:
         finally:
             crop_fractions.detach()
             release_cached_memory(self.device)
+        if prepared.body is not None:  # the paper's test-time fusion with the body / head mask
+            outside = ~prepared.body
+            for array in [maps["labels"], *maps.get("depths", {}).values(), *maps.get("stages", {}).values()]:
+                array[outside] = 0
         return maps, items, unit, crop_fractions.summary()
 
     def estimate_seconds(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
@@ -510,6 +515,7 @@ class PreparedScan:
     image: np.ndarray
     native_shape: tuple[int, int, int]
     zoom: NativeZoom | None = None
+    body: np.ndarray | None = None  # (Z, Y, X) bool on the native grid: labels outside become background
 
     @property
     def working_shape(self) -> tuple[int, int, int]:
@@ -525,7 +531,8 @@ class PreparedScan:
         native = list(self.native_shape)
         native[axis] = stop - start
         zoom = None if self.zoom is None else NativeZoom(tuple(native), self.zoom.scales)
-        return PreparedScan(self.image[tuple(index)], tuple(native), zoom)  # type: ignore[arg-type]
+        body = None if self.body is None else self.body[tuple(index[1:])]
+        return PreparedScan(self.image[tuple(index)], tuple(native), zoom, body)  # type: ignore[arg-type]
 
 
 def preprocess_channels(volume: Volume, specs: Sequence[dict[str, Any] | None]) -> np.ndarray:
@@ -576,22 +583,31 @@ def working_spacing(spacing: Sequence[float], target_spacing: Sequence[float] | 
 
 
 def prepare_scan(volume: Volume, specs: Sequence[dict[str, Any] | None], target_spacing: Sequence[float] | None,
-                 slice_axis: int | None) -> PreparedScan:
+                 slice_axis: int | None, body_mask: bool = False) -> PreparedScan:
     """Preprocess on the scan's own grid (the statistics the network was trained with), then
     resample linearly to the working grid (:func:`working_spacing`). The network's maps come back
     to the scan's grid as logits (:class:`NativeZoom`) and the labels are taken there: nnU-Net's
     way, which keeps boundaries finer than the working grid (measured on the 12 held-out LGG
-    patients with the shipped ANU-Net at 2 mm working pixels: see docs/default_models.md)."""
+    patients with the shipped ANU-Net at 2 mm working pixels: see docs/default_models.md).
+
+    ``body_mask``: also keep the body / head mask of the raw scan (the papers of CU-Net and of the
+    coarse-to-fine cascade restrict their final segmentation to it)."""
+    body = None
+    if body_mask:
+        from ..losses.regions import case_body_mask
+
+        array = volume.array if volume.array.ndim == 4 else volume.array[None]
+        body = case_body_mask(array, volume.modality)
     image = preprocess_channels(volume, specs)
     native = tuple(int(s) for s in volume.spatial_shape)
     spacing = working_spacing(volume.spacing, target_spacing, slice_axis)
     if spacing is None:
-        return PreparedScan(image, native)  # type: ignore[arg-type]
+        return PreparedScan(image, native, None, body)  # type: ignore[arg-type]
     from ..preprocessing import resample_to_spacing
 
     working = resample_to_spacing(volume.with_array(image), spacing, is_label=False)
     del image  # the native-grid float copy goes; the working one lives on alone
-    return PreparedScan(working.array, native, NativeZoom.between(working, volume))  # type: ignore[arg-type]
+    return PreparedScan(working.array, native, NativeZoom.between(working, volume), body)  # type: ignore[arg-type]
 
 
 class _CropFractions:

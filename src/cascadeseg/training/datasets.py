@@ -46,6 +46,7 @@ class TrainingCase:
     spacing: tuple[float, float, float]
     native_spacing: tuple[float, float, float]
     source: str | None = None
+    body: np.ndarray | None = None  # (Z, Y, X) bool on the working grid: a loss's region of interest
 
     @property
     def image(self) -> np.ndarray:
@@ -79,6 +80,7 @@ class TrainingCase:
             spacing=self.spacing,
             native_spacing=self.native_spacing,
             source=self.source,
+            body=None if self.body is None else self.body[tuple(working)],
         )
 
 
@@ -282,13 +284,18 @@ def read_cases(sources: Sequence[CaseSource], num_classes: int | None, cancel: A
 
 
 def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: Sequence[float] | None,
-                 slice_axis: int | None, class_values: Sequence[int]) -> TrainingCase:
+                 slice_axis: int | None, class_values: Sequence[int], *, body_at_inference: bool = False,
+                 training_body: bool = False) -> TrainingCase:
     """The case on the working grid through the predictor's own preparation (so training,
     validation and inference see the same array), with its labels carried onto that grid as
     output-channel indices (``class_values[i]`` is channel ``i``); ``labels_full`` keeps the
-    label values on the scan's own grid, which is what the predictor writes and validation scores."""
+    label values on the scan's own grid, which is what the predictor writes and validation scores.
+
+    ``body_at_inference``: the scan keeps its body mask, as the predictor's does for models whose
+    paper fuses the segmentation with it; ``training_body``: the body mask on the working grid too,
+    for a loss that trains inside it (:func:`cascadeseg.losses.training_region`)."""
     try:
-        scan = prepare_scan(raw.image, specs, target_spacing, slice_axis)
+        scan = prepare_scan(raw.image, specs, target_spacing, slice_axis, body_mask=body_at_inference or training_body)
     except (VolumeError, InputFileError) as exc:
         raise type(exc)(f"case '{raw.case_id}'{raw.where}: {exc}") from exc
     num_classes = len(class_values)
@@ -301,10 +308,17 @@ def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: 
     if scan.zoom is not None:
         spacing = tuple(float(s) * z for s, z in zip(spacing, scan.zoom.scales))
         labels = resample_labels(raw.image.with_array(labels), spacing, num_classes, scan.working_shape)
+    body = None
+    if training_body and scan.body is not None:
+        body = scan.body
+        if scan.zoom is not None:
+            body = resample_labels(raw.image.with_array(scan.body.astype(np.uint8)), spacing, 2, scan.working_shape) > 0
+    if not body_at_inference:
+        scan.body = None  # a loss's region only: the model's predictions are not fused with it
     return TrainingCase(
         case_id=raw.case_id, scan=scan, labels=np.ascontiguousarray(labels, dtype=np.uint8), labels_full=raw.labels,
         spacing=spacing, native_spacing=tuple(float(s) for s in raw.image.spacing),  # type: ignore[arg-type]
-        source=None if raw.image.source is None else str(raw.image.source),
+        source=None if raw.image.source is None else str(raw.image.source), body=body,
     )
 
 

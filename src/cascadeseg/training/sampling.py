@@ -65,8 +65,12 @@ class PatchDataset(Dataset):
         foreground_probability: float,
         length: int,
         seed: int,
+        body_code: int | None = None,
     ) -> None:
         self.cases = list(cases)
+        # A case's body mask rides in the labels as label + body_code (body_code = the number of
+        # classes), so it is cropped, padded (outside: no body) and augmented exactly like them.
+        self.body_code = body_code
         self.dims = dims
         self.axis = axis
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -148,6 +152,8 @@ class PatchDataset(Dataset):
         inside = tuple(slice(max(0, starts[a]), min(shape[a], starts[a] + sizes[a])) for a in range(3))
         image = case.image[(slice(None), *inside)]
         labels = case.labels[inside]
+        if self.body_code is not None and case.body is not None:
+            labels = labels.astype(np.int16) + np.int16(self.body_code) * case.body[inside]
         pads = [(max(0, -starts[a]), max(0, starts[a] + sizes[a] - shape[a])) for a in range(3)]
         if any(p != (0, 0) for p in pads):
             labels = np.pad(labels, pads)

@@ -48,7 +48,7 @@ from ..distributed import (
 from ..errors import CancelledError, DatasetError, ModelConfigError, TrainingError
 from ..inference.checkpoint import ModelCard, load_weights, read_card
 from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
-from ..models import OutputRequest, SegmentationOutput, create_model
+from ..models import OutputRequest, SegmentationOutput, create_model, list_models
 from .augmentation import augment_batch
 from .callbacks import CallbackList, EpochInfo, StepInfo
 from .card import DataInfo, build_card
@@ -347,10 +347,13 @@ class Trainer:
         num_classes = len(values)
         specs = cfg.preprocessing or default_preprocessing(raw[0].image, raw[0].image.num_channels)
         slice_axis = int(cfg.axis or 0) if cfg.dims == 2 else None
+        info = {i.name: i for i in list_models()}[str(cfg.model)]
+        self.needs_body = self._loss_region(info) == "body"
         cases: list[TrainingCase] = []
         for r in raw:
             self._check_cancel("while preparing the data")
-            cases.append(prepare_case(r, specs, cfg.target_spacing, slice_axis, values))
+            cases.append(prepare_case(r, specs, cfg.target_spacing, slice_axis, values,
+                                      body_at_inference=info.body_mask_at_inference, training_body=self.needs_body))
         self.cases = cases
         self.num_classes = num_classes
         self.class_values = values
@@ -363,6 +366,13 @@ class Trainer:
         self.split = self._make_split()
         self.train_cases, self.val_cases = self._split_cases(self.split)
         self.val_order = self._validation_order()
+
+    def _loss_region(self, info: Any) -> str | None:
+        """Where the run's loss trains: ``"body"`` (its paper's region of interest, e.g. CU-Net's
+        loss-weighted sampling inside the head) or ``None`` (every voxel)."""
+        from ..losses import build_loss, loss_region
+
+        return loss_region(build_loss(str(self.cfg.loss or info.default_loss), **self.cfg.loss_options))
 
     def _validation_order(self) -> list[TrainingCase]:
         """The order validation cases are taken in when only a subset fits the budget: the cases
@@ -467,7 +477,7 @@ class Trainer:
                               int(cfg.batch_size or 8), self.ctx.world_size)
         self.dataset = PatchDataset(self.train_cases, int(cfg.dims or 2), int(cfg.axis or 0), self.patch,
                                     float(cfg.foreground_probability if cfg.foreground_probability is not None else 0.5),
-                                    length, cfg.seed)
+                                    length, cfg.seed, body_code=self.num_classes if self.needs_body else None)
         self._make_loader()
 
     def _make_loader(self) -> None:
@@ -640,6 +650,8 @@ class Trainer:
         self.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        if hasattr(self.loss_fn, "set_epoch"):
+            self.loss_fn.set_epoch(epoch)  # a paper's per-epoch loss schedule (CU-Net's omega decay)
         # Epoch 0's clock starts with the calibration steps it holds (their samples count in it).
         self.epoch_start = getattr(self, "_calibration_start", None) or time.perf_counter()
         self._calibration_start = None
@@ -703,6 +715,13 @@ class Trainer:
         gen.manual_seed(int(cfg.seed) * 1_000_003 + self.ctx.rank * 7919 + self.state.step)
         if cfg.augmentation is not None:
             images, labels = augment_batch(images, labels, cfg.augmentation, gen)
+        body = None
+        if self.needs_body:  # the body mask rode in the labels (see PatchDataset): split them again
+            body = labels >= self.num_classes
+            labels = labels - self.num_classes * body.long()
+        from ..losses import training_region
+
+        roi = training_region(self.loss_fn, labels, body)
         images = images.contiguous(memory_format=self.memory_format)
         self._set_lr(elapsed, reserve)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -710,9 +729,9 @@ class Trainer:
             if self.phases[self.state.phase] == "stage1":
                 # The other outputs join with weight 0 so every parameter gets a (zero) gradient,
                 # which DDP needs; stage 2's weights therefore stay where they are.
-                loss = self.loss_fn(SegmentationOutput(logits=out.stages["stage1"]), labels) + 0.0 * out.logits.sum()
+                loss = self.loss_fn(SegmentationOutput(logits=out.stages["stage1"]), labels, roi=roi) + 0.0 * out.logits.sum()
             else:
-                loss = self.loss_fn(out, labels)
+                loss = self.loss_fn(out, labels, roi=roi)
         if not torch.isfinite(loss.detach()):
             self.optimizer.zero_grad(set_to_none=True)
             return float("nan")
