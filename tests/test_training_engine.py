@@ -378,3 +378,20 @@ def test_the_papers_region_of_interest_reaches_the_loss_and_the_prediction(lgg_p
     labels = predictor.predict(image).labels.array
     outside = ~case_body_mask(image.array, image.modality)
     assert outside.any() and not labels[outside].any()
+
+
+def test_plateau_schedule_lowers_the_learning_rate_when_the_dice_stalls(lgg_pairs, tmp_path: Path) -> None:
+    """Paper 000's recipe: lr x gamma after step_size validations without a better Dice."""
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=4, schedule="plateau", step_size=1, gamma=0.5, lr=1e-4))
+    rows = read_log(run_dir)
+    dice = [max(float(v) for k, v in r.items() if k.startswith("dice_depth")) for r in rows]
+    best, expected, factor = -1.0, [], 1.0
+    for d in dice:  # the rule by hand, validation by validation
+        if d > best + 1e-4:
+            best = d
+        else:
+            factor *= 0.5
+        expected.append(factor)
+    state = run_folder.read_training_state(result.last_checkpoint)
+    assert state["plateau_factor"] == pytest.approx(expected[-1])

@@ -209,3 +209,13 @@ def test_scanner_augmentations_change_intensities_only_and_keep_their_promises(s
     noise = AugmentationConfig(**off, noise_probability=1.0, noise_std=0.1)
     out, _ = augment_batch(x, labels, noise, torch.Generator().manual_seed(2))
     assert 0.0 < float((out - x).std()) <= 0.1
+
+
+def test_plateau_schedule_drops_after_patience_validations_without_a_better_dice() -> None:
+    from cascadeseg.training.schedule import lr_factor
+    from cascadeseg.models.recipes import PlateauSchedule
+
+    schedule = PlateauSchedule(factor=0.1, patience=2, mode="max")
+    factors = [schedule.update(d) for d in (0.5, 0.6, 0.6, 0.59, 0.7, 0.65, 0.69)]
+    assert factors == [1.0, 1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01)]
+    assert lr_factor("plateau", 0.5, 3, 100, plateau_factor=0.01) == 0.01

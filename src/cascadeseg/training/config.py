@@ -20,7 +20,7 @@ from ..io.volume import Volume
 CONFIG_FILE = "config.json"
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "plateau")
 CASCADE_TRAINING = ("end_to_end", "stagewise")
 
 
@@ -127,9 +127,11 @@ class TrainConfig:
     lr: float = option(1e-3, "base learning rate", group="loss and optimiser", type=float)
     momentum: float = option(0.99, "SGD momentum", group="loss and optimiser", type=float)
     weight_decay: float = option(0.0, "weight decay", group="loss and optimiser", type=float)
-    schedule: str = option("cosine", "learning-rate schedule", group="loss and optimiser",
-                           choices=("cosine", "step", "constant"))
-    step_size: int = option(30, "step schedule: epochs per decay", group="loss and optimiser", type=int)
+    schedule: str = option("cosine", "learning-rate schedule ('plateau': x gamma after step_size validations "
+                           "without a better Dice, paper 000's rule)", group="loss and optimiser",
+                           choices=("cosine", "step", "constant", "plateau"))
+    step_size: int = option(30, "step schedule: epochs per decay; plateau: validations without improvement "
+                            "(patience)", group="loss and optimiser", type=int)
     gamma: float = option(0.1, "step schedule: decay factor", group="loss and optimiser", type=float)
     warmup_steps: int = option(0, "linear warm-up steps", group="loss and optimiser", type=int)
     grad_clip: float | None = option(12.0, "gradient norm clip (0: off)", group="loss and optimiser", type=float)

@@ -83,6 +83,9 @@ class TrainState:
     best_epoch: int = -1  # 0-based
     phase: int = 0  # stagewise cascades: 0 stage 1, 1 stage 2
     validation_seconds: float = 0.0  # the last validation's measured cost
+    plateau_factor: float = 1.0  # the plateau schedule's learning-rate factor
+    plateau_best: float = -1.0  # its best validation Dice so far
+    plateau_bad: int = 0  # validations since that best
     checkpoint_seconds: float = 0.0  # the last checkpoint write's measured cost
 
     def to_dict(self) -> dict[str, Any]:
@@ -782,6 +785,8 @@ class Trainer:
         epoch = self.state.epoch - 1
         self.last_validation = result
         best = result.best_dice
+        if self.cfg.schedule == "plateau":
+            self._update_plateau(best)
         is_best = math.isfinite(best) and best > self.state.best_dice
         if is_best:
             self.state.best_dice, self.state.best_epoch = best, epoch
@@ -810,6 +815,18 @@ class Trainer:
             samples_per_second=self.epoch_samples / max(train_seconds, 1e-9),
             time_left_seconds=None if budget is None else max(0.0, budget - self.state.elapsed),
         ))
+
+    def _update_plateau(self, dice: float) -> None:
+        """Paper 000's plateau rule (Keras' ReduceLROnPlateau), monitored on the validation Dice
+        (the trainer validates through the predictor, which has no loss to report)."""
+        from ..models.recipes import PlateauSchedule
+
+        schedule = PlateauSchedule(factor=self.cfg.gamma, patience=max(1, self.cfg.step_size), mode="max")
+        if self.state.plateau_best >= 0:
+            schedule.load_state_dict({"best": self.state.plateau_best, "bad": self.state.plateau_bad,
+                                      "current": self.state.plateau_factor})
+        self.state.plateau_factor = schedule.update(dice if math.isfinite(dice) else 0.0)
+        self.state.plateau_best, self.state.plateau_bad = float(schedule.best), int(schedule.bad)
 
     def save_checkpoint(self, name: str, validation: ValidationResult | None, note: str = "") -> Path:
         """``last/`` or ``best/``: weights, card and training state, swapped in atomically."""
@@ -918,7 +935,7 @@ class Trainer:
         training_seconds = None if budget is None else max(1.0, budget - reserve)
         progress = run_progress(self.state.step, self._planned_steps(), elapsed, training_seconds)
         factor = lr_factor(cfg.schedule, progress, self.state.epoch, self.state.step, step_size=cfg.step_size,
-                           gamma=cfg.gamma, warmup_steps=cfg.warmup_steps)
+                           gamma=cfg.gamma, warmup_steps=cfg.warmup_steps, plateau_factor=self.state.plateau_factor)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
 
