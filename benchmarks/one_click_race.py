@@ -36,30 +36,10 @@ def _pinned(core: int | None):
 
 
 def make_split(data: Path, holdout: int, seed: int, out: Path) -> tuple[Path, list[str]]:
-    from cascadeseg.io import load_dataset
-    from cascadeseg.training.split import patient_id
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from datasets import holdout_split
 
-    refs = load_dataset(data)
-    patients = sorted({patient_id(r.case_id) for r in refs})
-    rng = np.random.default_rng(seed)
-    held = set(patients[i] for i in rng.permutation(len(patients))[:holdout])
-    train_dir = out / "train_data"
-    for sub in ("imagesTr", "labelsTr"):
-        (train_dir / sub).mkdir(parents=True, exist_ok=True)
-    held_cases = []
-    for ref in refs:
-        if patient_id(ref.case_id) in held:
-            held_cases.append(ref.case_id)
-            continue
-        for f in ref.image_files:
-            link = train_dir / "imagesTr" / f.name
-            if not link.exists():
-                link.symlink_to(f.resolve())
-        link = train_dir / "labelsTr" / ref.label_file.name
-        if not link.exists():
-            link.symlink_to(ref.label_file.resolve())
-    (out / "holdout.json").write_text(json.dumps({"seed": seed, "cases": sorted(held_cases)}, indent=2))
-    return train_dir, sorted(held_cases)
+    return holdout_split(data, holdout, seed, out)
 
 
 def score(pred_dir: Path, data: Path, cases: list[str]) -> dict[str, float]:
