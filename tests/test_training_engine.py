@@ -395,3 +395,32 @@ def test_plateau_schedule_lowers_the_learning_rate_when_the_dice_stalls(lgg_pair
         expected.append(factor)
     state = run_folder.read_training_state(result.last_checkpoint)
     assert state["plateau_factor"] == pytest.approx(expected[-1])
+
+
+def test_postprocessing_is_chosen_on_validation_and_applied_by_the_predictor(lgg_pairs, tmp_path: Path) -> None:
+    """Each validation scores the raw argmax and each candidate post-processing on the validation
+    patients; the card keeps the one that beats the raw argmax by over 0.005 (or none), its Dice is
+    the Dice with it, and the predictor applies the card's choice to every label map."""
+    from cascadeseg.inference import Predictor
+    from cascadeseg.labelops import keep_largest_component
+    from cascadeseg.training.validation import POSTPROCESSING_MARGIN
+
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1, steps_per_epoch=6, val_cases=["TCGA_DU_6404_19850629"]))
+    card = json.loads((result.best_checkpoint / "model_card.json").read_text())
+    candidates = card["validation"]["postprocessing_candidates"]
+    assert set(candidates) == {"none", "largest_component", "distant_islands_10mm"}
+    best = {name: max(v.values()) for name, v in candidates.items()}
+    winner = max(("largest_component", "distant_islands_10mm"), key=best.get)
+    expected = winner if best[winner] > best["none"] + POSTPROCESSING_MARGIN else "none"
+    chosen = {"largest_component": {"largest_component": True}, "distant_islands_10mm": {"distant_islands_mm": 10.0},
+              "none": None}[expected]
+    assert card["postprocessing"] == chosen
+    assert card["validation"]["dice_per_depth"] == candidates[expected]
+    # The predictor applies a card's post-processing: the same checkpoint told to keep the largest
+    # island gives exactly the raw map with its other islands removed.
+    image, _ = lgg_pairs[2]
+    predictor = Predictor.from_checkpoint(result.best_checkpoint, device="cpu")
+    predictor.card.postprocessing = None
+    raw = predictor.predict(image).labels.array
+    predictor.card.postprocessing = {"largest_component": True}
+    assert np.array_equal(predictor.predict(image).labels.array, keep_largest_component(raw))

@@ -72,6 +72,8 @@ class ModelCard:
       trainer records (epochs, time).
     * ``validation``: ``{"dice_per_depth": {"1": 0.78, ...}, ...}`` (string keys: JSON objects).
     * ``recommended_depth``: the pruning depth inference uses by default (``None``: full depth).
+    * ``postprocessing``: what the predictor does to its label maps by default (``None``: nothing),
+      chosen by the trainer on the validation patients.
     * ``name``, ``description``: shown in model lists.
     * ``project_version``: the napari-cascade version that wrote it.
     * ``weights_sha256``: SHA-256 (hex) of ``model.safetensors``, written by :func:`save_checkpoint`
@@ -94,6 +96,10 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     recommended_depth: int | None = None
+    # Post-processing the predictor applies to every label map, chosen on the validation patients
+    # when training ended (None: the raw argmax): {"largest_component": true} or
+    # {"distant_islands_mm": 10.0} (cascadeseg.inference.postprocess.PostProcessing's fields).
+    postprocessing: dict[str, Any] | None = None
     name: str = ""
     description: str = ""
     project_version: str = ""

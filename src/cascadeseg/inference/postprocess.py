@@ -71,3 +71,25 @@ def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | 
     if options.fill_holes:
         out = fill_holes(out, slice_axis=options.fill_holes_axis)
     return out if out is not labels else labels.copy()
+
+
+# What training compares on its validation patients (the raw argmax is always the reference).
+CANDIDATES: dict[str, PostProcessing] = {
+    "largest_component": PostProcessing(largest_component=True),
+    "distant_islands_10mm": PostProcessing(distant_islands_mm=10.0),
+}
+
+
+def from_card(spec: dict | None) -> PostProcessing | None:
+    """A card's ``postprocessing`` as :class:`PostProcessing` (``None``: nothing to do)."""
+    if not spec:
+        return None
+    known = {"largest_component", "fill_holes", "fill_holes_axis", "distant_islands_mm"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise VolumeError(f"model card postprocessing {spec}: unknown step(s) {unknown} (expected some of {sorted(known)})")
+    return PostProcessing(**spec)
+
+
+def to_card(options: PostProcessing) -> dict:
+    return {k: v for k, v in options.__dict__.items() if v not in (False, None)}

@@ -41,6 +41,7 @@ from ..io.volume import Volume
 from ..models.output import OutputRequest, SegmentationOutput
 from .batchnorm_folding import fold_batch_norms
 from .checkpoint import ModelCard
+from .postprocess import from_card
 from .device import (
     DeviceError,
     inference_context,
@@ -217,7 +218,7 @@ class Predictor:
             raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
         t1 = time.perf_counter()
         maps, items, unit, stats = self.predict_maps(prepared, mode, axis, depth, want, progress, cancel,
-                                                     patch_size, overlap)
+                                                     patch_size, overlap, spacing=volume.spacing)
         del prepared
         t2 = time.perf_counter()
         result = self._wrap(volume, maps, want)
@@ -246,11 +247,14 @@ class Predictor:
     def predict_maps(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
                      want: PredictionRequest | None = None, progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None, patch_size: Sequence[int] | None = None,
-                     overlap: float = 0.5) -> tuple[dict[str, Any], int, str, dict[str, float]]:
+                     overlap: float = 0.5, postprocess: bool = True,
+                     spacing: Sequence[float] | None = None) -> tuple[dict[str, Any], int, str, dict[str, float]]:
         """Run the network over a :class:`PreparedScan`: the label map (and what ``want`` asks
         for) as arrays on the scan's native grid, plus the items run, their unit and model
         statistics. :meth:`predict` is ``prepare`` + this + wrapping into Volumes; training's
-        validation calls the same two pieces on its cached scans, so both score one path."""
+        validation calls the same two pieces on its cached scans, so both score one path.
+        ``postprocess``: apply the card's post-processing (``spacing``: the scan's, in mm); training
+        turns it off to compare the candidates itself."""
         want = want or PredictionRequest()
         crop_fractions = _CropFractions(self.model)
         try:
@@ -267,6 +271,12 @@ class Predictor:
             outside = ~prepared.body
             for array in [maps["labels"], *maps.get("depths", {}).values(), *maps.get("stages", {}).values()]:
                 array[outside] = 0
+        options = from_card(self.card.postprocessing) if postprocess else None
+        if options is not None:
+            from .postprocess import postprocess as run_postprocessing
+
+            maps["labels"] = run_postprocessing(maps["labels"], options, spacing=spacing)
+            maps["depths"] = {d: run_postprocessing(a, options, spacing=spacing) for d, a in maps.get("depths", {}).items()}
         return maps, items, unit, crop_fractions.summary()
 
     def estimate_seconds(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,

@@ -70,6 +70,9 @@ def build_card(
         }
         if model.info.pruning_depths:
             recommended = validation.recommended_depth
+        if validation.candidates:
+            validation_section["postprocessing_candidates"] = {
+                name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()}
     licence = cfg.data_licence or (parent.training.get("licence") if parent is not None else None)
     parent_name = (parent.name or parent.architecture) if parent is not None else None
     training = {
@@ -116,6 +119,7 @@ def build_card(
         training=training,
         validation=validation_section,
         recommended_depth=recommended,
+        postprocessing=None if validation is None else validation.postprocessing,
         name=name,
         description=description,
     )

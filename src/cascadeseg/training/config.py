@@ -168,6 +168,10 @@ class TrainConfig:
     auto_init: bool = option(True, "never start from a shipped model on its own (few patients otherwise do)",
                              group="model", flag="--no-auto-init", action="store_false")
     val_every: int = option(1, "validate every N epochs", group="budget", type=int)
+    choose_postprocessing: bool = option(True, "never post-process (by default each validation also scores keeping "
+                                         "each label's largest island and dropping small distant ones, and the "
+                                         "model keeps what beats the raw argmax by over 0.005 Dice)",
+                                         group="budget", flag="--no-postprocessing", action="store_false")
     val_batch_size: int | None = option(None, "slices (2D) or windows (3D) per validation batch (the predictor's "
                                         "default)", group="budget", type=int)
     description: str = option("", "text for the model card")

@@ -776,7 +776,8 @@ class Trainer:
             return None
         cases = self.val_order[: self.cfg.val_max_cases or len(self.val_order)]
         result = validate(self.shipped_model, self._card(None), cases, depths=self._validate_depths(),
-                          device=self.device, batch_size=self.cfg.val_batch_size, cancel=self.cancel)
+                          device=self.device, batch_size=self.cfg.val_batch_size, cancel=self.cancel,
+                          choose_postprocessing=self.cfg.choose_postprocessing)
         self.model.train()
         self.state.validation_seconds = result.seconds
         return result

@@ -23,12 +23,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..inference.checkpoint import ModelCard
+from ..inference.postprocess import CANDIDATES, from_card, postprocess, to_card
 from ..inference.predictor import PredictionRequest, Predictor
 from ..metrics import case_mean_dice
 from .datasets import TrainingCase
 
 # Recommended depth: the shallowest whose Dice is within this of the best depth's (1 Dice point).
 RECOMMENDATION_TOLERANCE = 0.01
+# A post-processing is kept when it beats the raw argmax by more than this (half a Dice point).
+POSTPROCESSING_MARGIN = 0.005
 
 
 @dataclass
@@ -40,6 +43,10 @@ class ValidationResult:
     recommended_depth: int
     seconds: float = 0.0
     cases: list[str] = field(default_factory=list)
+    # The post-processing the figures above include (a card's ``postprocessing``; None: raw argmax)
+    # and what each candidate scored: {name or "none": {depth: mean Dice}}.
+    postprocessing: dict[str, Any] | None = None
+    candidates: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def best_dice(self) -> float:
@@ -65,11 +72,17 @@ def validate(
     device: Any = "cpu",
     batch_size: int | None = None,
     cancel: Any = None,
+    choose_postprocessing: bool = False,
 ) -> ValidationResult:
     """Segment each case with the predictor (every pruning depth when ``depths``) and score it.
 
     ``model`` is not changed (the predictor runs a copy with folded batch norms in eval mode).
     A set ``cancel`` raises :class:`~cascadeseg.errors.CancelledError` between batches.
+    ``choose_postprocessing``: also score each candidate post-processing
+    (:data:`cascadeseg.inference.postprocess.CANDIDATES`) and report the figures of the best one
+    when it beats the raw argmax by more than :data:`POSTPROCESSING_MARGIN` at its best depth
+    (nnU-Net decides its post-processing on validation folds the same way); otherwise the card's
+    own post-processing, as the predictor applies it.
     """
     t0 = time.perf_counter()
     predictor = Predictor(model, card, device=device, batch_size=batch_size)
@@ -78,22 +91,49 @@ def validate(
     full_depth = predictor.resolve_depth(predictor.model.max_depth)
     want = PredictionRequest(depths=depths)
     foreground = [v for v in card.class_values if v != 0]
-    per_case: dict[str, dict[int, float]] = {}
+    variants: dict[str, Any] = {"none": None}
+    if choose_postprocessing:
+        variants.update(CANDIDATES)
+    elif card.postprocessing:
+        variants = {"card": from_card(card.postprocessing)}
+    per_variant: dict[str, dict[str, dict[int, float]]] = {name: {} for name in variants}
     for case in cases:
         maps = _predict(predictor, case, mode, axis, full_depth, want, cancel)
-        per_case[case.case_id] = {d: case_mean_dice(labels, case.labels_full, foreground) for d, labels in maps.items()}
-    keys = sorted({d for scores in per_case.values() for d in scores})
-    mean = {d: _nanmean([per_case[c][d] for c in per_case]) for d in keys}
+        for name, options in variants.items():
+            per_variant[name][case.case_id] = {
+                d: case_mean_dice(labels if options is None else postprocess(labels, options, spacing=case.native_spacing),
+                                  case.labels_full, foreground)
+                for d, labels in maps.items()
+            }
+    means = {name: _means(per_case) for name, per_case in per_variant.items()}
+    chosen = next(iter(variants))
+    if choose_postprocessing:
+        best_of = {name: _best(m) for name, m in means.items()}
+        challenger = max((n for n in variants if n != "none"), key=lambda n: best_of[n], default="none")
+        if challenger != "none" and best_of[challenger] > best_of["none"] + POSTPROCESSING_MARGIN:
+            chosen = challenger
+    options = variants[chosen]
     return ValidationResult(
-        dice_per_depth=mean, dice_per_case=per_case, recommended_depth=recommended_depth(mean),
+        dice_per_depth=means[chosen], dice_per_case=per_variant[chosen], recommended_depth=recommended_depth(means[chosen]),
         seconds=time.perf_counter() - t0, cases=[c.case_id for c in cases],
+        postprocessing=to_card(options) if options is not None else None, candidates=means,
     )
+
+
+def _means(per_case: dict[str, dict[int, float]]) -> dict[int, float]:
+    keys = sorted({d for scores in per_case.values() for d in scores})
+    return {d: _nanmean([per_case[c][d] for c in per_case]) for d in keys}
+
+
+def _best(dice_per_depth: dict[int, float]) -> float:
+    finite = [v for v in dice_per_depth.values() if math.isfinite(v)]
+    return max(finite) if finite else float("-inf")
 
 
 def _predict(predictor: Predictor, case: TrainingCase, mode: str, axis: int, depth: int,
              want: PredictionRequest, cancel: Any) -> dict[int, np.ndarray]:
     """Label maps (class indices) on the case's own grid: ``{depth: labels}``."""
-    maps, _, _, _ = predictor.predict_maps(case.scan, mode, axis, depth, want, cancel=cancel)
+    maps, _, _, _ = predictor.predict_maps(case.scan, mode, axis, depth, want, cancel=cancel, postprocess=False)
     out = dict(maps.get("depths", {})) or {depth: maps["labels"]}
     return {int(d): labels for d, labels in out.items()}
 
