@@ -65,6 +65,7 @@ from .split import Split, check_validation_unseen, patient_groups, patient_id, s
 from .validation import ValidationResult, validate
 
 RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
+MIN_PATIENTS_FOR_A_PATIENT_SPLIT = 3
 
 # Steps timed before a budget is scheduled (after one warm-up step: lazy imports, allocator), and
 # the share of the budget they may take (slow 3D steps on a small budget stop after two).
@@ -402,7 +403,9 @@ class Trainer:
             return Split.load(self.run_dir)
         ids = [c.case_id for c in self.cases]
         groups = self.patient_groups
-        if len({patient_id(i, groups) for i in ids}) >= 2:
+        # Two patients split one-to-one would train on half the data: with fewer than three,
+        # every volume gives training and validation blocks of its own slices instead.
+        if len({patient_id(i, groups) for i in ids}) >= MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
             split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
             # Cards are files from anywhere: only a recorded list of training cases is checked.
             data = self.parent_card.training.get("data") if self.parent_card is not None else None
@@ -410,8 +413,8 @@ class Trainer:
             if isinstance(seen, list):
                 check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'", groups)
             return split
-        # One patient (the GUI's usual case): blocks of slices along the slicing axis, in the
-        # scan's own slice indices.
+        # One or two patients (the GUI's usual case): blocks of slices along the slicing axis, in
+        # the scan's own slice indices.
         axis = int(cfg.axis or 0)
         merged = Split(kind="slice_blocks", seed=cfg.seed, gap=cfg.slice_gap)
         for case in self.cases:
