@@ -60,6 +60,7 @@ from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 from cascadeseg.models import list_models
 
 from .correction_widget import scan_channel_layers
+from .layout import scrollable
 from .training_plot import TrainingPlot
 from .._layers import volume_from_image_layers
 from .workers import JobPanel
@@ -271,7 +272,7 @@ class TrainWidget(QWidget):
         run_form.addRow(self.average_weights)
         run_form.addRow("new model:", self.model_name)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         for box in (source_box, model_box, run_box):
             layout.addWidget(box)
         buttons = QHBoxLayout()
@@ -281,6 +282,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.job)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        scrollable(self, layout)
 
     # -- choices ------------------------------------------------------------------------------
     def _on_inserted(self, event: Any) -> None:
