@@ -26,6 +26,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoints and not args.names:
+        # Cards only: no torch, no model registry (a cold start of those took 23 s).
+        print(checkpoints_table())
+        return 0
     from ..models import list_models, model_class
 
     names = [model_class(n).info.name for n in args.names]  # unknown names fail naming the known ones
@@ -50,9 +54,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_dice(card: Any) -> float | None:
+    """The validation Dice a card holds for what runs by default: the recommended depth's, or, for
+    a model without pruning depths (a cascade), the one figure the trainer recorded."""
+    per_depth = card.validation.get("dice_per_depth") or {}
+    if card.recommended_depth is not None:
+        return card.dice_for_depth(card.recommended_depth)
+    if len(per_depth) == 1:
+        return float(next(iter(per_depth.values())))
+    return None
+
+
 def checkpoints_table() -> str:
     """Installed checkpoints as a Markdown table (name, source, model, dims, channels, classes, depth, Dice)."""
-    from ..inference import available_checkpoints, user_models_dir
+    from ..inference.checkpoint import available_checkpoints, user_models_dir
 
     entries = available_checkpoints()
     if not entries:
@@ -63,7 +78,7 @@ def checkpoints_table() -> str:
     for e in entries:
         card = e.card
         depth = card.recommended_depth
-        dice = card.dice_for_depth(depth) if depth is not None else None
+        dice = recorded_dice(card)
         rows.append((e.name, e.source, card.architecture, f"{card.dims}D", ",".join(card.channel_names),
                      ",".join(card.class_names), "-" if depth is None else f"L{depth}",
                      "-" if dice is None else f"{dice:.3f}", str(e.path)))
