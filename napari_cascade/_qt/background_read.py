@@ -47,11 +47,19 @@ def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], l
     from .notify import error, info
 
     names = ", ".join(Path(p).name for p in paths)
-    worker = create_worker(read, list(paths), _start_thread=False)
+
+    def read_and_warm(items: list[Path]) -> list[Any]:
+        from .workers import warm_imports
+
+        warm_imports()
+        return read(items)
+
+    worker = create_worker(read_and_warm, list(paths), _start_thread=False)
     state: dict[str, Any] = {"worker": worker}
 
     def add(layers: list[Any]) -> None:
-        feeder = LayerFeeder(viewer, [_adder(viewer, layer) for layer in layers])
+        # One layer a turn, a paint apart: each insertion and first draw is 0.1-0.3 s of GUI time.
+        feeder = LayerFeeder(viewer, [_adder(viewer, layer) for layer in layers], budget_s=0.0, pause_ms=60)
         state["feeder"] = feeder
         feeder.done.connect(lambda: _finish(state))
         feeder.start()

@@ -50,6 +50,7 @@ from .._layers import (
     volume_from_image_layers,
 )
 from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info, state_for
+from .feeding import LayerFeeder
 from .layout import scrollable
 from .model_picker import ChannelMapper, ModelPicker, depth_choices, depth_costs, pruning_depths
 from .notify import error, info
@@ -128,6 +129,7 @@ class SegmentWidget(QWidget):
         self.cache = self.state.models
         self.last_result: Any = None
         self._cost_workers: list[Any] = []
+        self._feeder: LayerFeeder | None = None
 
         self.models = ModelPicker()
         self.channels = ChannelMapper(napari_viewer)
@@ -370,6 +372,8 @@ class SegmentWidget(QWidget):
 
     # -- results ---------------------------------------------------------------------------
     def _add_result(self, request: SegmentRequest, outcome: SegmentOutcome) -> None:
+        """Place the result (GUI thread): in the layer it replaces, or as new layers added over a
+        few event-loop turns (napari needs 0.2-0.5 s of GUI time per new layer)."""
         result = outcome.result
         self.last_result = result
         card = request.entry.card
@@ -389,36 +393,62 @@ class SegmentWidget(QWidget):
             "checksum": outcome.checksum,
             "created": time.time(),
         }
-        labels = self._place_labels(name, request, outcome, recorded)
-        if result.probabilities is not None:
-            self._add_probabilities(request, result)
-        self.viewer.layers.selection.active = labels
-        self.state.prediction_added.emit(labels)
-        self._refill_targets()
-        info(
-            f"Segmented '{request.image_name}' into '{labels.name}': {result.items} {result.unit} in "
-            f"{result.timings.get('inference', 0.0):.1f} s ({result.rate:.1f} {result.unit}/s)"
-        )
-
-    def _place_labels(self, name: str, request: SegmentRequest, outcome: SegmentOutcome,
-                      recorded: dict[str, Any]) -> Labels:
-        labels_volume = outcome.result.labels
-        data, kwargs, _ = labels_layer(labels_volume.array, labels_volume, name, **{RESULT_KEY: recorded})
-        target = self._result_layer(request.target) if request.target != ADD else None
+        data, kwargs, _ = labels_layer(result.labels.array, result.labels, name, **{RESULT_KEY: recorded})
+        steps: list[Callable[[], Any]] = []
+        target = self._replaceable(request, outcome)
         if target is not None:
-            previous = result_info(target) or {}
-            if outcome.target_edited or previous.get("edited"):
-                previous["edited"] = True
-                if not target.name.startswith(EDITED_PREFIX):
-                    target.name = EDITED_PREFIX + target.name
-                info(f"Kept your edited mask '{target.name}'; the new result is a new layer")
-            else:
-                recorded["writing"] = True  # our own replacement is no edit
-                target.metadata = kwargs["metadata"]
-                target.data = data
-                recorded.pop("writing")
-                target.name = name
-                return target
+            recorded["writing"] = True  # our own replacement is no edit
+            target.metadata = kwargs["metadata"]
+            target.data = data
+            recorded.pop("writing")
+            target.name = name
+            placed: list[Any] = [target]
+        else:
+            placed = []
+            steps.append(lambda: placed.append(self._new_result_layer(data, kwargs)))
+        if result.probabilities is not None:
+            steps.append(lambda: self._add_probabilities(request, result))
+
+        def announce() -> None:
+            self._feeder = None
+            labels = placed[0]
+            self.viewer.layers.selection.active = labels
+            self.state.prediction_added.emit(labels)
+            self._refill_targets()
+            info(
+                f"Segmented '{request.image_name}' into '{labels.name}': {result.items} {result.unit} in "
+                f"{result.timings.get('inference', 0.0):.1f} s ({result.rate:.1f} {result.unit}/s)"
+            )
+
+        if not steps:
+            announce()
+            return
+        feeder = LayerFeeder(self.viewer, steps, batch=True)
+        feeder.done.connect(announce)
+        feeder.failed.connect(lambda exc: setattr(self, "_feeder", None))
+        self._feeder = feeder
+        feeder.start()
+
+    @property
+    def busy(self) -> bool:
+        """A segmentation runs, or its layers are still being added."""
+        return self.job.busy or self._feeder is not None
+
+    def _replaceable(self, request: SegmentRequest, outcome: SegmentOutcome) -> Labels | None:
+        """The layer the run replaces, unless it was edited (then kept, renamed 'edited · ...')."""
+        target = self._result_layer(request.target) if request.target != ADD else None
+        if target is None:
+            return None
+        previous = result_info(target) or {}
+        if outcome.target_edited or previous.get("edited"):
+            previous["edited"] = True
+            if not target.name.startswith(EDITED_PREFIX):
+                target.name = EDITED_PREFIX + target.name
+            info(f"Kept your edited mask '{target.name}'; the new result is a new layer")
+            return None
+        return target
+
+    def _new_result_layer(self, data: Any, kwargs: dict[str, Any]) -> Labels:
         layer = self.viewer.add_labels(data, **kwargs)
         _flag_edits(layer)
         return layer
