@@ -51,16 +51,20 @@ def canonical(word: str) -> str:
 
 
 def words(text: str | None) -> set[str]:
-    """Canonical words of a name: ``TCGA-DU-7294_fla_bet`` -> {tcga, du, 7294, flair, bet}; hyphen
-    and underscore pairs are tried joined too (``t2-flair``, ``t1_post``)."""
+    """Canonical words of a name: ``TCGA-DU-7294_fla_bet`` -> {tcga, du, 7294, flair, bet}. A
+    hyphen or underscore pair that spells a sequence (``t2-flair``, ``t1_post``) counts as that
+    sequence alone: ``t2-flair`` is no T2."""
     if not text:
         return set()
-    lowered = text.lower()
     found = set()
-    for match in _WORD.finditer(lowered):
+    for match in _WORD.finditer(text.lower()):
         token = match.group(0)
-        found.add(canonical(token))
-        found.update(canonical(part) for part in re.split(r"[-_]", token) if part)
+        joined = canonical(token)
+        if joined in SYNONYMS:
+            found.add(joined)
+        else:
+            found.add(joined)
+            found.update(canonical(part) for part in re.split(r"[-_]", token) if part)
     return found
 
 

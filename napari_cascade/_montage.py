@@ -32,11 +32,11 @@ class TileLayout:
     @classmethod
     def for_tiles(cls, count: int, tile_shape: Sequence[int], aspect: float = 16 / 9) -> "TileLayout":
         """About as many columns as a ``aspect`` (width / height) screen wants; a gap of 3 % of
-        the tile between tiles and a title band of 9 % above each."""
+        the tile between tiles and a title band of 11 % above each."""
         columns = max(1, min(count, math.ceil(math.sqrt(count * aspect * tile_shape[1] / max(tile_shape[2], 1)))))
         size = max(tile_shape[1:])
         gap = max(2, int(round(0.03 * size)))
-        header = max(10, int(round(0.09 * size)))
+        header = max(12, int(round(0.11 * size)))
         return cls(count, tuple(int(s) for s in tile_shape), columns, gap, header)  # type: ignore[arg-type]
 
     @property
@@ -65,10 +65,11 @@ def text_bitmap(text: str, height: int, width: int) -> np.ndarray:
     image.fill(QColor(0, 0, 0))
     painter = QPainter(image)
     font = QFont()
-    font.setPixelSize(max(6, int(height * 0.75)))
+    font.setPixelSize(max(6, int(height * 0.7)))
     painter.setFont(font)
     painter.setPen(QColor(255, 255, 255))
-    painter.drawText(0, 0, width, height, int(Qt.AlignLeft | Qt.AlignVCenter), text)
+    margin = max(1, height // 6)
+    painter.drawText(margin, 0, width - margin, height, int(Qt.AlignLeft | Qt.AlignVCenter), text)
     painter.end()
     pointer = image.constBits()
     buffer = np.frombuffer(pointer, np.uint8, count=image.bytesPerLine() * image.height())

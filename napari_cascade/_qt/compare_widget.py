@@ -193,7 +193,8 @@ class CompareWidget(QWidget):
         self.device = QComboBox()
         for name in DEVICE_CHOICES:
             self.device.addItem(DEVICE_LABELS.get(name, name), name)
-        self.grid = QCheckBox("side by side (napari grid)")
+        self.grid = QCheckBox("show the panels side by side")
+        self.grid.setToolTip("Your own layers are hidden while the panels are shown, and shown again after")
         self.grid.setChecked(True)
         self.compare_button = QPushButton("Compare")
         self.clear_button = QPushButton("Remove comparison layers")

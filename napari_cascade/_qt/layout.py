@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
     QFrame,
     QLayout,
     QScrollArea,
@@ -22,15 +23,17 @@ from qtpy.QtWidgets import (
 
 # Height a dock asks for at least: its first rows stay readable when docks share a column.
 MIN_DOCK_HEIGHT = 160
+# Characters a combo box shows at least (longer entries are elided; the list shows them whole).
+MIN_COMBO_CHARACTERS = 14
 
 
 def scrollable(dock: QWidget, content: QWidget | QLayout) -> QScrollArea:
     """Put ``content`` (a widget, or a layout to host in one) into a vertical scroll area that
     fills ``dock``; returns the scroll area.
 
-    The dock keeps the content's width (no horizontal scroll bar: every row stays visible in
-    full) and asks for :data:`MIN_DOCK_HEIGHT` of height, so napari can stack four docks in a
-    768-pixel window; what does not fit scrolls.
+    The dock asks for the content's smallest width and :data:`MIN_DOCK_HEIGHT` of height, so
+    napari can stack four docks in a 768-pixel window; what does not fit scrolls (sideways too,
+    when a dock column is made narrower than a row: a row is never cut off).
     """
     if isinstance(content, QLayout):
         holder = QWidget()
@@ -40,15 +43,21 @@ def scrollable(dock: QWidget, content: QWidget | QLayout) -> QScrollArea:
     scroll.setObjectName("cascade_scroll")
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+    # Combo boxes ask for their longest entry's width (a model list, a long layer name): let them
+    # shrink to a few characters so a dock column of a laptop screen still shows every row whole.
+    for combo in content.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(MIN_COMBO_CHARACTERS)
+        combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
     scroll.setWidget(content)
-    # A scroll area's own size hint is tiny: ask for the content's width so the dock opens wide.
-    scroll.setMinimumWidth(content.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+    # A scroll area's own size hint is tiny: ask for the content's smallest width (no row is cut)
+    # and a few rows of height; the rest scrolls.
+    scroll.setMinimumWidth(content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
     scroll.setMinimumHeight(MIN_DOCK_HEIGHT)
     outer = dock.layout() or QVBoxLayout(dock)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
-    dock.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Ignored)
     return scroll
 
 

@@ -350,7 +350,7 @@ class ChannelMapper(QWidget):
         self.changed.emit()
 
     def _update_note(self) -> None:
-        unconfirmed = [c for c in self._unconfirmed if c not in self._chosen]
+        unconfirmed = self.unconfirmed
         if unconfirmed:
             self.note.setText(
                 "Check " + ", ".join(f"'{c}'" for c in unconfirmed)
@@ -359,8 +359,10 @@ class ChannelMapper(QWidget):
         self.note.setVisible(bool(unconfirmed))
 
     @property
-    def unconfirmed(self) -> bool:
-        return self.note.isVisible()
+    def unconfirmed(self) -> list[str]:
+        """Channels whose layer no name, series description or modality confirms (and that the
+        user has not picked)."""
+        return [c for c in self._unconfirmed if c not in self._chosen]
 
     def selected_layers(self) -> list[Image]:
         """The layers in model channel order; a clear :class:`VolumeError` when they do not fit."""
