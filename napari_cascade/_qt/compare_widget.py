@@ -261,7 +261,7 @@ class CompareWidget(QWidget):
     def _closed(self) -> None:
         """The dock went away (its viewer closing, maybe): stop adding panels."""
         if self._feeder is not None:
-            self._feeder.steps.clear()
+            self._feeder.stop()
 
     # -- choices ---------------------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -358,14 +358,14 @@ class CompareWidget(QWidget):
         keeps removed layers alive until a later garbage collection; their data need not wait."""
         if self.last_comparison is not None:
             self.last_comparison.release_arrays()
-        feeder = LayerFeeder(self.viewer, [lambda layer=layer: _shrink(layer) for layer in removed])
+        feeder = LayerFeeder(self.viewer, [lambda layer=layer: _shrink(layer) for layer in removed], owner=self)
         feeder.done.connect(lambda: setattr(self, "_feeder", None))
         self._feeder = feeder
         feeder.start()
 
     def _stop_feeding(self) -> None:
         if self._feeder is not None:
-            self._feeder.steps.clear()
+            self._feeder.stop()
             self._feeder = None
 
     def _show(self, comparison: Comparison) -> None:
@@ -390,7 +390,7 @@ class CompareWidget(QWidget):
         if stale:
             steps.append(lambda: [self.viewer.layers.remove(layer) for layer in stale])
         steps += [lambda role=role, spec=spec: self._place(comparison, role, *spec) for role, spec in specs.items()]
-        feeder = LayerFeeder(self.viewer, steps, batch=True)
+        feeder = LayerFeeder(self.viewer, steps, batch=True, owner=self)
         feeder.done.connect(lambda: self._lay_out(comparison))
         feeder.failed.connect(self._feed_failed)
         self._feeder = feeder
@@ -411,7 +411,7 @@ class CompareWidget(QWidget):
         with one_scene_update(self.viewer):
             self._hide_others()
         steps: list[Callable[[], Any]] = [lambda layer=layer: self._reveal(layer) for layer in self._owned()]
-        reveal = LayerFeeder(self.viewer, steps, budget_s=0.0, pause_ms=REVEAL_PAUSE_MS)
+        reveal = LayerFeeder(self.viewer, steps, budget_s=0.0, pause_ms=REVEAL_PAUSE_MS, owner=self)
         reveal.done.connect(lambda: self._revealed(comparison))
         reveal.failed.connect(self._feed_failed)
         self._feeder = reveal

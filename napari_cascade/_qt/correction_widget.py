@@ -490,7 +490,7 @@ class CorrectionWidget(QWidget):
             self.status.setText(f"{edit.name}: nothing to change")
             return
         expected, values = (edit.new_values, edit.old_values) if undo else (edit.old_values, edit.new_values)
-        writer = VoxelWriter(layer, edit.indices, expected, values)
+        writer = VoxelWriter(layer, edit.indices, expected, values, owner=self)
         self._writer = writer
 
         def finished(count: int) -> None:

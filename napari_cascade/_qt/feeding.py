@@ -50,8 +50,11 @@ class LayerFeeder(QObject):
     failed = Signal(object)
 
     def __init__(self, viewer: Any, steps: Sequence[Callable[[], Any]], batch: bool = False,
-                 budget_s: float = TURN_BUDGET_S, pause_ms: int = 0) -> None:
+                 budget_s: float = TURN_BUDGET_S, pause_ms: int = 0, owner: Any = None) -> None:
         super().__init__()
+        self.stopped = False
+        if owner is not None:  # a dock closed (its viewer closing) stops the feed, silently
+            owner.destroyed.connect(lambda *_: self.stop())
         self.viewer = viewer
         self.steps = list(steps)
         self.batch = batch
@@ -66,6 +69,11 @@ class LayerFeeder(QObject):
             self._batching = True
         QTimer.singleShot(0, self._turn)
 
+    def stop(self) -> None:
+        """Drop the steps left; neither ``done`` nor ``failed`` will be emitted."""
+        self.stopped = True
+        self.steps.clear()
+
     def _run(self, count: int) -> None:
         for _ in range(count):
             if not self.steps:
@@ -73,6 +81,9 @@ class LayerFeeder(QObject):
             self.results.append(self.steps.pop(0)())
 
     def _turn(self) -> None:
+        if self.stopped:
+            self._end_batch()
+            return
         start = time.perf_counter()
         try:
             while self.steps:  # at least one step per turn, more while the budget lasts
@@ -81,15 +92,17 @@ class LayerFeeder(QObject):
                     break
         except RuntimeError as exc:  # the viewer (its Qt objects) went away meanwhile
             LOG.info("adding layers stopped: %s", exc)
-            self.steps.clear()
+            self.stop()
             self._end_batch()
-            self.failed.emit(exc)
             return
         except Exception as exc:
             LOG.exception("adding layers failed")
             self.steps.clear()
             self._end_batch()
             self.failed.emit(exc)
+            return
+        if self.stopped:
+            self._end_batch()
             return
         if self.steps:
             QTimer.singleShot(self.pause_ms, self._turn)
@@ -101,7 +114,8 @@ class LayerFeeder(QObject):
 
     def _finish(self) -> None:
         self._end_batch()
-        self.done.emit()
+        if not self.stopped:
+            self.done.emit()
 
     def _end_batch(self) -> None:
         if self._batching:
@@ -150,8 +164,11 @@ class VoxelWriter(QObject):
     done = Signal(int)
 
     def __init__(self, layer: Any, indices: np.ndarray, expected: np.ndarray, values: np.ndarray,
-                 per_turn: int = VOXELS_PER_TURN) -> None:
+                 per_turn: int = VOXELS_PER_TURN, owner: Any = None) -> None:
         super().__init__()
+        self.stopped = False
+        if owner is not None:  # the dock closed: stop writing, tell nobody
+            owner.destroyed.connect(lambda *_: setattr(self, "stopped", True))
         self.layer = layer
         self.indices, self.expected, self.values = indices, expected, values
         self.per_turn = per_turn
@@ -185,6 +202,12 @@ class VoxelWriter(QObject):
             self.written += int(where[0].size)
 
     def _turn(self) -> None:
+        if self.stopped:
+            self._position = self.indices.size
+            history, self._history = self._history, None
+            if history is not None:
+                history.__exit__(None, None, None)
+            return
         try:
             self._chunk()
         except RuntimeError:  # the layer's viewer closed meanwhile

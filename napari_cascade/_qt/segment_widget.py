@@ -423,7 +423,7 @@ class SegmentWidget(QWidget):
         if not steps:
             announce()
             return
-        feeder = LayerFeeder(self.viewer, steps, batch=True)
+        feeder = LayerFeeder(self.viewer, steps, batch=True, owner=self)
         feeder.done.connect(announce)
         feeder.failed.connect(lambda exc: setattr(self, "_feeder", None))
         self._feeder = feeder
