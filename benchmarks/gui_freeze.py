@@ -122,17 +122,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
         segment = SegmentWidget(viewer)
         viewer.window.add_dock_widget(segment, name="Segment")
+        process_events_for(3.0)  # a user clicks Run a few seconds after opening the dock
         if "segment" not in args.skip:
             segment.channels.combos[0].setCurrentText(scan.name)
-            record("Segment (shipped ANU-Net, L4)", segment.run, lambda: not segment.job.busy)
+            record("Segment (shipped ANU-Net, L4)", segment.run, _busy(segment))
             _check(segment)
         compare = CompareWidget(viewer)
         viewer.window.add_dock_widget(compare, name="Compare", tabify=True)
+        process_events_for(3.0)
         if "compare" not in args.skip:
             compare.channels.combos[0].setCurrentText(scan.name)
             compare.ground_truth.setCurrentText(truth.name)
-            record("Compare (every depth + attention, with ground truth)", compare.run,
-                   lambda: not compare.job.busy)
+            record("Compare (every depth + attention, with ground truth)", compare.run, _busy(compare))
             _check(compare)
             if "remove" not in args.skip:
                 record("Remove comparison layers", compare.clear_button.click,
@@ -140,9 +141,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         if "correct" not in args.skip:
             correct = CorrectionWidget(viewer)
             viewer.window.add_dock_widget(correct, name="Correct mask")
+            process_events_for(3.0)
             correct.scan_combo.setCurrentText(scan.name)
             correct.prediction_combo.setCurrentText(truth.name)
-            correct.mask_combo.setCurrentText("")
             busy = _busy(correct)
             record("Correct: accept prediction as working mask", correct.accept_button.click, busy)
             correct.label_spin.setValue(5)  # the liver
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                     rows.append({"action": name, "longest_gap_ms": None, "wall_s": None, "note": "disabled"})
                     continue
                 record(name, button.click, busy)
+            correct._dirty = True  # what napari's paint events set (the timer's tick skips a clean mask)
             record("Correct: autosave", lambda: correct.autosave_now(background=True),
                    lambda: getattr(correct, "_autosave_worker", None) is None)
         masks = [layer for layer in viewer.layers if isinstance(layer, Labels)]
@@ -191,8 +193,9 @@ def _is_compare(layer: Any) -> bool:
 
 
 def _busy(widget: Any) -> Callable[[], bool]:
-    """Done when the dock's job panel is idle (the tools run there since issue 18)."""
-    return lambda: not widget.job.busy
+    """Done when the dock is idle: its job, and the layers or voxels it adds a turn at a time
+    (``busy``, since issue 18; before, the job panel alone)."""
+    return lambda: not getattr(widget, "busy", widget.job.busy)
 
 
 def _check(widget: Any) -> None:

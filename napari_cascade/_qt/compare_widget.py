@@ -156,11 +156,16 @@ def comparison_scores(pred: np.ndarray, truth: np.ndarray, spacing: Any,
     return scores
 
 
-def present_values(labels: np.ndarray) -> list[int]:
-    """The label values a map holds (a count per value: one pass, no sort of the volume)."""
-    if labels.dtype.itemsize <= 2 and labels.dtype.kind == "u":
-        return [int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=1))]
-    return [int(v) for v in np.unique(labels)]
+def present_values(labels: np.ndarray, slab: int = 16) -> list[int]:
+    """The label values a map holds: a count per value, a slab of slices at a time (numpy's
+    bincount keeps the interpreter lock: over a whole CT it froze the window for 0.2 s)."""
+    if not (labels.dtype.itemsize <= 2 and labels.dtype.kind == "u"):
+        return [int(v) for v in np.unique(labels)]
+    seen = np.zeros(np.iinfo(labels.dtype).max + 1, dtype=bool)
+    for start in range(0, labels.shape[0], slab):
+        counts = np.bincount(labels[start:start + slab].ravel())
+        seen[:counts.size] |= counts > 0
+    return [int(v) for v in np.flatnonzero(seen)]
 
 
 def _gate_order(gates: list[str]) -> list[str]:

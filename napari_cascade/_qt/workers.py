@@ -84,10 +84,10 @@ _warmed = False
 
 
 def warm_imports() -> None:
-    """Load in the worker what napari loads lazily on the GUI thread when the first result layer
-    of a session arrives (0.2-0.9 s of frozen window otherwise, measured): pandas for a labels
-    layer's features, pint's unit registry for every layer's transform, the label colours. A
-    throw-away layer model (no Qt, no viewer) does it the way napari will."""
+    """Load what napari loads lazily on the GUI thread when the first result layer of a session
+    arrives (0.2-0.9 s of frozen window otherwise, measured): pandas for a labels layer's
+    features, pint's unit registry for every layer's transform, the label colours. A throw-away
+    layer model (no Qt, no viewer) does it the way napari will. Idempotent and thread-safe."""
     global _warmed
     with _WARM:
         if _warmed:
@@ -97,6 +97,14 @@ def warm_imports() -> None:
 
         Labels(np.zeros((1, 1, 1), dtype=np.uint8))
         _warmed = True
+
+
+def warm_up_soon() -> None:
+    """Start :func:`warm_imports` in a worker now, while a dock is being opened: importing a
+    C extension holds the interpreter lock, so done during a later action it would still freeze
+    the window for a moment, even from a worker."""
+    if not _warmed:
+        create_worker(warm_imports, _start_thread=True)
 
 
 def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,
@@ -144,6 +152,7 @@ class JobPanel(QWidget):
         layout.addWidget(self.status)
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
+        warm_up_soon()
         self._cancel = threading.Event()
         self._thread_done = threading.Event()
         self._thread_done.set()

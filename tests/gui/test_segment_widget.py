@@ -276,3 +276,27 @@ def test_closing_right_after_opening_the_dock_leaves_no_traceback(make_napari_vi
     qtbot.wait(300)
     assert not [r for r in notification_manager.records if isinstance(r, ErrorNotification)]
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_docks_follow_the_shared_state_when_a_model_is_installed(make_napari_viewer, qtbot, tiny_models) -> None:
+    """A dock that installs a model (the Train dock after a run) tells the viewer's shared state;
+    the Segment and Compare docks list and select it: no dock looks for another one."""
+    import shutil
+
+    from cascadeseg.inference.checkpoint import user_models_dir
+    from napari_cascade._qt.compare_widget import CompareWidget
+
+    viewer, segment = _widget(make_napari_viewer, qtbot)
+    compare = CompareWidget(viewer)
+    qtbot.addWidget(compare)
+    target = user_models_dir() / "installed-by-train"
+    shutil.copytree(tiny_models["cascade"], target)
+    try:
+        state_for(viewer).announce_model("installed-by-train")
+        for widget in (segment, compare):
+            assert widget.models.current_entry().name == "installed-by-train"
+    finally:
+        shutil.rmtree(target)
+    # Another viewer's docks are not told.
+    other = make_napari_viewer()
+    assert state_for(other) is not state_for(viewer)
