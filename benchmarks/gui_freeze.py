@@ -112,6 +112,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             record(f"open {'x'.join(map(str, shape[::-1]))} CT (.nii.gz)", lambda: viewer.open(str(scan_path), plugin="napari-cascade"),
                    lambda: _scan(viewer) is not None)
         scan = _scan(viewer)
+        from freeze_probe import napari_insertion_ms
+
+        floor = napari_insertion_ms(viewer)
+        rows.append({"action": "(napari itself: add one labels layer, for reference)",
+                     "longest_gap_ms": round(floor, 1), "wall_s": None})
+        print(f"napari's own insertion: {floor:.0f} ms", flush=True)
         from napari_cascade._layers import labels_layer
 
         data, kwargs, _ = labels_layer(np.asarray(organs.array), organs, "large_ct organs")
