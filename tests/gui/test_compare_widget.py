@@ -211,3 +211,27 @@ def test_compare_and_remove_never_freeze_the_window(make_napari_viewer, qtbot) -
     gap = measure(widget.clear_button.click, lambda: not _compare_layers(viewer))
     assert gap <= FREEZE_BOUND_MS, f"Remove comparison layers froze the GUI for {gap:.0f} ms"
     assert scan.visible and truth.visible
+
+
+def test_attention_by_slabs_equals_attention_at_once(sample_crop, tiny_models, monkeypatch) -> None:
+    """A 2D model's gates over a volume too big for all of them at once (20 gates of a
+    512x512x600 CT: 12.6 GB of float32) are computed a slab of slices at a time, the scan's own
+    normalisation applied first: the same maps (to the 1/255 of the stored stack)."""
+    import threading
+
+    from cascadeseg.inference.checkpoint import load_checkpoint
+    from napari_cascade._qt import compare_widget
+
+    model, card = load_checkpoint(tiny_models["anu"])
+    image = sample_crop[0]
+
+    def compare() -> object:
+        return compare_widget.compare_model(model, card, image, "crop", None, None, "cpu", lambda p: None,
+                                            threading.Event())
+
+    at_once = compare()
+    monkeypatch.setattr(compare_widget, "ATTENTION_BYTES_AT_ONCE", 20 * 4 * 128 * 128 * 3)  # 3 slices a slab
+    by_slabs = compare()
+    assert by_slabs.gates == at_once.gates and by_slabs.attention.shape == at_once.attention.shape
+    difference = np.abs(by_slabs.attention.astype(int) - at_once.attention.astype(int))
+    assert difference.max() <= 1, difference.max()
