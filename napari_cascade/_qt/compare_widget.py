@@ -356,6 +356,7 @@ class CompareWidget(QWidget):
             self._show_panels(False)
             for layer in owned:
                 self.viewer.layers.remove(layer)
+        self._fit()
         self._release(owned)
 
     def _release(self, removed: list[Any]) -> None:
@@ -428,7 +429,7 @@ class CompareWidget(QWidget):
 
     def _revealed(self, comparison: Comparison) -> None:
         self._feeder = None
-        self.viewer.reset_view()
+        self._fit()
         self._announce(comparison)
 
     def _announce(self, comparison: Comparison) -> None:
@@ -572,9 +573,15 @@ class CompareWidget(QWidget):
         comparison hidden, the user's layers back; each panel layer one click away in the layer
         list. One scene update either way."""
         with one_scene_update(self.viewer):
-            enabled = self._show_panels(enabled)
-        if enabled:
-            self.viewer.reset_view()
+            self._show_panels(enabled)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Fit the camera to what is shown: the panels, or the user's own layers (the panels'
+        extent would otherwise leave the scan small in a corner)."""
+        shown = [layer for layer in self.viewer.layers if layer.visible]
+        if shown:
+            self.viewer.fit_to_view(layers=shown)
 
     def _show_panels(self, enabled: bool, keep_others_hidden: bool = False) -> bool:
         """The layer changes of :meth:`_set_grid` (inside the caller's batch); whether shown."""

@@ -128,7 +128,6 @@ def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewe
     compare.grid.setChecked(False)
     viewer.layers.selection.active = next(layer for layer in viewer.layers if "lgg_flair" in layer.name)
     next(dock for name, dock in viewer.window._dock_widgets.items() if name.startswith("Segment")).raise_()
-    viewer.reset_view()
     qtbot.wait(300)
     shots["napari_segmented.png"] = viewer.screenshot(canvas_only=False, flash=False)
     from napari.utils.io import imsave
