@@ -1,25 +1,31 @@
-"""npe2 reader: NIfTI, MHA/MHD, NRRD, DICOM series folders and MSD / nnU-Net datasets.
+"""npe2 reader: NIfTI, MHA/MHD, NRRD, DICOM series folders, MSD / nnU-Net datasets, folders of scans.
 
-All decoding is the engine's (:mod:`cascadeseg.io`); this module only decides what a path is
-and turns the resulting Volumes into layers (:mod:`napari_cascade._layers`).
+All decoding is the engine's (:mod:`cascadeseg.io`), and so is the decision whether a file is a
+label map (:func:`cascadeseg.io.label_maps.looks_like_label_map`); this module only decides what
+a path is and turns the resulting Volumes into layers (:mod:`napari_cascade._layers`).
 
 What a path opens as:
 
 * a scan file -> one image layer per channel (an MSD ``imagesTr/<case>_0000.nii.gz`` brings all
-  of the case's channels);
-* a label file -> a labels layer. A file is a label map when its folder or name says so
-  (``labelsTr/``, ``*seg*``, ``*label*``, ``*mask*``) or when it holds integers with few distinct
-  values: the BraTS fusion files (``simple.nii.gz``) say nothing in their name;
-* a DICOM series folder -> image layer(s);
+  of the case's channels); a label file -> a labels layer;
+* a DICOM series folder -> image layer(s), one per series;
 * an MSD / nnU-Net dataset folder (``imagesTr/`` inside) -> its first case with its labels, and a
-  notification saying how many cases the set holds (opening 80 patients at once helps nobody).
+  notification saying how many cases the set holds (opening 80 patients at once helps nobody);
+* any other folder of scan files (a BraTS case: ``*_t1.nii.gz``, ``*_fla.nii.gz``, ``seg.nii.gz``)
+  -> each file, images first, then label maps on top.
+
+Reading a scan takes 0.1-3 s (decompression, DICOM parsing, a 512x512x600 CT), and napari calls a
+reader on its GUI thread. So when the reader is called from inside the running event loop (File >
+Open, drag and drop), it hands the reading to a worker thread and returns napari's "no layers"
+sentinel; the layers arrive when the worker is done (:mod:`napari_cascade._qt.background_read`).
+Called outside the event loop (a script, before ``napari.run()``), it reads at once and returns
+the layers, as ``viewer.open`` promises.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,10 +35,10 @@ from cascadeseg.io import Volume
 from ._layers import LayerDataTuple, image_layers, labels_layer, scan_stem
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".ima")
-_LABEL_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|label|labels|mask|gt)([^a-z]|$)", re.IGNORECASE)
-# More distinct integer values than this and it is an image (uint8 MRI has ~256, CT thousands);
-# TotalSegmentator's 117 organ classes are recognised by their file name instead.
-MAX_LABEL_VALUES = 64
+# Formats a folder of scans is made of (DICOM folders are series, read as such).
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+# napari's "this reader handled the path and adds its layers itself" value.
+NO_LAYERS: list[Any] = [(None,)]
 
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 
@@ -47,12 +53,20 @@ def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 def _is_ours(path: Path) -> bool:
     if path.is_dir():
-        return is_dataset_folder(path) or _looks_like_dicom_folder(path)
+        return is_dataset_folder(path) or _looks_like_dicom_folder(path) or bool(scan_files(path))
     return path.name.lower().endswith(SCAN_SUFFIXES)
 
 
 def is_dataset_folder(path: Path) -> bool:
     return (path / "imagesTr").is_dir()
+
+
+def scan_files(folder: Path) -> list[Path]:
+    """The NIfTI / MHA / NRRD files directly inside ``folder`` (sorted; hidden files skipped)."""
+    return sorted(
+        entry for entry in folder.iterdir()
+        if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(_VOLUME_SUFFIXES)
+    )
 
 
 def _looks_like_dicom_folder(path: Path) -> bool:
@@ -62,9 +76,19 @@ def _looks_like_dicom_folder(path: Path) -> bool:
     return any(entry.is_file() and is_dicom_file(entry) for entry in sorted(path.iterdir())[:20])
 
 
-def read_paths(path: str | Sequence[str]) -> list[LayerDataTuple]:
-    """Read every path into layer data tuples (engine errors propagate: napari shows them)."""
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
+def read_paths(path: str | Sequence[str]) -> list[Any]:
+    """Read every path into layer data tuples; from inside the event loop, in the background
+    (see the module docstring). Engine errors propagate: napari shows them."""
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    from ._qt.background_read import read_in_background
+
+    if read_in_background(paths, read_now):
+        return NO_LAYERS
+    return read_now(paths)
+
+
+def read_now(paths: Sequence[Path]) -> list[LayerDataTuple]:
+    """Read every path at once, on the calling thread."""
     layers: list[LayerDataTuple] = []
     for item in paths:
         layers.extend(read_path(Path(item)))
@@ -76,12 +100,38 @@ def read_path(path: Path) -> list[LayerDataTuple]:
 
     if path.is_dir() and is_dataset_folder(path):
         return read_dataset(path)
-    if path.is_dir():
+    if path.is_dir() and _looks_like_dicom_folder(path):
         return read_dicom_folder(path)
-    volume = load_volume(path)
-    if is_label_file(path, volume):
+    if path.is_dir():
+        return read_scan_folder(path)
+    return read_file(path, load_volume(path))
+
+
+def read_file(path: Path, volume: Volume) -> list[LayerDataTuple]:
+    """One read file as an image layer per channel, or as a labels layer if it is a label map."""
+    from cascadeseg.io.label_maps import looks_like_label_map
+
+    if looks_like_label_map(volume, path):
         return [volume_as_labels(volume, name=scan_stem(path))]
     return image_layers(volume)
+
+
+def read_scan_folder(folder: Path) -> list[LayerDataTuple]:
+    """Every scan file of a plain folder (a BraTS case: one file per modality plus label maps):
+    images first, label maps after, so the labels lie on top."""
+    from cascadeseg.io import load_volume
+
+    files = scan_files(folder)
+    if not files:
+        raise InputFileError(
+            f"{folder}: holds no scan (expected NIfTI / MHA / NRRD files, a DICOM series or imagesTr/)"
+        )
+    images: list[LayerDataTuple] = []
+    labels: list[LayerDataTuple] = []
+    for path in files:
+        for layer in read_file(path, load_volume(path, whole_case=False)):
+            (labels if layer[2] == "labels" else images).append(layer)
+    return images + labels
 
 
 def read_dicom_folder(folder: Path) -> list[LayerDataTuple]:
@@ -127,54 +177,14 @@ def _notify_dataset(folder: Path, count: int, opened: str) -> None:
         except ImportError:  # reading without napari (scripts): nothing to tell
             return
         show_info(
-            f"{folder.name}: dataset with {count} cases; opened '{opened}'. "
-            f"Open imagesTr/<case>_0000.nii.gz for another case."
+            f"Opened '{opened}', the first of {count} cases of {folder.name}; "
+            f"open imagesTr/<case>_0000.nii.gz for another case."
         )
-
-
-def is_label_file(path: Path, volume: Volume) -> bool:
-    """Whether a single-channel file is a label map (see the module docstring)."""
-    if volume.num_channels != 1:
-        return False
-    in_label_folder = path.parent.name.lower().startswith("label")
-    named_label = bool(_LABEL_NAME.search(scan_stem(path)))
-    array = volume.array[0]
-    if not _integral(array):
-        return False
-    if in_label_folder or named_label:
-        return True
-    return _few_values(array)
-
-
-def _integral(array: np.ndarray) -> bool:
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        return True
-    if not np.issubdtype(array.dtype, np.floating):
-        return False
-    # Label maps are sometimes stored as float: integral, non-negative values are still labels.
-    step = max(1, array.size // 1_000_000)
-    sample = array.reshape(-1)[::step]
-    return bool(np.all(sample >= 0) and np.all(np.mod(sample, 1) == 0))
-
-
-def _few_values(array: np.ndarray) -> bool:
-    step = max(1, array.size // 1_000_000)
-    sample = array.reshape(-1)[::step]
-    if sample.min() < 0 or np.unique(sample).size > MAX_LABEL_VALUES:
-        return False
-    return np.unique(array).size <= MAX_LABEL_VALUES
 
 
 def volume_as_labels(volume: Volume, name: str) -> LayerDataTuple:
     """A single-channel volume read from a label file, as a labels layer on its own grid."""
-    array = np.asarray(volume.array[0])
-    if not np.issubdtype(array.dtype, np.integer):
-        array = array.astype(_smallest_label_dtype(int(array.max())))
+    from cascadeseg.io.checks import as_label_array
+
+    array = as_label_array(np.asarray(volume.array[0]), name)
     return labels_layer(array, volume.with_array(array), name)
-
-
-def _smallest_label_dtype(max_value: int) -> type:
-    for dtype in (np.uint8, np.uint16, np.int32):
-        if max_value <= np.iinfo(dtype).max:
-            return dtype
-    return np.int64

@@ -2,41 +2,48 @@
 
 One click runs the engine's predictor once per pruning depth (each run really pruned, so the time
 shown is the time that depth costs) and, for models that have them, once more for the cascade
-stages and the attention coefficient maps. The results become layers:
+stages and the attention coefficient maps (a 2D model's gates a slab of slices at a time when all
+of them at once would not fit in memory). Everything that touches whole volumes (predictions,
+difference maps, metrics, the attention stack) happens in the worker thread.
 
-* ``<scan> ground truth (compare)``: the chosen reference, as an outline (first panel);
-* ``<scan> L1`` .. ``L4`` and ``<scan> stage1`` / ``stage2``: labels layers;
-* ``<scan> stage2 vs stage1`` and ``<scan> L4 vs L1``: difference layers, 1 = added by the later
-  stage / deeper head (green), 2 = removed (red);
-* ``<scan> attention <gate>``: heat-map image layers in [0, 1] (the full-resolution gates).
+The panels, in this fixed order, each under its title:
 
-Side by side uses napari's grid mode with stride -2: every panel is a pair (a view of the scan
-sharing its voxels and contrast, then the overlay), counted from the top of the layer list so the
-pairs stay aligned; the user's own layers are hidden while the grid is on and shown again after.
-Re-running reuses the panels' layers (napari redraws everything on each add and remove).
-All whole-volume work (predictions, differences, metrics) runs in the worker thread.
-With a ground-truth labels layer, a table gives
-Dice, IoU, precision, recall and HD95 (engine metrics, foreground vs background) per stage and per
-depth, with each depth's time and speed.
+* the chosen ground truth (an outline): the reference the others are read against;
+* ``stage1``, ``stage2`` and ``stage2 vs stage1`` for a cascade (its last stage is the full
+  network: no ``full`` panel repeats it); ``L1`` .. ``L4`` and ``L4 vs L1`` for a pruned model.
+  A difference shows in green what the later stage / deeper head adds, in red what it removes;
+* ``attention``: the gate the dock's slider picks (every gate of the model, full resolution first,
+  coefficients in [0, 1] stored as 0-255 in one stack).
+
+The panels are tiles of three layers, not a layer each (:mod:`napari_cascade._montage`): the scan
+under every tile with the titles; the ground truth's outline, the masks and the differences; the
+attention map. napari spends 0.1-0.5 s of GUI time per layer it adds, shows or removes, so the
+window stays responsive only with few layers, added and shown one per event-loop turn
+(:mod:`napari_cascade._qt.feeding`). The user's own layers are hidden while the panels are shown
+and shown again after. With a ground-truth labels layer, a table gives Dice, IoU, precision,
+recall and HD95 (engine metrics) per stage and per depth, for any foreground and for each class of
+the model, with each depth's time and speed.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import napari
 import numpy as np
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QPushButton,
+    QSlider,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -46,15 +53,25 @@ from qtpy.QtWidgets import (
 from cascadeseg.errors import CascadeSegError, VolumeError
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 
-from .._layers import GEOMETRY_KEY, geometry_metadata, transform_kwargs, volume_from_image_layers
-from .model_picker import ChannelMapper, ModelPicker, labels_layers, model_info
-from .segment_widget import DEVICE_LABELS, RESULT_KEY, ModelCache, result_info
+from .._layers import GEOMETRY_KEY, display_limits, geometry_metadata, transform_kwargs, volume_from_image_layers
+from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info, state_for
+from .._montage import Montage, TileLayout
+from .feeding import LayerFeeder, one_scene_update
+from .layout import scrollable
+from .model_picker import ChannelMapper, ModelPicker, model_info
+from .notify import error, info
+from .segment_widget import DEVICE_LABELS
 from .workers import JobPanel
 
 NO_GROUND_TRUTH = "(none)"
+FOREGROUND = "any foreground"
 METRIC_COLUMNS = ("Dice", "IoU", "precision", "recall", "HD95 (mm)", "time (s)", "speed")
 DIFF_COLORS = {0: "transparent", 1: "#2ecc40", 2: "#ff4136", None: "transparent"}
-MAX_GATE_PANELS = 4
+# The attention maps of one 2D model run are computed a slab of slices at a time above this many
+# bytes of float32 maps (20 gates of a 512x512x600 CT would take 12.6 GB at once).
+ATTENTION_BYTES_AT_ONCE = 1 << 30
+# Time between showing two panels: long enough for the paint (and shader compilation) of one.
+REVEAL_PAUSE_MS = 60
 
 
 @dataclass
@@ -77,6 +94,7 @@ class ComparisonRun:
     seconds: float | None = None
     rate: float | None = None
     unit: str = "slices"
+    class_values: list[int] = field(default_factory=list)  # the label values the run can hold
 
 
 @dataclass
@@ -85,13 +103,34 @@ class Comparison:
 
     image_name: str
     reference: Any  # the label Volume carrying the scan's geometry
+    scan: np.ndarray | None = None  # the first channel (a view of the input, no copy)
     truth: np.ndarray | None = None
-    # (later run, earlier run) -> difference map, computed in the worker (whole-volume work)
-    differences: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    depths: list[ComparisonRun] = field(default_factory=list)
+    truth_name: str | None = None
+    truth_values: list[int] = field(default_factory=list)
     stages: list[ComparisonRun] = field(default_factory=list)
-    attention: dict[str, np.ndarray] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    depths: list[ComparisonRun] = field(default_factory=list)
+    # (later run, earlier run) -> difference map
+    differences: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    # every gate, stacked (gates, Z, Y, X) as uint8 = round(255 * coefficient)
+    attention: np.ndarray | None = None
+    gates: list[str] = field(default_factory=list)
+    # run name -> structure ("any foreground", each class) -> scores
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    structures: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[ComparisonRun]:
+        return self.stages + self.depths
+
+    def release_arrays(self) -> None:
+        """Drop the volumes (the table's figures stay): they live on only in the panels."""
+        for run in self.runs:
+            run.labels = np.zeros((0, 0, 0), np.uint8)
+        self.truth, self.attention, self.differences, self.scan = None, None, {}, None
+
+    def attention_map(self, gate: str) -> np.ndarray:
+        """One gate's coefficients in [0, 1] (float32), from the stack."""
+        return self.attention[self.gates.index(gate)].astype(np.float32) / 255.0
 
 
 def difference_map(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
@@ -103,14 +142,41 @@ def difference_map(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
     return diff
 
 
-def foreground_scores(pred: np.ndarray, truth: np.ndarray, spacing: Any) -> dict[str, float]:
-    """The engine's metrics for foreground (any non-zero label) vs background."""
+def comparison_scores(pred: np.ndarray, truth: np.ndarray, spacing: Any,
+                      classes: dict[str, int]) -> dict[str, dict[str, float]]:
+    """The engine's metrics for any foreground (non-zero label vs non-zero label) and, when the
+    model has several foreground classes, for each class (its label value in both maps)."""
     from cascadeseg.metrics import evaluate_case
 
-    scores = evaluate_case(
-        (pred > 0).view(np.uint8), (truth > 0).view(np.uint8), spacing, regions={"foreground": (1,)}
-    )
-    return scores["foreground"]
+    scores = {FOREGROUND: evaluate_case(
+        (pred > 0).view(np.uint8), (truth > 0).view(np.uint8), spacing, regions={FOREGROUND: (1,)}
+    )[FOREGROUND]}
+    if len(classes) > 1:
+        scores.update(evaluate_case(pred, truth, spacing, classes=classes))
+    return scores
+
+
+def present_values(labels: np.ndarray, slab: int = 16) -> list[int]:
+    """The label values a map holds: a count per value, a slab of slices at a time (numpy's
+    bincount keeps the interpreter lock: over a whole CT it froze the window for 0.2 s)."""
+    if not (labels.dtype.itemsize <= 2 and labels.dtype.kind == "u"):
+        return [int(v) for v in np.unique(labels)]
+    seen = np.zeros(np.iinfo(labels.dtype).max + 1, dtype=bool)
+    for start in range(0, labels.shape[0], slab):
+        counts = np.bincount(labels[start:start + slab].ravel())
+        seen[:counts.size] |= counts > 0
+    return [int(v) for v in np.flatnonzero(seen)]
+
+
+def _gate_order(gates: list[str]) -> list[str]:
+    """The full-resolution row (``X0,*``) first: the gates a user reads first."""
+    return sorted(gates, key=lambda gate: (not gate.startswith("X0,"), gate))
+
+
+def _quantise(coefficients: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(coefficients, 255.0, out=coefficients)
+    np.rint(coefficients, out=coefficients)
+    out[...] = coefficients
 
 
 class CompareWidget(QWidget):
@@ -119,24 +185,35 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.cache = ModelCache()
+        self.state = state_for(napari_viewer)
+        self.cache = self.state.models
         self.last_comparison: Comparison | None = None
         self._hidden_for_grid: list[Any] = []
+        self._feeder: LayerFeeder | None = None
 
         self.models = ModelPicker()
         self.channels = ChannelMapper(napari_viewer)
         self.ground_truth = QComboBox()
+        self.ground_truth.setToolTip("The labels layer the others are scored against (none: no scores)")
         self.device = QComboBox()
         for name in DEVICE_CHOICES:
             self.device.addItem(DEVICE_LABELS.get(name, name), name)
-        self.grid = QCheckBox("side by side (napari grid)")
+        self.grid = QCheckBox("show the panels side by side")
+        self.grid.setToolTip("Your own layers are hidden while the panels are shown, and shown again after")
         self.grid.setChecked(True)
         self.compare_button = QPushButton("Compare")
         self.clear_button = QPushButton("Remove comparison layers")
         self.job = JobPanel()
+        self.gate = QSlider(Qt.Horizontal)
+        self.gate.setToolTip("Which attention gate the attention panel shows (full resolution first)")
+        self.gate.setEnabled(False)
+        self.gate_label = QLabel("no attention gates")
+        self.structure = QComboBox()
+        self.structure.setToolTip("Which structure the scores are for: any foreground, or one class of the model")
         self.table = QTableWidget(0, len(METRIC_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(METRIC_COLUMNS))
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.setMinimumHeight(150)
 
         model_box = QGroupBox("Model")
         QVBoxLayout(model_box).addWidget(self.models)
@@ -149,56 +226,95 @@ class CompareWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.compare_button)
         buttons.addWidget(self.clear_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         layout.addWidget(model_box)
         layout.addWidget(channel_box)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.job)
+        gate_row = QHBoxLayout()
+        gate_row.addWidget(self.gate, 1)
+        gate_row.addWidget(self.gate_label)
+        scores = QFormLayout()
+        scores.addRow("gate:", gate_row)
+        scores.addRow("scores for:", self.structure)
+        layout.addLayout(scores)
         layout.addWidget(self.table, 1)
+        scrollable(self, layout)
 
         self.models.changed.connect(self._model_changed)
         self.compare_button.clicked.connect(self.run)
         self.clear_button.clicked.connect(self.clear)
         self.grid.toggled.connect(self._set_grid)
+        self.structure.currentIndexChanged.connect(self._structure_changed)
+        self._truth_picked: str | None = None  # what the user chose, kept while it exists
+        self.ground_truth.activated.connect(lambda *_: setattr(self, "_truth_picked", self.ground_truth.currentText()))
         self.job.finished.connect(lambda _: self.compare_button.setEnabled(True))
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            event.connect(self._refill_ground_truth)
+            event.connect(self._layers_changed)
+        self.gate.valueChanged.connect(self._gate_changed)
+        connect_while_alive(self.state.model_installed, self, self.show_model)
+        self.destroyed.connect(lambda *_: self._closed())
         self._refill_ground_truth()
         self._model_changed()
+
+    @property
+    def busy(self) -> bool:
+        """A comparison is running, or its panels are still being added."""
+        return self.job.busy or self._feeder is not None
+
+    def _closed(self) -> None:
+        """The dock went away (its viewer closing, maybe): stop adding panels."""
+        if self._feeder is not None:
+            self._feeder.stop()
 
     # -- choices ---------------------------------------------------------------------------
     def refresh_models(self) -> None:
         self.models.refresh()
 
+    def show_model(self, name: str) -> None:
+        """A model was installed (the shared state's ``model_installed``): list and select it."""
+        self.models.refresh()
+        self.models.select_name(name)
+
     def _model_changed(self) -> None:
         entry = self.models.current_entry()
-        self.channels.set_channels(entry.card.channel_names if entry else ["image"])
+        self.channels.set_channels(entry.card.input_channels if entry else ["image"])
+
+    def _layers_changed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and layer_role(layer) == COMPARE:
+            return
+        self._refill_ground_truth()
 
     def _refill_ground_truth(self, *_: Any) -> None:
+        """Labels layers no dock made (opened from a file, painted by hand); by default the newest."""
         previous = self.ground_truth.currentText()
-        candidates = [
-            layer.name for layer in labels_layers(self.viewer)
-            if (result_info(layer) or {}).get("kind") != "compare"
-        ]
+        references = self.state.labels_layers(REFERENCE)
+        candidates = [layer.name for layer in references]
         self.ground_truth.blockSignals(True)
         self.ground_truth.clear()
         self.ground_truth.addItems([NO_GROUND_TRUTH, *candidates])
-        if previous in candidates:
+        picked = self._truth_picked
+        if picked is not None and (picked == NO_GROUND_TRUTH or picked in candidates):
+            self.ground_truth.setCurrentText(picked)
+        elif previous in candidates:
             self.ground_truth.setCurrentText(previous)
+        elif references:
+            self.ground_truth.setCurrentText(newest(references).name)
         self.ground_truth.blockSignals(False)
 
-    def _truth_array(self, shape: tuple[int, ...]) -> np.ndarray | None:
+    def _truth_array(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
         name = self.ground_truth.currentText()
         if name == NO_GROUND_TRUTH or name not in self.viewer.layers:
-            return None
+            return None, None
         data = np.asarray(self.viewer.layers[name].data)
         if data.shape != shape:
             raise VolumeError(
                 f"ground truth '{name}' has shape {data.shape} but the scan has {shape}: "
-                "expected a label map on the scan's grid"
+                "expected a label map on the scan's grid (pick another, or '(none)')"
             )
-        return data
+        return data, name
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> bool:
@@ -211,204 +327,299 @@ class CompareWidget(QWidget):
                 )
             layers = self.channels.selected_layers()
             volume = volume_from_image_layers(layers)
-            truth = self._truth_array(volume.spatial_shape)
+            truth, truth_name = self._truth_array(volume.spatial_shape)
             device = self.device.currentData()
             resolve_device(device)
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            error(str(exc))
             return False
-        job = self._job(entry, layers[0].name, volume, truth, device)
+        job = self._job(entry, layers[0].name, volume, truth, truth_name, device)
         started = self.job.start(job, self._show, "comparison")
         if started:
             self.compare_button.setEnabled(False)
         return started
 
     def _job(self, entry: Any, image_name: str, volume: Any, truth: np.ndarray | None,
-             device: str) -> Callable[..., Comparison]:
-        from cascadeseg.inference.predictor import PredictionRequest, Predictor
-
+             truth_name: str | None, device: str) -> Callable[..., Comparison]:
         def job(progress: Callable[[Any], None], cancel: threading.Event) -> Comparison:
             model, card = self.cache.load(entry.path)
-            predictor = Predictor(model, card, device=device)
-            info = model_info(card)
-            depths: list[int | None] = list(info.pruning_depths) if info and info.pruning_depths else [None]
-            extras = PredictionRequest(stages=bool(info and info.stages), attention=bool(info and info.attention))
-            steps = len(depths) + (1 if extras.stages or extras.attention else 0)
-
-            def step_progress(step: int, label: str) -> Callable[[Any], None]:
-                def report(p: Any) -> None:
-                    progress(_StepProgress((step + p.fraction) / steps, p.done, p.total, p.rate,
-                                           f"{p.unit} ({label})"))
-                return report
-
-            comparison = Comparison(image_name=image_name, reference=None, truth=truth)
-            for step, depth in enumerate(depths):
-                label = f"L{depth}" if depth is not None else "full"
-                result = predictor.predict(volume, depth=depth, progress=step_progress(step, label), cancel=cancel)
-                comparison.reference = result.labels
-                comparison.depths.append(ComparisonRun(label, result.labels.array,
-                                                       result.timings.get("inference"), result.rate, result.unit))
-            if extras.stages or extras.attention:
-                result = predictor.predict(volume, want=extras, progress=step_progress(steps - 1, "stages"),
-                                           cancel=cancel)
-                comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
-                comparison.attention = {gate: v.array for gate, v in result.attention.items()}
-            for runs in (comparison.stages, comparison.depths):
-                if len(runs) > 1:
-                    first, last = runs[0], runs[-1]
-                    comparison.differences[(last.name, first.name)] = difference_map(first.labels, last.labels)
-            if truth is not None:
-                for run in comparison.stages + comparison.depths:
-                    comparison.metrics[run.name] = foreground_scores(run.labels, truth, volume.spacing)
-            return comparison
+            return compare_model(model, card, volume, image_name, truth, truth_name, device, progress, cancel)
 
         return job
 
     # -- results -> layers -----------------------------------------------------------------
     def clear(self) -> None:
-        """Remove every layer the comparison added and leave grid mode."""
-        # Grid first: with the grid on, every removal would lay all the panels out again.
-        self._set_grid(False)
-        for layer in self._owned():
-            self.viewer.layers.remove(layer)
+        """Remove every layer the comparison added and show the user's layers again."""
+        self._stop_feeding()
+        owned = self._owned()
+        with one_scene_update(self.viewer):
+            self._show_panels(False)
+            for layer in owned:
+                self.viewer.layers.remove(layer)
+        self._fit()
+        self._release(owned)
+
+    def _release(self, removed: list[Any]) -> None:
+        """Let go of the removed panels' volumes now (a CT comparison holds gigabytes): napari
+        keeps removed layers alive until a later garbage collection; their data need not wait."""
+        if self.last_comparison is not None:
+            self.last_comparison.release_arrays()
+        feeder = LayerFeeder(self.viewer, [lambda layer=layer: _shrink(layer) for layer in removed], owner=self)
+        feeder.done.connect(lambda: setattr(self, "_feeder", None))
+        self._feeder = feeder
+        feeder.start()
+
+    def _stop_feeding(self) -> None:
+        if self._feeder is not None:
+            self._feeder.stop()
+            self._feeder = None
 
     def _show(self, comparison: Comparison) -> None:
+        """Turn the worker's comparison into the panels without freezing the window.
+
+        All panels are tiles of a few layers (:class:`~napari_cascade._montage.Montage`): the
+        scan under every tile, the masks and differences, the ground truth's outline, the
+        attention gates and the titles. napari rebuilds its scene on every layer change and
+        compiles a layer's shaders on its first draw, so the layers are added hidden, a layer per
+        event-loop turn inside one batch, then shown a layer per turn, a paint apart."""
         self.last_comparison = comparison
+        self._fill_structures(comparison)
+        self._fill_table(comparison)
+        self._fill_gates(comparison)
+        self._stop_feeding()
         scan = self.viewer.layers[comparison.image_name] if comparison.image_name in self.viewer.layers else None
         panels = self._panels(comparison)
-        wanted = {name for name, *_ in panels} | {f"{name} (scan)" for name, *_ in panels}
-        stale = [layer for layer in self._owned() if layer.name not in wanted]
-        self.viewer.grid.enabled = False
-        for layer in stale:
-            self.viewer.layers.remove(layer)
-        # Appended in reverse so the first panel is the top pair of the layer list: grid cell (0, 0).
-        backdrops = []
-        for name, kind, data, kwargs in reversed(panels):
-            if scan is not None:
-                backdrops.append(self._backdrop(scan, name))
-            self._overlay(comparison, name, kind, data, kwargs)
-        if scan is not None:
-            from napari.experimental import link_layers
+        layout = TileLayout.for_tiles(len(panels), comparison.reference.spatial_shape)
+        specs = self._layer_specs(comparison, scan, panels, layout)
+        steps: list[Callable[[], Any]] = [lambda: self._show_panels(False, keep_others_hidden=True)]
+        stale = [layer for layer in self._owned() if (result_info(layer) or {}).get("role") not in specs]
+        if stale:
+            steps.append(lambda: [self.viewer.layers.remove(layer) for layer in stale])
+        steps += [lambda role=role, spec=spec: self._place(comparison, role, *spec) for role, spec in specs.items()]
+        feeder = LayerFeeder(self.viewer, steps, batch=True, owner=self)
+        feeder.done.connect(lambda: self._lay_out(comparison))
+        feeder.failed.connect(self._feed_failed)
+        self._feeder = feeder
+        feeder.start()
 
-            link_layers([scan, *backdrops], ("contrast_limits", "gamma", "colormap"))
-        self._fill_table(comparison)
-        self._set_grid(self.grid.isChecked())
-        show_info(
-            f"napari-cascade: comparison of {len(comparison.depths)} depth(s), {len(comparison.stages)} stage(s), "
-            f"{len(comparison.attention)} attention map(s) added"
+    def _feed_failed(self, exc: BaseException) -> None:
+        self._feeder = None
+        error(f"Showing the comparison failed: {exc}")
+
+    def _lay_out(self, comparison: Comparison) -> None:
+        """Show the panels a layer a turn. (The panels' scan view starts with the scan's
+        contrast; it is not linked to it: linking redraws both layers' thumbnails on every change,
+        and the scan is hidden while the panels are shown.)"""
+        self._feeder = None
+        if not self.grid.isChecked():
+            self._announce(comparison)
+            return
+        with one_scene_update(self.viewer):
+            self._hide_others()
+        steps: list[Callable[[], Any]] = [lambda layer=layer: self._reveal(layer) for layer in self._owned()]
+        reveal = LayerFeeder(self.viewer, steps, budget_s=0.0, pause_ms=REVEAL_PAUSE_MS, owner=self)
+        reveal.done.connect(lambda: self._revealed(comparison))
+        reveal.failed.connect(self._feed_failed)
+        self._feeder = reveal
+        reveal.start()
+
+    def _reveal(self, layer: Any) -> None:
+        with one_scene_update(self.viewer):
+            layer.visible = True
+
+    def _revealed(self, comparison: Comparison) -> None:
+        self._feeder = None
+        self._fit()
+        self._announce(comparison)
+
+    def _announce(self, comparison: Comparison) -> None:
+        info(
+            f"Compared {len(comparison.depths)} depth(s), {len(comparison.stages)} stage(s) and "
+            f"{len(comparison.gates)} attention gate(s) of '{comparison.image_name}'"
+            + (f" against '{comparison.truth_name}'" if comparison.truth_name else "")
         )
 
     def _owned(self) -> list[Any]:
-        return [layer for layer in self.viewer.layers if (result_info(layer) or {}).get("kind") == "compare"]
+        return [layer for layer in self.viewer.layers if layer_role(layer) == COMPARE]
 
-    def _owned_layer(self, name: str) -> Any | None:
-        """A layer this widget made, by name (never one of the user's layers of the same name)."""
-        return next((layer for layer in self._owned() if layer.name == name), None)
+    def _owned_layer_role(self, role: str) -> Any | None:
+        """The layer this widget made for ``role`` (never one of the user's layers)."""
+        return next((layer for layer in self._owned() if (result_info(layer) or {}).get("role") == role), None)
 
-    def _panels(self, comparison: Comparison) -> list[tuple[str, str, np.ndarray, dict[str, Any]]]:
-        """(name, kind, data, extra kwargs) per panel, in reading order.
+    def panel_titles(self) -> list[str]:
+        """The titles of the panels, in reading order (row by row)."""
+        titles = self._owned_layer_role("scan")
+        return [] if titles is None else titles.data.titles
 
-        The ground truth (when chosen) comes first, as the reference the others are read against.
-        Differences: stage 2 against stage 1, and the deepest head against the shallowest (one
-        panel: the consecutive ones add little and every layer costs napari a full redraw).
-        Attention: the gates of the full-resolution row (``X0,*``) first, at most four; the
-        deeper gates are coarse and their maps are in ``Comparison.attention`` for scripts.
-        """
-        stem = comparison.image_name
-        panels: list[tuple[str, str, np.ndarray, dict[str, Any]]] = []
+    def _panels(self, comparison: Comparison) -> list[tuple[str, str, np.ndarray]]:
+        """(title, kind, volume) per panel, in reading order (module docstring)."""
+        panels: list[tuple[str, str, np.ndarray]] = []
         if comparison.truth is not None:  # the reference first (same array: no copy)
-            # Drawn as an outline so that it cannot be mistaken for a prediction.
-            panels.append((f"{stem} ground truth (compare)", "labels", comparison.truth, {"contour": 2}))
+            panels.append((f"ground truth · {comparison.truth_name}", "truth", comparison.truth))
         for runs in (comparison.stages, comparison.depths):
-            panels += [(f"{stem} {run.name}", "labels", run.labels, {}) for run in runs]
+            panels += [(run.name, "labels", run.labels) for run in runs]
             if len(runs) > 1 and (runs[-1].name, runs[0].name) in comparison.differences:
                 later, earlier = runs[-1].name, runs[0].name
-                panels.append((f"{stem} {later} vs {earlier}", "difference",
-                               comparison.differences[(later, earlier)], {}))
-        gates = sorted(comparison.attention, key=lambda g: (not g.startswith("X0,"), g))[:MAX_GATE_PANELS]
-        panels += [(f"{stem} attention {gate}", "attention", comparison.attention[gate], {}) for gate in gates]
+                panels.append((f"{later} vs {earlier}", "difference", comparison.differences[(later, earlier)]))
+        if comparison.attention is not None:
+            panels.append(("attention", "attention", comparison.attention))
         return panels
 
-    def _metadata(self, comparison: Comparison, role: str, name: str) -> dict[str, Any]:
-        info = {"kind": "compare", "role": role, "image": comparison.image_name, "panel": name}
-        return {GEOMETRY_KEY: geometry_metadata(comparison.reference, **{RESULT_KEY: info})}
-
-    def _backdrop(self, scan: Any, name: str) -> Any:
-        """A second view of the scan (same array, no copy) under one panel's overlay."""
-        backdrop_name = f"{name} (scan)"
-        layer = self._owned_layer(backdrop_name)
-        if layer is not None:  # a re-run: napari redraws on every add/remove
-            if layer.data is scan.data:
-                return layer
-            self.viewer.layers.remove(layer)
-        return self.viewer.add_image(
-            scan.data,
-            name=backdrop_name,
-            colormap=scan.colormap,
-            contrast_limits=scan.contrast_limits,
-            metadata={GEOMETRY_KEY: {**scan.metadata.get(GEOMETRY_KEY, {}),
-                                     RESULT_KEY: {"kind": "compare", "role": "backdrop", "panel": name}}},
-            scale=scan.scale, translate=scan.translate, rotate=scan.rotate,
-        )
-
-    def _overlay(self, comparison: Comparison, name: str, kind: str, data: np.ndarray,
-                 extra: dict[str, Any]) -> Any:
-        metadata = self._metadata(comparison, kind, name)
-        layer = self._owned_layer(name)
-        if layer is not None:  # a re-run: new voxels in the same layer
-            layer.data = data
-            layer.metadata = metadata
-            return layer
+    def _layer_specs(self, comparison: Comparison, scan: Any, panels: list[tuple[str, str, np.ndarray]],
+                     layout: TileLayout) -> dict[str, tuple[str, Any, dict[str, Any]]]:
+        """role -> (layer type, data, keyword arguments) of every layer of the comparison."""
+        stem = comparison.image_name
         geometry = transform_kwargs(comparison.reference)
-        if kind == "attention":
-            return self.viewer.add_image(
-                data, name=name, colormap="turbo", contrast_limits=(0.0, 1.0), opacity=0.55,
-                blending="translucent", metadata=metadata, **geometry, **extra,
-            )
-        if kind == "difference":
-            return self.viewer.add_labels(
-                data, name=name, metadata=metadata, opacity=0.9,
-                colormap=napari.utils.colormaps.DirectLabelColormap(color_dict=DIFF_COLORS), **geometry, **extra,
-            )
-        contour = extra.pop("contour", 0)
-        layer = self.viewer.add_labels(data, name=name, metadata=metadata, opacity=0.6, **geometry, **extra)
-        layer.contour = contour  # not an add_labels argument in napari 0.9
+        # The montage lies on the scan's voxel grid (spacing and origin; its tiles are not rotated
+        # with an oblique scan, so that the titles stay on them).
+        placed = {"scale": geometry["scale"], "translate": geometry["translate"]}
+        kinds = [kind for _, kind, _ in panels]
+        specs: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+        titles = [self._gate_title(comparison) if kind == "attention" else title for title, kind, _ in panels]
+        if scan is not None:
+            view, colormap, limits = scan.data, scan.colormap, scan.contrast_limits
+        else:  # the scan's layer was deleted while the comparison ran: its voxels are still here
+            view, colormap = comparison.scan, "gray"
+            limits = display_limits(comparison.scan, comparison.reference.modality)
+        specs["scan"] = ("image", Montage(layout, [view] * len(panels), view.dtype, titles=titles), {
+            "name": f"compare · {stem}", "colormap": colormap, "contrast_limits": limits, **placed,
+        })
+        masks = [(volume if kind in ("truth", "labels", "difference") else None) for _, kind, volume in panels]
+        if any(mask is not None for mask in masks):
+            values = sorted({int(v) for run in comparison.runs for v in (run.class_values or [1])}
+                            | set(comparison.truth_values))
+            add, remove = max(values) + 1, max(values) + 2
+            dtype = np.uint8 if remove < 256 else np.uint16
+            difference_lut = np.array([0, add, remove], dtype=dtype)
+            luts = [difference_lut if kind == "difference" else None for _, kind, _ in panels]
+            specs["masks"] = ("labels", Montage(layout, masks, dtype, luts, outlines=[k == "truth" for k in kinds]), {
+                "name": f"compare · masks · {stem}", "opacity": 0.7,
+                "colormap": _mask_colormap(values, add, remove), **placed,
+            })
+        if "attention" in kinds:
+            tile = _tile(placed, layout, kinds.index("attention"))
+            specs["attention"] = ("image", comparison.attention[self.gate.value()], {
+                "name": f"compare · attention · {stem}", "colormap": "turbo", "contrast_limits": (0.0, 255.0),
+                "opacity": 0.55, "blending": "translucent", **tile,
+            })
+        return specs
+
+    def _place(self, comparison: Comparison, role: str, kind: str, data: Any, kwargs: dict[str, Any]) -> Any:
+        """Add the layer for ``role`` hidden, or give the existing one its new data."""
+        recorded = {"kind": COMPARE, "role": role, "image": comparison.image_name, "created": time.time(),
+                    **({"gates": list(comparison.gates)} if role == "attention" else {})}
+        metadata = {GEOMETRY_KEY: geometry_metadata(comparison.reference, **{RESULT_KEY: recorded})}
+        layer = self._owned_layer_role(role)
+        if layer is not None and np.ndim(layer.data) == np.ndim(data):  # a re-run: same layer, new data
+            layer.visible = False
+            layer.metadata = metadata
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.data = data
+            layer.name = kwargs["name"]
+            return layer
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        layer = getattr(self.viewer, f"add_{kind}")(data, metadata=metadata, visible=False, **kwargs)
+        if kind == "labels":
+            layer.editable = False  # a comparison is read: correct masks in the Correct mask dock
         return layer
 
+    def _attention_layer(self) -> Any | None:
+        return self._owned_layer_role("attention")
+
+    def _gate_changed(self, index: int) -> None:
+        """Show gate ``index`` in the attention panel (a view of the stack: no copy), and name it
+        in the panel's title and beside the slider."""
+        comparison = self.last_comparison
+        if comparison is None or comparison.attention is None or not comparison.gates:
+            return
+        index = int(np.clip(index, 0, len(comparison.gates) - 1))
+        title = f"attention {comparison.gates[index]} ({index + 1}/{len(comparison.gates)})"
+        self.gate_label.setText(title)
+        layer, scan = self._attention_layer(), self._owned_layer_role("scan")
+        if layer is not None and layer.data is not comparison.attention[index]:
+            layer.data = comparison.attention[index]
+        if scan is not None and isinstance(scan.data, Montage):
+            titles = scan.data.titles
+            at = next((i for i, t in enumerate(titles) if t.startswith("attention")), None)
+            if at is not None and titles[at] != title:
+                titles[at] = title
+                scan.data.titles = titles
+                scan.refresh()
+
+    def _fill_gates(self, comparison: Comparison) -> None:
+        self.gate.blockSignals(True)
+        self.gate.setRange(0, max(0, len(comparison.gates) - 1))
+        self.gate.setValue(min(self.gate.value(), max(0, len(comparison.gates) - 1)))
+        self.gate.blockSignals(False)
+        self.gate.setEnabled(bool(comparison.gates))
+        self.gate_label.setText(self._gate_title(comparison) if comparison.gates else "no attention gates")
+
+    def _gate_title(self, comparison: Comparison) -> str:
+        index = self.gate.value()
+        return f"attention {comparison.gates[index]} ({index + 1}/{len(comparison.gates)})"
+
+    def _hide_others(self) -> None:
+        """The user's own layers would lie over the first panel: hidden while the comparison is
+        shown (the ground truth has its panel), shown again after."""
+        owned = set(map(id, self._owned()))
+        others = [layer for layer in self.viewer.layers if id(layer) not in owned and layer.visible]
+        self._hidden_for_grid += others
+        for layer in others:
+            layer.visible = False
+
     def _set_grid(self, enabled: bool) -> None:
-        """Grid on: every panel (scan view + overlay) side by side. Grid off: the comparison is
-        hidden, so the scan and the user's own layers are what the canvas shows; each panel is one
-        visibility click away in the layer list."""
+        """Checked: the panels side by side (the user's own layers hidden). Unchecked: the
+        comparison hidden, the user's layers back; each panel layer one click away in the layer
+        list. One scene update either way."""
+        with one_scene_update(self.viewer):
+            self._show_panels(enabled)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Fit the camera to what is shown: the panels, or the user's own layers (the panels'
+        extent would otherwise leave the scan small in a corner)."""
+        shown = [layer for layer in self.viewer.layers if layer.visible]
+        if shown:
+            self.viewer.fit_to_view(layers=shown)
+
+    def _show_panels(self, enabled: bool, keep_others_hidden: bool = False) -> bool:
+        """The layer changes of :meth:`_set_grid` (inside the caller's batch); whether shown."""
         owned = self._owned()
-        self.viewer.grid.enabled = False  # lay the panels out once, not once per change
         enabled = enabled and bool(owned)
         for layer in owned:
             layer.visible = enabled
-        # The user's own layers would fill grid cells of their own, out of the panels' pairing:
-        # hidden while the grid is on (the ground truth has its panel), shown again after.
         if enabled:
-            others = [layer for layer in self.viewer.layers if layer not in owned and layer.visible]
-            self._hidden_for_grid += others
-            for layer in others:
-                layer.visible = False
-        else:
+            self._hide_others()
+        elif not keep_others_hidden:
             for layer in self._hidden_for_grid:
                 if layer in self.viewer.layers:
                     layer.visible = True
             self._hidden_for_grid = []
-        if not owned:
-            return
-        self.viewer.grid.stride = -2
-        self.viewer.grid.enabled = enabled
-        # Fit the camera once the canvas has laid out the grid's view boxes (next event loop turn).
-        QTimer.singleShot(50, self.viewer.reset_view)
+        return enabled
+
+    # -- the table -------------------------------------------------------------------------
+    def _fill_structures(self, comparison: Comparison) -> None:
+        previous = self.structure.currentText()
+        self.structure.blockSignals(True)
+        self.structure.clear()
+        self.structure.addItems(comparison.structures or [FOREGROUND])
+        if previous in comparison.structures:
+            self.structure.setCurrentText(previous)
+        self.structure.blockSignals(False)
+        self.structure.setEnabled(len(comparison.structures) > 1)
+
+    def _structure_changed(self, *_: Any) -> None:
+        if self.last_comparison is not None:
+            self._fill_table(self.last_comparison)
 
     def _fill_table(self, comparison: Comparison) -> None:
-        rows = comparison.stages + comparison.depths
+        rows = comparison.runs
+        structure = self.structure.currentText() or FOREGROUND
         self.table.setRowCount(len(rows))
         self.table.setVerticalHeaderLabels([run.name for run in rows])
         for row, run in enumerate(rows):
-            scores = comparison.metrics.get(run.name, {})
+            scores = comparison.metrics.get(run.name, {}).get(structure, {})
             values = [
                 _fmt(scores.get("dice")), _fmt(scores.get("iou")), _fmt(scores.get("precision")),
                 _fmt(scores.get("recall")), _fmt(scores.get("hd95"), 1),
@@ -426,6 +637,147 @@ class CompareWidget(QWidget):
             ]
             for row in range(self.table.rowCount())
         }
+
+
+def _tile(placed: dict[str, Any], layout: TileLayout, index: int) -> dict[str, Any]:
+    """scale / translate of a (Z, Y, X) layer lying on tile ``index`` of the montage."""
+    row, column = layout.origin(index)
+    scale = tuple(placed["scale"])
+    translate = tuple(placed["translate"])
+    return {"scale": scale, "translate": (translate[0], translate[1] + row * scale[1], translate[2] + column * scale[2])}
+
+
+def _mask_colormap(values: list[int], add: int, remove: int) -> Any:
+    """Class values in napari's label colours; a difference's additions green, removals red."""
+    from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+    cyclic = label_colormap()
+    colors: dict[Any, Any] = {0: "transparent", None: "transparent"}
+    colors.update({value: cyclic.map(np.array([value]))[0] for value in values if value})
+    colors.update({add: DIFF_COLORS[1], remove: DIFF_COLORS[2]})
+    return DirectLabelColormap(color_dict=colors)
+
+
+def _shrink(layer: Any) -> None:
+    """Replace a removed layer's data by one voxel (a point), so its volumes are freed now."""
+    layer.data = np.zeros((1,) * layer.ndim, dtype=layer.data.dtype)
+
+
+def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np.ndarray | None,
+                  truth_name: str | None, device: str, progress: Callable[[Any], None],
+                  cancel: threading.Event) -> Comparison:
+    """Every depth (each really pruned and timed), the stages and the attention gates of one model
+    on one scan, their differences and, against ``truth``, their scores (worker thread)."""
+    from cascadeseg.inference.predictor import PredictionRequest, Predictor
+
+    predictor = Predictor(model, card, device=device)
+    described = model_info(card)
+    depths: list[int] = list(described.pruning_depths) if described and described.pruning_depths else []
+    stages = bool(described and described.stages)
+    attention = bool(described and described.attention)
+    extra_pass = stages or attention or not depths
+    steps = len(depths) + (1 if extra_pass else 0)
+
+    def step_progress(step: int, label: str) -> Callable[[Any], None]:
+        def report(p: Any) -> None:
+            progress(_StepProgress((step + p.fraction) / steps, p.done, p.total, p.rate, f"{p.unit} ({label})"))
+        return report
+
+    comparison = Comparison(image_name=image_name, reference=None, scan=volume.array[0], truth=truth,
+                            truth_name=truth_name)
+    for step, depth in enumerate(depths):
+        result = predictor.predict(volume, depth=depth, progress=step_progress(step, f"L{depth}"), cancel=cancel)
+        comparison.reference = result.labels
+        comparison.depths.append(ComparisonRun(f"L{depth}", result.labels.array,
+                                               result.timings.get("inference"), result.rate, result.unit))
+    if extra_pass:
+        at_once = attention and _attention_fits(volume, card)
+        want = PredictionRequest(stages=stages, attention=attention and at_once)
+        label = "stages" if stages else ("attention" if at_once else "full")
+        result = predictor.predict(volume, want=want, progress=step_progress(steps - 1, label), cancel=cancel)
+        comparison.reference = result.labels
+        timing = (result.timings.get("inference"), result.rate, result.unit)
+        if stages:
+            comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
+            # The last stage is the full network's output: the pass's time is its time.
+            last = comparison.stages[-1]
+            last.seconds, last.rate, last.unit = timing
+        elif not depths:
+            comparison.depths.append(ComparisonRun("full", result.labels.array, *timing))
+        if attention:
+            if at_once:
+                gates = _gate_order(list(result.attention))
+                stack = np.empty((len(gates), *volume.spatial_shape), dtype=np.uint8)
+                for index, gate in enumerate(gates):
+                    _quantise(result.attention.pop(gate).array, stack[index])
+            else:
+                gates, stack = _attention_by_slabs(model, card, volume, device,
+                                                   step_progress(steps - 1, "attention"), cancel)
+            comparison.attention, comparison.gates = stack, gates
+    for run in comparison.runs:
+        run.class_values = present_values(run.labels)
+    if truth is not None:
+        comparison.truth_values = present_values(truth)
+    for runs in (comparison.stages, comparison.depths):
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            comparison.differences[(last.name, first.name)] = difference_map(first.labels, last.labels)
+    if truth is not None:
+        classes = {name: value for name, value in zip(card.class_names, card.class_values) if value}
+        for run in comparison.runs:
+            comparison.metrics[run.name] = comparison_scores(run.labels, truth, volume.spacing, classes)
+        comparison.structures = [FOREGROUND, *(classes if len(classes) > 1 else [])]
+    return comparison
+
+
+def _attention_fits(volume: Any, card: Any) -> bool:
+    """Whether every gate's float32 map of ``volume`` fits :data:`ATTENTION_BYTES_AT_ONCE`
+    (3D models always run at once: their sliding windows need the whole volume)."""
+    if card.dims != 2:
+        return True
+    gates = 20  # the most gates a zoo model has (ANU-Net, 5 levels); a bound, not a count
+    return gates * int(np.prod(volume.spatial_shape)) * 4 <= ATTENTION_BYTES_AT_ONCE
+
+
+def _attention_by_slabs(model: Any, card: Any, volume: Any, device: str, progress: Callable[[Any], None],
+                        cancel: threading.Event) -> tuple[list[str], np.ndarray]:
+    """The attention gates of a 2D model, a slab of slices at a time, quantised into one uint8
+    stack. The card's intensity normalisation is applied to the whole scan first (its statistics
+    are the scan's, not the slab's), so every slice sees what a whole-volume run would show it."""
+    from cascadeseg.inference.predictor import PredictionRequest, Predictor
+    from cascadeseg.preprocessing import apply_channel_preprocessing
+
+    axis = card.slice_axis
+    normalised = np.stack([
+        apply_channel_preprocessing(volume.array[c], channel.get("preprocessing") or {"type": "none"})
+        for c, channel in enumerate(card.input_channels)
+    ])
+    plain = replace(card, input_channels=[{**c, "preprocessing": {"type": "none"}} for c in card.input_channels])
+    predictor = Predictor(model, plain, device=device)
+    shape = volume.spatial_shape
+    per_slice = 20 * 4 * int(np.prod(shape)) // shape[axis]
+    slab = max(1, ATTENTION_BYTES_AT_ONCE // max(per_slice, 1))
+    stack: np.ndarray | None = None
+    gates: list[str] = []
+    for start in range(0, shape[axis], slab):
+        index = [slice(None)] * 4
+        stop = min(start + slab, shape[axis])
+        index[1 + axis] = slice(start, stop)
+        part = volume.with_array(normalised[tuple(index)])
+
+        def report(p: Any, start: int = start, stop: int = stop) -> None:
+            done = start + p.fraction * (stop - start)
+            progress(_StepProgress(done / shape[axis], int(done), shape[axis], p.rate, p.unit))
+
+        result = predictor.predict(part, axis=axis, want=PredictionRequest(attention=True), progress=report,
+                                   cancel=cancel)
+        if stack is None:
+            gates = _gate_order(list(result.attention))
+            stack = np.empty((len(gates), *shape), dtype=np.uint8)
+        for g, gate in enumerate(gates):
+            _quantise(result.attention.pop(gate).array, stack[(g, *index[1:])])
+    assert stack is not None
+    return gates, stack
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -13,7 +13,6 @@ from typing import Any
 
 import napari
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -34,6 +33,10 @@ from cascadeseg.inference.checkpoint import (
     available_checkpoints,
     read_card,
 )
+
+from .._channels import map_channels
+from .._state import COMPARE, PROBABILITIES, layer_role
+from .notify import error
 
 NO_MODEL = "(no model: pick or browse)"
 
@@ -228,7 +231,7 @@ class ModelPicker(QWidget):
             try:
                 card = read_card(candidate)
             except CascadeSegError as exc:
-                show_error(f"napari-cascade: {exc}")
+                error(str(exc))
                 continue
             name = candidate.name if candidate == folder else f"{folder.name}/{candidate.name}"
             entries.append(CheckpointEntry(name=name, path=candidate, card=card, source="browsed"))
@@ -260,26 +263,41 @@ class ModelPicker(QWidget):
         self.changed.emit()
 
 
-def _layer_matches(layer_name: str, channel: str) -> bool:
-    return channel.lower() in layer_name.lower()
-
-
 class ChannelMapper(QWidget):
-    """One combo box of image layers per model input channel."""
+    """One combo box of image layers per model input channel, pre-filled by
+    :func:`napari_cascade._channels.map_channels` (names, series descriptions, modality); a choice
+    the user makes is kept while its layer exists. Emits ``changed`` when a choice changes."""
+
+    changed = Signal()
 
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.form = QFormLayout(self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.form = QFormLayout()
         self.form.setContentsMargins(0, 0, 0, 0)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+        layout.addLayout(self.form)
+        layout.addWidget(self.note)
         self.combos: list[QComboBox] = []
-        self.channel_names: list[str] = ["image"]
+        self.channels: list[dict[str, Any]] = [{"name": "image"}]
+        self._chosen: dict[str, str] = {}  # channel -> layer name the user picked
+        self._unconfirmed: list[str] = []  # channels mapped without a name saying so
         self._build()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._refill)
+            event.connect(self._on_layers_changed)
 
-    def set_channels(self, names: list[str]) -> None:
-        self.channel_names = list(names) or ["image"]
+    @property
+    def channel_names(self) -> list[str]:
+        return [str(channel.get("name", "")) for channel in self.channels]
+
+    def set_channels(self, channels: list[dict[str, Any]] | list[str]) -> None:
+        """The model's input channels: the card's ``input_channels`` (or bare names)."""
+        self.channels = [c if isinstance(c, dict) else {"name": str(c)} for c in channels] or [{"name": "image"}]
+        self._chosen = {}
         self._build()
 
     def _build(self) -> None:
@@ -289,29 +307,62 @@ class ChannelMapper(QWidget):
         for name in self.channel_names:
             combo = QComboBox()
             combo.setToolTip(f"The image layer holding the model's '{name}' channel")
+            combo.activated.connect(lambda _=None, channel=name, box=combo: self._picked(channel, box))
             self.form.addRow(f"{name}:", combo)
             self.combos.append(combo)
         self._refill()
 
+    def _picked(self, channel: str, combo: QComboBox) -> None:
+        self._chosen[channel] = combo.currentText()
+        self._update_note()
+        self.changed.emit()
+
     def image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        """Image layers that can hold a scan channel (not Compare's views or probability maps)."""
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer_role(layer) not in (COMPARE, PROBABILITIES)]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and layer_role(layer) in (COMPARE, PROBABILITIES):
+            return  # Compare adds a dozen panels at once: none of them is a scan channel
+        self._refill()
 
     def _refill(self, *_: Any) -> None:
         layers = self.image_layers()
         names = [layer.name for layer in layers]
-        for channel, combo in zip(self.channel_names, self.combos):
-            previous = combo.currentText()
+        self._chosen = {c: n for c, n in self._chosen.items() if n in names}
+        choices = map_channels(self.channels, layers)
+        unconfirmed = []
+        for channel, combo, choice in zip(self.channel_names, self.combos, choices):
             combo.blockSignals(True)
             combo.clear()
             combo.addItems(names)
-            if previous in names:
-                combo.setCurrentText(previous)
-            else:
-                match = next((n for n in names if _layer_matches(n, channel)), None)
-                position = self.combos.index(combo)
-                fallback = names[position] if position < len(names) else (names[0] if names else "")
-                combo.setCurrentText(match or fallback)
+            if channel in self._chosen:
+                combo.setCurrentText(self._chosen[channel])
+            elif choice.layer is not None:
+                combo.setCurrentText(choice.layer.name)
+                if not choice.confirmed and len(self.channels) + len(names) > 2:
+                    unconfirmed.append(channel)
             combo.blockSignals(False)
+        self._unconfirmed = unconfirmed
+        self._update_note()
+        self.changed.emit()
+
+    def _update_note(self) -> None:
+        unconfirmed = self.unconfirmed
+        if unconfirmed:
+            self.note.setText(
+                "Check " + ", ".join(f"'{c}'" for c in unconfirmed)
+                + ": no layer name, series description or modality says which layer it is."
+            )
+        self.note.setVisible(bool(unconfirmed))
+
+    @property
+    def unconfirmed(self) -> list[str]:
+        """Channels whose layer no name, series description or modality confirms (and that the
+        user has not picked)."""
+        return [c for c in self._unconfirmed if c not in self._chosen]
 
     def selected_layers(self) -> list[Image]:
         """The layers in model channel order; a clear :class:`VolumeError` when they do not fit."""
@@ -335,9 +386,9 @@ class ChannelMapper(QWidget):
                     f"layer '{layer.name}' has shape {tuple(layer.data.shape)}: the model needs a 3D scan "
                     f"(Z, Y, X) per channel{extra}"
                 )
-        if len(self.channel_names) > 1 and len({id(layer) for layer in chosen}) < len(chosen):
+        if len(self.channels) > 1 and len({id(layer) for layer in chosen}) < len(chosen):
             raise VolumeError(
-                f"the model expects {len(self.channel_names)} different channels "
+                f"the model expects {len(self.channels)} different channels "
                 f"({', '.join(self.channel_names)}) but the same layer was chosen twice; "
                 f"the viewer has {len(by_name)} image layer(s)"
             )

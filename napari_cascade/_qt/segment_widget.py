@@ -2,25 +2,29 @@
 
 All the work is the engine's :class:`cascadeseg.inference.Predictor`; this widget gathers the
 choices, runs it in a thread worker (:mod:`napari_cascade._qt.workers`) and turns the result into
-layers. Re-running on the same image follows the user's choice (replace or add); a result the user
-has edited since it was produced is never replaced: it is kept and the new result comes beside it.
-An edit is detected by a checksum of the layer's voxels taken when the widget wrote them, so it
-catches painting, filling and the correction tools alike.
+layers. Re-running on the same image follows the user's choice: a new layer, or "replace '<layer>'"
+naming the earlier result it replaces (by default the one of the same model and depth). A result
+the user has edited since it was produced is never replaced: it is kept, renamed "edited · ...",
+and the new result comes beside it. An edit is seen by napari's paint and data events (brush,
+fill, eraser, the correction tools) and, for writes that emit no event, by a checksum of the
+voxels taken in the worker when the widget wrote them and again before replacing them.
+
+Everything that touches a whole volume (prediction, checksums) runs in the worker; the GUI thread
+only adds or updates one layer.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import napari
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -35,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from cascadeseg.errors import CascadeSegError
-from cascadeseg.inference.checkpoint import CheckpointEntry, ModelCard, load_checkpoint
+from cascadeseg.inference.checkpoint import CheckpointEntry
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 
 from .._layers import (
@@ -45,13 +49,16 @@ from .._layers import (
     transform_kwargs,
     volume_from_image_layers,
 )
+from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info, state_for
+from .feeding import LayerFeeder
+from .layout import scrollable
 from .model_picker import ChannelMapper, ModelPicker, depth_choices, depth_costs, pruning_depths
+from .notify import error, info
 from .workers import JobPanel
 
 AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
 DEVICE_LABELS = {"auto": "auto (CUDA, MPS, CPU)", "cuda": "CUDA GPU", "mps": "Apple MPS", "cpu": "CPU"}
-REPLACE, ADD = "replace", "add"
-RESULT_KEY = "result"
+ADD = "add"
 
 
 def voxel_checksum(array: np.ndarray) -> int:
@@ -60,14 +67,26 @@ def voxel_checksum(array: np.ndarray) -> int:
     return zlib.crc32(memoryview(data).cast("B"))
 
 
-def result_info(layer: Any) -> dict[str, Any] | None:
-    """What the widget recorded about a result layer it made (``None`` for other layers)."""
-    return (layer.metadata.get(GEOMETRY_KEY) or {}).get(RESULT_KEY)
-
-
 def is_edited(layer: Labels) -> bool:
-    info = result_info(layer)
-    return info is not None and info.get("checksum") != voxel_checksum(layer.data)
+    """Whether a result layer was changed since the widget wrote it: an edit event was seen, or
+    its voxels no longer match the checksum taken then (a CRC of the volume: call it off the GUI
+    thread for a large one)."""
+    recorded = result_info(layer)
+    if recorded is None:
+        return False
+    return bool(recorded.get("edited")) or recorded.get("checksum") != voxel_checksum(layer.data)
+
+
+def _flag_edits(layer: Labels) -> None:
+    """Record in the layer's metadata that it was painted or its data replaced (napari's events)."""
+
+    def flag(*_: Any) -> None:
+        recorded = result_info(layer)
+        if recorded is not None and not recorded.get("writing"):
+            recorded["edited"] = True
+
+    layer.events.paint.connect(flag)
+    layer.events.data.connect(flag)
 
 
 @dataclass
@@ -83,24 +102,21 @@ class SegmentRequest:
     device: str
     probabilities: bool
     mirror: bool = False
+    target: str = ADD  # ADD, or the name of the earlier result to replace
+    # The voxels of the layer to replace, checked against its recorded checksum in the worker.
+    target_data: Any = None
+    target_checksum: int | None = None
 
 
-class ModelCache:
-    """Keeps the last loaded checkpoint so that a re-run does not reload the weights."""
+@dataclass
+class SegmentOutcome:
+    """What the worker hands back: the engine's result, its checksum, and whether the layer to
+    replace was found edited."""
 
-    def __init__(self) -> None:
-        self._key: tuple[str, float] | None = None
-        self._value: tuple[Any, ModelCard] | None = None
-        self._lock = threading.Lock()
-
-    def load(self, folder: Path) -> tuple[Any, ModelCard]:
-        weights = folder / "model.safetensors"
-        key = (str(folder), weights.stat().st_mtime if weights.exists() else 0.0)
-        with self._lock:
-            if self._key != key or self._value is None:
-                self._value = load_checkpoint(folder, device=None)
-                self._key = key
-            return self._value
+    result: Any
+    checksum: int
+    target_edited: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 class SegmentWidget(QWidget):
@@ -109,9 +125,11 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.cache = ModelCache()
+        self.state = state_for(napari_viewer)
+        self.cache = self.state.models
         self.last_result: Any = None
         self._cost_workers: list[Any] = []
+        self._feeder: LayerFeeder | None = None
 
         self.models = ModelPicker()
         self.channels = ChannelMapper(napari_viewer)
@@ -131,8 +149,10 @@ class SegmentWidget(QWidget):
         self.mirror = QCheckBox("test-time mirroring (more accurate, 4x / 8x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
         self.rerun = QComboBox()
-        self.rerun.addItem("replace my previous result (edited masks are kept)", REPLACE)
-        self.rerun.addItem("add a new layer", ADD)
+        self.rerun.setToolTip(
+            "Where the result goes: a new layer, or in place of an earlier result of this scan "
+            "(a result you have edited is never replaced)"
+        )
         self.run_button = QPushButton("Run")
         self.job = JobPanel()
 
@@ -150,34 +170,48 @@ class SegmentWidget(QWidget):
         options.addRow("device:", self.device)
         options.addRow("output:", self.probabilities)
         options.addRow("", self.mirror)
-        options.addRow("re-run:", self.rerun)
-        layout = QVBoxLayout(self)
+        options.addRow("result:", self.rerun)
+        layout = QVBoxLayout()
         layout.addWidget(model_box)
         layout.addWidget(channel_box)
         layout.addLayout(options)
         layout.addWidget(self.run_button)
         layout.addWidget(self.job)
         layout.addStretch(1)
+        scrollable(self, layout)
 
         self.models.changed.connect(self._model_changed)
+        self._picked_target: str | None = None
+        self.rerun.activated.connect(self._target_chosen)
+        self.depth.currentIndexChanged.connect(self._refill_targets)
+        self.channels.changed.connect(self._refill_targets)
         self.run_button.clicked.connect(self.run)
         self.job.finished.connect(lambda _: self.run_button.setEnabled(True))
+        connect_while_alive(self.state.model_installed, self, self.show_model)
         self._model_changed()
 
     # -- model list ------------------------------------------------------------------------
     def refresh_models(self) -> None:
-        """Re-list the checkpoints (the Train widget calls this after training a model)."""
+        """Re-list the checkpoints (e.g. after a model was trained)."""
         self.models.refresh()
+
+    def show_model(self, name: str) -> None:
+        """A model was installed (the shared state's ``model_installed``): list and select it."""
+        self.models.refresh()
+        self.models.select_name(name)
 
     def _model_changed(self) -> None:
         entry = self.models.current_entry()
+        self.depth.blockSignals(True)
         self.depth.clear()
         if entry is None:
             self.channels.set_channels(["image"])
             self.depth.addItem("(pick a model)", None)
+            self.depth.blockSignals(False)
+            self._refill_targets()
             return
         card = entry.card
-        self.channels.set_channels(card.channel_names)
+        self.channels.set_channels(card.input_channels)
         for depth, label in depth_choices(card):
             self.depth.addItem(label, depth)
         size = card.slice_size if card.dims == 2 else card.patch_size
@@ -190,6 +224,7 @@ class SegmentWidget(QWidget):
             index = self.depth.findData(card.recommended_depth)
             if index >= 0:
                 self.depth.setCurrentIndex(index)
+        self.depth.blockSignals(False)
         # A 2D network only runs slice by slice and a 3D one only by window (the engine refuses
         # the other), so the other mode is shown but disabled, with the reason.
         self.mode_2d.setEnabled(card.dims == 2)
@@ -200,6 +235,7 @@ class SegmentWidget(QWidget):
         self.mode_3d.setToolTip("" if card.dims == 3 else reason)
         self.axis.setEnabled(card.dims == 2)
         self.axis.setCurrentIndex(self.axis.findData(card.slice_axis))
+        self._refill_targets()
 
     def _measure_depths(self, entry: CheckpointEntry) -> None:
         """Fill in parameters and GFLOPs per depth from a worker (building the model on the meta
@@ -219,12 +255,51 @@ class SegmentWidget(QWidget):
             except RuntimeError:  # the widget was closed while the worker ran
                 return
 
-        worker = create_worker(depth_costs, entry.card, depths, _start_thread=False)
+        worker = create_worker(_quiet_depth_costs, entry.card, depths, _start_thread=False)
         worker.returned.connect(show)
         # Keep finished workers referenced until a later start: dropping the last reference from
         # one of its own signals would delete it while its thread is still emitting.
         self._cost_workers = [w for w in self._cost_workers if w.is_running] + [worker]
         worker.start()
+
+    # -- where the result goes -------------------------------------------------------------
+    def result_name(self, image_name: str, depth: int | None) -> str:
+        """The layer name of a result of the current model on ``image_name`` at ``depth``."""
+        entry = self.models.current_entry()
+        model = entry.name if entry is not None else "model"
+        return f"{image_name} · {model}" + (f" L{depth}" if depth is not None else "")
+
+    def _image_name(self) -> str:
+        combos = self.channels.combos
+        return combos[0].currentText() if combos else ""
+
+    def previous_results(self, image_name: str) -> list[Labels]:
+        """This dock's earlier results on ``image_name``, oldest first."""
+        return [
+            layer for layer in self.state.labels_layers(PREDICTION)
+            if (result_info(layer) or {}).get("image") == image_name
+        ]
+
+    def _refill_targets(self, *_: Any) -> None:
+        """"add a new layer" plus "replace '<name>'" per earlier unedited result of this scan.
+        Preselected: what the user picked, while it exists; else the result this run would
+        rename (same model and depth); else a new layer."""
+        image_name = self._image_name()
+        candidates = [layer.name for layer in self.previous_results(image_name)
+                      if not (result_info(layer) or {}).get("edited")]
+        self.rerun.blockSignals(True)
+        self.rerun.clear()
+        self.rerun.addItem("add a new layer", ADD)
+        for name in candidates:
+            self.rerun.addItem(f"replace '{name}'", name)
+        wanted = self.result_name(image_name, self.depth.currentData())
+        picked = self._picked_target
+        choice = picked if picked == ADD or picked in candidates else (wanted if wanted in candidates else ADD)
+        self.rerun.setCurrentIndex(max(0, self.rerun.findData(choice)))
+        self.rerun.blockSignals(False)
+
+    def _target_chosen(self, *_: Any) -> None:
+        self._picked_target = self.rerun.currentData()
 
     # -- running ---------------------------------------------------------------------------
     def gather(self) -> SegmentRequest:
@@ -238,6 +313,9 @@ class SegmentWidget(QWidget):
         volume = volume_from_image_layers(layers)
         device = self.device.currentData()
         resolve_device(device)  # a missing GPU is reported now, not after loading the model
+        target = self.rerun.currentData() or ADD
+        target_layer = self._result_layer(target)
+        recorded = result_info(target_layer) if target_layer is not None else None
         return SegmentRequest(
             entry=entry,
             image_name=layers[0].name,
@@ -248,17 +326,23 @@ class SegmentWidget(QWidget):
             device=device,
             probabilities=self.probabilities.isChecked(),
             mirror=self.mirror.isChecked(),
+            target=target if target_layer is not None else ADD,
+            target_data=target_layer.data if target_layer is not None else None,
+            target_checksum=(recorded or {}).get("checksum"),
         )
+
+    def _result_layer(self, name: str) -> Labels | None:
+        return next((layer for layer in self.state.labels_layers(PREDICTION) if layer.name == name), None)
 
     def run(self) -> bool:
         """Start a segmentation in a worker thread; ``False`` (with a notification) if refused."""
         try:
             request = self.gather()
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            error(str(exc))
             return False
         started = self.job.start(
-            self._job(request), lambda result: self._add_result(request, result), "segmentation"
+            self._job(request), lambda outcome: self._add_result(request, outcome), "segmentation"
         )
         if started:
             self.run_button.setEnabled(False)
@@ -267,10 +351,10 @@ class SegmentWidget(QWidget):
     def _job(self, request: SegmentRequest) -> Callable[..., Any]:
         from cascadeseg.inference.predictor import PredictionRequest, Predictor
 
-        def job(progress: Callable[[Any], None], cancel: threading.Event) -> Any:
+        def job(progress: Callable[[Any], None], cancel: threading.Event) -> SegmentOutcome:
             model, card = self.cache.load(request.entry.path)
             predictor = Predictor(model, card, device=request.device)
-            return predictor.predict(
+            result = predictor.predict(
                 request.volume,
                 mode=request.mode,
                 axis=request.axis if request.mode == "2d" else None,
@@ -279,17 +363,23 @@ class SegmentWidget(QWidget):
                 progress=progress,
                 cancel=cancel,
             )
+            edited = request.target_data is not None and (
+                voxel_checksum(request.target_data) != request.target_checksum
+            )
+            return SegmentOutcome(result, voxel_checksum(result.labels.array), target_edited=edited)
 
         return job
 
     # -- results ---------------------------------------------------------------------------
-    def _add_result(self, request: SegmentRequest, result: Any) -> None:
+    def _add_result(self, request: SegmentRequest, outcome: SegmentOutcome) -> None:
+        """Place the result (GUI thread): in the layer it replaces, or as new layers added over a
+        few event-loop turns (napari needs 0.2-0.5 s of GUI time per new layer)."""
+        result = outcome.result
         self.last_result = result
         card = request.entry.card
-        depth_text = f" L{result.depth}" if request.depth is not None else ""
-        name = f"{request.image_name} segmentation ({request.entry.name}{depth_text})"
-        info = {
-            "kind": "segmentation",
+        name = self.result_name(request.image_name, result.depth if pruning_depths(card) else None)
+        recorded = {
+            "kind": PREDICTION,
             "image": request.image_name,
             "model": request.entry.name,
             "model_path": str(request.entry.path),
@@ -300,41 +390,68 @@ class SegmentWidget(QWidget):
             "seconds": round(float(result.timings.get("total", 0.0)), 3),
             "rate": round(float(result.rate), 2),
             "unit": result.unit,
-            "checksum": voxel_checksum(result.labels.array),
+            "checksum": outcome.checksum,
+            "created": time.time(),
         }
-        labels = self._place_labels(name, result, info)
+        data, kwargs, _ = labels_layer(result.labels.array, result.labels, name, **{RESULT_KEY: recorded})
+        steps: list[Callable[[], Any]] = []
+        target = self._replaceable(request, outcome)
+        if target is not None:
+            recorded["writing"] = True  # our own replacement is no edit
+            target.metadata = kwargs["metadata"]
+            target.data = data
+            recorded.pop("writing")
+            target.name = name
+            placed: list[Any] = [target]
+        else:
+            placed = []
+            steps.append(lambda: placed.append(self._new_result_layer(data, kwargs)))
         if result.probabilities is not None:
-            self._add_probabilities(request, result)
-        self.viewer.layers.selection.active = labels
-        show_info(
-            f"napari-cascade: {labels.name}: {result.items} {result.unit} in "
-            f"{result.timings.get('inference', 0.0):.1f} s ({result.rate:.1f} {result.unit}/s)"
-        )
+            steps.append(lambda: self._add_probabilities(request, result))
 
-    def previous_results(self, image_name: str) -> list[Labels]:
-        return [
-            layer for layer in self.viewer.layers
-            if isinstance(layer, Labels)
-            and (result_info(layer) or {}).get("kind") == "segmentation"
-            and (result_info(layer) or {}).get("image") == image_name
-        ]
+        def announce() -> None:
+            self._feeder = None
+            labels = placed[0]
+            self.viewer.layers.selection.active = labels
+            self.state.prediction_added.emit(labels)
+            self._refill_targets()
+            info(
+                f"Segmented '{request.image_name}' into '{labels.name}': {result.items} {result.unit} in "
+                f"{result.timings.get('inference', 0.0):.1f} s ({result.rate:.1f} {result.unit}/s)"
+            )
 
-    def _place_labels(self, name: str, result: Any, info: dict[str, Any]) -> Labels:
-        data, kwargs, _ = labels_layer(result.labels.array, result.labels, name, **{RESULT_KEY: info})
-        if self.rerun.currentData() == REPLACE:
-            previous = self.previous_results(info["image"])
-            unedited = [layer for layer in previous if not is_edited(layer)]
-            for layer in previous:
-                if is_edited(layer) and not layer.name.endswith("(edited)"):
-                    layer.name = f"{layer.name} (edited)"
-                    show_info(f"napari-cascade: kept your edited mask '{layer.name}'; the new result is added beside it")
-            if unedited:
-                target = unedited[-1]
-                target.data = data
-                target.metadata = kwargs["metadata"]
-                target.name = name
-                return target
-        return self.viewer.add_labels(data, **kwargs)
+        if not steps:
+            announce()
+            return
+        feeder = LayerFeeder(self.viewer, steps, batch=True, owner=self)
+        feeder.done.connect(announce)
+        feeder.failed.connect(lambda exc: setattr(self, "_feeder", None))
+        self._feeder = feeder
+        feeder.start()
+
+    @property
+    def busy(self) -> bool:
+        """A segmentation runs, or its layers are still being added."""
+        return self.job.busy or self._feeder is not None
+
+    def _replaceable(self, request: SegmentRequest, outcome: SegmentOutcome) -> Labels | None:
+        """The layer the run replaces, unless it was edited (then kept, renamed 'edited · ...')."""
+        target = self._result_layer(request.target) if request.target != ADD else None
+        if target is None:
+            return None
+        previous = result_info(target) or {}
+        if outcome.target_edited or previous.get("edited"):
+            previous["edited"] = True
+            if not target.name.startswith(EDITED_PREFIX):
+                target.name = EDITED_PREFIX + target.name
+            info(f"Kept your edited mask '{target.name}'; the new result is a new layer")
+            return None
+        return target
+
+    def _new_result_layer(self, data: Any, kwargs: dict[str, Any]) -> Labels:
+        layer = self.viewer.add_labels(data, **kwargs)
+        _flag_edits(layer)
+        return layer
 
     def _add_probabilities(self, request: SegmentRequest, result: Any) -> Image:
         probabilities = result.probabilities.array
@@ -342,13 +459,24 @@ class SegmentWidget(QWidget):
         foreground = probabilities[1] if probabilities.shape[0] == 2 else 1.0 - probabilities[0]
         return self.viewer.add_image(
             foreground,
-            name=f"{request.image_name} P(foreground) ({request.entry.name})",
+            name=f"{request.image_name} · P(foreground) {request.entry.name}",
             colormap="magma",
             blending="additive",
             contrast_limits=(0.0, 1.0),
             opacity=0.6,
             metadata={GEOMETRY_KEY: geometry_metadata(
-                result.labels, **{RESULT_KEY: {"kind": "probabilities", "image": request.image_name}}
+                result.labels, **{RESULT_KEY: {"kind": PROBABILITIES, "image": request.image_name,
+                                               "created": time.time()}}
             )},
             **transform_kwargs(result.labels),
         )
+
+
+def _quiet_depth_costs(card: Any, depths: list[int]) -> dict[int, Any]:
+    """:func:`depth_costs`, with any failure (the interpreter shutting down while torch is being
+    imported, when the viewer is closed right after the dock opened) giving no figures instead of
+    a traceback."""
+    try:
+        return depth_costs(card, depths)
+    except BaseException:  # noqa: BLE001 - a nicety of the depth list, never worth a traceback
+        return {}

@@ -63,7 +63,9 @@ from cascadeseg.training.transfer import check_labels_fit
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 from cascadeseg.models import list_models
 
+from .._state import PREDICTION, REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
+from .layout import scrollable
 from .training_plot import TrainingPlot
 from .._layers import volume_from_image_layers
 from .workers import JobPanel
@@ -189,6 +191,11 @@ class TrainWidget(QWidget):
             "Validate, keep and install a moving average of the weights instead of the last step's: "
             "steadier validation Dice from epoch to epoch (the shipped cascade was trained this way)"
         )
+        self.fine_tune_button = QPushButton("Fine-tune on the training set")
+        self.fine_tune_button.setToolTip("One click after 'Add to training set': fine-tune the model whose prediction "
+                                         "you corrected on the local training set, with this budget")
+        self.fine_tune_button.setVisible(False)
+        self._offer: dict[str, Any] | None = None
         self.plan_button = QPushButton("Show plan")
         self.plan_button.setToolTip("What training would do with this data on this machine, and why "
                                     "(reads the data and times a few steps; nothing is trained)")
@@ -226,6 +233,8 @@ class TrainWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.job.finished.connect(self._finished)
         self.plan_button.clicked.connect(lambda: self.show_plan())
+        self.fine_tune_button.clicked.connect(lambda: self.fine_tune_on_training_set())
+        connect_while_alive(state_for(self.viewer).case_added, self, self._case_added)
         self.install_best_button.clicked.connect(lambda: self.install_kept("best"))
         self.install_last_button.clicked.connect(lambda: self.install_kept("last"))
         self.discard_button.clicked.connect(self.discard_kept)
@@ -276,7 +285,7 @@ class TrainWidget(QWidget):
         run_form.addRow(self.average_weights)
         run_form.addRow("new model:", self.model_name)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout()
         for box in (source_box, model_box, run_box):
             layout.addWidget(box)
         buttons = QHBoxLayout()
@@ -284,6 +293,7 @@ class TrainWidget(QWidget):
         buttons.addWidget(self.train_button, 1)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        layout.addWidget(self.fine_tune_button)
         layout.addWidget(self.plan_text)
         layout.addWidget(self.job)
         layout.addWidget(self.status)
@@ -292,11 +302,14 @@ class TrainWidget(QWidget):
             kept.addWidget(button)
         layout.addLayout(kept)
         layout.addStretch(1)
+        scrollable(self, layout)
 
     # -- choices ------------------------------------------------------------------------------
     def _on_inserted(self, event: Any) -> None:
         event.value.events.name.connect(self.refresh_layers)
         self.refresh_layers()
+        if isinstance(event.value, Labels) and layer_role(event.value) == WORKING_MASK:
+            self.labels_combo.setCurrentText(event.value.name)  # a new corrected mask is what to train on
 
     def refresh_layers(self, *_: Any) -> None:
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
@@ -305,6 +318,38 @@ class TrainWidget(QWidget):
             combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
             if current:
                 combo.setCurrentText(current)
+            elif kind is Labels:
+                default = self._default_labels()
+                if default is not None:
+                    combo.setCurrentText(default.name)
+
+    def _default_labels(self) -> Any:
+        """What a user trains on: the newest corrected working mask; else a labels layer no dock
+        made (drawn by hand, or ground truth opened from a file); never a raw prediction."""
+        labels = [layer for layer in self.viewer.layers if isinstance(layer, Labels)]
+        masks = [layer for layer in labels if layer_role(layer) == WORKING_MASK]
+        if masks:
+            return newest(masks)
+        own = [layer for layer in labels if layer_role(layer) == REFERENCE]
+        return own[0] if own else None
+
+    def _case_added(self, event: dict[str, Any]) -> None:
+        """A case went into a training set: offer the one-click fine-tune of the model behind it."""
+        self._offer = dict(event)
+        model = event.get("model")
+        self.fine_tune_button.setText(f"Fine-tune {model} on the training set" if model else
+                                      "Train on the training set")
+        self.fine_tune_button.setVisible(True)
+
+    def fine_tune_on_training_set(self) -> bool:
+        """Source: the training set just added to; weights: the model whose prediction was
+        corrected (when installed); everything else as the dock says (auto: planned). Starts."""
+        offer = self._offer or {"folder": str(default_training_set_dir()), "model": None}
+        self.source.setCurrentIndex(self.source.findData(SOURCE_SET))
+        self.folder.setText(str(offer["folder"]))
+        if offer.get("model") and not self.select_init(str(offer["model"])):
+            self.init_combo.setCurrentIndex(0)
+        return self.start()
 
     def refresh_checkpoints(self) -> None:
         """Re-list the checkpoints one can fine-tune from (shipped and user models)."""
@@ -341,7 +386,7 @@ class TrainWidget(QWidget):
         try:
             card = read_card(path)
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            show_error(str(exc))
             return None
         entry = CheckpointEntry(name=path.name, path=path, card=card, source="browsed")
         self._browsed = [e for e in self._browsed if e.path != path] + [entry]
@@ -365,7 +410,7 @@ class TrainWidget(QWidget):
         self.folder.setEnabled(kind != SOURCE_LAYERS)
         self.folder_browse.setEnabled(kind != SOURCE_LAYERS)
         if kind == SOURCE_SET:
-            self.folder.setText(str(default_training_set_dir()))
+            self.folder.setText(str((self._offer or {}).get("folder") or default_training_set_dir()))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "MSD / nnU-Net dataset folder", self.folder.text())
@@ -513,12 +558,12 @@ class TrainWidget(QWidget):
     def start(self) -> bool:
         """Start training in a worker thread; ``False`` (with a notification) if refused."""
         if self.job.busy or _TRAINING_LOCK.locked():
-            show_error("napari-cascade: a training is already running; wait for it to finish or press Cancel")
+            show_error("a training is already running; wait for it to finish or press Cancel")
             return False
         try:
             request = self.gather()
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            show_error(str(exc))
             self.status.setText(str(exc))
             return False
         self.last_request = request
@@ -554,12 +599,12 @@ class TrainWidget(QWidget):
     def show_plan(self) -> bool:
         """Plan with the current choices in a worker and show the plan (nothing is trained)."""
         if self.job.busy:
-            show_error("napari-cascade: a training or plan is running; wait for it or press Cancel")
+            show_error("a training or plan is running; wait for it or press Cancel")
             return False
         try:
             request = self.gather()
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            show_error(str(exc))
             self.status.setText(str(exc))
             return False
 
@@ -643,10 +688,10 @@ class TrainWidget(QWidget):
         try:
             installed = self._install(request, result, which)
         except CascadeSegError as exc:
-            show_error(f"napari-cascade: {exc}")
+            show_error(str(exc))
             return None
         if installed is None:
-            show_error(f"napari-cascade: the run has no {which} checkpoint to install")
+            show_error(f"the run has no {which} checkpoint to install")
             return None
         self.installed = installed
         self._show_kept_choice(False)
@@ -654,7 +699,7 @@ class TrainWidget(QWidget):
         self.refresh_checkpoints()
         text = f"model '{installed.name}' installed from the {which} checkpoint ({installed})"
         self.status.setText(text)
-        show_info(f"napari-cascade: {text}")
+        show_info(text)
         return installed
 
     def discard_kept(self) -> None:
@@ -695,7 +740,7 @@ class TrainWidget(QWidget):
             self.status.setText(f"training cancelled after {result.steps} steps; kept: {kept}. "
                                 "Install one of them as a model, or discard the run.")
             self._show_kept_choice(True, result)
-            show_info(f"napari-cascade: training cancelled; kept: {kept}")
+            show_info(f"training cancelled; kept: {kept}")
             return
         last = f"last checkpoint: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint written"
         if installed is not None:
@@ -705,18 +750,13 @@ class TrainWidget(QWidget):
             text = f"no validated checkpoint to install; {last}"
         self.plot.finish(f"done: {text}")
         self.status.setText(f"training done: {text}; run folder {result.run_dir}")
-        show_info(f"napari-cascade: training done: {text}")
+        show_info(f"training done: {text}")
         self.refresh_checkpoints()
 
     def _refresh_segment_widgets(self, name: str) -> None:
-        window = getattr(self.viewer, "window", None)
-        docked = list(window.dock_widgets.values()) if window is not None else []
-        for widget in docked:
-            if hasattr(widget, "refresh_models"):
-                widget.refresh_models()
-                picker = getattr(widget, "models", None)
-                if picker is not None and hasattr(picker, "select_name"):
-                    picker.select_name(name)  # ready to run at once
+        """Tell the other docks (through the viewer's shared state) that model ``name`` is ready:
+        Segment and Compare re-list their models and select it."""
+        state_for(self.viewer).announce_model(name)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self._stop.set()

@@ -8,8 +8,9 @@ is the glue: :class:`JobPanel` owns the progress bar, the status line and the Ca
 Errors never reach napari's traceback machinery: the job runs inside a ``try`` in the worker
 thread and its outcome (value, user error, cancellation, or an unexpected exception) comes back
 as a :class:`JobOutcome`. A :class:`~cascadeseg.errors.CascadeSegError` is shown as its one-line
-message (``show_error``); a cancellation as an info; anything else is a bug, logged with its
-traceback and shown as a short error, so the viewer stays usable in every case.
+message; a cancellation as an info; anything else is a bug, logged with its traceback and shown
+as a short error, so the viewer stays usable in every case. A job that ends after its dock was
+closed (the viewer closing mid-run) is dropped quietly: there is nothing left to show it in.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from cascadeseg.errors import CancelledError, CascadeSegError
+
+from .notify import error, info
 
 LOG = logging.getLogger(__name__)
 
@@ -77,11 +79,40 @@ def format_progress(progress: Any) -> str:
     return text
 
 
+_WARM = threading.Lock()
+_warmed = False
+
+
+def warm_imports() -> None:
+    """Import what napari imports lazily on the GUI thread when the first labels layer of a
+    session arrives: pandas, for the layer's features (0.2-0.5 s of frozen window otherwise).
+    Only imports (serialised by Python's import lock): pint's unit registry, which napari also
+    loads lazily, is not thread-safe while it loads, so it is left to napari. Never raises."""
+    global _warmed
+    with _WARM:
+        if _warmed:
+            return
+        _warmed = True
+        try:
+            import pandas  # noqa: F401
+        except ImportError:  # napari would fail on its own terms; nothing to warm
+            LOG.debug("pandas is not importable; nothing to warm")
+
+
+def warm_up_soon() -> None:
+    """Start :func:`warm_imports` in a worker now, while a dock is being opened: importing a
+    C extension holds the interpreter lock, so done during a later action it would still freeze
+    the window for a moment, even from a worker."""
+    if not _warmed:
+        create_worker(warm_imports, _start_thread=True)
+
+
 def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,
                   done: threading.Event) -> JobOutcome:
     """:func:`run_job`, then flag the worker thread's end (what :meth:`JobPanel.wait` waits for;
     the ``returned`` signal cannot be waited on from the GUI thread that would deliver it)."""
     try:
+        warm_imports()
         return run_job(job, progress, cancel)
     finally:
         done.set()
@@ -121,6 +152,7 @@ class JobPanel(QWidget):
         layout.addWidget(self.status)
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
+        warm_up_soon()
         self._cancel = threading.Event()
         self._thread_done = threading.Event()
         self._thread_done.set()
@@ -128,6 +160,14 @@ class JobPanel(QWidget):
         self._label = ""
         self._on_result: Callable[[Any], None] | None = None
         self.last_outcome: JobOutcome | None = None
+        self._closed = False
+        # Closing the dock (or the viewer) stops the engine at its next batch instead of letting
+        # it run on for nobody, and drops its result (the widgets that would show it are gone).
+        self.destroyed.connect(lambda *_: self._on_destroyed())
+
+    def _on_destroyed(self) -> None:
+        self._closed = True
+        self._cancel.set()
 
     @property
     def busy(self) -> bool:
@@ -139,7 +179,7 @@ class JobPanel(QWidget):
         Returns ``False`` (and tells the user) when a job is already running.
         """
         if self.busy:
-            show_error(f"napari-cascade: {self._label} is still running; wait for it or press Cancel")
+            error(f"{self._label.capitalize()} is still running; wait for it or press Cancel")
             return False
         self._cancel = threading.Event()
         self._thread_done = threading.Event()
@@ -154,9 +194,6 @@ class JobPanel(QWidget):
             _start_thread=False
         )
         worker.returned.connect(self._done)
-        # Closing the dock (or the viewer) stops the engine at its next batch instead of letting
-        # it run on for nobody.
-        self.destroyed.connect(self._cancel.set)
         self._worker = worker
         worker.start()
         return True
@@ -180,16 +217,28 @@ class JobPanel(QWidget):
 
     def _done(self, outcome: JobOutcome) -> None:
         self._worker = None
-        self.cancel_button.setEnabled(False)
         self.last_outcome = outcome
+        if self._closed:
+            return
+        try:
+            self._show_outcome(outcome)
+        except RuntimeError as exc:  # the panel's Qt objects were deleted meanwhile (viewer closed)
+            if "already deleted" not in str(exc) and "has been deleted" not in str(exc):
+                raise
+            self._closed = True
+            return
+        self.finished.emit(outcome)
+
+    def _show_outcome(self, outcome: JobOutcome) -> None:
+        self.cancel_button.setEnabled(False)
         if outcome.cancelled:
             self.progress_bar.setValue(0)
             self.status.setText(f"{self._label}: cancelled, nothing added")
-            show_info(f"napari-cascade: {self._label} cancelled; nothing was added")
+            info(f"{self._label.capitalize()} cancelled; nothing was added")
         elif outcome.error is not None:
             self.progress_bar.setValue(0)
             self.status.setText(f"{self._label} failed: {outcome.error}")
-            show_error(f"napari-cascade: {outcome.error}")
+            error(outcome.error)
         else:
             self.progress_bar.setValue(1000)
             self.status.setText(f"{self._label}: done in {outcome.seconds:.1f} s")
@@ -199,9 +248,8 @@ class JobPanel(QWidget):
                     callback(outcome.value)
             except CascadeSegError as exc:  # e.g. the image layer was deleted meanwhile
                 outcome.error = str(exc)
-                show_error(f"napari-cascade: {exc}")
+                error(str(exc))
             except Exception as exc:  # a bug turning results into layers: viewer stays usable
                 LOG.exception("napari-cascade: showing the result failed")
                 outcome.error = f"unexpected {type(exc).__name__}: {exc} (see the log for details)"
-                show_error(f"napari-cascade: {outcome.error}")
-        self.finished.emit(outcome)
+                error(outcome.error)

@@ -99,3 +99,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     save_checkpoint(card.create_model().eval(), card, two)
     return {"anu": anu, "cascade": cascade, "two_channel": two}
+
+
+@pytest.fixture(scope="session")
+def large_ct_file(shared_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The real TotalSegmentator CT and its organ map resampled to 600 x 512 x 512 voxels
+    (tests/gui/large_ct.py), written uncompressed (157 M voxels: gzip would take half a minute)."""
+    from cascadeseg.io import save_labels, save_volume
+    from large_ct import large_ct
+
+    folder = tmp_path_factory.mktemp("large_ct")
+    image, organs = large_ct(shared_data)
+    scan = save_volume(image, folder / "large_ct.nii")
+    labels = save_labels(organs.array, image, folder / "large_ct_organs_seg.nii")
+    return scan, labels

@@ -35,8 +35,9 @@ def add_labels_volume(viewer, labels: Volume, reference: Volume, name: str):
 
 
 def wait_for_job(qtbot, widget, timeout_ms: int = 60_000):
-    """Block until the widget's job panel is idle; returns its last outcome."""
-    qtbot.waitUntil(lambda: not widget.job.busy, timeout=timeout_ms)
+    """Block until the widget is idle (its job panel, and for docks that add their results a few
+    layers per event-loop turn, that too); returns the job's last outcome."""
+    qtbot.waitUntil(lambda: not getattr(widget, "busy", widget.job.busy), timeout=timeout_ms)
     return widget.job.last_outcome
 
 

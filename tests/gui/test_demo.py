@@ -90,6 +90,10 @@ def test_headless_demo_with_the_shipped_default(tmp_path: Path, artifacts_dir) -
         (docs / "demo_overview.png").write_bytes(png.read_bytes())
 
 
+def truth_name(viewer) -> str:
+    return next(layer.name for layer in viewer.layers if layer.name.endswith("ground truth"))
+
+
 def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewer, qtbot, artifacts_dir) -> None:
     """The GUI main job on the bundled sample, then screenshots of the main views.
 
@@ -109,19 +113,22 @@ def test_gui_demo_docks_both_widgets_runs_them_and_screenshots(make_napari_viewe
     }
     wait_for_job(qtbot, segment, 600_000)
     qtbot.waitUntil(lambda: compare.job.last_outcome is not None and not compare.job.busy, timeout=600_000)
+    qtbot.waitUntil(lambda: not segment.busy and not compare.busy, timeout=60_000)
     assert segment.job.last_outcome.ok and compare.job.last_outcome.ok
     names = [layer.name for layer in viewer.layers]
-    assert any("segmentation" in name for name in names)
+    assert any(name.startswith(f"{SAMPLE_CASE_ID}") and " · lgg_flair" in name for name in names)
     rows = compare.table_rows()
     assert rows and all(cells[0] != "—" for cells in rows.values())  # the sample's ground truth was used
     shots = {}
-    assert viewer.grid.enabled  # the demo ends on the comparison
-    qtbot.wait(300)  # the widget fits the camera once the grid is laid out
+    # The demo ends on the comparison: its panels shown, the user's layers hidden meanwhile.
+    assert compare.panel_titles()[:2] == [f"ground truth · {truth_name(viewer)}", "L1"]
+    assert all(layer.visible for layer in viewer.layers if layer.name.startswith("compare · "))
+    qtbot.wait(300)
     shots["napari_compare.png"] = viewer.screenshot(canvas_only=False, flash=False)
     compare.grid.setChecked(False)
-    viewer.layers.selection.active = next(layer for layer in viewer.layers if "segmentation" in layer.name)
+    viewer.layers.selection.active = next(layer for layer in viewer.layers if "lgg_flair" in layer.name)
     next(dock for name, dock in viewer.window._dock_widgets.items() if name.startswith("Segment")).raise_()
-    qtbot.wait(300)  # the camera is fitted to the single view on the next event loop turn
+    qtbot.wait(300)
     shots["napari_segmented.png"] = viewer.screenshot(canvas_only=False, flash=False)
     from napari.utils.io import imsave
 

@@ -142,3 +142,64 @@ def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a scan")
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path)) is None  # a folder with neither DICOM nor imagesTr/
+
+
+def test_plain_folder_of_nifti_files_opens_every_scan(make_napari_viewer, shared_data: Path) -> None:
+    """A BraTS-style case folder (one file per modality plus algorithm label maps, no imagesTr/):
+    it used to be refused. Images first, each named by its file; the label maps on top, as labels."""
+    folder = shared_data / "brats-like/TCGA-DU-7294"
+    assert get_reader(str(folder)) is not None
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin=PLUGIN)
+    kinds = [(type(layer).__name__, layer.name) for layer in layers]
+    assert kinds == [("Image", "TCGA-DU-7294_fla_bet"), ("Image", "TCGA-DU-7294_t1_bet"),
+                     ("Image", "TCGA-DU-7294_t1c_bet"), ("Image", "TCGA-DU-7294_t2_bet"),
+                     ("Labels", "hnfnetv1-20"), ("Labels", "isen-20"), ("Labels", "simple")]
+    for layer in layers[1:]:
+        assert layer.data.shape == layers[0].data.shape
+        np.testing.assert_allclose(_world(layer, (3, 5, 7)), _world(layers[0], (3, 5, 7)))
+    assert set(np.unique(viewer.layers["hnfnetv1-20"].data)) == {0, 1, 2, 4}
+
+
+def test_label_map_decision_lives_in_the_engine(shared_data: Path) -> None:
+    """cascadeseg.io.label_maps decides label map vs image from name and values (no napari)."""
+    from cascadeseg.io.label_maps import looks_like_label_map, named_like_label_map
+
+    cases = {
+        "brats-like/TCGA-DU-7294/simple.nii.gz": True,  # no hint in the name: few integer values
+        "brats-like/TCGA-DU-7294/TCGA-DU-7294_t1_bet.nii.gz": False,
+        "totalseg/example_seg_fast_force_split.nii.gz": True,  # 117 organ values: named 'seg'
+        "totalseg/example_ct.nii.gz": False,  # integers, thousands of values
+        "lgg-flair/labelsTr/TCGA_CS_4941_19960909.nii.gz": True,
+        "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz": False,  # uint8 MRI, ~256 values
+    }
+    for relative, expected in cases.items():
+        path = shared_data / relative
+        assert looks_like_label_map(load_volume(path, whole_case=False), path) is expected, relative
+    assert named_like_label_map("labelsTr/case.nii.gz") and not named_like_label_map("segmental_t1.nii.gz")
+
+
+def test_reading_from_the_event_loop_happens_in_the_background(make_napari_viewer, qtbot, shared_data: Path) -> None:
+    """File > Open runs inside the event loop: the reader returns at once (napari's 'no layers'
+    sentinel) and the layers arrive from a worker; a failing read becomes an error toast."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_cascade._qt.background_read import pending_reads, wait_for_reads
+    from napari_cascade._reader import NO_LAYERS, read_paths
+
+    viewer = make_napari_viewer()
+    returned: list = []
+    loop = QEventLoop()
+
+    def open_like_a_menu() -> None:
+        returned.append(read_paths(str(shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz")))
+        returned.append(pending_reads())
+        loop.quit()
+
+    QTimer.singleShot(0, open_like_a_menu)
+    loop.exec()
+    assert returned == [NO_LAYERS, 1]
+    assert wait_for_reads(60)
+    assert [layer.data.shape for layer in viewer.layers] == [(22, 320, 280), (22, 320, 280)]
+    # Outside the event loop (a script) the same call returns the layers.
+    assert len(read_paths(str(shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz"))) == 2

@@ -235,3 +235,59 @@ def test_show_plan_before_training(make_napari_viewer, qtbot, tmp_path: Path, lg
     assert "batch_size                    4 [given]" in text
     assert (sorted(runs.iterdir()) if runs.is_dir() else []) == before  # planning writes nothing
     widget.close()
+
+
+def test_one_click_fine_tune_after_add_to_training_set(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops,
+                                                       tiny_models) -> None:
+    """"Add to training set" tells the Train dock (through the viewer's shared state) which model
+    the corrected mask came from; one click fine-tunes that model on the set."""
+    import shutil
+
+    from napari_cascade._state import state_for
+
+    folder = tmp_path / "training_set"
+    for case, (image, labels) in lgg_crops.items():
+        TrainingSet(folder).add_case(image, labels, case_id=case)
+    installed = user_models_dir() / "tiny-anu-installed"
+    if not installed.exists():
+        shutil.copytree(tiny_models["anu"], installed)
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    assert widget.fine_tune_button.isHidden()
+    state_for(viewer).case_added.emit({"folder": str(folder), "case_id": "TCGA_CS_4941_19960909",
+                                       "model": "tiny-anu-installed"})
+    assert not widget.fine_tune_button.isHidden() and "tiny-anu-installed" in widget.fine_tune_button.text()
+    widget.threads.setValue(1)
+    widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
+    widget.epochs.setValue(1)
+    widget.steps_per_epoch.setValue(2)
+    widget.model_name.setText("one-click")
+    widget.fine_tune_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    request = widget.last_request
+    assert request.config.data == str(folder) and request.init_entry.name == "tiny-anu-installed"
+    result = request.outcome["result"]
+    assert result.stopped == "epochs" and widget.installed == user_models_dir() / "one-click"
+    _, card = load_checkpoint(widget.installed)
+    assert "fine-tuned from 'tiny-anu-installed'" in card.description
+    widget.close()
+
+
+def test_labels_default_to_the_corrected_mask_never_a_raw_prediction(make_napari_viewer, lgg_crops) -> None:
+    from napari_cascade._layers import GEOMETRY_KEY
+    from napari_cascade._state import PREDICTION, RESULT_KEY, WORKING_MASK
+
+    image, labels = lgg_crops["TCGA_CS_4941_19960909"]
+    viewer = make_napari_viewer()
+    add_volume(viewer, image, name="scan")
+    truth = add_labels_volume(viewer, labels, image, "ground truth")
+    prediction = add_labels_volume(viewer, labels, image, "prediction")
+    prediction.metadata.setdefault(GEOMETRY_KEY, {})[RESULT_KEY] = {"kind": PREDICTION, "created": 1.0}
+    widget = TrainWidget(viewer)
+    assert widget.labels_combo.currentText() == truth.name  # no corrected mask yet: the user's own labels
+    widget.close()
+    mask = add_labels_volume(viewer, labels, image, "working mask")
+    mask.metadata.setdefault(GEOMETRY_KEY, {})[RESULT_KEY] = {"kind": WORKING_MASK, "created": 2.0}
+    widget = TrainWidget(viewer)
+    assert widget.labels_combo.currentText() == mask.name
+    widget.close()

@@ -41,3 +41,33 @@ def test_progress_text_has_the_rate() -> None:
     assert format_progress(Progress(0.25, 8, 32, 12.34, "slices")) == "8/32 slices · 12.3 slices/s"
     assert format_progress(Progress(0.0, 0, 32, 0.0, "patches")) == "0/32 patches"
     assert format_progress(0.5) == "50%"
+
+
+def test_closing_the_viewer_mid_job_and_after_one_prints_nothing(make_napari_viewer, qtbot, capfd, sample_crop,
+                                                                  tiny_models) -> None:
+    """Closing napari while a dock's job runs, or right after one finished and its layers were
+    being added, used to print 'RuntimeError: Signal source has been deleted'. The job is
+    cancelled and its result dropped quietly; nothing reaches stderr or the notifications."""
+    from gui_helpers import add_volume
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    from napari_cascade._qt.compare_widget import CompareWidget
+    from napari_cascade._qt.segment_widget import SegmentWidget
+
+    for close_while_running in (True, False):
+        viewer = make_napari_viewer(show=True)
+        add_volume(viewer, sample_crop[0], name="crop")
+        segment = SegmentWidget(viewer)
+        compare = CompareWidget(viewer)
+        viewer.window.add_dock_widget(segment, name="Segment")
+        viewer.window.add_dock_widget(compare, name="Compare", tabify=True)
+        for widget in (segment, compare):
+            widget.models.select_path(tiny_models["anu"])
+        assert segment.run() and compare.run()
+        if not close_while_running:
+            qtbot.waitUntil(lambda: not compare.job.busy and not segment.job.busy, timeout=120_000)
+        viewer.close()
+        qtbot.wait(1500)  # the workers end, their signals arrive at deleted docks
+    out, err = capfd.readouterr()
+    assert "Signal source has been deleted" not in err and "Traceback" not in err, err[-2000:]
+    assert not [r for r in notification_manager.records if isinstance(r, ErrorNotification)]

@@ -31,6 +31,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoints and not args.names:
+        # Cards only: no torch, no model registry (a cold start of those took 23 s).
+        print(checkpoints_table())
+        return 0
     from ..models import list_models, model_class
 
     names = [model_class(n).info.name for n in args.names]  # unknown names fail naming the known ones
@@ -55,13 +59,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_dice(card: Any) -> float | None:
+    """The validation Dice a card holds for what runs by default: the recommended depth's, or, for
+    a model without pruning depths (a cascade), the one figure the trainer recorded."""
+    per_depth = card.validation.get("dice_per_depth") or {}
+    if card.recommended_depth is not None:
+        return card.dice_for_depth(card.recommended_depth)
+    if len(per_depth) == 1:
+        return float(next(iter(per_depth.values())))
+    return None
+
+
 def checkpoints_table() -> str:
     """Installed checkpoints as a Markdown table (name, source, model, dims, channels, classes, depth, Dice)."""
     import sys
 
     from ..errors import CheckpointError
-    from ..inference import available_checkpoints, user_models_dir
-    from ..inference.checkpoint import verify_checkpoint
+    from ..inference.checkpoint import available_checkpoints, user_models_dir, verify_checkpoint
 
     entries = available_checkpoints()
     if not entries:
@@ -72,7 +86,7 @@ def checkpoints_table() -> str:
     for e in entries:
         card = e.card
         depth = card.recommended_depth
-        dice = card.dice_for_depth(depth) if depth is not None else None
+        dice = recorded_dice(card)
         try:
             weights = verify_checkpoint(e.path)
         except CheckpointError as exc:

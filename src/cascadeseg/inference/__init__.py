@@ -3,7 +3,18 @@
 >>> from cascadeseg.inference import Predictor
 >>> result = Predictor.from_checkpoint("path/to/checkpoint").predict(volume, depth=2)
 >>> result.labels  # label Volume on the image grid
+
+The names of the modules that need torch (device, predictor) are imported on first use
+(PEP 562): reading model cards (``cascadeseg.inference.checkpoint``, what ``cascadeseg models
+--checkpoints`` and the GUI's model lists need) then costs no torch import, which takes seconds on
+a cold start. The torch-free modules are imported here; ``postprocess`` must be, since the name
+is both a submodule and the function this package exports.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .checkpoint import (
     CheckpointEntry,
@@ -15,10 +26,20 @@ from .checkpoint import (
     save_checkpoint,
     user_models_dir,
 )
-from .device import DeviceError, available_devices, resolve_device
 from .postprocess import PostProcessing, postprocess
-from .predictor import PredictionRequest, PredictionResult, Predictor, PreparedScan, label_dtype, prepare_scan
 from .progress import Progress
+
+_EXPORTS = {
+    "DeviceError": "device",
+    "available_devices": "device",
+    "resolve_device": "device",
+    "PredictionRequest": "predictor",
+    "PredictionResult": "predictor",
+    "Predictor": "predictor",
+    "PreparedScan": "predictor",
+    "label_dtype": "predictor",
+    "prepare_scan": "predictor",
+}
 
 __all__ = [
     "CheckpointEntry",
@@ -29,16 +50,21 @@ __all__ = [
     "resolve_checkpoint",
     "save_checkpoint",
     "user_models_dir",
-    "DeviceError",
-    "available_devices",
-    "resolve_device",
     "PostProcessing",
     "postprocess",
-    "PredictionRequest",
-    "PredictionResult",
-    "Predictor",
-    "PreparedScan",
-    "label_dtype",
-    "prepare_scan",
     "Progress",
+    *_EXPORTS,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

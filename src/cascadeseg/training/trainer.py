@@ -61,7 +61,7 @@ from .planner import (
 from .run_folder import CsvLog, LOG_FILE, claim_run_folder, find_checkpoint, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length
 from .schedule import lr_factor, run_progress
-from .split import Split, check_validation_unseen, patient_groups, patient_id, split_by_patient, split_by_slice_blocks
+from .split import SliceBlock, Split, check_validation_unseen, patient_groups, patient_id, split_by_patient, split_by_slice_blocks
 from .validation import ValidationResult, validate
 
 RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
@@ -403,18 +403,30 @@ class Trainer:
             return Split.load(self.run_dir)
         ids = [c.case_id for c in self.cases]
         groups = self.patient_groups
+        patients = len({patient_id(i, groups) for i in ids})
         # Two patients split one-to-one would train on half the data: with fewer than three,
-        # every volume gives training and validation blocks of its own slices instead.
-        if len({patient_id(i, groups) for i in ids}) >= MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
-            split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
-            # Cards are files from anywhere: only a recorded list of training cases is checked.
-            data = self.parent_card.training.get("data") if self.parent_card is not None else None
-            seen = data.get("train_cases") if isinstance(data, dict) else None
-            if isinstance(seen, list):
-                check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'", groups)
-            return split
-        # One or two patients (the GUI's usual case): blocks of slices along the slicing axis, in
-        # the scan's own slice indices.
+        # every volume gives training and validation blocks of its own slices instead (a volume
+        # too thin for blocks trains whole); with no volume thick enough, whole patients again.
+        if patients < MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
+            blocks = self._slice_block_split()
+            if blocks is not None or patients < 2:
+                if blocks is None:  # one thin volume: let split_by_slice_blocks say what it needs
+                    blocks = self._slice_block_split(strict=True)
+                return blocks
+        split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
+        # Cards are files from anywhere: only a recorded list of training cases is checked.
+        data = self.parent_card.training.get("data") if self.parent_card is not None else None
+        seen = data.get("train_cases") if isinstance(data, dict) else None
+        if isinstance(seen, list):
+            check_validation_unseen(split, [str(c) for c in seen], f"init checkpoint '{cfg.init_checkpoint}'", groups)
+        return split
+
+    def _slice_block_split(self, strict: bool = False) -> Split | None:
+        """Blocks of slices along the slicing axis, in each scan's own slice indices (validation
+        blocks with a gap to the training ones). A volume too thin for two blocks trains whole
+        (``strict``: it raises the split's own error instead); ``None`` when no volume gives a
+        validation block."""
+        cfg = self.cfg
         axis = int(cfg.axis or 0)
         merged = Split(kind="slice_blocks", seed=cfg.seed, gap=cfg.slice_gap)
         for case in self.cases:
@@ -422,13 +434,21 @@ class Trainer:
             if cfg.annotated_slices_only:
                 other = tuple(a for a in range(3) if a != axis)
                 annotated = case.labels_full.any(axis=other)
-            part = split_by_slice_blocks(case.case_id, case.labels_full.shape[axis], axis, cfg.val_fraction,
-                                         cfg.slice_block, cfg.slice_gap, cfg.seed, annotated)
+            slices = case.labels_full.shape[axis]
+            try:
+                part = split_by_slice_blocks(case.case_id, slices, axis, cfg.val_fraction,
+                                             cfg.slice_block, cfg.slice_gap, cfg.seed, annotated)
+            except DatasetError:
+                if strict:
+                    raise
+                merged.train.append(case.case_id)
+                merged.train_blocks.append(SliceBlock(case.case_id, axis, 0, slices))
+                continue
             merged.train += part.train
             merged.val += part.val
             merged.train_blocks += part.train_blocks
             merged.val_blocks += part.val_blocks
-        return merged
+        return merged if merged.val_blocks else None
 
     def _split_cases(self, split: Split) -> tuple[list[TrainingCase], list[TrainingCase]]:
         by_id = {c.case_id: c for c in self.cases}

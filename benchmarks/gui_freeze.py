@@ -1,0 +1,240 @@
+"""How long the GUI thread freezes during each dock action, on a 512x512x600 CT.
+
+A 50 ms ``QTimer`` on the GUI thread (``tests/gui/freeze_probe.py``) records the longest gap
+between its ticks while an action runs, until its result is on screen and half a second after
+(canvas redraws count). Idle, the gap is about 70 ms; issue 18 promises no action above 200 ms.
+
+The scan is the real TotalSegmentator abdomen CT resampled onto 600 x 512 x 512 voxels
+(``tests/gui/large_ct.py``), written as NIfTI into a temporary folder and opened through the
+plugin's reader; its organ label map (resampled the same way) is the ground truth for Compare and
+the prediction the Correct-mask dock starts from. Segment and Compare run the shipped ANU-Net
+(the FLAIR model: on a CT its output means nothing, but its layers are CT-sized, which is what
+the GUI thread must cope with; Compare runs every pruning depth and asks for every attention map).
+
+Usage (from the repository root; a virtual display is started when there is none)::
+
+    python benchmarks/gui_freeze.py                 # every action
+    python benchmarks/gui_freeze.py --shape 120 512 512 --skip compare
+
+Prints a Markdown table (action, longest gap, wall time) and writes it with a JSON of the figures
+under ``benchmarks/results/gui_freeze_<stamp>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "gui"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ACTIONS = ("open", "segment", "compare", "remove", "correct")
+
+
+def _display() -> Any:
+    """A virtual X display when there is none (napari needs one to draw)."""
+    if os.environ.get("DISPLAY"):
+        return None
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(1920, 1080), color_depth=24)
+    display.start()
+    return display
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
+    parser.add_argument("--shape", type=int, nargs=3, default=(600, 512, 512), metavar=("Z", "Y", "X"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=ACTIONS, help="actions to leave out")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the workers")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--label", default="", help="a word for the results file (e.g. 'before')")
+    args = parser.parse_args()
+    display = _display()
+    try:
+        rows, context = run(args)
+    finally:
+        if display is not None:
+            display.stop()
+    table = render(rows, context)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"gui_freeze{'_' + args.label if args.label else ''}_{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".md").write_text(table)
+    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, **context}, indent=2))
+    print(f"written: {stem}.md / .json")
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import napari
+    import numpy as np
+    import torch
+    from freeze_probe import measure, process_events_for
+    from large_ct import large_ct
+    from napari.layers import Labels
+
+    from cascadeseg.io import save_volume
+
+    torch.set_num_threads(args.threads)
+    shape = tuple(args.shape)
+    built = time.perf_counter()
+    image, organs = large_ct(args.data, shape)
+    built = time.perf_counter() - built
+    rows: list[dict[str, Any]] = []
+
+    def record(action: str, what: Callable[[], Any], until: Callable[[], bool] | None = None) -> None:
+        start = time.perf_counter()
+        gap = measure(what, until)
+        rows.append({"action": action, "longest_gap_ms": round(gap, 1),
+                     "wall_s": round(time.perf_counter() - start, 2)})
+        print(f"{action}: longest gap {gap:.0f} ms ({rows[-1]['wall_s']:.1f} s)", flush=True)
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    process_events_for(1.0)
+    record("idle (baseline)", lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        scan_path = save_volume(image, Path(tmp) / "large_ct.nii.gz")
+        del image
+        if "open" in args.skip:
+            viewer.open(str(scan_path), plugin="napari-cascade")
+        else:
+            record(f"open {'x'.join(map(str, shape[::-1]))} CT (.nii.gz)", lambda: viewer.open(str(scan_path), plugin="napari-cascade"),
+                   lambda: _scan(viewer) is not None)
+        scan = _scan(viewer)
+        from freeze_probe import napari_insertion_ms
+
+        floor = napari_insertion_ms(viewer)
+        rows.append({"action": "(napari itself: add one labels layer, for reference)",
+                     "longest_gap_ms": round(floor, 1), "wall_s": None})
+        print(f"napari's own insertion: {floor:.0f} ms", flush=True)
+        from napari_cascade._layers import labels_layer
+
+        data, kwargs, _ = labels_layer(np.asarray(organs.array), organs, "large_ct organs")
+        truth = viewer.add_labels(data, **kwargs)
+        from napari_cascade._qt.compare_widget import CompareWidget
+        from napari_cascade._qt.correction_widget import CorrectionWidget
+        from napari_cascade._qt.segment_widget import SegmentWidget
+
+        segment = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(segment, name="Segment")
+        process_events_for(3.0)  # a user clicks Run a few seconds after opening the dock
+        if "segment" not in args.skip:
+            segment.channels.combos[0].setCurrentText(scan.name)
+            record("Segment (shipped ANU-Net, L4)", segment.run, _busy(segment))
+            _check(segment)
+        compare = CompareWidget(viewer)
+        viewer.window.add_dock_widget(compare, name="Compare", tabify=True)
+        process_events_for(3.0)
+        if "compare" not in args.skip:
+            compare.channels.combos[0].setCurrentText(scan.name)
+            compare.ground_truth.setCurrentText(truth.name)
+            record("Compare (every depth + attention, with ground truth)", compare.run, _busy(compare))
+            _check(compare)
+            if "remove" not in args.skip:
+                record("Remove comparison layers", compare.clear_button.click,
+                       lambda: not any(_is_compare(layer) for layer in viewer.layers))
+        if "correct" not in args.skip:
+            correct = CorrectionWidget(viewer)
+            viewer.window.add_dock_widget(correct, name="Correct mask")
+            process_events_for(3.0)
+            correct.scan_combo.setCurrentText(scan.name)
+            correct.prediction_combo.setCurrentText(truth.name)
+            busy = _busy(correct)
+            record("Correct: accept prediction as working mask", correct.accept_button.click, busy)
+            correct.label_spin.setValue(5)  # the liver
+            for name, button in (
+                ("Correct: keep largest component (liver)", correct.largest_button),
+                ("Correct: fill holes (3D)", correct.fill3d_button),
+                ("Correct: fill holes (each slice)", correct.fill2d_button),
+                ("Correct: remove islands < 100 voxels", correct.islands_button),
+                ("Correct: interpolate between slices", correct.interpolate_button),
+                ("Correct: undo", correct.undo_button),
+                ("Correct: redo", correct.redo_button),
+            ):
+                if not button.isEnabled():
+                    rows.append({"action": name, "longest_gap_ms": None, "wall_s": None, "note": "disabled"})
+                    continue
+                record(name, button.click, busy)
+            correct._dirty = True  # what napari's paint events set (the timer's tick skips a clean mask)
+            record("Correct: autosave", lambda: correct.autosave_now(background=True),
+                   lambda: getattr(correct, "_autosave_worker", None) is None)
+        masks = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+        viewer.close()
+    context = {
+        "shape": list(shape),
+        "build_ct_seconds": round(built, 1),
+        "labels_layers_at_end": len(masks),
+        "torch_threads": args.threads,
+        "commit": _commit(),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return rows, context
+
+
+def _scan(viewer: Any) -> Any:
+    from napari.layers import Image
+
+    images = [layer for layer in viewer.layers if isinstance(layer, Image) and layer.data.ndim == 3]
+    loaded = [layer for layer in images if layer.data.strides[-1] != 0]  # not a placeholder
+    return loaded[0] if loaded else None
+
+
+def _is_compare(layer: Any) -> bool:
+    info = (layer.metadata.get("cascadeseg") or {}).get("result") or {}
+    return info.get("kind") == "compare"
+
+
+def _busy(widget: Any) -> Callable[[], bool]:
+    """Done when the dock is idle: its job, and the layers or voxels it adds a turn at a time
+    (``busy``, since issue 18; before, the job panel alone)."""
+    return lambda: not getattr(widget, "busy", widget.job.busy)
+
+
+def _check(widget: Any) -> None:
+    outcome = widget.job.last_outcome
+    if outcome is None or not outcome.ok:
+        raise SystemExit(f"{type(widget).__name__} failed: {outcome and outcome.error}")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def render(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
+    lines = [
+        f"# GUI freeze per action ({'x'.join(map(str, context['shape'][::-1]))} CT, commit {context['commit']})",
+        "",
+        f"Longest gap between ticks of a 50 ms timer on the GUI thread (`benchmarks/gui_freeze.py`); "
+        f"{context['machine']}, torch threads {context['torch_threads']}, load average at the end "
+        f"{context['load_average_end']}, {context['date']}.",
+        "",
+        "| action | longest gap (ms) | wall (s) |",
+        "| --- | ---: | ---: |",
+    ]
+    for row in rows:
+        gap = "—" if row["longest_gap_ms"] is None else f"{row['longest_gap_ms']:.0f}"
+        wall = "—" if row["wall_s"] is None else f"{row['wall_s']:.1f}"
+        lines.append(f"| {row['action']} | {gap} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
