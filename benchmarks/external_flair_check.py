@@ -100,7 +100,8 @@ def main() -> None:
     lines = [head, "|" + "---|" * (2 + len(names))]
     for row in rows:
         cells = [f"{row['scans'][n]['dice']:.3f} / {row['scans'][n]['recall']:.3f} / {row['scans'][n]['predicted_ml']:.1f} ({row['scans'][n]['reference_ml']:.1f})" for n in names]
-        lines.append(f"| {row['name']} | {'-' if row['depth'] is None else 'L%d' % row['depth']} | " + " | ".join(cells) + " |")
+        depth_label = "-" if row["depth"] is None else f"L{row['depth']}"
+        lines.append(f"| {row['name']} | {depth_label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\n" + table)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -98,7 +98,7 @@ def main() -> None:
     ours_steps = int(log[-1].split(",")[1])
     monai_run = json.loads((out / "monai" / "run.json").read_text())
     rows = [
-        ("ours: `cascadeseg train DATA --minutes %g`" % args.minutes, args.minutes * 60, walls["ours"], ours_steps,
+        (f"ours: `cascadeseg train DATA --minutes {args.minutes:g}`", args.minutes * 60, walls["ours"], ours_steps,
          dice["ours"]),
         ("MONAI UNet (1.63 M, 128 px, DiceCE, batch 16)", args.minutes * 60, walls["monai"], monai_run["steps"],
          dice["monai"]),

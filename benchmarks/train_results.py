@@ -127,7 +127,7 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         "the prediction is empty but the reference is not (HD95 infinite) are counted in the `HD95 inf` column "
         "and left out of the HD95 mean.",
         "",
-        f"| model | paper loss | parameters | training steps (samples) | validations (best) | time per epoch* | "
+        "| model | paper loss | parameters | training steps (samples) | validations (best) | time per epoch* | "
         "train samples / s | validation s | Dice (full depth) | Dice (recommended depth) | HD95 mean / median | HD95 inf |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -14,8 +14,9 @@ the source file's orientation exactly and the segment widget can rebuild a Volum
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

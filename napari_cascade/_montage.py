@@ -12,8 +12,9 @@ milliseconds for nine 512x512 tiles), and nothing is stored twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class TileLayout:
     header: int
 
     @classmethod
-    def for_tiles(cls, count: int, tile_shape: Sequence[int], aspect: float = 16 / 9) -> "TileLayout":
+    def for_tiles(cls, count: int, tile_shape: Sequence[int], aspect: float = 16 / 9) -> TileLayout:
         """About as many columns as a ``aspect`` (width / height) screen wants; a gap of 3 % of
         the tile between tiles and a title band of 11 % above each."""
         columns = max(1, min(count, math.ceil(math.sqrt(count * aspect * tile_shape[1] / max(tile_shape[2], 1)))))

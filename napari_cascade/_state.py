@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from psygnal import Signal
 
@@ -134,7 +135,7 @@ class CascadeState:
         self.model_installed.emit(name)
 
 
-_STATES: "weakref.WeakKeyDictionary[Any, CascadeState]" = weakref.WeakKeyDictionary()
+_STATES: weakref.WeakKeyDictionary[Any, CascadeState] = weakref.WeakKeyDictionary()
 
 
 def state_for(viewer: Any) -> CascadeState:

@@ -51,7 +51,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
-if ! "$PY" -c "import cascadeseg, napari_cascade, napari, pytest_xvfb" >/dev/null 2>&1 \
+if ! "$PY" -c "import cascadeseg, napari_cascade, napari, pytest_xvfb, mypy, ruff" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ] 2>/dev/null; then
   echo "setup: installing napari-cascade and its dependencies"
   "$PY" -m pip install -q -e ".[test]"

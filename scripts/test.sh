@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python; [ -n "${VIRTUAL_ENV:-}" ] && PY=python
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# The quality gate: lint everywhere, the engine formatted and type-checked (pyproject.toml).
+"$PY" -m ruff check src napari_cascade tests benchmarks
+"$PY" -m ruff format --check src/cascadeseg
+"$PY" -m mypy
 exec "$PY" -m pytest "$@"

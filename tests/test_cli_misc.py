@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cascadeseg.distributed import RankInfo, rank_info, shard
 from cascadeseg.cli.main import COMMANDS, main
+from cascadeseg.distributed import RankInfo, rank_info, shard
 from cascadeseg.errors import CascadeSegError
 from cascadeseg.models import model_names
 
-MY_COMMANDS = ("predict", "evaluate", "models", "bench")
+MY_COMMANDS = ("predict", "evaluate", "models", "bench", "train", "plan", "demo")
 LGG_CASES = ("TCGA_CS_4941_19960909", "TCGA_CS_6665_20010817")
 
 
@@ -41,6 +41,30 @@ def test_subcommand_help_documents_every_option(command: str, capsys: pytest.Cap
         for flag in action.option_strings:
             assert flag in out, flag
         assert action.help, action.dest
+
+
+def test_train_options_come_from_the_config_and_say_their_defaults() -> None:
+    """Every TrainConfig field marked for the command line is a `train` option, its help says its
+    default as the config has it ("planned" where the planner decides), and the help strings hold
+    no default of their own."""
+    import argparse
+    from dataclasses import MISSING, fields
+
+    from cascadeseg.cli.train import add_train_arguments
+    from cascadeseg.training.config import PLANNED_FIELDS, TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in fields(TrainConfig):
+        if not f.metadata.get("cli"):
+            continue
+        action = by_dest[f.name]
+        assert f.metadata["help"] in action.help and "default" not in f.metadata["help"], f.name
+        if f.name in PLANNED_FIELDS and f.default is None:
+            assert action.help.endswith("(default: planned)"), f.name
+        elif f.default is not MISSING and f.default not in (None, "", False, True):
+            assert action.help.endswith(f"(default: {f.default})"), f.name
 
 
 def test_console_script_runs_without_traceback(tmp_path: Path) -> None:

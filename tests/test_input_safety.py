@@ -18,7 +18,11 @@ import torch
 from cascadeseg import _atomic
 from cascadeseg.cli.main import main
 from cascadeseg.errors import (
-    CheckpointError, DatasetError, InsufficientMemoryError, OutputIsInputError, OutputWriteError,
+    CheckpointError,
+    DatasetError,
+    InsufficientMemoryError,
+    OutputIsInputError,
+    OutputWriteError,
 )
 from cascadeseg.inference import ModelCard, Predictor, load_checkpoint, save_checkpoint
 from cascadeseg.inference.checkpoint import CARD_FILE, WEIGHTS_FILE, verify_checkpoint

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cascadeseg.errors import CascadeSegError, DatasetError, GeometryMismatchError, InputFileError, OutputExistsError, VolumeError
+from cascadeseg.errors import (
+    CascadeSegError,
+    DatasetError,
+    GeometryMismatchError,
+    InputFileError,
+    OutputExistsError,
+    VolumeError,
+)
 from cascadeseg.io import list_series, load_channels, load_dataset, load_labels, load_volume, save_labels
 
 LGG_IMAGE = "lgg-flair/imagesTr/TCGA_CS_4941_19960909_0000.nii.gz"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cascadeseg.errors import DatasetError
+from cascadeseg.inference.predictor import PAD_VALUE, PreparedScan
 from cascadeseg.training.augmentation import augment_batch
 from cascadeseg.training.config import AugmentationConfig
-from cascadeseg.inference.predictor import PAD_VALUE, PreparedScan
 from cascadeseg.training.datasets import TrainingCase
 from cascadeseg.training.sampling import PatchDataset
 from cascadeseg.training.split import Split, patient_id, split_by_patient, split_by_slice_blocks
@@ -156,8 +156,8 @@ def test_foreground_oversampling_hits_rare_foreground() -> None:
 def test_training_crops_pad_with_the_predictors_pad_value(shared_data: Path) -> None:
     """One pad value: a crop that runs past a real z-scored LGG scan is padded with exactly the
     value the predictor pads with (0), not the scan's minimum (about -0.95 there)."""
-    from cascadeseg.io import load_labels, load_volume
     from cascadeseg.inference.predictor import prepare_scan
+    from cascadeseg.io import load_labels, load_volume
 
     root = shared_data / "lgg-flair"
     image = load_volume(root / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
@@ -193,7 +193,7 @@ def test_scanner_augmentations_change_intensities_only_and_keep_their_promises(s
     assert torch.equal(lab, labels)
     for i in range(x.shape[0]):
         assert torch.allclose(out[i].min(), x[i].min(), atol=1e-5) and torch.allclose(out[i].max(), x[i].max(), atol=1e-4)
-        order_in, order_out = x[i].flatten().argsort(), out[i].flatten()[x[i].flatten().argsort()]
+        order_out = out[i].flatten()[x[i].flatten().argsort()]
         assert torch.all(order_out[1:] >= order_out[:-1] - 1e-4)  # monotone (up to the identity resampling)
         assert not torch.allclose(out[i], x[i])
     bias = AugmentationConfig(**off, bias_probability=1.0, bias_magnitude=0.3)
@@ -212,8 +212,8 @@ def test_scanner_augmentations_change_intensities_only_and_keep_their_promises(s
 
 
 def test_plateau_schedule_drops_after_patience_validations_without_a_better_dice() -> None:
-    from cascadeseg.training.schedule import lr_factor
     from cascadeseg.models.recipes import PlateauSchedule
+    from cascadeseg.training.schedule import lr_factor
 
     schedule = PlateauSchedule(factor=0.1, patience=2, mode="max")
     factors = [schedule.update(d) for d in (0.5, 0.6, 0.6, 0.59, 0.7, 0.65, 0.69)]

@@ -13,8 +13,9 @@ reader reads at once and ``viewer.open`` returns the layers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import napari
 import numpy as np
@@ -54,8 +55,8 @@ from cascadeseg.errors import CascadeSegError, VolumeError
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 
 from .._layers import GEOMETRY_KEY, display_limits, geometry_metadata, transform_kwargs, volume_from_image_layers
-from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info, state_for
 from .._montage import Montage, TileLayout
+from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info, state_for
 from .feeding import LayerFeeder, one_scene_update
 from .layout import scrollable
 from .model_picker import ChannelMapper, ModelPicker, model_info

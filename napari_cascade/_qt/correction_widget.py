@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import napari
 import numpy as np
@@ -98,7 +98,7 @@ def user_action(method: Callable[..., T]) -> Callable[..., T | None]:
     """Run a GUI action; a user error becomes a napari notification (never a traceback dialog)."""
 
     @functools.wraps(method)
-    def wrapper(self: "CorrectionWidget", *args: Any, **kwargs: Any) -> T | None:
+    def wrapper(self: CorrectionWidget, *args: Any, **kwargs: Any) -> T | None:
         try:
             return method(self, *args, **kwargs)
         except CascadeSegError as exc:

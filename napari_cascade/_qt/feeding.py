@@ -26,7 +26,8 @@ import gc
 import logging
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal

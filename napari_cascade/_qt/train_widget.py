@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import napari
 import numpy as np
@@ -50,24 +51,24 @@ from qtpy.QtWidgets import (
 )
 
 from cascadeseg.editing import default_training_set_dir
-from cascadeseg.errors import CascadeSegError, DatasetError, ModelConfigError, VolumeError
+from cascadeseg.errors import CascadeSegError, DatasetError, VolumeError
 from cascadeseg.inference.checkpoint import (
     CheckpointEntry,
     available_checkpoints,
     read_card,
     user_models_dir,
 )
+from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
+from cascadeseg.models import list_models
 from cascadeseg.training.export import describe_kept, install_model, unique_model_name
 from cascadeseg.training.split import slice_split_options
 from cascadeseg.training.transfer import check_labels_fit
-from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
-from cascadeseg.models import list_models
 
-from .._state import PREDICTION, REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
+from .._layers import volume_from_image_layers
+from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
 from .layout import scrollable
 from .training_plot import TrainingPlot
-from .._layers import volume_from_image_layers
 from .workers import JobPanel
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
@@ -617,8 +618,8 @@ class TrainWidget(QWidget):
         return self.job.start(job, lambda plan: self.plan_text.setPlainText(plan.describe()), "planning")
 
     def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
-        from cascadeseg.training.trainer import train
         from cascadeseg.training.callbacks import FunctionCallback
+        from cascadeseg.training.trainer import train
 
         relay = self._relay
 

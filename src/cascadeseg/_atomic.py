@@ -32,8 +32,9 @@ import re
 import secrets
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 __all__ = [
     "TEMP_PREFIX",
@@ -71,6 +72,7 @@ log = logging.getLogger("cascadeseg")
 
 # -- durability ------------------------------------------------------------------------------------
 
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Make the entries of ``folder`` (a rename into it) durable. Windows has no folder handles to
     sync (NTFS journals renames itself); file systems that refuse it are skipped."""
@@ -107,6 +109,7 @@ def _temp_name(hint: str) -> str:
 
 # -- single files ----------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def open_atomic(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
     """A handle on a temporary beside ``path``; on a clean exit it is fsynced and renamed over
@@ -141,8 +144,9 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike[str], payload: Any, *, default: Callable[[Any], Any] | None = None,
-               allow_nan: bool = True) -> Path:
+def write_json(
+    path: str | os.PathLike[str], payload: Any, *, default: Callable[[Any], Any] | None = None, allow_nan: bool = True
+) -> Path:
     """Write ``payload`` as indented JSON (with a final newline) atomically and durably."""
     return write_text(path, json.dumps(payload, indent=2, default=default, allow_nan=allow_nan) + "\n")
 
@@ -159,6 +163,7 @@ def commit_file(staged: str | os.PathLike[str], target: str | os.PathLike[str]) 
 
 
 # -- folders ---------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def staging_folder(parent: str | os.PathLike[str], hint: str = "staging") -> Iterator[Path]:
@@ -216,6 +221,7 @@ def restore_swap(target: str | os.PathLike[str]) -> str | None:
 
 
 # -- leftovers -------------------------------------------------------------------------------------
+
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` of this machine still runs (this process counts as running)."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -62,6 +63,7 @@ def shard(items: Sequence[T], info: RankInfo | None = None) -> list[T]:
     info = info or rank_info()
     return list(items[info.rank :: info.world_size])
 
+
 @dataclass(frozen=True)
 class DistContext(RankInfo):
     """A :class:`RankInfo` for training, plus whether this process initialised the process group
@@ -81,7 +83,9 @@ def init_distributed(device: torch.device) -> DistContext:
         # Validation on rank 0 can take minutes on a CPU while the others wait: a generous timeout.
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
         owns = True
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank, owns_group=owns)
+    return DistContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank, owns_group=owns
+    )
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:

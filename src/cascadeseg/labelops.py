@@ -14,7 +14,7 @@ only.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -159,9 +159,7 @@ def remove_distant_islands(
     return out
 
 
-def fill_holes(
-    labels: np.ndarray, label: int | None = None, *, slice_axis: int | None = None
-) -> np.ndarray:
+def fill_holes(labels: np.ndarray, label: int | None = None, *, slice_axis: int | None = None) -> np.ndarray:
     """Fill background regions of ``label`` that are enclosed by it (each label when ``None``).
 
     ``slice_axis=None`` fills holes closed in 3D (a cavity surrounded on every side);
@@ -178,7 +176,7 @@ def fill_holes(
         # A structure with no neighbours along slice_axis makes one call treat every slice on its
         # own, without a Python loop over slices.
         structure = np.zeros((3, 3, 3), dtype=bool)
-        index = [slice(None)] * 3
+        index: list[slice | int] = [slice(None)] * 3
         index[slice_axis] = 1
         structure[tuple(index)] = _structure(2, 1)
     out = labels.copy()

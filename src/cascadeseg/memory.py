@@ -11,8 +11,8 @@ work that merely might not fit is left to try.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
+from gui_helpers import crop_volume
 
 from cascadeseg.io import Volume, load_labels, load_volume
 from cascadeseg.shipped import sample_label_path, sample_scan_path
-from gui_helpers import crop_volume
 
 FLAIR_MRI = {"type": "mri_zscore", "percentiles": [0.5, 99.5]}
 
@@ -105,8 +105,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def large_ct_file(shared_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The real TotalSegmentator CT and its organ map resampled to 600 x 512 x 512 voxels
     (tests/gui/large_ct.py), written uncompressed (157 M voxels: gzip would take half a minute)."""
-    from cascadeseg.io import save_labels, save_volume
     from large_ct import large_ct
+
+    from cascadeseg.io import save_labels, save_volume
 
     folder = tmp_path_factory.mktemp("large_ct")
     image, organs = large_ct(shared_data)

@@ -13,7 +13,8 @@ Used by the GUI tests (``with FreezeProbe() as probe: ...``; ``probe.longest_ms`
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtCore import QEventLoop, QTimer
 
@@ -44,7 +45,7 @@ class FreezeProbe:
         self._last = now
         self.ticks += 1
 
-    def start(self) -> "FreezeProbe":
+    def start(self) -> FreezeProbe:
         self.longest_ms, self.ticks = 0.0, 0
         self._last = time.perf_counter()
         self.timer.start()
@@ -55,7 +56,7 @@ class FreezeProbe:
         self.timer.stop()
         return self.longest_ms
 
-    def __enter__(self) -> "FreezeProbe":
+    def __enter__(self) -> FreezeProbe:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

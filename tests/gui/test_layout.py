@@ -48,7 +48,7 @@ def test_four_docks_fit_the_screen(make_napari_viewer, qtbot, sample_crop, artif
     window.resize(*size)
     qtbot.wait(300)
     assert (window.width(), window.height()) == size, "a dock forced the window past the screen"
-    for name, (dock, widget) in docks.items():
+    for name, (_dock, widget) in docks.items():
         assert widget.findChild(QScrollArea, "cascade_scroll") is not None, name
         assert not _clipped_buttons(widget), (name, _clipped_buttons(widget))
     # Every dock of each tab pair is shown in turn and still fits.

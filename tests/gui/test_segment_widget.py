@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 import pytest
+from freeze_probe import allowed_ms, measure
 from gui_helpers import add_volume, crop_volume, notification_messages, wait_for_job
 from napari.layers import Image, Labels
 
 from cascadeseg.inference import available_checkpoints
 from cascadeseg.metrics import evaluate_case
-from freeze_probe import allowed_ms, measure
 from napari_cascade._qt.segment_widget import ADD, SegmentWidget, is_edited
 from napari_cascade._state import PREDICTION, layer_role, state_for
 

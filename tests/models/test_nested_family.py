@@ -19,18 +19,16 @@ from torch import Tensor, nn
 from cascadeseg.errors import ModelConfigError
 from cascadeseg.io import load_labels, load_volume
 from cascadeseg.models import OutputRequest, create_model
-from cascadeseg.models.anu_net import gate_name
+from cascadeseg.models.anu_net import gate_key, gate_name
 from cascadeseg.models.blocks.classification_guided import (
     ABSENT_LOGIT,
     PooledPresenceHead,
     _window_starts,
     suppress_absent_classes,
 )
-from cascadeseg.models.blocks.nested import node_key
-from cascadeseg.models.unet_sharp import full_scale_sources
-from cascadeseg.models.anu_net import gate_key
 from cascadeseg.models.blocks.full_scale import FullScaleLink
-from cascadeseg.models.unet_sharp import link_key
+from cascadeseg.models.blocks.nested import node_key
+from cascadeseg.models.unet_sharp import full_scale_sources, link_key
 from cascadeseg.models.zoo_table import PAPER_PARAMS_M, PAPER_VARIANTS, measure
 
 PRUNABLE = ["unet_plus_plus", "anu_net", "unet_sharp"]

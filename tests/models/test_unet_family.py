@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cascadeseg.errors import ModelConfigError
-from cascadeseg.models import LogitsOnly, OutputRequest, SegmentationOutput, create_model, model_class
 from cascadeseg.losses import build_loss, class_frequency_weighted_ce
+from cascadeseg.models import LogitsOnly, OutputRequest, SegmentationOutput, create_model, model_class
+from cascadeseg.models.blocks.rsu import RSU, RSU4F
 from cascadeseg.models.coarse_to_fine_unet import candidate_box, foreground_mask, stage2_region
 from cascadeseg.models.cu_net import hierarchical_fusion
 from cascadeseg.models.inner_cascaded_u2net import RSU_HEIGHTS
-from cascadeseg.models.blocks.rsu import RSU, RSU4F
 
 FAMILY = ["unet", "cascaded_unet", "cu_net", "coarse_to_fine_unet", "inner_cascaded_unet", "inner_cascaded_u2net"]
 WITH_STAGES = ["cascaded_unet", "cu_net", "coarse_to_fine_unet"]

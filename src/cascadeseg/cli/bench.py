@@ -33,12 +33,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from ..errors import CancelledError, CascadeSegError, InputFileError
 from .._atomic import write_text
+from ..errors import CancelledError, CascadeSegError, InputFileError
 from .main import command_parser
 from .markdown import markdown_table
 
@@ -49,29 +50,53 @@ E2E_CASE_FULL = "TCGA_HT_A61A_20000127"  # 88 slices of 256x256, the largest LGG
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = command_parser(subparsers, "bench", __doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="reduced run for slow machines: width 8, 3D at 64^3, short timing, small e2e scan")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced run for slow machines: width 8, 3D at 64^3, short timing, small e2e scan",
+    )
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="models to run (default: all)")
-    parser.add_argument("--widths", nargs="+", type=int, default=None, metavar="W",
-                        help="base widths (default: 32, the papers'; --quick: 8)")
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="W",
+        help="base widths (default: 32, the papers'; --quick: 8)",
+    )
     parser.add_argument("--levels", type=int, default=5, help="U-Net levels (default: 5, the papers')")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--min-time", type=float, default=None,
-                        help="seconds each timing repeats for (default: 2, --quick: 0.5)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=("2d", "3d", "peers", "overhead", "e2e"),
-                        help="sections to leave out")
-    parser.add_argument("--memory", action="store_true",
-                        help="also segment a 512x512x600 int16 CT volume in 2D in a fresh process and report its peak memory")
-    parser.add_argument("--memory-width", type=int, default=None,
-                        help="U-Net width for --memory (default: 32 on a GPU, 8 on the CPU)")
-    parser.add_argument("--memory-batches", type=int, default=None,
-                        help="stop the --memory run after this many batches (wide networks on a CPU); "
-                             "the volume-sized arrays are allocated before the first batch")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the shared data folder (default: $CASCADESEG_DATA or ../shared/data)")
-    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"),
-                        help="where the JSON and Markdown go (default: benchmarks/results)")
+    parser.add_argument(
+        "--min-time", type=float, default=None, help="seconds each timing repeats for (default: 2, --quick: 0.5)"
+    )
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=("2d", "3d", "peers", "overhead", "e2e"), help="sections to leave out"
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also segment a 512x512x600 int16 CT volume in 2D in a fresh process and report its peak memory",
+    )
+    parser.add_argument(
+        "--memory-width", type=int, default=None, help="U-Net width for --memory (default: 32 on a GPU, 8 on the CPU)"
+    )
+    parser.add_argument(
+        "--memory-batches",
+        type=int,
+        default=None,
+        help="stop the --memory run after this many batches (wide networks on a CPU); "
+        "the volume-sized arrays are allocated before the first batch",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="the shared data folder (default: $CASCADESEG_DATA or ../shared/data)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="where the JSON and Markdown go (default: benchmarks/results)",
+    )
     return parser
 
 
@@ -108,13 +133,14 @@ def run(args: argparse.Namespace) -> int:
         if "2d" not in args.skip:
             section["2d"] = [row for name in models for row in bench_2d(name, setup)]
             if "unet" in models and any(m in PRUNED_FAMILY for m in models):
-                section["2d_unet_levels"] = [row for k in range(2, args.levels)
-                                             for row in bench_2d("unet", setup, levels=k)]
+                section["2d_unet_levels"] = [
+                    row for k in range(2, args.levels) for row in bench_2d("unet", setup, levels=k)
+                ]
         if "3d" not in args.skip:
             section["3d"] = [row for name in models for row in bench_3d(name, setup)]
         if "peers" not in args.skip:
             section["peers"] = bench_peers(setup)
-        case = (E2E_CASE_QUICK if args.quick else E2E_CASE_FULL)
+        case = E2E_CASE_QUICK if args.quick else E2E_CASE_FULL
         if "overhead" not in args.skip:
             section["overhead"] = bench_overhead(setup, _lgg_image(data, case))
         if "e2e" not in args.skip:
@@ -122,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         section["targets"] = check_targets(section)
         _progress(f"width {width}: done")
     if args.memory:
-        report["memory_512x512x600"] = memory_in_subprocess(args.memory_width or (32 if device.type == "cuda" else 8),
-                                                            str(device), args.memory_batches)
+        report["memory_512x512x600"] = memory_in_subprocess(
+            args.memory_width or (32 if device.type == "cuda" else 8), str(device), args.memory_batches
+        )
     report["meta"]["load_average_at_end"] = _load_average()
     json_path, md_path = write_report(report, args.output_dir)
     print(md_path.read_text())
@@ -132,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- timing and memory -----------------------------------------------------------------------------
+
 
 def time_call(fn: Callable[[], Any], min_time: float, device: Any, min_repeats: int = 2) -> float:
     """Fastest seconds per call after one warm-up call, repeating for at least ``min_time`` s.
@@ -164,8 +192,9 @@ class PeakMemory:
     def __init__(self, device: Any) -> None:
         self.device = device
         self.peak_mib: float | None = None
+        self._base: int | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import torch
 
         if self.device.type == "cuda":
@@ -175,7 +204,7 @@ class PeakMemory:
             return self
         _return_freed_memory()
         self._base = _rss_bytes()
-        self._max = self._base
+        self._max = self._base or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         if self._base is not None:
@@ -191,7 +220,7 @@ class PeakMemory:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - (self._base or 0)) / 2**20
             return
         if self._base is None:
             return
@@ -234,6 +263,7 @@ def gflops_of(fn: Callable[[], Any]) -> float:
 
 # -- sections --------------------------------------------------------------------------------------
 
+
 def _model(name: str, dims: int, setup: Setup, levels: int | None = None) -> Any:
     """A model in the form the Predictor runs it (batch norms folded into the convolutions,
     channels-last), so the sections measure what the engine does; feed it inputs through
@@ -242,10 +272,11 @@ def _model(name: str, dims: int, setup: Setup, levels: int | None = None) -> Any
     from ..inference.device import memory_format
     from ..models import create_model
 
-    model = create_model(name, in_channels=1, num_classes=2, dims=dims, base_width=setup.width,
-                         levels=levels or setup.levels)
-    model, _ = fold_batch_norms(model, copy_model=False)
-    return model.to(setup.device, memory_format=memory_format(setup.device, dims)).eval()
+    model = create_model(
+        name, in_channels=1, num_classes=2, dims=dims, base_width=setup.width, levels=levels or setup.levels
+    )
+    folded, _ = fold_batch_norms(model, copy_model=False)
+    return folded.to(setup.device, memory_format=memory_format(setup.device, dims)).eval()  # type: ignore[call-overload]
 
 
 def _timed_with_memory(fn: Callable[[], Any], setup: Setup, min_repeats: int = 2) -> tuple[float, float | None]:
@@ -283,10 +314,18 @@ def bench_2d(name: str, setup: Setup, levels: int | None = None) -> list[dict[st
             x = _engine_layout(torch.randn(batch, 1, 256, 256, device=setup.device), setup)
             with inference_context(setup.device):
                 seconds, peak = _timed_with_memory(lambda: model(x, depth=depth), setup)
-            rows.append({"model": name, "depth": depth, "batch": batch, "levels": levels or setup.levels,
-                         "slices_per_s": batch / seconds,
-                         "gflops_per_slice": gflops, "achieved_gflop_s": gflops * batch / seconds,
-                         "peak_mib": peak})
+            rows.append(
+                {
+                    "model": name,
+                    "depth": depth,
+                    "batch": batch,
+                    "levels": levels or setup.levels,
+                    "slices_per_s": batch / seconds,
+                    "gflops_per_slice": gflops,
+                    "achieved_gflop_s": gflops * batch / seconds,
+                    "peak_mib": peak,
+                }
+            )
             _progress(f"2d {name} depth={depth} batch={batch}: {batch / seconds:.2f} slices/s")
     return rows
 
@@ -305,8 +344,17 @@ def bench_3d(name: str, setup: Setup) -> list[dict[str, Any]]:
         gflops = gflops_of(lambda: model(x, depth=depth))
         with inference_context(setup.device):
             seconds, peak = _timed_with_memory(lambda: model(x, depth=depth), setup, min_repeats=1)
-        rows.append({"model": name, "depth": depth, "patch": [s, s, s], "patches_per_s": 1 / seconds,
-                     "gflops_per_patch": gflops, "achieved_gflop_s": gflops / seconds, "peak_mib": peak})
+        rows.append(
+            {
+                "model": name,
+                "depth": depth,
+                "patch": [s, s, s],
+                "patches_per_s": 1 / seconds,
+                "gflops_per_patch": gflops,
+                "achieved_gflop_s": gflops / seconds,
+                "peak_mib": peak,
+            }
+        )
         _progress(f"3d {name} depth={depth}: {1 / seconds:.3f} patches/s")
     return rows
 
@@ -320,10 +368,18 @@ def monai_peers(width: int, levels: int) -> dict[str, Any]:
     if levels != 5:
         raise CascadeSegError("--levels: the MONAI BasicUNet peer has 5 levels; compare at --levels 5")
     return {
-        "monai.BasicUNet": BasicUNet(spatial_dims=2, in_channels=1, out_channels=2,
-                                     features=(*widths, widths[0]), norm=("batch", {})),
-        "monai.UNet": UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=widths,
-                           strides=(2,) * (levels - 1), num_res_units=2, norm="batch"),
+        "monai.BasicUNet": BasicUNet(
+            spatial_dims=2, in_channels=1, out_channels=2, features=(*widths, widths[0]), norm=("batch", {})
+        ),
+        "monai.UNet": UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=2,
+            channels=widths,
+            strides=(2,) * (levels - 1),
+            num_res_units=2,
+            norm="batch",
+        ),
     }
 
 
@@ -331,16 +387,20 @@ def bench_peers(setup: Setup) -> list[dict[str, Any]]:
     import torch
 
     rows = []
-    from ..inference.batchnorm_folding import fold_batch_norms
     from ..inference.allocator import reuse_freed_memory
+    from ..inference.batchnorm_folding import fold_batch_norms
 
     # Each peer as a user runs it (a plain loop, default layout) and, for a like-for-like check of
     # the arithmetic, given the engine's own treatment: channels-last, then also batch norms
     # folded (the "same layout" target is checked against the latter, the strictest peer).
     peers = [(name, net, False, False) for name, net in monai_peers(setup.width, setup.levels).items()]
-    peers += [(f"{name} (channels-last)", net, True, False) for name, net in monai_peers(setup.width, setup.levels).items()]
-    peers += [(f"{name} (channels-last, BN folded, heap reuse)", net, True, True)
-              for name, net in monai_peers(setup.width, setup.levels).items()]
+    peers += [
+        (f"{name} (channels-last)", net, True, False) for name, net in monai_peers(setup.width, setup.levels).items()
+    ]
+    peers += [
+        (f"{name} (channels-last, BN folded, heap reuse)", net, True, True)
+        for name, net in monai_peers(setup.width, setup.levels).items()
+    ]
     for name, net, channels_last, folded in peers:
         net = net.to(setup.device).eval()
         one = torch.randn(1, 1, 256, 256, device=setup.device)
@@ -357,9 +417,17 @@ def bench_peers(setup: Setup) -> list[dict[str, Any]]:
             # The engine's full treatment includes keeping freed activation memory (allocator).
             with torch.inference_mode(), reuse_freed_memory(folded and setup.device.type == "cpu"):
                 seconds, peak = _timed_with_memory(lambda: net(x), setup)
-            rows.append({"model": name, "batch": batch, "slices_per_s": batch / seconds, "params_m": params,
-                         "gflops_per_slice": gflops, "achieved_gflop_s": gflops * batch / seconds,
-                         "peak_mib": peak})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "slices_per_s": batch / seconds,
+                    "params_m": params,
+                    "gflops_per_slice": gflops,
+                    "achieved_gflop_s": gflops * batch / seconds,
+                    "peak_mib": peak,
+                }
+            )
             _progress(f"peer {name} batch={batch}: {batch / seconds:.2f} slices/s")
     return rows
 
@@ -367,10 +435,19 @@ def bench_peers(setup: Setup) -> list[dict[str, Any]]:
 def _card_for(name: str, setup: Setup) -> Any:
     from ..inference import ModelCard
 
-    return ModelCard(architecture=name, model_options={"in_channels": 1, "num_classes": 2, "dims": 2,
-                                                        "base_width": setup.width, "levels": setup.levels},
-                     dims=2, input_channels=[{"name": "FLAIR", "preprocessing": {"type": "mri_zscore"}}],
-                     classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "lesion"}])
+    return ModelCard(
+        architecture=name,
+        model_options={
+            "in_channels": 1,
+            "num_classes": 2,
+            "dims": 2,
+            "base_width": setup.width,
+            "levels": setup.levels,
+        },
+        dims=2,
+        input_channels=[{"name": "FLAIR", "preprocessing": {"type": "mri_zscore"}}],
+        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "lesion"}],
+    )
 
 
 def bench_overhead(setup: Setup, image_path: Path) -> dict[str, Any]:
@@ -392,7 +469,7 @@ def bench_overhead(setup: Setup, image_path: Path) -> dict[str, Any]:
     def bare() -> None:
         with inference_context(setup.device):
             for start in range(0, slices.shape[0], batch):
-                model(_engine_layout(slices[start:start + batch].to(setup.device), setup)).logits.cpu()
+                model(_engine_layout(slices[start : start + batch].to(setup.device), setup)).logits.cpu()
 
     engine_times, bare_times = [], []
     for _ in range(3):  # interleaved, so drifting machine load hits both alike
@@ -402,8 +479,14 @@ def bench_overhead(setup: Setup, image_path: Path) -> dict[str, Any]:
         bare_times.append(time.perf_counter() - t0)
     engine, plain = min(engine_times), min(bare_times)
     _progress(f"overhead: engine {engine:.2f} s vs bare {plain:.2f} s")
-    return {"case": image_path.name, "slices": int(slices.shape[0]), "batch": batch, "engine_s": engine,
-            "bare_forward_s": plain, "overhead": engine / plain - 1.0}
+    return {
+        "case": image_path.name,
+        "slices": int(slices.shape[0]),
+        "batch": batch,
+        "engine_s": engine,
+        "bare_forward_s": plain,
+        "overhead": engine / plain - 1.0,
+    }
 
 
 def bench_e2e(setup: Setup, models: Sequence[str], image_path: Path, peers: bool = True) -> list[dict[str, Any]]:
@@ -432,9 +515,14 @@ def bench_e2e(setup: Setup, models: Sequence[str], image_path: Path, peers: bool
             rows.append({"model": name, "depth": depth, "seconds": seconds})
             _progress(f"e2e {name} depth={depth}: {seconds:.2f} s")
         for name, net in (monai_peers(setup.width, setup.levels) if peers else {}).items():
-            seconds = time_call(lambda: _plain_loop_pipeline(net.to(setup.device).eval(), image_path,
-                                                             Path(tmp) / "peer.nii.gz", setup.device),
-                                setup.min_time, setup.device, min_repeats=1)
+            seconds = time_call(
+                lambda: _plain_loop_pipeline(
+                    net.to(setup.device).eval(), image_path, Path(tmp) / "peer.nii.gz", setup.device
+                ),
+                setup.min_time,
+                setup.device,
+                min_repeats=1,
+            )
             rows.append({"model": name, "depth": None, "seconds": seconds})
             _progress(f"e2e {name}: {seconds:.2f} s")
     return rows
@@ -453,8 +541,8 @@ def _plain_loop_pipeline(net: Any, image_path: Path, out: Path, device: Any, bat
     labels = np.empty(volume.spatial_shape, dtype=np.uint8)
     with torch.inference_mode():
         for start in range(0, slices.shape[0], batch):
-            logits = net(slices[start:start + batch].to(device))
-            labels[start:start + batch] = logits.argmax(1).to("cpu").numpy()
+            logits = net(slices[start : start + batch].to(device))
+            labels[start : start + batch] = logits.argmax(1).to("cpu").numpy()
     save_labels(labels, volume, out, overwrite=True)
 
 
@@ -473,44 +561,65 @@ def check_targets(section: dict[str, Any]) -> dict[str, Any]:
     rows2d = section.get("2d", [])
     for batch in (1, 16):
         ours = [r for r in rows2d if r["model"] == "unet" and r["batch"] == batch]
-        for peer_name, key in (("monai.BasicUNet (channels-last, BN folded, heap reuse)", "same_treatment"),
-                               ("monai.BasicUNet (channels-last)", "same_layout"), ("monai.BasicUNet", "plain_loop")):
+        for peer_name, key in (
+            ("monai.BasicUNet (channels-last, BN folded, heap reuse)", "same_treatment"),
+            ("monai.BasicUNet (channels-last)", "same_layout"),
+            ("monai.BasicUNet", "plain_loop"),
+        ):
             peer = [r for r in section.get("peers", []) if r["model"] == peer_name and r["batch"] == batch]
             if ours and peer:
                 ratio = ours[0]["slices_per_s"] / peer[0]["slices_per_s"]
                 targets[f"unet_vs_basicunet_{key}_batch{batch}_at_least_1x"] = {"value": ratio, "ok": ratio >= 1.0}
         if ours:
             reference = ours[0]["achieved_gflop_s"]
-            ratios = {f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / reference
-                      for r in rows2d if r["batch"] == batch and r["model"] != "unet"}
+            ratios = {
+                f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / reference
+                for r in rows2d
+                if r["batch"] == batch and r["model"] != "unet"
+            }
             slow = {k: v for k, v in ratios.items() if v < 1 / 1.5}
             if ratios:
-                targets[f"gflop_rate_within_1.5x_of_unet_batch{batch}"] = {"value": ratios, "ok": not slow,
-                                                                          "below": sorted(slow)}
+                targets[f"gflop_rate_within_1.5x_of_unet_batch{batch}"] = {
+                    "value": ratios,
+                    "ok": not slow,
+                    "below": sorted(slow),
+                }
         # Context for the shallow depths: depth d of a nested model runs d + 1 levels, so its
         # like-sized reference is a U-Net of d + 1 levels (same width), not the full one.
-        same_size = {r["levels"]: r["achieved_gflop_s"] for r in section.get("2d_unet_levels", []) if r["batch"] == batch}
+        same_size = {
+            r["levels"]: r["achieved_gflop_s"] for r in section.get("2d_unet_levels", []) if r["batch"] == batch
+        }
         if ours:
             same_size[ours[0]["levels"]] = ours[0]["achieved_gflop_s"]
-        matched = {f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / same_size[(r["depth"] or 0) + 1]
-                   for r in rows2d if r["batch"] == batch and r["model"] in PRUNED_FAMILY
-                   and r["depth"] and (r["depth"] + 1) in same_size}
+        matched = {
+            f"{r['model']}@{r['depth'] or 'full'}": r["achieved_gflop_s"] / same_size[(r["depth"] or 0) + 1]
+            for r in rows2d
+            if r["batch"] == batch and r["model"] in PRUNED_FAMILY and r["depth"] and (r["depth"] + 1) in same_size
+        }
         if matched and section.get("2d_unet_levels"):
             targets[f"gflop_rate_within_1.5x_of_same_levels_unet_batch{batch}"] = {
-                "value": matched, "ok": all(v >= 1 / 1.5 for v in matched.values()), "informational": True}
+                "value": matched,
+                "ok": all(v >= 1 / 1.5 for v in matched.values()),
+                "informational": True,
+            }
     return targets
 
 
 # -- the 512x512x600 memory probe ------------------------------------------------------------------
 
+
 def memory_in_subprocess(width: int, device: str, batches: int | None = None) -> dict[str, Any]:
     """Run :func:`memory_probe` in a fresh interpreter (a clean peak-RSS counter) and return its report."""
-    code = (f"import torch; torch.set_num_threads({_torch_threads()}); from cascadeseg.cli.bench import memory_probe; "
-            f"memory_probe({width}, {device!r}, stop_after_batches={batches!r})")
+    code = (
+        f"import torch; torch.set_num_threads({_torch_threads()}); from cascadeseg.cli.bench import memory_probe; "
+        f"memory_probe({width}, {device!r}, stop_after_batches={batches!r})"
+    )
     _progress(f"memory probe: 512x512x600 int16 CT, 2D, U-Net width {width} (fresh process)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise CascadeSegError(f"memory probe failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+        raise CascadeSegError(
+            f"memory probe failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -548,9 +657,13 @@ def memory_probe(width: int, device: str, slices: int = 600, stop_after_batches:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     options = {"in_channels": 1, "num_classes": 2, "dims": 2, "base_width": width, "levels": 5}
-    card = ModelCard(architecture="unet", model_options=options, dims=2,
-                     input_channels=[{"name": "CT", "preprocessing": {"type": "ct_window", "preset": "abdomen"}}],
-                     classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "organ"}])
+    card = ModelCard(
+        architecture="unet",
+        model_options=options,
+        dims=2,
+        input_channels=[{"name": "CT", "preprocessing": {"type": "ct_window", "preset": "abdomen"}}],
+        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "organ"}],
+    )
     predictor = Predictor(create_model("unet", **options), card, device=device)
     start_mib = maxrss_mib()
     array = np.random.default_rng(0).integers(-1024, 1500, size=(1, slices, 512, 512), dtype=np.int16)
@@ -573,15 +686,31 @@ def memory_probe(width: int, device: str, slices: int = 600, stop_after_batches:
         rate, label_type = batches[-1].rate, "n/a (stopped early)"
     seconds = time.perf_counter() - t0
     peak = maxrss_mib()
-    print(json.dumps({"shape_zyx": [slices, 512, 512], "dtype": "int16", "mode": "2d", "model": f"unet w{width}",
-                      "device": device, "threads": torch.get_num_threads(), "seconds": seconds,
-                      "slices_per_s": rate, "slices_done": batches[-1].done if batches else 0,
-                      "volume_mib": array.nbytes / 2**20, "before_volume_mib": start_mib,
-                      "peak_rss_mib": peak, "target_mib": 4096, "ok": peak < 4096,
-                      "label_dtype": label_type}))
+    print(
+        json.dumps(
+            {
+                "shape_zyx": [slices, 512, 512],
+                "dtype": "int16",
+                "mode": "2d",
+                "model": f"unet w{width}",
+                "device": device,
+                "threads": torch.get_num_threads(),
+                "seconds": seconds,
+                "slices_per_s": rate,
+                "slices_done": batches[-1].done if batches else 0,
+                "volume_mib": array.nbytes / 2**20,
+                "before_volume_mib": start_mib,
+                "peak_rss_mib": peak,
+                "target_mib": 4096,
+                "ok": peak < 4096,
+                "label_dtype": label_type,
+            }
+        )
+    )
 
 
 # -- output ----------------------------------------------------------------------------------------
+
 
 def _meta(device: Any, args: argparse.Namespace, widths: list[int]) -> dict[str, Any]:
     import torch
@@ -589,13 +718,23 @@ def _meta(device: Any, args: argparse.Namespace, widths: list[int]) -> dict[str,
     from .. import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "project_version": __version__, "quick": args.quick,
-            "widths": widths, "levels": args.levels, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            # Other processes competing for the cores make every figure slower: recorded, not hidden.
-            "load_average_at_start": _load_average(),
-            "command": " ".join(["cascadeseg", *sys.argv[1:]]) if Path(sys.argv[0]).name == "cascadeseg"
-            else "cascadeseg bench (called from Python)"}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "project_version": __version__,
+        "quick": args.quick,
+        "widths": widths,
+        "levels": args.levels,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        # Other processes competing for the cores make every figure slower: recorded, not hidden.
+        "load_average_at_start": _load_average(),
+        "command": " ".join(["cascadeseg", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "cascadeseg"
+        else "cascadeseg bench (called from Python)",
+    }
 
 
 def _load_average() -> list[float] | None:
@@ -621,83 +760,171 @@ def _f(value: Any, fmt: str = ".2f") -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
-    lines = [f"# Inference benchmark — {meta['device']} ({meta['device_name']})", "",
-             f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpu_count']} CPUs, "
-             f"napari-cascade {meta['project_version']}, {meta['date_utc']} UTC, "
-             f"{'quick run' if meta['quick'] else 'full run'}, levels {meta['levels']}; "
-             f"load average (1/5/15 min) {meta.get('load_average_at_start')} at the start, "
-             f"{meta.get('load_average_at_end')} at the end.", "",
-             f"Command: `{meta['command']}`", ""]
+    lines = [
+        f"# Inference benchmark — {meta['device']} ({meta['device_name']})",
+        "",
+        f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpu_count']} CPUs, "
+        f"napari-cascade {meta['project_version']}, {meta['date_utc']} UTC, "
+        f"{'quick run' if meta['quick'] else 'full run'}, levels {meta['levels']}; "
+        f"load average (1/5/15 min) {meta.get('load_average_at_start')} at the start, "
+        f"{meta.get('load_average_at_end')} at the end.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+    ]
     for width, section in report.get("widths", {}).items():
         if not any(section.get(k) for k in ("2d", "3d", "peers", "overhead", "e2e")):
             continue  # every section skipped (e.g. a --memory-only run)
         lines += [f"## Base width {width}", ""]
         if section.get("2d"):
-            lines += ["### 2D, 256x256 (slices/s; GFLOP/s = slices/s x GFLOPs per slice)", "",
-                      markdown_table(("model", "depth", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                                     [(r["model"], r["depth"] or "full", r["batch"], _f(r["slices_per_s"]),
-                                       _f(r["gflops_per_slice"], ".3f"), _f(r["achieved_gflop_s"], ".1f"),
-                                       _f(r["peak_mib"], ".0f")) for r in section["2d"]]), ""]
+            lines += [
+                "### 2D, 256x256 (slices/s; GFLOP/s = slices/s x GFLOPs per slice)",
+                "",
+                markdown_table(
+                    ("model", "depth", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
+                    [
+                        (
+                            r["model"],
+                            r["depth"] or "full",
+                            r["batch"],
+                            _f(r["slices_per_s"]),
+                            _f(r["gflops_per_slice"], ".3f"),
+                            _f(r["achieved_gflop_s"], ".1f"),
+                            _f(r["peak_mib"], ".0f"),
+                        )
+                        for r in section["2d"]
+                    ],
+                ),
+                "",
+            ]
         if section.get("2d_unet_levels"):
-            lines += ["### Size-matched references: U-Net with fewer levels, 2D 256x256", "",
-                      "Depth d of UNet++ / ANU-Net / UNet# runs d + 1 resolution levels; these U-Nets are "
-                      "their like-sized references (the last targets row).", "",
-                      markdown_table(("model", "levels", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                                     [(r["model"], r["levels"], r["batch"], _f(r["slices_per_s"]),
-                                       _f(r["gflops_per_slice"], ".3f"), _f(r["achieved_gflop_s"], ".1f"),
-                                       _f(r["peak_mib"], ".0f")) for r in section["2d_unet_levels"]]), ""]
+            lines += [
+                "### Size-matched references: U-Net with fewer levels, 2D 256x256",
+                "",
+                "Depth d of UNet++ / ANU-Net / UNet# runs d + 1 resolution levels; these U-Nets are "
+                "their like-sized references (the last targets row).",
+                "",
+                markdown_table(
+                    ("model", "levels", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
+                    [
+                        (
+                            r["model"],
+                            r["levels"],
+                            r["batch"],
+                            _f(r["slices_per_s"]),
+                            _f(r["gflops_per_slice"], ".3f"),
+                            _f(r["achieved_gflop_s"], ".1f"),
+                            _f(r["peak_mib"], ".0f"),
+                        )
+                        for r in section["2d_unet_levels"]
+                    ],
+                ),
+                "",
+            ]
         if section.get("3d"):
-            lines += ["### 3D patches, batch 1", "",
-                      markdown_table(("model", "depth", "patch", "patches/s", "GFLOPs/patch", "GFLOP/s", "peak MiB"),
-                                     [(r["model"], r["depth"] or "full", "x".join(map(str, r["patch"])),
-                                       _f(r["patches_per_s"], ".3f"), _f(r["gflops_per_patch"], ".1f"),
-                                       _f(r["achieved_gflop_s"], ".1f"), _f(r["peak_mib"], ".0f"))
-                                      for r in section["3d"]]), ""]
+            lines += [
+                "### 3D patches, batch 1",
+                "",
+                markdown_table(
+                    ("model", "depth", "patch", "patches/s", "GFLOPs/patch", "GFLOP/s", "peak MiB"),
+                    [
+                        (
+                            r["model"],
+                            r["depth"] or "full",
+                            "x".join(map(str, r["patch"])),
+                            _f(r["patches_per_s"], ".3f"),
+                            _f(r["gflops_per_patch"], ".1f"),
+                            _f(r["achieved_gflop_s"], ".1f"),
+                            _f(r["peak_mib"], ".0f"),
+                        )
+                        for r in section["3d"]
+                    ],
+                ),
+                "",
+            ]
         if section.get("peers"):
-            lines += ["### MONAI peers (same widths, plain loop), 2D 256x256", "",
-                      markdown_table(("model", "params M", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                                     [(r["model"], _f(r["params_m"], ".3f"), r["batch"], _f(r["slices_per_s"]),
-                                       _f(r["gflops_per_slice"], ".3f"), _f(r["achieved_gflop_s"], ".1f"),
-                                       _f(r["peak_mib"], ".0f")) for r in section["peers"]]), ""]
+            lines += [
+                "### MONAI peers (same widths, plain loop), 2D 256x256",
+                "",
+                markdown_table(
+                    ("model", "params M", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
+                    [
+                        (
+                            r["model"],
+                            _f(r["params_m"], ".3f"),
+                            r["batch"],
+                            _f(r["slices_per_s"]),
+                            _f(r["gflops_per_slice"], ".3f"),
+                            _f(r["achieved_gflop_s"], ".1f"),
+                            _f(r["peak_mib"], ".0f"),
+                        )
+                        for r in section["peers"]
+                    ],
+                ),
+                "",
+            ]
         if section.get("overhead"):
             o = section["overhead"]
-            lines += [f"### Engine overhead: `Predictor.predict` {o['engine_s']:.3f} s vs bare batched forward "
-                      f"{o['bare_forward_s']:.3f} s on {o['case']} ({o['slices']} slices, batch {o['batch']}): "
-                      f"**{o['overhead']:+.1%}**", ""]
+            lines += [
+                f"### Engine overhead: `Predictor.predict` {o['engine_s']:.3f} s vs bare batched forward "
+                f"{o['bare_forward_s']:.3f} s on {o['case']} ({o['slices']} slices, batch {o['batch']}): "
+                f"**{o['overhead']:+.1%}**",
+                "",
+            ]
         if section.get("e2e"):
-            lines += ["### End to end on a real scan (load, preprocess, predict, save)", "",
-                      markdown_table(("model", "depth", "seconds"),
-                                     [(r["model"], r["depth"] or "full", _f(r["seconds"], ".3f"))
-                                      for r in section["e2e"]]), ""]
+            lines += [
+                "### End to end on a real scan (load, preprocess, predict, save)",
+                "",
+                markdown_table(
+                    ("model", "depth", "seconds"),
+                    [(r["model"], r["depth"] or "full", _f(r["seconds"], ".3f")) for r in section["e2e"]],
+                ),
+                "",
+            ]
         if section.get("targets"):
             rows = []
             for name, t in section["targets"].items():
                 value = t["value"]
-                shown = (", ".join(f"{k} {v:.2f}" for k, v in value.items()) if isinstance(value, dict)
-                         else f"{value:.3f}")
+                shown = (
+                    ", ".join(f"{k} {v:.2f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.3f}"
+                )
                 verdict = "PASS" if t["ok"] else "FAIL"
-                rows.append((name, shown, f"{verdict} (context, not an issue target)" if t.get("informational") else verdict))
+                rows.append(
+                    (name, shown, f"{verdict} (context, not an issue target)" if t.get("informational") else verdict)
+                )
             lines += ["### Targets", "", markdown_table(("target", "measured", "result"), rows), ""]
     if "memory_512x512x600" in report:
         m = report["memory_512x512x600"]
         partial = m.get("slices_done", m["shape_zyx"][0]) < m["shape_zyx"][0]
-        lines += ["## 512x512x600 int16 CT in 2D (fresh process)", "",
-                  (f"Stopped after {m['slices_done']} slices (--memory-batches); the float copy and the label "
-                   f"map were allocated before the first batch, the final file write is not included. "
-                   if partial else "") +
-                  f"{m['model']} on {m['device']}, {m['threads']} threads: {m['seconds']:.1f} s "
-                  f"({m['slices_per_s']:.1f} slices/s); peak resident memory **{m['peak_rss_mib']:.0f} MiB** "
-                  f"(volume {m['volume_mib']:.0f} MiB, process before the volume {m['before_volume_mib']:.0f} MiB; "
-                  f"target < 4096 MiB: {'PASS' if m['ok'] else 'FAIL'}); labels {m['label_dtype']}.", ""]
+        lines += [
+            "## 512x512x600 int16 CT in 2D (fresh process)",
+            "",
+            (
+                f"Stopped after {m['slices_done']} slices (--memory-batches); the float copy and the label "
+                f"map were allocated before the first batch, the final file write is not included. "
+                if partial
+                else ""
+            )
+            + f"{m['model']} on {m['device']}, {m['threads']} threads: {m['seconds']:.1f} s "
+            f"({m['slices_per_s']:.1f} slices/s); peak resident memory **{m['peak_rss_mib']:.0f} MiB** "
+            f"(volume {m['volume_mib']:.0f} MiB, process before the volume {m['before_volume_mib']:.0f} MiB; "
+            f"target < 4096 MiB: {'PASS' if m['ok'] else 'FAIL'}); labels {m['label_dtype']}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _data_root(given: Path | None) -> Path:
-    root = given or (Path(os.environ["CASCADESEG_DATA"]) if os.environ.get("CASCADESEG_DATA")
-                     else Path.cwd().parent / "shared" / "data")
+    root = given or (
+        Path(os.environ["CASCADESEG_DATA"])
+        if os.environ.get("CASCADESEG_DATA")
+        else Path.cwd().parent / "shared" / "data"
+    )
     if not (root / "lgg-flair").is_dir():
-        raise InputFileError(f"--data {root}: the shared data folder with lgg-flair/ was not found "
-                             f"(pass --data or set CASCADESEG_DATA, or --skip e2e overhead)")
+        raise InputFileError(
+            f"--data {root}: the shared data folder with lgg-flair/ was not found "
+            f"(pass --data or set CASCADESEG_DATA, or --skip e2e overhead)"
+        )
     return root
 
 

@@ -50,18 +50,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--headless", action="store_true",
-                        help="never open a window: write the mask and the PNG overview (default when there is no display)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for the headless outputs (default: ./out)")
-    parser.add_argument("--model", default=None,
-                        help="checkpoint folder or shipped / user model name (default: the shipped default)")
-    parser.add_argument("--depth", type=int, default=None,
-                        help="pruning depth 1..4 (default: the card's recommended depth)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu (default: auto)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace earlier outputs in --out instead of writing numbered new ones")
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="never open a window: write the mask and the PNG overview (default when there is no display)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder for the headless outputs (default: ./out)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="checkpoint folder or shipped / user model name (default: the shipped default)"
+    )
+    parser.add_argument(
+        "--depth", type=int, default=None, help="pruning depth 1..4 (default: the card's recommended depth)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu (default: auto)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace earlier outputs in --out instead of writing numbered new ones"
+    )
     return parser
 
 
@@ -130,15 +138,18 @@ def free_path(path: Path, overwrite: bool) -> Path:
     """``path``, or ``name_2.ext``, ``name_3.ext``... when it exists and overwriting was not asked."""
     if overwrite or not path.exists():
         return path
-    base, suffix = (path.name[: -len(".nii.gz")], ".nii.gz") if path.name.endswith(".nii.gz") else (path.stem, path.suffix)
+    base, suffix = (
+        (path.name[: -len(".nii.gz")], ".nii.gz") if path.name.endswith(".nii.gz") else (path.stem, path.suffix)
+    )
     number = 2
     while (candidate := path.with_name(f"{base}_{number}{suffix}")).exists():
         number += 1
     return candidate
 
 
-def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, device: str = "auto",
-                 overwrite: bool = False) -> str:
+def run_headless(
+    models: DemoModels, out: Path, *, depth: int | None = None, device: str = "auto", overwrite: bool = False
+) -> str:
     """Segment the sample, write the mask and the overview PNG; returns a summary to print."""
     from ..inference.predictor import PredictionRequest, Predictor
     from ..io import load_labels, load_volume, save_labels
@@ -158,8 +169,10 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
         result = predictor.predict(scan, depth=depth, want=want, progress=bar.update)
     panels = [("ground truth", truth.array)]
     if result.depth_labels:  # every depth; the one written as the mask is marked
-        panels += [(f"{name} L{d}" + (" (mask)" if d == result.depth else ""), v.array)
-                   for d, v in sorted(result.depth_labels.items())]
+        panels += [
+            (f"{name} L{d}" + (" (mask)" if d == result.depth else ""), v.array)
+            for d, v in sorted(result.depth_labels.items())
+        ]
     else:
         panels.append((f"{name} (mask)", result.labels.array))
     panels += [(f"{name} {s}", v.array) for s, v in result.stage_labels.items()]
@@ -172,14 +185,25 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
         panels.append((cascade_name, staged.labels.array))
 
     out.mkdir(parents=True, exist_ok=True)
-    mask_path = save_labels(result.labels, scan, free_path(out / f"{SAMPLE_CASE_ID}_mask.nii.gz", overwrite),
-                            overwrite=overwrite)
+    mask_path = save_labels(
+        result.labels, scan, free_path(out / f"{SAMPLE_CASE_ID}_mask.nii.gz", overwrite), overwrite=overwrite
+    )
     png_path = free_path(out / f"{SAMPLE_CASE_ID}_overview.png", overwrite)
-    dice = {title: evaluate_case(labels, truth.array, scan.spacing, regions={"fg": tuple(range(1, 256))},
-                                 surface=False)["fg"]["dice"]
-            for title, labels in panels[1:]}
-    write_overview(scan.array[0], truth.array, panels, dice, scan.spacing, png_path,
-                   title=f"{SAMPLE_CASE_ID}: {name} on {result.device}, {result.rate:.1f} {result.unit}/s")
+    dice = {
+        title: evaluate_case(labels, truth.array, scan.spacing, regions={"fg": tuple(range(1, 256))}, surface=False)[
+            "fg"
+        ]["dice"]
+        for title, labels in panels[1:]
+    }
+    write_overview(
+        scan.array[0],
+        truth.array,
+        panels,
+        dice,
+        scan.spacing,
+        png_path,
+        title=f"{SAMPLE_CASE_ID}: {name} on {result.device}, {result.rate:.1f} {result.unit}/s",
+    )
     lines = [
         f"sample {SAMPLE_CASE_ID} ({' x '.join(map(str, scan.spatial_shape))} voxels) segmented by {name} "
         f"({card.architecture}, depth {result.depth}) on {result.device} in {result.timings['total']:.1f} s "
@@ -192,9 +216,15 @@ def run_headless(models: DemoModels, out: Path, *, depth: int | None = None, dev
     return "\n".join(lines)
 
 
-def write_overview(scan: np.ndarray, truth: np.ndarray, panels: list[tuple[str, np.ndarray]],
-                   dice: dict[str, float], spacing: tuple[float, float, float], path: Path,
-                   title: str = "") -> Path:
+def write_overview(
+    scan: np.ndarray,
+    truth: np.ndarray,
+    panels: list[tuple[str, np.ndarray]],
+    dice: dict[str, float],
+    spacing: tuple[float, float, float],
+    path: Path,
+    title: str = "",
+) -> Path:
     """One axial slice (the one with the most ground truth) of the scan, then every label map as
     an outline over it (ground truth green, prediction red), written atomically as PNG."""
     import matplotlib

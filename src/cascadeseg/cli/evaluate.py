@@ -34,14 +34,33 @@ METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = command_parser(subparsers, "evaluate", __doc__)
     parser.add_argument("predictions", type=Path, metavar="PRED", help="folder of predicted label files <case>.nii.gz")
-    parser.add_argument("labels", type=Path, metavar="LABELS",
-                        help="folder of reference label files <case>.nii.gz, or an MSD folder with labelsTr/")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="per-case CSV to write (default: PRED/evaluation.csv); the summary goes beside it as .json")
-    parser.add_argument("--classes", type=int, nargs="+", default=None, metavar="LABEL",
-                        help="label values to score (default: every non-zero label present)")
-    parser.add_argument("--regions", choices=("brats",), default=None,
-                        help="score the BraTS regions WT (1,2,4), TC (1,4), ET (4) (only these, unless --classes adds labels)")
+    parser.add_argument(
+        "labels",
+        type=Path,
+        metavar="LABELS",
+        help="folder of reference label files <case>.nii.gz, or an MSD folder with labelsTr/",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="per-case CSV to write (default: PRED/evaluation.csv); the summary goes beside it as .json",
+    )
+    parser.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="label values to score (default: every non-zero label present)",
+    )
+    parser.add_argument(
+        "--regions",
+        choices=("brats",),
+        default=None,
+        help="score the BraTS regions WT (1,2,4), TC (1,4), ET (4) (only these, unless --classes adds labels)",
+    )
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large volumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV / summary")
     return parser
@@ -66,16 +85,20 @@ def run(args: argparse.Namespace) -> int:
     for case_id, pred_path, ref_path in pairs:
         ref = load_labels(ref_path)
         pred = load_labels(pred_path, reference=ref)
-        per_case[case_id] = evaluate_case(pred.array, ref.array, ref.spacing, classes=classes,
-                                          regions=regions, surface=not args.no_hd95)
+        per_case[case_id] = evaluate_case(
+            pred.array, ref.array, ref.spacing, classes=classes, regions=regions, surface=not args.no_hd95
+        )
     summary = aggregate_cases(per_case.values())
     write_text(csv_path, _csv_text(per_case))
     report = {"cases": len(per_case), "summary": _strict_json(summary), "unmatched_labels": unmatched}
     write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     print(format_summary(summary))
     if unmatched:
-        print(f"note: {len(unmatched)} reference(s) without a prediction were not scored: "
-              f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}", file=sys.stderr)
+        print(
+            f"note: {len(unmatched)} reference(s) without a prediction were not scored: "
+            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}",
+            file=sys.stderr,
+        )
     print(f"{len(per_case)} case(s) scored; per-case CSV: {csv_path}; summary: {json_path}", file=sys.stderr)
     return 0
 
@@ -151,16 +174,40 @@ def _strict_json(value: Any) -> Any:
 
 def format_summary(summary: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: one row per structure, means (medians) and the pooled Dice."""
-    header = ("structure", "cases", "Dice mean", "Dice median", "global Dice", "IoU", "precision",
-              "recall", "specificity", "HD95 mm (median)")
+    header = (
+        "structure",
+        "cases",
+        "Dice mean",
+        "Dice median",
+        "global Dice",
+        "IoU",
+        "precision",
+        "recall",
+        "specificity",
+        "HD95 mm (median)",
+    )
     rows = []
     for name, entry in summary.items():
         hd = entry.get("hd95")
-        hd_text = "-" if hd is None else f"{_fmt(hd['mean'])} ({_fmt(hd['median'])})" + (
-            f", {hd['n_inf']} inf" if hd.get("n_inf") else "")
-        rows.append((name, str(entry["n_cases"]), _fmt(entry["dice"]["mean"]), _fmt(entry["dice"]["median"]),
-                     _fmt(entry["global_dice"]), _fmt(entry["iou"]["mean"]), _fmt(entry["precision"]["mean"]),
-                     _fmt(entry["recall"]["mean"]), _fmt(entry["specificity"]["mean"]), hd_text))
+        hd_text = (
+            "-"
+            if hd is None
+            else f"{_fmt(hd['mean'])} ({_fmt(hd['median'])})" + (f", {hd['n_inf']} inf" if hd.get("n_inf") else "")
+        )
+        rows.append(
+            (
+                name,
+                str(entry["n_cases"]),
+                _fmt(entry["dice"]["mean"]),
+                _fmt(entry["dice"]["median"]),
+                _fmt(entry["global_dice"]),
+                _fmt(entry["iou"]["mean"]),
+                _fmt(entry["precision"]["mean"]),
+                _fmt(entry["recall"]["mean"]),
+                _fmt(entry["specificity"]["mean"]),
+                hd_text,
+            )
+        )
     return markdown_table(header, rows)
 
 

@@ -13,7 +13,8 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from ..errors import CascadeSegError
 
@@ -42,8 +43,9 @@ def command_parser(subparsers: Any, name: str, module_doc: str | None) -> argpar
     """The sub-parser of command ``name`` for its module's ``add_parser``: the one-line help from
     :data:`COMMANDS`, the description from the module docstring after its first paragraph."""
     description = module_doc.split("\n\n", 1)[-1] if module_doc else None
-    return subparsers.add_parser(name, help=COMMANDS[name][1], description=description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    return subparsers.add_parser(
+        name, help=COMMANDS[name][1], description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

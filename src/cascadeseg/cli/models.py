@@ -23,9 +23,12 @@ from .markdown import markdown_table
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = command_parser(subparsers, "models", __doc__)
     parser.add_argument("names", nargs="*", metavar="MODEL", help="restrict to these architectures (default: all)")
-    parser.add_argument("--table", action="store_true",
-                        help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers, "
-                             "default options and paper variants")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="measure parameters and GFLOPs per pruning depth (2D 1x256x256, 3D 1x128^3) vs the papers, "
+        "default options and paper variants",
+    )
     parser.add_argument("--checkpoints", action="store_true", help="list shipped and user checkpoints with their cards")
     return parser
 
@@ -50,11 +53,19 @@ def run(args: argparse.Namespace) -> int:
     header = ("model", "title", "dims", "deep sup.", "pruning", "stages", "attention", "CGM", "paper")
     rows = []
     for info in infos:
-        rows.append((
-            info.name, info.title, "/".join(f"{d}D" for d in info.dims), _yes(info.deep_supervision),
-            ",".join(f"L{d}" for d in info.pruning_depths) or "-", ",".join(info.stages) or "-",
-            _yes(info.attention), _yes(info.classification_guided), info.paper,
-        ))
+        rows.append(
+            (
+                info.name,
+                info.title,
+                "/".join(f"{d}D" for d in info.dims),
+                _yes(info.deep_supervision),
+                ",".join(f"L{d}" for d in info.pruning_depths) or "-",
+                ",".join(info.stages) or "-",
+                _yes(info.attention),
+                _yes(info.classification_guided),
+                info.paper,
+            )
+        )
     print(markdown_table(header, rows))
     return 0
 
@@ -80,8 +91,18 @@ def checkpoints_table() -> str:
     entries = available_checkpoints()
     if not entries:
         return f"no checkpoints installed (shipped defaults: none found; user models: {user_models_dir()})"
-    header = ("name", "source", "architecture", "dims", "channels", "classes", "recommended depth",
-              "validation Dice", "weights", "path")
+    header = (
+        "name",
+        "source",
+        "architecture",
+        "dims",
+        "channels",
+        "classes",
+        "recommended depth",
+        "validation Dice",
+        "weights",
+        "path",
+    )
     rows = []
     for e in entries:
         card = e.card
@@ -92,9 +113,20 @@ def checkpoints_table() -> str:
         except CheckpointError as exc:
             weights = "DAMAGED"
             print(f"cascadeseg: warning: {exc}", file=sys.stderr)
-        rows.append((e.name, e.source, card.architecture, f"{card.dims}D", ",".join(card.channel_names),
-                     ",".join(card.class_names), "-" if depth is None else f"L{depth}",
-                     "-" if dice is None else f"{dice:.3f}", weights, str(e.path)))
+        rows.append(
+            (
+                e.name,
+                e.source,
+                card.architecture,
+                f"{card.dims}D",
+                ",".join(card.channel_names),
+                ",".join(card.class_names),
+                "-" if depth is None else f"L{depth}",
+                "-" if dice is None else f"{dice:.3f}",
+                weights,
+                str(e.path),
+            )
+        )
     return markdown_table(header, rows)
 
 

@@ -44,58 +44,115 @@ class PredictCase:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = command_parser(subparsers, "predict", __doc__)
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                        help="image file, DICOM folder, folder of images, or MSD dataset folder")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="folder for the label files <case>.nii.gz (created if missing)")
-    parser.add_argument("-c", "--checkpoint", required=True,
-                        help="checkpoint folder, or the name of a shipped / user model (see 'cascadeseg models --checkpoints')")
-    parser.add_argument("--depth", type=int, default=None,
-                        help="pruning depth 1..4 for models with pruning (default: the card's recommended depth)")
-    parser.add_argument("--mode", choices=("2d", "3d"), default=None,
-                        help="2d: slice by slice; 3d: sliding window (default: what the network was trained as)")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
-                        help="2D slicing axis in (z, y, x) array order; 0 = axial (default: the card's slice axis)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="slices per 2D batch or windows per 3D batch (default: 8 slices of 256x256 or "
-                             "2 of 512x512 / 1 window on CPU; 4x that on GPU)")
-    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                        help="3D sliding-window size (default: the card's patch size)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="image file, DICOM folder, folder of images, or MSD dataset folder",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for the label files <case>.nii.gz (created if missing)"
+    )
+    parser.add_argument(
+        "-c",
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder, or the name of a shipped / user model (see 'cascadeseg models --checkpoints')",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="pruning depth 1..4 for models with pruning (default: the card's recommended depth)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("2d", "3d"),
+        default=None,
+        help="2d: slice by slice; 3d: sliding window (default: what the network was trained as)",
+    )
+    parser.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="2D slicing axis in (z, y, x) array order; 0 = axial (default: the card's slice axis)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu (default: auto)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per 2D batch or windows per 3D batch (default: 8 slices of 256x256 or "
+        "2 of 512x512 / 1 window on CPU; 4x that on GPU)",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help="3D sliding-window size (default: the card's patch size)",
+    )
     parser.add_argument("--overlap", type=float, default=0.5, help="3D window overlap in [0, 1) (default: 0.5)")
-    parser.add_argument("--no-mixed-precision", action="store_true",
-                        help="run in fp32 on GPUs too (mixed precision is never used on the CPU)")
-    parser.add_argument("--mirror", action="store_true",
-                        help="test-time mirroring (nnU-Net's default): average over the mirror images "
-                             "along every in-plane axis in 2D (4x the time) or every axis in 3D (8x)")
-    parser.add_argument("--save-probabilities", action="store_true",
-                        help="also write OUTPUT/<case>_probabilities.nii.gz (float32 softmax, class along "
-                             "the 4th axis, the scan's geometry)")
-    parser.add_argument("--largest-component", action="store_true",
-                        help="keep only the largest connected component of each label")
+    parser.add_argument(
+        "--no-mixed-precision",
+        action="store_true",
+        help="run in fp32 on GPUs too (mixed precision is never used on the CPU)",
+    )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="test-time mirroring (nnU-Net's default): average over the mirror images "
+        "along every in-plane axis in 2D (4x the time) or every axis in 3D (8x)",
+    )
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write OUTPUT/<case>_probabilities.nii.gz (float32 softmax, class along "
+        "the 4th axis, the scan's geometry)",
+    )
+    parser.add_argument(
+        "--largest-component", action="store_true", help="keep only the largest connected component of each label"
+    )
     parser.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by each label")
-    parser.add_argument("--body-mask", action="store_true",
-                        help="clear labels outside the body (CT) / head (MR) mask found by thresholding the first channel")
-    parser.add_argument("--nan-policy", default="raise", metavar="{raise,zero,min}",
-                        help="NaN/Inf voxels in a scan: raise (refuse the scan, default), zero (replace them by 0) "
-                             "or min (by the scan's smallest finite value)")
-    parser.add_argument("--series-uid", default=None,
-                        help="DICOM folder holding several series: the SeriesInstanceUID of the one to segment "
-                             "(the error for such a folder lists them)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (never an input: that is always refused)")
+    parser.add_argument(
+        "--body-mask",
+        action="store_true",
+        help="clear labels outside the body (CT) / head (MR) mask found by thresholding the first channel",
+    )
+    parser.add_argument(
+        "--nan-policy",
+        default="raise",
+        metavar="{raise,zero,min}",
+        help="NaN/Inf voxels in a scan: raise (refuse the scan, default), zero (replace them by 0) "
+        "or min (by the scan's smallest finite value)",
+    )
+    parser.add_argument(
+        "--series-uid",
+        default=None,
+        help="DICOM folder holding several series: the SeriesInstanceUID of the one to segment "
+        "(the error for such a folder lists them)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (never an input: that is always refused)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from .._atomic import clean_leftovers
+    from ..distributed import rank_info, shard
     from ..io import load_volume, save_labels, save_volume
     from ..io.checks import NAN_POLICIES
     from ..io.reader import check_volume_size
     from ..preprocessing import body_mask
-    from ..distributed import rank_info, shard
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -108,8 +165,11 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--output {out_dir}: exists and is not a folder (expected a folder for label files)")
     targets = {case.case_id: out_dir / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine}
-    prob_targets = {case.case_id: out_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine} \
-        if args.save_probabilities else {}
+    prob_targets = (
+        {case.case_id: out_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine}
+        if args.save_probabilities
+        else {}
+    )
     check_outputs_spare_inputs(args.inputs, cases, out_dir, [*targets.values(), *prob_targets.values()])
     existing = [str(p) for p in [*targets.values(), *prob_targets.values()] if p.exists()]
     if existing and not args.overwrite:
@@ -121,13 +181,18 @@ def run(args: argparse.Namespace) -> int:
         check_volume_size(case.path)
     from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
-                                          mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size
+    )
     mode = args.mode or f"{predictor.card.dims}d"
     slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
     # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.
-    post = PostProcessing(largest_component=args.largest_component, fill_holes=args.fill_holes,
-                          fill_holes_axis=slice_axis if mode == "2d" else None, restrict_to_mask=args.body_mask)
+    post = PostProcessing(
+        largest_component=args.largest_component,
+        fill_holes=args.fill_holes,
+        fill_holes_axis=slice_axis if mode == "2d" else None,
+        restrict_to_mask=args.body_mask,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out_dir)  # a killed earlier run's temporaries (it says what it removed)
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.is_distributed else ""
@@ -135,12 +200,21 @@ def run(args: argparse.Namespace) -> int:
     for index, case in enumerate(mine, 1):
         volume = load_volume(case.path, nan_policy=args.nan_policy, series_uid=args.series_uid)
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
-            result = predictor.predict(volume, mode=args.mode, axis=args.axis, depth=args.depth,
-                                       want=PredictionRequest(probabilities=args.save_probabilities, mirror=args.mirror),
-                                       progress=bar.update, patch_size=args.patch_size, overlap=args.overlap)
+            result = predictor.predict(
+                volume,
+                mode=args.mode,
+                axis=args.axis,
+                depth=args.depth,
+                want=PredictionRequest(probabilities=args.save_probabilities, mirror=args.mirror),
+                progress=bar.update,
+                patch_size=args.patch_size,
+                overlap=args.overlap,
+            )
         if "stage2_fraction" in result.stats:  # coarse-to-fine cascade: the saving of its crop
-            print(f"{prefix}{case.case_id}: stage 2 ran on {result.stats['stage2_fraction']:.0%} of the input",
-                  file=sys.stderr)
+            print(
+                f"{prefix}{case.case_id}: stage 2 ran on {result.stats['stage2_fraction']:.0%} of the input",
+                file=sys.stderr,
+            )
         labels = result.labels.array
         if post.any:
             labels = postprocess(labels, post, mask=body_mask(volume) if args.body_mask else None)
@@ -159,8 +233,7 @@ class ProgressBar:
     def __init__(self, desc: str, disable: bool) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=1, desc=desc, disable=disable, leave=True, file=sys.stderr,
-                         dynamic_ncols=True)
+        self._bar = tqdm(total=1, desc=desc, disable=disable, leave=True, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, progress: Any) -> None:
         bar = self._bar
@@ -168,18 +241,19 @@ class ProgressBar:
             bar.total, bar.unit = progress.total, f" {progress.unit}"
         bar.update(progress.done - bar.n)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
 
 
-
 # -- inputs are never outputs ----------------------------------------------------------------------
 
-def check_outputs_spare_inputs(inputs: list[Path], cases: list[PredictCase], out_dir: Path,
-                               outputs: list[Path]) -> None:
+
+def check_outputs_spare_inputs(
+    inputs: list[Path], cases: list[PredictCase], out_dir: Path, outputs: list[Path]
+) -> None:
     """Refuse, before any work, outputs that are inputs (see the module docstring)."""
     from ..io.protect import refuse_dataset_folder, refuse_input_overwrite, same_file
     from ..io.writer import check_file_name
@@ -208,6 +282,7 @@ def _case_files(case: PredictCase) -> list[Path]:
 
 # -- finding the cases -----------------------------------------------------------------------------
 
+
 def discover_cases(inputs: list[Path]) -> list[PredictCase]:
     """Every case named by ``inputs``, sorted by case id; duplicate ids are an error."""
     found: dict[str, PredictCase] = {}
@@ -221,8 +296,10 @@ def discover_cases(inputs: list[Path]) -> list[PredictCase]:
                 )
             found[case.case_id] = case
     if not found:
-        raise DatasetError(f"no images found in {', '.join(map(str, inputs))} (expected image files, "
-                           f"DICOM folders or an MSD folder with imagesTs/ or imagesTr/)")
+        raise DatasetError(
+            f"no images found in {', '.join(map(str, inputs))} (expected image files, "
+            f"DICOM folders or an MSD folder with imagesTs/ or imagesTr/)"
+        )
     return [found[k] for k in sorted(found)]
 
 

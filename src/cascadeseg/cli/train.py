@@ -57,14 +57,32 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``train`` (and ``plan``), built from :class:`TrainConfig`'s field metadata.
     Options not given are absent from the parsed namespace, so the config keeps its own default
     (``None``: the planner decides) and the recorded command holds only what was given."""
-    parser.add_argument("data", nargs="?", type=Path, default=None,
-                        help="MSD / nnU-Net dataset folder (imagesTr/, labelsTr/, optional dataset.json)")
-    parser.add_argument("--pairs", nargs="+", type=Path, default=None, metavar="FILE",
-                        help="instead of DATA: image and label files in turns (img1 lab1 img2 lab2 ...)")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="run folder to create (default: runs/<data>-<date>-<time>); never overwritten")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last checkpoint with its stored settings")
+    parser.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="MSD / nnU-Net dataset folder (imagesTr/, labelsTr/, optional dataset.json)",
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="instead of DATA: image and label files in turns (img1 lab1 img2 lab2 ...)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder to create (default: runs/<data>-<date>-<time>); never overwritten",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint with its stored settings",
+    )
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
@@ -86,18 +104,35 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                 kwargs[key] = meta[key]
         groups[meta.get("group", "run")].add_argument(flag, **kwargs)
     model = groups["model"]
-    model.add_argument("--base-width", type=int, default=None, help="channels of the first level (paper: 32; default: planned)")
+    model.add_argument(
+        "--base-width", type=int, default=None, help="channels of the first level (paper: 32; default: planned)"
+    )
     model.add_argument("--levels", type=int, default=None, help="resolution levels (paper: 5; default: planned)")
-    model.add_argument("--norm", choices=("batch", "instance"), default=None, help="normalisation (default: the model's)")
-    model.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other create_model option, VALUE as JSON (repeatable)")
-    groups["loss and optimiser"].add_argument("--loss-option", action="append", default=[], metavar="KEY=VALUE",
-                                              help="loss option, VALUE as JSON (repeatable)")
+    model.add_argument(
+        "--norm", choices=("batch", "instance"), default=None, help="normalisation (default: the model's)"
+    )
+    model.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other create_model option, VALUE as JSON (repeatable)",
+    )
+    groups["loss and optimiser"].add_argument(
+        "--loss-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loss option, VALUE as JSON (repeatable)",
+    )
     data = groups["data and sampling"]
     data.add_argument("--no-augmentation", action="store_true", help="switch all augmentation off")
-    data.add_argument("--augmentation", default=None, metavar="JSON",
-                      help='augmentation settings as JSON, e.g. \'{"rot90": false, "elastic_probability": 0.2}\' '
-                           "(default: planned)")
+    data.add_argument(
+        "--augmentation",
+        default=None,
+        metavar="JSON",
+        help='augmentation settings as JSON, e.g. \'{"rot90": false, "elastic_probability": 0.2}\' (default: planned)',
+    )
 
 
 def _json_value(flag: str) -> Any:
@@ -131,7 +166,10 @@ def command_line(args: argparse.Namespace) -> str:
             for item in value:
                 words += [action.option_strings[0], json.dumps(item) if isinstance(item, (dict, list)) else str(item)]
         elif isinstance(value, list):
-            words += [action.option_strings[0], *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value)]
+            words += [
+                action.option_strings[0],
+                *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value),
+            ]
         else:
             words += [action.option_strings[0], json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
     return " ".join(shlex.quote(w) for w in words)
@@ -153,7 +191,9 @@ def _key_values(items: list[str], what: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the arguments describe (resume: the stored one, extended)."""
     command = command_line(args)
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.metadata.get("cli") and hasattr(args, f.name)}
+    given = {
+        f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.metadata.get("cli") and hasattr(args, f.name)
+    }
     if args.resume:
         if args.run_dir is None:
             raise ModelConfigError("--resume needs --run-dir (the folder of the run to continue)")
@@ -168,10 +208,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 setattr(config, key, given[key])
         return config
     if (args.data is None) == (args.pairs is None):
-        raise ModelConfigError("give the training data as DATA (an MSD folder) or as --pairs IMAGE LABEL ..., not both or neither")
+        raise ModelConfigError(
+            "give the training data as DATA (an MSD folder) or as --pairs IMAGE LABEL ..., not both or neither"
+        )
     if args.pairs is not None:
         if len(args.pairs) % 2:
-            raise ModelConfigError(f"--pairs takes image and label files in turns; got an odd number ({len(args.pairs)})")
+            raise ModelConfigError(
+                f"--pairs takes image and label files in turns; got an odd number ({len(args.pairs)})"
+            )
         data: Any = [(str(args.pairs[i]), str(args.pairs[i + 1])) for i in range(0, len(args.pairs), 2)]
         name = Path(args.pairs[0]).name.split(".")[0]
     else:
@@ -193,9 +237,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         given["grad_clip"] = None
     run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(
-        data=data, run_dir=str(run_dir), model_options=options or None,
-        loss_options=_key_values(args.loss_option, "loss-option"), augmentation=augmentation,
-        command=command, **given,
+        data=data,
+        run_dir=str(run_dir),
+        model_options=options or None,
+        loss_options=_key_values(args.loss_option, "loss-option"),
+        augmentation=augmentation,
+        command=command,
+        **given,
     )
 
 
@@ -204,7 +252,7 @@ class _ProgressBar:
 
     def __init__(self, disable: bool) -> None:
         self.disable = disable
-        self.bar = None
+        self.bar: Any = None
 
     def on_train_start(self, info: dict[str, Any]) -> None:
         if info.get("plan"):
@@ -276,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
+
         def on_interrupt(signum: int, frame: Any) -> None:
             if cancel.is_set():
                 raise KeyboardInterrupt
@@ -284,13 +333,21 @@ def run(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        result = train(config, callbacks=_ProgressBar(disable=args.no_progress or not main_rank), cancel=cancel,
-                       started=process_started())
+        result = train(
+            config,
+            callbacks=_ProgressBar(disable=args.no_progress or not main_rank),
+            cancel=cancel,
+            started=process_started(),
+        )
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if main_rank:
-        best = f"best Dice {result.best_dice:.4f} (epoch {result.best_epoch})" if result.best_dice is not None else "no validation yet"
+        best = (
+            f"best Dice {result.best_dice:.4f} (epoch {result.best_epoch})"
+            if result.best_dice is not None
+            else "no validation yet"
+        )
         print(
             f"stopped ({result.stopped}) after {result.epochs_completed} epoch(s), {result.steps} steps, "
             f"{result.elapsed_seconds / 60:.1f} min; {best}; checkpoints in {result.run_dir}"

@@ -4,8 +4,6 @@ The GUI's correction and train widgets are thin layers over these modules; every
 on plain NumPy label arrays and :class:`~cascadeseg.io.Volume` objects.
 """
 
-from .autosave import AutosaveSession, RecoveryInfo, RecoveryStore, recovery_dir
-from .history import EditHistory, LabelEdit
 from ..labelops import (
     annotated_slices,
     fill_holes,
@@ -13,6 +11,8 @@ from ..labelops import (
     keep_largest_component,
     remove_islands,
 )
+from .autosave import AutosaveSession, RecoveryInfo, RecoveryStore, recovery_dir
+from .history import EditHistory, LabelEdit
 from .training_set import (
     AddedCase,
     TrainingSet,

@@ -73,9 +73,7 @@ class RecoveryStore:
         stem = Path(source).name.split(".")[0][:40] or "scan"
         return self.folder / f"{stem}-{_source_key(source)}.npz"
 
-    def save(
-        self, source: str | os.PathLike[str], labels: np.ndarray, layer_name: str = "labels"
-    ) -> Path:
+    def save(self, source: str | os.PathLike[str], labels: np.ndarray, layer_name: str = "labels") -> Path:
         """Write (atomically) the recovery file for ``source``; returns its path."""
         labels = np.asarray(labels)
         if labels.ndim != 3:
@@ -118,6 +116,7 @@ class RecoveryStore:
         if info is None:
             raise InputFileError(f"no recovery file for '{source}' in {self.folder}")
         _, labels = self._read(info.path, load_voxels=True)
+        assert labels is not None  # load_voxels=True reads them (or raises)
         if expected_shape is not None and tuple(labels.shape) != tuple(expected_shape):
             raise VolumeError(
                 f"recovery file {info.path}: labels have shape {tuple(labels.shape)} but the scan "
@@ -145,9 +144,7 @@ class RecoveryStore:
                 f"recovery file {path} is unreadable ({exc}); delete it or restore from your last save"
             ) from exc
         if header.get("format") != _FORMAT_VERSION:
-            raise InputFileError(
-                f"recovery file {path} has format {header.get('format')}, expected {_FORMAT_VERSION}"
-            )
+            raise InputFileError(f"recovery file {path} has format {header.get('format')}, expected {_FORMAT_VERSION}")
         return header, labels
 
 
@@ -168,7 +165,7 @@ class AutosaveSession:
     @staticmethod
     def _checksum(labels: np.ndarray) -> int:
         layout = zlib.crc32(f"{labels.shape}{labels.dtype}".encode())
-        return zlib.crc32(np.ascontiguousarray(labels).view(np.uint8).ravel(), layout)
+        return zlib.crc32(np.ascontiguousarray(labels).view(np.uint8).ravel().tobytes(), layout)
 
     def mark_clean(self, labels: np.ndarray) -> None:
         """The current labels are saved (or freshly loaded): nothing to recover until they change."""

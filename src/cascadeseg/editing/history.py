@@ -12,8 +12,8 @@ reverted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class LabelEdit:
         return int(self.indices.nbytes + self.old_values.nbytes + self.new_values.nbytes)
 
     @classmethod
-    def between(cls, before: np.ndarray, after: np.ndarray, name: str) -> "LabelEdit":
+    def between(cls, before: np.ndarray, after: np.ndarray, name: str) -> LabelEdit:
         """The diff that turns ``before`` into ``after`` (same shape)."""
         if before.shape != after.shape:
             raise VolumeError(

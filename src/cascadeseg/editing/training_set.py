@@ -41,9 +41,10 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -229,7 +230,8 @@ class TrainingSet:
                 for p in self.images_dir.glob(f"*_[0-9][0-9][0-9][0-9]{FILE_ENDING}")
             }
         num_channels = self._channel_count(meta) or 1
-        complete, incomplete = [], []
+        complete: list[str] = []
+        incomplete: list[str] = []
         for case_id in sorted(ids):
             files = [*self._image_paths(case_id, num_channels), self._label_path(case_id)]
             (complete if all(p.is_file() for p in files) else incomplete).append(case_id)
@@ -302,8 +304,11 @@ class TrainingSet:
         replaced = overwrite and self._label_path(final_id).exists()
         image_paths = self._image_paths(final_id, image.num_channels)
         label_path = self._label_path(final_id)
-        refuse_input_overwrite([*image_paths, label_path], input_files(image),
-                               option="case name (or keep the case as a new version: overwrite off)")
+        refuse_input_overwrite(
+            [*image_paths, label_path],
+            input_files(image),
+            option="case name (or keep the case as a new version: overwrite off)",
+        )
         recorded = meta.get(_CACHE_KEY, {}).get(PATIENTS_KEY, {})
         if final_id != requested:
             patient = recorded.get(requested) or patient_id(requested)
@@ -381,7 +386,11 @@ class TrainingSet:
         return f"{requested}_v{version}"
 
     def _write_case(
-        self, image: Volume, label_array: np.ndarray, image_paths: list[Path], label_path: Path,
+        self,
+        image: Volume,
+        label_array: np.ndarray,
+        image_paths: list[Path],
+        label_path: Path,
         meta: dict[str, Any],
     ) -> None:
         """Stage every file of the case and the new ``dataset.json``, then move them in as one
@@ -435,10 +444,10 @@ class TrainingSet:
         regions = {k: v for k, v in (meta.get("labels") or {}).items() if isinstance(v, list)}
         labels: dict[str, Any] = {**(self._labels_by_name(meta) or {"background": 0}), **regions}
         known_values = {v for v in labels.values() if isinstance(v, int)}
-        names = dict(label_names or {})
+        value_names = dict(label_names or {})
         for value in np.unique(label_array).tolist():
             if int(value) not in known_values:
-                labels[names.get(int(value), f"label_{int(value)}")] = int(value)
+                labels[value_names.get(int(value), f"label_{int(value)}")] = int(value)
         meta["labels"] = dict(sorted(labels.items(), key=lambda kv: kv[1] if isinstance(kv[1], int) else 10**9))
         meta["file_ending"] = FILE_ENDING
         block = meta.setdefault(_CACHE_KEY, {})
@@ -455,8 +464,9 @@ class TrainingSet:
         for staging in stale:
             _roll_back(staging)
             shutil.rmtree(staging, ignore_errors=True)
-            log.warning("training set %s: rolled back %s (a case write that was killed half-way)", self.folder,
-                        staging.name)
+            log.warning(
+                "training set %s: rolled back %s (a case write that was killed half-way)", self.folder, staging.name
+            )
         for sub in (self.folder, self.images_dir, self.labels_dir):
             clean_leftovers(sub)
         if stale and self.dataset_json.is_file():

@@ -28,8 +28,8 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -59,7 +59,7 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # glibc only (musl has no such symbol)
+        _ = libc.gnu_get_libc_version  # glibc only (musl has no such symbol): AttributeError elsewhere
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt.restype = ctypes.c_int
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
@@ -78,6 +78,7 @@ def available() -> bool:
 
 def _mallopt(option: int, value: int) -> bool:
     value = min(int(value), 2**31 - 1)  # mallopt takes an int
+    assert _LIBC is not None  # callers check available() first
     return bool(_LIBC.mallopt(option, value))
 
 

@@ -16,6 +16,7 @@ anything else (instance norm, a norm after a concatenation or after an activatio
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -47,10 +48,10 @@ def _leading_norm(module: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
-def _pairs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, str]]:
+def _pairs(model: nn.Module) -> list[tuple[Any, str, Any, str]]:
     """Every foldable (conv's sequence, conv name, norm's sequence, norm name) of ``model``: a
     norm right after its conv in one sequence, or first in the sequence that follows the conv."""
-    found = []
+    found: list[tuple[Any, str, Any, str]] = []
     for module in model.modules():
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
@@ -59,7 +60,8 @@ def _pairs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, str]]:
                 if conv is None or after is None:
                     continue
                 where = (module, b) if isinstance(after, _NORMS) else _leading_norm(after)
-                if where is not None and _foldable(conv, where[0]._modules[where[1]]):
+                norm = where[0]._modules[where[1]] if where is not None else None
+                if where is not None and norm is not None and _foldable(conv, norm):
                     found.append((module, a, where[0], where[1]))
     return found
 
@@ -84,7 +86,7 @@ def fold_batch_norms(model: nn.Module, copy_model: bool = True) -> tuple[nn.Modu
     for conv_parent, conv_name, norm_parent, norm_name in pairs:
         conv, norm = conv_parent._modules[conv_name], norm_parent._modules[norm_name]
         transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-        conv_parent._modules[conv_name] = fuse_conv_bn_eval(conv, norm, transpose=transposed)
+        conv_parent._modules[conv_name] = fuse_conv_bn_eval(conv, norm, transpose=transposed)  # type: ignore[type-var, arg-type]
         norm_parent._modules[norm_name] = nn.Identity()
     return folded_model, len(pairs)
 

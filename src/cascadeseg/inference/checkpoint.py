@@ -143,7 +143,7 @@ class ModelCard:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "model card") -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any], source: str = "model card") -> ModelCard:
         """Build and validate a card; ``source`` names the file in error messages."""
         if not isinstance(data, dict):
             raise CheckpointError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -199,15 +199,11 @@ class ModelCard:
             raise CheckpointError(f"{source}: patch_size must have 3 entries (z, y, x), got {self.patch_size!r}")
         for key, spacing in (("target_spacing", self.target_spacing), ("model_options.spacing", opts.get("spacing"))):
             if spacing is not None and not _positive_spacing(spacing):
-                raise CheckpointError(
-                    f"{source}: {key} must be 3 positive millimetre sizes (z, y, x), got {spacing!r}"
-                )
+                raise CheckpointError(f"{source}: {key} must be 3 positive millimetre sizes (z, y, x), got {spacing!r}")
         for index, channel in enumerate(self.input_channels):
             problem = _preprocessing_problem(channel.get("preprocessing"))
             if problem:
-                raise CheckpointError(
-                    f"{source}: input_channels[{index}] ({channel.get('name', '?')}): {problem}"
-                )
+                raise CheckpointError(f"{source}: input_channels[{index}] ({channel.get('name', '?')}): {problem}")
 
     def create_model(self) -> Any:
         """The untrained network this card describes (``create_model(architecture, **options)``)."""
@@ -236,7 +232,7 @@ def _preprocessing_problem(spec: Any) -> str | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
-        return f"preprocessing must be an object like {{\"type\": \"mri_zscore\"}}, got {spec!r}"
+        return f'preprocessing must be an object like {{"type": "mri_zscore"}}, got {spec!r}'
     kind = spec.get("type", "none")
     if kind not in KNOWN_TYPES:
         return f"preprocessing type {kind!r} is not known; expected one of {', '.join(KNOWN_TYPES)}"
@@ -245,14 +241,18 @@ def _preprocessing_problem(spec: Any) -> str | None:
         if window is None and preset is None:
             return "ct_window needs 'window': [low, high] or a 'preset'"
         if window is not None and not (
-            isinstance(window, (list, tuple)) and len(window) == 2
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in window) and window[0] < window[1]
+            isinstance(window, (list, tuple))
+            and len(window) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in window)
+            and window[0] < window[1]
         ):
             return f"ct_window 'window' must be [low, high] with low < high, got {window!r}"
     percentiles = spec.get("percentiles")
     if percentiles is not None and not (
-        isinstance(percentiles, (list, tuple)) and len(percentiles) == 2
-        and all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in percentiles) and percentiles[0] < percentiles[1]
+        isinstance(percentiles, (list, tuple))
+        and len(percentiles) == 2
+        and all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in percentiles)
+        and percentiles[0] < percentiles[1]
     ):
         return f"'percentiles' must be [low, high] within 0..100 with low < high, got {percentiles!r}"
     return None
@@ -269,6 +269,7 @@ class CheckpointEntry:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
 
 def read_card(checkpoint: str | os.PathLike[str]) -> ModelCard:
     """Read and validate the model card of a checkpoint folder or ``.zip`` archive (or of a shipped /
@@ -333,8 +334,11 @@ def load_weights(checkpoint: str | os.PathLike[str], card: ModelCard | None = No
     if not archive and not weights.is_file():
         raise CheckpointError(f"{root}: weights file {WEIGHTS_FILE} is missing")
     raw = _archive_member(root, WEIGHTS_FILE) if archive else None
-    _check_digest(card, hashlib.sha256(raw).hexdigest() if raw is not None else _file_sha256(weights),
-                  f"{root}:{WEIGHTS_FILE}" if archive else str(weights))
+    _check_digest(
+        card,
+        hashlib.sha256(raw).hexdigest() if raw is not None else _file_sha256(weights),
+        f"{root}:{WEIGHTS_FILE}" if archive else str(weights),
+    )
     try:
         return load(raw) if raw is not None else load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -448,6 +452,7 @@ def _checkpoint_folder(folder: str | os.PathLike[str]) -> Path:
 
 # -- writing ---------------------------------------------------------------------------------------
 
+
 def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Write ``model``'s weights and ``card`` into ``folder`` atomically; returns the folder.
 
@@ -469,8 +474,11 @@ def save_checkpoint(model: Any, card: ModelCard, folder: str | os.PathLike[str],
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with staging_folder(target.parent, target.name) as staged:
         weights = staged / WEIGHTS_FILE
-        save_file(state, str(weights), metadata={"architecture": card.architecture,
-                                                  "format_version": str(card.format_version)})
+        save_file(
+            state,
+            str(weights),
+            metadata={"architecture": card.architecture, "format_version": str(card.format_version)},
+        )
         weights.chmod(0o644)  # safetensors creates it owner-only; others must read it too
         record = card.to_dict()
         record["weights_sha256"] = _file_sha256(weights)
@@ -484,14 +492,18 @@ def _check_card_fits_model(card: ModelCard, model: Any, target: Path) -> None:
     info = getattr(model, "info", None)
     if info is not None and info.name != card.architecture:
         raise CheckpointError(f"{target}: card architecture '{card.architecture}' but the model is '{info.name}'")
-    for attr, expected in (("in_channels", len(card.input_channels)), ("num_classes", card.num_classes),
-                           ("dims", card.dims)):
+    for attr, expected in (
+        ("in_channels", len(card.input_channels)),
+        ("num_classes", card.num_classes),
+        ("dims", card.dims),
+    ):
         actual = getattr(model, attr, expected)
         if actual != expected:
             raise CheckpointError(f"{target}: card says {attr}={expected} but the model has {attr}={actual}")
 
 
 # -- discovery -------------------------------------------------------------------------------------
+
 
 def user_models_dir() -> Path:
     """Where user-trained checkpoints live: ``models/`` in the home folder

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from ..errors import DeviceError
-from .allocator import enabled as allocator_enabled, reuse_freed_memory
+from .allocator import enabled as allocator_enabled
+from .allocator import reuse_freed_memory
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 

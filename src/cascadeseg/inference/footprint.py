@@ -17,8 +17,9 @@ x 122 CT with probabilities.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,15 @@ def _working_shape(predictor: Any, volume: Volume, mode: str, axis: int) -> tupl
     return tuple(max(1, int(round(n * float(s) / t))) for n, s, t in zip(spatial, volume.spacing, target))
 
 
-def prediction_footprint(predictor: Any, volume: Volume, mode: str, axis: int, want: Any,
-                         patch_size: Sequence[int] | None = None, overlap: float = 0.5) -> Footprint:
+def prediction_footprint(
+    predictor: Any,
+    volume: Volume,
+    mode: str,
+    axis: int,
+    want: Any,
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.5,
+) -> Footprint:
     """A lower bound of the host memory ``predictor.predict(volume, ...)`` needs (see the module
     docstring); nothing is allocated."""
     from .predictor import default_2d_batch
@@ -85,7 +93,9 @@ def prediction_footprint(predictor: Any, volume: Volume, mode: str, axis: int, w
     width = _first_width(model)
     heads = len(getattr(model.info, "pruning_depths", ()) or ()) if want.depths else 0
     stages = len(getattr(model.info, "stages", ()) or ()) if want.stages else 0
-    gates = 4 if want.attention and getattr(model.info, "attention", False) else 0  # at least one per level below the top
+    gates = (
+        4 if want.attention and getattr(model.info, "attention", False) else 0
+    )  # at least one per level below the top
     parts = {
         "preprocessed scan": channels * native * _F32,
         "resampled scan": channels * working * _F32 if working_shape != tuple(volume.spatial_shape) else 0,
@@ -103,7 +113,8 @@ def prediction_footprint(predictor: Any, volume: Volume, mode: str, axis: int, w
         batch = predictor.batch_size or default_2d_batch(predictor.device, plane[0], plane[1])
         batch = min(batch, int(working_shape[axis]))
         parts["network batch"] = batch * (
-            padded * (channels + classes) * _F32 + math.prod(native_plane) * classes * _F32
+            padded * (channels + classes) * _F32
+            + math.prod(native_plane) * classes * _F32
             + (2 * width * padded * _F32 if on_cpu else 0)
         )
     else:
@@ -113,14 +124,21 @@ def prediction_footprint(predictor: Any, volume: Volume, mode: str, axis: int, w
         maps = 1 + (heads + stages + gates) if (want.depths or want.stages or want.attention) else 1
         parts["sliding-window accumulators"] = padded * (channels + classes * maps + 1) * _F32
         parts["native-grid logits"] = native * classes * _F32 * (2 if want.probabilities else 1)
-        parts["network batch"] = batch * math.prod(patch) * (
-            (channels + classes) * _F32 + (2 * width * _F32 if on_cpu else 0)
+        parts["network batch"] = (
+            batch * math.prod(patch) * ((channels + classes) * _F32 + (2 * width * _F32 if on_cpu else 0))
         )
     return Footprint(parts=parts, working_shape=working_shape, batch=batch)
 
 
-def check_prediction_fits(predictor: Any, volume: Volume, mode: str, axis: int, want: Any,
-                          patch_size: Sequence[int] | None = None, overlap: float = 0.5) -> Footprint:
+def check_prediction_fits(
+    predictor: Any,
+    volume: Volume,
+    mode: str,
+    axis: int,
+    want: Any,
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.5,
+) -> Footprint:
     """Raise :class:`~cascadeseg.errors.InsufficientMemoryError` when the prediction cannot fit,
     naming the scan, the checkpoint, the sizes involved and what would fit."""
     footprint = prediction_footprint(predictor, volume, mode, axis, want, patch_size, overlap)
@@ -130,13 +148,18 @@ def check_prediction_fits(predictor: Any, volume: Volume, mode: str, axis: int, 
     scan = str(volume.source) if volume.source is not None else "the scan"
     grid = f"{describe_shape(volume.spatial_shape)} voxels"
     if footprint.working_shape != tuple(volume.spatial_shape):
-        grid += (f", resampled to {describe_shape(footprint.working_shape)} at the checkpoint's target spacing "
-                 f"{tuple(card.target_spacing or ())} mm")
+        grid += (
+            f", resampled to {describe_shape(footprint.working_shape)} at the checkpoint's target spacing "
+            f"{tuple(card.target_spacing or ())} mm"
+        )
     if mode == "3d":
         grid += f", {describe_shape(predictor._patch_size(patch_size))} windows"
     lighter = _lighter(predictor, volume, mode, axis, want, patch_size, overlap)
-    remedy = (f"with {lighter[0]} it would need {format_bytes(lighter[1])}, which fits" if lighter
-              else "a smaller scan (crop it), a checkpoint with a coarser target spacing, or a machine with more memory")
+    remedy = (
+        f"with {lighter[0]} it would need {format_bytes(lighter[1])}, which fits"
+        if lighter
+        else "a smaller scan (crop it), a checkpoint with a coarser target spacing, or a machine with more memory"
+    )
     check_fits(
         footprint.total,
         f"{scan}: segmenting it in {mode.upper()} with '{card.name or card.architecture}' ({grid}; "
@@ -146,8 +169,9 @@ def check_prediction_fits(predictor: Any, volume: Volume, mode: str, axis: int, 
     return footprint
 
 
-def _lighter(predictor: Any, volume: Volume, mode: str, axis: int, want: Any,
-             patch_size: Sequence[int] | None, overlap: float) -> tuple[str, int] | None:
+def _lighter(
+    predictor: Any, volume: Volume, mode: str, axis: int, want: Any, patch_size: Sequence[int] | None, overlap: float
+) -> tuple[str, int] | None:
     """The cheapest variant the user can choose (only the label map, batch size 1), when it fits."""
     from dataclasses import replace
 
@@ -163,8 +187,11 @@ def _lighter(predictor: Any, volume: Volume, mode: str, axis: int, want: Any,
         return None
     predictor.batch_size = 1
     try:
-        plain = replace(want, probabilities=False, depths=False, stages=False, attention=False) \
-            if isinstance(want, PredictionRequest) else want
+        plain = (
+            replace(want, probabilities=False, depths=False, stages=False, attention=False)
+            if isinstance(want, PredictionRequest)
+            else want
+        )
         need = prediction_footprint(predictor, volume, mode, axis, plain, patch_size, overlap).total
     finally:
         predictor.batch_size = saved

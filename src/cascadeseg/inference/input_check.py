@@ -32,8 +32,11 @@ SPACING_FACTOR = 2.0
 
 
 def expected_modality(card: ModelCard) -> str | None:
-    recorded = (card.training.get("data") or {}).get("fingerprint", {}).get("modality") if isinstance(
-        card.training.get("data"), dict) else None
+    recorded = (
+        (card.training.get("data") or {}).get("fingerprint", {}).get("modality")
+        if isinstance(card.training.get("data"), dict)
+        else None
+    )
     if recorded in ("CT", "MR"):
         return recorded
     types = {str((ch.get("preprocessing") or {}).get("type")) for ch in card.input_channels}
@@ -60,19 +63,22 @@ def input_warnings(volume: Volume, card: ModelCard, mode: str | None = None, axi
         what = "CT values (air near -1000 HU)" if found == "CT" else "an MR scan"
         warnings.append(
             f"{where} looks like {what} but model {name} was trained on {wanted}: its mask will not mean anything; "
-            f"pick a {found} model")
+            f"pick a {found} model"
+        )
     expected = card.channel_names
     for index, given in enumerate(volume.channel_names[: len(expected)]):
         want_key, given_key = canonical_channel(expected[index]), canonical_channel(given)
         if want_key and given_key and want_key != given_key:
             warnings.append(
                 f"{where}: channel {index} is named '{given}' but model {name} expects '{expected[index]}' there; "
-                f"give the model the sequence it was trained on (or map the channels in the Segment dock)")
+                f"give the model the sequence it was trained on (or map the channels in the Segment dock)"
+            )
     if card.dims == 2 and axis is not None and int(axis) != int(card.slice_axis):
         names = {0: "axial (z)", 1: "coronal (y)", 2: "sagittal (x)"}
         warnings.append(
             f"model {name} was trained on {names.get(int(card.slice_axis))} slices; slicing along "
-            f"{names.get(int(axis))} shows it anatomy it has not seen: use axis {card.slice_axis}")
+            f"{names.get(int(axis))} shows it anatomy it has not seen: use axis {card.slice_axis}"
+        )
     fingerprint = _fingerprint(card)
     if fingerprint and volume.array.ndim == 4:
         low, high = np.asarray(fingerprint["spacing_min"], float), np.asarray(fingerprint["spacing_max"], float)
@@ -83,7 +89,8 @@ def input_warnings(volume: Volume, card: ModelCard, mode: str | None = None, axi
             warnings.append(
                 f"{where} has voxels of {np.round(spacing, 3).tolist()} mm; model {name} was trained on "
                 f"{np.round(low, 3).tolist()}-{np.round(high, 3).tolist()} mm: structures of another size in voxels "
-                f"may be missed")
+                f"may be missed"
+            )
     return warnings
 
 

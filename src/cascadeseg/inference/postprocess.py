@@ -14,12 +14,13 @@ the GUI's correction tools and automatic post-processing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..labelops import fill_holes, keep_largest_component, remove_distant_islands
 from ..errors import GeometryMismatchError, VolumeError
+from ..labelops import fill_holes, keep_largest_component, remove_distant_islands
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,17 @@ class PostProcessing:
 def apply_mask(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Labels outside ``mask`` (bool, same shape) set to background, in place; returns ``labels``."""
     if mask.shape != labels.shape:
-        raise GeometryMismatchError(
-            f"post-processing mask has shape {mask.shape} but the label map has {labels.shape}"
-        )
+        raise GeometryMismatchError(f"post-processing mask has shape {mask.shape} but the label map has {labels.shape}")
     labels[~mask.astype(bool, copy=False)] = 0
     return labels
 
 
-def postprocess(labels: np.ndarray, options: PostProcessing, mask: np.ndarray | None = None,
-                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+def postprocess(
+    labels: np.ndarray,
+    options: PostProcessing,
+    mask: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
     """Run the chosen steps on a ``(Z, Y, X)`` label map; returns a new array (input untouched).
     ``spacing`` (mm, the scan's) is needed by ``distant_islands_mm``."""
     out = labels
@@ -87,7 +90,9 @@ def from_card(spec: dict | None) -> PostProcessing | None:
     known = {"largest_component", "fill_holes", "fill_holes_axis", "distant_islands_mm"}
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise VolumeError(f"model card postprocessing {spec}: unknown step(s) {unknown} (expected some of {sorted(known)})")
+        raise VolumeError(
+            f"model card postprocessing {spec}: unknown step(s) {unknown} (expected some of {sorted(known)})"
+        )
     return PostProcessing(**spec)
 
 

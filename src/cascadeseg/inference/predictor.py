@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,6 @@ from ..io.volume import Volume
 from ..models.output import OutputRequest, SegmentationOutput
 from .batchnorm_folding import fold_batch_norms
 from .checkpoint import ModelCard
-from .postprocess import from_card
 from .device import (
     DeviceError,
     inference_context,
@@ -51,6 +51,7 @@ from .device import (
     resolve_device,
 )
 from .footprint import check_prediction_fits
+from .postprocess import from_card
 from .progress import CancelToken, ProgressCallback, ProgressTracker
 
 DEFAULT_PATCH_3D = (128, 128, 128)
@@ -146,8 +147,14 @@ class Predictor:
     batch (``None``: :func:`default_2d_batch` slices, 1 window on the CPU or 2 on a GPU).
     """
 
-    def __init__(self, model: torch.nn.Module, card: ModelCard, device: str | torch.device = "auto",
-                 mixed_precision: bool = True, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        device: str | torch.device = "auto",
+        mixed_precision: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
         self.card = card
         self.device = resolve_device(device)
         self.mixed_precision = mixed_precision
@@ -159,13 +166,14 @@ class Predictor:
         # batchnorm_folding: one pass over every activation map fewer); the caller's model is
         # left trainable.
         model, self.folded_batch_norms = fold_batch_norms(model)
-        self.model = model.to(self.device, memory_format=memory_format(self.device, dims)).eval()
+        # torch's stubs lack Module.to's memory_format keyword, which it takes
+        self.model = model.to(self.device, memory_format=memory_format(self.device, dims)).eval()  # type: ignore[call-overload]
         values = card.class_values
         self._lut = None if values == list(range(len(values))) else torch.tensor(values, dtype=torch.int64)
         self.label_dtype = label_dtype(max(values))
 
     @classmethod
-    def from_checkpoint(cls, folder: Any, device: str | torch.device = "auto", **options: Any) -> "Predictor":
+    def from_checkpoint(cls, folder: Any, device: str | torch.device = "auto", **options: Any) -> Predictor:
         """Load a checkpoint folder (or shipped/user model name) and wrap it."""
         from .checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -217,8 +225,9 @@ class Predictor:
         except VolumeError as exc:  # e.g. a constant scan: say which one
             raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
         t1 = time.perf_counter()
-        maps, items, unit, stats = self.predict_maps(prepared, mode, axis, depth, want, progress, cancel,
-                                                     patch_size, overlap, spacing=volume.spacing)
+        maps, items, unit, stats = self.predict_maps(
+            prepared, mode, axis, depth, want, progress, cancel, patch_size, overlap, spacing=volume.spacing
+        )
         del prepared
         t2 = time.perf_counter()
         result = self._wrap(volume, maps, want)
@@ -236,19 +245,33 @@ class Predictor:
 
         return input_warnings(volume, self.card, mode, self.card.slice_axis if axis is None else axis)
 
-    def prepare(self, volume: Volume, slice_axis: int | None) -> "PreparedScan":
+    def prepare(self, volume: Volume, slice_axis: int | None) -> PreparedScan:
         """The scan as this network sees it: the card's preprocessing on the scan's own grid, then
         the card's working grid (see :func:`prepare_scan`). ``slice_axis``: 2D (that axis is not
         resampled) or ``None`` (3D)."""
         specs = [ch.get("preprocessing") for ch in self.card.input_channels]
-        return prepare_scan(volume, specs, self.card.target_spacing, slice_axis,
-                            body_mask=bool(getattr(self.model.info, "body_mask_at_inference", False)))
+        return prepare_scan(
+            volume,
+            specs,
+            self.card.target_spacing,
+            slice_axis,
+            body_mask=bool(getattr(self.model.info, "body_mask_at_inference", False)),
+        )
 
-    def predict_maps(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
-                     want: PredictionRequest | None = None, progress: ProgressCallback | None = None,
-                     cancel: CancelToken | None = None, patch_size: Sequence[int] | None = None,
-                     overlap: float = 0.5, postprocess: bool = True,
-                     spacing: Sequence[float] | None = None) -> tuple[dict[str, Any], int, str, dict[str, float]]:
+    def predict_maps(
+        self,
+        prepared: PreparedScan,
+        mode: str,
+        axis: int,
+        depth: int,
+        want: PredictionRequest | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        patch_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
+        postprocess: bool = True,
+        spacing: Sequence[float] | None = None,
+    ) -> tuple[dict[str, Any], int, str, dict[str, float]]:
         """Run the network over a :class:`PreparedScan`: the label map (and what ``want`` asks
         for) as arrays on the scan's native grid, plus the items run, their unit and model
         statistics. :meth:`predict` is ``prepare`` + this + wrapping into Volumes; training's
@@ -259,11 +282,13 @@ class Predictor:
         crop_fractions = _CropFractions(self.model)
         try:
             if mode == "2d":
-                maps, items, unit = self._predict_2d(prepared.image, axis, depth, want, progress, cancel, prepared.zoom,
-                                                     prepared.native_shape)
+                maps, items, unit = self._predict_2d(
+                    prepared.image, axis, depth, want, progress, cancel, prepared.zoom, prepared.native_shape
+                )
             else:
-                maps, items, unit = self._predict_3d(prepared.image, depth, want, progress, cancel, patch_size, overlap,
-                                                     prepared.zoom)
+                maps, items, unit = self._predict_3d(
+                    prepared.image, depth, want, progress, cancel, patch_size, overlap, prepared.zoom
+                )
         finally:
             crop_fractions.detach()
             release_cached_memory(self.device)
@@ -276,11 +301,20 @@ class Predictor:
             from .postprocess import postprocess as run_postprocessing
 
             maps["labels"] = run_postprocessing(maps["labels"], options, spacing=spacing)
-            maps["depths"] = {d: run_postprocessing(a, options, spacing=spacing) for d, a in maps.get("depths", {}).items()}
+            maps["depths"] = {
+                d: run_postprocessing(a, options, spacing=spacing) for d, a in maps.get("depths", {}).items()
+            }
         return maps, items, unit, crop_fractions.summary()
 
-    def estimate_seconds(self, prepared: "PreparedScan", mode: str, axis: int, depth: int,
-                         want: PredictionRequest | None = None, overlap: float = 0.5) -> float:
+    def estimate_seconds(
+        self,
+        prepared: PreparedScan,
+        mode: str,
+        axis: int,
+        depth: int,
+        want: PredictionRequest | None = None,
+        overlap: float = 0.5,
+    ) -> float:
         """Seconds :meth:`predict_maps` will take on ``prepared``, measured: one batch of the size
         it would run (real slices or one real window) is run twice and the second timed, then
         multiplied by the number of batches, plus a quarter for what surrounds the network
@@ -294,7 +328,7 @@ class Predictor:
                 n, h, w = planes.shape[1:]
                 batch = min(n, self.batch_size or default_2d_batch(self.device, h, w))
                 divisor = tuple(int(d) for d in self.model.size_divisor)
-                pad = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
+                pad: tuple[int, ...] = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
                 x = torch.from_numpy(np.ascontiguousarray(planes[:, :batch].swapaxes(0, 1)))
                 batches = -(-n // batch)
             else:
@@ -303,8 +337,9 @@ class Predictor:
                 x = torch.zeros((batch, image.shape[0], *patch))
                 slices = tuple(slice(0, min(p, s)) for p, s in zip(patch, image.shape[1:]))
                 x[(slice(None), slice(None), *(slice(0, sl.stop) for sl in slices))] = torch.from_numpy(
-                    np.ascontiguousarray(image[(slice(None), *slices)]))[None]
-                pad = (0,) * 6
+                    np.ascontiguousarray(image[(slice(None), *slices)])
+                )[None]
+                pad = (0, 0, 0, 0, 0, 0)
                 batches = -(-count_windows(image.shape[1:], patch, overlap) // batch)
             times = []
             for _ in range(2):
@@ -354,9 +389,17 @@ class Predictor:
                     )
 
     # -- 2D ----------------------------------------------------------------------------------
-    def _predict_2d(self, image: np.ndarray, axis: int, depth: int, want: PredictionRequest,
-                    progress: ProgressCallback | None, cancel: CancelToken | None,
-                    zoom: "NativeZoom | None", native_shape: Sequence[int]) -> tuple[dict[str, Any], int, str]:
+    def _predict_2d(
+        self,
+        image: np.ndarray,
+        axis: int,
+        depth: int,
+        want: PredictionRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+        zoom: NativeZoom | None,
+        native_shape: Sequence[int],
+    ) -> tuple[dict[str, Any], int, str]:
         planes = np.moveaxis(image, axis + 1, 1)  # (C, N, H, W) view, no copy
         n, h, w = planes.shape[1:]
         plane_zoom = zoom.in_plane(axis) if zoom is not None else None
@@ -381,8 +424,9 @@ class Predictor:
                 start = stop
         return sink.maps, n, "slices"
 
-    def _forward(self, x: torch.Tensor, pad: tuple[int, ...], depth: int, want: PredictionRequest
-                 ) -> SegmentationOutput:
+    def _forward(
+        self, x: torch.Tensor, pad: tuple[int, ...], depth: int, want: PredictionRequest
+    ) -> SegmentationOutput:
         x = x.to(self.device, non_blocking=True)
         if any(pad):
             x = F.pad(x, pad, value=PAD_VALUE)
@@ -420,10 +464,17 @@ class Predictor:
         return max(batch // 2, 1)
 
     # -- 3D ----------------------------------------------------------------------------------
-    def _predict_3d(self, image: np.ndarray, depth: int, want: PredictionRequest,
-                    progress: ProgressCallback | None, cancel: CancelToken | None,
-                    patch_size: Sequence[int] | None, overlap: float, zoom: "NativeZoom | None" = None
-                    ) -> tuple[dict[str, Any], int, str]:
+    def _predict_3d(
+        self,
+        image: np.ndarray,
+        depth: int,
+        want: PredictionRequest,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+        patch_size: Sequence[int] | None,
+        overlap: float,
+        zoom: NativeZoom | None = None,
+    ) -> tuple[dict[str, Any], int, str]:
         from monai.inferers import sliding_window_inference
 
         patch = self._patch_size(patch_size)
@@ -437,16 +488,25 @@ class Predictor:
             try:
                 with inference_context(self.device, self.mixed_precision):
                     outputs = sliding_window_inference(
-                        x, roi_size=patch, sw_batch_size=batch, predictor=runner, overlap=overlap,
-                        mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=PAD_VALUE,
-                        sw_device=self.device, device=torch.device("cpu"),
+                        x,
+                        roi_size=patch,
+                        sw_batch_size=batch,
+                        predictor=runner,
+                        overlap=overlap,
+                        mode="gaussian",
+                        sigma_scale=0.125,
+                        padding_mode="constant",
+                        cval=PAD_VALUE,
+                        sw_device=self.device,
+                        device=torch.device("cpu"),
                     )
                 break
             except CascadeSegError:
                 raise
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 batch = self._smaller_batch(exc, batch, f"patches of {'x'.join(map(str, patch))}")
-        outputs = outputs if isinstance(outputs, dict) else {"logits": outputs}
+        maps: dict[str, Any] = outputs if isinstance(outputs, dict) else {"logits": outputs}
+        outputs = maps
         del x
         native = zoom.native_shape if zoom is not None else spatial
         sink = _MapSink(native, self.card.num_classes, self.label_dtype, want, zoom)
@@ -490,11 +550,11 @@ class NativeZoom:
     scales: tuple[float, ...]  # working spacing / native spacing per axis
 
     @classmethod
-    def between(cls, working: Volume, native: Volume) -> "NativeZoom":
+    def between(cls, working: Volume, native: Volume) -> NativeZoom:
         scales = tuple(float(w) / float(n) for w, n in zip(working.spacing, native.spacing))
         return cls(tuple(int(s) for s in native.spatial_shape), scales)
 
-    def in_plane(self, axis: int) -> "NativeZoom":
+    def in_plane(self, axis: int) -> NativeZoom:
         """The zoom of the two axes other than ``axis`` (2D mode resamples only those)."""
         keep = [a for a in range(3) if a != axis]
         return NativeZoom(tuple(self.native_shape[a] for a in keep), tuple(self.scales[a] for a in keep))
@@ -502,8 +562,7 @@ class NativeZoom:
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         """``(B, C, *working)`` -> ``(B, C, *native)``, (bi/tri)linear."""
         mode = "bilinear" if t.ndim == 4 else "trilinear"
-        out = F.interpolate(t, scale_factor=self.scales, mode=mode, align_corners=False,
-                            recompute_scale_factor=False)
+        out = F.interpolate(t, scale_factor=self.scales, mode=mode, align_corners=False, recompute_scale_factor=False)
         pad: list[int] = []
         for size, have in zip(reversed(self.native_shape), reversed(out.shape[2:])):
             pad += [0, max(0, size - have)]
@@ -531,7 +590,7 @@ class PreparedScan:
     def working_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
 
-    def restrict(self, axis: int, start: int, stop: int) -> "PreparedScan":
+    def restrict(self, axis: int, start: int, stop: int) -> PreparedScan:
         """Slices ``[start, stop)`` along ``axis`` (a view). Only for an axis the working grid did
         not resample (2D's slicing axis), where working and native slice indices are the same."""
         if self.zoom is not None and abs(self.zoom.scales[axis] - 1.0) > 1e-6:
@@ -567,14 +626,15 @@ def preprocess_channels(volume: Volume, specs: Sequence[dict[str, Any] | None]) 
         channel = array[c]
         if voxelwise[c]:
             for z in range(0, channel.shape[0], PREPROCESS_SLAB):
-                out[c, z:z + PREPROCESS_SLAB] = _preprocess_channel(channel[z:z + PREPROCESS_SLAB], spec)
+                out[c, z : z + PREPROCESS_SLAB] = _preprocess_channel(channel[z : z + PREPROCESS_SLAB], spec)
         else:
             out[c] = _preprocess_channel(channel, spec)
     return out
 
 
-def working_spacing(spacing: Sequence[float], target_spacing: Sequence[float] | None,
-                    slice_axis: int | None) -> tuple[float, float, float] | None:
+def working_spacing(
+    spacing: Sequence[float], target_spacing: Sequence[float] | None, slice_axis: int | None
+) -> tuple[float, float, float] | None:
     """The working grid's spacing for a scan of ``spacing``; ``None``: the scan's own grid.
 
     The target applies when it differs from the scan's spacing by more than 1 % on some axis. In
@@ -592,8 +652,13 @@ def working_spacing(spacing: Sequence[float], target_spacing: Sequence[float] | 
     return tuple(target)  # type: ignore[return-value]
 
 
-def prepare_scan(volume: Volume, specs: Sequence[dict[str, Any] | None], target_spacing: Sequence[float] | None,
-                 slice_axis: int | None, body_mask: bool = False) -> PreparedScan:
+def prepare_scan(
+    volume: Volume,
+    specs: Sequence[dict[str, Any] | None],
+    target_spacing: Sequence[float] | None,
+    slice_axis: int | None,
+    body_mask: bool = False,
+) -> PreparedScan:
     """Preprocess on the scan's own grid (the statistics the network was trained with), then
     resample linearly to the working grid (:func:`working_spacing`). The network's maps come back
     to the scan's grid as logits (:class:`NativeZoom`) and the labels are taken there: nnU-Net's
@@ -629,7 +694,8 @@ class _CropFractions:
         self._handle = None
         if hasattr(model, "last_crop_fraction"):
             self._handle = model.register_forward_hook(
-                lambda module, args, output: self.values.append(float(module.last_crop_fraction)))
+                lambda module, args, output: self.values.append(float(module.last_crop_fraction))
+            )
 
     def detach(self) -> None:
         if self._handle is not None:
@@ -709,8 +775,14 @@ class _WindowRunner:
 class _MapSink:
     """Collects network outputs into the result arrays (allocated once, filled batch by batch)."""
 
-    def __init__(self, spatial: Sequence[int], num_classes: int, dtype: np.dtype, want: PredictionRequest,
-                 zoom: NativeZoom | None = None) -> None:
+    def __init__(
+        self,
+        spatial: Sequence[int],
+        num_classes: int,
+        dtype: np.dtype,
+        want: PredictionRequest,
+        zoom: NativeZoom | None = None,
+    ) -> None:
         self.spatial = tuple(int(s) for s in spatial)
         self.zoom = zoom  # working -> native (in-plane in 2D), applied to every map before use
         self.dtype = dtype
@@ -741,8 +813,9 @@ class _MapSink:
             store[key] = np.zeros(tuple(shape), dtype=dtype)
         return store[key]
 
-    def write_2d(self, out: SegmentationOutput, axis: int, start: int, stop: int, hw: tuple[int, int],
-                 lut: torch.Tensor | None) -> None:
+    def write_2d(
+        self, out: SegmentationOutput, axis: int, start: int, stop: int, hw: tuple[int, int], lut: torch.Tensor | None
+    ) -> None:
         h, w = hw
         crop = (slice(None), slice(None), slice(0, h), slice(0, w))
         native = self.zoom.apply if self.zoom is not None else (lambda t: t)  # noqa: E731
@@ -754,8 +827,9 @@ class _MapSink:
             np.moveaxis(self.maps["probabilities"], axis + 1, 1)[:, start:stop] = probs.swapaxes(0, 1)
         if self.want.depths:
             for d, head in out.heads.items():
-                planes(self._new("depths", d, self.spatial, self.dtype))[...] = \
-                    self._labels_from_logits(native(head[crop].float()), lut)
+                planes(self._new("depths", d, self.spatial, self.dtype))[...] = self._labels_from_logits(
+                    native(head[crop].float()), lut
+                )
         if self.want.stages:
             for name, stage in out.stages.items():
                 # Stage maps are few classes; uint8 always holds them (checked by label_dtype).
@@ -765,8 +839,9 @@ class _MapSink:
             padded = out.logits.shape[2:]
             for gate, coeff in out.attention.items():
                 up = F.interpolate(coeff.float(), size=tuple(padded), mode="bilinear", align_corners=False)
-                planes(self._new("attention", gate, self.spatial, np.float32))[...] = \
+                planes(self._new("attention", gate, self.spatial, np.float32))[...] = (
                     native(up[:, :1, :h, :w])[:, 0].clamp_(0, 1).to("cpu").numpy()
+                )
 
     def write_3d(self, outputs: dict[str, torch.Tensor], lut: torch.Tensor | None) -> None:
         """Whole-volume maps from the sliding window; each is zoomed to the native grid just

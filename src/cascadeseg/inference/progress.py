@@ -7,8 +7,9 @@ A callback receives a :class:`Progress` after every batch; a cancel token is any
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..errors import CancelledError
 
@@ -34,8 +35,14 @@ ProgressCallback = Callable[[Progress], None]
 class ProgressTracker:
     """Counts finished items, reports them through an optional callback and honours cancellation."""
 
-    def __init__(self, total: int, unit: str, callback: ProgressCallback | None = None,
-                 cancel: CancelToken | None = None, what: str = "prediction") -> None:
+    def __init__(
+        self,
+        total: int,
+        unit: str,
+        callback: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        what: str = "prediction",
+    ) -> None:
         self.total = max(int(total), 1)
         self.unit = unit
         self.callback = callback

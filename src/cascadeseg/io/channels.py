@@ -10,9 +10,21 @@ from __future__ import annotations
 import re
 
 _ALIASES = {
-    "flair": "flair", "fla": "flair", "t2flair": "flair", "t2-flair": "flair",
-    "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c", "t1 post-contrast": "t1c", "t1-post": "t1c",
-    "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2", "ct": "ct",
+    "flair": "flair",
+    "fla": "flair",
+    "t2flair": "flair",
+    "t2-flair": "flair",
+    "t1c": "t1c",
+    "t1ce": "t1c",
+    "t1gd": "t1c",
+    "t1post": "t1c",
+    "t1 post-contrast": "t1c",
+    "t1-post": "t1c",
+    "t1": "t1",
+    "t1w": "t1",
+    "t2": "t2",
+    "t2w": "t2",
+    "ct": "ct",
 }
 
 

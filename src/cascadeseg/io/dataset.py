@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from cascadeseg.errors import DatasetError
 from cascadeseg.io.msd_layout import channel_names_from_json, channel_of, is_image_file, split_suffix
@@ -127,7 +127,9 @@ def load_dataset(folder: PathLike, *, images: str = "imagesTr", labels: str = "l
         raise DatasetError(f"{root}: is not a folder; expected an MSD/nnU-Net dataset folder with {images}/")
     images_dir = root / images
     if not images_dir.is_dir():
-        raise DatasetError(f"{root}: has no {images}/ folder; expected the MSD/nnU-Net layout {images}/<case>_0000.nii.gz")
+        raise DatasetError(
+            f"{root}: has no {images}/ folder; expected the MSD/nnU-Net layout {images}/<case>_0000.nii.gz"
+        )
     description = _read_description(root)
     cases = _group_cases(images_dir)
     if not cases:

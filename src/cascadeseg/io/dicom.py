@@ -143,7 +143,9 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     try:
         first.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputFileError(f"{chosen.files[0]}: cannot be read as a DICOM image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputFileError(
+            f"{chosen.files[0]}: cannot be read as a DICOM image ({str(exc).strip().splitlines()[-1]})"
+        ) from exc
     check_itk_size(first, path, slices=len(chosen.files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))

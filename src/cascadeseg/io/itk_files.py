@@ -83,8 +83,11 @@ def check_itk_size(reader: sitk.ImageFileReader, path: Path, slices: int = 1) ->
     data = array_bytes(shape, np.uint8) * components * item
     voxels = math.prod(shape)
     what = f"{describe_shape(shape)} voxels" + (f" of {components} components" if components > 1 else "")
-    check_fits(2 * data, f"{path}: the header describes {what} ({format_bytes(data)}); reading it",
-               per_voxel=2 * data / max(voxels, 1))
+    check_fits(
+        2 * data,
+        f"{path}: the header describes {what} ({format_bytes(data)}); reading it",
+        per_voxel=2 * data / max(voxels, 1),
+    )
 
 
 def check_itk_file_size(path: Path) -> None:
@@ -94,7 +97,9 @@ def check_itk_file_size(path: Path) -> None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputFileError(f"{path}: cannot be read as {path.suffix} image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputFileError(
+            f"{path}: cannot be read as {path.suffix} image ({str(exc).strip().splitlines()[-1]})"
+        ) from exc
     check_itk_size(reader, path)
 
 
@@ -109,8 +114,7 @@ def read_itk_file(path: Path) -> Volume:
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         raise InputFileError(
-            f"{path}: cannot be read as {path.suffix} image ({first_line}); "
-            "expected a complete MetaImage or NRRD file"
+            f"{path}: cannot be read as {path.suffix} image ({first_line}); expected a complete MetaImage or NRRD file"
         ) from exc
     meta: dict[str, Any] = {"format": path.suffix.lstrip(".").lower()}
     modality = reader.GetMetaData("Modality") if reader.HasMetaDataKey("Modality") else ""

@@ -34,7 +34,7 @@ def looks_like_ct(array: np.ndarray) -> bool:
     sample = array[..., ::2, ::2, ::2] if array.ndim >= 3 and array.size > 2_000_000 else array
     if np.issubdtype(sample.dtype, np.floating):
         finite = sample[np.isfinite(sample)]
-        if finite.size == 0 or not np.array_equal(finite[: 10_000], np.round(finite[: 10_000])):
+        if finite.size == 0 or not np.array_equal(finite[:10_000], np.round(finite[:10_000])):
             return False
         low, high = float(finite.min()), float(finite.max())
     elif np.issubdtype(sample.dtype, np.signedinteger):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cascadeseg.io.nifti import NIFTI_SUFFIXES
 from cascadeseg.io.itk_files import ITK_SUFFIXES
+from cascadeseg.io.nifti import NIFTI_SUFFIXES
 
 IMAGE_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

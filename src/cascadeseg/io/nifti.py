@@ -23,9 +23,9 @@ import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
 from cascadeseg.errors import CascadeSegError, InputFileError
-from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
 from cascadeseg.io.orientation import geometry_from_matrix, voxel_to_world
 from cascadeseg.io.volume import Volume
+from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
 
 # nibabel's world space is RAS; ITK's (and Volume's) is LPS.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -55,7 +55,7 @@ def _read_head(path: Path) -> tuple[bytes, bool]:
     the file is gzipped. Reading them never decompresses more than the header."""
     with open(path, "rb") as handle:
         compressed = handle.read(2) == b"\x1f\x8b"  # a plain .nii merely named .nii.gz is read as it is
-    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+    with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
         return handle.read(_NIFTI2_HEADER), compressed
 
 
@@ -66,7 +66,9 @@ def _parse_header(head: bytes, path: Path) -> nib.Nifti1Header:
     if header_size not in (_NIFTI1_HEADER, _NIFTI2_HEADER):
         header_size = int.from_bytes(head[:4], "big")
     if header_size not in (_NIFTI1_HEADER, _NIFTI2_HEADER) or len(head) < header_size:
-        raise InputFileError(f"{path}: cannot be read as NIfTI (no NIfTI-1/2 header at its start); expected a NIfTI image")
+        raise InputFileError(
+            f"{path}: cannot be read as NIfTI (no NIfTI-1/2 header at its start); expected a NIfTI image"
+        )
     header_type = nib.Nifti1Header if header_size == _NIFTI1_HEADER else nib.Nifti2Header
     return header_type.from_fileobj(io.BytesIO(head[:header_size]), check=False)
 
@@ -86,14 +88,18 @@ def _check_header_size(header: nib.Nifti1Header, path: Path, compressed: bool) -
     offset = int(header.get_data_offset())
     # the decompressed file is held in memory next to the array read from it; scaling goes
     # through float64 in nibabel
-    needed = array_bytes(shape, in_memory) + (offset + data if compressed else 0) + (array_bytes(shape, np.float64) if scaled else 0)
+    needed = (
+        array_bytes(shape, in_memory)
+        + (offset + data if compressed else 0)
+        + (array_bytes(shape, np.float64) if scaled else 0)
+    )
     check_fits(
         needed,
         f"{path}: the NIfTI header describes {describe_shape(shape)} voxels of {stored.name} "
         f"({format_bytes(data)} of voxel data); reading it",
         per_voxel=needed / max(math.prod(shape), 1),
         remedy="expected a volume that fits in memory (is the header corrupt? else crop or downsample the "
-               "scan, or use a machine with more memory)",
+        "scan, or use a machine with more memory)",
     )
     if not compressed:
         size = path.stat().st_size
@@ -127,7 +133,7 @@ def _load_checked(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     header = _parse_header(head, path)
     _check_header_size(header, path, compressed)
     if not compressed and not path.name.lower().endswith(".gz"):
-        return nib.load(str(path))
+        return nib.load(str(path))  # type: ignore[return-value]  # a .nii header was just parsed as NIfTI
     raw = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
     image_type = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     return image_type.from_bytes(raw)
@@ -166,7 +172,9 @@ def read_nifti(path: Path) -> Volume:
     try:
         spacing, origin, direction = geometry_from_matrix(_RAS_TO_LPS @ affine)
     except ValueError as exc:
-        raise InputFileError(f"{path}: the NIfTI affine is singular ({affine.tolist()}); expected a valid sform/qform") from exc
+        raise InputFileError(
+            f"{path}: the NIfTI affine is singular ({affine.tolist()}); expected a valid sform/qform"
+        ) from exc
     header = image.header
     meta: dict[str, Any] = {"format": "nifti", "nifti": _header_fields(header)}
     description = bytes(header.get("descrip", b"")).split(b"\0")[0].decode("latin-1").strip()

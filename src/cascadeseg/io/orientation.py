@@ -52,9 +52,7 @@ def _axis_assignment(direction: np.ndarray) -> list[tuple[int, int]]:
 def orientation_code(direction: np.ndarray) -> str:
     """ITK/DICOM orientation code (e.g. ``"LPS"``, ``"RAS"``) of a 3x3 direction matrix."""
     d = np.asarray(direction, dtype=float).reshape(3, 3)
-    return "".join(
-        (_POSITIVE if sign > 0 else _NEGATIVE)[world] for world, sign in _axis_assignment(d)
-    )
+    return "".join((_POSITIVE if sign > 0 else _NEGATIVE)[world] for world, sign in _axis_assignment(d))
 
 
 def _parse_code(code: str) -> list[tuple[int, int]]:

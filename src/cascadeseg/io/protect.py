@@ -15,8 +15,8 @@ them (label maps among the images would be read as scans by the next run; predic
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cascadeseg.errors import OutputIsInputError
 from cascadeseg.io.volume import Volume
@@ -43,8 +43,9 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return False
 
 
-def refuse_input_overwrite(outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]],
-                           *, option: str = "output") -> None:
+def refuse_input_overwrite(
+    outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]], *, option: str = "output"
+) -> None:
     """Raise :class:`OutputIsInputError` when an output path is one of the inputs.
 
     ``option`` names where the output path came from in the message (``--output``, a file name).
@@ -56,7 +57,7 @@ def refuse_input_overwrite(outputs: Iterable[str | os.PathLike[str]], inputs: It
             continue
         for source in inputs:
             if same_file(output, source):
-                through = "" if output.absolute() == source.absolute() else f" (the same file as {source})"
+                through = "" if output.absolute() == Path(source).absolute() else f" (the same file as {source})"
                 raise OutputIsInputError(
                     f"{output}: is an input{through}; refusing to replace it, even with overwrite "
                     f"(--overwrite replaces earlier outputs, never the data being read); choose another {option}"

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from cascadeseg.errors import DatasetError, InputFileError, VolumeError
 from cascadeseg.io.checks import (
-    NAN_POLICIES, as_label_array, check_dimensions, check_label_map, check_same_grid, handle_non_finite,
+    NAN_POLICIES,
+    as_label_array,
+    check_dimensions,
+    check_label_map,
+    check_same_grid,
+    handle_non_finite,
 )
 from cascadeseg.io.dicom import is_dicom_file, read_dicom_series
 from cascadeseg.io.itk_files import ITK_SUFFIXES, check_itk_file_size, read_itk_file
@@ -175,9 +180,7 @@ def load_channels(
     channels = [load_volume(p, nan_policy=nan_policy, whole_case=False) for p in paths]
     for channel in channels:
         if channel.num_channels != 1:
-            raise VolumeError(
-                f"{channel.source}: has {channel.num_channels} channels; expected one channel per file"
-            )
+            raise VolumeError(f"{channel.source}: has {channel.num_channels} channels; expected one channel per file")
     if names is None:
         parsed = [channel_of(Path(p)) for p in paths]
         names = [f"{found[1]:04d}" if found else split_suffix(Path(p))[0] for found, p in zip(parsed, paths)]
@@ -186,9 +189,7 @@ def load_channels(
     return stacked
 
 
-def load_labels(
-    path: PathLike, reference: Volume | None = None, *, series_uid: str | None = None
-) -> Volume:
+def load_labels(path: PathLike, reference: Volume | None = None, *, series_uid: str | None = None) -> Volume:
     """Open an integer label map ``(Z, Y, X)`` (smallest unsigned dtype) in canonical orientation.
 
     Values must be whole, finite and non-negative, and the file must look like a label map, not a
@@ -201,9 +202,7 @@ def load_labels(
     check_dimensions(raw)
     volume = _to_canonical(raw)
     if volume.num_channels != 1:
-        raise VolumeError(
-            f"{source}: label file has {volume.num_channels} channels; expected a single 3D label map"
-        )
+        raise VolumeError(f"{source}: label file has {volume.num_channels} channels; expected a single 3D label map")
     labels = volume.with_array(as_label_array(volume.array[0], str(source)), channel_names=[], modality=None)
     check_label_map(labels.array, str(source))
     if reference is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,7 +28,9 @@ def stack_channels(volumes: Sequence[Volume], names: Sequence[str] | None = None
     channel_names = list(names) if names is not None else [n for v in volumes for n in v.channel_names]
     total = sum(v.num_channels for v in volumes)
     if len(channel_names) != total:
-        raise VolumeError(f"stack_channels: {total} channels but {len(channel_names)} names; expected one name per channel")
+        raise VolumeError(
+            f"stack_channels: {total} channels but {len(channel_names)} names; expected one name per channel"
+        )
     array = np.concatenate([v.array for v in volumes], axis=0)
     modalities = {v.modality for v in volumes} - {None}
     modality = infer_modality(array, *channel_names) or (modalities.pop() if len(modalities) == 1 else None)

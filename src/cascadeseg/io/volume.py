@@ -64,6 +64,6 @@ class Volume:
         affine[:3, 3] = np.asarray(self.origin, dtype=float)[perm]
         return affine
 
-    def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **changes: Any) -> Volume:
         """Same geometry, new voxels (e.g. a label map made from this image)."""
         return replace(self, array=array, **changes)

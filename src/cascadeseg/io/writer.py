@@ -102,9 +102,7 @@ def save_volume(volume: Volume, path: PathLike, *, overwrite: bool = False) -> P
     return _write(volume, path, overwrite, input_files(volume))
 
 
-def save_labels(
-    labels: np.ndarray | Volume, reference: Volume, path: PathLike, *, overwrite: bool = False
-) -> Path:
+def save_labels(labels: np.ndarray | Volume, reference: Volume, path: PathLike, *, overwrite: bool = False) -> Path:
     """Write an integer label map ``(Z, Y, X)`` on ``reference``'s grid, in the reference file's
     orientation and (for a NIfTI reference) with its exact affine.
 
@@ -123,5 +121,6 @@ def save_labels(
             f"{reference.source or ''} has {reference.spatial_shape} (z, y, x); expected the same grid"
         )
     label_array = as_label_array(array, str(path))
-    return _write(reference.with_array(label_array, channel_names=[], modality=None), path, overwrite,
-                  input_files(reference))
+    return _write(
+        reference.with_array(label_array, channel_names=[], modality=None), path, overwrite, input_files(reference)
+    )

@@ -46,7 +46,7 @@ def lovasz_hinge_loss(logits: Tensor, target: Tensor, *, per_image: bool = True,
     scores = []
     truths = []
     for c in range(1, num_classes):
-        others = torch.cat([flat[:, :c], flat[:, c + 1:]], dim=1)
+        others = torch.cat([flat[:, :c], flat[:, c + 1 :]], dim=1)
         scores.append(flat[:, c] - torch.logsumexp(others, dim=1))
         truths.append((labels == c).to(logits.dtype))
     score = torch.stack(scores, dim=1).flatten(0, 1)  # (B * (C-1), V)

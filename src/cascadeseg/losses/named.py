@@ -24,10 +24,12 @@ ANU_FOCAL_TERMS = ("retinanet", "eq8")
 
 
 class SoftDiceLoss(SupervisedLoss):
-    """"dice": soft Dice over the foreground classes (batch Dice, smooth 1e-5); deep-supervision
+    """ "dice": soft Dice over the foreground classes (batch Dice, smooth 1e-5); deep-supervision
     branches averaged (UNet++'s accurate mode)."""
 
-    def __init__(self, *, smooth: float = 1e-5, batch: bool = True, include_background: bool = False, **common: Any) -> None:
+    def __init__(
+        self, *, smooth: float = 1e-5, batch: bool = True, include_background: bool = False, **common: Any
+    ) -> None:
         super().__init__(**common)
         self.smooth, self.batch, self.include_background = smooth, batch, include_background
 
@@ -38,7 +40,7 @@ class SoftDiceLoss(SupervisedLoss):
 
 
 class DiceCELoss(SoftDiceLoss):
-    """"dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss)."""
+    """ "dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss)."""
 
     def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 1.0, **options: Any) -> None:
         super().__init__(**options)
@@ -51,20 +53,23 @@ class DiceCELoss(SoftDiceLoss):
 
 
 class FocalTverskyLoss(SupervisedLoss):
-    """"focal_tversky": paper 000 Eq. 5 (alpha 0.4, beta 0.6, gamma 4/3, eps 1e-6) on every output;
+    """ "focal_tversky": paper 000 Eq. 5 (alpha 0.4, beta 0.6, gamma 4/3, eps 1e-6) on every output;
     a cascade's two stages are both supervised and summed (end-to-end training, paper 000 Fig. 1)."""
 
-    def __init__(self, *, alpha: float = 0.4, beta: float = 0.6, gamma: float = 4.0 / 3.0, eps: float = 1e-6,
-                 **common: Any) -> None:
+    def __init__(
+        self, *, alpha: float = 0.4, beta: float = 0.6, gamma: float = 4.0 / 3.0, eps: float = 1e-6, **common: Any
+    ) -> None:
         super().__init__(**common)
         self.alpha, self.beta, self.gamma, self.eps = alpha, beta, gamma, eps
 
     def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
-        return focal_tversky_loss(logits, target, alpha=self.alpha, beta=self.beta, gamma=self.gamma, eps=self.eps, roi=roi)
+        return focal_tversky_loss(
+            logits, target, alpha=self.alpha, beta=self.beta, gamma=self.gamma, eps=self.eps, roi=roi
+        )
 
 
 class WeightedSamplingLoss(SupervisedLoss):
-    """"weighted_sampling": CU-Net (paper 001) Eq. 1-4.
+    """ "weighted_sampling": CU-Net (paper 001) Eq. 1-4.
 
     ``L = L1 + L2 + omega * sum_i La_i``: the two branch (stage) losses plus the eight auxiliary
     losses with ``aux_weight`` omega. The paper's omega starts at 0.1 and is divided by 10 every ten
@@ -78,16 +83,30 @@ class WeightedSamplingLoss(SupervisedLoss):
 
     region = "body"
 
-    def __init__(self, *, beta: float = 1.5, contour_weight: float = 2.0, contour_width: int = 10,
-                 empty_rate: float = 0.01, aux_weight: float = 0.1, aux_decay: bool = True, seed: int | None = None,
-                 **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        beta: float = 1.5,
+        contour_weight: float = 2.0,
+        contour_width: int = 10,
+        empty_rate: float = 0.01,
+        aux_weight: float = 0.1,
+        aux_decay: bool = True,
+        seed: int | None = None,
+        **common: Any,
+    ) -> None:
         super().__init__(aux_weight=aux_weight, **common)
         if beta <= 0 or contour_weight < 1 or contour_width < 0 or not 0 <= empty_rate <= 1:
             raise ModelConfigError(
                 "loss 'weighted_sampling': expected beta > 0, contour_weight >= 1, contour_width >= 0 and "
                 f"0 <= empty_rate <= 1, got {beta}, {contour_weight}, {contour_width}, {empty_rate}"
             )
-        self.beta, self.contour_weight, self.contour_width, self.empty_rate = beta, contour_weight, contour_width, empty_rate
+        self.beta, self.contour_weight, self.contour_width, self.empty_rate = (
+            beta,
+            contour_weight,
+            contour_width,
+            empty_rate,
+        )
         self.initial_aux_weight, self.aux_decay = float(aux_weight), aux_decay
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
@@ -101,14 +120,20 @@ class WeightedSamplingLoss(SupervisedLoss):
         # A CPU generator cannot draw on a GPU; there the global RNG (seeded by the trainer) draws.
         generator = self.generator if self.generator is not None and logits.device.type == "cpu" else None
         weights = sample_matrix(
-            target > 0, roi, substructures=substructures, beta=self.beta, contour_weight=self.contour_weight,
-            contour_width=self.contour_width, empty_rate=self.empty_rate, generator=generator,
+            target > 0,
+            roi,
+            substructures=substructures,
+            beta=self.beta,
+            contour_weight=self.contour_weight,
+            contour_width=self.contour_width,
+            empty_rate=self.empty_rate,
+            generator=generator,
         )
         return cross_entropy_loss(logits, target, voxel_weight=weights)
 
 
 class ClassWeightedCELoss(SupervisedLoss):
-    """"class_weighted_ce": Roth et al.'s class-frequency-weighted cross-entropy (paper 002).
+    """ "class_weighted_ce": Roth et al.'s class-frequency-weighted cross-entropy (paper 002).
 
     Stage 1 is trained on its candidate region C1 = ``roi``, the body mask
     (:func:`.regions.training_region` makes it from the batch; everything without one). Stage 2 on
@@ -138,7 +163,7 @@ class ClassWeightedCELoss(SupervisedLoss):
 
 
 class ANUHybridLoss(SupervisedLoss):
-    """"anu_hybrid": ANU-Net (paper 003) Eq. 8, summed over the deep-supervision heads X0,1..X0,4.
+    """ "anu_hybrid": ANU-Net (paper 003) Eq. 8, summed over the deep-supervision heads X0,1..X0,4.
 
     Per head: ``focal term + (1 - squared soft Dice)`` with Dice ``(2 Y Ybar + s)/(Y^2 + Ybar^2 + s)``,
     ``s = 1``. Two focal terms, ``focal``:
@@ -155,8 +180,17 @@ class ANUHybridLoss(SupervisedLoss):
       way. The default stays RetinaNet's (see docs/model_zoo.md for the measured comparison).
     """
 
-    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, smooth: float = 1.0, focal: str = "retinanet",
-                 eq8_clamp: float = 0.1, branch_reduction: str = "sum", **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        smooth: float = 1.0,
+        focal: str = "retinanet",
+        eq8_clamp: float = 0.1,
+        branch_reduction: str = "sum",
+        **common: Any,
+    ) -> None:
         super().__init__(branch_reduction=branch_reduction, **common)
         if focal not in ANU_FOCAL_TERMS:
             raise ModelConfigError(f"loss 'anu_hybrid': focal must be one of {ANU_FOCAL_TERMS}, got {focal!r}")
@@ -173,7 +207,7 @@ class ANUHybridLoss(SupervisedLoss):
 
 
 class UNetSharpMixedLoss(SupervisedLoss):
-    """"unet_sharp_mixed": UNet# (paper 004) Eq. 2-6 plus the classification-guided BCE.
+    """ "unet_sharp_mixed": UNet# (paper 004) Eq. 2-6 plus the classification-guided BCE.
 
     Per branch ``0.5 * focal (alpha 0.25, gamma 2) + Laplace-smoothed Dice (+1) + 0.5 * Lovasz
     hinge``; the loss is the average over all eight branches (the four full-resolution heads and
@@ -194,8 +228,17 @@ class UNetSharpMixedLoss(SupervisedLoss):
       images at batch 128, where most hold the organ.
     """
 
-    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, focal_weight: float = 0.5,
-                 lovasz_weight: float = 0.5, alpha_balanced: bool = False, per_image: bool = False, **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        focal_weight: float = 0.5,
+        lovasz_weight: float = 0.5,
+        alpha_balanced: bool = False,
+        per_image: bool = False,
+        **common: Any,
+    ) -> None:
         super().__init__(**common)
         self.alpha, self.gamma, self.focal_weight, self.lovasz_weight = alpha, gamma, focal_weight, lovasz_weight
         self.alpha_balanced, self.per_image = alpha_balanced, per_image

@@ -20,7 +20,6 @@ holds no background, and thresholding it would call the darker half of the brain
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError, VolumeError
@@ -68,7 +67,9 @@ def training_region(loss: nn.Module, labels: Tensor, body: Tensor | None) -> Ten
             "body mask came with the batch: make it per case with case_body_mask and crop it like the labels"
         )
     if body.shape != labels.shape:
-        raise VolumeError(f"training region: body mask shape {tuple(body.shape)} differs from the labels {tuple(labels.shape)}")
+        raise VolumeError(
+            f"training region: body mask shape {tuple(body.shape)} differs from the labels {tuple(labels.shape)}"
+        )
     return body.bool() | (labels > 0)
 
 

@@ -37,9 +37,7 @@ from torch import Tensor
 from .targets import dilate, erode
 
 
-def brain_regions(
-    tumour: Tensor, brain: Tensor | None, contour_width: int = 10
-) -> tuple[Tensor, Tensor, Tensor]:
+def brain_regions(tumour: Tensor, brain: Tensor | None, contour_width: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     """(S2 normal brain, S3 tumour interior, S4 contour band) as bool tensors ``(B, *spatial)``."""
     radius = contour_width // 2
     band = dilate(tumour, radius) & ~erode(tumour, radius)

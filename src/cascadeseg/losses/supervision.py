@@ -29,7 +29,8 @@ epoch; losses with a per-epoch schedule (CU-Net's omega) follow it there.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +79,7 @@ class SupervisedLoss(nn.Module):
         """The paper's loss of one output against a target of the same size."""
         raise NotImplementedError
 
-    def stage_region(
-        self, name: str, output: SegmentationOutput, target: Tensor, roi: Tensor | None
-    ) -> Tensor | None:
+    def stage_region(self, name: str, output: SegmentationOutput, target: Tensor, roi: Tensor | None) -> Tensor | None:
         """Voxels a stage's loss covers; the whole ``roi`` unless a paper says otherwise."""
         return roi
 
@@ -106,9 +105,7 @@ class SupervisedLoss(nn.Module):
         stacked = torch.stack(losses)
         return stacked.mean() if self.branch_reduction == "mean" else stacked.sum()
 
-    def forward(
-        self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None) -> Tensor:
         if isinstance(output, Tensor):
             output = SegmentationOutput(logits=output)
         logits = output.logits
@@ -116,9 +113,7 @@ class SupervisedLoss(nn.Module):
         target = check_target(target, logits)
         if roi is not None:
             if roi.shape != target.shape:
-                raise VolumeError(
-                    f"loss roi: shape {tuple(roi.shape)} does not match the target {tuple(target.shape)}"
-                )
+                raise VolumeError(f"loss roi: shape {tuple(roi.shape)} does not match the target {tuple(target.shape)}")
             roi = roi.bool()
 
         heads = [self.supervise(f"heads[{k}]", v, target, roi, num_classes) for k, v in sorted(output.heads.items())]
@@ -141,7 +136,8 @@ class SupervisedLoss(nn.Module):
             region = self.stage_region(name, output, target, roi)
             parts.append(weight * self.supervise(f"stages[{name}]", stage_logits, target, region, num_classes))
         presence = list(output.branch_classification.values()) or (
-            [output.classification] if output.classification is not None else [])
+            [output.classification] if output.classification is not None else []
+        )
         if presence and self.classification_weight > 0:
             bce = torch.stack([self.classification_loss(p, target, num_classes) for p in presence]).mean()
             parts.append(self.classification_weight * bce)

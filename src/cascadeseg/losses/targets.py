@@ -8,7 +8,7 @@ separable max pooling (used by paper 001's contour band and paper 002's candidat
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +65,7 @@ def target_for_channels(target: Tensor, channels: int, num_classes: int, name: s
     if channels == 2:
         return (target > 0).long()
     raise ModelConfigError(
-        f"loss: output '{name}' has {channels} channels; expected {num_classes} (all classes) "
-        f"or 2 (foreground union)"
+        f"loss: output '{name}' has {channels} channels; expected {num_classes} (all classes) or 2 (foreground union)"
     )
 
 

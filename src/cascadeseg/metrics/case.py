@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def evaluate_case(
     return scores
 
 
-def informative(row: dict[str, float]) -> bool:
+def informative(row: Mapping[str, float]) -> bool:
     """Whether a structure was present in the reference or the prediction of its case."""
     return (int(row["tp"]) + int(row["fp"]) + int(row["fn"])) > 0
 

@@ -18,8 +18,8 @@ literature (BraTS) uses the same convention for an empty reference and an empty 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -89,9 +89,7 @@ def check_label_map(array: np.ndarray, name: str) -> np.ndarray:
         return array.view(np.uint8)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.mod(array, 1) == 0):
-            raise VolumeError(
-                f"{name}: expected an integer label map, got dtype {array.dtype} with non-integer values"
-            )
+            raise VolumeError(f"{name}: expected an integer label map, got dtype {array.dtype} with non-integer values")
         array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise VolumeError(f"{name}: label values must be >= 0, found {array.min()}")
@@ -129,4 +127,3 @@ def counts_for_labels(cm: np.ndarray, labels: Iterable[int]) -> ConfusionCounts:
     total = int(cm.sum())
     fp, fn = pred_pos - tp, ref_pos - tp
     return ConfusionCounts(tp=tp, fp=fp, fn=fn, tn=total - tp - fp - fn)
-

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Union
 
 from ..errors import VolumeError
 
 #: BraTS evaluation regions over the BraTS label convention (1 necrosis / non-enhancing core,
 #: 2 oedema, 4 enhancing tumour): whole tumour, tumour core and enhancing tumour. Pass it as
 #: ``evaluate_case(..., regions=BRATS_REGIONS)``.
-BRATS_REGIONS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-)
+BRATS_REGIONS: Mapping[str, tuple[int, ...]] = MappingProxyType({"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)})
 
 ClassSpec = Union[Sequence[int], Mapping[str, int], None]
 RegionSpec = Union[Mapping[str, Iterable[int]], None]

@@ -26,7 +26,7 @@ tumour-sized masks all take 0.01-0.02 s. Hence the k-d tree (it is also what MON
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -61,9 +61,7 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Directed boundary distances in mm: (prediction -> reference, reference -> prediction).
 
     Both masks must be non-empty boolean arrays of the same shape.
@@ -78,9 +76,7 @@ def surface_distances(
     return to_ref, to_pred
 
 
-def hausdorff_distance(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0
-) -> float:
+def hausdorff_distance(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0) -> float:
     """Symmetric percentile Hausdorff distance (mm) between two binary masks; see module doc.
 
     ``percentile=95`` gives HD95, ``100`` the classical Hausdorff distance.

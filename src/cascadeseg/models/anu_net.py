@@ -61,9 +61,15 @@ class ANUNet(NestedUNetBase):
     """Attention-based nested U-Net in 2D or 3D with deep supervision, pruning and attention maps."""
 
     info = ModelInfo(
-        name="anu_net", title="ANU-Net (attention-based nested U-Net)", family="nested", dims=(2, 3),
-        paper="Li et al. 2020, ANU-Net, Computers & Graphics (paper 003)", deep_supervision=True,
-        pruning_depths=(1, 2, 3, 4), attention=True, default_loss="anu_hybrid",
+        name="anu_net",
+        title="ANU-Net (attention-based nested U-Net)",
+        family="nested",
+        dims=(2, 3),
+        paper="Li et al. 2020, ANU-Net, Computers & Graphics (paper 003)",
+        deep_supervision=True,
+        pruning_depths=(1, 2, 3, 4),
+        attention=True,
+        default_loss="anu_hybrid",
     )
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, merge: str = "concat", **common: Any) -> None:
@@ -73,13 +79,18 @@ class ANUNet(NestedUNetBase):
         self.merge = merge
         w, norm, concat = self.widths, self.norm, merge == "concat"
         self.nodes = nn.ModuleDict(
-            {node_key(i, j): DoubleConv(dims, (j if concat else 1) * w[i] + w[i + 1], w[i], norm=norm)
-             for i, j in self.decoder_nodes}
+            {
+                node_key(i, j): DoubleConv(dims, (j if concat else 1) * w[i] + w[i + 1], w[i], norm=norm)
+                for i, j in self.decoder_nodes
+            }
         )
         # "concat": a gate per skip arrow; "sum": one gate per node, keyed by its first input.
         self.gates = nn.ModuleDict(
-            {gate_key(i, k, j): AttentionGate(dims, w[i], w[i + 1], norm=norm)
-             for i, j in self.decoder_nodes for k in (range(j) if concat else (0,))}
+            {
+                gate_key(i, k, j): AttentionGate(dims, w[i], w[i + 1], norm=norm)
+                for i, j in self.decoder_nodes
+                for k in (range(j) if concat else (0,))
+            }
         )
 
     def _node(self, i: int, j: int, grid: Grid, attention: dict[str, Tensor] | None) -> Tensor:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -105,7 +106,11 @@ class SegmentationModel(nn.Module):
         if depth is None:
             return self.max_depth
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.max_depth:
-            expected = f"with levels={self.levels} (expected 1..{self.max_depth})" if self.info.pruning_depths else "(no pruning: expected 1)"
+            expected = (
+                f"with levels={self.levels} (expected 1..{self.max_depth})"
+                if self.info.pruning_depths
+                else "(no pruning: expected 1)"
+            )
             raise ModelConfigError(f"model '{self.info.name}': pruning depth {depth!r} is not available {expected}")
         return depth
 
@@ -127,9 +132,7 @@ class SegmentationModel(nn.Module):
                 f"{self.size_divisor} per axis (the predictor pads to it)"
             )
 
-    def forward(
-        self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None
-    ) -> SegmentationOutput:
+    def forward(self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None) -> SegmentationOutput:
         resolved = self.check_depth(depth)
         self.check_input(x)
         return self._forward(x, resolved, request or OutputRequest())

@@ -30,9 +30,13 @@ class CascadedUNet(SegmentationModel):
     """Two U-Nets; the second sees the image and the first one's probabilities (paper 000, Fig. 1)."""
 
     info = ModelInfo(
-        name="cascaded_unet", title="Cascaded U-Net", family="cascade", dims=(2, 3),
+        name="cascaded_unet",
+        title="Cascaded U-Net",
+        family="cascade",
+        dims=(2, 3),
         paper="Wu et al. 2022 (paper 000), Fig. 1: plain cascaded U-Net",
-        stages=("stage1", "stage2"), default_loss="focal_tversky",
+        stages=("stage1", "stage2"),
+        default_loss="focal_tversky",
     )
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:

@@ -45,7 +45,8 @@ asks the predictor to keep the labels inside the body mask.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +76,7 @@ def foreground_mask(logits: Tensor) -> Tensor:
     return logits[:, 1:].amax(dim=1) > logits[:, 0]
 
 
-def candidate_box(
-    foreground: Tensor, margin: Sequence[int], multiple: Sequence[int]
-) -> Box | None:
+def candidate_box(foreground: Tensor, margin: Sequence[int], multiple: Sequence[int]) -> Box | None:
     """Bounding box (spatial slices) of ``foreground`` (bool, ``(B, *spatial)``, union over the
     batch) grown by ``margin`` voxels per axis, then to a multiple of ``multiple`` inside the
     volume. ``None`` when there is no foreground."""
@@ -109,13 +108,23 @@ class CoarseToFineUNet(SegmentationModel):
     """Two-stage coarse-to-fine U-Net; stage 2 works only in stage 1's candidate box (paper 002)."""
 
     info = ModelInfo(
-        name="coarse_to_fine_unet", title="Coarse-to-fine cascaded 3D U-Net", family="cascade", dims=(2, 3),
+        name="coarse_to_fine_unet",
+        title="Coarse-to-fine cascaded 3D U-Net",
+        family="cascade",
+        dims=(2, 3),
         paper="Roth et al. 2018, hierarchical 3D FCN for multi-organ CT (review: paper 002)",
-        stages=("stage1", "stage2"), default_loss="class_weighted_ce", body_mask_at_inference=True,
+        stages=("stage1", "stage2"),
+        default_loss="class_weighted_ce",
+        body_mask_at_inference=True,
     )
 
     def __init__(
-        self, in_channels: int, num_classes: int, dims: int, coarse_factor: int = 2, margin_mm: float = 10.0,
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        coarse_factor: int = 2,
+        margin_mm: float = 10.0,
         **common: Any,
     ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)

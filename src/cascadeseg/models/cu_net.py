@@ -75,9 +75,14 @@ class CUNet(SegmentationModel):
     """Cascaded U-Net with between-net connections (paper 001); see the module docstring."""
 
     info = ModelInfo(
-        name="cu_net", title="CU-Net (cascaded U-Net with between-net connections)", family="cascade",
-        paper="Liu et al., paper 001: cascaded U-Net for brain tumour segmentation", dims=(2, 3),
-        deep_supervision=True, stages=("stage1", "stage2"), default_loss="weighted_sampling",
+        name="cu_net",
+        title="CU-Net (cascaded U-Net with between-net connections)",
+        family="cascade",
+        paper="Liu et al., paper 001: cascaded U-Net for brain tumour segmentation",
+        dims=(2, 3),
+        deep_supervision=True,
+        stages=("stage1", "stage2"),
+        default_loss="weighted_sampling",
         body_mask_at_inference=True,
     )
 

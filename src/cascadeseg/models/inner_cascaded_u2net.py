@@ -21,7 +21,8 @@ Choices where the paper is silent or loose:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -40,7 +41,11 @@ RSU_HEIGHTS = ("u2net", "paper")
 
 
 def rsu_factory(
-    dims: int, norm: Norm, levels: int, spacing: Sequence[float] | None, plan: Sequence[Factor],
+    dims: int,
+    norm: Norm,
+    levels: int,
+    spacing: Sequence[float] | None,
+    plan: Sequence[Factor],
     heights: str = "u2net",
 ) -> BlockFactory:
     """``heights="u2net"``: RSU-(7 - level) down to RSU-4, RSU-4F at the deepest level;
@@ -67,14 +72,21 @@ class InnerCascadedU2Net(InnerCascadedUNet):
     """Inner Cascaded U²-Net (paper 000, Sec. 2.3): Eq. 1-2 with RSU blocks."""
 
     info = ModelInfo(
-        name="inner_cascaded_u2net", title="Inner Cascaded U²-Net", family="cascade", dims=(2, 3),
+        name="inner_cascaded_u2net",
+        title="Inner Cascaded U²-Net",
+        family="cascade",
+        dims=(2, 3),
         paper="Wu et al. 2022 (paper 000), Sec. 2.3, Fig. 3b (RSU from Qin et al. 2020)",
         default_loss="focal_tversky",
     )
 
-    def __init__(self, in_channels: int, num_classes: int, dims: int, rsu_heights: str = "u2net", **common: Any) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, dims: int, rsu_heights: str = "u2net", **common: Any
+    ) -> None:
         if rsu_heights not in RSU_HEIGHTS:
-            raise ModelConfigError(f"model '{self.info.name}': rsu_heights must be one of {RSU_HEIGHTS}, got {rsu_heights!r}")
+            raise ModelConfigError(
+                f"model '{self.info.name}': rsu_heights must be one of {RSU_HEIGHTS}, got {rsu_heights!r}"
+            )
         # A plain attribute, set first because the parent's constructor builds the blocks with it.
         self.rsu_heights = rsu_heights
         super().__init__(in_channels, num_classes, dims, **common)

@@ -28,7 +28,8 @@ Choices where the paper is silent:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,8 +71,15 @@ class InnerCascadedEncoder(nn.Module):
 class InnerCascadedBody(nn.Module):
     """Former U-Net, latter encoder (Eq. 1), latter decoder (Eq. 2) and head; tensor to logits."""
 
-    def __init__(self, dims: int, in_channels: int, num_classes: int, widths: Sequence[int], plan: Sequence[Factor],
-                 make_block: BlockFactory) -> None:
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        plan: Sequence[Factor],
+        make_block: BlockFactory,
+    ) -> None:
         super().__init__()
         self.former_encoder = UNetEncoder(dims, in_channels, widths, plan, make_block)
         self.former_decoder = UNetDecoder(dims, widths, plan, make_block, upsample="interp")
@@ -94,8 +102,12 @@ class InnerCascadedUNet(SegmentationModel):
     """Inner Cascaded U-Net (paper 000, Eq. 1-2); see the module docstring for the equations."""
 
     info = ModelInfo(
-        name="inner_cascaded_unet", title="Inner Cascaded U-Net", family="cascade", dims=(2, 3),
-        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2", default_loss="focal_tversky",
+        name="inner_cascaded_unet",
+        title="Inner Cascaded U-Net",
+        family="cascade",
+        dims=(2, 3),
+        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2",
+        default_loss="focal_tversky",
     )
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:

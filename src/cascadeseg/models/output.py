@@ -46,11 +46,11 @@ class OutputRequest:
     classification: bool = False
 
     @classmethod
-    def everything(cls) -> "OutputRequest":
+    def everything(cls) -> OutputRequest:
         return cls(heads=True, stages=True, attention=True, classification=True)
 
     @classmethod
-    def for_training(cls) -> "OutputRequest":
+    def for_training(cls) -> OutputRequest:
         """What deep supervision and the papers' losses read: heads, stages and the CGM."""
         return cls(heads=True, stages=True, attention=False, classification=True)
 
@@ -82,8 +82,6 @@ class LogitsOnly(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x, depth=self.depth).logits
-
-
 
 
 __all__ = ["OutputRequest", "SegmentationOutput", "LogitsOnly"]

@@ -27,7 +27,9 @@ from ..errors import ModelConfigError
 def step_decay(epoch: int, initial: float, factor: float = 0.1, every: int = 10, floor: float = 0.0) -> float:
     """``initial * factor ** (epoch // every)``, never below ``floor`` (``epoch`` counts from 0)."""
     if epoch < 0 or every < 1 or not 0.0 < factor <= 1.0:
-        raise ModelConfigError(f"step_decay: expected epoch >= 0, every >= 1, 0 < factor <= 1; got {epoch}, {every}, {factor}")
+        raise ModelConfigError(
+            f"step_decay: expected epoch >= 0, every >= 1, 0 < factor <= 1; got {epoch}, {every}, {factor}"
+        )
     return max(initial * factor ** (epoch // every), floor)
 
 
@@ -117,14 +119,22 @@ class PaperRecipe:
 
 
 _PAPER_000 = PaperRecipe(
-    optimizer="adam", lr=1e-4, schedule="plateau",
+    optimizer="adam",
+    lr=1e-4,
+    schedule="plateau",
     schedule_options={"factor": 0.1, "patience": 10, "mode": "min", "monitor": "validation loss"},
-    batch_size=8, epochs=50,
+    batch_size=8,
+    epochs=50,
     source="paper 000 Sec. 3.2: Adam, initial lr 1e-4, lr decay 0.1 with patience 10 (LiTS; 4 on BraTS 2013) "
-           "monitored on the validation loss; 50 epochs at batch 8 on BraTS 2013 (20 at batch 2 on LiTS)",
+    "monitored on the validation loss; 50 epochs at batch 8 on BraTS 2013 (20 at batch 2 on LiTS)",
 )
 _PAPER_004 = PaperRecipe(
-    optimizer="adam", lr=1e-3, schedule="cosine", weight_decay=1e-4, batch_size=128, epochs=100,
+    optimizer="adam",
+    lr=1e-3,
+    schedule="cosine",
+    weight_decay=1e-4,
+    batch_size=128,
+    epochs=100,
     source="paper 004 Sec. 3.3: Adam, weight decay 1e-4, batch 128, 100 passes, lr 1e-3 with cosine annealing",
 )
 
@@ -133,16 +143,27 @@ PAPER_RECIPES: dict[str, PaperRecipe] = {
     "inner_cascaded_unet": _PAPER_000,
     "inner_cascaded_u2net": _PAPER_000,
     "cu_net": PaperRecipe(
-        optimizer="sgd", lr=1e-3, schedule="step", schedule_options={"factor": 0.1, "every": 10, "floor": 1e-7},
-        momentum=0.9, weight_decay=5e-5, epochs=50, loss_schedule="cu_net_aux_weight",
+        optimizer="sgd",
+        lr=1e-3,
+        schedule="step",
+        schedule_options={"factor": 0.1, "every": 10, "floor": 1e-7},
+        momentum=0.9,
+        weight_decay=5e-5,
+        epochs=50,
+        loss_schedule="cu_net_aux_weight",
         source="paper 001 Sec. 3.2: SGD, momentum 0.9, lr 1e-3 divided by 10 every ten epochs down to 1e-7, "
-               "weight decay 5e-5, about 50 epochs; omega 0.1 divided by 10 every ten epochs down to 1e-3",
+        "weight decay 5e-5, about 50 epochs; omega 0.1 divided by 10 every ten epochs down to 1e-3",
     ),
     "coarse_to_fine_unet": PaperRecipe(
-        optimizer=None, lr=None, schedule=None, source="paper 002 (a review): 200,000 iterations for stage 1 and "
+        optimizer=None,
+        lr=None,
+        schedule=None,
+        source="paper 002 (a review): 200,000 iterations for stage 1 and "
         "115,000 for stage 2; no optimiser or learning rate given",
     ),
-    "anu_net": PaperRecipe(optimizer=None, lr=None, schedule=None, source="paper 003 gives no optimiser or learning rate"),
+    "anu_net": PaperRecipe(
+        optimizer=None, lr=None, schedule=None, source="paper 003 gives no optimiser or learning rate"
+    ),
     "unet_sharp": _PAPER_004,
     "unet3plus": _PAPER_004,
     "unet_plus_plus": _PAPER_004,

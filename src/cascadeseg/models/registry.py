@@ -39,9 +39,7 @@ def register(cls: M) -> M:
 
 def _load(name: str) -> type[SegmentationModel]:
     if name not in ARCHITECTURE_MODULES:
-        raise ModelConfigError(
-            f"unknown model '{name}' (expected one of: {', '.join(sorted(ARCHITECTURE_MODULES))})"
-        )
+        raise ModelConfigError(f"unknown model '{name}' (expected one of: {', '.join(sorted(ARCHITECTURE_MODULES))})")
     if name not in _REGISTRY:
         importlib.import_module(ARCHITECTURE_MODULES[name])
     return _REGISTRY[name]
@@ -68,5 +66,3 @@ def list_models() -> list[ModelInfo]:
 
 def model_names() -> list[str]:
     return list(ARCHITECTURE_MODULES)
-
-

@@ -23,7 +23,8 @@ Choices where the papers leave room:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -42,8 +43,17 @@ class UNetBody(nn.Module):
     stage by the cascaded models. ``forward`` returns the logits; :meth:`features` also returns the
     decoder features of every level (CU-Net feeds them to its second U-Net)."""
 
-    def __init__(self, dims: int, in_channels: int, num_classes: int, widths: Sequence[int], plan: Sequence[Factor],
-                 make_block: BlockFactory, extra_channels: Sequence[int] | None = None, upsample: str = "transpose") -> None:
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        plan: Sequence[Factor],
+        make_block: BlockFactory,
+        extra_channels: Sequence[int] | None = None,
+        upsample: str = "transpose",
+    ) -> None:
         super().__init__()
         self.encoder = UNetEncoder(dims, in_channels, widths, plan, make_block, extra_channels)
         self.decoder = UNetDecoder(dims, widths, plan, make_block, upsample=upsample)
@@ -63,11 +73,17 @@ class UNet(SegmentationModel):
     """The plain U-Net, 2D or 3D (see the module docstring for the choices made)."""
 
     info = ModelInfo(
-        name="unet", title="U-Net", family="unet", dims=(2, 3), default_loss="dice_ce",
+        name="unet",
+        title="U-Net",
+        family="unet",
+        dims=(2, 3),
+        default_loss="dice_ce",
         paper="Ronneberger et al. 2015 (2D), Çiçek et al. 2016 (3D); baseline in papers 000-004",
     )
 
-    def __init__(self, in_channels: int, num_classes: int, dims: int, upsample: str = "transpose", **common: Any) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, dims: int, upsample: str = "transpose", **common: Any
+    ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
         if upsample not in UPSAMPLING:
             raise ModelConfigError(f"model 'unet': upsample must be one of {UPSAMPLING}, got {upsample!r}")

@@ -46,9 +46,14 @@ class UNet3Plus(SegmentationModel):
     """UNet 3+ in 2D or 3D with full-scale skips, deep supervision and the CGM."""
 
     info = ModelInfo(
-        name="unet3plus", title="UNet 3+ (full-scale connected U-Net)", family="full_scale", dims=(2, 3),
+        name="unet3plus",
+        title="UNet 3+ (full-scale connected U-Net)",
+        family="full_scale",
+        dims=(2, 3),
         paper="Huang et al. 2020, UNet 3+ (ICASSP); the baseline of paper 004 (UNet#)",
-        deep_supervision=True, classification_guided=True, default_loss="unet_sharp_mixed",
+        deep_supervision=True,
+        classification_guided=True,
+        default_loss="unet_sharp_mixed",
     )
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, cgm_gating: bool = True, **common: Any) -> None:
@@ -73,8 +78,10 @@ class UNet3Plus(SegmentationModel):
         self.fuse = nn.ModuleList(ConvNormAct(dims, fused, fused, norm=norm) for _ in range(bottom))
         self.head = conv_layer(dims, fused, num_classes, 3)
         self.aux_heads = nn.ModuleDict(
-            {self._aux_name(i): conv_layer(dims, fused if i < bottom else widths[bottom], num_classes, 3)
-             for i in range(1, levels)}
+            {
+                self._aux_name(i): conv_layer(dims, fused if i < bottom else widths[bottom], num_classes, 3)
+                for i in range(1, levels)
+            }
         )
         self.cgm = MaxPoolPresenceHead(dims, widths[bottom], num_classes - 1)
 

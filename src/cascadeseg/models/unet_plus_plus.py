@@ -35,9 +35,14 @@ class UNetPlusPlus(NestedUNetBase):
     """UNet++ in 2D or 3D with deep supervision and real pruning."""
 
     info = ModelInfo(
-        name="unet_plus_plus", title="UNet++ (nested U-Net)", family="nested", dims=(2, 3),
+        name="unet_plus_plus",
+        title="UNet++ (nested U-Net)",
+        family="nested",
+        dims=(2, 3),
         paper="Zhou et al. 2018/2019, UNet++; compared in papers 003 (ANU-Net) and 004 (UNet#)",
-        deep_supervision=True, pruning_depths=(1, 2, 3, 4), default_loss="dice_ce",
+        deep_supervision=True,
+        pruning_depths=(1, 2, 3, 4),
+        default_loss="dice_ce",
     )
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:

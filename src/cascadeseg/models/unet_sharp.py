@@ -58,7 +58,8 @@ logits, so it is left out); default loss "unet_sharp_mixed" (Eq. 2-6).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -94,15 +95,27 @@ class UNetSharp(NestedUNetBase):
     """UNet# in 2D or 3D: deep supervision on 8 branches, a CGM per branch, pruning L1..L4."""
 
     info = ModelInfo(
-        name="unet_sharp", title="UNet# (UNet-sharp)", family="nested", dims=(2, 3),
+        name="unet_sharp",
+        title="UNet# (UNet-sharp)",
+        family="nested",
+        dims=(2, 3),
         paper="Qian et al., UNet#: a UNet-like redesigning skip connections (paper 004)",
-        deep_supervision=True, pruning_depths=(1, 2, 3, 4), classification_guided=True,
+        deep_supervision=True,
+        pruning_depths=(1, 2, 3, 4),
+        classification_guided=True,
         default_loss="unet_sharp_mixed",
     )
 
     def __init__(
-        self, in_channels: int, num_classes: int, dims: int, cgm_gating: bool = True, cgm: str = "paper",
-        link_width: str = "base", link_order: str = "conv_first", cgm_window: int | Sequence[int] | str | None = "auto",
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        cgm_gating: bool = True,
+        cgm: str = "paper",
+        link_width: str = "base",
+        link_order: str = "conv_first",
+        cgm_window: int | Sequence[int] | str | None = "auto",
         **common: Any,
     ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
@@ -110,8 +123,11 @@ class UNetSharp(NestedUNetBase):
         if cgm == "paper":
             # The training input size (zeros: not trained yet); read by cgm_window="auto".
             self.register_buffer("cgm_trained_size", torch.zeros(dims, dtype=torch.long))
-        for option, value, allowed in (("cgm", cgm, CGM_LAYOUTS), ("link_width", link_width, LINK_WIDTHS),
-                                       ("link_order", link_order, LINK_ORDERS)):
+        for option, value, allowed in (
+            ("cgm", cgm, CGM_LAYOUTS),
+            ("link_width", link_width, LINK_WIDTHS),
+            ("link_order", link_order, LINK_ORDERS),
+        ):
             if value not in allowed:
                 raise ModelConfigError(f"model '{self.info.name}': {option} must be one of {allowed}, got {value!r}")
         self.cgm_gating, self.cgm_layout = cgm_gating, cgm
@@ -124,7 +140,8 @@ class UNetSharp(NestedUNetBase):
             self.nodes[node_key(i, j)] = DoubleConv(dims, j * w[i] + w[i + 1] + len(sources) * width, w[i], norm=norm)
             for si, sj in sources:
                 self.links[link_key(si, sj, i, j)] = FullScaleLink(
-                    dims, self.plan, si, i, w[si], width, norm=norm, convolve_first=link_order == "conv_first")
+                    dims, self.plan, si, i, w[si], width, norm=norm, convolve_first=link_order == "conv_first"
+                )
         # L_De branches: the decoder nodes of the full network below the first layer.
         self.aux_nodes = [(i, self.max_depth - i) for i in range(1, self.levels)]
         self.aux_heads = nn.ModuleDict(
@@ -135,15 +152,21 @@ class UNetSharp(NestedUNetBase):
         else:
             branches = [(0, k) for k in range(1, self.levels)] + self.aux_nodes
             self.cgms = nn.ModuleDict(
-                {node_key(i, j): PooledPresenceHead(dims, w[i], num_classes - 1, hidden=w[i] if self._green(i) else None)
-                 for i, j in branches}
+                {
+                    node_key(i, j): PooledPresenceHead(
+                        dims, w[i], num_classes - 1, hidden=w[i] if self._green(i) else None
+                    )
+                    for i, j in branches
+                }
             )
 
     def _check_window(self, window: int | Sequence[int] | str | None) -> tuple[int, ...] | str | None:
         if window is None or window == "auto":
             return window
         if isinstance(window, str):
-            raise ModelConfigError(f"model '{self.info.name}': cgm_window must be 'auto', None or input sizes, got {window!r}")
+            raise ModelConfigError(
+                f"model '{self.info.name}': cgm_window must be 'auto', None or input sizes, got {window!r}"
+            )
         sizes = (int(window),) * self.dims if isinstance(window, (int, float)) else tuple(int(w) for w in window)
         if len(sizes) != self.dims or any(w < 1 for w in sizes):
             raise ModelConfigError(
@@ -186,7 +209,9 @@ class UNetSharp(NestedUNetBase):
 
     def _finish(self, out: SegmentationOutput, grid: Grid, depth: int, request: OutputRequest) -> SegmentationOutput:
         if self.training and self.cgm_layout == "paper" and not grid[(0, 0)].is_meta:
-            self.cgm_trained_size.copy_(torch.tensor(grid[(0, 0)].shape[2:]))
+            trained_size = self.cgm_trained_size
+            assert isinstance(trained_size, Tensor)  # a registered buffer
+            trained_size.copy_(torch.tensor(grid[(0, 0)].shape[2:]))
         if request.heads and depth == self.max_depth:
             out.aux = {node_name(i, j): self.aux_heads[node_key(i, j)](grid[(i, j)]) for i, j in self.aux_nodes}
         gate = self.cgm_gating and not self.training
@@ -202,8 +227,10 @@ class UNetSharp(NestedUNetBase):
         if gate:
             out.logits = suppress_absent_classes(out.logits, presence[(0, depth)])
             out.heads = {k: suppress_absent_classes(v, presence[(0, k)]) for k, v in out.heads.items()}
-            out.aux = {node_name(i, j): suppress_absent_classes(out.aux[node_name(i, j)], presence[(i, j)])
-                       for i, j in aux_nodes}
+            out.aux = {
+                node_name(i, j): suppress_absent_classes(out.aux[node_name(i, j)], presence[(i, j)])
+                for i, j in aux_nodes
+            }
         return out
 
 

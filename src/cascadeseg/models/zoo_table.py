@@ -27,8 +27,9 @@ counts are compared with both rows.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,14 +120,16 @@ def measure(model: nn.Module, input_shape: Sequence[int], depth: int | None) -> 
     return Measurement(params_m=params / 1e6, gflops=counter.get_total_flops() / 1e9)
 
 
-def _measure_model(name: str, dims: int, depth: int | None, input_shape: Sequence[int],
-                   options: dict[str, Any] | None = None) -> Measurement:
+def _measure_model(
+    name: str, dims: int, depth: int | None, input_shape: Sequence[int], options: dict[str, Any] | None = None
+) -> Measurement:
     if dims not in model_class(name).info.dims:
         return Measurement(None, None, f"no {dims}D variant")
     try:
         with torch.device("meta"):
-            model = create_model(name, in_channels=1, num_classes=2, dims=dims, base_width=32, levels=5,
-                                 **(options or {})).eval()
+            model = create_model(
+                name, in_channels=1, num_classes=2, dims=dims, base_width=32, levels=5, **(options or {})
+            ).eval()
         return measure(model, input_shape, depth)
     except (CascadeSegError, NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
         # A model whose forward needs real values (e.g. a data-dependent crop) cannot run on meta.

@@ -12,8 +12,8 @@ from cascadeseg.preprocessing.intensity import (
     preprocess_volume,
     resolve_window,
 )
-from cascadeseg.preprocessing.presets import PreprocessingPreset, preprocessing_presets
 from cascadeseg.preprocessing.masks import body_mask, fill_holes, largest_component, otsu_threshold
+from cascadeseg.preprocessing.presets import PreprocessingPreset, preprocessing_presets
 from cascadeseg.preprocessing.resample import resample_to_grid, resample_to_spacing
 
 __all__ = [

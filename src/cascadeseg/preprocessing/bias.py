@@ -7,7 +7,7 @@ N4 example. Axes with few voxels (thick-slice MRI: 20-30 slices) are not shrunk 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk

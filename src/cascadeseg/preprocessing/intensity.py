@@ -16,7 +16,8 @@ All return float32 and never modify their input.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,9 @@ def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
         try:
             return CT_WINDOWS[window.lower()]
         except KeyError:
-            raise ModelConfigError(f"CT window preset {window!r} is not known; expected one of {sorted(CT_WINDOWS)}") from None
+            raise ModelConfigError(
+                f"CT window preset {window!r} is not known; expected one of {sorted(CT_WINDOWS)}"
+            ) from None
     values = tuple(float(v) for v in window)
     if len(values) != 2 or not values[0] < values[1]:
         raise ModelConfigError(f"CT window {list(window)}: expected [low, high] in HU with low < high")
@@ -155,7 +158,9 @@ def minmax(array: np.ndarray, percentiles: Sequence[float] = (0.0, 100.0)) -> np
 def apply_channel_preprocessing(array3d: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """Apply one channel's preprocessing ``spec`` (see module docstring) to a ``(Z, Y, X)`` array."""
     if array3d.ndim != 3:
-        raise VolumeError(f"apply_channel_preprocessing: got an array of shape {array3d.shape}; expected one channel (Z, Y, X)")
+        raise VolumeError(
+            f"apply_channel_preprocessing: got an array of shape {array3d.shape}; expected one channel (Z, Y, X)"
+        )
     kind = spec.get("type")
     if kind == "ct_window":
         window = spec.get("window", spec.get("preset"))

@@ -96,5 +96,7 @@ def body_mask(image: Volume | np.ndarray, *, threshold: float | None = None, mod
             candidate = array > threshold
     mask = largest_component(candidate)
     if not mask.any():
-        raise VolumeError(f"body_mask: no voxel is above the threshold {threshold if threshold is not None else 0}; expected a body in the image")
+        raise VolumeError(
+            f"body_mask: no voxel is above the threshold {threshold if threshold is not None else 0}; expected a body in the image"
+        )
     return fill_holes(mask)

@@ -7,7 +7,7 @@ restores) is unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,7 +37,9 @@ def _resample(
         return sitk.GetArrayFromImage(resampler.Execute(source))
     # float32 first so linear interpolation of integer scans is not truncated back to integers;
     # all channels go through once as one vector image
-    source = sitk_from_array(volume.array.astype(np.float32, copy=False), volume.spacing, volume.origin, volume.direction)
+    source = sitk_from_array(
+        volume.array.astype(np.float32, copy=False), volume.spacing, volume.origin, volume.direction
+    )
     result = sitk.GetArrayFromImage(resampler.Execute(source))
     return result[None] if result.ndim == 3 else np.moveaxis(result, -1, 0)
 
@@ -63,9 +65,12 @@ def resample_to_spacing(volume: Volume, spacing: Sequence[float], *, is_label: b
     shape = np.maximum(1, np.round(np.asarray(volume.spatial_shape) * old / target)).astype(int)
     shift_xyz = ((target - old) / 2.0)[::-1]
     origin = np.asarray(volume.origin) + np.asarray(volume.direction, dtype=float) @ shift_xyz
-    array = _resample(volume, shape, target, origin, volume.direction, label)
+    array = _resample(volume, shape, target.tolist(), origin, volume.direction, label)
     return volume.with_array(
-        array, spacing=tuple(float(s) for s in target), origin=tuple(float(o) for o in origin), meta=_resampled_meta(volume)
+        array,
+        spacing=tuple(float(s) for s in target),
+        origin=tuple(float(o) for o in origin),
+        meta=_resampled_meta(volume),
     )
 
 
@@ -75,4 +80,6 @@ def resample_to_grid(volume: Volume, reference: Volume, *, is_label: bool | None
     the reference file's orientation and header."""
     label = volume.is_label if is_label is None else is_label
     array = _resample(volume, reference.spatial_shape, reference.spacing, reference.origin, reference.direction, label)
-    return reference.with_array(array, channel_names=[] if label else list(volume.channel_names), modality=None if label else volume.modality)
+    return reference.with_array(
+        array, channel_names=[] if label else list(volume.channel_names), modality=None if label else volume.modality
+    )

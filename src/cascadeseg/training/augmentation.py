@@ -50,7 +50,7 @@ def augment_batch(
     theta[:, :2, :2] = matrix
     if dims == 3:
         theta[:, 2, 2] = 1.0  # the slice axis is not flipped: anatomy is not top-bottom symmetric
-    grid = F.affine_grid(theta, (b, 1, *spatial), align_corners=False)
+    grid = F.affine_grid(theta, [b, 1, *spatial], align_corners=False)
     if cfg.elastic_probability > 0 and cfg.elastic_magnitude > 0:
         grid = grid + _elastic_field(b, spatial, cfg, gen, device)
     # Outside the crop is the project's one pad value (0, see inference.predictor.PAD_VALUE).
@@ -61,7 +61,9 @@ def augment_batch(
     return images, labels
 
 
-def _plane_matrix(b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+def _plane_matrix(
+    b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: torch.Generator, device: torch.device
+) -> Tensor:
     """Per-sample 2x2 map of normalised plane coordinates (x, y): flips, rot90, rotation, zoom.
 
     Built in pixel units and conjugated by the normalisation so that rotations stay rotations on
@@ -110,7 +112,9 @@ def bspline_basis(size: int, knots: int, device: torch.device | None = None) -> 
 _BSPLINE_GAIN = math.sqrt((2.0 / 3.0) ** 2 + 2 * (1.0 / 6.0) ** 2)
 
 
-def _elastic_field(b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+def _elastic_field(
+    b: int, spatial: torch.Size, cfg: AugmentationConfig, gen: torch.Generator, device: torch.device
+) -> Tensor:
     """A smooth B-spline displacement field (B, *S, dims) in normalised units, zero for samples
     not drawn."""
     dims = len(spatial)
@@ -143,7 +147,8 @@ def _intensity(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) ->
     if cfg.noise_probability > 0:
         std = _uniform((b, 1), 0.0, cfg.noise_std, gen, device).view((b, 1) + (1,) * (images.ndim - 2))
         chosen = (torch.rand((b,), generator=gen, device=device) < cfg.noise_probability).view(
-            (b, 1) + (1,) * (images.ndim - 2))
+            (b, 1) + (1,) * (images.ndim - 2)
+        )
         noise = torch.randn(images.shape, generator=gen, device=device) * std
         images = torch.where(chosen, images + noise, images)
     scale = _uniform((b, c), cfg.intensity_scale[0], cfg.intensity_scale[1], gen, device).view(view)

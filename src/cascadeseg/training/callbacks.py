@@ -7,8 +7,9 @@ hand the values over to its own thread (napari's thread workers do that with ``y
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 
 @dataclass
@@ -74,7 +75,12 @@ class FunctionCallback(TrainingCallback):
         on_train_start: Callable[[dict[str, Any]], None] | None = None,
         on_train_end: Callable[[Any], None] | None = None,
     ) -> None:
-        self._fns = {"on_step": on_step, "on_epoch": on_epoch, "on_train_start": on_train_start, "on_train_end": on_train_end}
+        self._fns = {
+            "on_step": on_step,
+            "on_epoch": on_epoch,
+            "on_train_start": on_train_start,
+            "on_train_end": on_train_end,
+        }
 
     def on_step(self, info: StepInfo) -> None:
         self._call("on_step", info)

@@ -30,9 +30,12 @@ class DataInfo:
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what the model expects (issue: wrong-input warnings)
 
 
-def card_class_names(cfg: TrainConfig, num_classes: int, parent: ModelCard | None,
-                     values: list[int] | None = None) -> list[str]:
-    names = cfg.class_names or (parent.class_names if parent is not None and parent.num_classes == num_classes else None)
+def card_class_names(
+    cfg: TrainConfig, num_classes: int, parent: ModelCard | None, values: list[int] | None = None
+) -> list[str]:
+    names = cfg.class_names or (
+        parent.class_names if parent is not None and parent.num_classes == num_classes else None
+    )
     names = names or (["background"] + [f"class {k}" for k in (values or range(num_classes))[1:]])
     if len(names) != num_classes:
         raise ModelConfigError(f"class_names lists {len(names)} names but the model has {num_classes} classes")
@@ -56,23 +59,30 @@ def build_card(
     """The card for ``model`` as trained so far. ``parent``: the card of the checkpoint the run
     started from (its licence, class names and description carry over unless the config says
     otherwise: a fine-tuned model is still bound by its parent's data licence)."""
-    options = {"in_channels": data.in_channels, "num_classes": data.num_classes, "dims": cfg.dims,
-               **(cfg.model_options or {})}
+    options = {
+        "in_channels": data.in_channels,
+        "num_classes": data.num_classes,
+        "dims": cfg.dims,
+        **(cfg.model_options or {}),
+    }
     validation_section: dict[str, Any] = {}
     recommended = None
     if validation is not None:
         validation_section = {
             "dice_per_depth": {str(k): round(v, 4) for k, v in validation.dice_per_depth.items()},
-            "dice_per_case": {c: {str(k): round(v, 4) for k, v in d.items()} for c, d in validation.dice_per_case.items()},
+            "dice_per_case": {
+                c: {str(k): round(v, 4) for k, v in d.items()} for c, d in validation.dice_per_case.items()
+            },
             "metric": "mean over validation cases of the per-case 3D Dice (mean over the foreground classes present "
-                      "in the reference or the prediction), each case segmented by the Predictor on its own grid",
+            "in the reference or the prediction), each case segmented by the Predictor on its own grid",
             "cases": list(validation.cases),
         }
         if model.info.pruning_depths:
             recommended = validation.recommended_depth
         if validation.candidates:
             validation_section["postprocessing_candidates"] = {
-                name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()}
+                name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()
+            }
     licence = cfg.data_licence or (parent.training.get("licence") if parent is not None else None)
     parent_name = (parent.name or parent.architecture) if parent is not None else None
     training = {
@@ -89,14 +99,24 @@ def build_card(
         "command": cfg.command,
         "licence": licence,
         "loss": loss,
-        "optimizer": cfg.optimizer, "lr": cfg.lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
-        "epochs_completed": int(state.get("epoch", 0)), "steps": int(state.get("step", 0)),
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "schedule": cfg.schedule,
+        "batch_size": cfg.batch_size,
+        "epochs_completed": int(state.get("epoch", 0)),
+        "steps": int(state.get("step", 0)),
         "elapsed_minutes": round(float(state.get("elapsed", 0.0)) / 60.0, 2),
         "minutes": cfg.minutes,
-        "device": device, "world_size": world_size, "seed": cfg.seed, "threads": cfg.threads,
-        "target_spacing": cfg.target_spacing, "patch_size": cfg.patch_size,
+        "device": device,
+        "world_size": world_size,
+        "seed": cfg.seed,
+        "threads": cfg.threads,
+        "target_spacing": cfg.target_spacing,
+        "patch_size": cfg.patch_size,
         "cascade_training": cfg.cascade_training,
-        "ema_decay": cfg.ema_decay, "init_checkpoint": cfg.init_checkpoint, "parent": parent_name,
+        "ema_decay": cfg.ema_decay,
+        "init_checkpoint": cfg.init_checkpoint,
+        "parent": parent_name,
         "augmentation": cfg.to_dict()["augmentation"],
     }
     if note:

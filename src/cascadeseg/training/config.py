@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .._atomic import write_json
 from ..errors import CascadeSegError, ModelConfigError
@@ -54,13 +55,30 @@ class AugmentationConfig:
 
 # What the planner decides when a field is left as None ("auto"); every one can be given instead.
 PLANNED_FIELDS = (
-    "model", "dims", "axis", "target_spacing", "patch_size", "batch_size", "model_options",
-    "loss", "epochs", "steps_per_epoch", "val_max_cases", "foreground_probability", "threads",
-    "init_checkpoint", "augmentation", "preprocessing", "minutes", "class_values",
+    "model",
+    "dims",
+    "axis",
+    "target_spacing",
+    "patch_size",
+    "batch_size",
+    "model_options",
+    "loss",
+    "epochs",
+    "steps_per_epoch",
+    "val_max_cases",
+    "foreground_probability",
+    "threads",
+    "init_checkpoint",
+    "augmentation",
+    "preprocessing",
+    "minutes",
+    "class_values",
 )
 
 
-def option(default: Any = None, help: str = "", *, group: str = "run", cli: bool = True, **argparse_options: Any) -> Any:
+def option(
+    default: Any = None, help: str = "", *, group: str = "run", cli: bool = True, **argparse_options: Any
+) -> Any:
     """A :class:`TrainConfig` field with what ``cascadeseg train`` needs to offer it: the help
     text, its argparse group and options (``type``, ``choices``, ``nargs``, ``flag``, ``action``).
     The CLI is built from these (``cascadeseg.cli.train``), so a new field is one line here."""
@@ -87,93 +105,179 @@ class TrainConfig:
 
     data: Any = option(None, cli=False)
     run_dir: str = option("runs/train", "run folder to create; never overwritten", cli=False)
-    model: str | None = option(None, "architecture (see 'cascadeseg models'); the checkpoint's when fine-tuning",
-                               group="model")
-    dims: int | None = option(None, "2: slices, 3: patches (planned from the spacing and the case size)",
-                              group="model", type=int, choices=(2, 3))
+    model: str | None = option(
+        None, "architecture (see 'cascadeseg models'); the checkpoint's when fine-tuning", group="model"
+    )
+    dims: int | None = option(
+        None,
+        "2: slices, 3: patches (planned from the spacing and the case size)",
+        group="model",
+        type=int,
+        choices=(2, 3),
+    )
     model_options: dict[str, Any] | None = option(None, cli=False)
-    loss: str | None = option(None, "loss name (planned: the model's paper loss; fine-tuning: the checkpoint's)",
-                              group="loss and optimiser")
+    loss: str | None = option(
+        None, "loss name (planned: the model's paper loss; fine-tuning: the checkpoint's)", group="loss and optimiser"
+    )
     loss_options: dict[str, Any] = option({}, cli=False)
-    num_classes: int | None = option(None, "classes incl. background (from the labels: max label + 1)",
-                                     group="model", type=int)
-    class_values: list[int] | None = option(None, "the label values the model outputs, background (0) first "
-                                            "(planned: the values present; gaps such as TotalSegmentator's are "
-                                            "packed into as many output channels as values)", group="model",
-                                            type=int, nargs="+")
+    num_classes: int | None = option(
+        None, "classes incl. background (from the labels: max label + 1)", group="model", type=int
+    )
+    class_values: list[int] | None = option(
+        None,
+        "the label values the model outputs, background (0) first "
+        "(planned: the values present; gaps such as TotalSegmentator's are "
+        "packed into as many output channels as values)",
+        group="model",
+        type=int,
+        nargs="+",
+    )
     class_names: list[str] | None = option(None, "one name per class, background first", group="model", nargs="+")
-    channel_names: list[str] | None = option(None, "one name per input channel (from the data)", group="model", nargs="+")
+    channel_names: list[str] | None = option(
+        None, "one name per input channel (from the data)", group="model", nargs="+"
+    )
     preprocessing: list[dict[str, Any]] | None = option(
-        None, 'per-channel preprocessing as a JSON list, e.g. \'[{"type": "mri_zscore", "percentiles": [0.5, 99.5]}]\' '
-              "(planned: z-score for MR, a window over the labelled structures for CT)",
-        group="data and sampling", type="json")
-    axis: int | None = option(None, "2D slicing axis (z, y, x; 0 = axial); planned: the coarse or thin axis",
-                              group="data and sampling", type=int, choices=(0, 1, 2))
-    target_spacing: list[float] | None = option(None, "working grid spacing z y x in mm (2D: the slices stay native)",
-                                                group="data and sampling", type=float, nargs=3)
-    inplane_size: int | None = option(None, "in-plane pixels of the median case on the working grid (instead of "
-                                      "--target-spacing)", group="data and sampling", type=int)
-    patch_size: list[int] | None = option(None, "2D crop H W or 3D patch D H W", group="data and sampling", type=int,
-                                          nargs="+")
+        None,
+        'per-channel preprocessing as a JSON list, e.g. \'[{"type": "mri_zscore", "percentiles": [0.5, 99.5]}]\' '
+        "(planned: z-score for MR, a window over the labelled structures for CT)",
+        group="data and sampling",
+        type="json",
+    )
+    axis: int | None = option(
+        None,
+        "2D slicing axis (z, y, x; 0 = axial); planned: the coarse or thin axis",
+        group="data and sampling",
+        type=int,
+        choices=(0, 1, 2),
+    )
+    target_spacing: list[float] | None = option(
+        None,
+        "working grid spacing z y x in mm (2D: the slices stay native)",
+        group="data and sampling",
+        type=float,
+        nargs=3,
+    )
+    inplane_size: int | None = option(
+        None,
+        "in-plane pixels of the median case on the working grid (instead of --target-spacing)",
+        group="data and sampling",
+        type=int,
+    )
+    patch_size: list[int] | None = option(
+        None, "2D crop H W or 3D patch D H W", group="data and sampling", type=int, nargs="+"
+    )
     batch_size: int | None = option(None, "samples per step", group="budget", type=int)
-    epochs: int | None = option(None, "epochs (an upper bound with --minutes; neither given: a 30-minute budget)",
-                                group="budget", type=int)
-    minutes: float | None = option(None, "wall-clock budget including data loading, validation and checkpoints "
-                                   "(planned: 30 when neither --minutes nor --epochs is given)", group="budget",
-                                   type=float)
-    steps_per_epoch: int | None = option(None, "batches per epoch (planned: one validation interval)", group="budget",
-                                         type=int)
+    epochs: int | None = option(
+        None, "epochs (an upper bound with --minutes; neither given: a 30-minute budget)", group="budget", type=int
+    )
+    minutes: float | None = option(
+        None,
+        "wall-clock budget including data loading, validation and checkpoints "
+        "(planned: 30 when neither --minutes nor --epochs is given)",
+        group="budget",
+        type=float,
+    )
+    steps_per_epoch: int | None = option(
+        None, "batches per epoch (planned: one validation interval)", group="budget", type=int
+    )
     optimizer: str = option("adam", "optimiser", group="loss and optimiser", choices=("adam", "adamw", "sgd"))
     lr: float = option(1e-3, "base learning rate", group="loss and optimiser", type=float)
     momentum: float = option(0.99, "SGD momentum", group="loss and optimiser", type=float)
     weight_decay: float = option(0.0, "weight decay", group="loss and optimiser", type=float)
-    schedule: str = option("cosine", "learning-rate schedule ('plateau': x gamma after step_size validations "
-                           "without a better Dice, paper 000's rule)", group="loss and optimiser",
-                           choices=("cosine", "step", "constant", "plateau"))
-    step_size: int = option(30, "step schedule: epochs per decay; plateau: validations without improvement "
-                            "(patience)", group="loss and optimiser", type=int)
+    schedule: str = option(
+        "cosine",
+        "learning-rate schedule ('plateau': x gamma after step_size validations "
+        "without a better Dice, paper 000's rule)",
+        group="loss and optimiser",
+        choices=("cosine", "step", "constant", "plateau"),
+    )
+    step_size: int = option(
+        30,
+        "step schedule: epochs per decay; plateau: validations without improvement (patience)",
+        group="loss and optimiser",
+        type=int,
+    )
     gamma: float = option(0.1, "step schedule: decay factor", group="loss and optimiser", type=float)
     warmup_steps: int = option(0, "linear warm-up steps", group="loss and optimiser", type=int)
     grad_clip: float | None = option(12.0, "gradient norm clip (0: off)", group="loss and optimiser", type=float)
     # Exponential moving average of the weights: validated, checkpointed and shipped instead of
     # the raw weights.
-    ema_decay: float | None = option(None, "keep a moving average of the weights with this decay (e.g. 0.999) and "
-                                     "validate, checkpoint and ship it instead of the raw weights",
-                                     group="loss and optimiser", type=float)
-    amp: bool = option(True, "no mixed precision on CUDA (never used on a CPU)", group="loss and optimiser",
-                       flag="--no-amp", action="store_false")
+    ema_decay: float | None = option(
+        None,
+        "keep a moving average of the weights with this decay (e.g. 0.999) and "
+        "validate, checkpoint and ship it instead of the raw weights",
+        group="loss and optimiser",
+        type=float,
+    )
+    amp: bool = option(
+        True,
+        "no mixed precision on CUDA (never used on a CPU)",
+        group="loss and optimiser",
+        flag="--no-amp",
+        action="store_false",
+    )
     seed: int = option(0, "seed of split, sampling and augmentation", type=int)
     val_fraction: float = option(0.2, "share of patients for validation", group="data and sampling", type=float)
-    val_cases: list[str] = option([], "case id forced into validation (repeatable)", group="data and sampling",
-                                  flag="--val-case", action="append")
-    val_max_cases: int | None = option(None, "validation cases per validation (planned: what the budget affords)",
-                                       group="data and sampling", type=int)
-    slice_gap: int = option(3, "single volume: slices left out beside validation blocks", group="data and sampling",
-                            type=int)
+    val_cases: list[str] = option(
+        [], "case id forced into validation (repeatable)", group="data and sampling", flag="--val-case", action="append"
+    )
+    val_max_cases: int | None = option(
+        None, "validation cases per validation (planned: what the budget affords)", group="data and sampling", type=int
+    )
+    slice_gap: int = option(
+        3, "single volume: slices left out beside validation blocks", group="data and sampling", type=int
+    )
     slice_block: int = option(8, "single volume: slices per split block", group="data and sampling", type=int)
-    annotated_slices_only: bool = option(False, "single volume: use only slices that carry labels",
-                                         group="data and sampling", action="store_true")
-    foreground_probability: float | None = option(None, "share of samples centred on foreground (planned from the "
-                                                  "foreground share)", group="data and sampling", type=float)
+    annotated_slices_only: bool = option(
+        False, "single volume: use only slices that carry labels", group="data and sampling", action="store_true"
+    )
+    foreground_probability: float | None = option(
+        None,
+        "share of samples centred on foreground (planned from the foreground share)",
+        group="data and sampling",
+        type=float,
+    )
     augmentation: AugmentationConfig | None = option(None, cli=False)
-    cascade_training: str = option("end_to_end", "cascades: both stages jointly, or stage 1 first then stage 2 with "
-                                   "stage 1 frozen", group="model", choices=("end_to_end", "stagewise"))
+    cascade_training: str = option(
+        "end_to_end",
+        "cascades: both stages jointly, or stage 1 first then stage 2 with stage 1 frozen",
+        group="model",
+        choices=("end_to_end", "stagewise"),
+    )
     num_workers: int = option(0, "DataLoader worker processes", flag="--workers", type=int)
     device: str = option("auto", "auto, cuda, cuda:N, mps or cpu")
     resume: bool = option(False, cli=False)
-    init_checkpoint: str | None = option(None, "fine-tune: start from this checkpoint (a folder or a model name "
-                                         "from 'cascadeseg models --checkpoints'); its patient split must not "
-                                         "validate on its training patients", group="model")
+    init_checkpoint: str | None = option(
+        None,
+        "fine-tune: start from this checkpoint (a folder or a model name "
+        "from 'cascadeseg models --checkpoints'); its patient split must not "
+        "validate on its training patients",
+        group="model",
+    )
     # No init checkpoint given: may the planner start from a shipped model that fits the data?
-    auto_init: bool = option(True, "never start from a shipped model on its own (few patients otherwise do)",
-                             group="model", flag="--no-auto-init", action="store_false")
+    auto_init: bool = option(
+        True,
+        "never start from a shipped model on its own (few patients otherwise do)",
+        group="model",
+        flag="--no-auto-init",
+        action="store_false",
+    )
     val_every: int = option(1, "validate every N epochs", group="budget", type=int)
-    choose_postprocessing: bool = option(True, "never post-process (by default each validation also scores keeping "
-                                         "each label's largest island and dropping small distant ones, and the "
-                                         "model keeps what beats the raw argmax by over 0.005 Dice)",
-                                         group="budget", flag="--no-postprocessing", action="store_false")
-    val_batch_size: int | None = option(None, "slices (2D) or windows (3D) per validation batch (the predictor's "
-                                        "default)", group="budget", type=int)
+    choose_postprocessing: bool = option(
+        True,
+        "never post-process (otherwise each validation also scores keeping "
+        "each label's largest island and dropping small distant ones, and the "
+        "model keeps what beats the raw argmax by over 0.005 Dice)",
+        group="budget",
+        flag="--no-postprocessing",
+        action="store_false",
+    )
+    val_batch_size: int | None = option(
+        None,
+        "slices (2D) or windows (3D) per validation batch (unset: the predictor's own, as at inference)",
+        group="budget",
+        type=int,
+    )
     description: str = option("", "text for the model card")
     command: str | None = option(None, cli=False)  # the command line that made the run (in the model card)
     data_licence: str | None = option(None, "licence of the training data, written into the model card")
@@ -183,7 +287,7 @@ class TrainConfig:
         if isinstance(self.augmentation, dict):
             self.augmentation = AugmentationConfig(**self.augmentation)
 
-    def copy(self, **changes: Any) -> "TrainConfig":
+    def copy(self, **changes: Any) -> TrainConfig:
         """A deep-enough copy (lists and dicts copied; the data is shared, never written)."""
         import copy
 
@@ -243,7 +347,9 @@ class TrainConfig:
         if self.num_classes is not None and self.num_classes < 2:
             raise bad("num_classes", self.num_classes, "at least 2 (the background counts)")
         if self.class_values is not None and (
-            len(self.class_values) < 2 or self.class_values[0] != 0 or len(set(self.class_values)) != len(self.class_values)
+            len(self.class_values) < 2
+            or self.class_values[0] != 0
+            or len(set(self.class_values)) != len(self.class_values)
         ):
             raise bad("class_values", self.class_values, "distinct label values starting with the background 0")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -259,7 +365,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -273,7 +379,7 @@ class TrainConfig:
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> "TrainConfig":
+    def load(cls, folder: Path) -> TrainConfig:
         path = Path(folder) / CONFIG_FILE
         try:
             values = json.loads(path.read_text())
@@ -287,7 +393,7 @@ def describe_data(data: Any) -> Any:
     if data is None or isinstance(data, (str, os.PathLike)):
         return None if data is None else str(data)
     if isinstance(data, Sequence):
-        items = []
+        items: list[Any] = []
         for pair in data:
             if isinstance(pair, Sequence) and len(pair) == 2 and isinstance(pair[0], Volume):
                 image = pair[0]

@@ -15,9 +15,10 @@ patient-level validation.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class TrainingCase:
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.labels.shape)  # type: ignore[return-value]
 
-    def restrict(self, axis: int, start: int, stop: int, suffix: str) -> "TrainingCase":
+    def restrict(self, axis: int, start: int, stop: int, suffix: str) -> TrainingCase:
         """The slices ``[start, stop)`` along ``axis`` as a case of its own (views, no copy).
         The indices are of the scan's own grid; along a resampled axis (3D) they are mapped onto
         the working grid for the training arrays."""
@@ -70,8 +71,11 @@ class TrainingCase:
             scan = self.scan.restrict(axis, start, stop)
         else:  # 3D resampled along the axis: the block's maps are zoomed onto its native slices
             shape = tuple(self.labels_full[tuple(native)].shape)
-            scan = PreparedScan(self.scan.image[(slice(None), *working)], shape,  # type: ignore[arg-type]
-                                NativeZoom(shape, self.scan.zoom.scales))
+            scan = PreparedScan(
+                self.scan.image[(slice(None), *working)],
+                shape,  # type: ignore[arg-type]
+                NativeZoom(shape, self.scan.zoom.scales),
+            )
         return TrainingCase(
             case_id=f"{self.case_id}{suffix}",
             scan=scan,
@@ -127,10 +131,14 @@ def _folder_sources(folder: Path) -> list[CaseSource]:
     if not folder.exists():
         raise InputFileError(f"training data folder '{folder}' does not exist")
     if not folder.is_dir():
-        raise InputFileError(f"training data '{folder}' is not a folder (expected an MSD folder with imagesTr/ and labelsTr/)")
+        raise InputFileError(
+            f"training data '{folder}' is not a folder (expected an MSD folder with imagesTr/ and labelsTr/)"
+        )
     refs = load_dataset(folder)
     if not refs:
-        raise DatasetError(f"'{folder}': the dataset folder holds no cases (expected imagesTr/<case>_0000.nii.gz files)")
+        raise DatasetError(
+            f"'{folder}': the dataset folder holds no cases (expected imagesTr/<case>_0000.nii.gz files)"
+        )
     sources = []
     missing = []
     for ref in refs:
@@ -283,9 +291,16 @@ def read_cases(sources: Sequence[CaseSource], num_classes: int | None, cancel: A
     return cases
 
 
-def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: Sequence[float] | None,
-                 slice_axis: int | None, class_values: Sequence[int], *, body_at_inference: bool = False,
-                 training_body: bool = False) -> TrainingCase:
+def prepare_case(
+    raw: RawCase,
+    specs: Sequence[dict[str, Any]],
+    target_spacing: Sequence[float] | None,
+    slice_axis: int | None,
+    class_values: Sequence[int],
+    *,
+    body_at_inference: bool = False,
+    training_body: bool = False,
+) -> TrainingCase:
     """The case on the working grid through the predictor's own preparation (so training,
     validation and inference see the same array), with its labels carried onto that grid as
     output-channel indices (``class_values[i]`` is channel ``i``); ``labels_full`` keeps the
@@ -316,9 +331,14 @@ def prepare_case(raw: RawCase, specs: Sequence[dict[str, Any]], target_spacing: 
     if not body_at_inference:
         scan.body = None  # a loss's region only: the model's predictions are not fused with it
     return TrainingCase(
-        case_id=raw.case_id, scan=scan, labels=np.ascontiguousarray(labels, dtype=np.uint8), labels_full=raw.labels,
-        spacing=spacing, native_spacing=tuple(float(s) for s in raw.image.spacing),  # type: ignore[arg-type]
-        source=None if raw.image.source is None else str(raw.image.source), body=body,
+        case_id=raw.case_id,
+        scan=scan,
+        labels=np.ascontiguousarray(labels, dtype=np.uint8),
+        labels_full=raw.labels,
+        spacing=spacing,  # type: ignore[arg-type]  # three values: the scan's spacing scaled per axis
+        native_spacing=tuple(float(s) for s in raw.image.spacing),  # type: ignore[arg-type]
+        source=None if raw.image.source is None else str(raw.image.source),
+        body=body,
     )
 
 

@@ -8,8 +8,9 @@ scores measured through the real predictor (:mod:`.holdout`), so what the card p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import CheckpointError
 from ..inference.checkpoint import load_checkpoint, save_checkpoint, user_models_dir
@@ -58,13 +59,15 @@ def export_run(
         card.validation = {
             **scores.to_dict(),
             "metric": "mean over held-out patients of the per-patient 3D Dice / HD95 (voxel units of the source grid), "
-                      "each scan segmented by cascadeseg's Predictor on its original grid",
+            "each scan segmented by cascadeseg's Predictor on its original grid",
             "cases": cases,
             "trainer_validation": trainer_view,
         }
         if holdout_mirror:
             mirrored = score_checkpoint(source, Path(holdout_data), cases, mirror=True).to_dict()
-            card.validation["mirrored"] = {k: mirrored[k] for k in ("dice_per_depth", "hd95_per_depth", "dice_per_case")}
+            card.validation["mirrored"] = {
+                k: mirrored[k] for k in ("dice_per_depth", "hd95_per_depth", "dice_per_case")
+            }
         if model.info.pruning_depths:
             card.recommended_depth = recommended_depth({d: scores.mean_dice(d) for d in scores.dice})
     for key, value in (card_updates or {}).items():

@@ -10,8 +10,9 @@ subset are by patient).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,11 +103,11 @@ def fingerprint(
     fractions: dict[int, list[float]] = {}
     present: dict[int, int] = {}
     modalities = set()
-    for case_id, image, labels in cases:
+    for _case_id, image, labels in cases:
         array = image.array if image.array.ndim == 4 else image.array[None]
         values, counts = np.unique(labels, return_counts=True)
         total = float(labels.size)
-        for v, c in zip(values.tolist(), counts.tolist()):
+        for v in values.tolist():
             present[int(v)] = present.get(int(v), 0) + 1
         for v in set(fractions) | set(values.tolist()):
             share = float(counts[values == v].sum()) / total if v in values else 0.0
@@ -129,14 +130,16 @@ def fingerprint(
     class_fraction = {k: float(np.sum(v)) / max(n, 1) for k, v in fractions.items()}
     channels = []
     for c, name in enumerate(channel_names):
-        fg = np.concatenate(fg_samples[c]) if fg_samples[c] else np.zeros(1)
-        everything = np.concatenate(all_samples[c]) if all_samples[c] else np.zeros(1)
-        channels.append(ChannelStats(
-            name=str(name),
-            foreground_percentiles=[round(float(v), 4) for v in np.percentile(fg, [0.5, 50, 99.5])],
-            overall_percentiles=[round(float(v), 4) for v in np.percentile(everything, [0.5, 50, 99.5])],
-            integer_valued=integer[c],
-        ))
+        fg_values = np.concatenate(fg_samples[c]) if fg_samples[c] else np.zeros(1)
+        all_values = np.concatenate(all_samples[c]) if all_samples[c] else np.zeros(1)
+        channels.append(
+            ChannelStats(
+                name=str(name),
+                foreground_percentiles=[round(float(v), 4) for v in np.percentile(fg_values, [0.5, 50, 99.5])],
+                overall_percentiles=[round(float(v), 4) for v in np.percentile(all_values, [0.5, 50, 99.5])],
+                integer_valued=integer[c],
+            )
+        )
     modality = modalities.pop() if len(modalities) == 1 else None
     return DatasetFingerprint(
         num_cases=n,

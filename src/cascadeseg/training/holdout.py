@@ -11,11 +11,14 @@ results table quote these numbers.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from ..errors import DatasetError
 
 
 @dataclass
@@ -43,14 +46,21 @@ class HoldoutScores:
         for depth in self.dice:
             mean, median, n_inf = self.hd95_summary(depth)
             out["dice_per_depth"][str(depth)] = round(self.mean_dice(depth), 4)
-            out["hd95_per_depth"][str(depth)] = {"mean_mm": round(mean, 2), "median_mm": round(median, 2), "n_inf": n_inf}
+            out["hd95_per_depth"][str(depth)] = {
+                "mean_mm": round(mean, 2),
+                "median_mm": round(median, 2),
+                "n_inf": n_inf,
+            }
             out["dice_per_case"][str(depth)] = {c: round(v, 4) for c, v in self.dice[depth].items()}
-            out["hd95_per_case"][str(depth)] = {c: (round(v, 2) if np.isfinite(v) else "inf") for c, v in self.hd95[depth].items()}
+            out["hd95_per_case"][str(depth)] = {
+                c: (round(v, 2) if np.isfinite(v) else "inf") for c, v in self.hd95[depth].items()
+            }
         return out
 
 
-def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], device: str = "cpu",
-                     mirror: bool = False) -> HoldoutScores:
+def score_checkpoint(
+    checkpoint: Path, dataset: Path, case_ids: Sequence[str], device: str = "cpu", mirror: bool = False
+) -> HoldoutScores:
     """Segment ``case_ids`` of the MSD folder ``dataset`` with ``checkpoint`` at every depth
     (``mirror``: with test-time mirroring, :class:`~cascadeseg.inference.PredictionRequest`)."""
     from ..inference.predictor import PredictionRequest, Predictor
@@ -67,10 +77,14 @@ def score_checkpoint(checkpoint: Path, dataset: Path, case_ids: Sequence[str], d
         if mirror:
             # Mirroring applies to the chosen depth's logits: one call per depth.
             depths = list(predictor.model.info.pruning_depths) or [None]
-            maps = {d or 1: predictor.predict(image, depth=d, want=PredictionRequest(mirror=True)).labels for d in depths}
+            maps = {
+                d or 1: predictor.predict(image, depth=d, want=PredictionRequest(mirror=True)).labels for d in depths
+            }
         else:
             result = predictor.predict(image, want=PredictionRequest(depths=True))
             maps = result.depth_labels or {1: result.labels}
+        if labels is None:
+            raise DatasetError(f"{dataset}: held-out case '{case}' has no label map in labelsTr/ to score against")
         for depth, volume in maps.items():
             row = evaluate_case(volume.array, labels.array, labels.spacing, classes=foreground)
             # The project's one case Dice: mean over the foreground classes present in either map.

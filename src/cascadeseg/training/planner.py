@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelConfigError
-from ..models import create_model, list_models
+from ..models import list_models
 from .config import AugmentationConfig, TrainConfig
 from .fingerprint import DatasetFingerprint
 
@@ -110,8 +110,14 @@ def device_profile(device: torch.device, threads: int | None = None) -> DevicePr
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         gpu, name = props.total_memory / 1024**3, props.name
-    return DeviceProfile(kind=device.type, name=name, cores=cores, threads=int(threads or cores),
-                         memory_gb=available_memory_gb(), gpu_memory_gb=gpu)
+    return DeviceProfile(
+        kind=device.type,
+        name=name,
+        cores=cores,
+        threads=int(threads or cores),
+        memory_gb=available_memory_gb(),
+        gpu_memory_gb=gpu,
+    )
 
 
 @dataclass
@@ -145,7 +151,7 @@ class TrainPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainPlan":
+    def from_dict(cls, data: dict[str, Any]) -> TrainPlan:
         plan = cls(fingerprint=data.get("fingerprint", {}), device=data.get("device", {}), minutes=data.get("minutes"))
         for k, c in data.get("choices", {}).items():
             plan.choices[k] = Choice(c["value"], c["reason"], c.get("source", "planned"))
@@ -162,7 +168,7 @@ class TrainPlan:
             f"device: {self.device.get('name')} ({self.device.get('kind')}), {self.device.get('threads')} thread(s) "
             f"of {self.device.get('cores')} core(s), {self.device.get('memory_gb')} GB free"
             + (f", GPU {self.device.get('gpu_memory_gb')} GB" if self.device.get("gpu_memory_gb") else ""),
-            f"budget: {'%g minutes' % self.minutes if self.minutes else 'epochs, no time limit'}",
+            f"budget: {f'{self.minutes:g} minutes' if self.minutes else 'epochs, no time limit'}",
             "",
         ]
         width = max(len(k) for k in self.choices) if self.choices else 10
@@ -189,8 +195,9 @@ def _show(value: Any) -> str:
 # The static plan
 
 
-def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DeviceProfile,
-                  init_card: Any = None) -> tuple[TrainConfig, TrainPlan]:
+def plan_training(
+    config: TrainConfig, fp: DatasetFingerprint, device: DeviceProfile, init_card: Any = None
+) -> tuple[TrainConfig, TrainPlan]:
     """Fill every ``None`` of ``config`` (a copy is returned; ``config`` is not changed)."""
     cfg = config.copy()
     minutes = cfg.minutes
@@ -216,7 +223,6 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
         plan.choose("init_checkpoint", cfg.init_checkpoint, "fine-tune the given checkpoint", "given")
 
     # -- 2D or 3D, and the slicing axis -----------------------------------------------------------
-    spacing, extent = fp.median_spacing, fp.median_extent_mm
     if init_card is not None:
         cfg.dims = plan.choose("dims", int(init_card.dims), "the checkpoint's", "checkpoint")
         cfg.axis = plan.choose("axis", int(init_card.slice_axis), "the checkpoint's slicing axis", "checkpoint")
@@ -226,15 +232,26 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
         if "dims" in given:
             plan.choose("dims", cfg.dims, "given", "given")
         cfg.axis = given.get("axis", axis)
-        plan.choose("axis", cfg.axis, "given" if "axis" in given else f"slices normal to axis {axis} "
-                    f"({'the coarsest spacing' if fp.anisotropy > ANISOTROPY_2D else 'the thinnest extent'})"
-                    if cfg.dims == 2 else "3D: unused", "given" if "axis" in given else "planned")
+        plan.choose(
+            "axis",
+            cfg.axis,
+            "given"
+            if "axis" in given
+            else f"slices normal to axis {axis} "
+            f"({'the coarsest spacing' if fp.anisotropy > ANISOTROPY_2D else 'the thinnest extent'})"
+            if cfg.dims == 2
+            else "3D: unused",
+            "given" if "axis" in given else "planned",
+        )
 
     # -- working grid ----------------------------------------------------------------------------
     if init_card is not None and init_card.target_spacing:
-        cfg.target_spacing = plan.choose("target_spacing", list(init_card.target_spacing),
-                                         "the checkpoint's working grid (in-plane; slices stay native in 2D)",
-                                         "checkpoint")
+        cfg.target_spacing = plan.choose(
+            "target_spacing",
+            list(init_card.target_spacing),
+            "the checkpoint's working grid (in-plane; slices stay native in 2D)",
+            "checkpoint",
+        )
     elif cfg.target_spacing is not None:
         plan.choose("target_spacing", cfg.target_spacing, "given", "given")
     else:
@@ -245,13 +262,19 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
     # -- architecture, width, depth --------------------------------------------------------------
     if init_card is not None:
         cfg.model = plan.choose("model", init_card.architecture, "the checkpoint's architecture", "checkpoint")
-        cfg.model_options = {k: v for k, v in init_card.model_options.items() if k not in ("in_channels", "num_classes", "dims")}
+        cfg.model_options = {
+            k: v for k, v in init_card.model_options.items() if k not in ("in_channels", "num_classes", "dims")
+        }
         plan.choose("model_options", cfg.model_options, "the checkpoint's", "checkpoint")
     else:
         if cfg.model is None:
-            cfg.model = plan.choose("model", DEFAULT_MODEL, "the plain U-Net takes the most optimiser steps per "
-                                    "second, which wins under a budget (docs/training_results.md); pick a cascade or "
-                                    "nested model with --model for its stages, attention maps or pruning")
+            cfg.model = plan.choose(
+                "model",
+                DEFAULT_MODEL,
+                "the plain U-Net takes the most optimiser steps per "
+                "second, which wins under a budget (docs/training_results.md); pick a cascade or "
+                "nested model with --model for its stages, attention maps or pruning",
+            )
         else:
             plan.choose("model", cfg.model, "given", "given")
         _check_model(cfg.model)
@@ -281,13 +304,18 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
     if cfg.batch_size is not None:
         plan.choose("batch_size", cfg.batch_size, "given", "given")
     else:
-        batch, why = _batch_size(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
-                                 num_classes, device)
+        batch, why = _batch_size(
+            cfg.dims, cfg.patch_size, int((cfg.model_options or {}).get("base_width", 16)), num_classes, device
+        )
         cfg.batch_size = plan.choose("batch_size", batch, why)
-    memory = estimate_training_memory_gb(cfg.dims, cfg.patch_size, int(cfg.model_options.get("base_width", 16)),
-                                         num_classes, cfg.batch_size)
-    plan.choose("estimated_training_memory_gb", round(memory, 2),
-                "activations + logits of one step at this patch, width, class count and batch (analytic estimate)")
+    memory = estimate_training_memory_gb(
+        cfg.dims, cfg.patch_size, int((cfg.model_options or {}).get("base_width", 16)), num_classes, cfg.batch_size
+    )
+    plan.choose(
+        "estimated_training_memory_gb",
+        round(memory, 2),
+        "activations + logits of one step at this patch, width, class count and batch (analytic estimate)",
+    )
 
     # -- loss, sampling, augmentation ------------------------------------------------------------
     if cfg.loss is not None:
@@ -304,19 +332,31 @@ def plan_training(config: TrainConfig, fp: DatasetFingerprint, device: DevicePro
     if cfg.foreground_probability is None:
         rare = fp.rarest_foreground_fraction
         cfg.foreground_probability = plan.choose(
-            "foreground_probability", FOREGROUND_PROBABILITY,
+            "foreground_probability",
+            FOREGROUND_PROBABILITY,
             f"a third of the samples centred on foreground (nnU-Net's share; the rarest class covers {100 * rare:.2f} % "
             "of the voxels): on LGG at 20 minutes a third gave 0.778 internal validation Dice against 0.749 for a "
-            "half, which over-segments")
+            "half, which over-segments",
+        )
     if cfg.augmentation is None:
         ct = fp.modality == "CT"
-        cfg.augmentation = AugmentationConfig(rot90=False, gamma_probability=0.3, contrast_probability=0.15,
-                                              noise_probability=0.1, bias_probability=0.0 if ct else 0.3)
-        plan.choose("augmentation", "flips, small rotations, zoom, elastic; scale/shift, gamma, contrast, noise"
-                    + ("" if ct else ", bias field") + "; no 90-degree rotations",
-                    "scans have a canonical orientation (a 90-degree turn shows anatomy no scanner makes); scans from "
-                    "other scanners differ in gamma, contrast, noise" + ("" if ct else " and coil bias")
-                    + " (nnU-Net's probabilities)")
+        cfg.augmentation = AugmentationConfig(
+            rot90=False,
+            gamma_probability=0.3,
+            contrast_probability=0.15,
+            noise_probability=0.1,
+            bias_probability=0.0 if ct else 0.3,
+        )
+        plan.choose(
+            "augmentation",
+            "flips, small rotations, zoom, elastic; scale/shift, gamma, contrast, noise"
+            + ("" if ct else ", bias field")
+            + "; no 90-degree rotations",
+            "scans have a canonical orientation (a 90-degree turn shows anatomy no scanner makes); scans from "
+            "other scanners differ in gamma, contrast, noise"
+            + ("" if ct else " and coil bias")
+            + " (nnU-Net's probabilities)",
+        )
     if cfg.val_batch_size is None:
         cfg.val_batch_size = None  # the predictor's own default (the same batches as inference)
     return cfg, plan
@@ -332,22 +372,32 @@ def _class_values(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan
             known = ", ".join(f"{c['value']} ({c.get('name', '')})" for c in init_card.classes)
             raise ModelConfigError(
                 f"the labels hold value(s) {unknown} but the init checkpoint was set up for classes {known}; "
-                "relabel them, or start a fresh model")
+                "relabel them, or start a fresh model"
+            )
         return plan.choose("class_values", values, "the checkpoint's classes", "checkpoint")
     if cfg.class_values is not None:
         unknown = sorted(set(present) - set(cfg.class_values))
         if unknown:
-            raise ModelConfigError(f"the labels hold value(s) {unknown} that class_values {cfg.class_values} does not list")
+            raise ModelConfigError(
+                f"the labels hold value(s) {unknown} that class_values {cfg.class_values} does not list"
+            )
         return plan.choose("class_values", list(cfg.class_values), "given", "given")
     if cfg.num_classes is not None:
-        return plan.choose("class_values", list(range(cfg.num_classes)), f"num_classes={cfg.num_classes} given", "given")
+        return plan.choose(
+            "class_values", list(range(cfg.num_classes)), f"num_classes={cfg.num_classes} given", "given"
+        )
     top = max(present)
     if present == list(range(top + 1)):
         values = present if top >= 1 else [0, 1]
         return plan.choose("class_values", values, f"label values 0..{values[-1]}")
-    return plan.choose("class_values", present, (
-        f"{len(present)} label values present between 0 and {top}: one output channel per value present "
-        f"({len(present)} instead of {top + 1}; each channel is written back as its value)"))
+    return plan.choose(
+        "class_values",
+        present,
+        (
+            f"{len(present)} label values present between 0 and {top}: one output channel per value present "
+            f"({len(present)} instead of {top + 1}; each channel is written back as its value)"
+        ),
+    )
 
 
 def _given(config: TrainConfig) -> dict[str, Any]:
@@ -364,24 +414,49 @@ def _dims_and_axis(fp: DatasetFingerprint, device: DeviceProfile) -> tuple[int, 
     spacing, extent = fp.median_spacing, fp.median_extent_mm
     if fp.anisotropy > ANISOTROPY_2D:
         axis = int(np.argmax(spacing))
-        return 2, axis, (f"spacing {np.round(spacing, 2).tolist()} mm is {fp.anisotropy:.1f}x anisotropic "
-                         f"(> {ANISOTROPY_2D}): slice by slice along the coarse axis")
+        return (
+            2,
+            axis,
+            (
+                f"spacing {np.round(spacing, 2).tolist()} mm is {fp.anisotropy:.1f}x anisotropic "
+                f"(> {ANISOTROPY_2D}): slice by slice along the coarse axis"
+            ),
+        )
     flatness = float(extent.min() / extent.max())
     if flatness < FLAT_EXTENT:
         axis = int(np.argmin(extent))
-        return 2, axis, (f"the median case is {np.round(extent).astype(int).tolist()} mm: {flatness:.2f} as thick as "
-                         f"wide, a stack of thick slices whose header does not say so (< {FLAT_EXTENT})")
+        return (
+            2,
+            axis,
+            (
+                f"the median case is {np.round(extent).astype(int).tolist()} mm: {flatness:.2f} as thick as "
+                f"wide, a stack of thick slices whose header does not say so (< {FLAT_EXTENT})"
+            ),
+        )
     voxels = float(np.prod(fp.median_shape))
     if not device.is_gpu and voxels > CPU_3D_MAX_VOXELS:
         axis = int(np.argmax(spacing)) if fp.anisotropy > 1.05 else 0
-        return 2, axis, (f"near-isotropic, but the median case has {voxels / 1e6:.1f} M voxels: on a CPU a 3D network "
-                         f"would see each case too few times (> {CPU_3D_MAX_VOXELS / 1e6:.0f} M)")
-    return 3, 0, (f"near-isotropic spacing {np.round(spacing, 2).tolist()} mm and {voxels / 1e6:.2f} M voxels per "
-                  f"case: 3D patches see the anatomy in all three directions")
+        return (
+            2,
+            axis,
+            (
+                f"near-isotropic, but the median case has {voxels / 1e6:.1f} M voxels: on a CPU a 3D network "
+                f"would see each case too few times (> {CPU_3D_MAX_VOXELS / 1e6:.0f} M)"
+            ),
+        )
+    return (
+        3,
+        0,
+        (
+            f"near-isotropic spacing {np.round(spacing, 2).tolist()} mm and {voxels / 1e6:.2f} M voxels per "
+            f"case: 3D patches see the anatomy in all three directions"
+        ),
+    )
 
 
-def _target_spacing(fp: DatasetFingerprint, dims: int, axis: int, inplane_size: int | None, device: DeviceProfile,
-                    thread_minutes: float) -> tuple[list[float], str]:
+def _target_spacing(
+    fp: DatasetFingerprint, dims: int, axis: int, inplane_size: int | None, device: DeviceProfile, thread_minutes: float
+) -> tuple[list[float], str]:
     spacing = fp.median_spacing.astype(float).copy()
     shape = fp.median_shape.astype(float)
     if dims == 3:
@@ -406,7 +481,8 @@ def _target_spacing(fp: DatasetFingerprint, dims: int, axis: int, inplane_size: 
     target[axis] = spacing[axis]  # 2D: the slices stay as they are (the predictor does the same)
     size = int(round(longest / factor))
     return [round(float(s), 4) for s in target], (
-        f"in-plane {in_plane:.3g} mm x {factor:.3g} = {in_plane * factor:.3g} mm ({size} px across the median case); {why}")
+        f"in-plane {in_plane:.3g} mm x {factor:.3g} = {in_plane * factor:.3g} mm ({size} px across the median case); {why}"
+    )
 
 
 def _working_shape(fp: DatasetFingerprint, target: list[float], dims: int, axis: int) -> list[int]:
@@ -417,22 +493,29 @@ def _working_shape(fp: DatasetFingerprint, target: list[float], dims: int, axis:
     return [int(s) for s in shape]
 
 
-def _patch_size(working: list[int], dims: int, axis: int, device: DeviceProfile,
-                thread_minutes: float) -> tuple[list[int], str]:
+def _patch_size(
+    working: list[int], dims: int, axis: int, device: DeviceProfile, thread_minutes: float
+) -> tuple[list[int], str]:
     if dims == 2:
         plane = [working[a] for a in range(3) if a != axis]
         if device.is_gpu:
             return [int(s) for s in plane], "whole slices (nnU-Net's 2D patch covers the slice)"
         cap = 96 if thread_minutes <= 240 else 128
         patch = [min(int(s), cap) for s in plane]
-        return patch, (f"crops of at most {cap} px (on a CPU, crops around the foreground give more optimiser "
-                       f"steps per minute than whole slices; inference runs on whole slices)")
-    cap_voxels = 128 ** 3 if device.is_gpu else 64 ** 3
+        return patch, (
+            f"crops of at most {cap} px (on a CPU, crops around the foreground give more optimiser "
+            f"steps per minute than whole slices; inference runs on whole slices)"
+        )
+    cap_voxels = 128**3 if device.is_gpu else 64**3
     patch = [int(s) for s in working]
     while float(np.prod(patch)) > cap_voxels:
         i = int(np.argmax(patch))
         patch[i] = max(16, int(patch[i] * 0.875))
-    why = "the median case" if patch == list(working) else f"shrunk from the median case {working} to {int(np.prod(patch))} voxels"
+    why = (
+        "the median case"
+        if patch == list(working)
+        else f"shrunk from the median case {working} to {int(np.prod(patch))} voxels"
+    )
     return patch, f"{why} (at most {round(cap_voxels ** (1 / 3))}^3 voxels on a {'GPU' if device.is_gpu else 'CPU'})"
 
 
@@ -467,7 +550,7 @@ def estimate_training_memory_gb(dims: int, patch: list[int], width: int, num_cla
     target and gradients (6 maps per class). An estimate to size batch and patch, not a promise:
     the tests measure the real peak."""
     voxels = float(np.prod(patch))
-    per_level = sum(width * 2**level * voxels / (2 ** dims) ** level for level in range(5))
+    per_level = sum(width * 2**level * voxels / (2**dims) ** level for level in range(5))
     activations = 12 * per_level
     logits = 6 * num_classes * voxels
     return 4.0 * batch * (activations + logits) / 1024**3
@@ -531,26 +614,32 @@ def schedule_for_budget(
         # seconds, so the budget, not this count, normally ends the run.
         out["epochs"] = cfg.epochs or rounds
         out["val_max_cases"] = k
-        plan.schedule.update({
-            "startup_seconds": round(startup_seconds, 1),
-            "seconds_per_step": round(step_seconds, 4),
-            "seconds_per_validation_case": round(per_case, 3),
-            "validation_cases": f"{k} of {n_cases}",
-            "validations": rounds,
-            "validation_seconds_each": round(one, 1),
-            "estimated_steps": steps,
-            "steps_per_epoch": out["steps_per_epoch"],
-            "estimated_samples_seen": steps * int(cfg.batch_size or 1) * world_size,
-            "passes_over_training_data": round(steps * int(cfg.batch_size or 1) * world_size / max(train_samples, 1), 1),
-        })
+        plan.schedule.update(
+            {
+                "startup_seconds": round(startup_seconds, 1),
+                "seconds_per_step": round(step_seconds, 4),
+                "seconds_per_validation_case": round(per_case, 3),
+                "validation_cases": f"{k} of {n_cases}",
+                "validations": rounds,
+                "validation_seconds_each": round(one, 1),
+                "estimated_steps": steps,
+                "steps_per_epoch": out["steps_per_epoch"],
+                "estimated_samples_seen": steps * int(cfg.batch_size or 1) * world_size,
+                "passes_over_training_data": round(
+                    steps * int(cfg.batch_size or 1) * world_size / max(train_samples, 1), 1
+                ),
+            }
+        )
     else:
         epochs = cfg.epochs or 50
         out["epochs"] = epochs
         out["val_max_cases"] = min(cfg.val_max_cases or n_cases, n_cases)
-        plan.schedule.update({
-            "seconds_per_step": round(step_seconds, 4),
-            "seconds_per_validation_case": round(per_case, 3),
-            "epochs": epochs,
-            "validation_cases": f"{out['val_max_cases']} of {n_cases}",
-        })
+        plan.schedule.update(
+            {
+                "seconds_per_step": round(step_seconds, 4),
+                "seconds_per_validation_case": round(per_case, 3),
+                "epochs": epochs,
+                "validation_cases": f"{out['val_max_cases']} of {n_cases}",
+            }
+        )
     return out

@@ -34,9 +34,10 @@ import pickle
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class RunFolderClaim:
             (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
             self.lock.release()
 
-    def __enter__(self) -> "RunFolderClaim":
+    def __enter__(self) -> RunFolderClaim:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -97,7 +98,9 @@ def check_resumable(run_dir: Path) -> None:
         return
     if _only_start_files(run_dir) and any((run_dir / name).exists() for name in _START_FILES + _CLAIM_FILES):
         has = _listing(run_dir)
-        written = f"only {has} was written" if has != "nothing" else f"neither {CONFIG_FILE} nor {SPLIT_FILE} was written"
+        written = (
+            f"only {has} was written" if has != "nothing" else f"neither {CONFIG_FILE} nor {SPLIT_FILE} was written"
+        )
         raise DatasetError(
             f"run folder '{run_dir}' holds a run that was stopped before it started ({written}): no epoch was "
             f"trained, so there is nothing to resume; start it again with the same command without --resume "
@@ -140,8 +143,11 @@ def claim_run_folder(run_dir: Path, resume: bool) -> RunFolderClaim:
         claim.notes += clean_leftovers(run_dir, swapped=CHECKPOINTS)  # logs what it does
         if resume:
             check_resumable(run_dir)  # again: the folder may have changed while it was held
-        elif run_started(run_dir) or (run_dir / LOG_FILE).exists() or any(
-                (run_dir / name).exists() for name in CHECKPOINTS):
+        elif (
+            run_started(run_dir)
+            or (run_dir / LOG_FILE).exists()
+            or any((run_dir / name).exists() for name in CHECKPOINTS)
+        ):
             raise OutputExistsError(
                 f"run folder '{run_dir}' already exists; resume it with --resume (resume=True) "
                 f"or choose a new folder (a run folder is never overwritten)"
@@ -183,8 +189,13 @@ def _owner_record() -> dict[str, Any]:
         user = getpass.getuser()
     except (KeyError, OSError):  # no user name in some containers
         user = ""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "user": user,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "user": user,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
 
 
 def _read_owner(run_dir: Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ it across ranks without two ranks drawing the same sample.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from .datasets import TrainingCase
 
 # Foreground coordinates kept per case and class: enough to sample from, bounded for huge CTs.
 _MAX_FG_COORDS = 20_000
-
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -45,7 +44,11 @@ def resolve_patch_size(
         plane = [a for a in range(3) if a != axis]
         size = list(requested) if requested else [int(shapes[:, a].max()) for a in plane]
     else:
-        size = list(requested) if requested else [min(int(np.median(shapes[:, a])), cap) for a, cap in zip(range(3), (32, 128, 128))]
+        size = (
+            list(requested)
+            if requested
+            else [min(int(np.median(shapes[:, a])), cap) for a, cap in zip(range(3), (32, 128, 128))]
+        )
     return tuple(round_up(int(s), int(d)) for s, d in zip(size, divisor))
 
 
@@ -80,7 +83,9 @@ class PatchDataset(Dataset):
         self.epoch = 0
         # Uniform draws weight cases by their number of samplable positions (slices in 2D,
         # voxels in 3D) so that every slice is equally likely, not every case.
-        sizes = np.array([c.spatial_shape[axis] if dims == 2 else np.prod(c.spatial_shape) for c in self.cases], dtype=float)
+        sizes = np.array(
+            [c.spatial_shape[axis] if dims == 2 else np.prod(c.spatial_shape) for c in self.cases], dtype=float
+        )
         self.case_weights = sizes / sizes.sum()
         self.foreground = [self._foreground_coords(c) for c in self.cases]
         self.cases_with_foreground = [i for i, fg in enumerate(self.foreground) if fg]
@@ -161,7 +166,9 @@ class PatchDataset(Dataset):
         return image, labels
 
 
-def epoch_length(cases: Sequence[TrainingCase], dims: int, axis: int, steps_per_epoch: int | None, batch_size: int, world_size: int) -> int:
+def epoch_length(
+    cases: Sequence[TrainingCase], dims: int, axis: int, steps_per_epoch: int | None, batch_size: int, world_size: int
+) -> int:
     """Samples per epoch (all ranks together): ``steps_per_epoch`` batches per rank, else one
     pass over the training slices (2D) or four patches per case (3D)."""
     if steps_per_epoch is not None:

@@ -15,8 +15,17 @@ def run_progress(step: int, planned_steps: int, elapsed: float, training_seconds
     return min(1.0, max(0.0, fraction))
 
 
-def lr_factor(schedule: str, progress: float, epoch: int, step: int, *, step_size: int = 30, gamma: float = 0.1,
-              warmup_steps: int = 0, plateau_factor: float = 1.0) -> float:
+def lr_factor(
+    schedule: str,
+    progress: float,
+    epoch: int,
+    step: int,
+    *,
+    step_size: int = 30,
+    gamma: float = 0.1,
+    warmup_steps: int = 0,
+    plateau_factor: float = 1.0,
+) -> float:
     """The multiplier of the base learning rate.
 
     ``cosine``: from 1 to 0.01 over the run's progress (never 0: the last steps still learn).

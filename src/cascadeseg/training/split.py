@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,16 @@ from .._atomic import write_json
 from ..errors import CascadeSegError, DatasetError
 from ..io.dataset import patient_id
 
-__all__ = ["SPLIT_FILE", "Split", "SliceBlock", "patient_id", "patient_groups", "split_by_patient",
-           "split_by_slice_blocks", "check_validation_unseen"]
+__all__ = [
+    "SPLIT_FILE",
+    "Split",
+    "SliceBlock",
+    "patient_id",
+    "patient_groups",
+    "split_by_patient",
+    "split_by_slice_blocks",
+    "check_validation_unseen",
+]
 
 SPLIT_FILE = "split.json"
 
@@ -72,7 +81,7 @@ class Split:
         return path
 
     @classmethod
-    def load(cls, folder: Path) -> "Split":
+    def load(cls, folder: Path) -> Split:
         path = Path(folder) / SPLIT_FILE
         try:
             raw = json.loads(path.read_text())
@@ -84,7 +93,10 @@ class Split:
 
 
 def split_by_patient(
-    case_ids: Sequence[str], val_fraction: float, seed: int, force_val: Sequence[str] = (),
+    case_ids: Sequence[str],
+    val_fraction: float,
+    seed: int,
+    force_val: Sequence[str] = (),
     groups: Mapping[str, str] | None = None,
 ) -> Split:
     """Seeded split of whole patients; ``force_val`` case ids (or patient ids) go to validation.
@@ -124,8 +136,9 @@ def split_by_patient(
     return Split(kind="patient", seed=seed, train=train, val=val)
 
 
-def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], source: str,
-                            groups: Mapping[str, str] | None = None) -> None:
+def check_validation_unseen(
+    split: Split, seen_train_cases: Sequence[str], source: str, groups: Mapping[str, str] | None = None
+) -> None:
     """Refuse a patient split whose validation patients a starting checkpoint was trained on.
 
     Fine-tuning with another seed or ``val_fraction`` than the checkpoint's own run silently moves
@@ -148,7 +161,13 @@ def check_validation_unseen(split: Split, seen_train_cases: Sequence[str], sourc
 
 
 def split_by_slice_blocks(
-    case_id: str, num_slices: int, axis: int, val_fraction: float, block: int, gap: int, seed: int,
+    case_id: str,
+    num_slices: int,
+    axis: int,
+    val_fraction: float,
+    block: int,
+    gap: int,
+    seed: int,
     annotated: np.ndarray | None = None,
 ) -> Split:
     """Seeded split of one volume into training and validation blocks of ``block`` slices.

@@ -43,7 +43,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..distributed import (
-    DistContext, all_max, barrier, check_parameters_agree, init_distributed, shutdown, sync_buffers, wrap_model,
+    DistContext,
+    all_max,
+    barrier,
+    check_parameters_agree,
+    init_distributed,
+    shutdown,
+    sync_buffers,
+    wrap_model,
 )
 from ..errors import CancelledError, DatasetError, ModelConfigError, TrainingError
 from ..inference.checkpoint import ModelCard, load_weights, read_card
@@ -56,12 +63,26 @@ from .config import TrainConfig, write_json_atomic
 from .datasets import RawCase, TrainingCase, case_sources, default_preprocessing, prepare_case, read_cases
 from .fingerprint import DatasetFingerprint, fingerprint
 from .planner import (
-    END_RESERVE_SECONDS, END_RESERVE_SHARE, PLAN_FILE, TrainPlan, device_profile, plan_training, schedule_for_budget,
+    END_RESERVE_SECONDS,
+    END_RESERVE_SHARE,
+    PLAN_FILE,
+    TrainPlan,
+    device_profile,
+    plan_training,
+    schedule_for_budget,
 )
-from .run_folder import CsvLog, LOG_FILE, claim_run_folder, find_checkpoint, read_training_state, write_checkpoint
+from .run_folder import LOG_FILE, CsvLog, claim_run_folder, find_checkpoint, read_training_state, write_checkpoint
 from .sampling import PatchDataset, epoch_length
 from .schedule import lr_factor, run_progress
-from .split import SliceBlock, Split, check_validation_unseen, patient_groups, patient_id, split_by_patient, split_by_slice_blocks
+from .split import (
+    SliceBlock,
+    Split,
+    check_validation_unseen,
+    patient_groups,
+    patient_id,
+    split_by_patient,
+    split_by_slice_blocks,
+)
 from .validation import ValidationResult, validate
 
 RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
@@ -145,8 +166,16 @@ def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None, starte
 class Trainer:
     """The run; :meth:`run_training` calls the hooks in order (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, callbacks: CallbackList, cancel: Any, device: torch.device,
-                 ctx: DistContext, started: float | None = None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        callbacks: CallbackList,
+        cancel: Any,
+        device: torch.device,
+        ctx: DistContext,
+        started: float | None = None,
+        dry_run: bool = False,
+    ) -> None:
         self.requested = config  # never written to
         self.cfg = config.copy()
         self.callbacks = callbacks
@@ -181,8 +210,9 @@ class Trainer:
         except CancelledError:
             stopped = "cancelled"
         if stopped == "cancelled" and hasattr(self, "model") and self.ctx.is_main:
-            self.save_checkpoint("last", validation=self.last_validation,
-                                 note=f"cancelled during epoch {self.state.epoch + 1}")
+            self.save_checkpoint(
+                "last", validation=self.last_validation, note=f"cancelled during epoch {self.state.epoch + 1}"
+            )
         return self.on_train_end(stopped)
 
     # ------------------------------------------------------------------------------ start
@@ -197,8 +227,11 @@ class Trainer:
         raw = read_cases(case_sources(cfg.data), cfg.num_classes, self.cancel)
         self.patient_groups = patient_groups(cfg.data)  # versions and cases of one patient (dataset.json)
         data_channel_names = list(raw[0].image.channel_names) or [f"{c:04d}" for c in range(raw[0].image.num_channels)]
-        fp = fingerprint([(r.case_id, r.image, r.labels) for r in raw], data_channel_names,
-                         lambda case: patient_id(case, self.patient_groups))
+        fp = fingerprint(
+            [(r.case_id, r.image, r.labels) for r in raw],
+            data_channel_names,
+            lambda case: patient_id(case, self.patient_groups),
+        )
         if not cfg.resume:
             self._plan(fp, raw)
         torch.set_num_threads(int(self.cfg.threads or torch.get_num_threads()))
@@ -218,8 +251,18 @@ class Trainer:
             self.split.save(self.run_dir)
             self._save_plan()
         self._build_loader()
-        self.columns = ["epoch", "step", "phase", "train_loss", "lr"] + [f"dice_depth{d}" for d in self._depth_keys()] + [
-            "recommended_depth", "best_dice", "epoch_seconds", "validation_seconds", "samples_per_second", "elapsed_seconds"]
+        self.columns = (
+            ["epoch", "step", "phase", "train_loss", "lr"]
+            + [f"dice_depth{d}" for d in self._depth_keys()]
+            + [
+                "recommended_depth",
+                "best_dice",
+                "epoch_seconds",
+                "validation_seconds",
+                "samples_per_second",
+                "elapsed_seconds",
+            ]
+        )
         self.log = CsvLog(self.run_dir / LOG_FILE, self.columns)
         if self.ctx.is_main and self.cfg.resume:
             self.log.truncate_after(self.state.epoch)
@@ -268,11 +311,16 @@ class Trainer:
         profile = device_profile(self.device, self.cfg.threads)
         init_card = None
         auto_reason = None
-        if self.cfg.init_checkpoint is None and self.cfg.auto_init and self.cfg.model is None \
-                and fp.num_patients <= _few_shot_patients():
+        if (
+            self.cfg.init_checkpoint is None
+            and self.cfg.auto_init
+            and self.cfg.model is None
+            and fp.num_patients <= _few_shot_patients()
+        ):
             probe, _ = plan_training(self.cfg, fp, profile)
-            entry, auto_reason = pick_starting_checkpoint(num_classes=len(probe.class_values or [0, 1]),
-                                                          modality=fp.modality, dims=int(probe.dims or 2))
+            entry, auto_reason = pick_starting_checkpoint(
+                num_classes=len(probe.class_values or [0, 1]), modality=fp.modality, dims=int(probe.dims or 2)
+            )
             if entry is not None:
                 entry, auto_reason = self._without_leak(entry, auto_reason, fp)
             if entry is not None:
@@ -282,8 +330,12 @@ class Trainer:
             self.parent_card = init_card
         self.cfg, self.plan = plan_training(self.cfg, fp, profile, init_card)
         if auto_reason is not None:
-            self.plan.choose("init_checkpoint", self.cfg.init_checkpoint, auto_reason,
-                             "planned" if self.cfg.init_checkpoint else "planned")
+            self.plan.choose(
+                "init_checkpoint",
+                self.cfg.init_checkpoint,
+                auto_reason,
+                "planned" if self.cfg.init_checkpoint else "planned",
+            )
         if self.cfg.preprocessing is None:
             self.cfg.preprocessing = self._plan_preprocessing(fp, raw[0], init_card)
         else:
@@ -302,15 +354,20 @@ class Trainer:
         unseen = [p for p in patients if p not in seen]
         wanted = max(1, int(round(self.cfg.val_fraction * len(patients))))
         if len(patients) < 2 or not unseen:
-            return None, (f"shipped '{entry.name}' was trained on {len(overlap)} of these {len(patients)} patient(s): "
-                          f"its validation would be optimistic, so training starts fresh")
+            return None, (
+                f"shipped '{entry.name}' was trained on {len(overlap)} of these {len(patients)} patient(s): "
+                f"its validation would be optimistic, so training starts fresh"
+            )
         order = np.random.default_rng(self.cfg.seed).permutation(len(unseen))
         chosen = [unseen[i] for i in order[: min(wanted, len(unseen), len(patients) - 1)]]
         self.cfg.val_cases = [c for c in fp.case_ids if patient_id(c, groups) in set(chosen)]
-        return entry, reason + (f"; it was trained on {len(overlap)} of these patients, so validation uses "
-                                f"{len(chosen)} it has not seen")
+        return entry, reason + (
+            f"; it was trained on {len(overlap)} of these patients, so validation uses {len(chosen)} it has not seen"
+        )
 
-    def _plan_preprocessing(self, fp: DatasetFingerprint, first: RawCase, init_card: ModelCard | None) -> list[dict[str, Any]]:
+    def _plan_preprocessing(
+        self, fp: DatasetFingerprint, first: RawCase, init_card: ModelCard | None
+    ) -> list[dict[str, Any]]:
         """Per channel: the checkpoint's spec for a channel mapped onto it, else by modality (CT:
         a window over the labelled structures' intensities, nnU-Net's CT normalisation; MR and
         unknown: robust z-score)."""
@@ -320,10 +377,14 @@ class Trainer:
             from .transfer import map_channels
 
             names = [c.name for c in fp.channels]
-            mapping = map_channels(init_card.channel_names, names) if n != len(init_card.input_channels) else list(range(n))
+            mapping = (
+                map_channels(init_card.channel_names, names) if n != len(init_card.input_channels) else list(range(n))
+            )
             fallback = default_preprocessing(first.image, n)
-            specs = [dict(init_card.input_channels[m]["preprocessing"]) if m is not None else fallback[c]
-                     for c, m in enumerate(mapping)]
+            specs = [
+                dict(init_card.input_channels[m]["preprocessing"]) if m is not None else fallback[c]
+                for c, m in enumerate(mapping)
+            ]
             return self.plan.choose("preprocessing", specs, "the checkpoint's, channel by channel", "checkpoint")
         if fp.modality == "CT" or all(c.integer_valued and c.overall_percentiles[0] <= -500 for c in fp.channels):
             specs = []
@@ -332,12 +393,20 @@ class Trainer:
                 if high - low < 50:  # a tiny labelled structure: fall back to a soft-tissue window
                     low, high = -160.0, 240.0
                 specs.append({"type": "ct_window", "window": [round(float(low)), round(float(high))]})
-            return self.plan.choose("preprocessing", specs, "CT: clip to the 0.5-99.5 percentiles of the labelled "
-                                    "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]")
+            return self.plan.choose(
+                "preprocessing",
+                specs,
+                "CT: clip to the 0.5-99.5 percentiles of the labelled "
+                "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]",
+            )
         specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"} for _ in range(n)]
-        return self.plan.choose("preprocessing", specs, "MR / unknown: z-score inside the head (brighter than "
-                                "5 % of the intensity range, whatever the background's value: a file already normalised or rescaled gives the "
-                                "same input), after clipping to its 0.5-99.5 percentiles")
+        return self.plan.choose(
+            "preprocessing",
+            specs,
+            "MR / unknown: z-score inside the head (brighter than "
+            "5 % of the intensity range, whatever the background's value: a file already normalised or rescaled gives the "
+            "same input), after clipping to its 0.5-99.5 percentiles",
+        )
 
     def _build_data(self, raw: list[RawCase], fp: DatasetFingerprint, data_names: list[str]) -> None:
         cfg = self.cfg
@@ -356,8 +425,17 @@ class Trainer:
         cases: list[TrainingCase] = []
         for r in raw:
             self._check_cancel("while preparing the data")
-            cases.append(prepare_case(r, specs, cfg.target_spacing, slice_axis, values,
-                                      body_at_inference=info.body_mask_at_inference, training_body=self.needs_body))
+            cases.append(
+                prepare_case(
+                    r,
+                    specs,
+                    cfg.target_spacing,
+                    slice_axis,
+                    values,
+                    body_at_inference=info.body_mask_at_inference,
+                    training_body=self.needs_body,
+                )
+            )
         self.cases = cases
         self.num_classes = num_classes
         self.class_values = values
@@ -394,7 +472,9 @@ class Trainer:
         else:
             names = data_names
         if len(names) != self.in_channels:
-            raise ModelConfigError(f"channel_names lists {len(names)} names but the images have {self.in_channels} channel(s)")
+            raise ModelConfigError(
+                f"channel_names lists {len(names)} names but the images have {self.in_channels} channel(s)"
+            )
         return list(names)
 
     def _make_split(self) -> Split:
@@ -412,6 +492,7 @@ class Trainer:
             if blocks is not None or patients < 2:
                 if blocks is None:  # one thin volume: let split_by_slice_blocks say what it needs
                     blocks = self._slice_block_split(strict=True)
+                assert blocks is not None  # strict: raises instead
                 return blocks
         split = split_by_patient(ids, cfg.val_fraction, cfg.seed, cfg.val_cases, groups)
         # Cards are files from anywhere: only a recorded list of training cases is checked.
@@ -433,11 +514,12 @@ class Trainer:
             annotated = None
             if cfg.annotated_slices_only:
                 other = tuple(a for a in range(3) if a != axis)
-                annotated = case.labels_full.any(axis=other)
+                annotated = np.asarray(case.labels_full.any(axis=other))
             slices = case.labels_full.shape[axis]
             try:
-                part = split_by_slice_blocks(case.case_id, slices, axis, cfg.val_fraction,
-                                             cfg.slice_block, cfg.slice_gap, cfg.seed, annotated)
+                part = split_by_slice_blocks(
+                    case.case_id, slices, axis, cfg.val_fraction, cfg.slice_block, cfg.slice_gap, cfg.seed, annotated
+                )
             except DatasetError:
                 if strict:
                     raise
@@ -476,16 +558,25 @@ class Trainer:
             model, card, mapping = load_for_data(cfg.init_checkpoint, self.in_channels, self.data_channel_names)
             if card.dims != cfg.dims:
                 raise ModelConfigError(
-                    f"init checkpoint '{cfg.init_checkpoint}' is a {card.dims}D model but dims={cfg.dims} was asked for")
+                    f"init checkpoint '{cfg.init_checkpoint}' is a {card.dims}D model but dims={cfg.dims} was asked for"
+                )
             if mapping != list(range(len(mapping))) and self.plan is not None:
-                self.plan.choose("channel_mapping", describe_mapping(card, self.data_channel_names, mapping),
-                                 "data channels onto the checkpoint's inputs (by name; a one-channel network spreads "
-                                 "its input weights evenly over unnamed channels)")
+                self.plan.choose(
+                    "channel_mapping",
+                    describe_mapping(card, self.data_channel_names, mapping),
+                    "data channels onto the checkpoint's inputs (by name; a one-channel network spreads "
+                    "its input weights evenly over unnamed channels)",
+                )
                 self.channel_names = list(self.data_channel_names)
             model.train()
         else:
-            model = create_model(str(cfg.model), in_channels=self.in_channels, num_classes=self.num_classes,
-                                 dims=int(cfg.dims or 2), **(cfg.model_options or {}))
+            model = create_model(
+                str(cfg.model),
+                in_channels=self.in_channels,
+                num_classes=self.num_classes,
+                dims=int(cfg.dims or 2),
+                **(cfg.model_options or {}),
+            )
         self.model = model.to(self.device, memory_format=self.memory_format)
         divisor = tuple(int(d) for d in self.model.size_divisor)
         self.patch = tuple(-(-int(p) // d) * d for p, d in zip(cfg.patch_size or self._largest_plane(), divisor))
@@ -499,21 +590,42 @@ class Trainer:
 
     def _build_loader(self) -> None:
         cfg = self.cfg
-        length = epoch_length(self.train_cases, int(cfg.dims or 2), int(cfg.axis or 0), cfg.steps_per_epoch,
-                              int(cfg.batch_size or 8), self.ctx.world_size)
-        self.dataset = PatchDataset(self.train_cases, int(cfg.dims or 2), int(cfg.axis or 0), self.patch,
-                                    float(cfg.foreground_probability if cfg.foreground_probability is not None else 0.5),
-                                    length, cfg.seed, body_code=self.num_classes if self.needs_body else None)
+        length = epoch_length(
+            self.train_cases,
+            int(cfg.dims or 2),
+            int(cfg.axis or 0),
+            cfg.steps_per_epoch,
+            int(cfg.batch_size or 8),
+            self.ctx.world_size,
+        )
+        self.dataset = PatchDataset(
+            self.train_cases,
+            int(cfg.dims or 2),
+            int(cfg.axis or 0),
+            self.patch,
+            float(cfg.foreground_probability if cfg.foreground_probability is not None else 0.5),
+            length,
+            cfg.seed,
+            body_code=self.num_classes if self.needs_body else None,
+        )
         self._make_loader()
 
     def _make_loader(self) -> None:
-        self.sampler = (
-            DistributedSampler(self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=False, drop_last=True)
-            if self.ctx.is_distributed else None
+        self.sampler: DistributedSampler | None = (
+            DistributedSampler(
+                self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=False, drop_last=True
+            )
+            if self.ctx.is_distributed
+            else None
         )
         self.loader = DataLoader(
-            self.dataset, batch_size=int(self.cfg.batch_size or 8), sampler=self.sampler, shuffle=False, drop_last=True,
-            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+            self.dataset,
+            batch_size=int(self.cfg.batch_size or 8),
+            sampler=self.sampler,
+            shuffle=False,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
         )
         self.steps_per_epoch = len(self.loader)
 
@@ -532,7 +644,9 @@ class Trainer:
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+            return torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+            )
         if cfg.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -584,7 +698,7 @@ class Trainer:
             dpd = read_card(best).validation.get("dice_per_depth", {})
             if dpd:
                 values = {int(k): float(v) for k, v in dpd.items()}
-                self.last_validation = ValidationResult(values, {}, max(values, key=values.get))
+                self.last_validation = ValidationResult(values, {}, max(values, key=lambda d: values[d]))
 
     # ------------------------------------------------------------------------------ calibration
 
@@ -596,7 +710,7 @@ class Trainer:
         batches = iter(self.loader)
         times = []
         self.epoch_start, self.epoch_samples, self.epoch_losses = time.perf_counter(), 0, []
-        self._calibration_start = self.epoch_start
+        self._calibration_start: float | None = self.epoch_start
         count = min(1 + CALIBRATION_STEPS, max(2, self.steps_per_epoch))
         cap = CALIBRATION_SHARE * (self._budget() or float("inf"))
         calibration_start = time.perf_counter()
@@ -625,12 +739,27 @@ class Trainer:
         values = [0.0, 0.0, 0.0, 0.0, 0.0]
         if self.ctx.is_main:
             assert self.plan is not None
-            samples = sum(c.spatial_shape[int(cfg.axis or 0)] for c in self.train_cases) if cfg.dims == 2 else len(self.train_cases)
-            out = schedule_for_budget(self.plan, cfg, step_seconds=step_seconds, case_seconds=case_seconds,
-                                      startup_seconds=time.perf_counter() - self.started, train_samples=samples,
-                                      world_size=self.ctx.world_size)
-            values = [float(out["steps_per_epoch"]), float(out["epochs"]), float(out["val_max_cases"]),
-                      out["steps_per_epoch"] * step_seconds, float(self.plan.schedule.get("validation_seconds_each", 0.0))]
+            samples = (
+                sum(c.spatial_shape[int(cfg.axis or 0)] for c in self.train_cases)
+                if cfg.dims == 2
+                else len(self.train_cases)
+            )
+            out = schedule_for_budget(
+                self.plan,
+                cfg,
+                step_seconds=step_seconds,
+                case_seconds=case_seconds,
+                startup_seconds=time.perf_counter() - self.started,
+                train_samples=samples,
+                world_size=self.ctx.world_size,
+            )
+            values = [
+                float(out["steps_per_epoch"]),
+                float(out["epochs"]),
+                float(out["val_max_cases"]),
+                out["steps_per_epoch"] * step_seconds,
+                float(self.plan.schedule.get("validation_seconds_each", 0.0)),
+            ]
         agreed = all_max(values, self.ctx, self.device)  # rank 0's schedule, on every rank
         steps_per_epoch, epochs, val_cases = (int(v) for v in agreed[:3])
         cfg.steps_per_epoch, cfg.epochs, cfg.val_max_cases = steps_per_epoch, epochs, val_cases
@@ -645,7 +774,9 @@ class Trainer:
 
         if not self.val_order:
             return []
-        predictor = Predictor(self.shipped_model, self._card(None), device=self.device, batch_size=self.cfg.val_batch_size)
+        predictor = Predictor(
+            self.shipped_model, self._card(None), device=self.device, batch_size=self.cfg.val_batch_size
+        )
         want = PredictionRequest(depths=self._validate_depths())
         mode, axis, depth = f"{self.cfg.dims}d", int(self.cfg.axis or 0), predictor.model.max_depth
         largest = max(self.val_order, key=lambda c: float(np.prod(c.scan.working_shape)))
@@ -676,8 +807,9 @@ class Trainer:
         self.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        if hasattr(self.loss_fn, "set_epoch"):
-            self.loss_fn.set_epoch(epoch)  # a paper's per-epoch loss schedule (CU-Net's omega decay)
+        set_epoch = getattr(self.loss_fn, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)  # a paper's per-epoch loss schedule (CU-Net's omega decay)
         # Epoch 0's clock starts with the calibration steps it holds (their samples count in it).
         self.epoch_start = getattr(self, "_calibration_start", None) or time.perf_counter()
         self._calibration_start = None
@@ -698,7 +830,9 @@ class Trainer:
             if step_in_epoch > self.steps_per_epoch:
                 break
             cancelled = bool(self.cancel is not None and self.cancel.is_set())
-            flag, elapsed, reserve = all_max([float(cancelled), self._elapsed(), self._end_reserve()], self.ctx, self.device)
+            flag, elapsed, reserve = all_max(
+                [float(cancelled), self._elapsed(), self._end_reserve()], self.ctx, self.device
+            )
             if flag:
                 return "cancelled"
             if budget is not None and elapsed + reserve >= budget:
@@ -709,7 +843,8 @@ class Trainer:
                 if consecutive_bad >= 5:
                     raise TrainingError(
                         f"the training loss was NaN/infinite for 5 steps in a row (epoch {self.state.epoch + 1}); "
-                        f"lower the learning rate (lr={self._lr():.3g}) or check the labels")
+                        f"lower the learning rate (lr={self._lr():.3g}) or check the labels"
+                    )
                 continue
             consecutive_bad = 0
             self.epoch_steps += 1
@@ -723,12 +858,20 @@ class Trainer:
     def _report_step(self, loss: float, step_in_epoch: int) -> None:
         if self.ctx.is_main:
             now = time.perf_counter()
-            self.callbacks.emit("on_step", StepInfo(
-                epoch=self.state.epoch, step=self.state.step, step_in_epoch=step_in_epoch,
-                steps_per_epoch=self.steps_per_epoch, loss=loss, lr=self._lr(),
-                samples_per_second=self.epoch_samples / max(now - self.epoch_start, 1e-9),
-                elapsed_seconds=self._elapsed(), time_left_seconds=self._time_left(step_in_epoch),
-            ))
+            self.callbacks.emit(
+                "on_step",
+                StepInfo(
+                    epoch=self.state.epoch,
+                    step=self.state.step,
+                    step_in_epoch=step_in_epoch,
+                    steps_per_epoch=self.steps_per_epoch,
+                    loss=loss,
+                    lr=self._lr(),
+                    samples_per_second=self.epoch_samples / max(now - self.epoch_start, 1e-9),
+                    elapsed_seconds=self._elapsed(),
+                    time_left_seconds=self._time_left(step_in_epoch),
+                ),
+            )
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, elapsed: float, reserve: float) -> float:
         """One optimiser step on a batch (augmented here, on the device); the loss value.
@@ -750,12 +893,17 @@ class Trainer:
         roi = training_region(self.loss_fn, labels, body)
         images = images.contiguous(memory_format=self.memory_format)
         self._set_lr(elapsed, reserve)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             out = self.model_for_steps(images, request=OutputRequest.for_training())
             if self.phases[self.state.phase] == "stage1":
                 # The other outputs join with weight 0 so every parameter gets a (zero) gradient,
                 # which DDP needs; stage 2's weights therefore stay where they are.
-                loss = self.loss_fn(SegmentationOutput(logits=out.stages["stage1"]), labels, roi=roi) + 0.0 * out.logits.sum()
+                loss = (
+                    self.loss_fn(SegmentationOutput(logits=out.stages["stage1"]), labels, roi=roi)
+                    + 0.0 * out.logits.sum()
+                )
             else:
                 loss = self.loss_fn(out, labels, roi=roi)
         if not torch.isfinite(loss.detach()):
@@ -798,9 +946,16 @@ class Trainer:
         if not self.ctx.is_main or not self.val_order:
             return None
         cases = self.val_order[: self.cfg.val_max_cases or len(self.val_order)]
-        result = validate(self.shipped_model, self._card(None), cases, depths=self._validate_depths(),
-                          device=self.device, batch_size=self.cfg.val_batch_size, cancel=self.cancel,
-                          choose_postprocessing=self.cfg.choose_postprocessing)
+        result = validate(
+            self.shipped_model,
+            self._card(None),
+            cases,
+            depths=self._validate_depths(),
+            device=self.device,
+            batch_size=self.cfg.val_batch_size,
+            cancel=self.cancel,
+            choose_postprocessing=self.cfg.choose_postprocessing,
+        )
         self.model.train()
         self.state.validation_seconds = result.seconds
         return result
@@ -818,10 +973,15 @@ class Trainer:
         losses = self.epoch_losses
         train_loss = float(np.mean(losses)) if losses else float("nan")
         row = {
-            "epoch": epoch + 1, "step": self.state.step, "phase": self.phases[self.state.phase],
-            "train_loss": round(train_loss, 5), "lr": f"{self._lr():.3g}",
-            "recommended_depth": result.recommended_depth, "best_dice": round(self.state.best_dice, 4),
-            "epoch_seconds": round(train_seconds, 2), "validation_seconds": round(result.seconds, 2),
+            "epoch": epoch + 1,
+            "step": self.state.step,
+            "phase": self.phases[self.state.phase],
+            "train_loss": round(train_loss, 5),
+            "lr": f"{self._lr():.3g}",
+            "recommended_depth": result.recommended_depth,
+            "best_dice": round(self.state.best_dice, 4),
+            "epoch_seconds": round(train_seconds, 2),
+            "validation_seconds": round(result.seconds, 2),
             "samples_per_second": round(self.epoch_samples / max(train_seconds, 1e-9), 2),
             "elapsed_seconds": round(self.state.elapsed, 1),
         }
@@ -830,15 +990,26 @@ class Trainer:
         self.log.append(row)
         self.history.append(row)
         budget = self._budget()
-        self.callbacks.emit("on_epoch", EpochInfo(
-            epoch=epoch, epochs=int(self.cfg.epochs or 1), train_loss=train_loss, lr=self._lr(),
-            dice_per_depth=dict(result.dice_per_depth), dice_per_case=result.dice_per_case,
-            recommended_depth=result.recommended_depth, best_dice=self.state.best_dice,
-            best_epoch=self.state.best_epoch, is_best=is_best, elapsed_seconds=self.state.elapsed,
-            epoch_seconds=train_seconds, validation_seconds=result.seconds,
-            samples_per_second=self.epoch_samples / max(train_seconds, 1e-9),
-            time_left_seconds=None if budget is None else max(0.0, budget - self.state.elapsed),
-        ))
+        self.callbacks.emit(
+            "on_epoch",
+            EpochInfo(
+                epoch=epoch,
+                epochs=int(self.cfg.epochs or 1),
+                train_loss=train_loss,
+                lr=self._lr(),
+                dice_per_depth=dict(result.dice_per_depth),
+                dice_per_case=result.dice_per_case,
+                recommended_depth=result.recommended_depth,
+                best_dice=self.state.best_dice,
+                best_epoch=self.state.best_epoch,
+                is_best=is_best,
+                elapsed_seconds=self.state.elapsed,
+                epoch_seconds=train_seconds,
+                validation_seconds=result.seconds,
+                samples_per_second=self.epoch_samples / max(train_seconds, 1e-9),
+                time_left_seconds=None if budget is None else max(0.0, budget - self.state.elapsed),
+            ),
+        )
 
     def _update_plateau(self, dice: float) -> None:
         """Paper 000's plateau rule (Keras' ReduceLROnPlateau), monitored on the validation Dice
@@ -847,8 +1018,9 @@ class Trainer:
 
         schedule = PlateauSchedule(factor=self.cfg.gamma, patience=max(1, self.cfg.step_size), mode="max")
         if self.state.plateau_best >= 0:
-            schedule.load_state_dict({"best": self.state.plateau_best, "bad": self.state.plateau_bad,
-                                      "current": self.state.plateau_factor})
+            schedule.load_state_dict(
+                {"best": self.state.plateau_best, "bad": self.state.plateau_bad, "current": self.state.plateau_factor}
+            )
         self.state.plateau_factor = schedule.update(dice if math.isfinite(dice) else 0.0)
         self.state.plateau_best, self.state.plateau_bad = float(schedule.best), int(schedule.bad)
 
@@ -887,11 +1059,19 @@ class Trainer:
             sync_buffers(self.model, self.ctx)
         result = self._result(stopped)
         if self.ctx.is_main and not self.dry_run and self.run_dir.is_dir():
-            write_json_atomic(self.run_dir / RESULT_FILE, {
-                "stopped": stopped, "elapsed_seconds": round(result.elapsed_seconds, 2),
-                "budget_seconds": self._budget(), "epochs_completed": result.epochs_completed, "steps": result.steps,
-                "best_dice": result.best_dice, "best_epoch": result.best_epoch, "last_dice": result.last_dice,
-            })
+            write_json_atomic(
+                self.run_dir / RESULT_FILE,
+                {
+                    "stopped": stopped,
+                    "elapsed_seconds": round(result.elapsed_seconds, 2),
+                    "budget_seconds": self._budget(),
+                    "epochs_completed": result.epochs_completed,
+                    "steps": result.steps,
+                    "best_dice": result.best_dice,
+                    "best_epoch": result.best_epoch,
+                    "last_dice": result.last_dice,
+                },
+            )
         if self.ctx.is_main:
             self.callbacks.emit("on_train_end", result)
         return result
@@ -908,13 +1088,19 @@ class Trainer:
         if self.last_validation is not None and math.isfinite(self.last_validation.best_dice):
             last_dice = float(self.last_validation.best_dice)
         return TrainResult(
-            run_dir=self.run_dir, best_checkpoint=best,
+            run_dir=self.run_dir,
+            best_checkpoint=best,
             last_checkpoint=find_checkpoint(self.run_dir, "last") if main else None,
-            stopped=stopped, epochs_completed=self.state.epoch, steps=self.state.step,
+            stopped=stopped,
+            epochs_completed=self.state.epoch,
+            steps=self.state.step,
             elapsed_seconds=self._elapsed(),
             best_dice=None if self.state.best_dice < 0 else float(self.state.best_dice),
             best_epoch=None if self.state.best_epoch < 0 else self.state.best_epoch + 1,
-            dice_per_depth=dpd, recommended_depth=rec, last_dice=last_dice, history=self.history,
+            dice_per_depth=dpd,
+            recommended_depth=rec,
+            last_dice=last_dice,
+            history=self.history,
             model=self.shipped_model.to("cpu").eval() if hasattr(self, "model") else None,
             plan=self.plan,
         )
@@ -924,8 +1110,20 @@ class Trainer:
         run folder."""
         if getattr(self, "claim", None) is not None:
             self.claim.release()
-        for name in ("model", "model_for_steps", "ema", "optimizer", "loader", "dataset", "loss_fn", "scaler", "cases",
-                     "train_cases", "val_cases", "val_order"):
+        for name in (
+            "model",
+            "model_for_steps",
+            "ema",
+            "optimizer",
+            "loader",
+            "dataset",
+            "loss_fn",
+            "scaler",
+            "cases",
+            "train_cases",
+            "val_cases",
+            "val_order",
+        ):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -948,7 +1146,11 @@ class Trainer:
         estimate = self.state.validation_seconds or getattr(self, "validation_estimate", 0.0)
         if not self.cfg.minutes:
             return 0.0
-        return 1.1 * (estimate + 2 * self.state.checkpoint_seconds) + END_RESERVE_SECONDS + END_RESERVE_SHARE * self._budget()
+        return (
+            1.1 * (estimate + 2 * self.state.checkpoint_seconds)
+            + END_RESERVE_SECONDS
+            + END_RESERVE_SHARE * float(self._budget() or 0.0)
+        )
 
     def _planned_steps(self) -> int:
         return int(self.cfg.epochs or 1) * max(1, self.steps_per_epoch)
@@ -958,8 +1160,16 @@ class Trainer:
         budget = self._budget()
         training_seconds = None if budget is None else max(1.0, budget - reserve)
         progress = run_progress(self.state.step, self._planned_steps(), elapsed, training_seconds)
-        factor = lr_factor(cfg.schedule, progress, self.state.epoch, self.state.step, step_size=cfg.step_size,
-                           gamma=cfg.gamma, warmup_steps=cfg.warmup_steps, plateau_factor=self.state.plateau_factor)
+        factor = lr_factor(
+            cfg.schedule,
+            progress,
+            self.state.epoch,
+            self.state.step,
+            step_size=cfg.step_size,
+            gamma=cfg.gamma,
+            warmup_steps=cfg.warmup_steps,
+            plateau_factor=self.state.plateau_factor,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * factor
 
@@ -1016,28 +1226,51 @@ class Trainer:
 
     def _card(self, validation: ValidationResult | None, note: str = "") -> ModelCard:
         data = DataInfo(
-            num_classes=self.num_classes, class_values=self.class_values, in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            class_values=self.class_values,
+            in_channels=self.in_channels,
             channel_names=self.channel_names,
-            preprocessing=self.preprocessing, modality=self.modality,
+            preprocessing=self.preprocessing,
+            modality=self.modality,
             spacing=[round(float(v), 4) for v in self.fingerprint.median_spacing],
             source=self.cfg.to_dict()["data"] if not isinstance(self.cfg.data, list) else f"{len(self.cases)} case(s)",
-            case_count=len(self.cases), split_kind=self.split.kind,
-            train_cases=[c.case_id for c in self.train_cases], val_cases=[c.case_id for c in self.val_cases],
+            case_count=len(self.cases),
+            split_kind=self.split.kind,
+            train_cases=[c.case_id for c in self.train_cases],
+            val_cases=[c.case_id for c in self.val_cases],
             fingerprint=_expected_input(self.fingerprint),
         )
-        return build_card(cfg=self.cfg, model=self.model, data=data, validation=validation, state=self.state.to_dict(),
-                          device=str(self.device), world_size=self.ctx.world_size, loss=self.loss_name,
-                          name=self.run_dir.name, parent=self.parent_card, note=note)
+        return build_card(
+            cfg=self.cfg,
+            model=self.model,
+            data=data,
+            validation=validation,
+            state=self.state.to_dict(),
+            device=str(self.device),
+            world_size=self.ctx.world_size,
+            loss=self.loss_name,
+            name=self.run_dir.name,
+            parent=self.parent_card,
+            note=note,
+        )
 
     def _start_info(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir), "model": self.cfg.model, "dims": self.cfg.dims, "split": self.split.kind,
+            "run_dir": str(self.run_dir),
+            "model": self.cfg.model,
+            "dims": self.cfg.dims,
+            "split": self.split.kind,
             "volumes": len(self.cases),
-            "train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
+            "train_cases": len(self.train_cases),
+            "val_cases": len(self.val_cases),
             "validation_cases": min(len(self.val_order), self.cfg.val_max_cases or len(self.val_order)),
-            "patch_size": list(self.patch), "steps_per_epoch": self.steps_per_epoch,
-            "epochs": self.cfg.epochs, "minutes": self.cfg.minutes, "device": str(self.device),
-            "parameters": sum(p.numel() for p in self.model.parameters()), "loss": self.loss_name,
+            "patch_size": list(self.patch),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.cfg.epochs,
+            "minutes": self.cfg.minutes,
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "loss": self.loss_name,
             "resumed_from_epoch": self.state.epoch if self.cfg.resume else None,
             "plan": self.plan.describe() if self.plan is not None else None,
             "init_checkpoint": self.cfg.init_checkpoint,
@@ -1051,7 +1284,9 @@ def plan_only(config: TrainConfig, cancel: Any = None) -> TrainPlan:
     config.validate()
     previous_threads = torch.get_num_threads()
     device = resolve_device(config.device)
-    trainer = Trainer(config.copy(resume=False), CallbackList(None), cancel, device, DistContext(), started, dry_run=True)
+    trainer = Trainer(
+        config.copy(resume=False), CallbackList(None), cancel, device, DistContext(), started, dry_run=True
+    )
     try:
         trainer.on_train_start()
         assert trainer.plan is not None
@@ -1076,6 +1311,12 @@ def _expected_input(fp: DatasetFingerprint) -> dict[str, Any]:
         "modality": fp.modality,
         "spacing_min": [round(float(v), 4) for v in spacings.min(axis=0)],
         "spacing_max": [round(float(v), 4) for v in spacings.max(axis=0)],
-        "channels": [{"name": c.name, "foreground_percentiles": c.foreground_percentiles,
-                      "overall_percentiles": c.overall_percentiles} for c in fp.channels],
+        "channels": [
+            {
+                "name": c.name,
+                "foreground_percentiles": c.foreground_percentiles,
+                "overall_percentiles": c.overall_percentiles,
+            }
+            for c in fp.channels
+        ],
     }

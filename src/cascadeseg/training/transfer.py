@@ -17,13 +17,15 @@ starting point for such data:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
 from ..inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints
 from ..io.channels import canonical_channel
+
 
 def map_channels(card_names: Sequence[str], data_names: Sequence[str]) -> list[int | None]:
     """For each data channel, the index of the card channel it feeds (``None``: none).
@@ -41,8 +43,9 @@ def map_channels(card_names: Sequence[str], data_names: Sequence[str]) -> list[i
     return mapping
 
 
-def inflate_input_weights(state: dict[str, torch.Tensor], model: torch.nn.Module, old_in: int,
-                          mapping: Sequence[int | None]) -> dict[str, torch.Tensor]:
+def inflate_input_weights(
+    state: dict[str, torch.Tensor], model: torch.nn.Module, old_in: int, mapping: Sequence[int | None]
+) -> dict[str, torch.Tensor]:
     """``state`` (a network with ``old_in`` input channels) made to fit ``model`` (``len(mapping)``
     input channels). Only tensors whose second dimension holds the input channels change: a
     convolution on the input (``old_in`` -> ``new_in``) or a cascade's stage-2 convolution on
@@ -79,8 +82,9 @@ def _modality_family(card: ModelCard) -> str:
     return "CT" if types == {"ct_window"} else "MR"
 
 
-def pick_starting_checkpoint(*, num_classes: int, modality: str | None, dims: int,
-                             entries: Sequence[CheckpointEntry] | None = None) -> tuple[CheckpointEntry | None, str]:
+def pick_starting_checkpoint(
+    *, num_classes: int, modality: str | None, dims: int, entries: Sequence[CheckpointEntry] | None = None
+) -> tuple[CheckpointEntry | None, str]:
     """The shipped checkpoint to fine-tune for data of this kind, and why (or why none)."""
     family = "CT" if modality == "CT" else "MR"
     candidates = []
@@ -95,8 +99,10 @@ def pick_starting_checkpoint(*, num_classes: int, modality: str | None, dims: in
     if not candidates:
         return None, f"no shipped {dims}D {family} model with {num_classes} classes to start from"
     dice, best = max(candidates, key=lambda item: item[0])
-    return best, (f"shipped '{best.name}' ({best.card.architecture}, {family}, {num_classes} classes; "
-                  f"held-out Dice {dice:.3f}): few patients learn more from a trained network than from scratch")
+    return best, (
+        f"shipped '{best.name}' ({best.card.architecture}, {family}, {num_classes} classes; "
+        f"held-out Dice {dice:.3f}): few patients learn more from a trained network than from scratch"
+    )
 
 
 def describe_mapping(card: ModelCard, data_names: Sequence[str], mapping: Sequence[int | None]) -> str:
@@ -117,7 +123,9 @@ def load_for_data(init: str, in_channels: int, data_names: Sequence[str]) -> tup
     model, card = load_checkpoint(folder, device=None)
     old_in = len(card.input_channels)
     if in_channels == old_in and [canonical_channel(n) for n in data_names] in (
-            [canonical_channel(n) for n in card.channel_names], [None] * old_in):
+        [canonical_channel(n) for n in card.channel_names],
+        [None] * old_in,
+    ):
         return model, card, list(range(old_in))
     mapping = map_channels(card.channel_names, data_names)
     options = dict(card.model_options, in_channels=in_channels)
@@ -139,4 +147,5 @@ def check_labels_fit(card: ModelCard, values: set[int] | None, name: str) -> Non
         known = ", ".join(f"{c['value']} ({c.get('name', '')})" for c in card.classes)
         raise CheckpointError(
             f"the labels hold value(s) {unknown} but model '{name}' was set up for classes {known}; "
-            "relabel them, or start a fresh model")
+            "relabel them, or start a fresh model"
+        )

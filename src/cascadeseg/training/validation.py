@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,8 +102,11 @@ def validate(
         maps = _predict(predictor, case, mode, axis, full_depth, want, cancel)
         for name, options in variants.items():
             per_variant[name][case.case_id] = {
-                d: case_mean_dice(labels if options is None else postprocess(labels, options, spacing=case.native_spacing),
-                                  case.labels_full, foreground)
+                d: case_mean_dice(
+                    labels if options is None else postprocess(labels, options, spacing=case.native_spacing),
+                    case.labels_full,
+                    foreground,
+                )
                 for d, labels in maps.items()
             }
     means = {name: _means(per_case) for name, per_case in per_variant.items()}
@@ -114,9 +118,13 @@ def validate(
             chosen = challenger
     options = variants[chosen]
     return ValidationResult(
-        dice_per_depth=means[chosen], dice_per_case=per_variant[chosen], recommended_depth=recommended_depth(means[chosen]),
-        seconds=time.perf_counter() - t0, cases=[c.case_id for c in cases],
-        postprocessing=to_card(options) if options is not None else None, candidates=means,
+        dice_per_depth=means[chosen],
+        dice_per_case=per_variant[chosen],
+        recommended_depth=recommended_depth(means[chosen]),
+        seconds=time.perf_counter() - t0,
+        cases=[c.case_id for c in cases],
+        postprocessing=to_card(options) if options is not None else None,
+        candidates=means,
     )
 
 
@@ -130,8 +138,9 @@ def _best(dice_per_depth: dict[int, float]) -> float:
     return max(finite) if finite else float("-inf")
 
 
-def _predict(predictor: Predictor, case: TrainingCase, mode: str, axis: int, depth: int,
-             want: PredictionRequest, cancel: Any) -> dict[int, np.ndarray]:
+def _predict(
+    predictor: Predictor, case: TrainingCase, mode: str, axis: int, depth: int, want: PredictionRequest, cancel: Any
+) -> dict[int, np.ndarray]:
     """Label maps (class indices) on the case's own grid: ``{depth: labels}``."""
     maps, _, _, _ = predictor.predict_maps(case.scan, mode, axis, depth, want, cancel=cancel, postprocess=False)
     out = dict(maps.get("depths", {})) or {depth: maps["labels"]}

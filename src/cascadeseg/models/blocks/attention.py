@@ -27,17 +27,21 @@ from .conv import Norm, conv_layer, norm_layer
 class AttentionGate(nn.Module):
     """``forward(f, g) -> (f * alpha, alpha)`` with ``alpha`` of shape ``(B, 1, *f.shape[2:])`` in [0, 1]."""
 
-    def __init__(self, dims: int, skip_channels: int, gate_channels: int, norm: Norm = "batch",
-                 inter_channels: int | None = None) -> None:
+    def __init__(
+        self, dims: int, skip_channels: int, gate_channels: int, norm: Norm = "batch", inter_channels: int | None = None
+    ) -> None:
         super().__init__()
         inter = inter_channels if inter_channels is not None else max(1, skip_channels // 2)
-        self.w_f = nn.Sequential(conv_layer(dims, skip_channels, inter, 1, bias=norm == "none"),
-                                 norm_layer(norm, dims, inter))
-        self.w_g = nn.Sequential(conv_layer(dims, gate_channels, inter, 1, bias=norm == "none"),
-                                 norm_layer(norm, dims, inter))
+        self.w_f = nn.Sequential(
+            conv_layer(dims, skip_channels, inter, 1, bias=norm == "none"), norm_layer(norm, dims, inter)
+        )
+        self.w_g = nn.Sequential(
+            conv_layer(dims, gate_channels, inter, 1, bias=norm == "none"), norm_layer(norm, dims, inter)
+        )
         theta_norm: Norm = "batch" if norm == "batch" else "none"
-        self.w_theta = nn.Sequential(conv_layer(dims, inter, 1, 1, bias=theta_norm == "none"),
-                                     norm_layer(theta_norm, dims, 1))
+        self.w_theta = nn.Sequential(
+            conv_layer(dims, inter, 1, 1, bias=theta_norm == "none"), norm_layer(theta_norm, dims, 1)
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ keeps softmax/cross-entropy finite and fits float16.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +64,15 @@ class PooledPresenceHead(nn.Module):
     slices (docs/model_zoo.md).
     """
 
-    def __init__(self, dims: int, in_channels: int, num_foreground: int, hidden: int | None = None,
-                 dropout: float = 0.5, batch_norm: bool = True) -> None:
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        num_foreground: int,
+        hidden: int | None = None,
+        dropout: float = 0.5,
+        batch_norm: bool = True,
+    ) -> None:
         super().__init__()
         self.avg, self.max = _global_pools(dims)
         features = 2 * in_channels
@@ -87,11 +94,11 @@ class PooledPresenceHead(nn.Module):
             return self.classifier(pooled)
         sizes = [min(int(w), s) for w, s in zip(window, spatial)]
         axes = tuple(range(2, features.ndim))
-        pooled = []
+        windows: list[Tensor] = []
         for corner in itertools.product(*(_window_starts(s, w) for s, w in zip(spatial, sizes))):
             region = features[(slice(None), slice(None), *(slice(c, c + w) for c, w in zip(corner, sizes)))]
-            pooled.append(torch.cat([region.mean(dim=axes), region.amax(dim=axes)], dim=1))
-        stacked = torch.stack(pooled, dim=1)  # (B, windows, 2C)
+            windows.append(torch.cat([region.mean(dim=axes), region.amax(dim=axes)], dim=1))
+        stacked = torch.stack(windows, dim=1)  # (B, windows, 2C)
         logits = self.classifier(stacked.flatten(0, 1)).unflatten(0, stacked.shape[:2])
         return logits.amax(dim=1)
 

@@ -6,7 +6,8 @@ noise, so instance norm is offered beside it (as nnU-Net does).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -28,7 +29,8 @@ def conv_layer(
     conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
     ks = (kernel_size,) * dims if isinstance(kernel_size, int) else tuple(kernel_size)
     padding = tuple(dilation * (k // 2) for k in ks)
-    return conv(in_ch, out_ch, ks, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    # torch's stubs say int; its convolutions take a tuple per axis (anisotropic 3D kernels need one)
+    return conv(in_ch, out_ch, ks, stride=stride, padding=padding, dilation=dilation, bias=bias)  # type: ignore[arg-type]
 
 
 def norm_layer(norm: Norm, dims: int, channels: int) -> nn.Module:

@@ -12,7 +12,7 @@ in-plane only until its voxels are roughly isotropic.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -90,8 +90,9 @@ class UNetEncoder(nn.Module):
         for level, block in enumerate(self.blocks):
             if level > 0:
                 x = self.pools[level - 1](x)
-            if extras is not None and extras[level] is not None:
-                x = torch.cat([x, extras[level]], dim=1)
+            extra = extras[level] if extras is not None else None
+            if extra is not None:
+                x = torch.cat([x, extra], dim=1)
             x = block(x)
             features.append(x)
         return features

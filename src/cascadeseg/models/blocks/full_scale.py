@@ -16,7 +16,7 @@ the two are not numerically equal. ``convolve_first=False`` is the papers' order
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -35,8 +35,17 @@ def factor_between(plan: Sequence[Factor], fine_level: int, coarse_level: int, d
 class FullScaleLink(nn.Module):
     """Feature of level ``source`` -> ``out_channels`` on the grid of level ``target`` (either way)."""
 
-    def __init__(self, dims: int, plan: Sequence[Factor], source: int, target: int, in_channels: int,
-                 out_channels: int, norm: Norm = "batch", convolve_first: bool = True) -> None:
+    def __init__(
+        self,
+        dims: int,
+        plan: Sequence[Factor],
+        source: int,
+        target: int,
+        in_channels: int,
+        out_channels: int,
+        norm: Norm = "batch",
+        convolve_first: bool = True,
+    ) -> None:
         super().__init__()
         self.convolve_first = convolve_first
         self.project = ConvNormAct(dims, in_channels, out_channels, norm=norm)

@@ -8,7 +8,7 @@ spacing (and it still has room); the spacings then evolve with each pooling.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,8 +80,9 @@ class Upsample(nn.Module):
     (bi/tri)linear interpolation followed by nothing (cheap, used for the many nested/full-scale
     paths of UNet++ / UNet 3+ / UNet#)."""
 
-    def __init__(self, dims: int, factor: Factor, in_ch: int | None = None, out_ch: int | None = None,
-                 mode: str = "interp") -> None:
+    def __init__(
+        self, dims: int, factor: Factor, in_ch: int | None = None, out_ch: int | None = None, mode: str = "interp"
+    ) -> None:
         super().__init__()
         self.factor = tuple(factor)
         self.dims = dims
@@ -89,7 +90,7 @@ class Upsample(nn.Module):
             if in_ch is None or out_ch is None:
                 raise ValueError("transpose upsampling needs in_ch and out_ch")
             tconv = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
-            self.op: nn.Module | None = tconv(in_ch, out_ch, kernel_size=self.factor, stride=self.factor)
+            self.op: nn.Module | None = tconv(in_ch, out_ch, kernel_size=self.factor, stride=self.factor)  # type: ignore[arg-type]
         elif mode == "interp":
             self.op = None
         else:
@@ -98,8 +99,9 @@ class Upsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.op is not None:
             return self.op(x)
-        return F.interpolate(x, scale_factor=self.factor, mode="bilinear" if self.dims == 2 else "trilinear",
-                             align_corners=False)
+        return F.interpolate(
+            x, scale_factor=self.factor, mode="bilinear" if self.dims == 2 else "trilinear", align_corners=False
+        )
 
 
 def resize_to(x: Tensor, size: Sequence[int], mode: str = "linear") -> Tensor:
