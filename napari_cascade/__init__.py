@@ -4,4 +4,4 @@ The plugin is thin: readers, writer, sample data and widgets turn calls of the n
 (:mod:`cascadeseg`) into layers. Contributions are declared in ``napari.yaml``.
 """
 
-__version__ = "0.1.0"
+from cascadeseg import __version__ as __version__  # one version for the engine and the plugin
