@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import write_results  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 
 CASES = {
@@ -125,12 +128,7 @@ def main() -> None:
             lines.append(f"| {name} | {layout} | {r['batch']} | {r['samples_per_s']:.1f} | {r['steps_per_s']:.2f} | "
                          f"{100 * r['load_share']:.1f} % |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"cpu_parallelism_{stamp}.md").write_text(text)
-    (args.results / f"cpu_parallelism_{stamp}.json").write_text(json.dumps(results, indent=2))
+    write_results(args.results, "cpu_parallelism", "\n".join(lines) + "\n", results)
 
 
 if __name__ == "__main__":

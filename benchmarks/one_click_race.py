@@ -26,17 +26,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pinned(core: int | None):
-    def pin() -> None:
-        if core is not None and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {core})
-    return pin
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import one_thread_env, pinned, usable_cores, write_results  # noqa: E402
 
 
 def make_split(data: Path, holdout: int, seed: int, out: Path) -> tuple[Path, list[str]]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from datasets import holdout_split
 
     return holdout_split(data, holdout, seed, out)
@@ -67,9 +61,9 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     train_dir, held = make_split(args.data, args.holdout, args.seed, out)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+    env = one_thread_env()
     load_before = os.getloadavg()
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None, None]
+    cores = usable_cores()
     two = (cores + cores)[:2] if len(cores) >= 2 else [cores[0], cores[0]]
     runs = {
         "ours": [sys.executable, "-m", "cascadeseg.cli.main", "train", str(train_dir), "--minutes", str(args.minutes),
@@ -80,7 +74,7 @@ def main() -> None:
     procs, started, walls = {}, {}, {}
     for (name, cmd), core in zip(runs.items(), two):
         started[name] = time.perf_counter()
-        procs[name] = subprocess.Popen(cmd, env=env, preexec_fn=_pinned(core), stdout=open(out / f"{name}.log", "w"),
+        procs[name] = subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=open(out / f"{name}.log", "w"),
                                        stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         if proc.wait() != 0:
@@ -124,14 +118,9 @@ def main() -> None:
     margin = np.mean(list(dice["ours"].values())) - np.mean(list(dice["monai"].values()))
     lines += ["", f"Margin (ours - MONAI): **{margin:+.3f}** mean per-patient Dice.", "",
               "Our plan (`plan.json` of the run):", "", "```", _plan_text(plan), "```"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"one_click_race_{stamp}.md").write_text(text)
-    (args.results / f"one_click_race_{stamp}.json").write_text(json.dumps(
-        {"minutes": args.minutes, "walls": walls, "steps": {"ours": ours_steps, "monai": monai_run["steps"]},
-         "dice": dice, "holdout": held, "plan": plan}, indent=2))
+    write_results(args.results, "one_click_race", "\n".join(lines) + "\n",
+                  {"minutes": args.minutes, "walls": walls, "steps": {"ours": ours_steps, "monai": monai_run["steps"]},
+                   "dice": dice, "holdout": held, "plan": plan})
 
 
 def _plan_text(plan: dict) -> str:

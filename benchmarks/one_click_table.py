@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 
 DATASETS: dict[str, list[str]] = {
@@ -38,12 +41,6 @@ DATASETS: dict[str, list[str]] = {
                    str(DATA / "brats-like" / "TCGA-DU-7294" / "simple.nii.gz")],
 }
 
-
-def _pin(core: int | None):
-    def pin() -> None:
-        if core is not None and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {core})
-    return pin
 
 
 def _row(name: str, minutes: float, run: Path, wall: float, code: int) -> dict:
@@ -81,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
+    env = one_thread_env()
+    cores = usable_cores()
     jobs = [(name, m) for m in args.minutes for name in args.datasets]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -98,7 +95,7 @@ def main() -> None:
                    "--run-dir", str(run), "--no-progress"]
             log = open(out / f"{name}-{minutes:g}min.log", "w")
             running.append((name, minutes, run, core, time.perf_counter(),
-                            subprocess.Popen(cmd, env=env, preexec_fn=_pin(core), stdout=log, stderr=subprocess.STDOUT)))
+                            subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(1.0)
         for item in list(running):
             name, minutes, run, core, started, proc = item
@@ -138,12 +135,7 @@ def main() -> None:
             f"{r['dims']}D | {model} | "
             f"{r['target_spacing']} | {r['patch']} x {r['batch']} | {r['classes']} | {r['steps']} | {r['steps_per_s']} | "
             f"{r['startup_s']} | {r['validations']} ({r['validation_cases']}) | {r['last_dice']} | {r['best_dice']:.3f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"one_click_table_{stamp}.md").write_text(text)
-    (args.results / f"one_click_table_{stamp}.json").write_text(json.dumps(rows, indent=2))
+    write_results(args.results, "one_click_table", "\n".join(lines) + "\n", rows)
 
 
 if __name__ == "__main__":

@@ -380,12 +380,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, folder: Path) -> TrainConfig:
-        path = Path(folder) / CONFIG_FILE
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CascadeSegError(f"{path}: cannot read the run's training config ({exc})") from exc
-        return cls.from_dict(values)
+        return cls.from_dict(read_run_json(Path(folder) / CONFIG_FILE, "training config"))
 
 
 def describe_data(data: Any) -> Any:
@@ -411,6 +406,14 @@ def describe_data(data: Any) -> Any:
                 items.append(str(pair))
         return items
     return str(data)
+
+
+def read_run_json(path: Path, what: str) -> Any:
+    """A run folder's JSON file; an unreadable one names the file and what it holds."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CascadeSegError(f"{path}: cannot read the run's {what} ({exc})") from exc
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -16,7 +16,6 @@ identical and would make the validation Dice meaningless).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import write_json
-from ..errors import CascadeSegError, DatasetError
+from ..errors import DatasetError
 from ..io.dataset import patient_id
 
 __all__ = [
@@ -82,11 +81,9 @@ class Split:
 
     @classmethod
     def load(cls, folder: Path) -> Split:
-        path = Path(folder) / SPLIT_FILE
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CascadeSegError(f"{path}: cannot read the run's split ({exc})") from exc
+        from .config import read_run_json
+
+        raw = read_run_json(Path(folder) / SPLIT_FILE, "split")
         raw["train_blocks"] = [SliceBlock(**b) for b in raw.get("train_blocks", [])]
         raw["val_blocks"] = [SliceBlock(**b) for b in raw.get("val_blocks", [])]
         return cls(**raw)

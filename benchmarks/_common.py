@@ -1,0 +1,42 @@
+"""What the benchmark scripts share: one-core runs and where their tables go."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# A training that must keep to one core: one OpenMP thread, passive waiting, no GPU.
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, **ONE_THREAD_ENV}
+
+
+def pinned(core: int | None) -> Callable[[], None]:
+    """A ``preexec_fn`` that pins the child process to ``core`` (Linux; elsewhere a no-op)."""
+
+    def pin() -> None:
+        if core is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def usable_cores() -> list[int | None]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
+
+
+def write_results(folder: Path, name: str, markdown: str, payload: Any) -> tuple[Path, Path]:
+    """``<folder>/<name>_<UTC stamp>.md`` and ``.json``; prints the Markdown too."""
+    print(markdown)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js = folder / f"{name}_{stamp}.md", folder / f"{name}_{stamp}.json"
+    md.write_text(markdown)
+    js.write_text(json.dumps(payload, indent=2))
+    return md, js
