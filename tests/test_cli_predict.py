@@ -170,3 +170,11 @@ def test_probabilities_and_mirroring_are_written_with_the_scan_geometry(shared_d
     # The probability file is checked before any work, like the label file.
     (out / f"{LGG_CASES[0]}.nii.gz").unlink()
     assert main(args) == 2
+
+
+def test_predict_warns_when_the_scan_does_not_fit_the_model(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """The real CT through the shipped FLAIR model: a warning before the prediction, then the run."""
+    ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"
+    assert main(["predict", str(ct), "-o", str(tmp_path / "out"), "-c", "lgg_flair_anu_net_2d", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "cascadeseg: warning:" in err and "looks like CT values" in err and "trained on MR" in err

@@ -54,7 +54,7 @@ from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, conne
 from .feeding import LayerFeeder
 from .layout import scrollable
 from .model_picker import ChannelMapper, ModelPicker, depth_choices, depth_costs, pruning_depths
-from .notify import error, info
+from .notify import error, info, warn
 from .workers import JobPanel
 
 AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
@@ -342,6 +342,11 @@ class SegmentWidget(QWidget):
         except CascadeSegError as exc:
             error(str(exc))
             return False
+        from cascadeseg.inference.input_check import input_warnings
+
+        for message in input_warnings(request.volume, request.entry.card, request.mode,
+                                      request.axis if request.mode == "2d" else None):
+            warn(message)  # the scan does not fit the model: say so before running, then run anyway
         started = self.job.start(
             self._job(request), lambda outcome: self._add_result(request, outcome), "segmentation"
         )

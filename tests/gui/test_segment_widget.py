@@ -304,3 +304,16 @@ def test_docks_follow_the_shared_state_when_a_model_is_installed(make_napari_vie
     # Another viewer's docks are not told.
     other = make_napari_viewer()
     assert state_for(other) is not state_for(viewer)
+
+
+def test_a_ct_through_the_flair_model_is_warned_before_it_runs(make_napari_viewer, qtbot, shared_data) -> None:
+    """The real abdomen CT, opened with the plugin's reader, through the shipped FLAIR model: the
+    dock says the scan looks like CT and the model was trained on MR before the job starts."""
+    viewer, widget = _widget(make_napari_viewer, qtbot)
+    viewer.open(str(shared_data / "totalseg" / "example_ct_sm.nii.gz"), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: len(viewer.layers) >= 1, timeout=30_000)
+    widget.models.select_name("lgg_flair_anu_net_2d")
+    before = len(notification_messages())
+    assert widget.run()
+    assert any("looks like CT values" in m and "trained on MR" in m for m in notification_messages()[before:])
+    wait_for_job(qtbot, widget, 300_000)

@@ -199,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for index, case in enumerate(mine, 1):
         volume = load_volume(case.path, nan_policy=args.nan_policy, series_uid=args.series_uid)
+        for warning in predictor.input_warnings(volume, args.mode, args.axis):  # before running, not after
+            print(f"cascadeseg: warning: {warning}", file=sys.stderr)
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:
             result = predictor.predict(
                 volume,
