@@ -156,6 +156,11 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     assert "fine-tuned from 'tiny-anu'" in entry.card.description
     assert entry.card.training["loss"] == "dice_ce"
     assert entry.card.training["ema_decay"] == 0.998  # the installed weights are the average
+    # A fine-tuned card keeps what its parent said: the data licence, the channel and class names.
+    assert entry.card.training["licence"] == "BSD-3-Clause" and entry.card.training["parent"] == "tiny-anu"
+    assert entry.card.channel_names == ["FLAIR"] and entry.card.class_names == ["background", "lesion"]
+    data = entry.card.training["data"]
+    assert data["split"] == "slice_blocks" and data["cases"] == 1
     assert segment.run()
     qtbot.waitUntil(lambda: not segment.job.busy, timeout=60_000)
     assert segment.job.last_outcome.ok, segment.job.last_outcome.error
