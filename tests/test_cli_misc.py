@@ -199,3 +199,26 @@ def test_models_table_measures_the_named_model(capsys: pytest.CaptureFixture[str
     assert main(["models", "unet", "--table"]) == 0
     out = capsys.readouterr().out
     assert "| model | depth | params 2D (M) |" in out and "| unet | full | 7.762 |" in out
+
+
+def test_plan_command_prints_the_plan_and_writes_it_as_json(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cascadeseg plan DATA` on real 3D hippocampus crops: the readable plan on stdout, with the
+    steps the budget buys, and the same plan as JSON where --json says (explicit options marked given)."""
+    source = shared_data / "hippocampus"
+    folder = tmp_path / "hippo"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    for label in sorted((source / "labelsTr").glob("*.nii.gz"))[:8]:
+        case = label.name[: -len(".nii.gz")]
+        (folder / "labelsTr" / label.name).symlink_to(label)
+        (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+    out_json = tmp_path / "plan.json"
+    assert main(["plan", str(folder), "--minutes", "2", "--threads", "1", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "dims" in printed and "estimated_steps" in printed
+    plan = json.loads(out_json.read_text())
+    assert plan["choices"]["dims"]["value"] == 3 and plan["choices"]["dims"]["source"] == "planned"
+    assert plan["choices"]["threads"] == {"value": 1, "source": "given", "reason": "given"}
+    assert plan["fingerprint"]["num_cases"] == 8 and plan["schedule"]["estimated_steps"] > 0

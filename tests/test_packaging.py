@@ -85,3 +85,33 @@ def test_engine_source_never_imports_the_gui_and_only_cli_imports_cli() -> None:
             assert not cli, f"{module} imports {cli}: nothing in the engine may import the command line"
     # The walk sees relative imports too (a check that cannot fail would prove nothing).
     assert "cascadeseg.inference.predictor" in _engine_imports()["cascadeseg.training.datasets"]
+
+
+def test_every_engine_import_of_the_engine_resolves() -> None:
+    """Imports inside functions run only when the function does: a module that was moved or renamed
+    must not leave a lazy import behind (``cascadeseg plan`` once failed on one)."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for module, names in _engine_imports().items():
+        for name in sorted(n for n in names if n.split(".")[0] == "cascadeseg"):
+            if _is_package_path(name) and importlib.util.find_spec(name) is not None:
+                continue  # a module
+            parent, _, attribute = name.rpartition(".")
+            if parent and importlib.util.find_spec(parent) is not None and hasattr(importlib.import_module(parent), attribute):
+                continue  # a name defined in a module
+            missing.append(f"{module}: {name}")
+    assert not missing, missing
+
+
+def _is_package_path(name: str) -> bool:
+    """Whether every parent of ``name`` is a package (so ``find_spec`` may be asked about it)."""
+    import importlib.util
+
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        spec = importlib.util.find_spec(".".join(parts[:i]))
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+    return True

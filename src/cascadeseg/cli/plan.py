@@ -30,8 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._atomic import write_text as write_text_atomic
     from ..training.trainer import plan_only
-    from .atomic import write_text_atomic
     from .train import config_from_args
 
     args.resume = False
