@@ -8,6 +8,9 @@ steps per second, and the run's own validation Dice (the predictor's path, its v
 patients or slice blocks). Writes ``benchmarks/results/one_click_table_<date>.md/.json``.
 
     python benchmarks/one_click_table.py --minutes 5 20 --parallel 2 --out runs/table
+
+The rows are also printed as JSON lines as each run ends; ``--from-logs FILE...`` rebuilds the
+table from such output (e.g. the 5- and 20-minute rows measured in separate sittings).
 """
 
 from __future__ import annotations
@@ -75,7 +78,17 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--from-logs", type=Path, nargs="+", default=None, metavar="FILE",
+                        help="no runs: the table from the JSON rows this script printed before")
     args = parser.parse_args()
+    if args.from_logs:
+        rows = [json.loads(line) for path in args.from_logs for line in path.read_text().splitlines()
+                if line.startswith("{")]
+        made = (f"Rows printed by `python benchmarks/one_click_table.py` (collected from {len(args.from_logs)} "
+                f"log(s) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): `cascadeseg train DATA --minutes M` "
+                "and nothing else, one CPU core per run, two runs at a time.")
+        report(rows, made, args.results)
+        return
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = one_thread_env()
@@ -105,15 +118,22 @@ def main() -> None:
             free.append(core)
             rows.append(_row(name, minutes, run, time.perf_counter() - started, proc.returncode))
             print(json.dumps(rows[-1]), flush=True)
-    rows.sort(key=lambda r: (r["minutes"], r["dataset"]))
-    lines = [
-        "# One-click training on every dataset: budget, speed, validation Dice",
-        "",
+    made = (
         f"Made by `python benchmarks/one_click_table.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
         f"--parallel {args.parallel}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `cascadeseg train DATA "
         "--minutes M` and nothing else, one CPU core per run; load average "
         f"{[round(v, 2) for v in load_before]} at the start, {[round(v, 2) for v in os.getloadavg()]} at the end; "
-        f"{(time.perf_counter() - t0) / 60:.0f} minutes in all.",
+        f"{(time.perf_counter() - t0) / 60:.0f} minutes in all."
+    )
+    report(rows, made, args.results)
+
+
+def report(rows: list[dict], made: str, results: Path) -> None:
+    rows = sorted(rows, key=lambda r: (r["minutes"], r["dataset"]))
+    lines = [
+        "# One-click training on every dataset: budget, speed, validation Dice",
+        "",
+        made,
         "",
         "`wall s` is the whole process (interpreter start-up, data loading, planning, training, validation, "
         "checkpoints, exit) timed from outside; `elapsed s` the run's own clock (from the process start to its "
@@ -135,7 +155,7 @@ def main() -> None:
             f"{r['dims']}D | {model} | "
             f"{r['target_spacing']} | {r['patch']} x {r['batch']} | {r['classes']} | {r['steps']} | {r['steps_per_s']} | "
             f"{r['startup_s']} | {r['validations']} ({r['validation_cases']}) | {r['last_dice']} | {r['best_dice']:.3f} |")
-    write_results(args.results, "one_click_table", "\n".join(lines) + "\n", rows)
+    write_results(results, "one_click_table", "\n".join(lines) + "\n", rows)
 
 
 if __name__ == "__main__":

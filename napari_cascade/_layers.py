@@ -249,3 +249,21 @@ def reference_volume(layer: Any) -> Volume:
     """A label-shaped Volume on ``layer``'s grid (no voxels copied): the reference for results."""
     shape = tuple(np.shape(layer.data)[-3:])
     return volume_from_geometry(np.broadcast_to(np.uint8(0), shape), layer_geometry(layer))
+
+
+def class_style(class_values: Sequence[int], class_names: Sequence[str], class_colors: dict[int, str]) -> dict[str, Any]:
+    """napari Labels keywords from a model card's classes: ``features`` name each value (napari's
+    status bar shows the class under the cursor, and a saved layer keeps the table), and where the
+    card gives colours a ``colormap`` paints the classes in them (values without one keep napari's
+    own label colours)."""
+    style: dict[str, Any] = {"features": {"index": list(class_values), "class": list(class_names)}}
+    if class_colors:
+        from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+        cyclic = label_colormap()
+        colors: dict[Any, Any] = {None: "transparent", 0: "transparent"}
+        for value in class_values:
+            if value:
+                colors[value] = class_colors.get(value) or cyclic.map(np.array([value]))[0]
+        style["colormap"] = DirectLabelColormap(color_dict=colors)
+    return style

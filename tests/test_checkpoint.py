@@ -135,6 +135,11 @@ def test_card_validation_messages(saved) -> None:
         ModelCard.from_dict({**_card().to_dict(), "input_channels": [{"name": "FLAIR"}]})
     with pytest.raises(CheckpointError, match="distinct"):
         ModelCard.from_dict({**_card().to_dict(), "classes": [{"value": 0}, {"value": 1}, {"value": 1}, {"value": 2}]})
+    classes = [{"value": 0}, {"value": 1, "name": "necrosis", "color": "red"}, {"value": 2}, {"value": 4}]
+    with pytest.raises(CheckpointError, match="class 'necrosis' has color 'red'; expected '#rrggbb'"):
+        ModelCard.from_dict({**_card().to_dict(), "classes": classes})
+    classes[1]["color"] = "#C83C28"
+    assert ModelCard.from_dict({**_card().to_dict(), "classes": classes}).class_colors == {1: "#C83C28"}
     _, folder = saved
     (folder / CARD_FILE).write_text(json.dumps(_card(architecture="nope").to_dict()))
     with pytest.raises(CheckpointError, match="does not describe a buildable model: unknown model 'nope'"):

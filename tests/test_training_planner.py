@@ -83,6 +83,17 @@ def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints
     assert planned.loss == "anu_hybrid"  # the chosen model's paper loss
 
 
+def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints) -> None:
+    """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
+    plateau schedule does not settle by the end of a budget: its best validated one."""
+    cosine, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert cosine.keep == "last" and "final weights" in plan.choices["keep"].reason
+    plateau, _ = plan_training(TrainConfig(data="x", minutes=20, schedule="plateau"), fingerprints["lgg"], CPU)
+    assert plateau.keep == "best"
+    given, plan = plan_training(TrainConfig(data="x", minutes=20, keep="best"), fingerprints["lgg"], CPU)
+    assert given.keep == "best" and plan.choices["keep"].source == "given"
+
+
 def test_gapped_label_values_are_packed_into_channels(shared_data: Path) -> None:
     ct = load_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     seg = load_labels(shared_data / "totalseg" / "example_seg.nii.gz", reference=ct)
@@ -123,6 +134,11 @@ def test_a_tiny_budget_is_kept_and_leaves_a_validated_checkpoint(lgg_pairs, tmp_
     assert 0.6 * budget <= wall <= 1.1 * budget, f"{wall:.1f} s for a {budget:.0f} s budget"
     assert result.elapsed_seconds <= wall
     assert result.best_checkpoint is not None and result.last_checkpoint is not None
+    # The run's model is the final weights (cosine schedule), validated, and result.json says so.
+    assert result.keep == "last" and result.model_checkpoint == result.last_checkpoint
+    assert result.model_dice == result.last_dice is not None
+    recorded = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert recorded["keep"] == "last" and recorded["model_checkpoint"] == str(result.last_checkpoint)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["schedule"]["seconds_per_step"] > 0 and plan["choices"]["dims"]["value"] == 2
     stored = json.loads((tmp_path / "run" / "config.json").read_text())

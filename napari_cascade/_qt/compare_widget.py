@@ -118,6 +118,7 @@ class Comparison:
     # run name -> structure ("any foreground", each class) -> scores
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     structures: list[str] = field(default_factory=list)
+    class_colors: dict[int, str] = field(default_factory=dict)  # the card's colours, by class value
 
     @property
     def runs(self) -> list[ComparisonRun]:
@@ -495,7 +496,7 @@ class CompareWidget(QWidget):
             luts = [difference_lut if kind == "difference" else None for _, kind, _ in panels]
             specs["masks"] = ("labels", Montage(layout, masks, dtype, luts, outlines=[k == "truth" for k in kinds]), {
                 "name": f"compare · masks · {stem}", "opacity": 0.7,
-                "colormap": _mask_colormap(values, add, remove), **placed,
+                "colormap": _mask_colormap(values, add, remove, comparison.class_colors), **placed,
             })
         if "attention" in kinds:
             tile = _tile(placed, layout, kinds.index("attention"))
@@ -648,13 +649,14 @@ def _tile(placed: dict[str, Any], layout: TileLayout, index: int) -> dict[str, A
     return {"scale": scale, "translate": (translate[0], translate[1] + row * scale[1], translate[2] + column * scale[2])}
 
 
-def _mask_colormap(values: list[int], add: int, remove: int) -> Any:
-    """Class values in napari's label colours; a difference's additions green, removals red."""
+def _mask_colormap(values: list[int], add: int, remove: int, class_colors: dict[int, str] | None = None) -> Any:
+    """Class values in the card's colours (napari's label colours where it gives none); a
+    difference's additions green, removals red."""
     from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
     cyclic = label_colormap()
     colors: dict[Any, Any] = {0: "transparent", None: "transparent"}
-    colors.update({value: cyclic.map(np.array([value]))[0] for value in values if value})
+    colors.update({value: (class_colors or {}).get(value) or cyclic.map(np.array([value]))[0] for value in values if value})
     colors.update({add: DIFF_COLORS[1], remove: DIFF_COLORS[2]})
     return DirectLabelColormap(color_dict=colors)
 
@@ -685,7 +687,7 @@ def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np
         return report
 
     comparison = Comparison(image_name=image_name, reference=None, scan=volume.array[0], truth=truth,
-                            truth_name=truth_name)
+                            truth_name=truth_name, class_colors=card.class_colors)
     for step, depth in enumerate(depths):
         result = predictor.predict(volume, depth=depth, progress=step_progress(step, f"L{depth}"), cancel=cancel)
         comparison.reference = result.labels

@@ -45,6 +45,7 @@ from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 
 from .._layers import (
     GEOMETRY_KEY,
+    class_style,
     geometry_metadata,
     labels_layer,
     transform_kwargs,
@@ -400,12 +401,16 @@ class SegmentWidget(QWidget):
             "created": time.time(),
         }
         data, kwargs, _ = labels_layer(result.labels.array, result.labels, name, **{RESULT_KEY: recorded})
+        kwargs.update(class_style(card.class_values, card.class_names, card.class_colors))
         steps: list[Callable[[], Any]] = []
         target = self._replaceable(request, outcome)
         if target is not None:
             recorded["writing"] = True  # our own replacement is no edit
             target.metadata = kwargs["metadata"]
             target.data = data
+            target.features = kwargs["features"]
+            if "colormap" in kwargs:
+                target.colormap = kwargs["colormap"]
             recorded.pop("writing")
             target.name = name
             placed: list[Any] = [target]

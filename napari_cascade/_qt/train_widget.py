@@ -11,7 +11,8 @@ notifications). The trainer's step/epoch callbacks arrive in the worker thread a
 the GUI thread with a queued Qt signal, where :class:`TrainingPlot` draws them. Cancel sets the
 trainer's cancel event: it stops within one step and keeps its last good checkpoint.
 
-When the run ends on its own, its best checkpoint (best validation Dice) is installed under
+When the run ends on its own, the checkpoint its plan keeps (the final weights of a schedule that
+settles, else the best validated ones: :attr:`TrainResult.model_checkpoint`) is installed under
 :func:`cascadeseg.inference.user_models_dir` with a model card naming the data and the settings,
 and a docked Segment widget re-lists its models and selects the new one, so it can be run at once.
 A cancelled run is never installed on its own: the dock says what was kept (best and last
@@ -640,7 +641,10 @@ class TrainWidget(QWidget):
                     on_step=on_step, on_epoch=relay.epoch.emit, on_train_start=on_train_start), stop)
                 request.outcome["result"] = result
                 if result.stopped != "cancelled":  # a cancelled run waits for the user's choice
-                    request.outcome["installed"] = self._install(request, result, "best")
+                    # the run's model: the checkpoint its plan keeps (the final weights of a schedule
+                    # that settles, else the best validated ones)
+                    kept = "last" if result.model_checkpoint == result.last_checkpoint else "best"
+                    request.outcome["installed"] = self._install(request, result, kept)
             finally:
                 _TRAINING_LOCK.release()
             return request.outcome
@@ -745,7 +749,8 @@ class TrainWidget(QWidget):
             return
         last = f"last checkpoint: {result.last_checkpoint}" if result.last_checkpoint else "no checkpoint written"
         if installed is not None:
-            text = f"model '{installed.name}' saved to {installed} (best Dice {result.best_dice:.3f})"
+            dice = "not validated" if result.model_dice is None else f"validation Dice {result.model_dice:.3f}"
+            text = f"model '{installed.name}' saved to {installed} ({result.keep} checkpoint, {dice})"
             self._refresh_segment_widgets(installed.name)
         else:
             text = f"no validated checkpoint to install; {last}"

@@ -223,7 +223,8 @@ def test_two_channel_model_maps_layers_by_channel_name(make_napari_viewer, qtbot
 
 def test_3d_checkpoint_segments_a_ct_volume_by_sliding_window(make_napari_viewer, qtbot, shared_data, tmp_path) -> None:
     """A 3D network runs in 3D mode (sliding window, in a worker) on a real CT volume opened
-    through the plugin's reader; the labels land on the image grid with the card's class values."""
+    through the plugin's reader; the labels land on the image grid with the card's class values,
+    named (napari's status bar shows the class under the cursor) and in the card's colours."""
     import torch
 
     from cascadeseg.inference.checkpoint import ModelCard, save_checkpoint
@@ -233,7 +234,8 @@ def test_3d_checkpoint_segments_a_ct_volume_by_sliding_window(make_napari_viewer
         model_options={"in_channels": 1, "num_classes": 3, "dims": 3, "base_width": 4, "levels": 3},
         dims=3,
         input_channels=[{"name": "CT", "preprocessing": {"type": "ct_window", "preset": "abdomen"}}],
-        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "spleen"}, {"value": 5, "name": "liver"}],
+        classes=[{"value": 0, "name": "background"}, {"value": 1, "name": "spleen"},
+                 {"value": 5, "name": "liver", "color": "#b03020"}],
         patch_size=[32, 64, 64],
         name="tiny-3d-ct",
     )
@@ -246,6 +248,9 @@ def test_3d_checkpoint_segments_a_ct_volume_by_sliding_window(make_napari_viewer
     labels = _run_to_one_result(qtbot, widget, viewer, image, 120_000)
     assert set(np.unique(labels.data)) <= {0, 1, 5}
     assert labels.metadata["cascadeseg"]["result"]["rate"] > 0
+    assert dict(zip(labels.features["index"], labels.features["class"])) == {0: "background", 1: "spleen", 5: "liver"}
+    np.testing.assert_allclose(labels.colormap.map(np.array([5]))[0], [0xB0 / 255, 0x30 / 255, 0x20 / 255, 1.0], atol=1e-6)
+    assert labels.colormap.map(np.array([1]))[0][3] == 1.0 and labels.colormap.map(np.array([0]))[0][3] == 0.0
 
 
 def test_segment_never_freezes_and_tells_what_it_did(make_napari_viewer) -> None:

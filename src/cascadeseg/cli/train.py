@@ -352,4 +352,7 @@ def run(args: argparse.Namespace) -> int:
             f"stopped ({result.stopped}) after {result.epochs_completed} epoch(s), {result.steps} steps, "
             f"{result.elapsed_seconds / 60:.1f} min; {best}; checkpoints in {result.run_dir}"
         )
+        if result.model_checkpoint is not None and result.stopped != "cancelled":
+            dice = "" if result.model_dice is None else f", validation Dice {result.model_dice:.4f}"
+            print(f"the run's model ('{result.keep}' checkpoint{dice}): {result.model_checkpoint}")
     return 130 if result.stopped == "cancelled" else 0

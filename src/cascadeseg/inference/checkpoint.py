@@ -130,6 +130,12 @@ class ModelCard:
     def class_names(self) -> list[str]:
         return [str(c.get("name", c["value"])) for c in self.classes]
 
+    @property
+    def class_colors(self) -> dict[int, str]:
+        """Display colours the card gives (``{"value", "name", "color": "#rrggbb"}``), by value;
+        classes without one are left to the viewer's own label colours."""
+        return {int(c["value"]): str(c["color"]) for c in self.classes if c.get("color")}
+
     def dice_for_depth(self, depth: int) -> float | None:
         """Validation Dice recorded for ``depth`` (``None`` when the card has none)."""
         value = self.validation.get("dice_per_depth", {}).get(str(depth))
@@ -183,6 +189,12 @@ class ModelCard:
             )
         if len(self.classes) < 2 or not all(isinstance(c, dict) and "value" in c for c in self.classes):
             raise CheckpointError(f"{source}: classes must list >= 2 entries of {{value, name}} (background included)")
+        for entry in self.classes:
+            color = entry.get("color")
+            if color is not None and not _is_hex_color(color):
+                raise CheckpointError(
+                    f"{source}: class {entry.get('name', entry['value'])!r} has color {color!r}; expected '#rrggbb'"
+                )
         values = self.class_values
         if len(set(values)) != len(values) or min(values) < 0:
             raise CheckpointError(f"{source}: class values must be distinct and non-negative, got {values}")
@@ -214,6 +226,15 @@ class ModelCard:
         options.setdefault("num_classes", len(self.classes))
         options.setdefault("dims", self.dims)
         return create_model(self.architecture, **options)
+
+
+def _is_hex_color(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 7
+        and value[0] == "#"
+        and all(ch in "0123456789abcdefABCDEF" for ch in value[1:])
+    )
 
 
 def _positive_spacing(spacing: Any) -> bool:

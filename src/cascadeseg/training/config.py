@@ -73,6 +73,7 @@ PLANNED_FIELDS = (
     "preprocessing",
     "minutes",
     "class_values",
+    "keep",
 )
 
 
@@ -190,6 +191,12 @@ class TrainConfig:
         "without a better Dice, paper 000's rule)",
         group="loss and optimiser",
         choices=("cosine", "step", "constant", "plateau"),
+    )
+    keep: str | None = option(
+        None,
+        "which checkpoint is the run's model: 'last' (the final weights) or 'best' (best validation Dice)",
+        group="loss and optimiser",
+        choices=("last", "best"),
     )
     step_size: int = option(
         30,

@@ -58,8 +58,9 @@ def export_run(
         trainer_view = {k: card.validation.get(k) for k in ("dice_per_depth", "metric")}
         card.validation = {
             **scores.to_dict(),
-            "metric": "mean over held-out patients of the per-patient 3D Dice / HD95 (voxel units of the source grid), "
-            "each scan segmented by cascadeseg's Predictor on its original grid",
+            "metric": "mean over held-out patients of the per-patient 3D Dice / HD95 (in the millimetres of the "
+            "files' spacing; voxels where a source writes 1 mm for an unknown spacing), each scan segmented by "
+            "cascadeseg's Predictor on its original grid",
             "cases": cases,
             "trainer_validation": trainer_view,
         }

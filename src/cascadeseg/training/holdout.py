@@ -27,6 +27,8 @@ class HoldoutScores:
 
     dice: dict[int, dict[str, float]] = field(default_factory=dict)  # depth -> case -> Dice
     hd95: dict[int, dict[str, float]] = field(default_factory=dict)  # depth -> case -> HD95 (mm)
+    # depth -> class value -> the Dice of each case where the class is in the truth or the prediction
+    class_dice: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     seconds_per_case: float = 0.0
 
     def mean_dice(self, depth: int) -> float:
@@ -52,6 +54,12 @@ class HoldoutScores:
                 "n_inf": n_inf,
             }
             out["dice_per_case"][str(depth)] = {c: round(v, 4) for c, v in self.dice[depth].items()}
+            if len(self.class_dice.get(depth, {})) > 1:  # multi-class: each class's mean over its cases
+                out.setdefault("dice_per_class", {})[str(depth)] = {
+                    value: round(float(np.mean(values)), 4)
+                    for value, values in self.class_dice[depth].items()
+                    if values
+                }
             out["hd95_per_case"][str(depth)] = {
                 c: (round(v, 2) if np.isfinite(v) else "inf") for c, v in self.hd95[depth].items()
             }
@@ -90,5 +98,10 @@ def score_checkpoint(
             # The project's one case Dice: mean over the foreground classes present in either map.
             scores.dice.setdefault(int(depth), {})[case] = mean_dice(row, [str(k) for k in foreground])
             scores.hd95.setdefault(int(depth), {})[case] = float(np.mean([row[str(k)]["hd95"] for k in foreground]))
+            for k in foreground:
+                present = row[str(k)]["tp"] + row[str(k)]["fp"] + row[str(k)]["fn"] > 0
+                per_class = scores.class_dice.setdefault(int(depth), {}).setdefault(str(k), [])
+                if present:
+                    per_class.append(float(row[str(k)]["dice"]))
     scores.seconds_per_case = (time.perf_counter() - t0) / max(1, len(case_ids))
     return scores

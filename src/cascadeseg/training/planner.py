@@ -338,6 +338,21 @@ def plan_training(
             "of the voxels): on LGG at 20 minutes a third gave 0.778 internal validation Dice against 0.749 for a "
             "half, which over-segments",
         )
+    if cfg.keep is not None:
+        plan.choose("keep", cfg.keep, "given", "given")
+    else:
+        if cfg.schedule in ("cosine", "step"):
+            cfg.keep = plan.choose(
+                "keep",
+                "last",
+                f"the {cfg.schedule} schedule ends at a small learning rate: the final weights are the converged "
+                "ones (nnU-Net ships its final checkpoint); the best of a few validations on a few patients is "
+                "partly noise and can be an early, unsettled epoch",
+            )
+        else:
+            cfg.keep = plan.choose(
+                "keep", "best", f"a {cfg.schedule} schedule does not settle by the end: the best validated weights"
+            )
     if cfg.augmentation is None:
         ct = fp.modality == "CT"
         cfg.augmentation = AugmentationConfig(

@@ -132,12 +132,31 @@ class TrainResult:
     elapsed_seconds: float
     best_dice: float | None
     best_epoch: int | None  # 1-based
-    dice_per_depth: dict[int, float] = field(default_factory=dict)  # of the best epoch
+    dice_per_depth: dict[int, float] = field(default_factory=dict)  # of the run's model (the checkpoint it keeps)
     recommended_depth: int | None = None
     last_dice: float | None = None  # the last validation's best depth (what last/ scored)
     history: list[dict[str, Any]] = field(default_factory=list)
     model: nn.Module | None = None  # the final weights (last step), on the CPU, in eval mode
     plan: TrainPlan | None = None
+    keep: str = "best"  # which checkpoint is the run's model (the plan's 'keep')
+
+    @property
+    def model_checkpoint(self) -> Path | None:
+        """The run's model: the checkpoint its plan keeps ('last' or 'best'), else the other one."""
+        first, second = (
+            (self.last_checkpoint, self.best_checkpoint)
+            if self.keep == "last"
+            else (self.best_checkpoint, self.last_checkpoint)
+        )
+        return first if first is not None else second
+
+    @property
+    def model_dice(self) -> float | None:
+        """The validation Dice of :attr:`model_checkpoint` (the run's own validation patients)."""
+        kept = self.model_checkpoint
+        if kept is None:
+            return None
+        return self.last_dice if kept == self.last_checkpoint else self.best_dice
 
 
 def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None, started: float | None = None) -> TrainResult:
@@ -1070,6 +1089,9 @@ class Trainer:
                     "best_dice": result.best_dice,
                     "best_epoch": result.best_epoch,
                     "last_dice": result.last_dice,
+                    "keep": result.keep,
+                    "model_checkpoint": None if result.model_checkpoint is None else str(result.model_checkpoint),
+                    "model_dice": result.model_dice,
                 },
             )
         if self.ctx.is_main:
@@ -1079,9 +1101,13 @@ class Trainer:
     def _result(self, stopped: str) -> TrainResult:
         main = self.ctx.is_main
         best = find_checkpoint(self.run_dir, "best") if main else None
+        last = find_checkpoint(self.run_dir, "last") if main else None
+        keep = self.cfg.keep or "best"
+        # The depth figures of the run's model (the checkpoint the plan keeps, when it was validated).
+        kept = (last if keep == "last" and last is not None else None) or best
         dpd, rec = {}, None
-        if best is not None:
-            card = read_card(best)
+        if kept is not None:
+            card = read_card(kept)
             dpd = {int(k): float(v) for k, v in card.validation.get("dice_per_depth", {}).items()}
             rec = card.recommended_depth
         last_dice = None
@@ -1090,7 +1116,8 @@ class Trainer:
         return TrainResult(
             run_dir=self.run_dir,
             best_checkpoint=best,
-            last_checkpoint=find_checkpoint(self.run_dir, "last") if main else None,
+            last_checkpoint=last,
+            keep=keep,
             stopped=stopped,
             epochs_completed=self.state.epoch,
             steps=self.state.step,
