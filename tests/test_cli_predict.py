@@ -178,3 +178,31 @@ def test_predict_warns_when_the_scan_does_not_fit_the_model(shared_data: Path, t
     assert main(["predict", str(ct), "-o", str(tmp_path / "out"), "-c", "lgg_flair_anu_net_2d", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "cascadeseg: warning:" in err and "looks like CT values" in err and "trained on MR" in err
+
+
+@pytest.mark.parametrize("model, data, classes", [
+    ("hippocampus_unet_plus_plus_3d", "hippocampus", [1, 2]),
+    ("chaos_t2_anu_net_2d", "chaos-t2", [1, 2, 3, 4]),
+])
+def test_shipped_model_predicts_its_held_out_patients_as_its_card_says(
+    model: str, data: str, classes: list[int], shared_data: Path, tmp_path: Path
+) -> None:
+    """A shipped model's card quotes per-patient Dice on patients it never trained on; `cascadeseg
+    predict` (3D for the 3D model) gives exactly those figures on the same files: one truth."""
+    from cascadeseg.inference import load_checkpoint, resolve_checkpoint
+    from cascadeseg.io import load_labels, load_volume
+    from cascadeseg.metrics import case_mean_dice
+
+    _, card = load_checkpoint(resolve_checkpoint(model))
+    cases = card.validation["cases"][:2]
+    images = [shared_data / data / "imagesTr" / f"{case}_0000.nii.gz" for case in cases]
+    out = tmp_path / "pred"
+    mode = ["--mode", "3d"] if card.dims == 3 else []
+    assert main(["predict", *map(str, images), "-o", str(out), "-c", model, *mode, "--no-progress"]) == 0
+    depth = str(card.recommended_depth or 1)
+    for case, image in zip(cases, images):
+        assert_label_matches_image(out / f"{case}.nii.gz", image)
+        predicted = load_volume(out / f"{case}.nii.gz").array[0].astype(np.uint8)
+        truth = load_labels(shared_data / data / "labelsTr" / f"{case}.nii.gz").array
+        dice = case_mean_dice(predicted, np.asarray(truth), classes)
+        assert dice == pytest.approx(card.validation["dice_per_case"][depth][case], abs=1e-4)

@@ -33,6 +33,7 @@ from cascadeseg.inference.checkpoint import (
     available_checkpoints,
     read_card,
 )
+from cascadeseg.shipped import DEFAULT_MODEL
 
 from .._channels import map_channels
 from .._state import COMPARE, PROBABILITIES, layer_role
@@ -206,7 +207,8 @@ class ModelPicker(QWidget):
         if current is not None:
             index = next((i + 1 for i, e in enumerate(self._entries) if e.path == current.path), 0)
         elif self._entries:
-            index = 1  # a model preselected: the first shipped default
+            # a model preselected: the product's default (made for the bundled sample), else the first
+            index = next((i + 1 for i, e in enumerate(self._entries) if e.name == DEFAULT_MODEL), 1)
         self.combo.setCurrentIndex(index)
         self.combo.blockSignals(False)
         self._on_index()

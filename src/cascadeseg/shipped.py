@@ -15,6 +15,10 @@ from cascadeseg.errors import InputFileError
 SAMPLE_CASE_ID = "TCGA_DU_6404_19850629"
 """The LGG patient of the bundled sample; training keeps it in the validation split."""
 
+DEFAULT_MODEL = "lgg_flair_anu_net_2d"
+"""The shipped model the GUI preselects and the demo runs: the one made for the bundled sample
+(brain FLAIR), whatever other task models ship beside it."""
+
 _SAMPLE_SCAN = f"sample/{SAMPLE_CASE_ID}_flair.nii.gz"
 _SAMPLE_LABEL = f"sample/{SAMPLE_CASE_ID}_mask.nii.gz"
 

@@ -12,9 +12,10 @@ here, napari-free, and writes under ``--out`` (default ``./out``):
 Existing outputs are never replaced without ``--overwrite``: a second run writes ``_2``, ``_3``...
 beside them and says so.
 
-The default model: the shipped checkpoint with pruning depths (so the overview shows them), and,
-when a shipped cascade exists too, that model's stage 1 / stage 2 outputs beside them. ``--model``
-replaces both with the one model given.
+The default model: the shipped default made for the bundled FLAIR sample
+(:data:`cascadeseg.shipped.DEFAULT_MODEL`, a pruned ANU-Net, so the overview shows its depths), and,
+when a shipped cascade takes the same channels, that model's stage 1 / stage 2 outputs beside them.
+``--model`` replaces both with the one model given.
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ def choose_models(requested: str | None = None) -> DemoModels:
             "no default model is installed (resources/checkpoints is empty): train one with "
             "'cascadeseg train' or pass --model CHECKPOINT_FOLDER"
         )
+    from ..shipped import DEFAULT_MODEL
+
     pruned = [e for e in shipped if info(e) is not None and info(e).pruning_depths]
-    main = (pruned or shipped)[0]
-    stages = next((e for e in cascades if e.path != main.path), None)
+    main = next((e for e in shipped if e.name == DEFAULT_MODEL), None) or (pruned or shipped)[0]
+    # The stages row segments the same scan: a cascade that takes the main model's channels.
+    stages = next(
+        (e for e in cascades if e.path != main.path and e.card.channel_names == main.card.channel_names), None
+    )
     return DemoModels(main=main.path, stages=stages.path if stages else None)
 
 

@@ -1,0 +1,155 @@
+"""Turn the runs that trained the 3D and abdominal default models into shipped checkpoints.
+
+Each model was trained by ``cascadeseg train`` on the training part of a seeded patient split
+(``benchmarks/datasets.py holdout``: the held-out patients were set aside before any training saw
+the data). Here its best checkpoint is exported to ``resources/checkpoints/<name>/`` by
+:func:`cascadeseg.training.export_run`, which segments every held-out patient with the real
+predictor at every pruning depth and writes those scores into the card (mean per-patient Dice,
+per class, HD95 in mm, seconds per case). The card also gets the class names and display colours
+the GUI paints the label layer with, and the data licence. Prints one row per model and depth.
+
+    python benchmarks/ship_models.py hippocampus --run runs/hippo/unetpp --holdout runs/hippo/holdout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+# One colour per class, told apart at a glance over a grey scan (the card carries them; the GUI paints the labels layer with them).
+MODELS: dict[str, dict[str, Any]] = {
+    "hippocampus": {
+        "name": "hippocampus_unet_plus_plus_3d",
+        "data": SHARED / "hippocampus",
+        "channel": "T1",
+        "classes": [
+            {"value": 0, "name": "background"},
+            {"value": 1, "name": "anterior hippocampus", "color": "#dcd814"},
+            {"value": 2, "name": "posterior hippocampus", "color": "#3c9cf0"},
+        ],
+        "licence": "CC BY-SA 4.0 (Medical Segmentation Decathlon, Task04 Hippocampus)",
+        "description": (
+            "UNet++ (paper 001, nested U-Net with deep supervision and pruning) in 3D, segmenting the "
+            "anterior and posterior hippocampus on T1 MRI crops (MSD Task04 style, about 35x50x35 voxels at "
+            "1 mm); trained one-click by cascadeseg train on a 1-thread CPU budget. Research use."
+        ),
+    },
+    "chaos": {
+        "name": "chaos_t2_anu_net_2d",
+        "data": SHARED / "chaos-t2",
+        "channel": "T2-SPIR",
+        "classes": [
+            {"value": 0, "name": "background"},
+            {"value": 1, "name": "liver", "color": "#dd8265"},
+            {"value": 2, "name": "right kidney", "color": "#c05a8a"},
+            {"value": 3, "name": "left kidney", "color": "#e0c280"},
+            {"value": 4, "name": "spleen", "color": "#6a8cd8"},
+        ],
+        "licence": "CC BY-NC-SA 4.0 (CHAOS challenge): research, non-commercial",
+        "description": (
+            "ANU-Net (paper 003, attention-based nested U-Net with deep supervision and pruning) in 2D, "
+            "segmenting liver, right kidney, left kidney and spleen on axial abdominal T2-SPIR MRI (CHAOS); "
+            "trained one-click by cascadeseg train on a 1-thread CPU budget. Research, non-commercial use."
+        ),
+    },
+    "ct_liver": {
+        "name": "ct_liver_unet_3d",
+        "data": ROOT / "runs" / "ct_liver_data",
+        "channel": "CT",
+        "classes": [{"value": 0, "name": "background"}, {"value": 1, "name": "liver", "color": "#dd8265"}],
+        "licence": "TotalSegmentator example CT: Apache-2.0; LiTS crop: research use",
+        "description": (
+            "3D U-Net segmenting the liver on abdominal CT (HU, windowed by the planner), trained one-click "
+            "by cascadeseg train on the two CT volumes of ../shared (TotalSegmentator's example CT and a "
+            "LiTS crop). Two training volumes: a starting point for fine-tuning, not a validated CT model."
+        ),
+    },
+}
+
+
+def time_depths(checkpoint: Path, data: Path, cases: list[str], threads: int) -> dict[int, float]:
+    """Median seconds per scan through the predictor at each pruning depth (after a warm-up)."""
+    import statistics
+    import time
+
+    import torch
+
+    from cascadeseg.inference import Predictor
+    from cascadeseg.io import load_volume
+
+    torch.set_num_threads(threads)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    depths = list(predictor.model.info.pruning_depths) or [1]
+    scans = [load_volume(data / "imagesTr" / f"{case}_0000.nii.gz") for case in cases]
+    predictor.predict(scans[0], depth=depths[-1])
+    seconds = {}
+    for depth in depths:
+        times = []
+        for scan in scans:
+            t0 = time.perf_counter()
+            predictor.predict(scan, depth=depth)
+            times.append(time.perf_counter() - t0)
+        seconds[depth] = statistics.median(times)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=sorted(MODELS))
+    parser.add_argument("--run", type=Path, required=True, help="the run folder of cascadeseg train")
+    parser.add_argument("--holdout", type=Path, default=None,
+                        help="holdout.json of benchmarks/datasets.py (default: the card's validation cases)")
+    parser.add_argument("--which", default="best", choices=["best", "last"])
+    parser.add_argument("--dest", type=Path, default=ROOT / "resources" / "checkpoints")
+    parser.add_argument("--timing-cases", type=int, default=5, help="held-out scans timed per depth")
+    parser.add_argument("--no-score", action="store_true",
+                        help="no held-out patients (the CT model): keep the run's own validation on the card")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    from cascadeseg.inference import load_checkpoint
+    from cascadeseg.training import export_run
+    from cascadeseg.training.run_folder import find_checkpoint
+
+    spec = MODELS[args.model]
+    source = find_checkpoint(args.run, args.which)
+    if source is None:
+        raise SystemExit(f"{args.run}: no '{args.which}' checkpoint")
+    # The data folders name their channel by file suffix ('0000'); the card names the sequence.
+    _, run_card = load_checkpoint(source)
+    channels = [{**run_card.input_channels[0], "name": spec["channel"]}]
+    cases = json.loads(args.holdout.read_text())["cases"] if args.holdout else None
+    destination = args.dest / spec["name"]
+    folder = export_run(
+        args.run, destination, which=args.which, name=spec["name"], description=spec["description"],
+        holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,
+        card_updates={"classes": spec["classes"], "input_channels": channels, "training": {"licence": spec["licence"]}},
+    )
+    card = json.loads((folder / "model_card.json").read_text())
+    validation = card["validation"]
+    if args.no_score:
+        print(f"{spec['name']}: not scored on held-out patients; the run's validation: {validation.get('dice_per_depth')}")
+        return
+    seconds = time_depths(folder, spec["data"], validation["cases"][: args.timing_cases], args.threads)
+    names = {str(c["value"]): c["name"] for c in spec["classes"]}
+    print(f"{spec['name']}: {len(validation['cases'])} held-out case(s); recommended depth {card['recommended_depth']}; "
+          f"seconds per case: median over {min(args.timing_cases, len(validation['cases']))} held-out scans through "
+          f"the predictor, {args.threads} thread(s)")
+    print("| depth | mean Dice | per class | HD95 mean / median (mm) | s / case |")
+    print("|---|---:|---|---:|---:|")
+    for depth, dice in validation["dice_per_depth"].items():
+        per_class = validation.get("dice_per_class", {}).get(depth, {})
+        classes = ", ".join(f"{names[v]} {d:.3f}" for v, d in per_class.items())
+        hd = validation["hd95_per_depth"][depth]
+        print(f"| {depth} | {dice:.3f} | {classes} | {hd['mean_mm']} / {hd['median_mm']} | {seconds[int(depth)]:.2f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
