@@ -204,8 +204,9 @@ def test_models_table_measures_the_named_model(capsys: pytest.CaptureFixture[str
 def test_plan_command_prints_the_plan_and_writes_it_as_json(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`cascadeseg plan DATA` on real 3D hippocampus crops: the readable plan on stdout, with the
-    steps the budget buys, and the same plan as JSON where --json says (explicit options marked given)."""
+    """`cascadeseg plan DATA` on eight real 3D hippocampus crops: the readable plan on stdout, with
+    the steps the budget buys, and the same plan as JSON where --json says (explicit options marked
+    given, choices taken from the shipped model it fine-tunes marked so)."""
     source = shared_data / "hippocampus"
     folder = tmp_path / "hippo"
     for sub in ("imagesTr", "labelsTr"):
@@ -219,6 +220,9 @@ def test_plan_command_prints_the_plan_and_writes_it_as_json(
     printed = capsys.readouterr().out
     assert "dims" in printed and "estimated_steps" in printed
     plan = json.loads(out_json.read_text())
-    assert plan["choices"]["dims"]["value"] == 3 and plan["choices"]["dims"]["source"] == "planned"
+    # Eight cases: few-shot, so the planner starts from the shipped 3D hippocampus model and takes
+    # its dimensionality from it.
+    assert "hippocampus_unet_plus_plus_3d" in str(plan["choices"]["init_checkpoint"]["value"])
+    assert plan["choices"]["dims"]["value"] == 3 and plan["choices"]["dims"]["source"] == "checkpoint"
     assert plan["choices"]["threads"] == {"value": 1, "source": "given", "reason": "given"}
     assert plan["fingerprint"]["num_cases"] == 8 and plan["schedule"]["estimated_steps"] > 0
