@@ -83,9 +83,12 @@ def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints
     assert planned.loss == "anu_hybrid"  # the chosen model's paper loss
 
 
-def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints) -> None:
+def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
     """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
-    plateau schedule does not settle by the end of a budget: its best validated one."""
+    plateau schedule does not settle by the end of a budget: its best validated one; nor does a
+    run on one or two volumes, validated on blocks of them (the real LiTS crop)."""
+    one_volume, plan = plan_training(TrainConfig(data="x", minutes=20), _fingerprint(shared_data / "lits-crop"), CPU)
+    assert one_volume.keep == "best" and "blocks of the training volumes" in plan.choices["keep"].reason
     cosine, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
     assert cosine.keep == "last" and "final weights" in plan.choices["keep"].reason
     plateau, _ = plan_training(TrainConfig(data="x", minutes=20, schedule="plateau"), fingerprints["lgg"], CPU)

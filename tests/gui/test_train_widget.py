@@ -156,8 +156,9 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     assert "fine-tuned from 'tiny-anu'" in entry.card.description
     assert entry.card.training["loss"] == "dice_ce"
     assert entry.card.training["ema_decay"] == 0.998  # the installed weights are the average
-    # The run's model is installed: the final weights of the settled (cosine) schedule.
-    assert result.keep == "last" and entry.card.training["installed_checkpoint"] == "last"
+    # The run's model is installed: one volume, validated on blocks of its own slices, so the plan
+    # keeps the best validated weights rather than the final ones.
+    assert result.keep == "best" and entry.card.training["installed_checkpoint"] == "best"
     # A fine-tuned card keeps what its parent said: the data licence, the channel and class names.
     assert entry.card.training["licence"] == "BSD-3-Clause" and entry.card.training["parent"] == "tiny-anu"
     assert entry.card.channel_names == ["FLAIR"] and entry.card.class_names == ["background", "lesion"]

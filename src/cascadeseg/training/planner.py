@@ -32,6 +32,7 @@ from ..errors import ModelConfigError
 from ..models import list_models
 from .config import AugmentationConfig, TrainConfig
 from .fingerprint import DatasetFingerprint
+from .split import MIN_PATIENTS_FOR_A_PATIENT_SPLIT
 
 PLAN_FILE = "plan.json"
 
@@ -340,6 +341,14 @@ def plan_training(
         )
     if cfg.keep is not None:
         plan.choose("keep", cfg.keep, "given", "given")
+    elif fp.num_patients < MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
+        cfg.keep = plan.choose(
+            "keep",
+            "best",
+            f"{fp.num_patients} patient(s): validation is blocks of the training volumes, and by the end of the "
+            "schedule the network has fitted those volumes (two CTs, each left out once: the final weights found no "
+            "liver in the other CT, Dice 0.000; the best validated ones 0.504)",
+        )
     else:
         if cfg.schedule in ("cosine", "step"):
             cfg.keep = plan.choose(

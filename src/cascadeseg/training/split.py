@@ -36,8 +36,12 @@ __all__ = [
     "patient_groups",
     "split_by_patient",
     "split_by_slice_blocks",
+    "MIN_PATIENTS_FOR_A_PATIENT_SPLIT",
     "check_validation_unseen",
 ]
+
+MIN_PATIENTS_FOR_A_PATIENT_SPLIT = 3
+"""Fewer patients than this: validation is blocks of slices of the training volumes."""
 
 SPLIT_FILE = "split.json"
 

@@ -75,6 +75,7 @@ from .run_folder import LOG_FILE, CsvLog, claim_run_folder, find_checkpoint, rea
 from .sampling import PatchDataset, epoch_length
 from .schedule import lr_factor, run_progress
 from .split import (
+    MIN_PATIENTS_FOR_A_PATIENT_SPLIT,
     SliceBlock,
     Split,
     check_validation_unseen,
@@ -86,7 +87,6 @@ from .split import (
 from .validation import ValidationResult, validate
 
 RESULT_FILE = "result.json"  # how the run ended: written last, by rank 0
-MIN_PATIENTS_FOR_A_PATIENT_SPLIT = 3
 
 # Steps timed before a budget is scheduled (after one warm-up step: lazy imports, allocator), and
 # the share of the budget they may take (slow 3D steps on a small budget stop after two).
