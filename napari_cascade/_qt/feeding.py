@@ -124,7 +124,7 @@ class LayerFeeder(QObject):
             try:
                 with collection_paused():
                     self.viewer.layers.events.end_batch()
-            except RuntimeError:
+            except RuntimeError:  # the viewer closed while the batch was open: nothing left to notify
                 pass
 
 
