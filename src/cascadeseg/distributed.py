@@ -144,6 +144,12 @@ def check_parameters_agree(model: nn.Module, ctx: DistContext, device: torch.dev
         raise RuntimeError("DDP ranks ended with different parameters: gradients were not synchronised")
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, *, completed: bool = True) -> None:
+    """Leave the process group this process joined. After a completed run the ranks first meet at
+    a barrier: a rank that tore its Gloo connections down while rank 0 was still writing the run's
+    result made rank 0 abort at exit ("terminate called without an active exception", seen once
+    in CI). After a failure there is no barrier (the other ranks may never arrive)."""
     if ctx.owns_group and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()

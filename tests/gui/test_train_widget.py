@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gui_helpers import add_labels_volume, add_volume, notification_messages
+from gui_helpers import add_labels_volume, add_volume, notification_messages, wait_for_job
 from napari.layers import Labels
 
 from cascadeseg.editing import TrainingSet
@@ -165,8 +165,8 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     data = entry.card.training["data"]
     assert data["split"] == "slice_blocks" and data["cases"] == 1
     assert segment.run()
-    qtbot.waitUntil(lambda: not segment.job.busy, timeout=60_000)
-    assert segment.job.last_outcome.ok, segment.job.last_outcome.error
+    outcome = wait_for_job(qtbot, segment)  # the run, and the feeding of its layers
+    assert outcome.ok, outcome.error
     produced = [layer for layer in viewer.layers if isinstance(layer, Labels) and "lgg-from-layers" in layer.name]
     assert len(produced) == 1
     assert produced[0].data.shape == mask.data.shape

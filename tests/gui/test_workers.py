@@ -65,7 +65,7 @@ def test_closing_the_viewer_mid_job_and_after_one_prints_nothing(make_napari_vie
             widget.models.select_path(tiny_models["anu"])
         assert segment.run() and compare.run()
         if not close_while_running:
-            qtbot.waitUntil(lambda: not compare.job.busy and not segment.job.busy, timeout=120_000)
+            qtbot.waitUntil(lambda: not compare.busy and not segment.busy, timeout=120_000)
         viewer.close()
         qtbot.wait(1500)  # the workers end, their signals arrive at deleted docks
     out, err = capfd.readouterr()

@@ -171,13 +171,16 @@ def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None, starte
     device = resolve_device(config.device)
     ctx = init_distributed(device)
     trainer = None
+    completed = False
     try:
         trainer = Trainer(config, CallbackList(callbacks), cancel, device, ctx, started)
-        return trainer.run_training()
+        result = trainer.run_training()
+        completed = True
+        return result
     finally:
         if trainer is not None:
             trainer.release()
-        shutdown(ctx)
+        shutdown(ctx, completed=completed)
         release_cached_memory(device)
         torch.set_num_threads(previous_threads)
 
