@@ -3,7 +3,7 @@
 ``../shared/data/tcia-btp`` holds four studies of three patients (T1 post-contrast + FLAIR, 6.5 mm
 slices, the enhancing lesion labelled). For each patient in turn, ``cascadeseg train FOLDER
 --minutes N`` (nothing else) runs on the other patients' studies, and the patient's own studies are
-segmented by ``cascadeseg predict`` with the run's best checkpoint and scored by
+segmented by ``cascadeseg predict`` with the run's model (the checkpoint its plan keeps) and scored by
 ``cascadeseg.metrics``: an estimate, on three folds, of what one-click training on this collection
 gives on another patient. Runs ``--parallel`` folds at a time, one core each.
 
@@ -13,6 +13,7 @@ gives on another patient. Runs ``--parallel`` folds at a time, one core each.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -88,10 +89,12 @@ def main() -> None:
     rows, dice = [], {}
     for held, _, cases in jobs:
         pred_dir = out / f"pred_{held}"
+        # The run's model: the checkpoint its plan keeps (result.json says which).
+        kept = json.loads((out / f"run_without_{held}" / "result.json").read_text())["model_checkpoint"]
         for case in cases:
             channels = [str(DATA / "imagesTr" / f"{case}_{k:04d}.nii.gz") for k in (0, 1)]
             subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", channels[0], "-o", str(pred_dir),
-                            "-c", str(out / f"run_without_{held}" / "best"), "--overwrite"], env=env, check=True)
+                            "-c", kept, "--overwrite"], env=env, check=True)
             reference = load_labels(DATA / "labelsTr" / f"{case}.nii.gz")
             prediction = load_volume(pred_dir / f"{case}.nii.gz")
             value = case_mean_dice(np.asarray(prediction.array).reshape(reference.array.shape).astype(np.uint8),
