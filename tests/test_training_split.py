@@ -78,6 +78,26 @@ def test_slice_blocks_use_annotated_slices_and_refuse_thin_volumes() -> None:
         split_by_slice_blocks("thin", 10, 0, 0.2, 8, 3, seed=0)
 
 
+def test_slice_blocks_validate_where_the_structure_is(shared_data: Path) -> None:
+    """The four real glioblastoma studies (23-24 slices of 6.5 mm, small enhancing lesions): the
+    validation block shows lesion in every study for every seed, and so does the training side.
+    Without the lesion's slices a study validated on background, scored 0.000 at every epoch and
+    kept its first epoch as 'best'."""
+    from cascadeseg.io import load_labels
+
+    shown = 0
+    for path in sorted((shared_data / "tcia-btp" / "labelsTr").glob("*.nii.gz")):
+        lesion = np.asarray(load_labels(path).array > 0).any(axis=(1, 2))
+        for seed in range(5):
+            split = split_by_slice_blocks(path.name, len(lesion), 0, 0.2, 8, 3, seed, foreground=lesion)
+            val = np.concatenate([np.arange(b.start, b.stop) for b in split.val_blocks])
+            train = np.concatenate([np.arange(b.start, b.stop) for b in split.train_blocks])
+            assert lesion[val].any() and lesion[train].any(), (path.name, seed)
+            blind = split_by_slice_blocks(path.name, len(lesion), 0, 0.2, 8, 3, seed)
+            shown += bool(lesion[np.concatenate([np.arange(b.start, b.stop) for b in blind.val_blocks])].any())
+    assert shown < 20  # without the foreground, some validation blocks miss the lesion
+
+
 def test_recommended_depth_is_shallowest_within_one_point() -> None:
     assert recommended_depth({1: 0.70, 2: 0.795, 3: 0.80, 4: 0.805}) == 2
     assert recommended_depth({1: 0.81, 2: 0.80, 3: 0.79, 4: 0.78}) == 1

@@ -1,7 +1,8 @@
 """``cascadeseg plan``: what ``cascadeseg train`` would do with this data on this machine.
 
-Reads the data, fingerprints it, plans every choice (with the reason for each), builds the network
-and times a few real training steps and one validation case, then prints the plan with the
+Reads the data, fingerprints it, plans every choice (with the reason for each), builds the network,
+on a CPU measures one process with a thread per core against a process per core (as ``train``
+does), times a few real training steps and one validation case, then prints the plan with the
 estimated number of steps the budget affords. Nothing is trained or written. It takes the same
 options as ``cascadeseg train``; an option given overrides the planner, as in training.
 
@@ -31,11 +32,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .._atomic import write_text as write_text_atomic
+    from ..training.cpu_layout import layout_needed, measure_cpu_layout
     from ..training.trainer import plan_only
     from .train import config_from_args
 
     args.resume = False
     config = config_from_args(args)
+    if layout_needed(config) is None:
+        layout = measure_cpu_layout(config)
+        config.layout, config.processes = layout.to_dict(), layout.processes
+        config.threads = layout.threads
+        if layout.processes > 1:
+            print(f"training would run as {layout.describe()}; the plan of each process:\n")
     plan = plan_only(config)
     print(plan.describe())
     if args.json is not None:

@@ -8,7 +8,10 @@ configuration), ``plan.json``, ``split.json``, ``log.csv`` and the ``last/`` and
 checkpoints; it must not exist yet, unless ``--resume`` continues a killed or finished run from it
 (with the stored settings; ``--epochs``/``--minutes`` may extend it). The same command runs on
 several GPUs or CPU processes under
-``torchrun --nproc_per_node=N -m cascadeseg.cli.main train ...`` (DDP; only rank 0 writes).
+``torchrun --nproc_per_node=N -m cascadeseg.cli.main train ...`` (DDP; only rank 0 writes). On a
+CPU with several cores and neither --threads nor --processes given, a new run first measures one
+process with a thread per core against a process per core (one thread each) on its planned
+network, and trains with the faster (``cascadeseg.training.cpu_layout``).
 
 Examples:
   cascadeseg train ../shared/data/lgg-flair --minutes 20
@@ -78,6 +81,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run folder to create (default: runs/<data>-<date>-<time>); never overwritten",
     )
+    # The config of a run this command started as several processes (cascadeseg.training.cpu_layout).
+    parser.add_argument("--from-config", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -153,7 +158,7 @@ def command_line(args: argparse.Namespace) -> str:
         return "cascadeseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     words = ["cascadeseg", "train"]
     for action in parser._actions:  # argparse keeps no public list of its actions
-        if action.dest in ("help", "_train_parser", "no_progress") or not hasattr(args, action.dest):
+        if action.dest in ("help", "_train_parser", "no_progress", "from_config") or not hasattr(args, action.dest):
             continue
         value = getattr(args, action.dest)
         if value is None or (value == action.default and action.default is not argparse.SUPPRESS) or value == []:
@@ -190,6 +195,8 @@ def _key_values(items: list[str], what: str) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the arguments describe (resume: the stored one, extended)."""
+    if getattr(args, "from_config", None) is not None:
+        return TrainConfig.from_dict(json.loads(Path(args.from_config).read_text()))
     command = command_line(args)
     given = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.metadata.get("cli") and hasattr(args, f.name)
@@ -315,8 +322,11 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from ..distributed import rank_info
+    from ..errors import CancelledError
+    from ..training.cpu_layout import budget_start, layout_needed, measure_cpu_layout, run_processes
     from ..training.trainer import train
 
+    started = budget_start() or process_started()
     config = config_from_args(args)
     main_rank = rank_info().is_main
     # Ctrl-C asks the trainer to stop after the current step and save last/ (a second Ctrl-C
@@ -333,11 +343,26 @@ def run(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        if layout_needed(config) is None:
+            try:
+                layout = measure_cpu_layout(config, cancel, started)
+            except CancelledError:
+                print("cascadeseg: cancelled before training started; nothing was written", file=sys.stderr)
+                return 130
+            print(f"cascadeseg: training as {layout.describe()}", file=sys.stderr)
+            config.layout, config.processes = layout.to_dict(), layout.processes
+            if layout.processes == 1:
+                config.threads = layout.threads
+        if (config.processes or 1) > 1 and not rank_info().is_distributed:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)  # the launcher forwards Ctrl-C to the processes
+                previous = None
+            return run_processes(config, int(config.processes or 1), started, ["--no-progress"] * args.no_progress)
         result = train(
             config,
             callbacks=_ProgressBar(disable=args.no_progress or not main_rank),
             cancel=cancel,
-            started=process_started(),
+            started=started,
         )
     finally:
         if previous is not None:

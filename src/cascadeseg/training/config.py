@@ -68,6 +68,7 @@ PLANNED_FIELDS = (
     "val_max_cases",
     "foreground_probability",
     "threads",
+    "processes",
     "init_checkpoint",
     "augmentation",
     "preprocessing",
@@ -289,6 +290,14 @@ class TrainConfig:
     command: str | None = option(None, cli=False)  # the command line that made the run (in the model card)
     data_licence: str | None = option(None, "licence of the training data, written into the model card")
     threads: int | None = option(None, "torch CPU threads (planned: the cores this process may use)", type=int)
+    processes: int | None = option(
+        None,
+        "data-parallel training processes on a CPU, one thread each (planned: the faster of one process with a "
+        "thread per core and a process per core, measured on this machine before training)",
+        type=int,
+    )
+    # What that measurement found (set by the command line for the processes it starts; in plan.json).
+    layout: dict[str, Any] | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.augmentation, dict):
@@ -323,6 +332,10 @@ class TrainConfig:
             raise bad("axis", self.axis, "0, 1 or 2")
         if self.batch_size is not None and self.batch_size < 1:
             raise bad("batch_size", self.batch_size, "a positive integer")
+        if self.processes is not None and self.processes < 1:
+            raise bad("processes", self.processes, "a positive number of processes")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", self.threads, "a positive number of threads")
         if self.epochs is not None and self.epochs < 1:
             raise bad("epochs", self.epochs, "a positive integer")
         if self.target_spacing is not None and (

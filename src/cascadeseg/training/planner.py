@@ -71,6 +71,7 @@ class DeviceProfile:
     threads: int  # torch intra-op threads the run will use
     memory_gb: float  # RAM available now
     gpu_memory_gb: float | None = None
+    processes: int = 1  # data-parallel processes of this run (each with ``threads`` threads)
 
     @property
     def is_gpu(self) -> bool:
@@ -104,7 +105,10 @@ def available_memory_gb() -> float:
     return 4.0
 
 
-def device_profile(device: torch.device, threads: int | None = None) -> DeviceProfile:
+def device_profile(device: torch.device, threads: int | None = None, processes: int = 1) -> DeviceProfile:
+    """``processes``: the run's data-parallel processes (``torchrun``'s world size); on a CPU the
+    plan is made for all of them together, so one process with two threads and two processes with
+    one thread each plan the same network (only the batch is split)."""
     cores = available_cores()
     gpu = None
     name = device.type
@@ -118,6 +122,7 @@ def device_profile(device: torch.device, threads: int | None = None) -> DevicePr
         threads=int(threads or cores),
         memory_gb=available_memory_gb(),
         gpu_memory_gb=gpu,
+        processes=max(1, int(processes)),
     )
 
 
@@ -167,7 +172,8 @@ class TrainPlan:
             f"modality {self.fingerprint.get('modality') or 'unknown'}, median spacing {fp.get('median_spacing')} mm, "
             f"median shape {fp.get('median_shape')}, classes {self.fingerprint.get('class_values')}",
             f"device: {self.device.get('name')} ({self.device.get('kind')}), {self.device.get('threads')} thread(s) "
-            f"of {self.device.get('cores')} core(s), {self.device.get('memory_gb')} GB free"
+            + (f"in each of {self.device['processes']} processes " if self.device.get("processes", 1) > 1 else "")
+            + f"of {self.device.get('cores')} core(s), {self.device.get('memory_gb')} GB free"
             + (f", GPU {self.device.get('gpu_memory_gb')} GB" if self.device.get("gpu_memory_gb") else ""),
             f"budget: {f'{self.minutes:g} minutes' if self.minutes else 'epochs, no time limit'}",
             "",
@@ -206,7 +212,7 @@ def plan_training(
         minutes = DEFAULT_MINUTES
     plan = TrainPlan(fingerprint=fp.to_dict(), device=device.to_dict(), minutes=minutes)
     cfg.minutes = minutes
-    thread_minutes = (minutes or 60.0) * device.threads
+    thread_minutes = (minutes or 60.0) * device.threads * (1 if device.is_gpu else device.processes)
     given = _given(config)
 
     # -- classes ----------------------------------------------------------------------------------
@@ -216,8 +222,12 @@ def plan_training(
     # -- threads --------------------------------------------------------------------------------
     if cfg.threads is None and not device.is_gpu:
         cfg.threads = plan.choose("threads", device.threads, f"the {device.cores} core(s) this process may use")
+    elif cfg.layout and cfg.threads == cfg.layout.get("threads"):
+        plan.choose("threads", cfg.threads, "the layout measured fastest (see processes)", "measured")
     elif cfg.threads is not None:
         plan.choose("threads", cfg.threads, "given", "given")
+    if not device.is_gpu:
+        _choose_processes(cfg, device, plan)
 
     # -- starting point ---------------------------------------------------------------------------
     if init_card is not None:
@@ -308,6 +318,12 @@ def plan_training(
         batch, why = _batch_size(
             cfg.dims, cfg.patch_size, int((cfg.model_options or {}).get("base_width", 16)), num_classes, device
         )
+        if not device.is_gpu and device.processes > 1:
+            # The run's batch, split over its processes: the same recipe as one process would train.
+            batch, why = (
+                per_process_batch(batch, device.processes),
+                f"{batch} ({why}) over {device.processes} processes",
+            )
         cfg.batch_size = plan.choose("batch_size", batch, why)
     memory = estimate_training_memory_gb(
         cfg.dims, cfg.patch_size, int((cfg.model_options or {}).get("base_width", 16)), num_classes, cfg.batch_size
@@ -565,6 +581,26 @@ def _levels(model: str, patch: list[int]) -> tuple[int | None, str]:
     if levels == 5:
         return None, ""
     return levels, f"{levels} levels: the coarsest map keeps >= 4 voxels of the {smallest}-voxel patch axis"
+
+
+def per_process_batch(batch: int, processes: int) -> int:
+    """Each of ``processes`` data-parallel processes' share of a batch of ``batch`` (rounded up)."""
+    return max(1, -(-int(batch) // max(1, int(processes))))
+
+
+def _choose_processes(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) -> None:
+    """Record how the run uses the CPU: its processes (``torchrun``'s world size, or what the
+    command line measured and started: :mod:`.cpu_layout`)."""
+    layout = cfg.layout or {}
+    if layout:
+        reason, source = str(layout.get("reason", "measured")), "measured"
+    elif device.processes > 1:
+        reason, source = "the processes torchrun started", "given"
+    elif cfg.processes is not None:
+        reason, source = "given", "given"
+    else:
+        reason, source = "one process (measuring threads against processes is the command line's step)", "planned"
+    cfg.processes = plan.choose("processes", device.processes, reason, source)
 
 
 def estimate_training_memory_gb(dims: int, patch: list[int], width: int, num_classes: int, batch: int) -> float:

@@ -239,7 +239,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ start
 
-    def on_train_start(self) -> None:
+    @property
+    def planned_processes(self) -> int:
+        """The run's data-parallel processes: this group's size; for a plan only (``cascadeseg
+        plan``), the processes the config asks for (each is planned and timed as this one)."""
+        if self.ctx.is_distributed or not self.dry_run:
+            return self.ctx.world_size
+        return int(self.cfg.processes or 1)
+
+    def on_train_start(self, calibrate: bool = True) -> None:
+        """Read, plan, build; then (``calibrate``) time the first steps and size the schedule."""
         cfg = self.cfg
         if self.ctx.is_main and not self.dry_run:
             self.claim = claim_run_folder(self.run_dir, cfg.resume)
@@ -291,7 +300,7 @@ class Trainer:
         self.model_for_steps = wrap_model(self.model, self.ctx, self.device)
         self.model.train()
         self._pending_losses: list[float] = []
-        if self.dry_run or (self.cfg.minutes and not self.cfg.resume):
+        if calibrate and (self.dry_run or (self.cfg.minutes and not self.cfg.resume)):
             self.calibrate()
         if self.dry_run:
             return
@@ -330,7 +339,7 @@ class Trainer:
         architecture named: start from a shipped model that fits."""
         from .transfer import pick_starting_checkpoint
 
-        profile = device_profile(self.device, self.cfg.threads)
+        profile = device_profile(self.device, self.cfg.threads, processes=self.planned_processes)
         init_card = None
         auto_reason = None
         if (
@@ -509,7 +518,8 @@ class Trainer:
         # Two patients split one-to-one would train on half the data: with fewer than three,
         # every volume gives training and validation blocks of its own slices instead (a volume
         # too thin for blocks trains whole); with no volume thick enough, whole patients again.
-        if patients < MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
+        # Validation patients named by the user are a patient split.
+        if patients < MIN_PATIENTS_FOR_A_PATIENT_SPLIT and not cfg.val_cases:
             blocks = self._slice_block_split()
             if blocks is not None or patients < 2:
                 if blocks is None:  # one thin volume: let split_by_slice_blocks say what it needs
@@ -532,15 +542,24 @@ class Trainer:
         cfg = self.cfg
         axis = int(cfg.axis or 0)
         merged = Split(kind="slice_blocks", seed=cfg.seed, gap=cfg.slice_gap)
+        other = tuple(a for a in range(3) if a != axis)
         for case in self.cases:
             annotated = None
             if cfg.annotated_slices_only:
-                other = tuple(a for a in range(3) if a != axis)
                 annotated = np.asarray(case.labels_full.any(axis=other))
+            foreground = np.asarray((case.labels_full > 0).any(axis=other))
             slices = case.labels_full.shape[axis]
             try:
                 part = split_by_slice_blocks(
-                    case.case_id, slices, axis, cfg.val_fraction, cfg.slice_block, cfg.slice_gap, cfg.seed, annotated
+                    case.case_id,
+                    slices,
+                    axis,
+                    cfg.val_fraction,
+                    cfg.slice_block,
+                    cfg.slice_gap,
+                    cfg.seed,
+                    annotated,
+                    foreground,
                 )
             except DatasetError:
                 if strict:
@@ -773,7 +792,7 @@ class Trainer:
                 case_seconds=case_seconds,
                 startup_seconds=time.perf_counter() - self.started,
                 train_samples=samples,
-                world_size=self.ctx.world_size,
+                world_size=self.planned_processes,
             )
             values = [
                 float(out["steps_per_epoch"]),
