@@ -9,9 +9,10 @@ Eq. 1, node ``A(I, J)`` (= ``X(I, J)``), ``f`` = conv-norm-ReLU, ``f^2`` = two o
 
 The width of a full-scale link (``f`` has none in the paper), ``link_width``: ``"base"`` (default)
 projects every link to ``base_width`` channels (32 at paper width), UNet 3+'s convention, which
-UNet# builds on; it reproduces the paper's 0.1 / 0.56 / 2.53 / 9.71 M parameters at L1..L4 within
-2 %. ``"target"`` projects to the width of the level the link enters (the layout before this
-option existed; it matches L1..L3 but gives 11.06 M at L4, +14 %).
+UNet# builds on; against the paper's 0.1 / 0.56 / 2.53 / 9.71 M at L1..L4 it gives 0.102 / 0.564 /
+2.502 / 10.155 M (+2.4 / +0.7 / -1.1 / +4.6 %: no single link width fits both L3 and L4, see
+docs/model_zoo.md). ``"target"`` projects to the width of the level the link enters (the layout
+before this option existed; +2.5 % at L3, 11.06 M at L4, +14 %).
 
 Order inside a link, ``link_order``: ``"conv_first"`` (default) convolves on the coarse grid and
 then interpolates, ``4^n`` (2D) / ``8^n`` (3D) times cheaper for a link spanning ``n`` levels with

@@ -187,14 +187,16 @@ def split_by_slice_blocks(
     segmentation: such a study scored 0.000 at every epoch while its loss fell. When no block and
     gap do it, the split ignores the structure.
     """
+
+    def attempt(block: int, gap: int, foreground: np.ndarray | None) -> Split:
+        return _slice_blocks(case_id, num_slices, axis, val_fraction, block, gap, seed, annotated, foreground)
+
     if foreground is not None and foreground.any():
         for try_gap in range(gap, -1, -1):
             try_block = block
             while try_block >= 1:
                 try:
-                    split = _slice_blocks(
-                        case_id, num_slices, axis, val_fraction, try_block, try_gap, seed, annotated, foreground
-                    )
+                    split: Split | None = attempt(try_block, try_gap, foreground)
                 except DatasetError:
                     split = None
                 if split is not None and all(
@@ -203,20 +205,13 @@ def split_by_slice_blocks(
                 ):
                     return split
                 try_block //= 2
-    return _slice_blocks(case_id, num_slices, axis, val_fraction, block, gap, seed, annotated, None)
+    return attempt(block, gap, None)
 
 
 def _slice_blocks(
-    case_id: str,
-    num_slices: int,
-    axis: int,
-    val_fraction: float,
-    block: int,
-    gap: int,
-    seed: int,
-    annotated: np.ndarray | None,
-    foreground: np.ndarray | None,
-) -> Split:
+    case_id: str, num_slices: int, axis: int, val_fraction: float, block: int, gap: int, seed: int,
+    annotated: np.ndarray | None, foreground: np.ndarray | None,
+) -> Split:  # fmt: skip
     slices = np.arange(num_slices) if annotated is None else np.flatnonzero(annotated)
     n_blocks = int(np.ceil(len(slices) / block))
     if n_blocks < 2 or len(slices) < 2 * block + gap:
