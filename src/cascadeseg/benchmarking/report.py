@@ -67,6 +67,27 @@ def _f(value: Any, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+# The 2D throughput tables (the models, the size-matched U-Nets, the MONAI peers) end in the same
+# five columns, measured the same way.
+_SLICE_COLUMNS = ("batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB")
+
+
+def _slice_cells(row: dict[str, Any]) -> tuple[object, ...]:
+    """A 2D throughput row's cells for :data:`_SLICE_COLUMNS`."""
+    return (
+        row["batch"],
+        _f(row["slices_per_s"]),
+        _f(row["gflops_per_slice"], ".3f"),
+        _f(row["achieved_gflop_s"], ".1f"),
+        _f(row["peak_mib"], ".0f"),
+    )
+
+
+def _table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], note: str = "") -> list[str]:
+    """A ``###`` heading, an optional paragraph, the table and a blank line: the report's sections."""
+    return [f"### {title}", "", *([note, ""] if note else []), markdown_table(header, rows), ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = [
@@ -86,92 +107,42 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue  # every section skipped (e.g. a --memory-only run)
         lines += [f"## Base width {width}", ""]
         if section.get("2d"):
-            lines += [
-                "### 2D, 256x256 (slices/s; GFLOP/s = slices/s x GFLOPs per slice)",
-                "",
-                markdown_table(
-                    ("model", "depth", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                    [
-                        (
-                            r["model"],
-                            r["depth"] or "full",
-                            r["batch"],
-                            _f(r["slices_per_s"]),
-                            _f(r["gflops_per_slice"], ".3f"),
-                            _f(r["achieved_gflop_s"], ".1f"),
-                            _f(r["peak_mib"], ".0f"),
-                        )
-                        for r in section["2d"]
-                    ],
-                ),
-                "",
-            ]
+            lines += _table_section(
+                "2D, 256x256 (slices/s; GFLOP/s = slices/s x GFLOPs per slice)",
+                ("model", "depth", *_SLICE_COLUMNS),
+                [(r["model"], r["depth"] or "full", *_slice_cells(r)) for r in section["2d"]],
+            )
         if section.get("2d_unet_levels"):
-            lines += [
-                "### Size-matched references: U-Net with fewer levels, 2D 256x256",
-                "",
-                "Depth d of UNet++ / ANU-Net / UNet# runs d + 1 resolution levels; these U-Nets are "
+            lines += _table_section(
+                "Size-matched references: U-Net with fewer levels, 2D 256x256",
+                ("model", "levels", *_SLICE_COLUMNS),
+                [(r["model"], r["levels"], *_slice_cells(r)) for r in section["2d_unet_levels"]],
+                note="Depth d of UNet++ / ANU-Net / UNet# runs d + 1 resolution levels; these U-Nets are "
                 "their like-sized references (the last targets row).",
-                "",
-                markdown_table(
-                    ("model", "levels", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                    [
-                        (
-                            r["model"],
-                            r["levels"],
-                            r["batch"],
-                            _f(r["slices_per_s"]),
-                            _f(r["gflops_per_slice"], ".3f"),
-                            _f(r["achieved_gflop_s"], ".1f"),
-                            _f(r["peak_mib"], ".0f"),
-                        )
-                        for r in section["2d_unet_levels"]
-                    ],
-                ),
-                "",
-            ]
+            )
         if section.get("3d"):
-            lines += [
-                "### 3D patches, batch 1",
-                "",
-                markdown_table(
-                    ("model", "depth", "patch", "patches/s", "GFLOPs/patch", "GFLOP/s", "peak MiB"),
-                    [
-                        (
-                            r["model"],
-                            r["depth"] or "full",
-                            "x".join(map(str, r["patch"])),
-                            _f(r["patches_per_s"], ".3f"),
-                            _f(r["gflops_per_patch"], ".1f"),
-                            _f(r["achieved_gflop_s"], ".1f"),
-                            _f(r["peak_mib"], ".0f"),
-                        )
-                        for r in section["3d"]
-                    ],
-                ),
-                "",
-            ]
+            lines += _table_section(
+                "3D patches, batch 1",
+                ("model", "depth", "patch", "patches/s", "GFLOPs/patch", "GFLOP/s", "peak MiB"),
+                [
+                    (
+                        r["model"],
+                        r["depth"] or "full",
+                        "x".join(map(str, r["patch"])),
+                        _f(r["patches_per_s"], ".3f"),
+                        _f(r["gflops_per_patch"], ".1f"),
+                        _f(r["achieved_gflop_s"], ".1f"),
+                        _f(r["peak_mib"], ".0f"),
+                    )
+                    for r in section["3d"]
+                ],
+            )
         if section.get("peers"):
-            lines += [
-                "### MONAI peers (same widths, plain loop), 2D 256x256",
-                "",
-                markdown_table(
-                    ("model", "params M", "batch", "slices/s", "GFLOPs/slice", "GFLOP/s", "peak MiB"),
-                    [
-                        (
-                            r["model"],
-                            _f(r["params_m"], ".3f"),
-                            r["batch"],
-                            _f(r["slices_per_s"]),
-                            _f(r["gflops_per_slice"], ".3f"),
-                            _f(r["achieved_gflop_s"], ".1f"),
-                            _f(r["peak_mib"], ".0f"),
-                        )
-                        for r in section["peers"]
-                    ],
-                ),
-                "",
-            ]
+            lines += _table_section(
+                "MONAI peers (same widths, plain loop), 2D 256x256",
+                ("model", "params M", *_SLICE_COLUMNS),
+                [(r["model"], _f(r["params_m"], ".3f"), *_slice_cells(r)) for r in section["peers"]],
+            )
         if section.get("overhead"):
             o = section["overhead"]
             lines += [
@@ -181,15 +152,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "",
             ]
         if section.get("e2e"):
-            lines += [
-                "### End to end on a real scan (load, preprocess, predict, save)",
-                "",
-                markdown_table(
-                    ("model", "depth", "seconds"),
-                    [(r["model"], r["depth"] or "full", _f(r["seconds"], ".3f")) for r in section["e2e"]],
-                ),
-                "",
-            ]
+            lines += _table_section(
+                "End to end on a real scan (load, preprocess, predict, save)",
+                ("model", "depth", "seconds"),
+                [(r["model"], r["depth"] or "full", _f(r["seconds"], ".3f")) for r in section["e2e"]],
+            )
         if section.get("targets"):
             rows = []
             for name, t in section["targets"].items():
@@ -201,7 +168,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 rows.append(
                     (name, shown, f"{verdict} (context, not an issue target)" if t.get("informational") else verdict)
                 )
-            lines += ["### Targets", "", markdown_table(("target", "measured", "result"), rows), ""]
+            lines += _table_section("Targets", ("target", "measured", "result"), rows)
     if "memory_512x512x600" in report:
         m = report["memory_512x512x600"]
         partial = m.get("slices_done", m["shape_zyx"][0]) < m["shape_zyx"][0]
