@@ -14,7 +14,7 @@ only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -76,6 +76,21 @@ def _component_sizes(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarra
     return components, np.bincount(components.ravel())
 
 
+def _islands(
+    labels: np.ndarray, label: int | None, connectivity: int | None
+) -> Iterator[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
+    """For each label to process that is present: its bounding box, the island index of every
+    voxel in the box and the voxel count of each island (see :func:`_component_sizes`). The
+    island tools (keep the largest, remove the small ones) differ only in which islands they drop."""
+    structure = _structure(3, connectivity)
+    for value in _labels_to_process(labels, label):
+        box = _bounding_box(labels == value)
+        if box is None:
+            continue
+        components, sizes = _component_sizes(labels[box] == value, structure)
+        yield box, components, sizes
+
+
 def keep_largest_component(
     labels: np.ndarray, label: int | None = None, *, connectivity: int | None = None
 ) -> np.ndarray:
@@ -83,12 +98,7 @@ def keep_largest_component(
     islands become background. Ties keep the island found first (lowest index in C order)."""
     labels = _check_labels(labels)
     out = labels.copy()
-    structure = _structure(3, connectivity)
-    for value in _labels_to_process(labels, label):
-        box = _bounding_box(labels == value)
-        if box is None:
-            continue
-        components, sizes = _component_sizes(labels[box] == value, structure)
+    for box, components, sizes in _islands(labels, label, connectivity):
         if len(sizes) <= 2:  # background plus at most one island: nothing to drop
             continue
         sizes[0] = 0
@@ -111,12 +121,7 @@ def remove_islands(
     if int(min_size) < 1:
         raise VolumeError(f"min_size: expected a voxel count >= 1, got {min_size}")
     out = labels.copy()
-    structure = _structure(3, connectivity)
-    for value in _labels_to_process(labels, label):
-        box = _bounding_box(labels == value)
-        if box is None:
-            continue
-        components, sizes = _component_sizes(labels[box] == value, structure)
+    for box, components, sizes in _islands(labels, label, connectivity):
         small = sizes < int(min_size)
         small[0] = False
         out[box][small[components]] = 0
