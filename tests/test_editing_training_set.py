@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,23 @@ def _digests(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+@dataclass(frozen=True)
+class SavedSet:
+    """A training set folder holding one case, and the digests of its files before the test."""
+
+    folder: Path
+    before: dict[str, str]
+
+
+@pytest.fixture
+def saved_set(tmp_path: Path, scan: tuple[Volume, Volume]) -> SavedSet:
+    """The setup of the tests that check a failed write changes nothing: one case already saved."""
+    image, labels = scan
+    folder = tmp_path / "set"
+    TrainingSet(folder).add_case(image, labels)
+    return SavedSet(folder, _digests(folder))
 
 
 def test_add_twice_keeps_both_versions_with_geometry(tmp_path: Path, scan: tuple[Volume, Volume]) -> None:
@@ -115,12 +133,10 @@ def test_hand_added_case_is_counted_from_its_mask(
 
 
 def test_read_only_folder_is_a_clear_error(
-    tmp_path: Path, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
+    saved_set: SavedSet, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image, labels = scan
-    folder = tmp_path / "set"
-    TrainingSet(folder).add_case(image, labels)
-    before = _digests(folder)
+    folder, before = saved_set.folder, saved_set.before
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EROFS, "Read-only file system")
@@ -141,12 +157,10 @@ def test_read_only_folder_is_a_clear_error(
 
 
 def test_full_disk_is_a_clear_error_and_changes_nothing(
-    tmp_path: Path, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
+    saved_set: SavedSet, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image, labels = scan
-    folder = tmp_path / "set"
-    TrainingSet(folder).add_case(image, labels)
-    before = _digests(folder)
+    folder, before = saved_set.folder, saved_set.before
 
     class Tiny:
         free = 1024
@@ -166,12 +180,10 @@ def test_full_disk_is_a_clear_error_and_changes_nothing(
 
 
 def test_interrupted_overwrite_keeps_the_old_case(
-    tmp_path: Path, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
+    saved_set: SavedSet, scan: tuple[Volume, Volume], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image, labels = scan
-    folder = tmp_path / "set"
-    TrainingSet(folder).add_case(image, labels)
-    before = _digests(folder)
+    folder, before = saved_set.folder, saved_set.before
     real_replace = os.replace
     swapped: list[object] = []
 
@@ -218,12 +230,10 @@ TrainingSet(folder).add_case(image, labels, overwrite=True)
 
 
 def test_killed_writer_is_rolled_back_on_next_open(
-    tmp_path: Path, scan: tuple[Volume, Volume], shared_data: Path
+    saved_set: SavedSet, scan: tuple[Volume, Volume], shared_data: Path
 ) -> None:
     image, labels = scan
-    folder = tmp_path / "set"
-    TrainingSet(folder).add_case(image, labels)
-    before = _digests(folder)
+    folder, before = saved_set.folder, saved_set.before
     proc = subprocess.run(
         [
             sys.executable,
