@@ -40,8 +40,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QSlider,
@@ -52,16 +50,16 @@ from qtpy.QtWidgets import (
 )
 
 from cascadeseg.errors import CascadeSegError, VolumeError
-from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
+from cascadeseg.inference.device import resolve_device
 
-from .._layers import GEOMETRY_KEY, display_limits, geometry_metadata, transform_kwargs, volume_from_image_layers
+from .._layers import GEOMETRY_KEY, display_limits, geometry_metadata, transform_kwargs
 from .._montage import Montage, TileLayout
-from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info, state_for
+from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info
 from .feeding import LayerFeeder, one_scene_update
-from .layout import scrollable
-from .model_picker import ChannelMapper, ModelPicker, model_info
+from .layout import hbox, scrollable
+from .model_picker import ModelChoiceDock, model_and_channel_boxes, model_info
 from .notify import error, info
-from .segment_widget import DEVICE_LABELS
+from .segment_widget import device_combo
 from .workers import JobPanel
 
 NO_GROUND_TRUTH = "(none)"
@@ -181,25 +179,19 @@ def _quantise(coefficients: np.ndarray, out: np.ndarray) -> None:
     out[...] = coefficients
 
 
-class CompareWidget(QWidget):
+class CompareWidget(QWidget, ModelChoiceDock):
     """Dock widget: compare the stages, depths and attention maps of one model on one scan."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.state = state_for(napari_viewer)
-        self.cache = self.state.models
+        self._init_model_choice(napari_viewer)
         self.last_comparison: Comparison | None = None
         self._hidden_for_grid: list[Any] = []
         self._feeder: LayerFeeder | None = None
 
-        self.models = ModelPicker()
-        self.channels = ChannelMapper(napari_viewer)
         self.ground_truth = QComboBox()
         self.ground_truth.setToolTip("The labels layer the others are scored against (none: no scores)")
-        self.device = QComboBox()
-        for name in DEVICE_CHOICES:
-            self.device.addItem(DEVICE_LABELS.get(name, name), name)
+        self.device = device_combo()
         self.grid = QCheckBox("show the panels side by side")
         self.grid.setToolTip("Your own layers are hidden while the panels are shown, and shown again after")
         self.grid.setChecked(True)
@@ -217,26 +209,19 @@ class CompareWidget(QWidget):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setMinimumHeight(150)
 
-        model_box = QGroupBox("Model")
-        QVBoxLayout(model_box).addWidget(self.models)
-        channel_box = QGroupBox("Image layer per model channel")
-        QVBoxLayout(channel_box).addWidget(self.channels)
+        model_box, channel_box = model_and_channel_boxes(self.models, self.channels)
         form = QFormLayout()
         form.addRow("ground truth:", self.ground_truth)
         form.addRow("device:", self.device)
         form.addRow("", self.grid)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.compare_button)
-        buttons.addWidget(self.clear_button)
+        buttons = hbox(self.compare_button, self.clear_button)
         layout = QVBoxLayout()
         layout.addWidget(model_box)
         layout.addWidget(channel_box)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.job)
-        gate_row = QHBoxLayout()
-        gate_row.addWidget(self.gate, 1)
-        gate_row.addWidget(self.gate_label)
+        gate_row = hbox(self.gate, self.gate_label, grow=self.gate)
         scores = QFormLayout()
         scores.addRow("gate:", gate_row)
         scores.addRow("scores for:", self.structure)
@@ -271,14 +256,6 @@ class CompareWidget(QWidget):
             self._feeder.stop()
 
     # -- choices ---------------------------------------------------------------------------
-    def refresh_models(self) -> None:
-        self.models.refresh()
-
-    def show_model(self, name: str) -> None:
-        """A model was installed (the shared state's ``model_installed``): list and select it."""
-        self.models.refresh()
-        self.models.select_name(name)
-
     def _model_changed(self) -> None:
         entry = self.models.current_entry()
         self.channels.set_channels(entry.card.input_channels if entry else ["image"])
@@ -322,20 +299,15 @@ class CompareWidget(QWidget):
     def run(self) -> bool:
         """Start the comparison in a worker; ``False`` (with a notification) if refused."""
         try:
-            entry = self.models.current_entry()
-            if entry is None:
-                raise CascadeSegError(
-                    "no model selected: pick one of the shipped models or browse to a checkpoint folder"
-                )
-            layers = self.channels.selected_layers()
-            volume = volume_from_image_layers(layers)
+            entry = self._chosen_model()
+            image_name, volume = self._chosen_scan()
             truth, truth_name = self._truth_array(volume.spatial_shape)
             device = self.device.currentData()
             resolve_device(device)
         except CascadeSegError as exc:
             error(str(exc))
             return False
-        job = self._job(entry, layers[0].name, volume, truth, truth_name, device)
+        job = self._job(entry, image_name, volume, truth, truth_name, device)
         started = self.job.start(job, self._show, "comparison")
         if started:
             self.compare_button.setEnabled(False)

@@ -85,7 +85,7 @@ from .._state import (
     state_for,
 )
 from .feeding import VoxelWriter
-from .layout import Section, scrollable
+from .layout import Section, hbox, scrollable
 from .notify import error, info, warn
 from .workers import JobPanel
 
@@ -240,26 +240,18 @@ class CorrectionWidget(QWidget):
         form.addRow("prediction:", self.prediction_combo)
         form.addRow("working mask:", self.mask_combo)
         form.addRow(self.accept_button)
-        label_row = QHBoxLayout()
-        label_row.addWidget(self.label_spin)
-        label_row.addWidget(self.all_labels)
+        label_row = hbox(self.label_spin, self.all_labels)
         form.addRow("label value:", label_row)
 
         tools = QVBoxLayout()
         tools.addWidget(QLabel("Paint and erase with napari's label tools; then:"))
         tools.addWidget(self.largest_button)
-        fill_row = QHBoxLayout()
-        fill_row.addWidget(self.fill3d_button)
-        fill_row.addWidget(self.fill2d_button)
+        fill_row = hbox(self.fill3d_button, self.fill2d_button)
         tools.addLayout(fill_row)
-        islands_row = QHBoxLayout()
-        islands_row.addWidget(self.islands_button)
-        islands_row.addWidget(self.islands_spin)
+        islands_row = hbox(self.islands_button, self.islands_spin)
         tools.addLayout(islands_row)
         tools.addWidget(self.interpolate_button)
-        undo_row = QHBoxLayout()
-        undo_row.addWidget(self.undo_button)
-        undo_row.addWidget(self.redo_button)
+        undo_row = hbox(self.undo_button, self.redo_button)
         tools.addLayout(undo_row)
 
         autosave = QFormLayout()
@@ -275,9 +267,7 @@ class CorrectionWidget(QWidget):
         autosave.addRow(self.save_button)
 
         set_form = QFormLayout()
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.set_folder, 1)
-        folder_row.addWidget(self.set_browse)
+        folder_row = hbox(self.set_folder, self.set_browse, grow=self.set_folder)
         set_form.addRow("folder:", folder_row)
         set_form.addRow("case:", self.case_name)
         set_form.addRow(self.overwrite)

@@ -13,6 +13,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFrame,
+    QHBoxLayout,
     QLayout,
     QScrollArea,
     QSizePolicy,
@@ -60,6 +61,14 @@ def scrollable(dock: QWidget, content: QWidget | QLayout) -> QScrollArea:
     outer.addWidget(scroll)
     return scroll
 
+
+def hbox(*widgets: QWidget, grow: QWidget | None = None) -> QHBoxLayout:
+    """The docks' rows of widgets side by side (a combo and its button, a pair of tools), left to
+    right; ``grow``, one of them, takes the spare width."""
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget, 1 if widget is grow else 0)
+    return row
 
 class Section(QWidget):
     """A titled group that folds away with a click on its title (open by default)."""

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
+    QGroupBox,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -33,10 +33,13 @@ from cascadeseg.inference.checkpoint import (
     available_checkpoints,
     read_card,
 )
+from cascadeseg.io import Volume
 from cascadeseg.shipped import DEFAULT_MODEL
 
 from .._channels import map_channels
-from .._state import COMPARE, PROBABILITIES, layer_role
+from .._layers import volume_from_image_layers
+from .._state import COMPARE, PROBABILITIES, CascadeState, layer_role, state_for
+from .layout import hbox
 from .notify import error
 
 NO_MODEL = "(no model: pick or browse)"
@@ -177,10 +180,7 @@ class ModelPicker(QWidget):
         self.refresh_button.setToolTip("Refresh the model list (e.g. after training a model)")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        row = QHBoxLayout()
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.browse_button)
-        row.addWidget(self.refresh_button)
+        row = hbox(self.combo, self.browse_button, self.refresh_button, grow=self.combo)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
@@ -399,3 +399,55 @@ class ChannelMapper(QWidget):
 
 def labels_layers(viewer: napari.Viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def model_and_channel_boxes(models: ModelPicker, channels: ChannelMapper) -> tuple[QGroupBox, QGroupBox]:
+    """The "Model" and "Image layer per model channel" groups the Segment and Compare docks open with."""
+    model_box = QGroupBox("Model")
+    QVBoxLayout(model_box).addWidget(models)
+    channel_box = QGroupBox("Image layer per model channel")
+    QVBoxLayout(channel_box).addWidget(channels)
+    return model_box, channel_box
+
+
+class ModelChoiceDock:
+    """Mixin of the docks that run a chosen model on chosen image layers (Segment, Compare): the
+    viewer's shared state and model cache, the model picker and the channel mapper, and the
+    model list kept current (the shared state calls :meth:`show_model` when a model was installed)."""
+
+    viewer: napari.Viewer
+    state: CascadeState
+    cache: Any
+    models: ModelPicker
+    channels: ChannelMapper
+
+    def _init_model_choice(self, viewer: napari.Viewer) -> None:
+        self.viewer = viewer
+        self.state = state_for(viewer)
+        self.cache = self.state.models
+        self.models = ModelPicker()
+        self.channels = ChannelMapper(viewer)
+
+    def _chosen_model(self) -> CheckpointEntry:
+        """The selected checkpoint; none selected is a user mistake (:class:`CascadeSegError`)."""
+        entry = self.models.current_entry()
+        if entry is None:
+            raise CascadeSegError(
+                "no model selected: pick one of the shipped models or browse to a checkpoint folder"
+            )
+        return entry
+
+    def _chosen_scan(self) -> tuple[str, Volume]:
+        """The scan the chosen image layers make (one per model channel), and the first layer's
+        name, which results are named after; a mismatch raises :class:`CascadeSegError`."""
+        layers = self.channels.selected_layers()
+        return layers[0].name, volume_from_image_layers(layers)
+
+    def refresh_models(self) -> None:
+        """Re-list the checkpoints (e.g. after a model was trained)."""
+        self.models.refresh()
+
+    def show_model(self, name: str) -> None:
+        """A model was installed (the shared state's ``model_installed``): list and select it."""
+        self.models.refresh()
+        self.models.select_name(name)

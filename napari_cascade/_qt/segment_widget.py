@@ -31,8 +31,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
     QPushButton,
     QRadioButton,
     QVBoxLayout,
@@ -49,17 +47,30 @@ from .._layers import (
     geometry_metadata,
     labels_layer,
     transform_kwargs,
-    volume_from_image_layers,
 )
-from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info, state_for
+from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info
 from .feeding import LayerFeeder
-from .layout import scrollable
-from .model_picker import ChannelMapper, ModelPicker, depth_choices, depth_costs, pruning_depths
+from .layout import hbox, scrollable
+from .model_picker import (
+    ModelChoiceDock,
+    depth_choices,
+    depth_costs,
+    model_and_channel_boxes,
+    pruning_depths,
+)
 from .notify import error, info, warn
 from .workers import JobPanel
 
 AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
 DEVICE_LABELS = {"auto": "auto (CUDA, MPS, CPU)", "cuda": "CUDA GPU", "mps": "Apple MPS", "cpu": "CPU"}
+
+
+def device_combo() -> QComboBox:
+    """The device choice of the docks that run a model (Segment, Compare), by its readable name."""
+    combo = QComboBox()
+    for name in DEVICE_CHOICES:
+        combo.addItem(DEVICE_LABELS.get(name, name), name)
+    return combo
 ADD = "add"
 
 
@@ -121,20 +132,16 @@ class SegmentOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(QWidget, ModelChoiceDock):
     """Dock widget: segment the chosen image layer(s) with the chosen model."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.state = state_for(napari_viewer)
-        self.cache = self.state.models
+        self._init_model_choice(napari_viewer)
         self.last_result: Any = None
         self._cost_workers: list[Any] = []
         self._feeder: LayerFeeder | None = None
 
-        self.models = ModelPicker()
-        self.channels = ChannelMapper(napari_viewer)
         self.depth = QComboBox()
         self.mode_2d = QRadioButton("2D, slice by slice along")
         self.mode_3d = QRadioButton("3D (sliding window)")
@@ -144,9 +151,7 @@ class SegmentWidget(QWidget):
         self.axis = QComboBox()
         for label, value in AXES:
             self.axis.addItem(label, value)
-        self.device = QComboBox()
-        for name in DEVICE_CHOICES:
-            self.device.addItem(DEVICE_LABELS.get(name, name), name)
+        self.device = device_combo()
         self.probabilities = QCheckBox("also add the probability map")
         self.mirror = QCheckBox("test-time mirroring (more accurate, 4x / 8x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
@@ -158,15 +163,10 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.job = JobPanel()
 
-        model_box = QGroupBox("Model")
-        QVBoxLayout(model_box).addWidget(self.models)
-        channel_box = QGroupBox("Image layer per model channel")
-        QVBoxLayout(channel_box).addWidget(self.channels)
+        model_box, channel_box = model_and_channel_boxes(self.models, self.channels)
         options = QFormLayout()
         options.addRow("pruning depth:", self.depth)
-        mode_row = QHBoxLayout()
-        mode_row.addWidget(self.mode_2d)
-        mode_row.addWidget(self.axis)
+        mode_row = hbox(self.mode_2d, self.axis)
         options.addRow("mode:", mode_row)
         options.addRow("", self.mode_3d)
         options.addRow("device:", self.device)
@@ -193,15 +193,6 @@ class SegmentWidget(QWidget):
         self._model_changed()
 
     # -- model list ------------------------------------------------------------------------
-    def refresh_models(self) -> None:
-        """Re-list the checkpoints (e.g. after a model was trained)."""
-        self.models.refresh()
-
-    def show_model(self, name: str) -> None:
-        """A model was installed (the shared state's ``model_installed``): list and select it."""
-        self.models.refresh()
-        self.models.select_name(name)
-
     def _model_changed(self) -> None:
         entry = self.models.current_entry()
         self.depth.blockSignals(True)
@@ -306,13 +297,8 @@ class SegmentWidget(QWidget):
     # -- running ---------------------------------------------------------------------------
     def gather(self) -> SegmentRequest:
         """Read the choices and check them; user mistakes raise :class:`CascadeSegError`."""
-        entry = self.models.current_entry()
-        if entry is None:
-            raise CascadeSegError(
-                "no model selected: pick one of the shipped models or browse to a checkpoint folder"
-            )
-        layers = self.channels.selected_layers()
-        volume = volume_from_image_layers(layers)
+        entry = self._chosen_model()
+        image_name, volume = self._chosen_scan()
         device = self.device.currentData()
         resolve_device(device)  # a missing GPU is reported now, not after loading the model
         target = self.rerun.currentData() or ADD
@@ -320,7 +306,7 @@ class SegmentWidget(QWidget):
         recorded = result_info(target_layer) if target_layer is not None else None
         return SegmentRequest(
             entry=entry,
-            image_name=layers[0].name,
+            image_name=image_name,
             volume=volume,
             mode="2d" if entry.card.dims == 2 else "3d",
             axis=int(self.axis.currentData()),

@@ -41,7 +41,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -68,7 +67,7 @@ from cascadeseg.training.transfer import check_labels_fit
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
-from .layout import scrollable
+from .layout import hbox, scrollable
 from .training_plot import TrainingPlot
 from .workers import JobPanel
 
@@ -102,6 +101,15 @@ class _Relay(QObject):
     epoch = Signal(object)
     plan = Signal(str)
 
+
+def _auto_spin_box(maximum: int, tooltip: str = "") -> QSpinBox:
+    """A setting from 0 to ``maximum`` where 0, shown as "auto", leaves it to the planner."""
+    box = QSpinBox()
+    box.setRange(0, maximum)
+    box.setSpecialValueText(AUTO)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
 
 class TrainWidget(QWidget):
     """Dock widget: train or fine-tune a model on corrected masks with one click."""
@@ -149,11 +157,9 @@ class TrainWidget(QWidget):
         self.axis_combo.addItem("auto (planned)", None)
         for label, axis in (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2)):
             self.axis_combo.addItem(label, axis)
-        self.base_width = QSpinBox()
-        self.base_width.setRange(0, 128)
-        self.base_width.setValue(0)
-        self.base_width.setSpecialValueText(AUTO)
-        self.base_width.setToolTip("Channels of the first level (paper: 32); auto: planned for the device and budget")
+        self.base_width = _auto_spin_box(
+            128, "Channels of the first level (paper: 32); auto: planned for the device and budget"
+        )
 
         # -- budget and device ----------------------------------------------------------------
         self.budget_kind = QComboBox()
@@ -170,23 +176,13 @@ class TrainWidget(QWidget):
         self.device = QComboBox()
         for name in DEVICE_CHOICES:
             self.device.addItem(name, name)
-        self.inplane = QSpinBox()
-        self.inplane.setRange(0, 1024)
-        self.inplane.setValue(0)
-        self.inplane.setSpecialValueText(AUTO)
-        self.inplane.setToolTip("In-plane pixels of the median scan on the working grid; auto: planned for the budget")
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(0, 512)
-        self.batch_size.setValue(0)
-        self.batch_size.setSpecialValueText(AUTO)
-        self.steps_per_epoch = QSpinBox()
-        self.steps_per_epoch.setRange(0, 1_000_000)
-        self.steps_per_epoch.setSpecialValueText("auto")
-        self.threads = QSpinBox()
-        self.threads.setRange(0, 256)
-        self.threads.setSpecialValueText("auto")
-        self.threads.setToolTip(
-            "CPU threads for training (auto: PyTorch's default); fewer keeps a shared machine responsive"
+        self.inplane = _auto_spin_box(
+            1024, "In-plane pixels of the median scan on the working grid; auto: planned for the budget"
+        )
+        self.batch_size = _auto_spin_box(512)
+        self.steps_per_epoch = _auto_spin_box(1_000_000)
+        self.threads = _auto_spin_box(
+            256, "CPU threads for training (auto: PyTorch's default); fewer keeps a shared machine responsive"
         )
         self.average_weights = QCheckBox("average the weights (EMA 0.998)")
         self.average_weights.setToolTip(
@@ -254,17 +250,13 @@ class TrainWidget(QWidget):
         form.addRow("source:", self.source)
         form.addRow("image:", self.image_combo)
         form.addRow("labels:", self.labels_combo)
-        folder_row = QHBoxLayout()
-        folder_row.addWidget(self.folder, 1)
-        folder_row.addWidget(self.folder_browse)
+        folder_row = hbox(self.folder, self.folder_browse, grow=self.folder)
         form.addRow("folder:", folder_row)
         form.addRow(self.annotated_only)
 
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
-        init_row = QHBoxLayout()
-        init_row.addWidget(self.init_combo, 1)
-        init_row.addWidget(self.init_browse)
+        init_row = hbox(self.init_combo, self.init_browse, grow=self.init_combo)
         model_form.addRow("weights:", init_row)
         model_form.addRow("architecture:", self.model_combo)
         model_form.addRow("loss:", self.loss_combo)
@@ -274,10 +266,7 @@ class TrainWidget(QWidget):
 
         run_box = QGroupBox("Run")
         run_form = QFormLayout(run_box)
-        budget_row = QHBoxLayout()
-        budget_row.addWidget(self.budget_kind)
-        budget_row.addWidget(self.minutes)
-        budget_row.addWidget(self.epochs)
+        budget_row = hbox(self.budget_kind, self.minutes, self.epochs)
         run_form.addRow("stop after:", budget_row)
         run_form.addRow("device:", self.device)
         run_form.addRow("CPU threads:", self.threads)
@@ -290,18 +279,13 @@ class TrainWidget(QWidget):
         layout = QVBoxLayout()
         for box in (source_box, model_box, run_box):
             layout.addWidget(box)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.plan_button)
-        buttons.addWidget(self.train_button, 1)
-        buttons.addWidget(self.cancel_button)
+        buttons = hbox(self.plan_button, self.train_button, self.cancel_button, grow=self.train_button)
         layout.addLayout(buttons)
         layout.addWidget(self.fine_tune_button)
         layout.addWidget(self.plan_text)
         layout.addWidget(self.job)
         layout.addWidget(self.status)
-        kept = QHBoxLayout()
-        for button in (self.install_best_button, self.install_last_button, self.discard_button):
-            kept.addWidget(button)
+        kept = hbox(self.install_best_button, self.install_last_button, self.discard_button)
         layout.addLayout(kept)
         layout.addStretch(1)
         scrollable(self, layout)
@@ -557,16 +541,23 @@ class TrainWidget(QWidget):
         return TrainRequest(config=config, model_name=name, source_text=source_text, init_entry=entry)
 
     # -- running ------------------------------------------------------------------------------
+    def _gather_or_say_why(self) -> TrainRequest | None:
+        """The request from the current choices, or ``None`` once the reason it cannot be made is
+        shown (a notification and the status line): how both Train and Plan begin."""
+        try:
+            return self.gather()
+        except CascadeSegError as exc:
+            show_error(str(exc))
+            self.status.setText(str(exc))
+            return None
+
     def start(self) -> bool:
         """Start training in a worker thread; ``False`` (with a notification) if refused."""
         if self.job.busy or _TRAINING_LOCK.locked():
             show_error("a training is already running; wait for it to finish or press Cancel")
             return False
-        try:
-            request = self.gather()
-        except CascadeSegError as exc:
-            show_error(str(exc))
-            self.status.setText(str(exc))
+        request = self._gather_or_say_why()
+        if request is None:
             return False
         self.last_request = request
         self.installed = None
@@ -603,11 +594,8 @@ class TrainWidget(QWidget):
         if self.job.busy:
             show_error("a training or plan is running; wait for it or press Cancel")
             return False
-        try:
-            request = self.gather()
-        except CascadeSegError as exc:
-            show_error(str(exc))
-            self.status.setText(str(exc))
+        request = self._gather_or_say_why()
+        if request is None:
             return False
 
         def job(progress: Callable[[Any], None], cancel: threading.Event) -> Any:

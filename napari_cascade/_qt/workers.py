@@ -24,10 +24,11 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from cascadeseg.errors import CancelledError, CascadeSegError
 
+from .layout import hbox
 from .notify import error, info
 
 LOG = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ class JobPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        row = QHBoxLayout()
-        row.addWidget(self.progress_bar, 1)
-        row.addWidget(self.cancel_button)
+        row = hbox(self.progress_bar, self.cancel_button, grow=self.progress_bar)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
