@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -30,6 +31,13 @@ def pinned(core: int | None) -> Callable[[], None]:
 def usable_cores() -> list[int | None]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
 
+
+def add_folder_arguments(parser: argparse.ArgumentParser, run_name: str) -> None:
+    """``--out``, the scratch folder of the runs (``runs/<run_name>`` in the repository), and
+    ``--results``, where the tables go (``benchmarks/results``)."""
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--out", type=Path, default=root / "runs" / run_name)
+    parser.add_argument("--results", type=Path, default=root / "benchmarks" / "results")
 
 def write_results(folder: Path, name: str, markdown: str, payload: Any) -> tuple[Path, Path]:
     """``<folder>/<name>_<UTC stamp>.md`` and ``.json``; prints the Markdown too."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import write_results  # noqa: E402
+from _common import add_folder_arguments, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -57,8 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--datasets", nargs="+", default=["lgg-flair", "hippocampus"])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_layout")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    add_folder_arguments(parser, "cpu_layout")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
 
 
 def make_split(data: Path, holdout: int, seed: int, out: Path) -> tuple[Path, list[str]]:
@@ -56,8 +56,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--holdout", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "race")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    add_folder_arguments(parser, "race")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

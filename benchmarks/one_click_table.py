@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -76,8 +76,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "table")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    add_folder_arguments(parser, "table")
     parser.add_argument("--from-logs", type=Path, nargs="+", default=None, metavar="FILE",
                         help="no runs: the table from the JSON rows this script printed before")
     args = parser.parse_args()

@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tcia-btp"
 
@@ -56,8 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tcia_loo")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    add_folder_arguments(parser, "tcia_loo")
     args = parser.parse_args()
     out = args.out.resolve()
     patients = sorted({patient_id(r.case_id) for r in load_dataset(DATA)})
