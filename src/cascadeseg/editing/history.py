@@ -119,27 +119,35 @@ class EditHistory:
 
     def undo(self, target: np.ndarray, writer: VoxelWriter | None = None) -> LabelEdit | None:
         """Revert the last step on ``target`` in place; ``None`` when there is nothing to undo."""
-        if not self._undo:
-            return None
-        edit = self._undo[-1]
-        self._write(target, edit, edit.new_values, edit.old_values, writer)
-        self._redo.append(self._undo.pop())
-        return edit
+        return self._step(self._undo, self._redo, target, writer, back=True)
 
     def redo(self, target: np.ndarray, writer: VoxelWriter | None = None) -> LabelEdit | None:
         """Re-apply the last undone step; ``None`` when there is nothing to redo."""
-        if not self._redo:
-            return None
-        edit = self._redo[-1]
-        self._write(target, edit, edit.old_values, edit.new_values, writer)
-        self._undo.append(self._redo.pop())
-        return edit
+        return self._step(self._redo, self._undo, target, writer, back=False)
 
     def clear(self) -> None:
         self._undo.clear()
         self._redo.clear()
 
     # -- internals -----------------------------------------------------------------------------
+    def _step(
+        self,
+        source: list[LabelEdit],
+        dest: list[LabelEdit],
+        target: np.ndarray,
+        writer: VoxelWriter | None,
+        back: bool,
+    ) -> LabelEdit | None:
+        """Undo (``back``) or redo the newest edit of ``source`` on ``target``, then move it to
+        ``dest``: the two are mirror images, an undo writes the old values over the new ones."""
+        if not source:
+            return None
+        edit = source[-1]
+        expected, values = (edit.new_values, edit.old_values) if back else (edit.old_values, edit.new_values)
+        self._write(target, edit, expected, values, writer)
+        dest.append(source.pop())
+        return edit
+
     @staticmethod
     def _write(
         target: np.ndarray,
