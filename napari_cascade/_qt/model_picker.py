@@ -162,6 +162,15 @@ def depth_choices(card: ModelCard, costs: dict[int, Any] | None = None) -> list[
     return choices
 
 
+def select_entry_by_name(combo: QComboBox, entries: list[CheckpointEntry], name: str) -> bool:
+    """Select the checkpoint called ``name`` in ``combo``, which lists ``entries`` after one first
+    item (no model, start fresh); ``False`` when none is called so."""
+    for index, entry in enumerate(entries):
+        if entry.name == name:
+            combo.setCurrentIndex(index + 1)
+            return True
+    return False
+
 class ModelPicker(QWidget):
     """Model list + Browse + Refresh, and the selected card's summary. Emits ``changed``."""
 
@@ -248,11 +257,7 @@ class ModelPicker(QWidget):
         return chosen
 
     def select_name(self, name: str) -> bool:
-        for i, entry in enumerate(self._entries):
-            if entry.name == name:
-                self.combo.setCurrentIndex(i + 1)
-                return True
-        return False
+        return select_entry_by_name(self.combo, self._entries, name)
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder (model.safetensors + model_card.json)")

@@ -68,6 +68,7 @@ from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
 from .layout import hbox, scrollable
+from .model_picker import select_entry_by_name
 from .training_plot import TrainingPlot
 from .workers import JobPanel
 
@@ -360,11 +361,7 @@ class TrainWidget(QWidget):
     def select_init(self, name: str) -> bool:
         """Choose the checkpoint called ``name`` to fine-tune from."""
         self.refresh_checkpoints()
-        for index, entry in enumerate(self._checkpoints):
-            if entry.name == name:
-                self.init_combo.setCurrentIndex(index + 1)
-                return True
-        return False
+        return select_entry_by_name(self.init_combo, self._checkpoints, name)
 
     def add_init_checkpoint(self, folder: str | Path) -> CheckpointEntry | None:
         """Add a checkpoint folder to fine-tune from and select it; a bad folder is a notification."""
