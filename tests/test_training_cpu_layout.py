@@ -105,6 +105,13 @@ def test_cli_trains_as_two_processes_with_the_batch_split(hippocampus_folder: Pa
     assert out.count("stopped (epochs) after 2 epoch(s)") == 1, out[-3000:]
     card = json.loads((run / "last" / "model_card.json").read_text())
     assert card["training"]["command"].startswith("cascadeseg train") and "--from-config" not in card["training"]["command"]
+    # --resume continues with the run's own layout: two processes again, from its last epoch.
+    proc = _train(["--resume", "--run-dir", str(run), "--epochs", "3", "--no-progress"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["stopped"] == "epochs" and result["epochs_completed"] == 3 and result["steps"] == 9
+    assert out.count("stopped (epochs) after 3 epoch(s)") == 1, out[-3000:]
 
 
 def test_ctrl_c_stops_both_processes_and_keeps_the_last_step(hippocampus_folder: Path, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -184,6 +185,12 @@ def train(config: TrainConfig, callbacks: Any = None, cancel: Any = None, starte
     finally:
         if trainer is not None:
             trainer.release()
+            del trainer
+        if ctx.is_distributed:
+            # DDP's reducer holds the process group; freed only at interpreter exit (it sits in
+            # reference cycles), it tore down Gloo's threads there and aborted the process
+            # ("terminate called without an active exception", 1 run in ~8).
+            gc.collect()
         shutdown(ctx, completed=completed)
         release_cached_memory(device)
         torch.set_num_threads(previous_threads)
