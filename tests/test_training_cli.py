@@ -21,7 +21,8 @@ def test_help_lists_every_option(capsys) -> None:
     text = capsys.readouterr().out
     for option in ("--model", "--dims", "--minutes", "--epochs", "--resume", "--run-dir", "--pairs", "--inplane-size",
                    "--patch-size", "--loss", "--optimizer", "--schedule", "--lr", "--grad-clip", "--cascade-training",
-                   "--val-case", "--val-fraction", "--seed", "--device", "--workers", "--init-checkpoint", "torchrun"):
+                   "--val-case", "--val-fraction", "--seed", "--device", "--workers", "--init-checkpoint", "torchrun",
+                   "--threads", "--processes"):
         assert option in text, option
 
 

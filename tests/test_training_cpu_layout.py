@@ -55,16 +55,22 @@ def test_the_layout_is_measured_only_for_a_new_cpu_run_left_to_the_planner(monke
 def test_the_faster_layout_wins_unless_the_copies_of_the_data_do_not_fit() -> None:
     # The figures of benchmarks/results/cpu_parallelism_*: LGG 2D U-Net, 1x2 threads 99.5 samples/s,
     # one single-thread process 135.6: processes win.
-    layout = choose_layout(2, 4, 99.5, 135.6, data_gb=0.2, free_gb=20.0)
+    layout = choose_layout(2, 2, 4, 99.5, 135.6, data_gb=0.2, free_gb=20.0)
     assert (layout.processes, layout.threads) == (2, 1) and "2.18x faster" in layout.reason
     # 3D U-Net on hippocampus: 14.3 against 10.9 per process (x2 x 0.8 = 17.4): 1.22x, processes.
-    assert choose_layout(2, 1, 14.3, 10.9, data_gb=0.1, free_gb=20.0).processes == 2
+    assert choose_layout(2, 2, 1, 14.3, 10.9, data_gb=0.1, free_gb=20.0).processes == 2
     # Threads nearly as fast as two processes: not worth a second copy of the data.
-    layout = choose_layout(2, 4, 100.0, 65.0, data_gb=0.2, free_gb=20.0)
+    layout = choose_layout(2, 2, 4, 100.0, 65.0, data_gb=0.2, free_gb=20.0)
     assert (layout.processes, layout.threads) == (1, 2) and "threads are as fast" in layout.reason
     # Processes faster, but two copies of 6 GB of data do not fit in half of 16 GB.
-    layout = choose_layout(2, 4, 99.5, 135.6, data_gb=6.0, free_gb=16.0)
+    layout = choose_layout(2, 2, 4, 99.5, 135.6, data_gb=6.0, free_gb=16.0)
     assert layout.processes == 1 and "do not fit" in layout.reason
+    # More cores than samples: 8 cores, batch 2 (3D): two processes of four threads each.
+    layout = choose_layout(8, 2, 1, 20.0, 15.0, data_gb=0.1, free_gb=20.0)
+    assert (layout.processes, layout.threads) == (2, 4) and "2 processes x 4 threads" in layout.reason
+    # A batch of one cannot be split: one process with every core, without measuring processes.
+    layout = choose_layout(2, 1, 1, 20.0, 0.0, data_gb=0.1, free_gb=20.0)
+    assert (layout.processes, layout.threads) == (1, 2) and "cannot be split" in layout.reason
 
 
 def test_measuring_real_steps_of_the_planned_network(hippocampus_folder: Path, tmp_path: Path, monkeypatch) -> None:

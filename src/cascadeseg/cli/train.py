@@ -350,9 +350,7 @@ def run(args: argparse.Namespace) -> int:
                 print("cascadeseg: cancelled before training started; nothing was written", file=sys.stderr)
                 return 130
             print(f"cascadeseg: training as {layout.describe()}", file=sys.stderr)
-            config.layout, config.processes = layout.to_dict(), layout.processes
-            if layout.processes == 1:
-                config.threads = layout.threads
+            config.layout, config.processes, config.threads = layout.to_dict(), layout.processes, layout.threads
         if (config.processes or 1) > 1 and not rank_info().is_distributed:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)  # the launcher forwards Ctrl-C to the processes

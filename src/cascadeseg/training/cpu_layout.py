@@ -119,9 +119,13 @@ def measure_cpu_layout(config: TrainConfig, cancel: Any = None, started: float |
     try:
         trainer.on_train_start(calibrate=False)
         batch = int(trainer.cfg.batch_size or 1)
-        share = batch if config.batch_size is not None else per_process_batch(batch, cores)
+        # One sample per process at least (a given batch is per process, as under torchrun); on
+        # more cores than samples the processes share the cores as threads.
+        processes = cores if config.batch_size is not None else min(cores, batch)
+        share = batch if config.batch_size is not None else per_process_batch(batch, processes)
+        each = max(1, cores // processes)
         threads_step = _step_seconds(trainer, batch, cores)
-        process_step = _step_seconds(trainer, share, 1)
+        process_step = _step_seconds(trainer, share, each) if processes > 1 else float("inf")
         data_gb = (
             sum(
                 case.scan.image.nbytes + case.labels.nbytes + case.labels_full.nbytes
@@ -135,6 +139,7 @@ def measure_cpu_layout(config: TrainConfig, cancel: Any = None, started: float |
         torch.set_num_threads(previous_threads)
     return choose_layout(
         cores,
+        processes,
         share,
         batch / threads_step,
         share / process_step,
@@ -146,6 +151,7 @@ def measure_cpu_layout(config: TrainConfig, cancel: Any = None, started: float |
 
 def choose_layout(
     cores: int,
+    processes: int,
     share: int,
     threads_rate: float,
     one_process_rate: float,
@@ -154,25 +160,31 @@ def choose_layout(
     measure_seconds: float = 0.0,
 ) -> CpuLayout:
     """The faster layout from measured samples/s: ``threads_rate`` of one process with a thread
-    per core, ``one_process_rate`` of one single-thread process at ``share`` samples per step
-    (``cores`` of them reach :data:`PROCESS_EFFICIENCY` of ``cores`` times that), if ``cores``
-    copies of ``data_gb`` fit in :data:`MEMORY_SHARE` of ``free_gb``."""
-    process_rate = cores * one_process_rate * PROCESS_EFFICIENCY
-    rates = {f"1 process x {cores} threads": threads_rate, f"{cores} processes x 1 thread": process_rate}
+    per core, ``one_process_rate`` of one process with ``cores // processes`` threads at
+    ``share`` samples per step (``processes`` of them reach :data:`PROCESS_EFFICIENCY` of
+    ``processes`` times that), if ``processes`` copies of ``data_gb`` fit in :data:`MEMORY_SHARE`
+    of ``free_gb``."""
+    each = max(1, cores // max(1, processes))
+    if processes < 2:
+        reason = f"a batch of {share} cannot be split over processes"
+        return CpuLayout(1, cores, reason, {f"1 process x {cores} threads": threads_rate}, measure_seconds)
+    process_rate = processes * one_process_rate * PROCESS_EFFICIENCY
+    many = f"{processes} processes x {each} thread{'s' if each > 1 else ''}"
+    rates = {f"1 process x {cores} threads": threads_rate, many: process_rate}
     measured = (
         f"measured {threads_rate:.1f} samples/s for one process with {cores} threads and "
-        f"{process_rate:.1f} predicted for {cores} processes with one thread each "
-        f"({share} per process per step; {PROCESS_EFFICIENCY:.0%} of {cores} x one)"
+        f"{process_rate:.1f} predicted for {many} ({share} per process per step; "
+        f"{PROCESS_EFFICIENCY:.0%} of {processes} x one)"
     )
-    if cores * (data_gb + 0.5) > MEMORY_SHARE * free_gb:
+    if processes * (data_gb + 0.5) > MEMORY_SHARE * free_gb:
         reason = (
-            f"{measured}; but {cores} copies of the {data_gb:.1f} GB of data do not fit in "
+            f"{measured}; but {processes} copies of the {data_gb:.1f} GB of data do not fit in "
             f"{MEMORY_SHARE:.0%} of the {free_gb:.1f} GB free"
         )
         return CpuLayout(1, cores, reason, rates, measure_seconds)
     if process_rate >= MIN_GAIN * threads_rate:
         reason = f"{measured}: processes are {process_rate / threads_rate:.2f}x faster"
-        return CpuLayout(cores, 1, reason, rates, measure_seconds)
+        return CpuLayout(processes, each, reason, rates, measure_seconds)
     return CpuLayout(1, cores, f"{measured}: threads are as fast or faster", rates, measure_seconds)
 
 
@@ -217,15 +229,17 @@ def _free_port() -> int:
 
 
 def run_processes(config: TrainConfig, processes: int, started: float, extra_args: list[str] | None = None) -> int:
-    """Train ``config`` as ``processes`` data-parallel processes of one thread each (Gloo); wait
-    for them. Returns the first non-zero exit status (the others are stopped), else 0."""
-    cfg = config.copy(threads=1, processes=processes)
+    """Train ``config`` as ``processes`` data-parallel processes (Gloo), each with the config's
+    threads (default: an equal share of the cores); wait for them. Returns the first non-zero
+    exit status (the others are stopped), else 0."""
+    threads = int(config.threads or max(1, available_cores() // processes))
+    cfg = config.copy(threads=threads, processes=processes)
     with tempfile.TemporaryDirectory(prefix="cascadeseg-train-") as tmp:
         path = Path(tmp) / "config.json"
         write_json_atomic(path, cfg.to_dict())
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": str(threads),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(_free_port()),
             "WORLD_SIZE": str(processes),
