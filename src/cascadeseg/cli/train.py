@@ -81,8 +81,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run folder to create (default: runs/<data>-<date>-<time>); never overwritten",
     )
-    # The config of a run this command started as several processes (cascadeseg.training.cpu_layout).
-    parser.add_argument("--from-config", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="instead of DATA and options: a planned config.json (how train starts its own data-parallel processes)",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
