@@ -70,6 +70,7 @@ def hbox(*widgets: QWidget, grow: QWidget | None = None) -> QHBoxLayout:
         row.addWidget(widget, 1 if widget is grow else 0)
     return row
 
+
 class Section(QWidget):
     """A titled group that folds away with a click on its title (open by default)."""
 

@@ -171,6 +171,7 @@ def select_entry_by_name(combo: QComboBox, entries: list[CheckpointEntry], name:
             return True
     return False
 
+
 class ModelPicker(QWidget):
     """Model list + Browse + Refresh, and the selected card's summary. Emits ``changed``."""
 

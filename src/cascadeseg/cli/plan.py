@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if layout_needed(config) is None:
         layout = measure_cpu_layout(config)
-        config.layout, config.processes = layout.to_dict(), layout.processes
-        config.threads = layout.threads
+        layout.apply(config)
         if layout.processes > 1:
             print(f"training would run as {layout.describe()}; the plan of each process:\n")
     plan = plan_only(config)

@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
                 print("cascadeseg: cancelled before training started; nothing was written", file=sys.stderr)
                 return 130
             print(f"cascadeseg: training as {layout.describe()}", file=sys.stderr)
-            config.layout, config.processes, config.threads = layout.to_dict(), layout.processes, layout.threads
+            layout.apply(config)
         if (config.processes or 1) > 1 and not rank_info().is_distributed:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)  # the launcher forwards Ctrl-C to the processes

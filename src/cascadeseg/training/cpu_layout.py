@@ -73,6 +73,10 @@ class CpuLayout:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def apply(self, config: TrainConfig) -> None:
+        """Make ``config`` train this way (and carry the measurement into its plan)."""
+        config.layout, config.processes, config.threads = self.to_dict(), self.processes, self.threads
+
     def describe(self) -> str:
         return f"{self.processes} process(es) x {self.threads} thread(s): {self.reason}"
 
@@ -191,15 +195,10 @@ def choose_layout(
 def _step_seconds(trainer: Any, batch: int, threads: int) -> float:
     """Median seconds of a training step on ``batch`` samples with ``threads`` threads."""
     torch.set_num_threads(threads)
-    batches = iter(trainer.loader)
     times: list[float] = []
     start = time.perf_counter()
     for i in range(MEASURE_STEPS + 1):
-        try:
-            images, labels = next(batches)
-        except StopIteration:
-            batches = iter(trainer.loader)
-            images, labels = next(batches)
+        images, labels = trainer.draw_batch(fresh=i == 0)
         trainer._check_cancel("while measuring threads against processes")
         t0 = time.perf_counter()
         trainer.train_step(images[:batch], labels[:batch], 0.0, 0.0)

@@ -759,7 +759,6 @@ class Trainer:
         validation case through the predictor, then size the schedule to the budget
         (:func:`.planner.schedule_for_budget`)."""
         cfg = self.cfg
-        batches = iter(self.loader)
         self.epoch_start, self.epoch_samples = time.perf_counter(), 0
         self.epoch_losses: list[float] = []
         self._calibration_start: float | None = self.epoch_start
@@ -768,16 +767,12 @@ class Trainer:
         done = 0
 
         def timed_steps(count: int) -> list[float]:
-            nonlocal batches, done
+            nonlocal done
             times: list[float] = []
             for i in range(count):
                 if i >= 2 and time.perf_counter() - calibration_start > cap:
                     break  # slow steps on a small budget: two are enough to know the pace
-                try:
-                    images, labels = next(batches)
-                except StopIteration:  # an epoch shorter than the calibration: draw on
-                    batches = iter(self.loader)
-                    images, labels = next(batches)
+                images, labels = self.draw_batch(fresh=done == 0)
                 self._check_cancel("while measuring the training speed")
                 t0 = time.perf_counter()
                 elapsed, reserve = all_max([self._elapsed(), self._end_reserve()], self.ctx, self.device)
@@ -799,7 +794,7 @@ class Trainer:
         count = done
         case_seconds = self._validation_costs() if self.ctx.is_main else [0.0] * len(self.val_order)
         step_seconds = all_max([step_seconds], self.ctx, self.device)[0]
-        values = [0.0, 0.0, 0.0, 0.0, 0.0]
+        values = [0.0, 0.0, 0.0, 0.0]
         if self.ctx.is_main:
             assert self.plan is not None
             samples = (
@@ -820,15 +815,26 @@ class Trainer:
                 float(out["steps_per_epoch"]),
                 float(out["epochs"]),
                 float(out["val_max_cases"]),
-                out["steps_per_epoch"] * step_seconds,
                 float(self.plan.schedule.get("validation_seconds_each", 0.0)),
             ]
         agreed = all_max(values, self.ctx, self.device)  # rank 0's schedule, on every rank
         steps_per_epoch, epochs, val_cases = (int(v) for v in agreed[:3])
         cfg.steps_per_epoch, cfg.epochs, cfg.val_max_cases = steps_per_epoch, epochs, val_cases
-        self.target_epoch_seconds, self.validation_estimate = agreed[3], agreed[4]
+        self.validation_estimate = agreed[3]
         self._set_epoch_length(steps_per_epoch)
         self._calibration_steps = count
+
+    def draw_batch(self, fresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch for steps taken outside an epoch's loop (the calibration, the
+        CPU layout measurement; ``fresh``: from the start of a pass), drawing on into a new pass
+        when the epoch is shorter."""
+        if fresh:
+            self._batches = iter(self.loader)
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.loader)
+            return next(self._batches)
 
     def _threads_to_compare(self) -> bool:
         """A CPU run in one process whose threads were planned (not given) and are several:
