@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -56,6 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="a variant: extra 'cascadeseg train' options, e.g. '--no-auto-init' (default: none, the one-click run)",
+    )
     add_folder_arguments(parser, "tcia_loo")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -72,11 +78,23 @@ def main() -> None:
             held, folder, cases = pending.pop(0)
             core = cores[len(running) % len(cores)]
             started[held] = time.perf_counter()
-            cmd = [sys.executable, "-m", "cascadeseg.cli.main", "train", str(folder), "--minutes", str(args.minutes),
-                   "--run-dir", str(out / f"run_without_{held}"), "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cascadeseg.cli.main",
+                "train",
+                str(folder),
+                "--minutes",
+                str(args.minutes),
+                "--run-dir",
+                str(out / f"run_without_{held}"),
+                "--no-progress",
+                *shlex.split(args.train_args),
+            ]
             log = open(out / f"without_{held}.log", "w")
-            running.append((held, subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log,
-                                                   stderr=subprocess.STDOUT)))
+            running.append(
+                (held, subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT))
+            )
         time.sleep(2)
         for item in list(running):
             held, proc = item
@@ -92,24 +110,45 @@ def main() -> None:
         kept = json.loads((out / f"run_without_{held}" / "result.json").read_text())["model_checkpoint"]
         for case in cases:
             channels = [str(DATA / "imagesTr" / f"{case}_{k:04d}.nii.gz") for k in (0, 1)]
-            subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", channels[0], "-o", str(pred_dir),
-                            "-c", kept, "--overwrite"], env=env, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cascadeseg.cli.main",
+                    "predict",
+                    channels[0],
+                    "-o",
+                    str(pred_dir),
+                    "-c",
+                    kept,
+                    "--overwrite",
+                ],
+                env=env,
+                check=True,
+            )
             reference = load_labels(DATA / "labelsTr" / f"{case}.nii.gz")
             prediction = load_volume(pred_dir / f"{case}.nii.gz")
-            value = case_mean_dice(np.asarray(prediction.array).reshape(reference.array.shape).astype(np.uint8),
-                                   np.asarray(reference.array), [1])
+            value = case_mean_dice(
+                np.asarray(prediction.array).reshape(reference.array.shape).astype(np.uint8),
+                np.asarray(reference.array),
+                [1],
+            )
             dice[case] = value
             plan = (out / f"run_without_{held}" / "plan.json").read_text()
             init = "lgg_flair" in plan
-            rows.append(f"| {held} | {case} | {walls[held]:.0f} | {'shipped FLAIR model' if init else 'scratch'} | "
-                        f"{value:.3f} |")
+            rows.append(
+                f"| {held} | {case} | {walls[held]:.0f} | {'shipped FLAIR model' if init else 'scratch'} | "
+                f"{value:.3f} |"
+            )
     values = np.array(list(dice.values()))
     lines = [
         f"# One-click training on TCIA glioblastoma studies, leave one patient out ({args.minutes:g} minutes)",
         "",
-        f"Made by `python benchmarks/tcia_leave_one_out.py --minutes {args.minutes:g}` on "
+        f"Made by `python benchmarks/tcia_leave_one_out.py --minutes {args.minutes:g}"
+        + (f" --train-args '{args.train_args}'" if args.train_args else "")
+        + "` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one CPU core per run. Each fold trains with "
-        "`cascadeseg train FOLDER --minutes N` on the other patients' studies and scores the held-out patient's "
+        f"`cascadeseg train FOLDER --minutes N {args.train_args}` on the other patients' studies and scores the held-out patient's "
         "studies through `cascadeseg predict` (per-study 3D Dice of the enhancing lesion).",
         "",
         "| held-out patient | study | wall s | started from | Dice |",
