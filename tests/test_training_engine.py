@@ -397,6 +397,30 @@ def test_plateau_schedule_lowers_the_learning_rate_when_the_dice_stalls(lgg_pair
     assert state["plateau_factor"] == pytest.approx(expected[-1])
 
 
+def test_postprocessing_that_costs_a_case_its_lesion_is_refused() -> None:
+    """The choice rule by hand: a candidate must beat the raw argmax's mean by over 0.005 and cost
+    no case more than 0.1 Dice (race seed 3: "largest component" deleted the only component that
+    found one patient's lesion, 0.18 -> 0.00, while raising the validation mean)."""
+    from cascadeseg.training.validation import pick_postprocessing, worst_case_loss
+
+    raw = {"a": {1: 0.80, 2: 0.70}, "b": {1: 0.70, 2: 0.60}, "c": {1: 0.18, 2: 0.10}}
+    # +0.04 mean at depth 1 (0.60 vs 0.56), but case c loses 0.18 there: refused.
+    largest = {"a": {1: 0.95, 2: 0.70}, "b": {1: 0.85, 2: 0.60}, "c": {1: 0.00, 2: 0.10}}
+    # +0.01 at depth 1, worst loss 0.01: kept.
+    islands = {"a": {1: 0.82, 2: 0.70}, "b": {1: 0.72, 2: 0.60}, "c": {1: 0.17, 2: 0.10}}
+    assert worst_case_loss(raw, largest, 1) == pytest.approx(0.18)
+    assert worst_case_loss(raw, islands, 2) == 0.0
+    both = {"none": raw, "largest_component": largest, "distant_islands_10mm": islands}
+    assert pick_postprocessing(both) == "distant_islands_10mm"
+    assert pick_postprocessing({"none": raw, "largest_component": largest}) == "none"
+    # The same gain at a cost of 0.08 to case c: within the bound, kept.
+    safer = {"a": {1: 0.95, 2: 0.70}, "b": {1: 0.85, 2: 0.60}, "c": {1: 0.10, 2: 0.10}}
+    assert pick_postprocessing({"none": raw, "largest_component": safer}) == "largest_component"
+    # A gain of 0.004 (under the 0.005 margin) is not worth any change.
+    tiny = {"a": {1: 0.812, 2: 0.70}, "b": {1: 0.70, 2: 0.60}, "c": {1: 0.18, 2: 0.10}}
+    assert pick_postprocessing({"none": raw, "largest_component": tiny}) == "none"
+
+
 def test_postprocessing_is_chosen_on_validation_and_applied_by_the_predictor(lgg_pairs, tmp_path: Path) -> None:
     """Each validation scores the raw argmax and each candidate post-processing on the validation
     patients; the card keeps the one that beats the raw argmax by over 0.005 (or none), its Dice is

@@ -12,6 +12,7 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QFormLayout,
     QFrame,
     QHBoxLayout,
     QLayout,
@@ -69,6 +70,21 @@ def hbox(*widgets: QWidget, grow: QWidget | None = None) -> QHBoxLayout:
     for widget in widgets:
         row.addWidget(widget, 1 if widget is grow else 0)
     return row
+
+
+FormRow = QWidget | QLayout | tuple[str, QWidget | QLayout]
+
+
+def form(*rows: FormRow, parent: QWidget | None = None) -> QFormLayout:
+    """The docks' labelled rows, top to bottom: ``("label:", widget or row)``, or a widget alone
+    across the row (a check box, a button). ``parent``: the group box the form fills."""
+    layout = QFormLayout(parent) if parent is not None else QFormLayout()
+    for row in rows:
+        if isinstance(row, tuple):
+            layout.addRow(*row)
+        else:
+            layout.addRow(row)
+    return layout
 
 
 class Section(QWidget):

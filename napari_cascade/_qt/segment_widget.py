@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QFormLayout,
     QPushButton,
     QRadioButton,
     QVBoxLayout,
@@ -50,7 +49,7 @@ from .._layers import (
 )
 from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info
 from .feeding import LayerFeeder
-from .layout import hbox, scrollable
+from .layout import form, hbox, scrollable
 from .model_picker import (
     ModelChoiceDock,
     depth_choices,
@@ -164,15 +163,15 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self.job = JobPanel()
 
         model_box, channel_box = model_and_channel_boxes(self.models, self.channels)
-        options = QFormLayout()
-        options.addRow("pruning depth:", self.depth)
-        mode_row = hbox(self.mode_2d, self.axis)
-        options.addRow("mode:", mode_row)
-        options.addRow("", self.mode_3d)
-        options.addRow("device:", self.device)
-        options.addRow("output:", self.probabilities)
-        options.addRow("", self.mirror)
-        options.addRow("result:", self.rerun)
+        options = form(
+            ("pruning depth:", self.depth),
+            ("mode:", hbox(self.mode_2d, self.axis)),
+            ("", self.mode_3d),
+            ("device:", self.device),
+            ("output:", self.probabilities),
+            ("", self.mirror),
+            ("result:", self.rerun),
+        )
         layout = QVBoxLayout()
         layout.addWidget(model_box)
         layout.addWidget(channel_box)

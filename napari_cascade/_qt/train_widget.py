@@ -39,7 +39,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QLabel,
     QLineEdit,
@@ -67,7 +66,7 @@ from cascadeseg.training.transfer import check_labels_fit
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
-from .layout import hbox, scrollable
+from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
 from .training_plot import TrainingPlot
 from .workers import JobPanel
@@ -247,35 +246,38 @@ class TrainWidget(QWidget):
 
     def _build_layout(self) -> None:
         source_box = QGroupBox("Training data")
-        form = QFormLayout(source_box)
-        form.addRow("source:", self.source)
-        form.addRow("image:", self.image_combo)
-        form.addRow("labels:", self.labels_combo)
-        folder_row = hbox(self.folder, self.folder_browse, grow=self.folder)
-        form.addRow("folder:", folder_row)
-        form.addRow(self.annotated_only)
+        form(
+            ("source:", self.source),
+            ("image:", self.image_combo),
+            ("labels:", self.labels_combo),
+            ("folder:", hbox(self.folder, self.folder_browse, grow=self.folder)),
+            self.annotated_only,
+            parent=source_box,
+        )
 
         model_box = QGroupBox("Model")
-        model_form = QFormLayout(model_box)
-        init_row = hbox(self.init_combo, self.init_browse, grow=self.init_combo)
-        model_form.addRow("weights:", init_row)
-        model_form.addRow("architecture:", self.model_combo)
-        model_form.addRow("loss:", self.loss_combo)
-        model_form.addRow("2D / 3D:", self.dims_combo)
-        model_form.addRow("2D slices along:", self.axis_combo)
-        model_form.addRow("base width:", self.base_width)
+        form(
+            ("weights:", hbox(self.init_combo, self.init_browse, grow=self.init_combo)),
+            ("architecture:", self.model_combo),
+            ("loss:", self.loss_combo),
+            ("2D / 3D:", self.dims_combo),
+            ("2D slices along:", self.axis_combo),
+            ("base width:", self.base_width),
+            parent=model_box,
+        )
 
         run_box = QGroupBox("Run")
-        run_form = QFormLayout(run_box)
-        budget_row = hbox(self.budget_kind, self.minutes, self.epochs)
-        run_form.addRow("stop after:", budget_row)
-        run_form.addRow("device:", self.device)
-        run_form.addRow("CPU threads:", self.threads)
-        run_form.addRow("in-plane size:", self.inplane)
-        run_form.addRow("batch size:", self.batch_size)
-        run_form.addRow("steps per epoch:", self.steps_per_epoch)
-        run_form.addRow(self.average_weights)
-        run_form.addRow("new model:", self.model_name)
+        form(
+            ("stop after:", hbox(self.budget_kind, self.minutes, self.epochs)),
+            ("device:", self.device),
+            ("CPU threads:", self.threads),
+            ("in-plane size:", self.inplane),
+            ("batch size:", self.batch_size),
+            ("steps per epoch:", self.steps_per_epoch),
+            self.average_weights,
+            ("new model:", self.model_name),
+            parent=run_box,
+        )
 
         layout = QVBoxLayout()
         for box in (source_box, model_box, run_box):
