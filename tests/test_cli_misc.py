@@ -14,6 +14,7 @@ import pytest
 from cascadeseg.cli.main import COMMANDS, main
 from cascadeseg.distributed import RankInfo, rank_info, shard
 from cascadeseg.errors import CascadeSegError
+from cascadeseg.inference.checkpoint import read_card, resolve_checkpoint
 from cascadeseg.models import model_names
 
 MY_COMMANDS = ("predict", "evaluate", "models", "bench", "train", "plan", "demo")
@@ -226,3 +227,21 @@ def test_plan_command_prints_the_plan_and_writes_it_as_json(
     assert plan["choices"]["dims"]["value"] == 3 and plan["choices"]["dims"]["source"] == "checkpoint"
     assert plan["choices"]["threads"] == {"value": 1, "source": "given", "reason": "given"}
     assert plan["fingerprint"]["num_cases"] == 8 and plan["schedule"]["estimated_steps"] > 0
+
+
+def test_channel_names_given_decide_which_input_of_the_shipped_model_each_channel_feeds(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The four TCIA studies (channels 0000 = T1 post-contrast, 0001 = FLAIR, named by no file):
+    with --channel-names the FLAIR channel takes the shipped FLAIR model's input weights and its
+    normalisation, and T1c starts at zero weights (unnamed, both channels would share them)."""
+    out_json = tmp_path / "plan.json"
+    args = ["plan", str(shared_data / "tcia-btp"), "--minutes", "2", "--threads", "1", "--json", str(out_json)]
+    assert main([*args, "--channel-names", "T1c", "FLAIR"]) == 0
+    capsys.readouterr()
+    plan = json.loads(out_json.read_text())
+    assert plan["choices"]["init_checkpoint"]["value"] == "lgg_flair_anu_net_2d"
+    assert plan["choices"]["channel_mapping"]["value"] == "T1c <- (new, zero weights); FLAIR <- FLAIR"
+    assert [c["name"] for c in plan["fingerprint"]["channels"]] == ["T1c", "FLAIR"]
+    flair_spec = read_card(resolve_checkpoint("lgg_flair_anu_net_2d")).input_channels[0]["preprocessing"]
+    assert plan["choices"]["preprocessing"]["value"][1] == flair_spec

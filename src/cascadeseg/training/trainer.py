@@ -268,7 +268,7 @@ class Trainer:
             self._load_planned_config()
         raw = read_cases(case_sources(cfg.data), cfg.num_classes, self.cancel)
         self.patient_groups = patient_groups(cfg.data)  # versions and cases of one patient (dataset.json)
-        data_channel_names = list(raw[0].image.channel_names) or [f"{c:04d}" for c in range(raw[0].image.num_channels)]
+        data_channel_names = self._data_channel_names(raw[0])
         fp = fingerprint(
             [(r.case_id, r.image, r.labels) for r in raw],
             data_channel_names,
@@ -505,6 +505,19 @@ class Trainer:
         rest = [c for c in self.val_cases if c.case_id not in set(self.cfg.val_cases)]
         order = np.random.default_rng(self.cfg.seed).permutation(len(rest))
         return forced + [rest[i] for i in order]
+
+    def _data_channel_names(self, first: RawCase) -> list[str]:
+        """What the data's channels are: the user's ``channel_names`` when given (they also decide
+        which input of a starting checkpoint each channel feeds), else the files' (dataset.json,
+        DICOM series), else their indices ("0000", ...)."""
+        count = first.image.num_channels
+        if self.cfg.channel_names:
+            if len(self.cfg.channel_names) != count:
+                raise ModelConfigError(
+                    f"channel_names lists {len(self.cfg.channel_names)} names but the images have {count} channel(s)"
+                )
+            return list(self.cfg.channel_names)
+        return list(first.image.channel_names) or [f"{c:04d}" for c in range(count)]
 
     def _channel_names(self, data_names: list[str]) -> list[str]:
         if self.cfg.channel_names:
