@@ -51,3 +51,43 @@ def test_shipped_folders_come_from_the_package_not_the_checkout() -> None:
     assert sample_scan_path().parent == package_root / "sample"
     assert configs_dir() == package_root / "configs" and configs_dir().is_dir()
     assert checkpoints_dir() == package_root / "checkpoints"
+
+
+def test_every_sample_is_real_data_its_model_was_or_was_not_trained_on_as_it_says(shared_data: Path) -> None:
+    """One sample per task family, each a byte-identical copy of a case of ../shared (the CT's
+    liver mask: TotalSegmentator's label 5 of the same patient), labels on the scan's grid with the
+    classes of the model made for it; a sample called unseen is in none of its model's training
+    cases, and the one that is not (the CT: ../shared holds no other CT) says so."""
+    import json
+
+    from cascadeseg.inference.checkpoint import read_card, resolve_checkpoint
+    from cascadeseg.shipped import SAMPLES
+
+    assert set(SAMPLES) == {"brain", "abdomen", "ct"}
+    copies = {
+        "abdomen": (shared_data / "chaos-t2/imagesTr/chaos_t2_02_0000.nii.gz", shared_data / "chaos-t2/labelsTr/chaos_t2_02.nii.gz"),
+        "ct": (shared_data / "totalseg/example_ct_sm.nii.gz", None),
+    }
+    for key, sample in SAMPLES.items():
+        scan = load_volume(sample_scan_path(key))
+        labels = np.asarray(load_labels(sample_label_path(key), reference=scan).array)
+        card = read_card(resolve_checkpoint(sample.model))
+        present = set(np.unique(labels).tolist())
+        assert present - {0} and present <= set(card.class_values), (key, present, card.class_values)
+        training = json.dumps(card.training["data"].get("train_cases", []))
+        assert (sample.case_id not in training) == sample.unseen or key == "ct", key
+        if key in copies:
+            image_source, label_source = copies[key]
+            assert sample_scan_path(key).read_bytes() == image_source.read_bytes()
+            if label_source is not None:
+                assert sample_label_path(key).read_bytes() == label_source.read_bytes()
+    # The CT: its liver is label 5 of TotalSegmentator's map of the same scan; trained on that patient.
+    ct = load_volume(sample_scan_path("ct"))
+    reference = load_labels(shared_data / "totalseg/example_seg.nii.gz", reference=ct).array
+    assert np.array_equal(load_labels(sample_label_path("ct"), reference=ct).array, (np.asarray(reference) == 5))
+    assert not SAMPLES["ct"].unseen and "totalseg_example_ct" in json.dumps(
+        read_card(resolve_checkpoint("ct_liver_unet_3d")).training["data"]["train_cases"]
+    )
+    licence = (sample_scan_path().parent / "LICENSE").read_text()
+    for needed in ("CHAOS", "CC BY-NC-SA 4.0", "TotalSegmentator", "Apache"):
+        assert needed in licence, needed

@@ -16,13 +16,15 @@ from .compare_widget import CompareWidget
 from .segment_widget import SegmentWidget
 
 PLUGIN = "napari-cascade"
+# The manifest's sample keys of cascadeseg.shipped.SAMPLES.
+SAMPLE_KEYS = {"brain": "sample_scan", "abdomen": "sample_abdominal_mri", "ct": "sample_ct"}
 
 
 def setup_demo(viewer: napari.Viewer, models: DemoModels, depth: int | None = None,
-               device: str = "auto") -> tuple[SegmentWidget, CompareWidget]:
-    """Open the sample, dock Segment and Compare, run the segmentation, then the comparison
+               device: str = "auto", sample: str = "brain") -> tuple[SegmentWidget, CompareWidget]:
+    """Open a bundled sample, dock Segment and Compare, run the segmentation, then the comparison
     (one after the other: on a small CPU two jobs at once would only slow each other down)."""
-    scan, truth = viewer.open_sample(PLUGIN, "sample_scan")
+    scan, truth = viewer.open_sample(PLUGIN, SAMPLE_KEYS[sample])
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     # Tabbed: the compare dock needs the height for its metrics table.
     compare_dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare stages and depths", tabify=True)
@@ -54,8 +56,8 @@ def _lesion_slice_position(scan: Any, truth: Any) -> float:
     return float(scan.data_to_world((int(area.argmax()), 0, 0))[0])
 
 
-def run_demo_viewer(models: DemoModels, depth: int | None = None, device: str = "auto") -> int:
+def run_demo_viewer(models: DemoModels, depth: int | None = None, device: str = "auto", sample: str = "brain") -> int:
     viewer = napari.Viewer(title="napari-cascade demo")
-    setup_demo(viewer, models, depth=depth, device=device)
+    setup_demo(viewer, models, depth=depth, device=device, sample=sample)
     napari.run()
     return 0

@@ -1,4 +1,4 @@
-"""Files shipped inside the package (``cascadeseg.resources``): the sample scan, configs, checkpoints.
+"""Files shipped inside the package (``cascadeseg.resources``): the sample scans, configs, checkpoints.
 
 Reached through :mod:`importlib.resources`, so they are found from an installed wheel as well as
 from a checkout. Installs are unpacked folders (pip never installs this package zipped), so the
@@ -7,20 +7,67 @@ returned objects are real :class:`pathlib.Path` objects that SimpleITK/nibabel c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from cascadeseg.errors import InputFileError
+from cascadeseg.errors import CascadeSegError, InputFileError
 
-SAMPLE_CASE_ID = "TCGA_DU_6404_19850629"
-"""The LGG patient of the bundled sample; training keeps it in the validation split."""
 
-DEFAULT_MODEL = "lgg_flair_anu_net_2d"
+@dataclass(frozen=True)
+class Sample:
+    """A bundled real scan with its reference labels, and the shipped model made for its task."""
+
+    key: str  # what `cascadeseg demo --sample` and napari's File > Open Sample call it
+    case_id: str
+    scan: str  # resource paths under cascadeseg.resources
+    labels: str
+    model: str  # the shipped model the demo runs on it
+    title: str
+    unseen: bool  # whether that model never trained on this patient (a fair demonstration)
+
+
+SAMPLES: dict[str, Sample] = {
+    sample.key: sample
+    for sample in (
+        Sample(
+            "brain",
+            "TCGA_DU_6404_19850629",
+            "sample/TCGA_DU_6404_19850629_flair.nii.gz",
+            "sample/TCGA_DU_6404_19850629_mask.nii.gz",
+            "lgg_flair_anu_net_2d",
+            "Brain MRI with tumour mask (LGG FLAIR)",
+            unseen=True,  # kept in the validation split of every model trained here
+        ),
+        Sample(
+            "abdomen",
+            "chaos_t2_02",
+            "sample/chaos_t2_02_t2spir.nii.gz",
+            "sample/chaos_t2_02_organs.nii.gz",
+            "chaos_t2_anu_net_2d",
+            "Abdominal MRI with liver, kidneys and spleen (CHAOS T2-SPIR)",
+            unseen=True,  # one of the CHAOS model's three held-out patients
+        ),
+        Sample(
+            "ct",
+            "totalseg_example_ct_sm",
+            "sample/totalseg_example_ct_sm.nii.gz",
+            "sample/totalseg_example_ct_sm_liver.nii.gz",
+            "ct_liver_unet_3d",
+            "Abdominal CT with liver mask (TotalSegmentator example)",
+            unseen=False,  # the CT model's training patient: the shared data holds no other CT
+        ),
+    )
+}
+"""The bundled samples, one per task family (brain MRI, abdominal MRI, CT); see
+``resources/sample/README.md`` for their sources and licences."""
+
+SAMPLE_CASE_ID = SAMPLES["brain"].case_id
+"""The LGG patient of the bundled brain sample; training keeps it in the validation split."""
+
+DEFAULT_MODEL = SAMPLES["brain"].model
 """The shipped model the GUI preselects and the demo runs: the one made for the bundled sample
 (brain FLAIR), whatever other task models ship beside it."""
-
-_SAMPLE_SCAN = f"sample/{SAMPLE_CASE_ID}_flair.nii.gz"
-_SAMPLE_LABEL = f"sample/{SAMPLE_CASE_ID}_mask.nii.gz"
 
 
 def _resource(relative: str, *, folder: bool = False) -> Path:
@@ -35,14 +82,23 @@ def _resource(relative: str, *, folder: bool = False) -> Path:
     return path
 
 
-def sample_scan_path() -> Path:
-    """The bundled sample brain MRI (FLAIR, LGG patient TCGA_DU_6404_19850629, CC BY-NC-SA 4.0)."""
-    return _resource(_SAMPLE_SCAN)
+def sample(key: str = "brain") -> Sample:
+    """The bundled sample called ``key``; a clear error naming the choices otherwise."""
+    if key not in SAMPLES:
+        raise CascadeSegError(f"unknown sample {key!r} (expected one of: {', '.join(SAMPLES)})")
+    return SAMPLES[key]
 
 
-def sample_label_path() -> Path:
-    """The manual FLAIR-abnormality mask of the bundled sample (0 background, 1 lesion)."""
-    return _resource(_SAMPLE_LABEL)
+def sample_scan_path(key: str = "brain") -> Path:
+    """The scan of a bundled sample (default: the brain MRI, FLAIR, LGG patient
+    TCGA_DU_6404_19850629, CC BY-NC-SA 4.0)."""
+    return _resource(sample(key).scan)
+
+
+def sample_label_path(key: str = "brain") -> Path:
+    """The reference label map of a bundled sample (brain: the manual FLAIR-abnormality mask,
+    0 background, 1 lesion)."""
+    return _resource(sample(key).labels)
 
 
 def sample_license_path() -> Path:

@@ -115,3 +115,17 @@ def test_shipped_abdominal_model_names_and_colours_four_organs(
     truth.visible = False
     viewer.dims.set_current_step(0, int(np.argmax((np.asarray(labels.data) > 0).sum(axis=(1, 2)))))
     _screenshot(viewer, artifacts_dir / "chaos_organs_segment.png")
+
+
+def test_abdominal_and_ct_samples_open_with_their_models_class_names_and_colours(make_napari_viewer) -> None:
+    """File > Open Sample: the abdominal MRI and the CT each open as a scan and its reference
+    labels on the scan's grid, the labels named and coloured as the shipped model for the task
+    names and colours its predictions."""
+    viewer = make_napari_viewer()
+    for key, model, structures in (("sample_abdominal_mri", CHAOS, {1, 2, 3, 4}), ("sample_ct", "ct_liver_unet_3d", {1})):
+        image, truth = viewer.open_sample(PLUGIN, key)
+        assert isinstance(truth, Labels) and truth.data.shape == image.data.shape
+        np.testing.assert_allclose(truth.scale, image.scale)
+        assert set(np.unique(np.asarray(truth.data)).tolist()) == {0, *structures}
+        _, card = load_checkpoint(resolve_checkpoint(model))
+        _assert_named_and_coloured(truth, card)

@@ -1,4 +1,4 @@
-"""``cascadeseg demo``: the bundled sample scan segmented by the default model.
+"""``cascadeseg demo``: a bundled sample scan segmented by the shipped model made for its task.
 
 With a display, napari opens with the sample scan and its ground truth, the Segment and Compare
 widgets docked, and both run at once (segmentation, then the stage / depth comparison). Without a
@@ -12,10 +12,13 @@ here, napari-free, and writes under ``--out`` (default ``./out``):
 Existing outputs are never replaced without ``--overwrite``: a second run writes ``_2``, ``_3``...
 beside them and says so.
 
-The default model: the shipped default made for the bundled FLAIR sample
-(:data:`cascadeseg.shipped.DEFAULT_MODEL`, a pruned ANU-Net, so the overview shows its depths), and,
-when a shipped cascade takes the same channels, that model's stage 1 / stage 2 outputs beside them.
-``--model`` replaces both with the one model given.
+Samples (``--sample``, :data:`cascadeseg.shipped.SAMPLES`): ``brain`` (default; an LGG FLAIR MRI
+with its tumour mask), ``abdomen`` (a CHAOS T2-SPIR MRI with liver, kidneys and spleen) and ``ct``
+(TotalSegmentator's small example CT with its liver). Each runs the shipped model made for its
+task: brain, the FLAIR default (:data:`cascadeseg.shipped.DEFAULT_MODEL`, a pruned ANU-Net, so the
+overview shows its depths) and, when a shipped cascade takes the same channels, that model's stage
+1 / stage 2 outputs beside them; abdomen, the CHAOS ANU-Net (its depths); ct, the CT liver U-Net in
+3D. ``--model`` replaces them with the one model given.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        "--sample",
+        default="brain",
+        choices=["brain", "abdomen", "ct"],
+        help="which bundled scan: brain MRI (FLAIR), abdominal MRI (T2-SPIR) or CT (default: brain)",
+    )
+    parser.add_argument(
         "--headless",
         action="store_true",
         help="never open a window: write the mask and the PNG overview (default when there is no display)",
@@ -60,7 +69,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--out", type=Path, default=DEFAULT_OUT, help="folder for the headless outputs (default: ./out)"
     )
     parser.add_argument(
-        "--model", default=None, help="checkpoint folder or shipped / user model name (default: the shipped default)"
+        "--model",
+        default=None,
+        help="checkpoint folder or shipped / user model name (default: the shipped model for the sample's task)",
     )
     parser.add_argument(
         "--depth", type=int, default=None, help="pruning depth 1..4 (default: the card's recommended depth)"
@@ -82,12 +93,14 @@ def has_display() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = choose_models(args.model)
+    models = choose_models(args.model, sample=args.sample)
     if args.headless or not has_display():
-        report = run_headless(models, args.out, depth=args.depth, device=args.device, overwrite=args.overwrite)
+        report = run_headless(
+            models, args.out, depth=args.depth, device=args.device, overwrite=args.overwrite, sample=args.sample
+        )
         print(report)
         return 0
-    return gui_demo()(models, depth=args.depth, device=args.device)
+    return gui_demo()(models, depth=args.depth, device=args.device, sample=args.sample)
 
 
 GUI_ENTRY_POINTS = "cascadeseg.gui"
@@ -108,8 +121,9 @@ def gui_demo() -> Any:
     )
 
 
-def choose_models(requested: str | None = None) -> DemoModels:
-    """The demo's checkpoints (see the module docstring); a clear error when none is installed."""
+def choose_models(requested: str | None = None, sample: str = "brain") -> DemoModels:
+    """The demo's checkpoints for a bundled sample (see the module docstring); a clear error when
+    none is installed."""
     from ..inference.checkpoint import available_checkpoints, resolve_checkpoint
     from ..models import model_class
 
@@ -129,10 +143,17 @@ def choose_models(requested: str | None = None) -> DemoModels:
             "no default model is installed (resources/checkpoints is empty): train one with "
             "'cascadeseg train' or pass --model CHECKPOINT_FOLDER"
         )
-    from ..shipped import DEFAULT_MODEL
+    from ..shipped import sample as bundled
 
+    made_for = bundled(sample).model
     pruned = [e for e in shipped if info(e) is not None and info(e).pruning_depths]
-    main = next((e for e in shipped if e.name == DEFAULT_MODEL), None) or (pruned or shipped)[0]
+    main = next((e for e in shipped if e.name == made_for), None)
+    if main is None and sample != "brain":
+        raise CheckpointError(
+            f"the shipped model '{made_for}' for the {sample} sample is not installed: reinstall napari-cascade "
+            "or pass --model CHECKPOINT_FOLDER"
+        )
+    main = main or (pruned or shipped)[0]
     # The stages row segments the same scan: a cascade that takes the main model's channels.
     stages = next(
         (e for e in cascades if e.path != main.path and e.card.channel_names == main.card.channel_names), None
@@ -154,18 +175,26 @@ def free_path(path: Path, overwrite: bool) -> Path:
 
 
 def run_headless(
-    models: DemoModels, out: Path, *, depth: int | None = None, device: str = "auto", overwrite: bool = False
+    models: DemoModels,
+    out: Path,
+    *,
+    depth: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    sample: str = "brain",
 ) -> str:
-    """Segment the sample, write the mask and the overview PNG; returns a summary to print."""
+    """Segment a bundled sample, write the mask and the overview PNG; returns a summary to print."""
     from ..inference.predictor import PredictionRequest, Predictor
     from ..io import load_labels, load_volume, save_labels
-    from ..metrics import evaluate_case
-    from ..shipped import SAMPLE_CASE_ID, sample_label_path, sample_scan_path
+    from ..metrics import case_mean_dice
+    from ..shipped import sample as bundled
+    from ..shipped import sample_label_path, sample_scan_path
     from .predict import ProgressBar
 
     start = time.perf_counter()
-    scan = load_volume(sample_scan_path())
-    truth = load_labels(sample_label_path(), reference=scan)
+    case_id = bundled(sample).case_id
+    scan = load_volume(sample_scan_path(sample))
+    truth = load_labels(sample_label_path(sample), reference=scan)
     predictor = Predictor.from_checkpoint(models.main, device=device)
     card = predictor.card
     has_depths = len(getattr(predictor.model.info, "pruning_depths", ())) > 1
@@ -192,13 +221,15 @@ def run_headless(
 
     out.mkdir(parents=True, exist_ok=True)
     mask_path = save_labels(
-        result.labels, scan, free_path(out / f"{SAMPLE_CASE_ID}_mask.nii.gz", overwrite), overwrite=overwrite
+        result.labels, scan, free_path(out / f"{case_id}_mask.nii.gz", overwrite), overwrite=overwrite
     )
-    png_path = free_path(out / f"{SAMPLE_CASE_ID}_overview.png", overwrite)
+    png_path = free_path(out / f"{case_id}_overview.png", overwrite)
+    # Mean over the model's foreground classes (one organ or lesion per class), the one Dice of
+    # cascadeseg.metrics; a stage or depth map has the same classes.
+    foreground = [v for v in card.class_values if v != 0]
+    reference = np.asarray(truth.array).reshape(scan.spatial_shape)
     dice = {
-        title: evaluate_case(labels, truth.array, scan.spacing, regions={"fg": tuple(range(1, 256))}, surface=False)[
-            "fg"
-        ]["dice"]
+        title: case_mean_dice(np.asarray(labels).reshape(reference.shape), reference, foreground)
         for title, labels in panels[1:]
     }
     write_overview(
@@ -208,10 +239,10 @@ def run_headless(
         dice,
         scan.spacing,
         png_path,
-        title=f"{SAMPLE_CASE_ID}: {name} on {result.device}, {result.rate:.1f} {result.unit}/s",
+        title=f"{case_id}: {name} on {result.device}, {result.rate:.1f} {result.unit}/s",
     )
     lines = [
-        f"sample {SAMPLE_CASE_ID} ({' x '.join(map(str, scan.spatial_shape))} voxels) segmented by {name} "
+        f"sample {case_id} ({' x '.join(map(str, scan.spatial_shape))} voxels) segmented by {name} "
         f"({card.architecture}, depth {result.depth}) on {result.device} in {result.timings['total']:.1f} s "
         f"({result.rate:.1f} {result.unit}/s)",
         *(f"  Dice vs ground truth, {title}: {value:.3f}" for title, value in dice.items()),
