@@ -65,6 +65,9 @@ class LayerFeeder(QObject):
         self._batching = False
 
     def start(self) -> None:
+        from .workers import install_unit_registry
+
+        install_unit_registry()  # before napari's first layer would build its own here
         if self.batch:
             self.viewer.layers.events.begin_batch()
             self._batching = True

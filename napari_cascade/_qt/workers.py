@@ -83,14 +83,17 @@ def format_progress(progress: Any) -> str:
 
 _WARM = threading.Lock()
 _warmed = False
+_prebuilt_units: Any = None
 
 
 def warm_imports() -> None:
-    """Import what napari imports lazily on the GUI thread when the first labels layer of a
-    session arrives: pandas, for the layer's features (0.2-0.5 s of frozen window otherwise).
-    Only imports (serialised by Python's import lock): pint's unit registry, which napari also
-    loads lazily, is not thread-safe while it loads, so it is left to napari. Never raises."""
-    global _warmed
+    """Prepare, off the GUI thread, what napari otherwise builds lazily on it when the first layers
+    of a session arrive: pandas (imported for a labels layer's features, 0.2-0.5 s of frozen
+    window) and pint's default unit registry (parsed for the first layer's units, about 0.3 s).
+    The registry is built privately here, a new object no other thread can see (napari's own lazy
+    one is not safe to build from a worker while napari may touch it); :func:`install_unit_registry`
+    hands it to napari on the GUI thread. Never raises."""
+    global _warmed, _prebuilt_units
     with _WARM:
         if _warmed:
             return
@@ -99,6 +102,35 @@ def warm_imports() -> None:
             import pandas  # noqa: F401
         except ImportError:  # napari would fail on its own terms; nothing to warm
             LOG.debug("pandas is not importable; nothing to warm")
+        if _units_still_lazy():
+            try:
+                import pint
+
+                # What pint's lazy application registry builds on first use, exactly.
+                _prebuilt_units = pint.UnitRegistry(on_redefinition="raise")
+            except Exception:  # noqa: BLE001 - napari then builds its own, as before
+                LOG.debug("could not prepare pint's unit registry", exc_info=True)
+
+
+def _units_still_lazy() -> bool:
+    """Whether pint's application registry is still the lazy one nobody has used yet."""
+    try:
+        import pint
+        from pint.registry import LazyRegistry
+    except ImportError:
+        return False
+    return isinstance(pint.get_application_registry().get(), LazyRegistry)
+
+
+def install_unit_registry() -> None:
+    """GUI thread, before layers are added: give napari the unit registry a worker built, unless
+    something already built the lazy one (then units of it may exist, and it stays)."""
+    global _prebuilt_units
+    registry, _prebuilt_units = _prebuilt_units, None
+    if registry is not None and _units_still_lazy():
+        import pint
+
+        pint.set_application_registry(registry)
 
 
 def warm_up_soon() -> None:

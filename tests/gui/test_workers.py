@@ -71,3 +71,33 @@ def test_closing_the_viewer_mid_job_and_after_one_prints_nothing(make_napari_vie
     out, err = capfd.readouterr()
     assert "Signal source has been deleted" not in err and "Traceback" not in err, err[-2000:]
     assert not [r for r in notification_manager.records if isinstance(r, ErrorNotification)]
+
+
+def test_unit_registry_built_in_a_worker_is_the_one_napari_uses() -> None:
+    """pint's registry (about 0.3 s of parsing that napari does lazily on the GUI thread for the
+    first layer) is built by the warm-up worker as a private object and handed to napari on the
+    GUI thread before any layer exists; layers then convert units with it. A fresh interpreter,
+    because the registry is process-wide and other tests have built it already."""
+    import subprocess
+    import sys
+
+    script = """
+import threading, pint
+from pint.registry import LazyRegistry
+from napari_cascade._qt import workers
+assert isinstance(pint.get_application_registry().get(), LazyRegistry)
+thread = threading.Thread(target=workers.warm_imports); thread.start(); thread.join()
+assert isinstance(pint.get_application_registry().get(), LazyRegistry)  # built, not yet handed over
+built = workers._prebuilt_units
+workers.install_unit_registry()
+assert pint.get_application_registry().get() is built and workers._prebuilt_units is None
+from napari.layers import Image
+import numpy as np
+layer = Image(np.zeros((4, 5, 6), np.float32), scale=(2.0, 0.5, 0.5), units=("mm", "mm", "mm"))
+assert str(layer.units[0]) == "millimeter" and (1 * layer.units[0]).to("m").magnitude == 0.001
+workers.install_unit_registry()  # nothing left to install: a no-op
+assert pint.get_application_registry().get() is built
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
