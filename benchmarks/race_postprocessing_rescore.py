@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import write_results  # noqa: E402
+from one_click_race import score  # noqa: E402  (the race's own scoring of saved predictions)
 
 LGG = ROOT.parent / "shared" / "data" / "lgg-flair"  # the races' data (the first race's holdout.json omits it)
 
@@ -56,19 +57,6 @@ def holdout_dice(predictor, holdout: dict, postprocessing: dict | None) -> dict[
     return dice
 
 
-def saved_dice(folder: Path, holdout: dict) -> dict[str, float]:
-    from cascadeseg.io import load_labels, load_volume
-    from cascadeseg.metrics import case_mean_dice
-
-    data = Path(holdout.get("data", LGG))
-    out = {}
-    for case in holdout["cases"]:
-        reference = np.asarray(load_labels(data / "labelsTr" / f"{case}.nii.gz").array)
-        prediction = np.asarray(load_volume(folder / f"{case}.nii.gz").array).reshape(reference.shape)
-        out[case] = case_mean_dice(prediction.astype(np.uint8), reference, [1])
-    return out
-
-
 def main() -> None:
     import torch
 
@@ -98,7 +86,7 @@ def main() -> None:
         holdout = json.loads((race / "holdout.json").read_text())
         before = holdout_dice(predictor, holdout, old)
         after = before if new == old else holdout_dice(predictor, holdout, new)
-        monai = saved_dice(race / "monai_pred", holdout)
+        monai = score(race / "monai_pred", Path(holdout.get("data", LGG)), holdout["cases"])
         m_before, m_after, m_monai = (float(np.mean(list(d.values()))) for d in (before, after, monai))
         rows.append(
             f"| {race.name} (seed {holdout['seed']}) | {old} | {new} | {m_before:.3f} (min {min(before.values()):.3f}) | "

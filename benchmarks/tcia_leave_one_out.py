@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument(
         "--train-args",
         default="",
-        help="a variant: extra 'cascadeseg train' options, e.g. '--no-auto-init' (default: none, the one-click run)",
+        help="a variant: extra 'cascadeseg train' options, written --train-args='--no-auto-init' (the '=' lets the "
+        "value start with '--'; default: none, the one-click run)",
     )
     add_folder_arguments(parser, "tcia_loo")
     args = parser.parse_args()

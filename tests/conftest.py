@@ -43,6 +43,18 @@ def _limit_threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _allocator_opt_in_restored():
+    """The command line opts its process in to heap reuse (cascadeseg.inference.allocator); a
+    test that calls ``main([...])`` in pytest's process must not leave every later test opted in
+    (the allocator tests assume plain glibc)."""
+    from cascadeseg.inference import allocator
+
+    opted_in = allocator.enabled()
+    yield
+    allocator.enable(opted_in)
+
+
 @pytest.fixture
 def artifacts_dir() -> Path:
     """Where tests drop files a reviewer should look at (screenshots, tables)."""

@@ -23,7 +23,6 @@ class Sample:
     scan: str  # resource paths under cascadeseg.resources
     labels: str
     model: str  # the shipped model the demo runs on it
-    title: str
     unseen: bool  # whether that model never trained on this patient (a fair demonstration)
 
 
@@ -36,7 +35,6 @@ SAMPLES: dict[str, Sample] = {
             "sample/TCGA_DU_6404_19850629_flair.nii.gz",
             "sample/TCGA_DU_6404_19850629_mask.nii.gz",
             "lgg_flair_anu_net_2d",
-            "Brain MRI with tumour mask (LGG FLAIR)",
             unseen=True,  # kept in the validation split of every model trained here
         ),
         Sample(
@@ -45,7 +43,6 @@ SAMPLES: dict[str, Sample] = {
             "sample/chaos_t2_02_t2spir.nii.gz",
             "sample/chaos_t2_02_organs.nii.gz",
             "chaos_t2_anu_net_2d",
-            "Abdominal MRI with liver, kidneys and spleen (CHAOS T2-SPIR)",
             unseen=True,  # one of the CHAOS model's three held-out patients
         ),
         Sample(
@@ -54,7 +51,6 @@ SAMPLES: dict[str, Sample] = {
             "sample/totalseg_example_ct_sm.nii.gz",
             "sample/totalseg_example_ct_sm_liver.nii.gz",
             "ct_liver_unet_3d",
-            "Abdominal CT with liver mask (TotalSegmentator example)",
             unseen=False,  # the CT model's training patient: the shared data holds no other CT
         ),
     )

@@ -99,14 +99,9 @@ def test_headless_demo_on_the_abdominal_and_ct_samples(sample: str, floor: float
     ANU-Net in 2D, CT liver U-Net in 3D) segments it; mean Dice over the model's classes against the
     sample's reference (measured 0.830 and 0.786 on this CPU; floors 0.05 below)."""
     from cascadeseg.cli.main import main
-    from cascadeseg.inference import allocator
     from cascadeseg.shipped import sample as bundled
 
-    opted_in = allocator.enabled()
-    try:
-        assert main(["demo", "--sample", sample, "--headless", "--device", "cpu", "--out", str(tmp_path)]) == 0
-    finally:  # the command line opts its process in to heap reuse; this process is pytest's
-        allocator.enable(opted_in)
+    assert main(["demo", "--sample", sample, "--headless", "--device", "cpu", "--out", str(tmp_path)]) == 0
     case = bundled(sample).case_id
     mask = load_labels(tmp_path / f"{case}_mask.nii.gz")
     reference = load_labels(sample_label_path(sample))

@@ -35,6 +35,7 @@ import numpy as np
 
 from .._atomic import open_atomic
 from ..errors import CascadeSegError, CheckpointError
+from ..shipped import SAMPLES
 
 DEFAULT_OUT = Path("out")
 
@@ -57,7 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--sample",
         default="brain",
-        choices=["brain", "abdomen", "ct"],
+        choices=list(SAMPLES),
         help="which bundled scan: brain MRI (FLAIR), abdominal MRI (T2-SPIR) or CT (default: brain)",
     )
     parser.add_argument(

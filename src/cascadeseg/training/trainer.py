@@ -520,17 +520,12 @@ class Trainer:
         return list(first.image.channel_names) or [f"{c:04d}" for c in range(count)]
 
     def _channel_names(self, data_names: list[str]) -> list[str]:
-        if self.cfg.channel_names:
-            names = list(self.cfg.channel_names)
-        elif self.parent_card is not None and len(self.parent_card.channel_names) == self.in_channels:
-            names = self.parent_card.channel_names  # "0000" would lose what the parent knew
-        else:
-            names = data_names
-        if len(names) != self.in_channels:
-            raise ModelConfigError(
-                f"channel_names lists {len(names)} names but the images have {self.in_channels} channel(s)"
-            )
-        return list(names)
+        """The card's channel names: the data's (the user's when given, checked in
+        :meth:`_data_channel_names`), or a parent checkpoint's when the data names none."""
+        if not self.cfg.channel_names and self.parent_card is not None:
+            if len(self.parent_card.channel_names) == self.in_channels:
+                return list(self.parent_card.channel_names)  # "0000" would lose what the parent knew
+        return list(data_names)
 
     def _make_split(self) -> Split:
         cfg = self.cfg
