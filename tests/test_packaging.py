@@ -115,3 +115,26 @@ def _is_package_path(name: str) -> bool:
         if spec is None or spec.submodule_search_locations is None:
             return False
     return True
+
+
+def test_every_data_file_beside_the_engine_code_is_package_data() -> None:
+    """A file the engine reads from its own packages (the model catalogue) must reach a wheel."""
+    import fnmatch
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    engine = ROOT / "src" / "cascadeseg"
+    data_files = [
+        path
+        for path in engine.rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc", ".typed") and "__pycache__" not in path.parts
+    ]
+    assert any(path.name == "catalogue.toml" for path in data_files)
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in data_files
+        if not any(
+            fnmatch.fnmatch(path.name, pattern)
+            for pattern in declared.get(".".join(path.parent.relative_to(ROOT / "src").parts), [])
+        )
+    ]
+    assert not missing, f"add these files to [tool.setuptools.package-data]: {missing}"

@@ -37,8 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelConfigError
-from .base import ModelInfo
+from .base import model_info
 from .blocks.attention import AttentionGate
 from .blocks.conv import DoubleConv
 from .blocks.nested import Grid, NestedUNetBase, node_key, node_name
@@ -60,22 +59,11 @@ def gate_name(i: int, k: int, j: int) -> str:
 class ANUNet(NestedUNetBase):
     """Attention-based nested U-Net in 2D or 3D with deep supervision, pruning and attention maps."""
 
-    info = ModelInfo(
-        name="anu_net",
-        title="ANU-Net (attention-based nested U-Net)",
-        family="nested",
-        dims=(2, 3),
-        paper="Li et al. 2020, ANU-Net, Computers & Graphics (paper 003)",
-        deep_supervision=True,
-        pruning_depths=(1, 2, 3, 4),
-        attention=True,
-        default_loss="anu_hybrid",
-    )
+    info = model_info("anu_net")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, merge: str = "concat", **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
-        if merge not in MERGES:
-            raise ModelConfigError(f"model '{self.info.name}': merge must be one of {MERGES}, got {merge!r}")
+        self.check_option("merge", merge, MERGES)
         self.merge = merge
         w, norm, concat = self.widths, self.norm, merge == "concat"
         self.nodes = nn.ModuleDict(

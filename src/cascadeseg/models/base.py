@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from importlib import resources
+from typing import Any, ClassVar
 
+import tomllib
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
 from .blocks.conv import Norm
-from .blocks.encoder_decoder import level_widths, pooling_plan
+from .blocks.encoder_decoder import BlockFactory, LevelLayout, level_widths, pooling_plan
 from .blocks.sampling import Factor, cumulative_divisor
 from .output import OutputRequest, SegmentationOutput
 
@@ -37,6 +41,34 @@ class ModelInfo:
     classification_guided: bool = False
     default_loss: str = "dice_ce"
     body_mask_at_inference: bool = False
+
+
+CATALOGUE = "catalogue.toml"
+
+
+@functools.cache
+def _catalogue() -> dict[str, dict[str, Any]]:
+    return tomllib.loads(resources.files(__package__).joinpath(CATALOGUE).read_text(encoding="utf-8"))
+
+
+def catalogue_modules() -> dict[str, str]:
+    """Registry name -> the module implementing it, in the catalogue's order."""
+    return {name: f"{__package__}.{entry['module']}" for name, entry in _catalogue().items()}
+
+
+def model_info(name: str) -> ModelInfo:
+    """Architecture ``name``'s entry of the zoo's catalogue (``catalogue.toml`` beside this file):
+    descriptions live in one readable table, the classes keep only code."""
+    entries = _catalogue()
+    if name not in entries:
+        raise ModelConfigError(f"{CATALOGUE}: no entry '{name}' (entries: {', '.join(entries)})")
+    entry: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in entries[name].items()}
+    del entry["module"]
+    known = {field.name for field in dataclasses.fields(ModelInfo)} - {"name"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ModelConfigError(f"{CATALOGUE} [{name}]: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    return ModelInfo(name=name, **entry)
 
 
 class SegmentationModel(nn.Module):
@@ -92,6 +124,18 @@ class SegmentationModel(nn.Module):
         self.norm: Norm = norm
         # As given (in 2D the plan ignores it: slices are pooled isotropically, see pooling_plan).
         self.spacing: tuple[float, ...] | None = None if spacing is None else tuple(float(s) for s in spacing)
+
+    @classmethod
+    def check_option(cls, option: str, value: object, choices: Sequence[object]) -> None:
+        """Refuse an architecture option outside its choices, naming the model, the option and the
+        choices (MONAI's ``look_up_option`` convention)."""
+        if value not in choices:
+            raise ModelConfigError(f"model '{cls.info.name}': {option} must be one of {tuple(choices)}, got {value!r}")
+
+    def level_layout(self, make_block: BlockFactory, plan: Sequence[Factor] | None = None) -> LevelLayout:
+        """This model's dims and widths with ``make_block`` at every level and its pooling plan
+        (or ``plan``: the coarse-to-fine cascade's stage 1 pools its own way)."""
+        return LevelLayout(self.dims, tuple(self.widths), tuple(self.plan if plan is None else plan), make_block)
 
     @property
     def max_depth(self) -> int:

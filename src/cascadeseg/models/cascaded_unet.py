@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import ModelInfo, SegmentationModel
+from .base import SegmentationModel, model_info
 from .blocks.encoder_decoder import double_conv_factory
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
@@ -29,21 +29,13 @@ from .unet import UNetBody
 class CascadedUNet(SegmentationModel):
     """Two U-Nets; the second sees the image and the first one's probabilities (paper 000, Fig. 1)."""
 
-    info = ModelInfo(
-        name="cascaded_unet",
-        title="Cascaded U-Net",
-        family="cascade",
-        dims=(2, 3),
-        paper="Wu et al. 2022 (paper 000), Fig. 1: plain cascaded U-Net",
-        stages=("stage1", "stage2"),
-        default_loss="focal_tversky",
-    )
+    info = model_info("cascaded_unet")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
-        block = double_conv_factory(dims, self.norm)
-        self.stage1 = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block)
-        self.stage2 = UNetBody(dims, in_channels + num_classes, num_classes, self.widths, self.plan, block)
+        layout = self.level_layout(double_conv_factory(dims, self.norm))
+        self.stage1 = UNetBody(layout, in_channels, num_classes)
+        self.stage2 = UNetBody(layout, in_channels + num_classes, num_classes)
 
     def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         coarse = self.stage1(x)

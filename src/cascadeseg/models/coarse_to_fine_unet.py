@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ModelConfigError
-from .base import ModelInfo, SegmentationModel
+from .base import SegmentationModel, model_info
 from .blocks.encoder_decoder import double_conv_factory, pooling_plan
 from .blocks.sampling import cumulative_divisor, resize_to
 from .output import OutputRequest, SegmentationOutput
@@ -107,16 +107,7 @@ def stage2_region(stage1: Tensor, stage2: Tensor) -> Tensor:
 class CoarseToFineUNet(SegmentationModel):
     """Two-stage coarse-to-fine U-Net; stage 2 works only in stage 1's candidate box (paper 002)."""
 
-    info = ModelInfo(
-        name="coarse_to_fine_unet",
-        title="Coarse-to-fine cascaded 3D U-Net",
-        family="cascade",
-        dims=(2, 3),
-        paper="Roth et al. 2018, hierarchical 3D FCN for multi-organ CT (review: paper 002)",
-        stages=("stage1", "stage2"),
-        default_loss="class_weighted_ce",
-        body_mask_at_inference=True,
-    )
+    info = model_info("coarse_to_fine_unet")
 
     def __init__(
         self,
@@ -142,8 +133,8 @@ class CoarseToFineUNet(SegmentationModel):
         self.coarse_plan = pooling_plan(self.info.name, dims, self.levels, coarse_spacing)
         self.margin = tuple(math.ceil(margin_mm / s) for s in voxel)
         block = double_conv_factory(dims, self.norm)
-        self.stage1 = UNetBody(dims, in_channels, num_classes, self.widths, self.coarse_plan, block)
-        self.stage2 = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block)
+        self.stage1 = UNetBody(self.level_layout(block, self.coarse_plan), in_channels, num_classes)
+        self.stage2 = UNetBody(self.level_layout(block), in_channels, num_classes)
         self.last_crop: Box | None = None
         self.last_crop_fraction: float = 0.0
         # Not a constructor option: a run-time switch for measuring the crop's saving, never saved.

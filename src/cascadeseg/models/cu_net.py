@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ModelInfo, SegmentationModel
+from .base import SegmentationModel, model_info
 from .blocks.conv import Norm
 from .blocks.encoder_decoder import BlockFactory, segmentation_head
 from .blocks.residual import ResidualBlock
@@ -74,23 +74,13 @@ def hierarchical_fusion(whole: Tensor, parts: Tensor) -> Tensor:
 class CUNet(SegmentationModel):
     """Cascaded U-Net with between-net connections (paper 001); see the module docstring."""
 
-    info = ModelInfo(
-        name="cu_net",
-        title="CU-Net (cascaded U-Net with between-net connections)",
-        family="cascade",
-        paper="Liu et al., paper 001: cascaded U-Net for brain tumour segmentation",
-        dims=(2, 3),
-        deep_supervision=True,
-        stages=("stage1", "stage2"),
-        default_loss="weighted_sampling",
-        body_mask_at_inference=True,
-    )
+    info = model_info("cu_net")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
-        widths, block = self.widths, residual_factory(dims, self.norm)
-        self.unet1 = UNetBody(dims, in_channels, WHOLE_TARGET_CLASSES, widths, self.plan, block)
-        self.unet2 = UNetBody(dims, in_channels, num_classes, widths, self.plan, block, extra_channels=widths)
+        widths, layout = self.widths, self.level_layout(residual_factory(dims, self.norm))
+        self.unet1 = UNetBody(layout, in_channels, WHOLE_TARGET_CLASSES)
+        self.unet2 = UNetBody(layout, in_channels, num_classes, extra_channels=widths)
         # Auxiliary 1x1 heads on the lower-resolution decoding layers (levels 2..L, 1-based).
         self.aux1 = nn.ModuleList(segmentation_head(dims, w, WHOLE_TARGET_CLASSES) for w in widths[1:])
         self.aux2 = nn.ModuleList(segmentation_head(dims, w, num_classes) for w in widths[1:])

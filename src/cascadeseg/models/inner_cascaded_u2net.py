@@ -26,8 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ModelConfigError
-from .base import ModelInfo
+from .base import model_info
 from .blocks.conv import Norm
 from .blocks.encoder_decoder import BlockFactory
 from .blocks.rsu import RSU, RSU4F
@@ -71,22 +70,12 @@ def rsu_factory(
 class InnerCascadedU2Net(InnerCascadedUNet):
     """Inner Cascaded U²-Net (paper 000, Sec. 2.3): Eq. 1-2 with RSU blocks."""
 
-    info = ModelInfo(
-        name="inner_cascaded_u2net",
-        title="Inner Cascaded U²-Net",
-        family="cascade",
-        dims=(2, 3),
-        paper="Wu et al. 2022 (paper 000), Sec. 2.3, Fig. 3b (RSU from Qin et al. 2020)",
-        default_loss="focal_tversky",
-    )
+    info = model_info("inner_cascaded_u2net")
 
     def __init__(
         self, in_channels: int, num_classes: int, dims: int, rsu_heights: str = "u2net", **common: Any
     ) -> None:
-        if rsu_heights not in RSU_HEIGHTS:
-            raise ModelConfigError(
-                f"model '{self.info.name}': rsu_heights must be one of {RSU_HEIGHTS}, got {rsu_heights!r}"
-            )
+        self.check_option("rsu_heights", rsu_heights, RSU_HEIGHTS)
         # A plain attribute, set first because the parent's constructor builds the blocks with it.
         self.rsu_heights = rsu_heights
         super().__init__(in_channels, num_classes, dims, **common)

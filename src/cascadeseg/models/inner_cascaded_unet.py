@@ -34,9 +34,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ModelInfo, SegmentationModel
-from .blocks.encoder_decoder import BlockFactory, UNetDecoder, UNetEncoder, double_conv_factory, segmentation_head
-from .blocks.sampling import Downsample, Factor, Upsample
+from .base import SegmentationModel, model_info
+from .blocks.encoder_decoder import (
+    BlockFactory,
+    LevelLayout,
+    UNetDecoder,
+    UNetEncoder,
+    double_conv_factory,
+    segmentation_head,
+)
+from .blocks.sampling import Downsample, Upsample
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 
@@ -44,15 +51,16 @@ from .registry import register
 class InnerCascadedEncoder(nn.Module):
     """The latter U-Net's encoder, Eq. 1."""
 
-    def __init__(self, dims: int, widths: Sequence[int], plan: Sequence[Factor], make_block: BlockFactory) -> None:
+    def __init__(self, layout: LevelLayout) -> None:
         super().__init__()
+        dims, widths = layout.dims, layout.widths
         last = len(widths) - 1
-        self.pools = nn.ModuleList(Downsample(dims, factor) for factor in plan)
-        self.ups = nn.ModuleList(Upsample(dims, factor, mode="interp") for factor in plan)
+        self.pools = nn.ModuleList(Downsample(dims, factor) for factor in layout.plan)
+        self.ups = nn.ModuleList(Upsample(dims, factor, mode="interp") for factor in layout.plan)
         blocks = []
         for i, width in enumerate(widths):
             in_ch = width + (widths[i - 1] if i > 0 else 0) + (widths[i + 1] if i < last else 0)
-            blocks.append(make_block(i, in_ch, width))
+            blocks.append(layout.make_block(i, in_ch, width))
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, former: Sequence[Tensor]) -> list[Tensor]:
@@ -71,23 +79,13 @@ class InnerCascadedEncoder(nn.Module):
 class InnerCascadedBody(nn.Module):
     """Former U-Net, latter encoder (Eq. 1), latter decoder (Eq. 2) and head; tensor to logits."""
 
-    def __init__(
-        self,
-        dims: int,
-        in_channels: int,
-        num_classes: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
-    ) -> None:
+    def __init__(self, layout: LevelLayout, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.former_encoder = UNetEncoder(dims, in_channels, widths, plan, make_block)
-        self.former_decoder = UNetDecoder(dims, widths, plan, make_block, upsample="interp")
-        self.latter_encoder = InnerCascadedEncoder(dims, widths, plan, make_block)
-        self.latter_decoder = UNetDecoder(
-            dims, widths, plan, make_block, skip_widths=[2 * w for w in widths], upsample="interp"
-        )
-        self.head = segmentation_head(dims, widths[0], num_classes)
+        self.former_encoder = UNetEncoder(layout, in_channels)
+        self.former_decoder = UNetDecoder(layout, upsample="interp")
+        self.latter_encoder = InnerCascadedEncoder(layout)
+        self.latter_decoder = UNetDecoder(layout, skip_widths=[2 * w for w in layout.widths], upsample="interp")
+        self.head = segmentation_head(layout.dims, layout.widths[0], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         e1 = self.former_encoder(x)
@@ -101,18 +99,11 @@ class InnerCascadedBody(nn.Module):
 class InnerCascadedUNet(SegmentationModel):
     """Inner Cascaded U-Net (paper 000, Eq. 1-2); see the module docstring for the equations."""
 
-    info = ModelInfo(
-        name="inner_cascaded_unet",
-        title="Inner Cascaded U-Net",
-        family="cascade",
-        dims=(2, 3),
-        paper="Wu et al. 2022 (paper 000), Sec. 2.2, Eq. 1-2",
-        default_loss="focal_tversky",
-    )
+    info = model_info("inner_cascaded_unet")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
-        self.body = InnerCascadedBody(dims, in_channels, num_classes, self.widths, self.plan, self.block_factory())
+        self.body = InnerCascadedBody(self.level_layout(self.block_factory()), in_channels, num_classes)
 
     def block_factory(self) -> BlockFactory:
         """The block ``C`` of Eq. 1-2: the plain double convolution (the U²-Net variant overrides)."""

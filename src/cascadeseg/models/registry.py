@@ -11,21 +11,10 @@ import importlib
 from typing import Any, TypeVar
 
 from ..errors import ModelConfigError
-from .base import ModelInfo, SegmentationModel
+from .base import ModelInfo, SegmentationModel, catalogue_modules
 
-# One file per architecture (registry name -> module).
-ARCHITECTURE_MODULES: dict[str, str] = {
-    "unet": "cascadeseg.models.unet",
-    "cascaded_unet": "cascadeseg.models.cascaded_unet",
-    "cu_net": "cascadeseg.models.cu_net",
-    "coarse_to_fine_unet": "cascadeseg.models.coarse_to_fine_unet",
-    "inner_cascaded_unet": "cascadeseg.models.inner_cascaded_unet",
-    "inner_cascaded_u2net": "cascadeseg.models.inner_cascaded_u2net",
-    "unet_plus_plus": "cascadeseg.models.unet_plus_plus",
-    "anu_net": "cascadeseg.models.anu_net",
-    "unet3plus": "cascadeseg.models.unet3plus",
-    "unet_sharp": "cascadeseg.models.unet_sharp",
-}
+# One file per architecture (registry name -> module), from the catalogue.
+ARCHITECTURE_MODULES: dict[str, str] = catalogue_modules()
 
 _REGISTRY: dict[str, type[SegmentationModel]] = {}
 M = TypeVar("M", bound=type[SegmentationModel])

@@ -28,10 +28,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import ModelConfigError
-from .base import ModelInfo, SegmentationModel
-from .blocks.encoder_decoder import BlockFactory, UNetDecoder, UNetEncoder, double_conv_factory, segmentation_head
-from .blocks.sampling import Factor
+from .base import SegmentationModel, model_info
+from .blocks.encoder_decoder import LevelLayout, UNetDecoder, UNetEncoder, double_conv_factory, segmentation_head
 from .output import OutputRequest, SegmentationOutput
 from .registry import register
 
@@ -45,19 +43,16 @@ class UNetBody(nn.Module):
 
     def __init__(
         self,
-        dims: int,
+        layout: LevelLayout,
         in_channels: int,
         num_classes: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
         extra_channels: Sequence[int] | None = None,
         upsample: str = "transpose",
     ) -> None:
         super().__init__()
-        self.encoder = UNetEncoder(dims, in_channels, widths, plan, make_block, extra_channels)
-        self.decoder = UNetDecoder(dims, widths, plan, make_block, upsample=upsample)
-        self.head = segmentation_head(dims, widths[0], num_classes)
+        self.encoder = UNetEncoder(layout, in_channels, extra_channels)
+        self.decoder = UNetDecoder(layout, upsample=upsample)
+        self.head = segmentation_head(layout.dims, layout.widths[0], num_classes)
 
     def features(self, x: Tensor, extras: Sequence[Tensor | None] | None = None) -> list[Tensor]:
         """Decoder features per level (index 0: full resolution, last: the bottleneck)."""
@@ -72,24 +67,16 @@ class UNetBody(nn.Module):
 class UNet(SegmentationModel):
     """The plain U-Net, 2D or 3D (see the module docstring for the choices made)."""
 
-    info = ModelInfo(
-        name="unet",
-        title="U-Net",
-        family="unet",
-        dims=(2, 3),
-        default_loss="dice_ce",
-        paper="Ronneberger et al. 2015 (2D), Çiçek et al. 2016 (3D); baseline in papers 000-004",
-    )
+    info = model_info("unet")
 
     def __init__(
         self, in_channels: int, num_classes: int, dims: int, upsample: str = "transpose", **common: Any
     ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
-        if upsample not in UPSAMPLING:
-            raise ModelConfigError(f"model 'unet': upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        self.check_option("upsample", upsample, UPSAMPLING)
         self.upsample = upsample
-        block = double_conv_factory(dims, self.norm)
-        self.body = UNetBody(dims, in_channels, num_classes, self.widths, self.plan, block, upsample=upsample)
+        layout = self.level_layout(double_conv_factory(dims, self.norm))
+        self.body = UNetBody(layout, in_channels, num_classes, upsample=upsample)
 
     def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         # A plain U-Net has no heads, stages, attention or classification: nothing optional to compute.

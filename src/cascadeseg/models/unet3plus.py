@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ModelInfo, SegmentationModel
+from .base import SegmentationModel, model_info
 from .blocks.classification_guided import MaxPoolPresenceHead, suppress_absent_classes
 from .blocks.conv import ConvNormAct, conv_layer
 from .blocks.encoder_decoder import UNetEncoder, double_conv_factory
@@ -45,23 +45,14 @@ from .registry import register
 class UNet3Plus(SegmentationModel):
     """UNet 3+ in 2D or 3D with full-scale skips, deep supervision and the CGM."""
 
-    info = ModelInfo(
-        name="unet3plus",
-        title="UNet 3+ (full-scale connected U-Net)",
-        family="full_scale",
-        dims=(2, 3),
-        paper="Huang et al. 2020, UNet 3+ (ICASSP); the baseline of paper 004 (UNet#)",
-        deep_supervision=True,
-        classification_guided=True,
-        default_loss="unet_sharp_mixed",
-    )
+    info = model_info("unet3plus")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, cgm_gating: bool = True, **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
         widths, levels, norm, base_width = self.widths, self.levels, self.norm, self.base_width
         self.cgm_gating = cgm_gating
         fused = levels * base_width
-        self.encoder = UNetEncoder(dims, in_channels, widths, self.plan, double_conv_factory(dims, norm))
+        self.encoder = UNetEncoder(self.level_layout(double_conv_factory(dims, norm)), in_channels)
         bottom = levels - 1
 
         def source_width(level: int, target: int) -> int:

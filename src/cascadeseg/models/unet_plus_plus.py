@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ModelInfo
+from .base import model_info
 from .blocks.conv import DoubleConv
 from .blocks.nested import Grid, NestedUNetBase, node_key
 from .registry import register
@@ -34,16 +34,7 @@ from .registry import register
 class UNetPlusPlus(NestedUNetBase):
     """UNet++ in 2D or 3D with deep supervision and real pruning."""
 
-    info = ModelInfo(
-        name="unet_plus_plus",
-        title="UNet++ (nested U-Net)",
-        family="nested",
-        dims=(2, 3),
-        paper="Zhou et al. 2018/2019, UNet++; compared in papers 003 (ANU-Net) and 004 (UNet#)",
-        deep_supervision=True,
-        pruning_depths=(1, 2, 3, 4),
-        default_loss="dice_ce",
-    )
+    info = model_info("unet_plus_plus")
 
     def __init__(self, in_channels: int, num_classes: int, dims: int, **common: Any) -> None:
         super().__init__(in_channels, num_classes, dims, **common)

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelConfigError
-from .base import ModelInfo
+from .base import model_info
 from .blocks.classification_guided import PooledPresenceHead, suppress_absent_classes
 from .blocks.conv import DoubleConv, conv_layer
 from .blocks.full_scale import FullScaleLink, factor_between
@@ -95,17 +95,7 @@ def full_scale_sources(i: int, j: int) -> list[Node]:
 class UNetSharp(NestedUNetBase):
     """UNet# in 2D or 3D: deep supervision on 8 branches, a CGM per branch, pruning L1..L4."""
 
-    info = ModelInfo(
-        name="unet_sharp",
-        title="UNet# (UNet-sharp)",
-        family="nested",
-        dims=(2, 3),
-        paper="Qian et al., UNet#: a UNet-like redesigning skip connections (paper 004)",
-        deep_supervision=True,
-        pruning_depths=(1, 2, 3, 4),
-        classification_guided=True,
-        default_loss="unet_sharp_mixed",
-    )
+    info = model_info("unet_sharp")
 
     def __init__(
         self,
@@ -124,13 +114,9 @@ class UNetSharp(NestedUNetBase):
         if cgm == "paper":
             # The training input size (zeros: not trained yet); read by cgm_window="auto".
             self.register_buffer("cgm_trained_size", torch.zeros(dims, dtype=torch.long))
-        for option, value, allowed in (
-            ("cgm", cgm, CGM_LAYOUTS),
-            ("link_width", link_width, LINK_WIDTHS),
-            ("link_order", link_order, LINK_ORDERS),
-        ):
-            if value not in allowed:
-                raise ModelConfigError(f"model '{self.info.name}': {option} must be one of {allowed}, got {value!r}")
+        self.check_option("cgm", cgm, CGM_LAYOUTS)
+        self.check_option("link_width", link_width, LINK_WIDTHS)
+        self.check_option("link_order", link_order, LINK_ORDERS)
         self.cgm_gating, self.cgm_layout = cgm_gating, cgm
         w, norm = self.widths, self.norm
         self.nodes = nn.ModuleDict()

@@ -13,6 +13,7 @@ in-plane only until its voxels are roughly isotropic.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,23 @@ from .conv import DoubleConv, Norm
 from .sampling import Downsample, Factor, Upsample, plan_pooling
 
 BlockFactory = Callable[[int, int, int], nn.Module]
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """What the encoders and decoders of one model share: spatial ``dims``, the channel width of
+    every level, the pooling factor between consecutive levels (``plan``, one fewer than the
+    widths) and the block that convolves at a level. Passed as one value so that the four cannot
+    be given in a different order or out of step."""
+
+    dims: int
+    widths: tuple[int, ...]
+    plan: tuple[Factor, ...]
+    make_block: BlockFactory
+
+    def __post_init__(self) -> None:
+        if len(self.plan) != len(self.widths) - 1:
+            raise ValueError(f"pooling plan has {len(self.plan)} steps, expected {len(self.widths) - 1}")
 
 
 def level_widths(base_width: int, levels: int, model: str = "") -> list[int]:
@@ -65,22 +83,13 @@ class UNetEncoder(nn.Module):
     outside (CU-Net's between-net connections); ``forward(x, extras)`` then takes those maps.
     """
 
-    def __init__(
-        self,
-        dims: int,
-        in_channels: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
-        extra_channels: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, layout: LevelLayout, in_channels: int, extra_channels: Sequence[int] | None = None) -> None:
         super().__init__()
-        if len(plan) != len(widths) - 1:
-            raise ValueError(f"pooling plan has {len(plan)} steps, expected {len(widths) - 1}")
+        dims, widths, make_block = layout.dims, layout.widths, layout.make_block
         extra = list(extra_channels) if extra_channels is not None else [0] * len(widths)
         self.widths = list(widths)
         self.blocks = nn.ModuleList()
-        self.pools = nn.ModuleList(Downsample(dims, factor) for factor in plan)
+        self.pools = nn.ModuleList(Downsample(dims, factor) for factor in layout.plan)
         for level, width in enumerate(widths):
             previous = in_channels if level == 0 else widths[level - 1]
             self.blocks.append(make_block(level, previous + extra[level], width))
@@ -110,15 +119,10 @@ class UNetDecoder(nn.Module):
     """
 
     def __init__(
-        self,
-        dims: int,
-        widths: Sequence[int],
-        plan: Sequence[Factor],
-        make_block: BlockFactory,
-        skip_widths: Sequence[int] | None = None,
-        upsample: str = "transpose",
+        self, layout: LevelLayout, skip_widths: Sequence[int] | None = None, upsample: str = "transpose"
     ) -> None:
         super().__init__()
+        dims, widths, plan, make_block = layout.dims, layout.widths, layout.plan, layout.make_block
         skips = list(skip_widths) if skip_widths is not None else list(widths)
         transpose = upsample == "transpose"
         self.ups = nn.ModuleList(
@@ -151,6 +155,7 @@ def segmentation_head(dims: int, in_ch: int, num_classes: int) -> nn.Module:
 
 __all__ = [
     "BlockFactory",
+    "LevelLayout",
     "level_widths",
     "pooling_plan",
     "double_conv_factory",
