@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--no-score", action="store_true",
                         help="no held-out patients (the CT model): keep the run's own validation on the card")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--choose-mirroring", action="store_true",
+                        help="decide the card's test-time mirroring on the run's validation patients "
+                        "(and score the held-out ones both ways)")
     args = parser.parse_args()
 
     from cascadeseg.inference import load_checkpoint
@@ -129,6 +132,7 @@ def main() -> None:
     folder = export_run(
         args.run, destination, which=args.which, name=spec["name"], description=spec["description"],
         holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,
+        choose_mirroring=args.choose_mirroring and not args.no_score, holdout_mirror=args.choose_mirroring,
         card_updates={"classes": spec["classes"], "input_channels": channels, "training": {"licence": spec["licence"]}},
     )
     card = json.loads((folder / "model_card.json").read_text())
@@ -138,16 +142,24 @@ def main() -> None:
         return
     seconds = time_depths(folder, spec["data"], validation["cases"][: args.timing_cases], args.threads)
     names = {str(c["value"]): c["name"] for c in spec["classes"]}
-    print(f"{spec['name']}: {len(validation['cases'])} held-out case(s); recommended depth {card['recommended_depth']}; "
-          f"seconds per case: median over {min(args.timing_cases, len(validation['cases']))} held-out scans through "
-          f"the predictor, {args.threads} thread(s)")
-    print("| depth | mean Dice | per class | HD95 mean / median (mm) | s / case |")
-    print("|---|---:|---|---:|---:|")
+    other_name = "plain" if card["test_time_mirroring"] else "mirrored"
+    other = validation.get(other_name, {}).get("dice_per_depth", {})
+    print(f"{spec['name']}: {len(validation['cases'])} held-out case(s); recommended depth {card['recommended_depth']} "
+          f"(chosen on the run's validation patients); test-time mirroring by default: {card['test_time_mirroring']}"
+          + (" ({})".format({k: v for k, v in validation["mirroring_choice"].items() if k != "cases"})
+             if "mirroring_choice" in validation else "")
+          + f"; seconds per case (the default inference): median over {min(args.timing_cases, len(validation['cases']))} "
+          f"held-out scans through the predictor, {args.threads} thread(s)")
+    print(f"| depth | mean Dice ({'mirrored: ' if card['test_time_mirroring'] else ''}the default) | per class "
+          f"| HD95 mean / median (mm) | {other_name} mean Dice | s / case |")
+    print("|---|---:|---|---:|---:|---:|")
     for depth, dice in validation["dice_per_depth"].items():
         per_class = validation.get("dice_per_class", {}).get(depth, {})
         classes = ", ".join(f"{names[v]} {d:.3f}" for v, d in per_class.items())
         hd = validation["hd95_per_depth"][depth]
-        print(f"| {depth} | {dice:.3f} | {classes} | {hd['mean_mm']} / {hd['median_mm']} | {seconds[int(depth)]:.2f} |")
+        alternative = f"{other[depth]:.3f}" if depth in other else "-"
+        print(f"| {depth} | {dice:.3f} | {classes} | {hd['mean_mm']} / {hd['median_mm']} | {alternative} "
+              f"| {seconds[int(depth)]:.2f} |")
     sys.stdout.flush()
 
 

@@ -235,7 +235,8 @@ def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: P
     run_dir = tmp_path / "run"
     train(tiny_config(lgg_pairs, run_dir, epochs=1, val_cases=["TCGA_DU_6404_19850629"]))
     exported = export_run(run_dir, tmp_path / "model", name="tiny", holdout_data=shared_data / "lgg-flair",
-                          card_updates={"training": {"licence": "CC BY-NC-SA 4.0"}})
+                          card_updates={"training": {"licence": "CC BY-NC-SA 4.0"}},
+                          choose_mirroring=True, holdout_mirror=True)
     assert sorted(p.name for p in exported.iterdir()) == ["model.safetensors", "model_card.json"]
     _, card = load_checkpoint(exported)
     assert card.name == "tiny" and card.training["licence"] == "CC BY-NC-SA 4.0"
@@ -249,6 +250,13 @@ def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: P
     truth = load_labels(shared_data / "lgg-flair" / "labelsTr" / "TCGA_DU_6404_19850629.nii.gz", reference=scan)
     labels = Predictor.from_checkpoint(exported, device="cpu").predict(scan).labels.array
     assert card.validation["dice_per_depth"]["1"] == pytest.approx(case_mean_dice(labels, truth.array, [1]), abs=1e-4)
+    # Mirroring was decided on the run's validation patient, and the card quotes its default inference
+    # (the figures above) with the other way beside them.
+    choice = card.validation["mirroring_choice"]
+    assert choice["cases"] == ["TCGA_DU_6404_19850629"] and card.test_time_mirroring == (choice["mean_paired_gain"] > 0)
+    other = card.validation["plain" if card.test_time_mirroring else "mirrored"]
+    assert other["dice_per_depth"]["1"] == pytest.approx(choice["plain" if card.test_time_mirroring else "mirrored"], abs=1e-4)
+    assert card.mirror_axes == [0, 1]  # the 2D trainer flips both in-plane axes
     with pytest.raises(OutputExistsError):
         export_run(run_dir, exported)
 

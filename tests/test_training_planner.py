@@ -63,6 +63,44 @@ def test_planner_slices_thick_or_flat_stacks_and_goes_3d_on_isotropic_crops(fing
     assert lgg.dims == 2 and lgg.axis == 0 and "thick slices" in plan.choices["dims"].reason
 
 
+def test_classes_named_by_side_are_trained_and_mirrored_without_flips(fingerprints) -> None:
+    """CHAOS names a right and a left kidney: a mirrored sample would show the right kidney where
+    the left belongs, so the plan turns flips off (and says why) and the card then lets test-time
+    mirroring flip nothing; the hippocampus (anterior / posterior) keeps its in-plane flips."""
+    from cascadeseg.training.augmentation import mirrored_axes
+
+    names = ["background", "liver", "right kidney", "left kidney", "spleen"]
+    chaos, plan = plan_training(TrainConfig(data="x", minutes=15, class_names=names), fingerprints["chaos"], CPU)
+    assert chaos.augmentation.flip is False and mirrored_axes(chaos.augmentation, chaos.dims) == []
+    assert "right kidney, left kidney" in plan.choices["augmentation"].reason
+    hippo, plan = plan_training(TrainConfig(data="x", minutes=10), fingerprints["hippocampus"], CPU)
+    assert hippo.augmentation.flip is True and mirrored_axes(hippo.augmentation, 3) == [1, 2]
+    assert "no flips" not in str(plan.choices["augmentation"].value)
+
+
+def test_augmentation_json_changes_only_the_settings_it_names(fingerprints, tmp_path: Path) -> None:
+    """`--augmentation '{"flip": true}'` turns flips back on for CHAOS and keeps the rest of the plan
+    (no 90-degree turns, the scanner-variation set); it used to replace the plan with the bare
+    defaults (90-degree turns on, no gamma / contrast / noise / bias). A setting that does not exist
+    is refused with the choices."""
+    import argparse
+
+    from cascadeseg.cli.train import add_train_arguments, config_from_args
+    from cascadeseg.errors import ModelConfigError
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    names = ["background", "liver", "right kidney", "left kidney", "spleen"]
+    args = parser.parse_args([str(tmp_path), "--minutes", "15", "--class-names", *names, "--augmentation", '{"flip": true}'])
+    planned, plan = plan_training(config_from_args(args), fingerprints["chaos"], CPU)
+    aug = planned.augmentation
+    assert aug.flip is True and aug.rot90 is False and aug.gamma_probability == 0.3 and aug.bias_probability == 0.3
+    assert plan.choices["augmentation_changes"].value == {"flip": True}
+    args = parser.parse_args([str(tmp_path), "--minutes", "15", "--augmentation", '{"flips": false}'])
+    with pytest.raises(ModelConfigError, match=r"unknown setting\(s\) \['flips'\]; choose from enabled, flip"):
+        plan_training(config_from_args(args), fingerprints["chaos"], CPU)
+
+
 def test_cpu_and_gpu_plans_differ_where_the_device_matters(fingerprints) -> None:
     cpu, _ = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
     gpu, _ = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], GPU)

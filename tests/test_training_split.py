@@ -105,6 +105,23 @@ def test_recommended_depth_is_shallowest_within_one_point() -> None:
     assert recommended_depth({1: 0.9}) == 1
 
 
+def test_a_depth_every_validation_patient_finds_worse_is_not_recommended() -> None:
+    """The shipped 3D hippocampus model's own validation patients (32, on its card): L2 is 0.004
+    below L4, inside the point of tolerance, but patient by patient the loss is 4 standard errors
+    (L3: 6), so the card recommends L4; the means alone would have said L2."""
+    from cascadeseg.inference.checkpoint import load_checkpoint, resolve_checkpoint
+
+    _, card = load_checkpoint(resolve_checkpoint("hippocampus_unet_plus_plus_3d"), device=None)
+    trainer = card.validation["trainer_validation"]
+    means = {int(d): float(v) for d, v in trainer["dice_per_depth"].items()}
+    assert len(trainer["dice_per_case"]) == 32 and means[4] - means[2] < 0.01
+    assert recommended_depth(means) == 2
+    assert recommended_depth(means, dice_per_case=trainer["dice_per_case"]) == 4 == card.recommended_depth
+    # Noise, not a loss: the same means with per-case differences that disagree keep the shallow depth.
+    noisy = {f"case {i}": {"2": 0.88 + (0.03 if i % 2 else -0.03), "4": 0.88} for i in range(32)}
+    assert recommended_depth({2: 0.88, 4: 0.8804}, dice_per_case=noisy) == 2
+
+
 def test_augmentation_moves_image_and_labels_together_and_is_seeded() -> None:
     # Labels are a threshold of the image: after any spatial transform they must still agree.
     torch.manual_seed(0)

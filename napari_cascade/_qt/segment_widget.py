@@ -152,7 +152,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             self.axis.addItem(label, value)
         self.device = device_combo()
         self.probabilities = QCheckBox("also add the probability map")
-        self.mirror = QCheckBox("test-time mirroring (more accurate, 4x / 8x slower)")
+        self.mirror = QCheckBox("test-time mirroring (more accurate, 4x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
         self.rerun = QComboBox()
         self.rerun.setToolTip(
@@ -212,6 +212,8 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             + ("x".join(map(str, size)) + " input" if size else "input") + " (speed scales with it)"
         )
         self._measure_depths(entry)
+        self.mirror.setChecked(card.test_time_mirroring and bool(card.test_time_mirror_axes))
+        self.mirror.setEnabled(bool(card.test_time_mirror_axes))
         if card.recommended_depth is not None:
             index = self.depth.findData(card.recommended_depth)
             if index >= 0:

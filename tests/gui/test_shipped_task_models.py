@@ -68,6 +68,9 @@ def test_shipped_3d_model_segments_in_3d_with_named_coloured_classes(
     card, _, scan, truth_path = _held_out(shared_data, HIPPOCAMPUS, "hippocampus")
     viewer, widget, image, labels = _segment(make_napari_viewer, qtbot, HIPPOCAMPUS, scan)
     assert labels.metadata["cascadeseg"]["result"]["mode"] == "3d"  # a 3D network runs in 3D
+    # The card's defaults reach the dock: its full depth and (chosen on validation) mirroring.
+    assert widget.depth.currentData() == card.recommended_depth == 4
+    assert widget.mirror.isChecked() == card.test_time_mirroring is True
     _assert_named_and_coloured(labels, card)
     (truth,) = viewer.open(str(truth_path), plugin=PLUGIN)
     scores = evaluate_case(np.asarray(labels.data), np.asarray(truth.data), image.scale, classes=[1, 2], surface=False)

@@ -105,9 +105,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mirror",
-        action="store_true",
-        help="test-time mirroring (nnU-Net's default): average over the mirror images "
-        "along every in-plane axis in 2D (4x the time) or every axis in 3D (8x)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time mirroring (nnU-Net's default): average over the mirror images along the "
+        "axes training mirrored (the in-plane axes: 4x the time) (default: the model card's "
+        "test_time_mirroring)",
     )
     parser.add_argument(
         "--save-probabilities",

@@ -141,7 +141,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--augmentation",
         default=None,
         metavar="JSON",
-        help='augmentation settings as JSON, e.g. \'{"rot90": false, "elastic_probability": 0.2}\' (default: planned)',
+        help='augmentation settings to change in the plan, as JSON, e.g. \'{"flip": false, "elastic_probability": '
+        "0.2}' (the others stay as planned)",
     )
 
 
@@ -243,6 +244,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             augmentation = json.loads(args.augmentation)
         except ValueError as exc:
             raise ModelConfigError(f"--augmentation: not valid JSON ({exc})") from exc
+        if not isinstance(augmentation, dict):
+            raise ModelConfigError(f"--augmentation: expected a JSON object of settings, got {args.augmentation!r}")
     if args.no_augmentation:
         augmentation = dict(augmentation or {}, enabled=False)
     if "grad_clip" in given and not given["grad_clip"]:
@@ -253,7 +256,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         run_dir=str(run_dir),
         model_options=options or None,
         loss_options=_key_values(args.loss_option, "loss-option"),
-        augmentation=augmentation,
+        augmentation_changes=augmentation,
         command=command,
         **given,
     )

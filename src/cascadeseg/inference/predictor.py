@@ -72,16 +72,18 @@ class PredictionRequest:
     ``probabilities``: softmax per class ``(K, Z, Y, X)`` float32. ``depths``: a label map for every
     pruning depth (one forward pass computes all heads). ``stages``: a label map per cascade stage.
     ``attention``: every attention gate's coefficients resampled onto the image grid.
-    ``mirror``: test-time mirroring, as nnU-Net does by default: the class probabilities are the
-    mean over the input and its mirror images along every in-plane axis (2D: 4 passes) or every
-    axis (3D: 8 passes); the other maps come from the plain pass. 4x/8x the network time.
+    ``mirror``: test-time mirroring, as nnU-Net does: the class probabilities are the mean over the
+    input and its mirror images along every combination of the axes training mirrored
+    (:attr:`~cascadeseg.inference.checkpoint.ModelCard.test_time_mirror_axes`; the in-plane axes:
+    4 passes); the other maps come from the plain pass. ``None``: the card's
+    ``test_time_mirroring``.
     """
 
     probabilities: bool = False
     depths: bool = False
     stages: bool = False
     attention: bool = False
-    mirror: bool = False
+    mirror: bool | None = None
 
     def output_request(self) -> OutputRequest:
         return OutputRequest(heads=self.depths, stages=self.stages, attention=self.attention)
@@ -436,15 +438,15 @@ class Predictor:
         out = self.model(x, depth=None if want.depths else depth, request=request)
         if want.depths and out.heads:
             out.logits = out.heads.get(depth, out.logits)
-        if want.mirror:
+        if self.card.test_time_mirroring if want.mirror is None else want.mirror:
             out.logits = self._mirrored_logits(x, depth, out.logits)
         return out
 
     def _mirrored_logits(self, x: torch.Tensor, depth: int, logits: torch.Tensor) -> torch.Tensor:
         """Log of the mean softmax over ``x`` and its mirror images along every combination of
-        spatial axes (the plain pass's ``logits`` given); argmax and softmax of the result are the
-        mean prediction's."""
-        axes = list(range(2, x.ndim))
+        the axes training mirrored (the plain pass's ``logits`` given); argmax and softmax of the
+        result are the mean prediction's."""
+        axes = [2 + a for a in self.card.test_time_mirror_axes]
         flips = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
         total = torch.softmax(logits.float(), dim=1)
         for dims in flips:

@@ -35,6 +35,14 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generat
     return torch.rand(shape, generator=gen, device=device) * (high - low) + low
 
 
+def mirrored_axes(cfg: AugmentationConfig, dims: int) -> list[int]:
+    """The spatial axes :func:`augment_batch` may mirror (2D: y, x = 0, 1; 3D: z, y, x, of which
+    y, x = 1, 2): the card records them so that test-time mirroring flips nothing else."""
+    if not (cfg.enabled and cfg.flip):
+        return []
+    return [0, 1] if dims == 2 else [1, 2]
+
+
 def augment_batch(
     images: Tensor, labels: Tensor, cfg: AugmentationConfig, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..errors import ModelConfigError
 from ..inference.checkpoint import ModelCard
-from .config import TrainConfig
+from .augmentation import mirrored_axes
+from .config import AugmentationConfig, TrainConfig
 from .validation import ValidationResult
 
 
@@ -139,6 +140,7 @@ def build_card(
         training=training,
         validation=validation_section,
         recommended_depth=recommended,
+        mirror_axes=mirrored_axes(cfg.augmentation or AugmentationConfig(enabled=False), int(cfg.dims or 2)),
         postprocessing=None if validation is None else validation.postprocessing,
         name=name,
         description=description,

@@ -246,6 +246,9 @@ class TrainConfig:
         type=float,
     )
     augmentation: AugmentationConfig | None = option(None, cli=False)
+    # Settings changed on top of the augmentation (planned or given): `--augmentation '{"flip": false}'`
+    # changes that one setting of the plan and keeps the rest.
+    augmentation_changes: dict[str, Any] | None = option(None, cli=False)
     cascade_training: str = option(
         "end_to_end",
         "cascades: both stages jointly, or stage 1 first then stage 2 with stage 1 frozen",

@@ -28,15 +28,20 @@ def export_run(
     holdout_cases: Sequence[str] | None = None,
     card_updates: dict[str, Any] | None = None,
     holdout_mirror: bool = False,
+    choose_mirroring: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Copy ``run_dir/<which>`` to ``destination`` (refused if it exists unless ``overwrite``).
 
     With ``holdout_data`` (the MSD folder the run trained on), the held-out cases (``holdout_cases``,
     default: the card's validation cases) are segmented by the predictor at every depth; the card
-    then records those Dice/HD95 values, and the recommended depth is re-derived from them.
-    ``holdout_mirror``: also score with test-time mirroring (recorded under ``validation.mirrored``;
-    the recommended depth stays the one of plain inference, the default everywhere).
+    then records those Dice/HD95 values, and the recommended depth is re-derived from the run's own
+    validation patients (per case: :func:`~.validation.recommended_depth`), not from the cases
+    quoted. The figures are those of the card's default inference (``test_time_mirroring``);
+    ``holdout_mirror``: also score the other way (under ``validation.mirrored`` or
+    ``validation.plain``). ``choose_mirroring``: decide the card's ``test_time_mirroring`` on
+    the run's validation patients (in ``holdout_data``): on when mirrored inference beats plain
+    inference there at the recommended depth (recorded under ``validation.mirroring_choice``).
     """
     from .validation import recommended_depth
 
@@ -54,23 +59,37 @@ def export_run(
         cases = list(holdout_cases or card.validation.get("cases", []))
         if not cases:
             raise CheckpointError(f"{source}: the card lists no validation cases to score; pass holdout_cases")
-        scores = score_checkpoint(source, Path(holdout_data), cases)
-        trainer_view = {k: card.validation.get(k) for k in ("dice_per_depth", "metric")}
+        # The depth, then mirroring at that depth, are chosen on the run's validation patients,
+        # never on the held-out ones quoted.
+        if model.info.pruning_depths and card.validation.get("dice_per_depth"):
+            card.recommended_depth = recommended_depth(
+                {int(d): float(v) for d, v in card.validation["dice_per_depth"].items()},
+                dice_per_case=card.validation.get("dice_per_case"),
+            )
+        if choose_mirroring:
+            card.test_time_mirroring, choice = _choose_mirroring(source, card, Path(holdout_data))
+        # The card's figures are those of its default inference (mirrored or not), as predict gives them.
+        by_default = card.test_time_mirroring
+        scores = score_checkpoint(source, Path(holdout_data), cases, mirror=by_default)
+        trainer_view = {k: card.validation.get(k) for k in ("dice_per_depth", "dice_per_case", "metric")}
         card.validation = {
             **scores.to_dict(),
             "metric": "mean over held-out patients of the per-patient 3D Dice / HD95 (in the millimetres of the "
             "files' spacing; voxels where a source writes 1 mm for an unknown spacing), each scan segmented by "
-            "cascadeseg's Predictor on its original grid",
+            "cascadeseg's Predictor on its original grid"
+            + (" with test-time mirroring (the card's default)" if by_default else ""),
             "cases": cases,
             "trainer_validation": trainer_view,
         }
         if holdout_mirror:
-            mirrored = score_checkpoint(source, Path(holdout_data), cases, mirror=True).to_dict()
-            card.validation["mirrored"] = {
-                k: mirrored[k] for k in ("dice_per_depth", "hd95_per_depth", "dice_per_case")
+            other = score_checkpoint(source, Path(holdout_data), cases, mirror=not by_default).to_dict()
+            card.validation["plain" if by_default else "mirrored"] = {
+                k: other[k]
+                for k in ("dice_per_depth", "hd95_per_depth", "dice_per_case", "dice_per_class")
+                if k in other
             }
-        if model.info.pruning_depths:
-            card.recommended_depth = recommended_depth({d: scores.mean_dice(d) for d in scores.dice})
+        if choose_mirroring:
+            card.validation["mirroring_choice"] = choice
     for key, value in (card_updates or {}).items():
         if isinstance(value, dict) and isinstance(getattr(card, key, None), dict):
             getattr(card, key).update(value)
@@ -109,3 +128,32 @@ def describe_kept(result: Any) -> str:
         dice = f"validation Dice {result.last_dice:.3f}" if result.last_dice is not None else "not validated"
         parts.append(f"last checkpoint: {result.steps} steps, {dice}")
     return "; ".join(parts) if parts else "no checkpoint was written"
+
+
+def _choose_mirroring(source: Path, card: Any, data: Path) -> tuple[bool, dict[str, Any]]:
+    """Plain against mirrored inference on the run's validation patients (read from ``data``, the
+    MSD folder the run trained on), at the depth the card recommends: (mirror by default?, the
+    figures)."""
+    import numpy as np
+
+    from .holdout import score_checkpoint
+
+    cases = card.validation.get("cases")
+    if not cases:
+        raise CheckpointError(f"{source}: the card lists no validation cases to choose mirroring on")
+    depth = int(card.recommended_depth or max(int(d) for d in card.validation.get("dice_per_depth", {"1": 0})))
+    plain = score_checkpoint(source, Path(data), cases).dice.get(depth) or {}
+    mirrored = score_checkpoint(source, Path(data), cases, mirror=True).dice.get(depth) or {}
+    diffs = [mirrored[c] - plain[c] for c in cases if c in plain and c in mirrored]
+    gain = float(np.mean(diffs)) if diffs else 0.0
+    spread = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    choice = {
+        "depth": depth,
+        "cases": list(cases),
+        "plain": round(float(np.mean(list(plain.values()))), 4) if plain else None,
+        "mirrored": round(float(np.mean(list(mirrored.values()))), 4) if mirrored else None,
+        "mean_paired_gain": round(gain, 4),
+        "standard_error": round(spread, 4),
+        "rule": "mirror by default when the mean paired gain on the run's validation patients is positive",
+    }
+    return gain > 0, choice

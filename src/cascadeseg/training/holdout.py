@@ -89,7 +89,7 @@ def score_checkpoint(
                 d or 1: predictor.predict(image, depth=d, want=PredictionRequest(mirror=True)).labels for d in depths
             }
         else:
-            result = predictor.predict(image, want=PredictionRequest(depths=True))
+            result = predictor.predict(image, want=PredictionRequest(depths=True, mirror=False))
             maps = result.depth_labels or {1: result.labels}
         if labels is None:
             raise DatasetError(f"{dataset}: held-out case '{case}' has no label map in labelsTr/ to score against")

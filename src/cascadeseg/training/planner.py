@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ from .fingerprint import DatasetFingerprint
 from .split import MIN_PATIENTS_FOR_A_PATIENT_SPLIT
 
 PLAN_FILE = "plan.json"
+
+# A class named by its side ("left kidney", "right lung"): its mirror image is the other side's class.
+SIDED_CLASS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 # Defaults when nothing else decides (each is a measured choice, see docs/one_click_training.md).
 DEFAULT_MODEL = "unet"  # most optimiser steps per second on a CPU: the best Dice at 20 minutes
@@ -380,7 +384,10 @@ def plan_training(
             )
     if cfg.augmentation is None:
         ct = fp.modality == "CT"
+        names = cfg.class_names or (init_card.class_names if init_card is not None else [])
+        sided = [n for n in names if SIDED_CLASS.search(n)]
         cfg.augmentation = AugmentationConfig(
+            flip=not sided,
             rot90=False,
             gamma_probability=0.3,
             contrast_probability=0.15,
@@ -389,17 +396,38 @@ def plan_training(
         )
         plan.choose(
             "augmentation",
-            "flips, small rotations, zoom, elastic; scale/shift, gamma, contrast, noise"
+            ("flips, " if not sided else "")
+            + "small rotations, zoom, elastic; scale/shift, gamma, contrast, noise"
             + ("" if ct else ", bias field")
-            + "; no 90-degree rotations",
+            + "; no 90-degree rotations"
+            + ("; no flips" if sided else ""),
             "scans have a canonical orientation (a 90-degree turn shows anatomy no scanner makes); scans from "
             "other scanners differ in gamma, contrast, noise"
             + ("" if ct else " and coil bias")
-            + " (nnU-Net's probabilities)",
+            + " (nnU-Net's probabilities)"
+            + (
+                f"; classes named by side ({', '.join(sided)}): a mirrored sample would show one side's "
+                "structure where the other's belongs (TotalSegmentator trains without mirroring for this)"
+                if sided
+                else ""
+            ),
         )
+    if cfg.augmentation_changes:
+        cfg.augmentation = _changed_augmentation(cfg.augmentation or AugmentationConfig(), cfg.augmentation_changes)
+        plan.choose("augmentation_changes", dict(cfg.augmentation_changes), "given: the rest as planned", "given")
     if cfg.val_batch_size is None:
         cfg.val_batch_size = None  # the predictor's own default (the same batches as inference)
     return cfg, plan
+
+
+def _changed_augmentation(base: AugmentationConfig, changes: dict[str, Any]) -> AugmentationConfig:
+    """``base`` with the settings ``changes`` names (an unknown name is refused with the choices)."""
+    known = [f.name for f in fields(AugmentationConfig)]
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise ModelConfigError(f"augmentation: unknown setting(s) {unknown}; choose from {', '.join(known)}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+    return replace(base, **values)
 
 
 def _class_values(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan: TrainPlan) -> list[int]:

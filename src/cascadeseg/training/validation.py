@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ from .datasets import TrainingCase
 
 # Recommended depth: the shallowest whose Dice is within this of the best depth's (1 Dice point).
 RECOMMENDATION_TOLERANCE = 0.01
+# ... and not measurably below it: a mean paired loss over the validation cases larger than this
+# many standard errors is a real loss, however small.
+PAIRED_STANDARD_ERRORS = 2.0
 # A post-processing is kept when it beats the raw argmax by more than this (half a Dice point).
 POSTPROCESSING_MARGIN = 0.005
 # ... and when it costs no validation case more than this. Removing islands should remove false
@@ -61,13 +64,43 @@ class ValidationResult:
         return max(finite) if finite else float("nan")
 
 
-def recommended_depth(dice_per_depth: dict[int, float], tolerance: float = RECOMMENDATION_TOLERANCE) -> int:
-    """The shallowest depth whose Dice is within ``tolerance`` of the best depth's."""
-    finite = {d: v for d, v in dice_per_depth.items() if math.isfinite(v)}
+def recommended_depth(
+    dice_per_depth: Mapping[int, float],
+    tolerance: float = RECOMMENDATION_TOLERANCE,
+    dice_per_case: Mapping[str, Mapping[Any, float]] | None = None,
+) -> int:
+    """The shallowest depth whose Dice is within ``tolerance`` of the best depth's and, given the
+    per-case values (``{case: {depth: Dice}}``), not measurably below it: its mean paired
+    difference to the best depth is within :data:`PAIRED_STANDARD_ERRORS` standard errors.
+
+    The paired check is why the 3D hippocampus model defaults to its full depth: on its 32
+    validation patients L2 was 0.004 below L4, within the point of tolerance, but every patient
+    agreed (standard error 0.001), and a pruned depth on a 0.3 s crop saves nothing worth a
+    consistent loss."""
+    finite = {int(d): v for d, v in dice_per_depth.items() if math.isfinite(v)}
     if not finite:
-        return max(dice_per_depth)
-    best = max(finite.values())
-    return min(d for d, v in finite.items() if v >= best - tolerance)
+        return max(int(d) for d in dice_per_depth)
+    best_depth = max(finite, key=lambda d: (finite[d], -d))
+    best = finite[best_depth]
+    for depth in sorted(d for d, v in finite.items() if v >= best - tolerance):
+        if depth == best_depth or dice_per_case is None:
+            return depth
+        diffs = [
+            float(by_depth[_depth_key(by_depth, depth)]) - float(by_depth[_depth_key(by_depth, best_depth)])
+            for by_depth in dice_per_case.values()
+            if _depth_key(by_depth, depth) is not None and _depth_key(by_depth, best_depth) is not None
+        ]
+        if len(diffs) < 2:
+            return depth
+        mean, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+        if mean >= -PAIRED_STANDARD_ERRORS * spread / math.sqrt(len(diffs)):
+            return depth
+    return best_depth
+
+
+def _depth_key(by_depth: Mapping[Any, float], depth: int) -> Any:
+    """``depth`` as ``by_depth`` spells it (int keys in memory, strings in a card), or None."""
+    return next((k for k in (depth, str(depth)) if k in by_depth), None)
 
 
 def validate(
@@ -124,7 +157,7 @@ def validate(
     return ValidationResult(
         dice_per_depth=means[chosen],
         dice_per_case=per_variant[chosen],
-        recommended_depth=recommended_depth(means[chosen]),
+        recommended_depth=recommended_depth(means[chosen], dice_per_case=per_variant[chosen]),
         seconds=time.perf_counter() - t0,
         cases=[c.case_id for c in cases],
         postprocessing=to_card(options) if options is not None else None,
