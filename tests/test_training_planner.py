@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cascadeseg.errors import ModelConfigError
 from cascadeseg.inference import Predictor, load_checkpoint
 from cascadeseg.io import load_labels, load_volume
 from cascadeseg.io.volume import Volume
@@ -61,6 +62,18 @@ def test_planner_slices_thick_or_flat_stacks_and_goes_3d_on_isotropic_crops(fing
     # LGG says 1 mm isotropic, but 256 x 256 x ~36 mm is no brain: 2D along the thin axis.
     lgg, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
     assert lgg.dims == 2 and lgg.axis == 0 and "thick slices" in plan.choices["dims"].reason
+
+
+def test_slices_per_sample_are_planned_given_or_refused(fingerprints) -> None:
+    """One slice unless asked; a 2.5D request is kept for a 2D plan and refused for a 3D one."""
+    lgg, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert lgg.context_slices == 0 and plan.choices["context_slices"].source == "planned"
+    wide, plan = plan_training(TrainConfig(data="x", minutes=20, context_slices=2), fingerprints["lgg"], CPU)
+    assert wide.context_slices == 2 and plan.choices["context_slices"].source == "given"
+    hippo, plan = plan_training(TrainConfig(data="x", minutes=10), fingerprints["hippocampus"], CPU)
+    assert hippo.context_slices == 0 and "context_slices" not in plan.choices
+    with pytest.raises(ModelConfigError, match="needs a 2D model"):
+        plan_training(TrainConfig(data="x", minutes=10, context_slices=1), fingerprints["hippocampus"], CPU)
 
 
 def test_classes_named_by_side_are_trained_and_mirrored_without_flips(fingerprints) -> None:

@@ -45,6 +45,8 @@ from ..errors import CheckpointError, ModelConfigError, OutputExistsError
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
+# Neighbours on either side a 2.5D network may read (more is a 3D network's job).
+MAX_CONTEXT_SLICES = 4
 
 
 @dataclass
@@ -68,6 +70,9 @@ class ModelCard:
     * ``patch_size`` (3D) / ``slice_size`` (2D): the training input size; 3D inference uses
       ``patch_size`` as the sliding-window size (anisotropic sizes allowed).
     * ``slice_axis``: the axis 2D models were trained along (0 = axial in (Z, Y, X) order).
+    * ``context_slices``: 2D only; ``k`` > 0 makes the network "2.5D": it reads each slice with its
+      ``k`` neighbours on either side as extra input channels (channel-major: every slice of
+      channel 0, then of channel 1, ...; beyond the volume the pad value). ``0``: one slice.
     * ``training``: ``{"data": summary, "command": "...", "licence": "..."}`` and anything else the
       trainer records (epochs, time).
     * ``validation``: ``{"dice_per_depth": {"1": 0.78, ...}, ...}`` (string keys: JSON objects).
@@ -98,6 +103,7 @@ class ModelCard:
     patch_size: list[int] | None = None
     slice_size: list[int] | None = None
     slice_axis: int = 0
+    context_slices: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     recommended_depth: int | None = None
@@ -128,6 +134,11 @@ class ModelCard:
     @property
     def channel_names(self) -> list[str]:
         return [str(ch.get("name", f"channel {i}")) for i, ch in enumerate(self.input_channels)]
+
+    @property
+    def network_in_channels(self) -> int:
+        """Input channels of the network: each scan channel once per slice it reads."""
+        return len(self.input_channels) * (2 * self.context_slices + 1)
 
     @property
     def class_values(self) -> list[int]:
@@ -206,10 +217,17 @@ class ModelCard:
             raise CheckpointError(f"{source}: dims={self.dims} but model_options.dims={opts['dims']}")
         if not self.input_channels or not all(isinstance(c, dict) for c in self.input_channels):
             raise CheckpointError(f"{source}: input_channels must be a non-empty list of {{name, preprocessing}}")
-        if "in_channels" in opts and opts["in_channels"] != len(self.input_channels):
+        if not isinstance(self.context_slices, int) or not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
+            raise CheckpointError(
+                f"{source}: context_slices must be an integer in 0..{MAX_CONTEXT_SLICES}, got {self.context_slices!r}"
+            )
+        if self.context_slices and self.dims != 2:
+            raise CheckpointError(f"{source}: context_slices={self.context_slices} needs a 2D model, not {self.dims}D")
+        if "in_channels" in opts and opts["in_channels"] != self.network_in_channels:
             raise CheckpointError(
                 f"{source}: model_options.in_channels={opts['in_channels']} but input_channels lists "
                 f"{len(self.input_channels)} channel(s)"
+                + (f" x {2 * self.context_slices + 1} slices" if self.context_slices else "")
             )
         if len(self.classes) < 2 or not all(isinstance(c, dict) and "value" in c for c in self.classes):
             raise CheckpointError(f"{source}: classes must list >= 2 entries of {{value, name}} (background included)")
@@ -252,7 +270,7 @@ class ModelCard:
         from ..models import create_model
 
         options = dict(self.model_options)
-        options.setdefault("in_channels", len(self.input_channels))
+        options.setdefault("in_channels", self.network_in_channels)
         options.setdefault("num_classes", len(self.classes))
         options.setdefault("dims", self.dims)
         return create_model(self.architecture, **options)
@@ -544,7 +562,7 @@ def _check_card_fits_model(card: ModelCard, model: Any, target: Path) -> None:
     if info is not None and info.name != card.architecture:
         raise CheckpointError(f"{target}: card architecture '{card.architecture}' but the model is '{info.name}'")
     for attr, expected in (
-        ("in_channels", len(card.input_channels)),
+        ("in_channels", card.network_in_channels),
         ("num_classes", card.num_classes),
         ("dims", card.dims),
     ):

@@ -331,7 +331,7 @@ class Predictor:
                 batch = min(n, self.batch_size or default_2d_batch(self.device, h, w))
                 divisor = tuple(int(d) for d in self.model.size_divisor)
                 pad: tuple[int, ...] = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
-                x = torch.from_numpy(np.ascontiguousarray(planes[:, :batch].swapaxes(0, 1)))
+                x = torch.from_numpy(slices_with_context(planes, 0, batch, self.card.context_slices))
                 batches = -(-n // batch)
             else:
                 patch = self._patch_size(None)
@@ -415,7 +415,7 @@ class Predictor:
             while start < n:
                 tracker.check_cancelled()
                 stop = min(start + batch, n)
-                x = torch.from_numpy(np.ascontiguousarray(planes[:, start:stop].swapaxes(0, 1)))
+                x = torch.from_numpy(slices_with_context(planes, start, stop, self.card.context_slices))
                 try:
                     out = self._forward(x, pad, depth, want)
                 except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
@@ -719,6 +719,23 @@ def _preprocess_channel(array3d: np.ndarray, spec: dict[str, Any] | None) -> np.
     return apply_channel_preprocessing(array3d, spec)
 
 
+def slices_with_context(planes: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
+    """Network input for slices ``start:stop`` of ``planes`` ``(C, N, H, W)``: ``(B, C, H, W)``,
+    or with ``context`` = k > 0 (a 2.5D network) ``(B, C * (2k + 1), H, W)``, each slice with its k
+    neighbours on either side, channel-major (the order the trainer's samples have); neighbours
+    beyond the volume are :data:`PAD_VALUE`, as a training crop beyond it is."""
+    if context <= 0:
+        return np.ascontiguousarray(planes[:, start:stop].swapaxes(0, 1))
+    c, n, h, w = planes.shape
+    window = 2 * context + 1
+    slab = np.full((c, stop - start + 2 * context, h, w), PAD_VALUE, dtype=planes.dtype)
+    low, high = max(0, start - context), min(n, stop + context)
+    slab[:, low - (start - context) : high - (start - context)] = planes[:, low:high]
+    # (C, B, H, W, window) read-only view -> (B, C, window, H, W) copy -> (B, C * window, H, W)
+    stacked = np.lib.stride_tricks.sliding_window_view(slab, window, axis=1)
+    return stacked.transpose(1, 0, 4, 2, 3).copy().reshape(stop - start, c * window, h, w)
+
+
 def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=1)`` as uint8 (int32 beyond 255 classes), computed with one vectorised
     comparison per class: PyTorch's CPU argmax over the strided channel axis is ~10x slower
@@ -877,4 +894,5 @@ __all__ = [
     "working_spacing",
     "label_dtype",
     "count_windows",
+    "slices_with_context",
 ]

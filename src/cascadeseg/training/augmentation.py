@@ -44,10 +44,13 @@ def mirrored_axes(cfg: AugmentationConfig, dims: int) -> list[int]:
 
 
 def augment_batch(
-    images: Tensor, labels: Tensor, cfg: AugmentationConfig, gen: torch.Generator
+    images: Tensor, labels: Tensor, cfg: AugmentationConfig, gen: torch.Generator, channel_slices: int = 1
 ) -> tuple[Tensor, Tensor]:
     """Augment ``images`` (B, C, *S) and ``labels`` (B, *S) with the same spatial transform per
-    sample; ``S`` is (H, W) or (D, H, W). ``gen`` must live on the images' device."""
+    sample; ``S`` is (H, W) or (D, H, W). ``gen`` must live on the images' device.
+    ``channel_slices``: a 2.5D sample's channels are ``C / channel_slices`` scan channels of
+    ``channel_slices`` neighbouring slices each; the intensity changes are drawn per scan channel
+    and applied to its slices together (a scanner changes the whole volume, not one slice)."""
     if not cfg.enabled:
         return images, labels
     dims = images.ndim - 2
@@ -65,7 +68,11 @@ def augment_batch(
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     labels = labels[:, 0].round().long()
-    images = _intensity(images, cfg, gen)
+    if channel_slices > 1 and dims == 2:
+        grouped = images.reshape(b, images.shape[1] // channel_slices, channel_slices, *spatial)
+        images = _intensity(grouped, cfg, gen).reshape(images.shape)
+    else:
+        images = _intensity(images, cfg, gen)
     return images, labels
 
 

@@ -60,8 +60,9 @@ def build_card(
     """The card for ``model`` as trained so far. ``parent``: the card of the checkpoint the run
     started from (its licence, class names and description carry over unless the config says
     otherwise: a fine-tuned model is still bound by its parent's data licence)."""
+    context = int(cfg.context_slices or 0) if cfg.dims == 2 else 0
     options = {
-        "in_channels": data.in_channels,
+        "in_channels": data.in_channels * (2 * context + 1),
         "num_classes": data.num_classes,
         "dims": cfg.dims,
         **(cfg.model_options or {}),
@@ -137,6 +138,7 @@ def build_card(
         patch_size=list(cfg.patch_size) if cfg.dims == 3 and cfg.patch_size else None,
         slice_size=list(cfg.patch_size) if cfg.dims == 2 and cfg.patch_size else None,
         slice_axis=int(cfg.axis or 0),
+        context_slices=context,
         training=training,
         validation=validation_section,
         recommended_depth=recommended,

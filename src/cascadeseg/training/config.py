@@ -16,6 +16,7 @@ from typing import Any
 
 from .._atomic import write_json
 from ..errors import CascadeSegError, ModelConfigError
+from ..inference.checkpoint import MAX_CONTEXT_SLICES
 from ..io.volume import Volume
 
 CONFIG_FILE = "config.json"
@@ -75,6 +76,7 @@ PLANNED_FIELDS = (
     "minutes",
     "class_values",
     "keep",
+    "context_slices",
 )
 
 
@@ -167,6 +169,13 @@ class TrainConfig:
     )
     patch_size: list[int] | None = option(
         None, "2D crop H W or 3D patch D H W", group="data and sampling", type=int, nargs="+"
+    )
+    context_slices: int | None = option(
+        None,
+        "2D: neighbouring slices on either side the network reads as extra input channels (2.5D); "
+        "0: the slice alone (planned: the init checkpoint's, else 0)",
+        group="data and sampling",
+        type=int,
     )
     batch_size: int | None = option(None, "samples per step", group="budget", type=int)
     epochs: int | None = option(
@@ -363,6 +372,10 @@ class TrainConfig:
             raise bad("val_fraction", self.val_fraction, "a fraction between 0 and 1")
         if self.foreground_probability is not None and not 0.0 <= self.foreground_probability <= 1.0:
             raise bad("foreground_probability", self.foreground_probability, "a probability in [0, 1]")
+        if self.context_slices is not None and not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
+            raise bad("context_slices", self.context_slices, f"0..{MAX_CONTEXT_SLICES} neighbours on either side")
+        if self.context_slices and self.dims == 3:
+            raise bad("context_slices", self.context_slices, "0 for a 3D model (2.5D is a 2D network's input)")
         if self.inplane_size is not None and self.inplane_size < 8:
             raise bad("inplane_size", self.inplane_size, "at least 8 pixels")
         if self.patch_size is not None and self.dims is not None and len(self.patch_size) != self.dims:

@@ -55,7 +55,10 @@ def resolve_patch_size(
 class PatchDataset(Dataset):
     """Samples ``(image, labels)`` of fixed size from cached cases.
 
-    2D items: image ``(C, H, W)``, labels ``(H, W)`` (slices normal to ``axis``);
+    2D items: image ``(C, H, W)``, labels ``(H, W)`` (slices normal to ``axis``); with
+    ``context_slices`` = k > 0 (2.5D) the image is ``(C * (2k + 1), H, W)``: the slice and its k
+    neighbours on either side, channel-major, the pad value beyond the volume (as
+    :func:`~cascadeseg.inference.predictor.slices_with_context` gives the network at inference);
     3D items: image ``(C, D, H, W)``, labels ``(D, H, W)``. ``length`` items per epoch.
     """
 
@@ -69,8 +72,10 @@ class PatchDataset(Dataset):
         length: int,
         seed: int,
         body_code: int | None = None,
+        context_slices: int = 0,
     ) -> None:
         self.cases = list(cases)
+        self.context_slices = int(context_slices) if dims == 2 else 0
         # A case's body mask rides in the labels as label + body_code (body_code = the number of
         # classes), so it is cropped, padded (outside: no body) and augmented exactly like them.
         self.body_code = body_code
@@ -127,8 +132,9 @@ class PatchDataset(Dataset):
             centre = np.array([rng.integers(s) for s in shape])
         if self.dims == 2:
             plane = [a for a in range(3) if a != self.axis]
-            starts = {self.axis: int(centre[self.axis])}
-            sizes = {self.axis: 1}
+            k = self.context_slices
+            starts = {self.axis: int(centre[self.axis]) - k}
+            sizes = {self.axis: 2 * k + 1}
             for a, p in zip(plane, self.patch_size):
                 sizes[a] = p
                 starts[a] = self._start(int(centre[a]), shape[a], p, rng)
@@ -137,8 +143,11 @@ class PatchDataset(Dataset):
             starts = {a: self._start(int(centre[a]), shape[a], sizes[a], rng) for a in range(3)}
         image, labels = self._crop(case_index, starts, sizes)
         if self.dims == 2:
-            image = np.take(image, 0, axis=self.axis + 1)
-            labels = np.take(labels, 0, axis=self.axis)
+            k = self.context_slices
+            labels = np.take(labels, k, axis=self.axis)
+            # (C, window, H, W) -> (C * window, H, W): channel-major, as the predictor stacks them
+            image = np.moveaxis(image, self.axis + 1, 1)
+            image = image.reshape(image.shape[0] * image.shape[1], *image.shape[2:])
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(labels)).long()
 
     @staticmethod

@@ -615,7 +615,9 @@ class Trainer:
         if cfg.init_checkpoint:
             from .transfer import describe_mapping, load_for_data
 
-            model, card, mapping = load_for_data(cfg.init_checkpoint, self.in_channels, self.data_channel_names)
+            model, card, mapping = load_for_data(
+                cfg.init_checkpoint, self.in_channels, self.data_channel_names, self.context_slices
+            )
             if card.dims != cfg.dims:
                 raise ModelConfigError(
                     f"init checkpoint '{cfg.init_checkpoint}' is a {card.dims}D model but dims={cfg.dims} was asked for"
@@ -632,7 +634,7 @@ class Trainer:
         else:
             model = create_model(
                 str(cfg.model),
-                in_channels=self.in_channels,
+                in_channels=self.network_in_channels,
                 num_classes=self.num_classes,
                 dims=int(cfg.dims or 2),
                 **(cfg.model_options or {}),
@@ -641,6 +643,16 @@ class Trainer:
         divisor = tuple(int(d) for d in self.model.size_divisor)
         self.patch = tuple(-(-int(p) // d) * d for p, d in zip(cfg.patch_size or self._largest_plane(), divisor))
         self.loss_name = str(cfg.loss or self.model.info.default_loss)
+
+    @property
+    def context_slices(self) -> int:
+        """Neighbours on either side a 2D sample carries (2.5D); 0 in 3D."""
+        return int(self.cfg.context_slices or 0) if self.cfg.dims == 2 else 0
+
+    @property
+    def network_in_channels(self) -> int:
+        """The network's input channels: each scan channel once per slice it reads."""
+        return self.in_channels * (2 * self.context_slices + 1)
 
     def _largest_plane(self) -> list[int]:
         shapes = np.array([c.spatial_shape for c in self.train_cases])
@@ -667,6 +679,7 @@ class Trainer:
             length,
             cfg.seed,
             body_code=self.num_classes if self.needs_body else None,
+            context_slices=self.context_slices,
         )
         self._make_loader()
 
@@ -991,7 +1004,9 @@ class Trainer:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(cfg.seed) * 1_000_003 + self.ctx.rank * 7919 + self.state.step)
         if cfg.augmentation is not None:
-            images, labels = augment_batch(images, labels, cfg.augmentation, gen)
+            images, labels = augment_batch(
+                images, labels, cfg.augmentation, gen, channel_slices=2 * self.context_slices + 1
+            )
         body = None
         if self.needs_body:  # the body mask rode in the labels (see PatchDataset): split them again
             body = labels >= self.num_classes
@@ -1341,7 +1356,7 @@ class Trainer:
 
     def _stage1_parameters(self) -> list[nn.Parameter]:
         """Parameters that stage 1's logits depend on, found by autograd on one small input."""
-        x = torch.zeros((1, self.in_channels, *self.patch), device=self.device)
+        x = torch.zeros((1, self.network_in_channels, *self.patch), device=self.device)
         was = self.model.training
         self.model.eval()
         out = self.model(x, request=OutputRequest(stages=True))

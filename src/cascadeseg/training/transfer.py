@@ -112,9 +112,15 @@ def describe_mapping(card: ModelCard, data_names: Sequence[str], mapping: Sequen
     return "; ".join(parts)
 
 
-def load_for_data(init: str, in_channels: int, data_names: Sequence[str]) -> tuple[Any, ModelCard, list[int | None]]:
+def load_for_data(
+    init: str, in_channels: int, data_names: Sequence[str], context_slices: int | None = None
+) -> tuple[Any, ModelCard, list[int | None]]:
     """The init checkpoint's network adapted to ``in_channels`` named ``data_names`` (weights
-    inflated as :func:`inflate_input_weights` says), its card, and the channel mapping."""
+    inflated as :func:`inflate_input_weights` says), its card, and the channel mapping.
+
+    ``context_slices``: the slices per sample the new run reads (``None``: the checkpoint's). A
+    one-slice checkpoint becomes 2.5D with its weights on the centre slice and zeros on the
+    neighbours, so it starts out computing exactly what it did; another change is refused."""
     from safetensors.torch import load_file
 
     from ..inference.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_checkpoint
@@ -122,17 +128,38 @@ def load_for_data(init: str, in_channels: int, data_names: Sequence[str]) -> tup
     folder = resolve_checkpoint(init)
     model, card = load_checkpoint(folder, device=None)
     old_in = len(card.input_channels)
-    if in_channels == old_in and [canonical_channel(n) for n in data_names] in (
-        [canonical_channel(n) for n in card.channel_names],
-        [None] * old_in,
+    context = card.context_slices if context_slices is None else int(context_slices)
+    if context != card.context_slices and card.context_slices != 0:
+        raise CheckpointError(
+            f"init checkpoint '{init}' reads {2 * card.context_slices + 1} slices per sample "
+            f"(context_slices={card.context_slices}); fine-tune it with the same context_slices"
+        )
+    if (
+        context == card.context_slices
+        and in_channels == old_in
+        and [canonical_channel(n) for n in data_names]
+        in ([canonical_channel(n) for n in card.channel_names], [None] * old_in)
     ):
         return model, card, list(range(old_in))
     mapping = map_channels(card.channel_names, data_names)
-    options = dict(card.model_options, in_channels=in_channels)
+    window = 2 * context + 1
+    network_old_in = card.network_in_channels
+    # Data channel c, slice s of the window feeds what the checkpoint's channel fed, at the
+    # centre slice only (a one-slice checkpoint) or at the same slice (the same context).
+    network_mapping: list[int | None] = []
+    for m in mapping:
+        for s in range(window):
+            if m is None:
+                network_mapping.append(None)
+            elif card.context_slices == context:
+                network_mapping.append(m * window + s)
+            else:
+                network_mapping.append(m if s == context else None)
+    options = dict(card.model_options, in_channels=in_channels * window)
     from ..models import create_model
 
     adapted = create_model(card.architecture, **{k: v for k, v in options.items()})
-    state = inflate_input_weights(load_file(str(folder / WEIGHTS_FILE)), adapted, old_in, mapping)
+    state = inflate_input_weights(load_file(str(folder / WEIGHTS_FILE)), adapted, network_old_in, network_mapping)
     adapted.load_state_dict(state, strict=True)
     return adapted, card, mapping
 
