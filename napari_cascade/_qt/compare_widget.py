@@ -734,11 +734,19 @@ def _attention_by_slabs(model: Any, card: Any, volume: Any, device: str, progres
     slab = max(1, ATTENTION_BYTES_AT_ONCE // max(per_slice, 1))
     stack: np.ndarray | None = None
     gates: list[str] = []
+    # A 2.5D network reads k neighbours on either side of a slice: each slab carries them, so the
+    # slices at its edges see what a whole-volume run shows them; only the slab's own are kept.
+    context = int(card.context_slices)
     for start in range(0, shape[axis], slab):
         index = [slice(None)] * 4
         stop = min(start + slab, shape[axis])
         index[1 + axis] = slice(start, stop)
-        part = volume.with_array(normalised[tuple(index)])
+        low, high = max(0, start - context), min(shape[axis], stop + context)
+        read = list(index)
+        read[1 + axis] = slice(low, high)
+        own = [slice(None)] * 3
+        own[axis] = slice(start - low, stop - low)
+        part = volume.with_array(normalised[tuple(read)])
 
         def report(p: Any, start: int = start, stop: int = stop) -> None:
             done = start + p.fraction * (stop - start)
@@ -750,7 +758,7 @@ def _attention_by_slabs(model: Any, card: Any, volume: Any, device: str, progres
             gates = _gate_order(list(result.attention))
             stack = np.empty((len(gates), *shape), dtype=np.uint8)
         for g, gate in enumerate(gates):
-            _quantise(result.attention.pop(gate).array, stack[(g, *index[1:])])
+            _quantise(result.attention.pop(gate).array[tuple(own)], stack[(g, *index[1:])])
     assert stack is not None
     return gates, stack
 

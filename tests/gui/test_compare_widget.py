@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 from freeze_probe import FREEZE_BOUND_MS, allowed_ms, measure
 from gui_helpers import add_labels_volume, add_volume, wait_for_job
 from napari.layers import Image, Labels
@@ -216,16 +217,26 @@ def test_compare_and_remove_never_freeze_the_window(make_napari_viewer, qtbot) -
     assert scan.visible and truth.visible
 
 
-def test_attention_by_slabs_equals_attention_at_once(sample_crop, tiny_models, monkeypatch) -> None:
+@pytest.mark.parametrize("context", [0, 1])
+def test_attention_by_slabs_equals_attention_at_once(sample_crop, tiny_models, monkeypatch, context: int) -> None:
     """A 2D model's gates over a volume too big for all of them at once (20 gates of a
     512x512x600 CT: 12.6 GB of float32) are computed a slab of slices at a time, the scan's own
-    normalisation applied first: the same maps (to the 1/255 of the stored stack)."""
+    normalisation applied first: the same maps (to the 1/255 of the stored stack). A 2.5D model
+    (context 1, random weights on every slice it reads) gets its neighbours at the slab edges."""
+    import dataclasses
     import threading
+
+    import torch
 
     from cascadeseg.inference.checkpoint import load_checkpoint
     from napari_cascade._qt import compare_widget
 
     model, card = load_checkpoint(tiny_models["anu"])
+    if context:
+        options = {**card.model_options, "in_channels": 2 * context + 1}
+        card = dataclasses.replace(card, context_slices=context, model_options=options)
+        torch.manual_seed(1)
+        model = card.create_model().eval()
     image = sample_crop[0]
 
     def compare() -> object:
