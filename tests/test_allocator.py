@@ -1,9 +1,18 @@
 """The CPU inference allocator setting: large blocks come from the reused heap inside the block,
-from fresh mmaps outside it, and the system gets the memory back on leaving."""
+from fresh mmaps outside it, and the system gets the memory back on leaving.
+
+The setting is process-wide and so is what it leaves behind: after a test earlier in the same
+process has run inference with it (the in-process CLI tests opt in), the heap can hold a free
+chunk large enough to serve the next 96 MiB block without a fresh mmap, whatever the setting now
+is. Each test therefore runs its body in a fresh interpreter (``_in_fresh_process``), where plain
+glibc behaves as plain glibc.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,7 +42,22 @@ def _mmapped_while_holding(nbytes: int) -> int:
     return during - before
 
 
+def _in_fresh_process(body: str) -> None:
+    """Run the function ``body`` of this file in a new interpreter; its failure fails the test."""
+    code = f"import runpy; runpy.run_path({__file__!r})[{body!r}]()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_large_blocks_stay_in_the_heap_only_inside_the_block() -> None:
+    _in_fresh_process("_large_blocks_stay_in_the_heap_only_inside_the_block")
+
+
+def test_the_predictor_context_uses_it_on_the_cpu_only_when_the_process_opted_in() -> None:
+    _in_fresh_process("_the_predictor_context_uses_it_on_the_cpu_only_when_the_process_opted_in")
+
+
+def _large_blocks_stay_in_the_heap_only_inside_the_block() -> None:
     size = 96 * 2**20  # above glibc's largest mmap threshold, like a width-32 batch-16 activation
     assert _mmapped_while_holding(size) >= size  # plain glibc: a fresh mmap
     with reuse_freed_memory() as active:
@@ -45,7 +69,7 @@ def test_large_blocks_stay_in_the_heap_only_inside_the_block() -> None:
     assert _mmapped_while_holding(size) >= size  # restored
 
 
-def test_the_predictor_context_uses_it_on_the_cpu_only_when_the_process_opted_in() -> None:
+def _the_predictor_context_uses_it_on_the_cpu_only_when_the_process_opted_in() -> None:
     import torch
 
     from cascadeseg.inference import allocator
