@@ -60,7 +60,7 @@ def build_card(
     """The card for ``model`` as trained so far. ``parent``: the card of the checkpoint the run
     started from (its licence, class names and description carry over unless the config says
     otherwise: a fine-tuned model is still bound by its parent's data licence)."""
-    context = int(cfg.context_slices or 0) if cfg.dims == 2 else 0
+    context = cfg.slice_context
     options = {
         "in_channels": data.in_channels * (2 * context + 1),
         "num_classes": data.num_classes,

@@ -326,6 +326,12 @@ class TrainConfig:
             setattr(clone, key, value)
         return clone
 
+    @property
+    def slice_context(self) -> int:
+        """Neighbours on either side a sample carries: ``context_slices`` in 2D, 0 in 3D (and
+        when unset); the one rule the trainer, its cards and its sampler follow."""
+        return int(self.context_slices or 0) if self.dims == 2 else 0
+
     def is_planned(self) -> bool:
         """Every field the planner decides has a value."""
         return all(getattr(self, name) is not None for name in PLANNED_FIELDS if name != "init_checkpoint")

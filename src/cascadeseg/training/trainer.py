@@ -616,7 +616,7 @@ class Trainer:
             from .transfer import describe_mapping, load_for_data
 
             model, card, mapping = load_for_data(
-                cfg.init_checkpoint, self.in_channels, self.data_channel_names, self.context_slices
+                cfg.init_checkpoint, self.in_channels, self.data_channel_names, self.cfg.slice_context
             )
             if card.dims != cfg.dims:
                 raise ModelConfigError(
@@ -645,14 +645,9 @@ class Trainer:
         self.loss_name = str(cfg.loss or self.model.info.default_loss)
 
     @property
-    def context_slices(self) -> int:
-        """Neighbours on either side a 2D sample carries (2.5D); 0 in 3D."""
-        return int(self.cfg.context_slices or 0) if self.cfg.dims == 2 else 0
-
-    @property
     def network_in_channels(self) -> int:
         """The network's input channels: each scan channel once per slice it reads."""
-        return self.in_channels * (2 * self.context_slices + 1)
+        return self.in_channels * (2 * self.cfg.slice_context + 1)
 
     def _largest_plane(self) -> list[int]:
         shapes = np.array([c.spatial_shape for c in self.train_cases])
@@ -679,7 +674,7 @@ class Trainer:
             length,
             cfg.seed,
             body_code=self.num_classes if self.needs_body else None,
-            context_slices=self.context_slices,
+            context_slices=self.cfg.slice_context,
         )
         self._make_loader()
 
@@ -1005,7 +1000,7 @@ class Trainer:
         gen.manual_seed(int(cfg.seed) * 1_000_003 + self.ctx.rank * 7919 + self.state.step)
         if cfg.augmentation is not None:
             images, labels = augment_batch(
-                images, labels, cfg.augmentation, gen, channel_slices=2 * self.context_slices + 1
+                images, labels, cfg.augmentation, gen, channel_slices=2 * self.cfg.slice_context + 1
             )
         body = None
         if self.needs_body:  # the body mask rode in the labels (see PatchDataset): split them again
