@@ -268,6 +268,17 @@ def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
     assert result.best_dice is not None and result.elapsed_seconds <= 1.1 * budget
 
 
+def test_given_epoch_length_is_kept_under_a_budget(lgg_pairs, tmp_path: Path) -> None:
+    # --epochs 3 --steps-per-epoch 6 --minutes 5: the budget is a ceiling, not a target; before,
+    # the later epochs were stretched to fill the five minutes (a 1,500-step comparison ran 2,700
+    # steps into its second epoch).
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=3, steps_per_epoch=6, minutes=5))
+    assert result.stopped == "epochs" and result.epochs_completed == 3 and result.steps == 18
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["choices"]["steps_per_epoch"] == {"value": 6, "source": "given", "reason": "given: every epoch this long"}
+
+
 def test_single_volume_is_split_by_slice_blocks_with_a_gap(lgg_pairs, tmp_path: Path) -> None:
     image, labels = lgg_pairs[0]
     image = image.with_array(image.array[:, :, 64:192, 64:192].copy())

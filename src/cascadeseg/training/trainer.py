@@ -370,7 +370,11 @@ class Trainer:
         if self.cfg.init_checkpoint:
             init_card = read_card(self.cfg.init_checkpoint)  # a folder, or a shipped / user model's name
             self.parent_card = init_card
+        epoch_length_given = self.cfg.steps_per_epoch is not None
         self.cfg, self.plan = plan_training(self.cfg, fp, profile, init_card)
+        if epoch_length_given:
+            # Recorded in the plan so that a resumed run keeps honouring it (see _keep_epoch_duration).
+            self.plan.choose("steps_per_epoch", self.cfg.steps_per_epoch, "given: every epoch this long", "given")
         if auto_reason is not None:
             self.plan.choose(
                 "init_checkpoint",
@@ -1158,6 +1162,12 @@ class Trainer:
         self.state.checkpoint_seconds = time.perf_counter() - t0
         return path
 
+    def _epoch_length_given(self) -> bool:
+        """``--steps-per-epoch`` was given: explicit options win, so the budget is then a ceiling
+        (the run still stops when it runs out) and never stretches or shrinks the user's epochs."""
+        choice = self.plan.choices.get("steps_per_epoch") if self.plan is not None else None
+        return choice is not None and choice.source == "given"
+
     def _keep_epoch_duration(self, train_seconds: float) -> None:
         """With a budget, the remaining epochs share the time that is left: their steps follow the
         pace measured over the epoch just ended, sized so that the last epoch ends where the end
@@ -1166,7 +1176,7 @@ class Trainer:
         20-minute runs stopped at 83-88 % of their budget.) Rank 0 decides; every rank follows."""
         budget = self._budget()
         epochs_left = int(self.cfg.epochs or 0) - self.state.epoch
-        if not budget or epochs_left < 1 or self.epoch_steps < 2:
+        if not budget or epochs_left < 1 or self.epoch_steps < 2 or self._epoch_length_given():
             return
         pace = all_max([train_seconds / self.epoch_steps], self.ctx, self.device)[0]
         wanted = 0.0
