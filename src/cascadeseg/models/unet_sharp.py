@@ -14,6 +14,15 @@ UNet# builds on; against the paper's 0.1 / 0.56 / 2.53 / 9.71 M at L1..L4 it giv
 docs/model_zoo.md). ``"target"`` projects to the width of the level the link enters (the layout
 before this option existed; +2.5 % at L3, 11.06 M at L4, +14 %).
 
+Which nodes take full-scale links, ``link_targets``: ``"all"`` (default) is Eq. 1 as printed, every
+node with ``J > 1``. ``"inner_and_output"`` leaves them out of the deep decoder nodes
+``X_De(I, L - I)``, ``I >= 1`` (``X(1, 3)`` and ``X(2, 2)`` at paper depth), so the decoder nodes are
+UNet++'s there and only the output node ``X_De(0, L)`` and the inner nodes ``X_In`` aggregate the full
+scale. The text describes the links of ``X_In(0, 2)`` and ``X_De(0, 4)`` only, and this is the one
+layout found that reproduces all four of the paper's parameter counts (0.102 / 0.564 / 2.502 /
+9.713 M against 0.1 / 0.56 / 2.53 / 9.71 M; Eq. 1's reading is +4.6 % at L4 whatever the link width,
+docs/model_zoo.md). L1..L3 are the same network under both readings.
+
 Order inside a link, ``link_order``: ``"conv_first"`` (default) convolves on the coarse grid and
 then interpolates, ``4^n`` (2D) / ``8^n`` (3D) times cheaper for a link spanning ``n`` levels with
 the same parameters; ``"upsample_first"`` is the paper's ``f(u^n(A))`` as printed (see
@@ -77,6 +86,7 @@ from .registry import register
 CGM_LAYOUTS = ("paper", "single")
 LINK_WIDTHS = ("base", "target")
 LINK_ORDERS = ("conv_first", "upsample_first")
+LINK_TARGETS = ("all", "inner_and_output")
 
 Node = tuple[int, int]
 
@@ -106,6 +116,7 @@ class UNetSharp(NestedUNetBase):
         cgm: str = "paper",
         link_width: str = "base",
         link_order: str = "conv_first",
+        link_targets: str = "all",
         cgm_window: int | Sequence[int] | str | None = "auto",
         **common: Any,
     ) -> None:
@@ -117,12 +128,14 @@ class UNetSharp(NestedUNetBase):
         self.check_option("cgm", cgm, CGM_LAYOUTS)
         self.check_option("link_width", link_width, LINK_WIDTHS)
         self.check_option("link_order", link_order, LINK_ORDERS)
+        self.check_option("link_targets", link_targets, LINK_TARGETS)
+        self.link_targets = link_targets
         self.cgm_gating, self.cgm_layout = cgm_gating, cgm
         w, norm = self.widths, self.norm
         self.nodes = nn.ModuleDict()
         self.links = nn.ModuleDict()
         for i, j in self.decoder_nodes:
-            sources = full_scale_sources(i, j)
+            sources = self._link_sources(i, j)
             width = self.base_width if link_width == "base" else w[i]
             self.nodes[node_key(i, j)] = DoubleConv(dims, j * w[i] + w[i + 1] + len(sources) * width, w[i], norm=norm)
             for si, sj in sources:
@@ -146,6 +159,12 @@ class UNetSharp(NestedUNetBase):
                     for i, j in branches
                 }
             )
+
+    def _link_sources(self, i: int, j: int) -> list[Node]:
+        """The nodes whose full-scale links enter ``X(i, j)`` under this model's ``link_targets``."""
+        if self.link_targets == "inner_and_output" and i >= 1 and i + j == self.max_depth:
+            return []  # a deep decoder node X_De(i, L - i): UNet++'s inputs only
+        return full_scale_sources(i, j)
 
     def _check_window(self, window: int | Sequence[int] | str | None) -> tuple[int, ...] | str | None:
         if window is None or window == "auto":
@@ -183,7 +202,7 @@ class UNetSharp(NestedUNetBase):
 
     def _node(self, i: int, j: int, grid: Grid, attention: dict[str, Tensor] | None) -> Tensor:
         inputs = self._dense_inputs(i, j, grid)
-        inputs += [self.links[link_key(si, sj, i, j)](grid[(si, sj)]) for si, sj in full_scale_sources(i, j)]
+        inputs += [self.links[link_key(si, sj, i, j)](grid[(si, sj)]) for si, sj in self._link_sources(i, j)]
         return self.nodes[node_key(i, j)](torch.cat(inputs, dim=1))
 
     def _presence(self, grid: Grid, nodes: list[Node]) -> dict[Node, Tensor]:

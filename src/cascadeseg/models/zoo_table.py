@@ -64,8 +64,10 @@ PAPER_PARAMS_M: dict[tuple[str, int | None], tuple[float, str]] = {
 PAPER_VARIANTS: dict[str, dict[str, Any]] = {
     "unet": {"upsample": "interp"},  # paper 004's U-Net baseline is bilinear (7.85 M)
     "anu_net": {"merge": "sum"},  # Eq. 4's sum over the gated same-level features (Table 6)
-    # Eq. 1's f(u^n(A)); its defaults already read the paper's CGMs and 32-channel links.
-    "unet_sharp": {"link_order": "upsample_first"},
+    # Eq. 1's f(u^n(A)), and full-scale links into the inner nodes and the output only (the one
+    # layout that reproduces Table 1's 9.71 M with L1..L3 unchanged); its defaults already read the
+    # paper's CGMs and 32-channel links.
+    "unet_sharp": {"link_order": "upsample_first", "link_targets": "inner_and_output"},
     "inner_cascaded_u2net": {"rsu_heights": "paper"},  # paper 000: L = 7
     "coarse_to_fine_unet": {"coarse_factor": 1},  # paper 002 says nothing of a coarser stage-1 grid
 }
