@@ -11,7 +11,8 @@ HD95 at full depth, training seconds per step and predictor seconds per patient.
     python benchmarks/model_variants.py unet_sharp link_targets=all link_targets=inner_and_output
 
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` (VALUE as JSON, bare words as strings; ``loss=NAME`` picks
-the training loss, any other key is a model option); each trains in its
+the training loss, ``loss.KEY=VALUE`` sets one of its options, any other key is a model option);
+each trains in its
 own process with one thread, ``--parallel`` at a time. A run folder that exists is scored again
 without training.
 """
@@ -59,8 +60,14 @@ def train_command(args: argparse.Namespace, variant: str, run_dir: Path) -> list
         "--no-progress",
     ]
     for key, value in parse_variant(variant).items():
-        # "loss" names the training loss; every other key is a create_model option.
-        command += ["--loss", str(value)] if key == "loss" else ["--model-option", f"{key}={json.dumps(value)}"]
+        # "loss" names the training loss, "loss.KEY" is one of its options; any other key is a
+        # create_model option.
+        if key == "loss":
+            command += ["--loss", str(value)]
+        elif key.startswith("loss."):
+            command += ["--loss-option", f"{key[5:]}={json.dumps(value)}"]
+        else:
+            command += ["--model-option", f"{key}={json.dumps(value)}"]
     return command
 
 

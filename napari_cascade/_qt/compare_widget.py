@@ -323,23 +323,32 @@ class CompareWidget(QWidget, ModelChoiceDock):
 
     # -- results -> layers -----------------------------------------------------------------
     def clear(self) -> None:
-        """Remove every layer the comparison added and show the user's layers again."""
+        """Remove every layer the comparison added and show the user's layers again, a change per
+        event-loop turn (the user's layers back, then each panel layer, then the camera), so that no
+        turn holds the window for the whole removal: three removals in one scene update froze
+        it for 220-300 ms on 2 cores. Each removed layer's volumes are let go in the turn after."""
         self._stop_feeding()
         owned = self._owned()
-        with one_scene_update(self.viewer):
-            self._show_panels(False)
-            for layer in owned:
-                self.viewer.layers.remove(layer)
-        self._fit()
-        self._release(owned)
-
-    def _release(self, removed: list[Any]) -> None:
-        """Let go of the removed panels' volumes now (a CT comparison holds gigabytes): napari
-        keeps removed layers alive until a later garbage collection; their data need not wait."""
         if self.last_comparison is not None:
             self.last_comparison.release_arrays()
-        feeder = LayerFeeder(self.viewer, [lambda layer=layer: _shrink(layer) for layer in removed], owner=self)
+
+        def restore_user_layers() -> None:
+            with one_scene_update(self.viewer):
+                self._show_panels(False)
+
+        def remove(layer: Any) -> None:
+            if layer in self.viewer.layers:
+                with one_scene_update(self.viewer):
+                    self.viewer.layers.remove(layer)
+
+        steps: list[Callable[[], Any]] = [restore_user_layers]
+        for layer in owned:
+            steps += [lambda layer=layer: remove(layer), lambda layer=layer: _shrink(layer)]
+        steps.append(self._fit)
+        # One step per turn (budget 0): a paint can come between any two of them.
+        feeder = LayerFeeder(self.viewer, steps, budget_s=0.0, owner=self)
         feeder.done.connect(lambda: setattr(self, "_feeder", None))
+        feeder.failed.connect(self._removal_failed)
         self._feeder = feeder
         feeder.start()
 
@@ -375,6 +384,10 @@ class CompareWidget(QWidget, ModelChoiceDock):
         feeder.failed.connect(self._feed_failed)
         self._feeder = feeder
         feeder.start()
+
+    def _removal_failed(self, exc: BaseException) -> None:
+        self._feeder = None
+        error(f"Removing the comparison layers failed: {exc}")
 
     def _feed_failed(self, exc: BaseException) -> None:
         self._feeder = None

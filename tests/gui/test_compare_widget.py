@@ -155,7 +155,8 @@ def test_cascade_stages_and_their_difference(make_napari_viewer, qtbot, sample_c
     count = len(viewer.layers)
     assert widget.run() and wait_for_job(qtbot, widget, 120_000).ok
     assert len(viewer.layers) == count
-    widget.clear_button.click()
+    widget.clear_button.click()  # a layer per event-loop turn
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
     assert not _compare_layers(viewer) and viewer.layers["crop"].visible
 
 
