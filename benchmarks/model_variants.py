@@ -12,9 +12,8 @@ HD95 at full depth, training seconds per step and predictor seconds per patient.
 
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` (VALUE as JSON, bare words as strings; ``loss=NAME`` picks
 the training loss, ``loss.KEY=VALUE`` sets one of its options, any other key is a model option);
-each trains in its
-own process with one thread, ``--parallel`` at a time. A run folder that exists is scored again
-without training.
+each trains in its own process with one thread, ``--parallel`` at a time. A run folder that exists
+is scored again without training.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import add_folder_arguments, one_thread_env, write_results
-
-SAMPLE_CASE = "TCGA_DU_6404_19850629"
+from train_results import SAMPLE_CASE  # the results table's validation patient, here too
 
 
 def parse_variant(text: str) -> dict[str, object]:
@@ -72,7 +70,9 @@ def train_command(args: argparse.Namespace, variant: str, run_dir: Path) -> list
 
 
 def run_one(args: argparse.Namespace, variant: str) -> dict:
-    from cascadeseg.inference.predictor import Predictor
+    import torch
+
+    from cascadeseg.inference.checkpoint import read_card
     from cascadeseg.training.holdout import score_checkpoint
     from cascadeseg.training.split import Split
 
@@ -86,7 +86,8 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
         rows = list(csv.DictReader(fh))
     split = Split.load(run_dir)
     scores = score_checkpoint(run_dir / "last", args.data, split.val, device="cpu")
-    model = Predictor.from_checkpoint(run_dir / "last", device="cpu").model
+    with torch.device("meta"):  # the card builds the network without weights: a count, no second load
+        model = read_card(run_dir / "last").create_model()
     depths = sorted(scores.dice)
     steps = int(rows[-1]["step"])
     train_seconds = sum(float(r["epoch_seconds"]) for r in rows)

@@ -348,7 +348,7 @@ class CompareWidget(QWidget, ModelChoiceDock):
         # One step per turn (budget 0): a paint can come between any two of them.
         feeder = LayerFeeder(self.viewer, steps, budget_s=0.0, owner=self)
         feeder.done.connect(lambda: setattr(self, "_feeder", None))
-        feeder.failed.connect(self._removal_failed)
+        feeder.failed.connect(lambda exc: self._feed_failed(exc, "Removing the comparison layers"))
         self._feeder = feeder
         feeder.start()
 
@@ -385,13 +385,9 @@ class CompareWidget(QWidget, ModelChoiceDock):
         self._feeder = feeder
         feeder.start()
 
-    def _removal_failed(self, exc: BaseException) -> None:
+    def _feed_failed(self, exc: BaseException, what: str = "Showing the comparison") -> None:
         self._feeder = None
-        error(f"Removing the comparison layers failed: {exc}")
-
-    def _feed_failed(self, exc: BaseException) -> None:
-        self._feeder = None
-        error(f"Showing the comparison failed: {exc}")
+        error(f"{what} failed: {exc}")
 
     def _lay_out(self, comparison: Comparison) -> None:
         """Show the panels a layer a turn. (The panels' scan view starts with the scan's
