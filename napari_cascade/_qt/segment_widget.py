@@ -239,10 +239,10 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             return
 
         def show(costs: dict[int, Any]) -> None:
-            current = self.models.current_entry()
-            if current is None or current.path != entry.path or not costs:
-                return  # the user picked another model meanwhile
-            try:
+            try:  # the widget may have closed while the worker ran (its combo boxes deleted)
+                current = self.models.current_entry()
+                if current is None or current.path != entry.path or not costs:
+                    return  # the user picked another model meanwhile
                 for index, (depth, label) in enumerate(depth_choices(entry.card, costs)):
                     if self.depth.itemData(index) == depth:
                         self.depth.setItemText(index, label)
