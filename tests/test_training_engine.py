@@ -261,11 +261,22 @@ def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: P
         export_run(run_dir, exported)
 
 
-def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path) -> None:
+def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    from cascadeseg.training import planner
+    from cascadeseg.training import trainer as trainer_module
+
+    # Two planned threads and a calibration share too small to try one thread as well: the
+    # planned threads stay and the plan says why they were not measured.
+    monkeypatch.setattr(planner, "available_cores", lambda: 2)
+    monkeypatch.setattr(trainer_module, "CALIBRATION_SHARE", 1e-4)
     budget = 6.0
-    result = train(tiny_config(lgg_pairs, tmp_path / "run", epochs=1000, steps_per_epoch=2, minutes=budget / 60))
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=1000, steps_per_epoch=2, minutes=budget / 60, threads=None))
     assert result.stopped == "time" and 1 <= result.epochs_completed < 1000
     assert result.best_dice is not None and result.elapsed_seconds <= 1.1 * budget
+    threads = json.loads((run_dir / "plan.json").read_text())["choices"]["threads"]
+    assert threads["value"] == 2 and threads["source"] == "planned"
+    assert "one thread not tried" in threads["reason"] and "share of the budget" in threads["reason"]
 
 
 def test_given_epoch_length_is_kept_under_a_budget(lgg_pairs, tmp_path: Path) -> None:

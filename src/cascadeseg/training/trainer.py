@@ -808,9 +808,24 @@ class Trainer:
 
         times = timed_steps(min(1 + CALIBRATION_STEPS, max(2, self.steps_per_epoch)))
         step_seconds = float(np.median(times[1:]))
-        if self._threads_to_compare() and time.perf_counter() - calibration_start < cap / 2:
-            torch.set_num_threads(1)
-            step_seconds = self._pick_threads(step_seconds, timed_steps(1 + CALIBRATION_STEPS))
+        if self._threads_to_compare():
+            spent = time.perf_counter() - calibration_start
+            if spent < cap / 2:
+                torch.set_num_threads(1)
+                step_seconds = self._pick_threads(step_seconds, timed_steps(1 + CALIBRATION_STEPS))
+            else:
+                # Slow first steps on a small budget (or a loaded machine): trying one thread
+                # would take the calibration past its share, so the planned threads stay, and
+                # the plan says why they were not measured.
+                assert self.plan is not None
+                planned = self.plan.choices["threads"]
+                self.plan.choose(
+                    "threads",
+                    self.cfg.threads,
+                    f"{planned.reason}; one thread not tried: the first steps took {spent:.2f} s, "
+                    f"over half the calibration's {cap:.2f} s share of the budget",
+                    planned.source,
+                )
         count = done
         case_seconds = self._validation_costs() if self.ctx.is_main else [0.0] * len(self.val_order)
         step_seconds = all_max([step_seconds], self.ctx, self.device)[0]
