@@ -19,24 +19,16 @@ from _common import add_folder_arguments, write_results
 
 
 def gate_effect(run: Path, data: Path) -> dict:
-    from cascadeseg.inference.predictor import PredictionRequest, Predictor
-    from cascadeseg.io import load_dataset
-    from cascadeseg.metrics import evaluate_case, mean_dice
+    from cascadeseg.inference.predictor import Predictor
+    from cascadeseg.training.holdout import score_predictor
     from cascadeseg.training.split import Split
 
     split = Split.load(run)
-    refs = {ref.case_id: ref for ref in load_dataset(data)}
     predictor = Predictor.from_checkpoint(run / "last", device="cpu")
-    foreground = [c["value"] for c in predictor.card.classes if c["value"] != 0]
-    dice: dict[str, dict[int, dict[str, float]]] = {"on": {}, "off": {}}
-    for case in split.val:
-        image, labels = refs[case].load()
-        for gate in ("on", "off"):
-            predictor.model.cgm_gating = gate == "on"
-            out = predictor.predict(image, want=PredictionRequest(depths=True, mirror=False))
-            for depth, volume in (out.depth_labels or {1: out.labels}).items():
-                row = evaluate_case(volume.array, labels.array, labels.spacing, classes=foreground)
-                dice[gate].setdefault(int(depth), {})[case] = mean_dice(row, [str(k) for k in foreground])
+    dice: dict[str, dict[int, dict[str, float]]] = {}
+    for gate in ("on", "off"):
+        predictor.model.cgm_gating = gate == "on"
+        dice[gate] = score_predictor(predictor, data, split.val).dice
     return {"run": str(run), "dice": dice}
 
 

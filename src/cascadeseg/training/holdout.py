@@ -14,11 +14,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DatasetError
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
 
 
 @dataclass
@@ -71,11 +74,20 @@ def score_checkpoint(
 ) -> HoldoutScores:
     """Segment ``case_ids`` of the MSD folder ``dataset`` with ``checkpoint`` at every depth
     (``mirror``: with test-time mirroring, :class:`~cascadeseg.inference.PredictionRequest`)."""
-    from ..inference.predictor import PredictionRequest, Predictor
+    from ..inference.predictor import Predictor
+
+    return score_predictor(Predictor.from_checkpoint(checkpoint, device=device), dataset, case_ids, mirror)
+
+
+def score_predictor(
+    predictor: Predictor, dataset: Path, case_ids: Sequence[str], mirror: bool = False
+) -> HoldoutScores:
+    """:func:`score_checkpoint` with a predictor the caller built (or changed: a benchmark that
+    turns a model option off scores through the same path)."""
+    from ..inference.predictor import PredictionRequest
     from ..io import load_dataset
     from ..metrics import evaluate_case, mean_dice
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     foreground = [c["value"] for c in predictor.card.classes if c["value"] != 0]
     refs = {ref.case_id: ref for ref in load_dataset(dataset)}
     scores = HoldoutScores()
