@@ -69,6 +69,48 @@ def test_corrupt_gzip_body(shared_data: Path, tmp_path: Path) -> None:
         load_volume(tmp_path / "corrupt.nii.gz")
 
 
+def test_a_wrong_gzip_checksum_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    """The streamed decompression checks each member's CRC (nibabel alone would stop reading at
+    the last voxel and never see it)."""
+    data = bytearray((shared_data / LGG_IMAGE).read_bytes())
+    data[-8] ^= 0xFF  # the CRC32 of the gzip trailer
+    (tmp_path / "bad_crc.nii.gz").write_bytes(bytes(data))
+    with pytest.raises(InputFileError, match=r"bad_crc\.nii\.gz: cannot be read as NIfTI"):
+        load_volume(tmp_path / "bad_crc.nii.gz")
+
+
+def test_nifti_gz_voxels_are_nibabel_s_for_scaled_big_endian_multi_member_files(shared_data: Path, tmp_path: Path) -> None:
+    """The reader inflates a .nii.gz itself (in pieces, without holding the interpreter lock for
+    a whole copy of the volume) and reads the voxels out of the inflated bytes; nibabel's own
+    reading is the reference: read scaling (slope / intercept), byte order, a file in two gzip
+    members, and bytes after the voxels."""
+    from cascadeseg.io.nifti import read_nifti
+
+    source = nib.load(str(shared_data / LGG_IMAGE))
+    stored = np.asarray(source.dataobj).astype(np.int16)
+    cases = {}
+    scaled = nib.Nifti1Image(stored, source.affine)
+    scaled.header.set_slope_inter(0.25, -7.0)
+    cases["scaled.nii.gz"] = scaled
+    big = nib.Nifti1Image(stored.astype(">i2"), source.affine)
+    big.header.set_data_dtype(">i2")
+    cases["big_endian.nii.gz"] = big
+    for name, image in cases.items():
+        nib.save(image, tmp_path / name)
+    raw = gzip.decompress((tmp_path / "scaled.nii.gz").read_bytes())
+    half = len(raw) // 2
+    (tmp_path / "two_members.nii.gz").write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
+    (tmp_path / "trailing.nii.gz").write_bytes(gzip.compress(raw + bytes(100)))
+    for name in ("scaled.nii.gz", "big_endian.nii.gz", "two_members.nii.gz", "trailing.nii.gz"):
+        reference = np.asanyarray(nib.load(str(tmp_path / name)).dataobj)
+        if reference.dtype == np.float64:
+            reference = reference.astype(np.float32)  # what read_nifti keeps of nibabel's float64 scaling
+        volume = read_nifti(tmp_path / name)
+        assert volume.array.dtype == reference.dtype, name
+        np.testing.assert_array_equal(volume.array[0], reference.T, err_msg=name)
+    assert np.unique(read_nifti(tmp_path / "scaled.nii.gz").array).min() == 0.25 * stored.min() - 7.0
+
+
 def test_uncompressed_nifti_named_nii_gz_still_opens(shared_data: Path, tmp_path: Path) -> None:
     raw = gzip.decompress((shared_data / LGG_IMAGE).read_bytes())
     (tmp_path / "plain.nii.gz").write_bytes(raw)
