@@ -166,7 +166,8 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
 
     first = tmp_path / "first"
     # Not the U-Net's paper loss (dice_ce): fine-tuning continues with the loss it was trained with.
-    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=2, loss="focal_tversky"))
+    train(tiny_config(lgg_pairs, first, epochs=1, steps_per_epoch=2, loss="focal_tversky",
+                      loss_options={"alpha": 0.3, "beta": 0.7}))
     # A vanishing learning rate: the fine-tuned weights must still be the checkpoint's.
     tuned = train(tiny_config(lgg_pairs, tmp_path / "tuned", epochs=1, steps_per_epoch=1, lr=1e-12, inplane_size=None,
                               init_checkpoint=str(first / "last")))
@@ -176,10 +177,12 @@ def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path)
     _, card = load_checkpoint(tmp_path / "tuned" / "last")
     assert card.target_spacing == [1.0, 4.0, 4.0]  # the resolution of the checkpoint it started from
     assert card.training["loss"] == "focal_tversky"
+    assert card.training["loss_options"] == {"alpha": 0.3, "beta": 0.7}  # the loss's options come along
     # A loss given explicitly wins over the checkpoint's.
     other = train(tiny_config(lgg_pairs, tmp_path / "other", epochs=1, steps_per_epoch=1, inplane_size=None,
                               init_checkpoint=str(first / "last"), loss="dice"))
     assert load_checkpoint(other.last_checkpoint)[1].training["loss"] == "dice"
+    assert load_checkpoint(other.last_checkpoint)[1].training["loss_options"] == {}
 
 
 def test_fine_tuning_refuses_to_validate_on_the_checkpoints_training_patients(lgg_pairs, tmp_path: Path) -> None:

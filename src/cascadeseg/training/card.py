@@ -101,6 +101,7 @@ def build_card(
         "command": cfg.command,
         "licence": licence,
         "loss": loss,
+        "loss_options": dict(cfg.loss_options),
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
         "schedule": cfg.schedule,
