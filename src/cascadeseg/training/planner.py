@@ -371,9 +371,9 @@ def plan_training(
             # its options too (a UNet# trained for its L1 head without the decoder branches keeps
             # that loss when fine-tuned), unless options were given
             inherited = init_card.training.get("loss_options") or {}
-            if not cfg.loss_options and inherited:
-                cfg.loss_options = dict(inherited)
-            option_note = f" (options {cfg.loss_options})" if inherited and cfg.loss_options == inherited else ""
+            option_note = ""
+            if inherited and not cfg.loss_options:
+                cfg.loss_options, option_note = dict(inherited), f" (options {inherited})"
             cfg.loss = plan.choose("loss", name, f"the loss the checkpoint was trained with{option_note}", "checkpoint")
     if cfg.loss is None:
         info = {i.name: i for i in list_models()}[cfg.model]
