@@ -131,8 +131,14 @@ def napari_insertion_ms(viewer: Any, kind: str = "labels") -> float:
 FLOOR_MARGIN = 1.5
 
 
+# One insertion timed on a loaded machine can come out at half its usual cost (CI: a 348 ms floor
+# against a 547 ms open): the floor is the slowest of this many.
+FLOOR_SAMPLES = 2
+
+
 def allowed_ms(viewer: Any, *kinds: str) -> float:
     """The bound for an action that adds layers of ``kinds`` (default labels): 200 ms, or napari's
-    own insertion time of the slowest of them (with :data:`FLOOR_MARGIN`)."""
-    floor = max(napari_insertion_ms(viewer, kind) for kind in (kinds or ("labels",)))
+    own insertion time of the slowest of them (the slowest of :data:`FLOOR_SAMPLES` insertions each,
+    with :data:`FLOOR_MARGIN`)."""
+    floor = max(napari_insertion_ms(viewer, kind) for kind in (kinds or ("labels",)) for _ in range(FLOOR_SAMPLES))
     return max(FREEZE_BOUND_MS, FLOOR_MARGIN * floor)

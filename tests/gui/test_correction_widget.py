@@ -258,8 +258,13 @@ def test_correct_tools_on_a_600_slice_ct_never_freeze(make_napari_viewer, qtbot,
     gaps["undo"] = measure(widget.undo_button.click, lambda: not widget.busy)
     assert int(np.count_nonzero(mask.data[::4] == 5)) <= liver_before
     # Adding a layer may take what napari itself needs for one (a bit more than 200 ms on a busy
-    # 2-core machine); nothing the dock does may add to it; the tools stay under 200 ms.
-    bounds = {"open": first_layer, "accept": new_layer}
+    # 2-core machine); nothing the dock does may add to it; the tools stay under 200 ms. The open's
+    # second layer goes into a viewer that already holds the first (what new_layer measures), and
+    # one insertion timed before the open is a noisy floor on a loaded machine (CI: 547 ms against
+    # 522): the open is held to the slower of the two.
+    bounds = {"open": max(first_layer, new_layer), "accept": new_layer}
+    print(f"GUI gaps (ms): { {a: round(g) for a, g in gaps.items()} }; floors: open {first_layer:.0f}, "
+          f"accept {new_layer:.0f}")
     slow = {action: (round(gap), round(bounds.get(action, FREEZE_BOUND_MS)))
             for action, gap in gaps.items() if gap > bounds.get(action, FREEZE_BOUND_MS)}
-    assert not slow, f"GUI gaps over their bound (measured, bound in ms): {slow}"
+    assert not slow, f"GUI gaps over their bound (measured, bound in ms): {slow}; all gaps: {gaps}"
