@@ -134,6 +134,25 @@ def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints
     assert planned.loss == "anu_hybrid"  # the chosen model's paper loss
 
 
+def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fingerprints) -> None:
+    from cascadeseg.losses import build_loss
+
+    planned, plan = plan_training(TrainConfig(data="x", minutes=20, model="unet_sharp"), fingerprints["lgg"], CPU)
+    assert planned.loss == "unet_sharp_mixed" and planned.loss_options == {"aux_weight": 0.1}
+    assert plan.choices["loss_options"].source == "planned"
+    assert build_loss(planned.loss, **planned.loss_options).aux_weight == 0.1
+    with_dice_ce, _ = plan_training(TrainConfig(data="x", minutes=20, model="unet_sharp", loss="dice_ce"),
+                                    fingerprints["lgg"], CPU)
+    assert with_dice_ce.loss_options == {"aux_weight": 0.1}
+    # Given options replace the model's (the paper's eight-branch average: aux_weight None).
+    told, plan = plan_training(TrainConfig(data="x", minutes=20, model="unet_sharp", loss_options={"aux_weight": 0.0}),
+                               fingerprints["lgg"], CPU)
+    assert told.loss_options == {"aux_weight": 0.0} and plan.choices["loss_options"].source == "given"
+    # Models without a branch weighting of their own get none.
+    unet, plan = plan_training(TrainConfig(data="x", minutes=20, model="unet_plus_plus"), fingerprints["lgg"], CPU)
+    assert unet.loss_options == {} and "loss_options" not in plan.choices
+
+
 def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
     """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
     plateau schedule does not settle by the end of a budget: its best validated one; nor does a

@@ -213,7 +213,10 @@ class UNetSharpMixedLoss(SupervisedLoss):
     hinge``; the loss is the average over all eight branches (the four full-resolution heads and
     the four decoder outputs against the max-pooled ground truth, Sec. 2.2 / Fig. 2 / Fig. 4), plus
     the BCE of the classification-guided modules against per-image presence (averaged over the
-    modules when each branch has its own).
+    modules when each branch has its own). That average is this loss's own layout
+    (``aux_weight=None``); UNet# trains with the decoder branches at 0.1 each beside the averaged
+    heads (``aux_weight=0.1``, its ``default_loss_options`` in ``models/catalogue.toml``): with the
+    equal average its L1 head trails UNet++'s (docs/model_zoo.md, "Five splits").
 
     * The focal alpha weighs every voxel as Eq. 3 prints it (``alpha_balanced=False``);
       ``alpha_balanced=True`` is RetinaNet's balance (alpha on the foreground, 1 - alpha on the

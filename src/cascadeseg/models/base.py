@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import tomllib
@@ -27,6 +28,10 @@ class ModelInfo:
     of the scan (CU-Net fuses its outputs with the non-brain mask at test time, paper 001 Sec. 2.2;
     the coarse-to-fine cascade searches only the body's candidate region, paper 002), so a predictor
     should turn its body-mask post-processing on by default for this model.
+
+    ``default_loss_options``: options the planner gives the training loss (whichever loss is used)
+    when none were given or inherited from a checkpoint: how a model's branches are weighted is the
+    model's business (UNet#: its decoder branches at 0.1 each, docs/model_zoo.md).
     """
 
     name: str
@@ -41,6 +46,7 @@ class ModelInfo:
     classification_guided: bool = False
     default_loss: str = "dice_ce"
     body_mask_at_inference: bool = False
+    default_loss_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 CATALOGUE = "catalogue.toml"
@@ -68,6 +74,8 @@ def model_info(name: str) -> ModelInfo:
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ModelConfigError(f"{CATALOGUE} [{name}]: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    if "default_loss_options" in entry:  # read-only: one ModelInfo is shared by every caller
+        entry["default_loss_options"] = MappingProxyType(dict(entry["default_loss_options"]))
     return ModelInfo(name=name, **entry)
 
 

@@ -361,6 +361,10 @@ def plan_training(
     )
 
     # -- loss, sampling, augmentation ------------------------------------------------------------
+    info = {i.name: i for i in list_models()}[cfg.model]
+    options_settled = bool(cfg.loss_options)  # given options are never replaced
+    if options_settled:
+        plan.choose("loss_options", dict(cfg.loss_options), "given", "given")
     if cfg.loss is not None:
         plan.choose("loss", cfg.loss, "given", "given")
     elif init_card is not None and init_card.training.get("loss"):
@@ -369,15 +373,26 @@ def plan_training(
         name = init_card.training.get("loss")
         if name in loss_names():
             # its options too (a UNet# trained for its L1 head without the decoder branches keeps
-            # that loss when fine-tuned), unless options were given
-            inherited = init_card.training.get("loss_options") or {}
-            option_note = ""
-            if inherited and not cfg.loss_options:
-                cfg.loss_options, option_note = dict(inherited), f" (options {inherited})"
-            cfg.loss = plan.choose("loss", name, f"the loss the checkpoint was trained with{option_note}", "checkpoint")
+            # that loss when fine-tuned), unless options were given; a card that records none
+            # (also {}) keeps none: the checkpoint was trained that way
+            cfg.loss = plan.choose("loss", name, "the loss the checkpoint was trained with", "checkpoint")
+            if not options_settled and "loss_options" in init_card.training:
+                cfg.loss_options = plan.choose(
+                    "loss_options",
+                    dict(init_card.training["loss_options"] or {}),
+                    "the options the checkpoint's loss was trained with",
+                    "checkpoint",
+                )
+                options_settled = True
     if cfg.loss is None:
-        info = {i.name: i for i in list_models()}[cfg.model]
         cfg.loss = plan.choose("loss", info.default_loss, f"the paper loss of {info.title}")
+    if not options_settled and info.default_loss_options:
+        cfg.loss_options = plan.choose(
+            "loss_options",
+            dict(info.default_loss_options),
+            f"{info.title}'s own weighting of its output branches, for whichever loss (models/catalogue.toml; "
+            "measured in docs/model_zoo.md); loss options given replace it",
+        )
     if cfg.foreground_probability is None:
         rare = fp.rarest_foreground_fraction
         cfg.foreground_probability = plan.choose(
