@@ -151,6 +151,21 @@ def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fing
     # Models without a branch weighting of their own get none.
     unet, plan = plan_training(TrainConfig(data="x", minutes=20, model="unet_plus_plus"), fingerprints["lgg"], CPU)
     assert unet.loss_options == {} and "loss_options" not in plan.choices
+    # Fine-tuning a UNet# whose card records the options it was trained with (none: Eq. 6) keeps them;
+    # a card from before cards recorded options gets the model's.
+    import dataclasses
+
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    options = {k: v for k, v in card.model_options.items() if k not in ("attention", "merge")}
+    for recorded, expected, source in (({"loss_options": {}}, {}, "checkpoint"), ({}, {"aux_weight": 0.1}, "planned")):
+        sharp = dataclasses.replace(card, architecture="unet_sharp", model_options=options,
+                                    training={**card.training, "loss": "dice_ce", **recorded})
+        tuned, plan = plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="x"), fingerprints["lgg"], CPU, sharp)
+        assert (tuned.model, tuned.loss, tuned.loss_options) == ("unet_sharp", "dice_ce", expected)
+        assert plan.choices["loss_options"].source == source
 
 
 def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
