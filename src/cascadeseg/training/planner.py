@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelConfigError
-from ..models import list_models
+from ..models import list_models, model_class
 from .config import AugmentationConfig, TrainConfig
 from .fingerprint import DatasetFingerprint
 from .split import MIN_PATIENTS_FOR_A_PATIENT_SPLIT
@@ -361,7 +361,7 @@ def plan_training(
     )
 
     # -- loss, sampling, augmentation ------------------------------------------------------------
-    info = {i.name: i for i in list_models()}[cfg.model]
+    info = model_class(cfg.model).info
     options_settled = bool(cfg.loss_options)  # given options are never replaced
     if options_settled:
         plan.choose("loss_options", dict(cfg.loss_options), "given", "given")
@@ -644,7 +644,7 @@ def _levels(model: str, patch: list[int]) -> tuple[int | None, str]:
     """Resolution levels so the coarsest feature map keeps >= 4 voxels along the smallest patch
     axis (nnU-Net's rule); nested models keep their paper's 5 levels (their pruning heads depend
     on it)."""
-    info = {i.name: i for i in list_models()}[model]
+    info = model_class(model).info
     if info.pruning_depths:
         return None, ""
     smallest = min(int(p) for p in patch)
