@@ -13,7 +13,9 @@ HD95 at full depth, training seconds per step and predictor seconds per patient.
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` (VALUE as JSON, bare words as strings; ``loss=NAME`` picks
 the training loss, ``loss.KEY=VALUE`` sets one of its options, any other key is a model option);
 each trains in its own process with one thread, ``--parallel`` at a time. A run folder that exists
-is scored again without training.
+is scored again without training; the table marks such a row "(reused)" and every row shows the
+loss and options its card records, so a folder trained under an older default cannot pass for a
+new run (move it aside to retrain).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
 
     run_dir = args.out / run_name(variant)
     command = train_command(args, variant, run_dir)
-    if not run_dir.exists():
+    reused = run_dir.exists()
+    if not reused:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
             subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=one_thread_env())
@@ -86,14 +89,18 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
         rows = list(csv.DictReader(fh))
     split = Split.load(run_dir)
     scores = score_checkpoint(run_dir / "last", args.data, split.val, device="cpu")
+    card = read_card(run_dir / "last")
     with torch.device("meta"):  # the card builds the network without weights: a count, no second load
-        model = read_card(run_dir / "last").create_model()
+        model = card.create_model()
     depths = sorted(scores.dice)
     steps = int(rows[-1]["step"])
     train_seconds = sum(float(r["epoch_seconds"]) for r in rows)
     hd_mean, _, hd_inf = scores.hd95_summary(depths[-1])
     return {
         "variant": variant or "default",
+        "reused": reused,
+        "loss": card.training.get("loss"),
+        "loss_options": card.training.get("loss_options"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "seconds_per_step": train_seconds / max(1, steps),
@@ -117,15 +124,18 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
         f"the last checkpoint scored on the {len(results[0]['val_cases'])} validation patients through the predictor.",
         "",
         "| variant | parameters | steps | s / step | " + " | ".join(f"Dice L{d}" for d in depths)
-        + " | HD95 full (inf) | predict s / patient |",
-        "|---|---:|---:|---:|" + "---:|" * len(depths) + "---:|---:|",
+        + " | HD95 full (inf) | predict s / patient | loss (card) |",
+        "|---|---:|---:|---:|" + "---:|" * len(depths) + "---:|---:|---|",
     ]
     for r in results:
         params = f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "-"
         dice = " | ".join(f"{r['dice'].get(d, float('nan')):.3f}" for d in depths)
+        options = ", ".join(f"{k}={v}" for k, v in (r["loss_options"] or {}).items())
+        recorded = f"{r['loss']} {options}".strip() if r["loss"] else "-"
+        variant = f"{r['variant']} (reused)" if r["reused"] else r["variant"]
         lines.append(
-            f"| {r['variant']} | {params} | {r['steps']} | {r['seconds_per_step']:.2f} | {dice} | "
-            f"{r['hd95_full']:.1f} ({r['hd95_inf']}) | {r['predict_seconds_per_case']:.2f} |"
+            f"| {variant} | {params} | {r['steps']} | {r['seconds_per_step']:.2f} | {dice} | "
+            f"{r['hd95_full']:.1f} ({r['hd95_inf']}) | {r['predict_seconds_per_case']:.2f} | {recorded} |"
         )
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in results]
     return "\n".join(lines) + "\n"

@@ -336,9 +336,10 @@ def test_weighted_sampling_aux_weight_decays_as_paper_001(brats_patch: torch.Ten
         omega[epoch] = loss.aux_weight
     assert omega == {0: 0.1, 9: 0.1, 10: pytest.approx(0.01), 19: pytest.approx(0.01), 20: pytest.approx(1e-3),
                      35: pytest.approx(1e-3)}
-    constant = build_loss("weighted_sampling", aux_decay=False, aux_weight=0.3)
-    constant.set_epoch(40)
-    assert constant.aux_weight == 0.3
+    for off in (False, "none"):  # False: a card written when the option was CU-Net's boolean
+        constant = build_loss("weighted_sampling", aux_decay=off, aux_weight=0.3)
+        constant.set_epoch(40)
+        assert constant.aux_weight == 0.3
 
 
 def test_weighted_sampling_rate_follows_eq3(lgg_slice_and_brain: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -380,6 +381,36 @@ def test_heads_are_averaged_and_aux_compared_with_downscaled_target() -> None:
     expected = (2 * expected + soft_dice_loss(aux["X1,3"], small)) / 3
     value = loss(SegmentationOutput(logits=logits, heads=heads, aux=aux), target).item()
     assert value == pytest.approx(expected.item())
+
+
+def test_a_linearly_fading_aux_weight_reaches_zero_at_the_last_epoch() -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 3:7] = 1
+    heads = {1: torch.randn(1, 2, 8, 8, dtype=torch.float64), 2: torch.randn(1, 2, 8, 8, dtype=torch.float64)}
+    aux = {"X1,3": torch.randn(1, 2, 4, 4, dtype=torch.float64), "X2,2": torch.randn(1, 2, 2, 2, dtype=torch.float64)}
+    output = SegmentationOutput(logits=heads[2], heads=heads, aux=aux)
+    main = ((soft_dice_loss(heads[1], target) + soft_dice_loss(heads[2], target)) / 2).item()
+    aux_sum = sum(soft_dice_loss(v, downscale_labels(target, v.shape[2:])).item() for v in aux.values())
+    loss = build_loss("dice", aux_weight=0.1, aux_decay="linear")
+    seen = []
+    for epoch in range(5):  # 0.1 at the first of five epochs, 0 at the last: 0.1 * (1 - e / 4)
+        loss.set_epoch(epoch, 5)
+        seen.append(loss.aux_weight)
+        assert loss(output, target).item() == pytest.approx(main + seen[-1] * aux_sum)
+    assert seen == pytest.approx([0.1, 0.075, 0.05, 0.025, 0.0])
+    loss.set_epoch(0, 1)  # a single epoch keeps the full weight
+    assert loss.aux_weight == 0.1
+    constant = build_loss("dice", aux_weight=0.1)  # no schedule unless asked
+    constant.set_epoch(4, 5)
+    assert constant.aux_weight == 0.1
+    step = build_loss("dice_ce", aux_weight=0.1, aux_decay="step")  # CU-Net's omega, for any loss
+    step.set_epoch(10, 50)
+    assert step.aux_weight == pytest.approx(0.01)
+    with pytest.raises(ModelConfigError, match="aux_decay: 'cosine' is unknown"):
+        build_loss("dice", aux_weight=0.1, aux_decay="cosine")
+    with pytest.raises(ModelConfigError, match="aux_weight is None"):
+        build_loss("dice", aux_decay="linear")  # nothing separate to schedule when aux joins the mean
 
 
 def test_max_pool_downscaling_keeps_small_structures() -> None:

@@ -161,6 +161,25 @@ def test_cancel_stops_within_one_step_and_keeps_a_loadable_checkpoint(lgg_pairs,
     assert "cancelled" in card.training["note"]
 
 
+def test_the_trainer_tells_the_loss_each_epoch_of_how_many(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    from cascadeseg.losses.supervision import SupervisedLoss
+
+    calls, real = [], SupervisedLoss.set_epoch
+
+    def spy(self, epoch, epochs=None):
+        real(self, epoch, epochs)
+        calls.append((epoch, epochs, self.aux_weight))
+
+    monkeypatch.setattr(SupervisedLoss, "set_epoch", spy)
+    # UNet#'s decoder branches at 0.1, fading to 0 over three epochs (docs/model_zoo.md).
+    result = train(tiny_config(lgg_pairs, tmp_path / "run", model="unet_sharp", model_options={"base_width": 4},
+                               epochs=3, steps_per_epoch=1, loss="dice_ce",
+                               loss_options={"aux_weight": 0.1, "aux_decay": "linear"}))
+    assert result.stopped == "epochs"
+    assert calls == [(0, 3, 0.1), (1, 3, pytest.approx(0.05)), (2, 3, 0.0)]
+    assert load_checkpoint(result.last_checkpoint)[1].training["loss_options"] == {"aux_weight": 0.1, "aux_decay": "linear"}
+
+
 def test_fine_tuning_starts_from_the_given_checkpoint(lgg_pairs, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

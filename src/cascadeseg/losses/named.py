@@ -13,7 +13,6 @@ from torch import Tensor
 
 from ..errors import ModelConfigError
 from ..models.output import SegmentationOutput
-from ..models.recipes import cu_net_aux_weight
 from .lovasz import lovasz_hinge_loss
 from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
 from .pixelwise import anu_focal_term, class_frequency_weighted_ce, cross_entropy_loss, focal_loss
@@ -73,10 +72,10 @@ class WeightedSamplingLoss(SupervisedLoss):
 
     ``L = L1 + L2 + omega * sum_i La_i``: the two branch (stage) losses plus the eight auxiliary
     losses with ``aux_weight`` omega. The paper's omega starts at 0.1 and is divided by 10 every ten
-    epochs down to 1e-3 (Sec. 3.2): :meth:`set_epoch` applies :func:`cu_net_aux_weight` from
-    ``aux_weight`` (``aux_decay=False`` keeps omega constant). Each term is the sampled
-    cross-entropy of Eq. 1 with the sample matrix of :mod:`.sampling` (U-Net 1's rule for
-    whole-tumour outputs, U-Net 2's for substructure outputs). ``roi`` is the brain mask: S1, the
+    epochs down to 1e-3 (Sec. 3.2): ``aux_decay="step"``, this loss's default (``set_epoch`` applies
+    :func:`..models.recipes.cu_net_aux_weight` from ``aux_weight``); ``aux_decay="none"`` keeps
+    omega constant. Each term is the sampled cross-entropy of Eq. 1 with the sample matrix of
+    :mod:`.sampling` (U-Net 1's rule for whole-tumour outputs, U-Net 2's for substructure outputs). ``roi`` is the brain mask: S1, the
     black background outside it, is never sampled (p1 = 0); :func:`.regions.training_region`
     makes it from the batch. ``seed`` makes the random sampling reproducible.
     """
@@ -91,11 +90,11 @@ class WeightedSamplingLoss(SupervisedLoss):
         contour_width: int = 10,
         empty_rate: float = 0.01,
         aux_weight: float = 0.1,
-        aux_decay: bool = True,
+        aux_decay: str | bool = "step",
         seed: int | None = None,
         **common: Any,
     ) -> None:
-        super().__init__(aux_weight=aux_weight, **common)
+        super().__init__(aux_weight=aux_weight, aux_decay=aux_decay, **common)
         if beta <= 0 or contour_weight < 1 or contour_width < 0 or not 0 <= empty_rate <= 1:
             raise ModelConfigError(
                 "loss 'weighted_sampling': expected beta > 0, contour_weight >= 1, contour_width >= 0 and "
@@ -107,13 +106,7 @@ class WeightedSamplingLoss(SupervisedLoss):
             contour_width,
             empty_rate,
         )
-        self.initial_aux_weight, self.aux_decay = float(aux_weight), aux_decay
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        """omega for ``epoch`` (0-based): the paper's decay, unless ``aux_decay=False``."""
-        if self.aux_decay:
-            self.aux_weight = cu_net_aux_weight(epoch, self.initial_aux_weight)
 
     def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
         substructures = logits.shape[1] > 2  # U-Net 2's outputs; 2 channels: whole tumour (U-Net 1)

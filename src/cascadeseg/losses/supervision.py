@@ -15,7 +15,10 @@ A :class:`SupervisedLoss` owns one per-output term (``term(logits, target, roi)`
 Combination, set by each paper's subclass: ``branch_reduction`` "mean" (UNet++/UNet# "accurate
 mode": the average over branches) or "sum" (ANU-Net Eq. 8); ``aux_weight=None`` pools the aux
 branches into that same mean/sum (UNet#: "the average loss value of all branches"), a number adds
-``aux_weight * sum(aux)`` separately (CU-Net Eq. 4, omega = 0.1). Stages are summed with
+``aux_weight * sum(aux)`` separately (CU-Net Eq. 4, omega = 0.1), and ``aux_decay`` schedules that
+number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down to 1e-3) or
+"linear" (straight down to 0 at the last epoch: the aux branches shape the deep nodes early, the
+heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). Stages are summed with
 ``stage_weights`` (default 1 each; a weight of 0 skips the stage: stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
@@ -38,9 +41,11 @@ from torch import Tensor, nn
 
 from ..errors import ModelConfigError, VolumeError
 from ..models.output import SegmentationOutput
+from ..models.recipes import cu_net_aux_weight
 from .targets import as_float, check_target, class_presence, downscale_labels, downscale_mask, target_for_channels
 
 REDUCTIONS = ("mean", "sum")
+AUX_DECAYS = ("none", "step", "linear")
 
 
 class SupervisedLoss(nn.Module):
@@ -56,6 +61,7 @@ class SupervisedLoss(nn.Module):
         branch_reduction: str = "mean",
         aux_weight: float | None = None,
         aux_downscale: str = "max",
+        aux_decay: str | bool = "none",
         stage_weights: Mapping[str, float] | None = None,
         classification_weight: float = 1.0,
     ) -> None:
@@ -68,8 +74,19 @@ class SupervisedLoss(nn.Module):
             raise ModelConfigError(
                 f"loss option aux_downscale: '{aux_downscale}' is unknown (expected 'max' or 'nearest')"
             )
+        # Cards written before the schedule had a name hold CU-Net's boolean: True is its step decay.
+        decay = {True: "step", False: "none"}.get(aux_decay, aux_decay) if isinstance(aux_decay, bool) else aux_decay
+        if decay not in AUX_DECAYS:
+            raise ModelConfigError(f"loss option aux_decay: '{aux_decay}' is unknown (expected one of {AUX_DECAYS})")
+        if decay != "none" and aux_weight is None:
+            raise ModelConfigError(
+                f"loss option aux_decay: '{decay}' schedules a separate aux weight, but aux_weight is None "
+                "(the aux branches pooled with the heads); give aux_weight a number"
+            )
         self.branch_reduction = branch_reduction
         self.aux_weight = aux_weight
+        self.initial_aux_weight = aux_weight
+        self.aux_decay = decay
         self.aux_downscale = aux_downscale
         self.stage_weights = dict(stage_weights or {})
         self.classification_weight = float(classification_weight)
@@ -83,8 +100,16 @@ class SupervisedLoss(nn.Module):
         """Voxels a stage's loss covers; the whole ``roi`` unless a paper says otherwise."""
         return roi
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called at the start of every epoch (0-based); a paper's per-epoch loss schedule goes here."""
+    def set_epoch(self, epoch: int, epochs: int | None = None) -> None:
+        """Called by the trainer at the start of every epoch (0-based) of ``epochs``; applies
+        ``aux_decay`` (a subclass with a paper's own per-epoch schedule extends this)."""
+        if self.initial_aux_weight is None or self.aux_decay == "none":
+            return
+        if self.aux_decay == "step":
+            self.aux_weight = cu_net_aux_weight(epoch, self.initial_aux_weight)
+        else:  # linear: the full weight at epoch 0, 0 at the last epoch (a single epoch keeps it)
+            last = max(int(epochs or 1) - 1, 0)
+            self.aux_weight = self.initial_aux_weight * (max(0.0, 1.0 - epoch / last) if last else 1.0)
 
     # -- the shared machinery ---------------------------------------------------------------
     def supervise(self, name: str, logits: Tensor, target: Tensor, roi: Tensor | None, num_classes: int) -> Tensor:

@@ -944,7 +944,8 @@ class Trainer:
             self.sampler.set_epoch(epoch)
         set_epoch = getattr(self.loss_fn, "set_epoch", None)
         if callable(set_epoch):
-            set_epoch(epoch)  # a paper's per-epoch loss schedule (CU-Net's omega decay)
+            # a per-epoch loss schedule (CU-Net's omega decay, a linearly fading aux weight)
+            set_epoch(epoch, int(self.cfg.epochs or 1))
         # Epoch 0's clock starts with the calibration steps it holds (their samples count in it).
         self.epoch_start = getattr(self, "_calibration_start", None) or time.perf_counter()
         self._calibration_start = None
