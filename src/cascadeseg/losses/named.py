@@ -75,9 +75,9 @@ class WeightedSamplingLoss(SupervisedLoss):
     epochs down to 1e-3 (Sec. 3.2): ``aux_decay="step"``, this loss's default (``set_epoch`` applies
     :func:`..models.recipes.cu_net_aux_weight` from ``aux_weight``); ``aux_decay="none"`` keeps
     omega constant. Each term is the sampled cross-entropy of Eq. 1 with the sample matrix of
-    :mod:`.sampling` (U-Net 1's rule for whole-tumour outputs, U-Net 2's for substructure outputs). ``roi`` is the brain mask: S1, the
-    black background outside it, is never sampled (p1 = 0); :func:`.regions.training_region`
-    makes it from the batch. ``seed`` makes the random sampling reproducible.
+    :mod:`.sampling` (U-Net 1's rule for whole-tumour outputs, U-Net 2's for substructure outputs).
+    ``roi`` is the brain mask: S1, the black background outside it, is never sampled (p1 = 0);
+    :func:`.regions.training_region` makes it from the batch. ``seed`` makes the random sampling reproducible.
     """
 
     region = "body"

@@ -74,8 +74,9 @@ class SupervisedLoss(nn.Module):
             raise ModelConfigError(
                 f"loss option aux_downscale: '{aux_downscale}' is unknown (expected 'max' or 'nearest')"
             )
-        # Cards written before the schedule had a name hold CU-Net's boolean: True is its step decay.
-        decay = {True: "step", False: "none"}.get(aux_decay, aux_decay) if isinstance(aux_decay, bool) else aux_decay
+        decay = aux_decay
+        if isinstance(decay, bool):  # cards from before the schedule had a name: CU-Net's on / off
+            decay = "step" if decay else "none"
         if decay not in AUX_DECAYS:
             raise ModelConfigError(f"loss option aux_decay: '{aux_decay}' is unknown (expected one of {AUX_DECAYS})")
         if decay != "none" and aux_weight is None:
