@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from train_results import SAMPLE_CASE  # the results table's validation patient,
 
 def parse_variant(text: str) -> dict[str, object]:
     options: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
+    # Commas separate options, except inside a JSON list ("loss.head_weights=[2,1,1,1]").
+    for item in filter(None, re.split(r",(?![^\[]*\])", text)):
         key, sep, raw = item.partition("=")
         if not sep:
             raise SystemExit(f"variant {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {item!r}")

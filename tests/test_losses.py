@@ -528,3 +528,24 @@ def test_empty_target_is_finite(name: str, shape: tuple[int, ...], num_classes: 
     # An empty roi (nothing to look at) is a zero, not NaN.
     value = build_loss(name)(logits, target, roi=torch.zeros(shape, dtype=torch.bool))
     assert torch.isfinite(value)
+
+
+def test_head_weights_weigh_the_pruning_heads_shallowest_first() -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 3:7] = 1
+    heads = {k: torch.randn(1, 2, 8, 8, dtype=torch.float64) for k in (1, 2, 3)}
+    aux = {"X1,1": torch.randn(1, 2, 4, 4, dtype=torch.float64)}
+    output = SegmentationOutput(logits=heads[3], heads=heads, aux=aux)
+    per_head = [soft_dice_loss(heads[k], target).item() for k in (1, 2, 3)]
+    aux_term = soft_dice_loss(aux["X1,1"], downscale_labels(target, (4, 4))).item()
+    weighted = build_loss("dice", aux_weight=0.1, head_weights=[2, 1, 1])
+    assert weighted(output, target).item() == pytest.approx(
+        (2 * per_head[0] + per_head[1] + per_head[2]) / 4 + 0.1 * aux_term
+    )
+    pooled = build_loss("dice", head_weights=[2, 1, 1])  # aux pooled into the mean with weight 1
+    assert pooled(output, target).item() == pytest.approx((2 * per_head[0] + per_head[1] + per_head[2] + aux_term) / 5)
+    with pytest.raises(ModelConfigError, match="2 weights given for a model with 3 pruning heads"):
+        build_loss("dice", head_weights=[2, 1])(output, target)
+    with pytest.raises(ModelConfigError, match="head_weights: expected one weight >= 0"):
+        build_loss("dice", head_weights=[0, 0, 0])

@@ -18,8 +18,10 @@ branches into that same mean/sum (UNet#: "the average loss value of all branches
 ``aux_weight * sum(aux)`` separately (CU-Net Eq. 4, omega = 0.1), and ``aux_decay`` schedules that
 number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down to 1e-3) or
 "linear" (straight down to 0 at the last epoch: the aux branches shape the deep nodes early, the
-heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). Stages are summed with
-``stage_weights`` (default 1 each; a weight of 0 skips the stage: stage-by-stage training).
+heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs the pruning heads in
+that mean or sum, shallowest first (default 1 each; an aux branch pooled with them counts 1).
+Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the stage:
+stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
 logits), ``target`` a ``(B, *spatial)`` label map, ``roi`` an optional bool ``(B, *spatial)`` mask
@@ -32,7 +34,7 @@ epoch; losses with a per-epoch schedule (CU-Net's omega) follow it there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -64,6 +66,7 @@ class SupervisedLoss(nn.Module):
         aux_decay: str | bool = "none",
         stage_weights: Mapping[str, float] | None = None,
         classification_weight: float = 1.0,
+        head_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if branch_reduction not in REDUCTIONS:
@@ -84,6 +87,17 @@ class SupervisedLoss(nn.Module):
                 f"loss option aux_decay: '{decay}' schedules a separate aux weight, but aux_weight is None "
                 "(the aux branches pooled with the heads); give aux_weight a number"
             )
+        if head_weights is not None and (
+            isinstance(head_weights, (str, bytes))
+            or not head_weights
+            or not all(isinstance(w, (int, float)) and w >= 0 for w in head_weights)
+            or not any(head_weights)
+        ):
+            raise ModelConfigError(
+                f"loss option head_weights: expected one weight >= 0 per pruning head, shallowest first "
+                f"(e.g. [2, 1, 1, 1]), not all 0; got {head_weights!r}"
+            )
+        self.head_weights = None if head_weights is None else [float(w) for w in head_weights]
         self.branch_reduction = branch_reduction
         self.aux_weight = aux_weight
         self.initial_aux_weight = aux_weight
@@ -127,9 +141,24 @@ class SupervisedLoss(nn.Module):
         target = target_for_channels(target, logits.shape[1], num_classes, name)
         return self.term(logits, target, roi)
 
-    def _reduce(self, losses: list[Tensor]) -> Tensor:
+    def _reduce(self, losses: list[Tensor], weights: list[float] | None = None) -> Tensor:
+        """The branches' mean or sum; ``weights`` (one per loss) make it a weighted mean / sum."""
         stacked = torch.stack(losses)
-        return stacked.mean() if self.branch_reduction == "mean" else stacked.sum()
+        if weights is None:
+            return stacked.mean() if self.branch_reduction == "mean" else stacked.sum()
+        w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
+        total = (w * stacked).sum()
+        return total / w.sum() if self.branch_reduction == "mean" else total
+
+    def _head_weights(self, count: int) -> list[float] | None:
+        if self.head_weights is None:
+            return None
+        if len(self.head_weights) != count:
+            raise ModelConfigError(
+                f"loss option head_weights: {len(self.head_weights)} weights given for a model with "
+                f"{count} pruning heads (expected one per head, shallowest first)"
+            )
+        return self.head_weights
 
     def forward(self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None) -> Tensor:
         if isinstance(output, Tensor):
@@ -146,13 +175,14 @@ class SupervisedLoss(nn.Module):
         aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in output.aux.items()]
         main = heads if heads or output.stages else [self.supervise("logits", logits, target, roi, num_classes)]
 
+        weights = self._head_weights(len(heads)) if heads else None
         parts: list[Tensor] = []
         if self.aux_weight is None:
             if main or aux:
-                parts.append(self._reduce(main + aux))
+                parts.append(self._reduce(main + aux, None if weights is None else weights + [1.0] * len(aux)))
         else:
             if main:
-                parts.append(self._reduce(main))
+                parts.append(self._reduce(main, weights))
             if aux:
                 parts.append(self.aux_weight * torch.stack(aux).sum())
         for name, stage_logits in output.stages.items():
