@@ -250,7 +250,7 @@ def test_a_kill_during_a_checkpoint_swap_resumes_with_no_leftovers(lgg_set: Path
 
 
 def test_fine_tuning_accepts_a_shipped_model_name(lgg_set: Path, tmp_path: Path) -> None:
-    result = train(tiny_config(lgg_set, tmp_path / "run", model_options={}, inplane_size=None, epochs=1,
+    result = train(tiny_config(lgg_set, tmp_path / "run", model=None, model_options={}, inplane_size=None, epochs=1,
                                steps_per_epoch=1, init_checkpoint="lgg_flair_anu_net_2d"))
     card = json.loads((result.last_checkpoint / "model_card.json").read_text())
     assert card["architecture"] == "anu_net" and card["training"]["init_checkpoint"] == "lgg_flair_anu_net_2d"

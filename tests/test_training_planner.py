@@ -325,3 +325,28 @@ def test_a_3d_run_on_the_real_ct_keeps_to_4_gb(shared_data: Path, tmp_path: Path
     card = json.loads((tmp_path / "run" / "last" / "model_card.json").read_text())
     assert len(card["classes"]) == 62 and card["classes"][-1]["value"] == 117
     assert "slice block(s) of 1 volume(s)" in proc.stderr
+
+
+def test_given_grid_and_axis_win_over_the_checkpoint_and_contradictions_are_refused(fingerprints) -> None:
+    """Fine-tuning the CHAOS MRI model on another modality (MRI -> CT): its 7.7 mm slice grid is
+    the default, a given target spacing (or in-plane size) and slicing axis win, and a given model
+    or dimensionality that the checkpoint cannot be is an error, not silently replaced."""
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    card = read_card(checkpoints_dir() / "chaos_t2_anu_net_2d")
+    fp = fingerprints["chaos"]
+    inherited, plan = plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c"), fp, CPU, card)
+    assert inherited.target_spacing == list(card.target_spacing)
+    assert plan.choices["target_spacing"].source == "checkpoint"
+    told, plan = plan_training(
+        TrainConfig(data="x", minutes=20, init_checkpoint="c", target_spacing=[2.0, 2.0, 2.0], axis=1), fp, CPU, card
+    )
+    assert told.target_spacing == [2.0, 2.0, 2.0] and plan.choices["target_spacing"].source == "given"
+    assert told.axis == 1 and plan.choices["axis"].source == "given"
+    sized, plan = plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c", inplane_size=128), fp, CPU, card)
+    assert sized.target_spacing != list(card.target_spacing) and plan.choices["target_spacing"].source == "given"
+    with pytest.raises(ModelConfigError, match="is a 2D model, but dims=3 was given"):
+        plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c", dims=3), fp, CPU, card)
+    with pytest.raises(ModelConfigError, match="is of architecture 'anu_net', but model 'unet' was given"):
+        plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c", model="unet"), fp, CPU, card)

@@ -245,8 +245,21 @@ def plan_training(
 
     # -- 2D or 3D, and the slicing axis -----------------------------------------------------------
     if init_card is not None:
-        cfg.dims = plan.choose("dims", int(init_card.dims), "the checkpoint's", "checkpoint")
-        cfg.axis = plan.choose("axis", int(init_card.slice_axis), "the checkpoint's slicing axis", "checkpoint")
+        # The network's dimensionality is the checkpoint's; a given --dims that contradicts it is
+        # an error, never silently dropped. A 2D network slices along any axis: a given axis wins.
+        if "dims" in given and int(given["dims"]) != int(init_card.dims):
+            raise ModelConfigError(
+                f"init checkpoint '{cfg.init_checkpoint}' is a {init_card.dims}D model, but dims={given['dims']} "
+                f"was given: give dims={init_card.dims} (or leave it out) or start from a {given['dims']}D checkpoint"
+            )
+        source = "given" if "dims" in given else "checkpoint"
+        cfg.dims = plan.choose(
+            "dims", int(init_card.dims), "given" if source == "given" else "the checkpoint's", source
+        )
+        if "axis" in given:
+            cfg.axis = plan.choose("axis", int(given["axis"]), "given", "given")
+        else:
+            cfg.axis = plan.choose("axis", int(init_card.slice_axis), "the checkpoint's slicing axis", "checkpoint")
     else:
         dims, axis, why = _dims_and_axis(fp, device)
         cfg.dims = given.get("dims") or plan.choose("dims", dims, why)
@@ -282,15 +295,17 @@ def plan_training(
         cfg.context_slices = plan.choose("context_slices", 0, CONTEXT_SLICES_REASON)
 
     # -- working grid ----------------------------------------------------------------------------
-    if init_card is not None and init_card.target_spacing:
+    # A given grid (target_spacing, or inplane_size) wins over the checkpoint's: fine-tuning a
+    # network on another modality's grid (MRI -> CT) is the user's call.
+    if cfg.target_spacing is not None:
+        plan.choose("target_spacing", cfg.target_spacing, "given", "given")
+    elif init_card is not None and init_card.target_spacing and not cfg.inplane_size:
         cfg.target_spacing = plan.choose(
             "target_spacing",
             list(init_card.target_spacing),
             "the checkpoint's working grid (in-plane; slices stay native in 2D)",
             "checkpoint",
         )
-    elif cfg.target_spacing is not None:
-        plan.choose("target_spacing", cfg.target_spacing, "given", "given")
     else:
         target, why = _target_spacing(fp, cfg.dims, cfg.axis, cfg.inplane_size, device, thread_minutes)
         cfg.target_spacing = plan.choose("target_spacing", target, why, "given" if cfg.inplane_size else "planned")
@@ -298,6 +313,11 @@ def plan_training(
 
     # -- architecture, width, depth --------------------------------------------------------------
     if init_card is not None:
+        if config.model is not None and config.model != init_card.architecture:
+            raise ModelConfigError(
+                f"init checkpoint '{cfg.init_checkpoint}' is of architecture '{init_card.architecture}', but "
+                f"model '{config.model}' was given: leave the model out to fine-tune it, or drop the checkpoint"
+            )
         cfg.model = plan.choose("model", init_card.architecture, "the checkpoint's architecture", "checkpoint")
         cfg.model_options = {
             k: v for k, v in init_card.model_options.items() if k not in ("in_channels", "num_classes", "dims")
