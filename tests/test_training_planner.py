@@ -21,7 +21,7 @@ from cascadeseg.metrics import case_mean_dice
 from cascadeseg.training.config import TrainConfig
 from cascadeseg.training.datasets import case_sources, read_cases
 from cascadeseg.training.fingerprint import fingerprint
-from cascadeseg.training.planner import DeviceProfile, plan_training
+from cascadeseg.training.planner import DeviceProfile, plan_preprocessing, plan_training
 from cascadeseg.training.split import patient_id
 from cascadeseg.training.trainer import train
 
@@ -350,3 +350,28 @@ def test_given_grid_and_axis_win_over_the_checkpoint_and_contradictions_are_refu
         plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c", dims=3), fp, CPU, card)
     with pytest.raises(ModelConfigError, match="is of architecture 'anu_net', but model 'unet' was given"):
         plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c", model="unet"), fp, CPU, card)
+
+
+def test_a_checkpoint_normalisation_of_the_other_modality_is_replaced_by_the_datas_own(
+    fingerprints, shared_data: Path
+) -> None:
+    """Fine-tuning across modalities: an MR checkpoint's z-score on CT data (the LiTS crop) gives way
+    to the CT window of the data's labelled structures; a CT checkpoint's HU window on MR data (the
+    hippocampus crops) to the z-score; the same family keeps the checkpoint's spec."""
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    mr_card = read_card(checkpoints_dir() / "chaos_t2_anu_net_2d")
+    ct_card = read_card(checkpoints_dir() / "ct_liver_unet_3d")
+    ct_data = _fingerprint(shared_data / "lits-crop")
+    fallback = [{"type": "reader default"}]
+    specs, reason, source = plan_preprocessing(ct_data, fallback, mr_card)
+    assert specs[0]["type"] == "ct_window" and source == "planned" and "the data is CT" in reason
+    own, _, _ = plan_preprocessing(ct_data, fallback)  # what a run from scratch plans
+    assert specs == own
+    specs, reason, source = plan_preprocessing(fingerprints["hippocampus"], fallback, ct_card)
+    assert specs[0]["type"] == "mri_zscore" and "the data is MR / unknown" in reason
+    specs, _, source = plan_preprocessing(ct_data, fallback, ct_card)
+    assert specs == [ct_card.input_channels[0]["preprocessing"]] and source == "checkpoint"
+    specs, _, source = plan_preprocessing(fingerprints["chaos"], fallback, mr_card)
+    assert specs == [mr_card.input_channels[0]["preprocessing"]] and source == "checkpoint"

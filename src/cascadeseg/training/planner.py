@@ -531,6 +531,72 @@ def _class_values(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan
     )
 
 
+def plan_preprocessing(
+    fp: DatasetFingerprint, fallback: list[dict[str, Any]], init_card: Any = None
+) -> tuple[list[dict[str, Any]], str, str]:
+    """Per channel: the checkpoint's spec for a channel mapped onto it (``fallback``, the reader's
+    default, for one that is not), else the data's own by modality (CT: a window over the labelled
+    structures' intensities, nnU-Net's CT normalisation; MR and unknown: robust z-score). A
+    checkpoint's spec made for the other family (an MR z-score on CT data, a HU window on MR data)
+    is replaced by the data's own: its units do not carry over (CHAOS MRI -> CT: liver Dice 0.75
+    with the MR z-score, 0.97 with the CT window; docs/default_models.md). Returns the specs, the
+    reason and its source ("planned" or "checkpoint")."""
+    n = len(fp.channels)
+    own, own_reason = _preprocessing_for_modality(fp)
+    if init_card is None:
+        return own, own_reason, "planned"
+    from .transfer import map_channels
+
+    names = [c.name for c in fp.channels]
+    mapping = map_channels(init_card.channel_names, names) if n != len(init_card.input_channels) else list(range(n))
+    data_is_ct = own[0]["type"] == "ct_window"
+    specs: list[dict[str, Any]] = []
+    replaced: list[int] = []
+    for c, m in enumerate(mapping):
+        if m is None:
+            specs.append(fallback[c])
+            continue
+        inherited = dict(init_card.input_channels[m]["preprocessing"])
+        if (inherited.get("type") == "ct_window") != data_is_ct:
+            specs.append(own[c])
+            replaced.append(c)
+        else:
+            specs.append(inherited)
+    if not replaced:
+        return specs, "the checkpoint's, channel by channel", "checkpoint"
+    kind = "CT" if data_is_ct else "MR / unknown"
+    rest = "" if len(replaced) == n else ", the other channels the checkpoint's"
+    return (
+        specs,
+        (
+            f"the data is {kind} and the checkpoint's input was not: channel(s) {replaced} get the data's own "
+            f"normalisation ({own_reason}){rest}"
+        ),
+        "planned",
+    )
+
+
+def _preprocessing_for_modality(fp: DatasetFingerprint) -> tuple[list[dict[str, Any]], str]:
+    """The data's own normalisation per channel, and why."""
+    if fp.modality == "CT" or all(c.integer_valued and c.overall_percentiles[0] <= -500 for c in fp.channels):
+        specs = []
+        for c in fp.channels:
+            low, high = c.foreground_percentiles[0], c.foreground_percentiles[2]
+            if high - low < 50:  # a tiny labelled structure: fall back to a soft-tissue window
+                low, high = -160.0, 240.0
+            specs.append({"type": "ct_window", "window": [round(float(low)), round(float(high))]})
+        return specs, (
+            "CT: clip to the 0.5-99.5 percentiles of the labelled "
+            "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]"
+        )
+    specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"} for _ in fp.channels]
+    return specs, (
+        "MR / unknown: z-score inside the head (brighter than "
+        "5 % of the intensity range, whatever the background's value: a file already normalised or rescaled gives the "
+        "same input), after clipping to its 0.5-99.5 percentiles"
+    )
+
+
 def _given(config: TrainConfig) -> dict[str, Any]:
     return {k: getattr(config, k) for k in ("dims", "axis") if getattr(config, k) is not None}
 

@@ -69,6 +69,7 @@ from .planner import (
     PLAN_FILE,
     TrainPlan,
     device_profile,
+    plan_preprocessing,
     plan_training,
     schedule_for_budget,
 )
@@ -414,45 +415,10 @@ class Trainer:
     def _plan_preprocessing(
         self, fp: DatasetFingerprint, first: RawCase, init_card: ModelCard | None
     ) -> list[dict[str, Any]]:
-        """Per channel: the checkpoint's spec for a channel mapped onto it, else by modality (CT:
-        a window over the labelled structures' intensities, nnU-Net's CT normalisation; MR and
-        unknown: robust z-score)."""
         assert self.plan is not None
-        n = first.image.num_channels
-        if init_card is not None:
-            from .transfer import map_channels
-
-            names = [c.name for c in fp.channels]
-            mapping = (
-                map_channels(init_card.channel_names, names) if n != len(init_card.input_channels) else list(range(n))
-            )
-            fallback = default_preprocessing(first.image, n)
-            specs = [
-                dict(init_card.input_channels[m]["preprocessing"]) if m is not None else fallback[c]
-                for c, m in enumerate(mapping)
-            ]
-            return self.plan.choose("preprocessing", specs, "the checkpoint's, channel by channel", "checkpoint")
-        if fp.modality == "CT" or all(c.integer_valued and c.overall_percentiles[0] <= -500 for c in fp.channels):
-            specs = []
-            for c in fp.channels:
-                low, high = c.foreground_percentiles[0], c.foreground_percentiles[2]
-                if high - low < 50:  # a tiny labelled structure: fall back to a soft-tissue window
-                    low, high = -160.0, 240.0
-                specs.append({"type": "ct_window", "window": [round(float(low)), round(float(high))]})
-            return self.plan.choose(
-                "preprocessing",
-                specs,
-                "CT: clip to the 0.5-99.5 percentiles of the labelled "
-                "structures' HU (nnU-Net's CT normalisation), scaled to [0, 1]",
-            )
-        specs = [{"type": "mri_zscore", "percentiles": [0.5, 99.5], "foreground": "auto"} for _ in range(n)]
-        return self.plan.choose(
-            "preprocessing",
-            specs,
-            "MR / unknown: z-score inside the head (brighter than "
-            "5 % of the intensity range, whatever the background's value: a file already normalised or rescaled gives the "
-            "same input), after clipping to its 0.5-99.5 percentiles",
-        )
+        fallback = default_preprocessing(first.image, first.image.num_channels)
+        specs, reason, source = plan_preprocessing(fp, fallback, init_card)
+        return self.plan.choose("preprocessing", specs, reason, source)
 
     def _build_data(self, raw: list[RawCase], fp: DatasetFingerprint, data_names: list[str]) -> None:
         cfg = self.cfg
