@@ -549,3 +549,5 @@ def test_head_weights_weigh_the_pruning_heads_shallowest_first() -> None:
         build_loss("dice", head_weights=[2, 1])(output, target)
     with pytest.raises(ModelConfigError, match="head_weights: expected one weight >= 0"):
         build_loss("dice", head_weights=[0, 0, 0])
+    with pytest.raises(ModelConfigError, match="gives no pruning heads"):  # a plain U-Net's logits
+        build_loss("dice", head_weights=[1])(SegmentationOutput(logits=heads[3]), target)

@@ -153,6 +153,11 @@ class SupervisedLoss(nn.Module):
     def _head_weights(self, count: int) -> list[float] | None:
         if self.head_weights is None:
             return None
+        if count == 0:
+            raise ModelConfigError(
+                "loss option head_weights: the model gives no pruning heads to weigh (a nested network's "
+                "deep supervision: UNet++, ANU-Net, UNet#); leave the option out"
+            )
         if len(self.head_weights) != count:
             raise ModelConfigError(
                 f"loss option head_weights: {len(self.head_weights)} weights given for a model with "
@@ -175,7 +180,7 @@ class SupervisedLoss(nn.Module):
         aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in output.aux.items()]
         main = heads if heads or output.stages else [self.supervise("logits", logits, target, roi, num_classes)]
 
-        weights = self._head_weights(len(heads)) if heads else None
+        weights = self._head_weights(len(heads))
         parts: list[Tensor] = []
         if self.aux_weight is None:
             if main or aux:

@@ -252,10 +252,10 @@ def plan_training(
                 f"init checkpoint '{cfg.init_checkpoint}' is a {init_card.dims}D model, but dims={given['dims']} "
                 f"was given: give dims={init_card.dims} (or leave it out) or start from a {given['dims']}D checkpoint"
             )
-        source = "given" if "dims" in given else "checkpoint"
-        cfg.dims = plan.choose(
-            "dims", int(init_card.dims), "given" if source == "given" else "the checkpoint's", source
-        )
+        if "dims" in given:
+            cfg.dims = plan.choose("dims", int(init_card.dims), "given", "given")
+        else:
+            cfg.dims = plan.choose("dims", int(init_card.dims), "the checkpoint's", "checkpoint")
         if "axis" in given:
             cfg.axis = plan.choose("axis", int(given["axis"]), "given", "given")
         else:
