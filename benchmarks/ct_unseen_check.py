@@ -56,14 +56,15 @@ def main() -> None:
             subprocess.run(command, check=True, env=one_thread_env(), stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
             predicted = load_labels(out / f"{SERIES.name}.nii.gz", reference=image)
-            row = evaluate_case((predicted.array == liver).astype(np.uint8), truth, image.spacing, classes=[1])["1"]
+            mask = (predicted.array == liver).astype(np.uint8)
+            row = evaluate_case(mask, truth, image.spacing, classes=[1])["1"]
             rows.append(
                 {
                     "checkpoint": name,
                     "dice": row["dice"],
                     "hd95": row["hd95"],
                     "seconds": seconds,
-                    "predicted_ml": float((predicted.array == liver).sum() * np.prod(image.spacing) / 1e3),
+                    "predicted_ml": float(mask.sum() * np.prod(image.spacing) / 1e3),
                     "truth_ml": float(truth.sum() * np.prod(image.spacing) / 1e3),
                 }
             )

@@ -53,6 +53,7 @@ def main() -> None:
     from cascadeseg.inference.predictor import Predictor
     from cascadeseg.io import load_dataset
     from cascadeseg.metrics import evaluate_case, mean_dice
+    from cascadeseg.models import model_class
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -62,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     card = read_card(args.checkpoint)
-    depth = max(card.create_model().info.pruning_depths or [0])
+    depth = max(model_class(card.architecture).info.pruning_depths or [0])  # no network built
     if depth < 2:
         raise SystemExit(f"{args.checkpoint}: not a nested network with pruning heads")
     cases = list(card.training["data"]["val_cases"])

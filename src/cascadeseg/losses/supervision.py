@@ -18,10 +18,10 @@ branches into that same mean/sum (UNet#: "the average loss value of all branches
 ``aux_weight * sum(aux)`` separately (CU-Net Eq. 4, omega = 0.1), and ``aux_decay`` schedules that
 number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down to 1e-3) or
 "linear" (straight down to 0 at the last epoch: the aux branches shape the deep nodes early, the
-heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs the pruning heads in
-that mean or sum, shallowest first (default 1 each; an aux branch pooled with them counts 1).
-Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the stage:
-stage-by-stage training).
+heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs
+the pruning heads in that mean or sum, shallowest first (default 1 each; an aux branch pooled with
+them counts 1). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the
+stage: stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
 logits), ``target`` a ``(B, *spatial)`` label map, ``roi`` an optional bool ``(B, *spatial)`` mask
