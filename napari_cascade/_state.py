@@ -44,6 +44,14 @@ def result_info(layer: Any) -> dict[str, Any] | None:
     return ((getattr(layer, "metadata", None) or {}).get(GEOMETRY_KEY) or {}).get(RESULT_KEY)
 
 
+def _feature_class_names(layer: Any) -> dict[int, str]:
+    """The ``index`` -> ``class`` table a dock put in a Labels layer's features (``{}`` if none)."""
+    features = getattr(layer, "features", None)
+    if features is None or "index" not in features or "class" not in features:
+        return {}
+    return {int(v): str(n) for v, n in zip(features["index"], features["class"], strict=False)}
+
+
 def layer_role(layer: Any) -> str:
     """``PREDICTION``, ``WORKING_MASK``, ``COMPARE``, ``PROBABILITIES`` or ``REFERENCE`` (a layer
     no dock made: opened from a file, drawn by hand)."""
@@ -129,6 +137,19 @@ class CascadeState:
         if viewer is None or not source or source not in viewer.layers:
             return None
         return (result_info(viewer.layers[source]) or {}).get("model")
+
+    def class_names_behind(self, mask: Any) -> dict[int, str]:
+        """``{label value: class name}`` of ``mask``: its own features table (a prediction's, from
+        its model card), else that of the prediction it was corrected from (``{}`` when neither
+        names its classes)."""
+        names = _feature_class_names(mask)
+        if names:
+            return names
+        viewer = self.viewer
+        source = (result_info(mask) or {}).get("prediction")
+        if viewer is None or not source or source not in viewer.layers:
+            return {}
+        return _feature_class_names(viewer.layers[source])
 
     def announce_model(self, name: str) -> None:
         """Tell the docks that model ``name`` is installed (they re-list and select it)."""

@@ -172,6 +172,29 @@ def test_probabilities_and_mirroring_are_written_with_the_scan_geometry(shared_d
     assert main(args) == 2
 
 
+def test_a_file_name_output_names_the_one_scans_label_file(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o mask.nii.gz`` (or .nrrd) for one scan writes that file, on the scan's grid, with the
+    probabilities beside it; for two scans it is refused before any work, naming the count."""
+    image = lgg_image(shared_data, LGG_CASES[0])
+    target = tmp_path / "out" / "mask.nii.gz"
+    args = ["predict", str(image), "-o", str(target), "-c", str(flair_ckpt), "--no-progress"]
+    assert main([*args, "--save-probabilities"]) == 0
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mask.nii.gz", "mask_probabilities.nii.gz"]
+    assert_label_matches_image(target, image)
+    nrrd = tmp_path / "mask.nrrd"
+    assert main(["predict", str(image), "-o", str(nrrd), "-c", str(flair_ckpt), "--no-progress"]) == 0
+    from cascadeseg.io import load_labels, load_volume
+
+    scan = load_volume(image)
+    assert np.array_equal(load_labels(nrrd, reference=scan).array, load_labels(target, reference=scan).array)
+    capsys.readouterr()
+    both = [str(lgg_image(shared_data, c)) for c in LGG_CASES]
+    assert main(["predict", *both, "-o", str(tmp_path / "two.nii.gz"), "-c", str(flair_ckpt), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "names one label file, but 2 scans were given" in err and not (tmp_path / "two.nii.gz").exists()
+
+
 def test_predict_warns_when_the_scan_does_not_fit_the_model(shared_data: Path, tmp_path: Path, capsys) -> None:
     """The real CT through the shipped FLAIR model: a warning before the prediction, then the run."""
     ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"

@@ -375,3 +375,59 @@ def test_a_checkpoint_normalisation_of_the_other_modality_is_replaced_by_the_dat
     assert specs == [ct_card.input_channels[0]["preprocessing"]] and source == "checkpoint"
     specs, _, source = plan_preprocessing(fingerprints["chaos"], fallback, mr_card)
     assert specs == [mr_card.input_channels[0]["preprocessing"]] and source == "checkpoint"
+
+
+def test_class_names_come_from_dataset_json_and_a_checkpoint_naming_a_value_otherwise_is_a_warning(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The LiTS crop as an MSD folder whose dataset.json names its labels (1 liver, 2 tumour): a
+    fresh model takes those names; fine-tuned from the CHAOS model, whose value 2 is the right
+    kidney, the plan keeps the data's names and warns that the kidney output is retrained as
+    tumour (a transfer may mean it; a labelling slip more often does)."""
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.io.msd_layout import label_values_from_json
+    from cascadeseg.shipped import checkpoints_dir
+    from cascadeseg.training.split import dataset_class_names
+
+    folder = tmp_path / "lits"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+        for path in (shared_data / "lits-crop" / sub).glob("*.nii.gz"):
+            (folder / sub / path.name).symlink_to(path)
+    (folder / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "tumour"}})
+    )
+    assert dataset_class_names(folder) == {0: "background", 1: "liver", 2: "tumour"}
+    # nnU-Net v2's form names the same values; its region entries name no single value
+    assert label_values_from_json({"labels": {"background": 0, "liver": 1, "tumour": 2, "any": [1, 2]}}) == {
+        "background": 0,
+        "liver": 1,
+        "tumour": 2,
+    }
+    fp = _fingerprint(folder)
+    fp.class_names = dataset_class_names(folder)
+    fresh, plan = plan_training(TrainConfig(data=str(folder), minutes=5), fp, CPU)
+    assert fresh.class_names == ["background", "liver", "tumour"] and not plan.warnings
+    card = read_card(checkpoints_dir() / "chaos_t2_anu_net_2d")
+    tuned, plan = plan_training(TrainConfig(data=str(folder), minutes=5, init_checkpoint="c"), fp, CPU, card)
+    assert tuned.class_names == ["background", "liver", "tumour", "left kidney", "spleen"]
+    assert (
+        len(plan.warnings) == 1
+        and "value 2 is 'right kidney' in the checkpoint but 'tumour' in the data" in plan.warnings[0]
+    )
+    assert "warnings:" in plan.describe() and plan.to_dict()["warnings"] == plan.warnings
+    told, plan = plan_training(
+        TrainConfig(data=str(folder), minutes=5, init_checkpoint="c", class_names=["bg", "a", "b", "c", "d"]),
+        fp,
+        CPU,
+        card,
+    )
+    assert told.class_names == ["bg", "a", "b", "c", "d"] and not plan.warnings
+    # A value nobody named (a training set writes "label_2") is not a name that contradicts one.
+    fp.class_names = {0: "background", 1: "liver", 2: "label_2"}
+    unnamed, plan = plan_training(TrainConfig(data=str(folder), minutes=5, init_checkpoint="c"), fp, CPU, card)
+    assert unnamed.class_names == ["background", "liver", "right kidney", "left kidney", "spleen"] and not plan.warnings
+    # A folder that names nothing (../shared's crops) leaves the checkpoint's names to the card.
+    plain = _fingerprint(shared_data / "lits-crop")
+    kept, plan = plan_training(TrainConfig(data="x", minutes=5, init_checkpoint="c"), plain, CPU, card)
+    assert kept.class_names is None and not plan.warnings

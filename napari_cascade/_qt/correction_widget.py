@@ -607,6 +607,8 @@ class CorrectionWidget(QWidget):
                 self._write_edit(layer, edit)
             else:
                 data, kwargs, _ = labels_layer(copy, reference_volume(prediction), EDITED_PREFIX + prediction.name)
+                if "class" in prediction.features:  # the classes keep their names (status bar, training set)
+                    kwargs["features"] = prediction.features.copy()
                 kwargs["metadata"][GEOMETRY_KEY][RESULT_KEY] = {
                     "kind": WORKING_MASK, "prediction": prediction.name, "created": time.time(),
                 }
@@ -844,6 +846,7 @@ class CorrectionWidget(QWidget):
         case_id = self.case_name.text().strip() or case_id_from_source(scan_source(scan), fallback=scan.name)
         overwrite = self.overwrite.isChecked()
         self._added_from = state_for(self.viewer).model_behind(mask)
+        class_names = state_for(self.viewer).class_names_behind(mask)  # dataset.json's labels
 
         def job() -> Any:
             labels = np.array(data, copy=True)  # editing may go on while it writes
@@ -851,7 +854,7 @@ class CorrectionWidget(QWidget):
                 raise VolumeError(
                     f"mask '{mask.name}' is empty: paint the structure before adding it to the training set"
                 )
-            return training_set.add_case(image, labels, case_id, overwrite=overwrite)
+            return training_set.add_case(image, labels, case_id, overwrite=overwrite, label_names=class_names)
 
         return self._start("add to training set", job, self._case_added, wait)
 

@@ -193,6 +193,22 @@ def test_autosave_restore_save_and_training_set(
     widget.close()
 
 
+def test_the_training_set_names_classes_as_the_prediction_did(make_napari_viewer, lgg, tmp_path: Path, qtbot) -> None:
+    """A Segment result names its classes (features, from its model card); the working mask made
+    from it keeps them, and "Add to training set" writes them into dataset.json's labels, so that
+    fine-tuning on the set trains the model's classes under their own names."""
+    viewer = make_napari_viewer()
+    widget, _, prediction = _open(viewer, lgg, tmp_path)
+    prediction.features = {"index": [0, 1], "class": ["background", "FLAIR abnormality"]}
+    mask = widget.accept_prediction(wait=True)
+    assert list(mask.features["class"]) == ["background", "FLAIR abnormality"]
+    assert widget.add_to_training_set()
+    assert wait_for_job(qtbot, widget).ok
+    meta = json.loads((tmp_path / "training_set" / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "FLAIR abnormality": 1}
+    widget.close()
+
+
 def test_defaults_newest_prediction_never_the_ground_truth(make_napari_viewer, qtbot, sample_crop, tiny_models) -> None:
     """With the ground truth open and two Segment results, the dock offers the newest result as
     the prediction and a new working mask made from it; its scan is the image it was made from."""

@@ -10,7 +10,8 @@ Inputs (any mix, each argument one of):
 
 Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry (and, with
 ``--save-probabilities``, ``OUTPUT/<case>_probabilities.nii.gz``: float32 softmax, one volume per
-class along the 4th axis, same geometry). Every output path is checked
+class along the 4th axis, same geometry); for a single scan, ``-o mask.nii.gz`` (any image ending
+that is not an existing folder) names the label file itself. Every output path is checked
 before any work starts: an existing file stops the run unless ``--overwrite``, and no output may
 be an input, whatever the flags (the output folder may not be a folder of inputs, nor the images or
 labels folder of an MSD dataset). What a killed run left in the output folder (temporaries of
@@ -52,7 +53,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="image file, DICOM folder, folder of images, or MSD dataset folder",
     )
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for the label files <case>.nii.gz (created if missing)"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="folder for the label files <case>.nii.gz (created if missing); for one scan, a file name "
+        "with an image ending (mask.nii.gz, .nrrd, .mha) names the label file itself",
     )
     parser.add_argument(
         "-c",
@@ -163,15 +169,7 @@ def run(args: argparse.Namespace) -> int:
     cases = discover_cases(args.inputs)
     info = rank_info()
     mine = shard(cases, info)
-    out_dir: Path = args.output.expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"--output {out_dir}: exists and is not a folder (expected a folder for label files)")
-    targets = {case.case_id: out_dir / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine}
-    prob_targets = (
-        {case.case_id: out_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine}
-        if args.save_probabilities
-        else {}
-    )
+    out_dir, targets, prob_targets = output_targets(args.output.expanduser(), cases, mine, args.save_probabilities)
     check_outputs_spare_inputs(args.inputs, cases, out_dir, [*targets.values(), *prob_targets.values()])
     existing = [str(p) for p in [*targets.values(), *prob_targets.values()] if p.exists()]
     if existing and not args.overwrite:
@@ -229,6 +227,40 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"{prefix}segmented {len(mine)} case(s) in {elapsed:.1f} s -> {out_dir}", file=sys.stderr)
     return 0
+
+
+def output_targets(
+    output: Path, cases: list[PredictCase], mine: list[PredictCase], save_probabilities: bool
+) -> tuple[Path, dict[str, Path], dict[str, Path]]:
+    """The output folder, and the label (and probability) file of each of this process's cases.
+
+    ``--output`` is a folder (``<case>.nii.gz`` in it), unless it is not an existing folder and ends
+    in an image suffix: then it names the one scan's label file (as ``-o mask.nii.gz`` reads), and the
+    probabilities, if asked for, go beside it as ``<name>_probabilities.nii.gz``.
+    """
+    from ..io.msd_layout import split_suffix
+
+    stem, suffix = split_suffix(output)
+    if suffix and not output.is_dir():
+        if len(cases) != 1:
+            raise InputFileError(
+                f"--output {output}: names one label file, but {len(cases)} scans were given "
+                f"({', '.join(c.case_id for c in cases[:3])}{', ...' if len(cases) > 3 else ''}); "
+                "give a folder, where each scan's labels are written as <case>.nii.gz"
+            )
+        folder = output.parent
+        return (
+            folder,
+            {case.case_id: output for case in mine},
+            {case.case_id: folder / f"{stem}{PROBABILITIES_SUFFIX}" for case in mine} if save_probabilities else {},
+        )
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"--output {output}: exists and is not a folder (expected a folder for label files)")
+    return (
+        output,
+        {case.case_id: output / f"{case.case_id}{OUTPUT_SUFFIX}" for case in mine},
+        {case.case_id: output / f"{case.case_id}{PROBABILITIES_SUFFIX}" for case in mine} if save_probabilities else {},
+    )
 
 
 class ProgressBar:

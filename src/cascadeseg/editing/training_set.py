@@ -52,7 +52,7 @@ from .._atomic import TEMP_PREFIX, clean_leftovers, fsync_dir, pid_alive, write_
 from .._home import home_dir
 from ..errors import DatasetError, GeometryMismatchError, VolumeError
 from ..io.dataset import PATIENTS_KEY, PROJECT_KEY, patient_id
-from ..io.msd_layout import channel_names_from_json
+from ..io.msd_layout import channel_names_from_json, label_values_from_json
 from ..io.protect import input_files, refuse_input_overwrite
 from ..io.volume import Volume
 
@@ -199,19 +199,6 @@ class TrainingSet:
         names = meta.get("channel_names") or meta.get("modality")
         return len(names) if names else None
 
-    @staticmethod
-    def _labels_by_name(meta: Mapping[str, Any]) -> dict[str, int]:
-        """``{name: value}`` from nnU-Net v2 (``{"tumour": 1}``) or MSD / nnU-Net v1
-        (``{"1": "tumour"}``) ``labels``; nnU-Net v2 region entries (lists) are skipped."""
-        table = meta.get("labels") or {}
-        out: dict[str, int] = {}
-        for key, value in table.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                out[str(key)] = value
-            elif isinstance(value, str) and str(key).isdigit():
-                out[value] = int(key)
-        return out
-
     def _image_paths(self, case_id: str, num_channels: int) -> list[Path]:
         return [self.images_dir / f"{case_id}_{k:04d}{FILE_ENDING}" for k in range(num_channels)]
 
@@ -253,7 +240,7 @@ class TrainingSet:
             num_cases=len(complete),
             annotated_slices=total,
             channel_names={str(k): n for k, n in enumerate(channel_names_from_json(meta) or [])},
-            labels=self._labels_by_name(meta),
+            labels=label_values_from_json(meta),
             incomplete=tuple(incomplete),
         )
 
@@ -442,7 +429,7 @@ class TrainingSet:
             )
             meta["channel_names"] = {str(k): str(n) for k, n in enumerate(names)}
         regions = {k: v for k, v in (meta.get("labels") or {}).items() if isinstance(v, list)}
-        labels: dict[str, Any] = {**(self._labels_by_name(meta) or {"background": 0}), **regions}
+        labels: dict[str, Any] = {**(label_values_from_json(meta) or {"background": 0}), **regions}
         known_values = {v for v in labels.values() if isinstance(v, int)}
         value_names = dict(label_names or {})
         for value in np.unique(label_array).tolist():

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascadeseg.errors import DatasetError
-from cascadeseg.io.msd_layout import channel_names_from_json, channel_of, is_image_file, split_suffix
+from cascadeseg.io.msd_layout import (
+    channel_names_from_json,
+    channel_of,
+    is_image_file,
+    label_values_from_json,
+    split_suffix,
+)
 from cascadeseg.io.reader import PathLike, load_channels, load_labels, load_volume
 from cascadeseg.io.volume import Volume
 
@@ -84,6 +90,12 @@ def patient_keys(folder: PathLike) -> dict[str, str]:
             f"(strings), got {str(keys)[:80]}"
         )
     return {str(k): v for k, v in keys.items()}
+
+
+def class_names(folder: PathLike) -> dict[int, str]:
+    """``{label value: class name}`` recorded in ``folder/dataset.json`` (``{}`` when none is)."""
+    named = label_values_from_json(_read_description(Path(folder).expanduser()))
+    return {value: name for name, value in named.items()}
 
 
 def _group_cases(images_dir: Path) -> dict[str, dict[int, Path]]:

@@ -75,3 +75,19 @@ def channel_names_from_json(description: dict) -> list[str] | None:
     if [index for index, _ in ordered] != list(range(len(ordered))):
         return None
     return [name for _, name in ordered]
+
+
+def label_values_from_json(description: dict) -> dict[str, int]:
+    """``{class name: label value}`` from a ``dataset.json``'s ``labels``: nnU-Net v2
+    (``{"liver": 1}``) or MSD / nnU-Net v1 (``{"1": "liver"}``). nnU-Net v2 region entries (a list
+    of values, e.g. ``"whole tumour": [1, 2, 3]``) name no single value and are skipped."""
+    table = description.get("labels") or {}
+    out: dict[str, int] = {}
+    if not isinstance(table, dict):
+        return out
+    for key, value in table.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[str(key)] = value
+        elif isinstance(value, str) and str(key).isdigit():
+            out[value] = int(key)
+    return out

@@ -46,6 +46,7 @@ class DatasetFingerprint:
     class_fraction: dict[int, float]  # mean share of voxels per class over cases
     class_cases: dict[int, int]  # number of cases each class appears in
     case_ids: list[str] = field(default_factory=list)
+    class_names: dict[int, str] = field(default_factory=dict)  # dataset.json's labels, by value
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -79,6 +80,7 @@ class DatasetFingerprint:
         out = asdict(self)
         out["class_fraction"] = {str(k): round(float(v), 6) for k, v in self.class_fraction.items()}
         out["class_cases"] = {str(k): int(v) for k, v in self.class_cases.items()}
+        out["class_names"] = {str(k): v for k, v in self.class_names.items()}
         out["summary"] = {
             "median_spacing": [round(float(v), 4) for v in self.median_spacing],
             "median_shape": [int(v) for v in self.median_shape],

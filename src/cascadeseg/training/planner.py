@@ -152,10 +152,14 @@ class TrainPlan:
     minutes: float | None
     choices: dict[str, Choice] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)  # filled by schedule_for_budget
+    warnings: list[str] = field(default_factory=list)  # what the user should check before training
 
     def choose(self, name: str, value: Any, reason: str, source: str = "planned") -> Any:
         self.choices[name] = Choice(value, reason, source)
         return value
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +167,7 @@ class TrainPlan:
             "device": self.device,
             "choices": {k: {"value": c.value, "source": c.source, "reason": c.reason} for k, c in self.choices.items()},
             "schedule": self.schedule,
+            "warnings": self.warnings,
             "fingerprint": self.fingerprint,
         }
 
@@ -172,6 +177,7 @@ class TrainPlan:
         for k, c in data.get("choices", {}).items():
             plan.choices[k] = Choice(c["value"], c["reason"], c.get("source", "planned"))
         plan.schedule = dict(data.get("schedule", {}))
+        plan.warnings = [str(w) for w in data.get("warnings", [])]
         return plan
 
     def describe(self) -> str:
@@ -197,6 +203,10 @@ class TrainPlan:
             lines.append("schedule (measured on this machine):")
             for key, value in self.schedule.items():
                 lines.append(f"  {key}: {_show(value)}")
+        if self.warnings:
+            lines.append("")
+            lines.append("warnings:")
+            lines.extend(f"  ! {text}" for text in self.warnings)
         return "\n".join(lines)
 
 
@@ -228,6 +238,7 @@ def plan_training(
     # -- classes ----------------------------------------------------------------------------------
     cfg.class_values = _class_values(cfg, fp, init_card, plan)
     num_classes = len(cfg.class_values)
+    _class_names(cfg, fp, init_card, plan)
 
     # -- threads --------------------------------------------------------------------------------
     if cfg.threads is None and not device.is_gpu:
@@ -491,6 +502,51 @@ def _changed_augmentation(base: AugmentationConfig, changes: dict[str, Any]) -> 
         raise ModelConfigError(f"augmentation: unknown setting(s) {unknown}; choose from {', '.join(known)}")
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     return replace(base, **values)
+
+
+# What a training set writes for a value nobody named (``label_1``), and a card's default (``class 1``).
+PLACEHOLDER_CLASS_NAME = re.compile(r"^\s*(label_?|class\s*)\d+\s*$", re.IGNORECASE)
+
+
+def _class_names(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan: TrainPlan) -> None:
+    """Name the classes: given names win; else the dataset's (``dataset.json``), filled in where the
+    data names a value the checkpoint does not. A checkpoint that names a value otherwise than the
+    data is a warning, not an error: starting a tumour model from a model of another structure is
+    a deliberate transfer, but a label value that means one organ in the checkpoint and another in
+    the data (LiTS' 2 = tumour onto CHAOS' 2 = right kidney) is more often a labelling slip."""
+    values = list(cfg.class_values or [])
+    data_names = {
+        int(v): n for v, n in fp.class_names.items() if int(v) in values and not PLACEHOLDER_CLASS_NAME.match(n)
+    }
+    if cfg.class_names is not None:
+        plan.choose("class_names", list(cfg.class_names), "given", "given")
+        return
+    if init_card is None:
+        if data_names:
+            names = [data_names.get(v, "background" if v == 0 else f"class {v}") for v in values]
+            cfg.class_names = plan.choose("class_names", names, "dataset.json's labels")
+        return
+    card_names = dict(zip((int(v) for v in init_card.class_values), init_card.class_names, strict=False))
+    differ = [
+        (v, card_names[v], name)
+        for v, name in data_names.items()
+        if v != 0 and v in card_names and name.strip().casefold() != card_names[v].strip().casefold()
+    ]
+    if not differ and not data_names:
+        return  # the card's names go on (training.card.card_class_names)
+    names = [data_names.get(v, card_names.get(v, f"class {v}")) for v in values]
+    if not differ:
+        cfg.class_names = plan.choose("class_names", names, "dataset.json's labels (the checkpoint's agree)")
+        return
+    said = "; ".join(f"value {v} is '{old}' in the checkpoint but '{new}' in the data" for v, old, new in differ)
+    cfg.class_names = plan.choose(
+        "class_names", names, f"dataset.json's labels: the checkpoint's outputs are retrained to them ({said})"
+    )
+    plan.warn(
+        f"{said}: the checkpoint's output for each is retrained as the data's class. If that is not meant, "
+        "relabel the data to the checkpoint's values, or train a fresh model instead (no --init-checkpoint; "
+        "--no-auto-init where the planner chose the checkpoint)."
+    )
 
 
 def _class_values(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan: TrainPlan) -> list[int]:

@@ -81,6 +81,7 @@ from .split import (
     SliceBlock,
     Split,
     check_validation_unseen,
+    dataset_class_names,
     patient_groups,
     patient_id,
     split_by_patient,
@@ -275,6 +276,7 @@ class Trainer:
             data_channel_names,
             lambda case: patient_id(case, self.patient_groups),
         )
+        fp.class_names = dataset_class_names(cfg.data)
         if not cfg.resume:
             self._plan(fp, raw)
         torch.set_num_threads(int(self.cfg.threads or torch.get_num_threads()))
