@@ -431,3 +431,46 @@ def test_class_names_come_from_dataset_json_and_a_checkpoint_naming_a_value_othe
     plain = _fingerprint(shared_data / "lits-crop")
     kept, plan = plan_training(TrainConfig(data="x", minutes=5, init_checkpoint="c"), plain, CPU, card)
     assert kept.class_names is None and not plan.warnings
+
+
+def test_a_wide_cpu_network_the_budget_affords_few_steps_is_narrowed(fingerprints, lgg_pairs, monkeypatch) -> None:
+    """100 thread-minutes plan width 16; on the hippocampus crops a width-16 3D step measured 12.75 s
+    on this CPU (428 steps in the budget), so the measured pace narrows it to 8, and says so; at
+    LGG's 2D pace (0.55 s) the width stays. Given widths, checkpoints and GPUs are never narrowed.
+    Then through the trainer's calibration on real LGG slices, with the floor raised so that it
+    must act: the plan and the network it builds are both width 8."""
+    from cascadeseg.training import planner
+    from cascadeseg.training.planner import WIDTH_STEP_FLOOR, narrower_width
+    from cascadeseg.training.trainer import plan_only
+
+    cfg, plan = plan_training(TrainConfig(data="x", minutes=100, threads=1), fingerprints["hippocampus"], CPU)
+    assert plan.choices["base_width"].value == 16 and plan.choices["base_width"].source == "planned"
+    assert narrower_width(plan, cfg, 0.55, 100 * 60) is None  # 9,800 steps: wide enough
+    assert narrower_width(plan, cfg, 12.75, 100 * 60) == 8
+    assert plan.choices["base_width"].value == 8 and "about 424 steps" in plan.choices["base_width"].reason
+    assert str(WIDTH_STEP_FLOOR) in plan.choices["base_width"].reason
+    given, plan = plan_training(
+        TrainConfig(data="x", minutes=100, threads=1, model_options={"base_width": 16}), fingerprints["hippocampus"], CPU
+    )
+    assert narrower_width(plan, given, 12.75, 100 * 60) is None
+    on_gpu, plan = plan_training(TrainConfig(data="x", minutes=100), fingerprints["hippocampus"], GPU)
+    assert narrower_width(plan, on_gpu, 12.75, 100 * 60) is None
+
+    monkeypatch.setattr(planner, "WIDTH_STEP_FLOOR", 10**9)
+    from cascadeseg.training import trainer as trainer_module
+
+    built = {}
+    real_release = trainer_module.Trainer.release
+
+    def release(self):
+        built["options"], built["first_conv"] = self.cfg.model_options, next(self.model.parameters()).shape
+        return real_release(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "release", release)
+    config = TrainConfig(data=lgg_pairs, minutes=61, threads=1, seed=0, model="unet",
+                         val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34)
+    measured = plan_only(config)
+    width = measured.choices["base_width"]
+    assert width.value == 8 and "61 CPU thread-minutes: width 16, but width 16 measured" in width.reason
+    assert measured.schedule["seconds_per_step"] > 0  # the schedule is the narrow network's
+    assert built["options"]["base_width"] == 8 and built["first_conv"][0] == 8

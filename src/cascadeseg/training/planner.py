@@ -69,6 +69,12 @@ MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10
 # returning, releasing memory, the caller's export (1 s plus 1 % of the budget).
 END_RESERVE_SECONDS = 1.0
 END_RESERVE_SHARE = 0.01
+# On a CPU, a network wider than 8 only where the budget affords this many optimiser steps at its
+# measured step cost. The thread-minute rule of _base_width was measured on LGG 2D crops, where
+# 60 thread-minutes, its switch to width 16, afford about 5,900 width-16 steps (0.55 s each); a
+# 3D step costs 10-25x more (hippocampus patches: 12.75 s at width 16 against 4.5 s at width 8),
+# so the same minutes would give a wide network a few hundred steps (docs/one_click_training.md).
+WIDTH_STEP_FLOOR = 5000
 
 
 @dataclass
@@ -780,6 +786,28 @@ def _base_width(device: DeviceProfile, thread_minutes: float) -> tuple[int, str]
     if thread_minutes <= 300:
         return 16, f"{thread_minutes:.0f} CPU thread-minutes: width 16"
     return 24, f"{thread_minutes:.0f} CPU thread-minutes: width 24 (paper: 32)"
+
+
+def narrower_width(plan: TrainPlan, cfg: TrainConfig, step_seconds: float, seconds_left: float) -> int | None:
+    """After the first steps are timed: the narrower width a planned CPU network should have when
+    the budget affords it fewer than :data:`WIDTH_STEP_FLOOR` steps (recorded in the plan), or
+    ``None`` to keep it. A given width, a checkpoint's width and a GPU's are never changed."""
+    choice = plan.choices.get("base_width")
+    if choice is None or choice.source != "planned" or cfg.init_checkpoint or plan.device.get("kind") != "cpu":
+        return None
+    width = int(choice.value)
+    steps = (1.0 - VALIDATION_SHARE) * max(0.0, seconds_left) / max(step_seconds, 1e-9)
+    if width <= 8 or steps >= WIDTH_STEP_FLOOR:
+        return None
+    narrower = 16 if width > 16 else 8
+    plan.choose(
+        "base_width",
+        narrower,
+        f"{choice.reason}, but width {width} measured {step_seconds:.2f} s per step: about {steps:.0f} steps in "
+        f"the budget, under the {WIDTH_STEP_FLOOR} a wider network is planned for; a narrow network takes "
+        "more steps",
+    )
+    return narrower
 
 
 def _levels(model: str, patch: list[int]) -> tuple[int | None, str]:

@@ -69,6 +69,7 @@ from .planner import (
     PLAN_FILE,
     TrainPlan,
     device_profile,
+    narrower_width,
     plan_preprocessing,
     plan_training,
     schedule_for_budget,
@@ -794,9 +795,16 @@ class Trainer:
                     f"over half the calibration's {cap:.2f} s share of the budget",
                     planned.source,
                 )
+        step_seconds, elapsed = all_max([step_seconds, self._elapsed()], self.ctx, self.device)
+        budget = self._budget()
+        if budget is not None and self.plan is not None:
+            width = narrower_width(self.plan, cfg, step_seconds, budget - elapsed)
+            if width is not None:  # the same on every rank: from the values they agreed on
+                self._rebuild_at_width(width)
+                self.calibrate()
+                return
         count = done
         case_seconds = self._validation_costs() if self.ctx.is_main else [0.0] * len(self.val_order)
-        step_seconds = all_max([step_seconds], self.ctx, self.device)[0]
         values = [0.0, 0.0, 0.0, 0.0]
         if self.ctx.is_main:
             assert self.plan is not None
@@ -826,6 +834,19 @@ class Trainer:
         self.validation_estimate = agreed[3]
         self._set_epoch_length(steps_per_epoch)
         self._calibration_steps = count
+
+    def _rebuild_at_width(self, width: int) -> None:
+        """Start over with a narrower network of the same design (the wider one's timed steps are
+        dropped: a few seconds of a budget long enough to have planned it wide)."""
+        self.cfg.model_options = {**(self.cfg.model_options or {}), "base_width": int(width)}
+        self._build_model()
+        self.loss_fn = self._make_loss()
+        self.optimizer = self._make_optimizer()
+        self.ema = self._make_ema()
+        self.model_for_steps = wrap_model(self.model, self.ctx, self.device)
+        self.model.train()
+        self.state.step = 0
+        self._pending_losses = []
 
     def draw_batch(self, fresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch for steps taken outside an epoch's loop (the calibration, the
