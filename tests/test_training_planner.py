@@ -427,6 +427,14 @@ def test_class_names_come_from_dataset_json_and_a_checkpoint_naming_a_value_othe
     fp.class_names = {0: "background", 1: "liver", 2: "label_2"}
     unnamed, plan = plan_training(TrainConfig(data=str(folder), minutes=5, init_checkpoint="c"), fp, CPU, card)
     assert unnamed.class_names == ["background", "liver", "right kidney", "left kidney", "spleen"] and not plan.warnings
+    # Nor is a checkpoint's placeholder ("class 2": a card that never named it).
+    import copy
+
+    unnamed_card = copy.deepcopy(card)
+    unnamed_card.classes[2]["name"] = "class 2"
+    fp.class_names = dataset_class_names(folder)
+    renamed, plan = plan_training(TrainConfig(data=str(folder), minutes=5, init_checkpoint="c"), fp, CPU, unnamed_card)
+    assert renamed.class_names[:3] == ["background", "liver", "tumour"] and not plan.warnings
     # A folder that names nothing (../shared's crops) leaves the checkpoint's names to the card.
     plain = _fingerprint(shared_data / "lits-crop")
     kept, plan = plan_training(TrainConfig(data="x", minutes=5, init_checkpoint="c"), plain, CPU, card)

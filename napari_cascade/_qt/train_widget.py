@@ -32,7 +32,7 @@ from typing import Any
 import napari
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -100,6 +100,7 @@ class _Relay(QObject):
     step = Signal(object)
     epoch = Signal(object)
     plan = Signal(str)
+    plan_warnings = Signal(object)
 
 
 def _auto_spin_box(maximum: int, tooltip: str = "") -> QSpinBox:
@@ -120,10 +121,12 @@ class TrainWidget(QWidget):
         self.plot = TrainingPlot()
         self.last_request: TrainRequest | None = None
         self.installed: Path | None = None
+        self.last_plan_warnings: list[str] = []
         self._relay = _Relay()
         self._relay.step.connect(self.plot.add_step)
         self._relay.epoch.connect(self.plot.add_epoch)
         self._relay.plan.connect(lambda text: self.plan_text.setPlainText(text) if text else None)
+        self._relay.plan_warnings.connect(self._warn_about_plan)
         self._models = {info.name: info for info in list_models()}
         self._checkpoints: list[CheckpointEntry] = []
 
@@ -602,8 +605,18 @@ class TrainWidget(QWidget):
 
             return plan_only(request.config, cancel=cancel)
 
+        def shown(plan: Any) -> None:
+            self.plan_text.setPlainText(plan.describe())
+            self._warn_about_plan(plan.warnings)
+
         self.plan_text.setPlainText("planning: reading the data and timing a few steps…")
-        return self.job.start(job, lambda plan: self.plan_text.setPlainText(plan.describe()), "planning")
+        return self.job.start(job, shown, "planning")
+
+    def _warn_about_plan(self, warnings: list[str]) -> None:
+        """What the planner asks the user to check (also at the top of the plan text)."""
+        self.last_plan_warnings = list(warnings)
+        for text in warnings:
+            show_warning(f"Train: {text}")
 
     def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
         from cascadeseg.training.callbacks import FunctionCallback
@@ -620,6 +633,8 @@ class TrainWidget(QWidget):
 
             def on_train_start(info: dict[str, Any]) -> None:
                 relay.plan.emit(info.get("plan") or "")
+                if info.get("plan_warnings"):
+                    relay.plan_warnings.emit(list(info["plan_warnings"]))
 
             if not _TRAINING_LOCK.acquire(blocking=False):
                 raise CascadeSegError("a training is already running; wait for it to finish or cancel it")

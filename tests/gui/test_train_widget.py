@@ -245,6 +245,31 @@ def test_show_plan_before_training(make_napari_viewer, qtbot, tmp_path: Path, lg
     widget.close()
 
 
+def test_plan_warnings_come_first_and_as_a_notification(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops,
+                                                        tiny_models) -> None:
+    """A training set whose dataset.json calls value 1 "tumour", fine-tuned from a model that
+    calls it "lesion": the plan says so at its top (the plan box shows its first lines) and as a
+    notification, before anything is trained."""
+    folder = tmp_path / "training_set"
+    for case, (image, labels) in lgg_crops.items():
+        TrainingSet(folder).add_case(image, labels, case_id=case, label_names={1: "tumour"})
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_FOLDER))
+    widget.folder.setText(str(folder))
+    _tiny(widget)
+    widget.minutes.setValue(2.0)
+    widget.add_init_checkpoint(tiny_models["anu"])
+    assert widget.show_plan()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    said = "value 1 is 'lesion' in the checkpoint but 'tumour' in the data"
+    text = widget.plan_text.toPlainText()
+    assert said in text and text.index(said) < text.index("class_values"), text
+    assert len(widget.last_plan_warnings) == 1 and said in widget.last_plan_warnings[0]
+    assert any(said in m for m in notification_messages())
+    widget.close()
+
+
 def test_one_click_fine_tune_after_add_to_training_set(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops,
                                                        tiny_models) -> None:
     """"Add to training set" tells the Train dock (through the viewer's shared state) which model

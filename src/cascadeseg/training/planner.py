@@ -200,6 +200,10 @@ class TrainPlan:
             f"budget: {f'{self.minutes:g} minutes' if self.minutes else 'epochs, no time limit'}",
             "",
         ]
+        if self.warnings:  # first, where a short plan box or a scrolled terminal still shows them
+            lines.append("warnings:")
+            lines.extend(f"  ! {text}" for text in self.warnings)
+            lines.append("")
         width = max(len(k) for k in self.choices) if self.choices else 10
         for name, choice in self.choices.items():
             tag = "" if choice.source == "planned" else f" [{choice.source}]"
@@ -209,10 +213,6 @@ class TrainPlan:
             lines.append("schedule (measured on this machine):")
             for key, value in self.schedule.items():
                 lines.append(f"  {key}: {_show(value)}")
-        if self.warnings:
-            lines.append("")
-            lines.append("warnings:")
-            lines.extend(f"  ! {text}" for text in self.warnings)
         return "\n".join(lines)
 
 
@@ -536,7 +536,10 @@ def _class_names(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan:
     differ = [
         (v, card_names[v], name)
         for v, name in data_names.items()
-        if v != 0 and v in card_names and name.strip().casefold() != card_names[v].strip().casefold()
+        if v != 0
+        and v in card_names
+        and not PLACEHOLDER_CLASS_NAME.match(card_names[v])
+        and name.strip().casefold() != card_names[v].strip().casefold()
     ]
     if not differ and not data_names:
         return  # the card's names go on (training.card.card_class_names)

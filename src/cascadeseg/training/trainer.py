@@ -1424,6 +1424,7 @@ class Trainer:
             "loss": self.loss_name,
             "resumed_from_epoch": self.state.epoch if self.cfg.resume else None,
             "plan": self.plan.describe() if self.plan is not None else None,
+            "plan_warnings": list(self.plan.warnings) if self.plan is not None else [],
             "init_checkpoint": self.cfg.init_checkpoint,
         }
 
