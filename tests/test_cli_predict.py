@@ -193,6 +193,14 @@ def test_a_file_name_output_names_the_one_scans_label_file(shared_data: Path, fl
     assert main(["predict", *both, "-o", str(tmp_path / "two.nii.gz"), "-c", str(flair_ckpt), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "names one label file, but 2 scans were given" in err and not (tmp_path / "two.nii.gz").exists()
+    # Naming the scan itself as the output file is refused, whatever the flags, and says "file".
+    copy = tmp_path / "scan.nii.gz"
+    copy.write_bytes(image.read_bytes())
+    argv = ["predict", str(copy), "-o", str(copy), "-c", str(flair_ckpt), "--no-progress", "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is an input" in err and err.rstrip().endswith("choose another --output file")
+    assert copy.read_bytes() == image.read_bytes()
 
 
 def test_predict_warns_when_the_scan_does_not_fit_the_model(shared_data: Path, tmp_path: Path, capsys) -> None:

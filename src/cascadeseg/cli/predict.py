@@ -170,7 +170,14 @@ def run(args: argparse.Namespace) -> int:
     info = rank_info()
     mine = shard(cases, info)
     out_dir, targets, prob_targets = output_targets(args.output.expanduser(), cases, mine, args.save_probabilities)
-    check_outputs_spare_inputs(args.inputs, cases, out_dir, [*targets.values(), *prob_targets.values()])
+    named_file = out_dir != args.output.expanduser()  # -o mask.nii.gz: the file, not a folder
+    check_outputs_spare_inputs(
+        args.inputs,
+        cases,
+        out_dir,
+        [*targets.values(), *prob_targets.values()],
+        option="--output file" if named_file else "--output folder",
+    )
     existing = [str(p) for p in [*targets.values(), *prob_targets.values()] if p.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
@@ -288,23 +295,24 @@ class ProgressBar:
 
 
 def check_outputs_spare_inputs(
-    inputs: list[Path], cases: list[PredictCase], out_dir: Path, outputs: list[Path]
+    inputs: list[Path], cases: list[PredictCase], out_dir: Path, outputs: list[Path], option: str = "--output folder"
 ) -> None:
-    """Refuse, before any work, outputs that are inputs (see the module docstring)."""
+    """Refuse, before any work, outputs that are inputs (see the module docstring). ``option``: what
+    the user gave, for the message (``--output folder`` or ``--output file``)."""
     from ..io.protect import refuse_dataset_folder, refuse_input_overwrite, same_file
     from ..io.writer import check_file_name
 
     for output in outputs:
         check_file_name(output)
-    refuse_dataset_folder(out_dir, option="--output folder")
+    refuse_dataset_folder(out_dir, option=option)
     for given in inputs:
         given = Path(given).expanduser()
         if given.is_dir() and same_file(given, out_dir):
             raise OutputIsInputError(
                 f"--output {out_dir}: is the input folder {given}; label maps written there would be read as "
-                f"scans by the next run, or replace them; choose another --output folder"
+                f"scans by the next run, or replace them; choose another {option}"
             )
-    refuse_input_overwrite(outputs, [f for case in cases for f in _case_files(case)], option="--output folder")
+    refuse_input_overwrite(outputs, [f for case in cases for f in _case_files(case)], option=option)
 
 
 def _case_files(case: PredictCase) -> list[Path]:
