@@ -387,7 +387,7 @@ def test_class_names_come_from_dataset_json_and_a_checkpoint_naming_a_value_othe
     from cascadeseg.inference.checkpoint import read_card
     from cascadeseg.io.msd_layout import label_values_from_json
     from cascadeseg.shipped import checkpoints_dir
-    from cascadeseg.training.split import dataset_class_names
+    from cascadeseg.training.datasets import dataset_class_names
 
     folder = tmp_path / "lits"
     for sub in ("imagesTr", "labelsTr"):

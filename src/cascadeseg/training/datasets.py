@@ -125,6 +125,16 @@ def case_sources(data: Any) -> list[CaseSource]:
     raise DatasetError(f"training data {data!r} is not a folder, a list of file pairs or a list of volumes")
 
 
+def dataset_class_names(data: Any) -> dict[int, str]:
+    """``{label value: name}`` from the ``dataset.json`` of training data given as a dataset folder
+    (``{}`` for file pairs, in-memory volumes, or a folder that names no classes)."""
+    if not isinstance(data, (str, os.PathLike)):
+        return {}
+    from ..io.dataset import class_names  # the I/O engineer's dataset.json reader
+
+    return class_names(Path(data))
+
+
 def _folder_sources(folder: Path) -> list[CaseSource]:
     from ..io import load_dataset  # the I/O engineer's MSD reader
 

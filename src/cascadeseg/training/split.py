@@ -56,16 +56,6 @@ def patient_groups(data: Any) -> dict[str, str]:
     return patient_keys(Path(data))
 
 
-def dataset_class_names(data: Any) -> dict[int, str]:
-    """``{label value: name}`` from the ``dataset.json`` of training data given as a dataset folder
-    (``{}`` for file pairs, in-memory volumes, or a folder that names no classes)."""
-    if not isinstance(data, (str, os.PathLike)):
-        return {}
-    from ..io.dataset import class_names
-
-    return class_names(Path(data))
-
-
 @dataclass
 class SliceBlock:
     """A half-open range ``[start, stop)`` of slices along ``axis`` of case ``case_id``."""

@@ -61,7 +61,15 @@ from .augmentation import augment_batch
 from .callbacks import CallbackList, EpochInfo, StepInfo
 from .card import DataInfo, build_card
 from .config import TrainConfig, write_json_atomic
-from .datasets import RawCase, TrainingCase, case_sources, default_preprocessing, prepare_case, read_cases
+from .datasets import (
+    RawCase,
+    TrainingCase,
+    case_sources,
+    dataset_class_names,
+    default_preprocessing,
+    prepare_case,
+    read_cases,
+)
 from .fingerprint import DatasetFingerprint, fingerprint
 from .planner import (
     END_RESERVE_SECONDS,
@@ -82,7 +90,6 @@ from .split import (
     SliceBlock,
     Split,
     check_validation_unseen,
-    dataset_class_names,
     patient_groups,
     patient_id,
     split_by_patient,
