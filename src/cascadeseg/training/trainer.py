@@ -291,10 +291,7 @@ class Trainer:
         self._check_cancel("while planning")
         self._build_data(raw, fp, data_channel_names)
         del raw
-        self._build_model()
-        self.loss_fn = self._make_loss()
-        self.optimizer = self._make_optimizer()
-        self.ema = self._make_ema()
+        self._build_network()
         self.amp_dtype = autocast_dtype(self.device) if (self.cfg.amp and self.device.type == "cuda") else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.phases = self._phases()
@@ -585,6 +582,13 @@ class Trainer:
 
         return blocks(split.train_blocks, "train"), blocks(split.val_blocks, "val")
 
+    def _build_network(self) -> None:
+        """The network and what trains it: its loss, optimiser and weight average."""
+        self._build_model()
+        self.loss_fn = self._make_loss()
+        self.optimizer = self._make_optimizer()
+        self.ema = self._make_ema()
+
     def _build_model(self) -> None:
         cfg = self.cfg
         # Channels-last: oneDNN's and cuDNN's fast convolution paths (20-27 % faster forward +
@@ -846,10 +850,7 @@ class Trainer:
         """Start over with a narrower network of the same design (the wider one's timed steps are
         dropped: a few seconds of a budget long enough to have planned it wide)."""
         self.cfg.model_options = {**(self.cfg.model_options or {}), "base_width": int(width)}
-        self._build_model()
-        self.loss_fn = self._make_loss()
-        self.optimizer = self._make_optimizer()
-        self.ema = self._make_ema()
+        self._build_network()
         self.model_for_steps = wrap_model(self.model, self.ctx, self.device)
         self.model.train()
         self.state.step = 0
