@@ -257,3 +257,39 @@ def test_shipped_ct_model_segments_the_liver_of_an_unseen_dicom_ct_in_3d(shared_
     assert set(np.unique(predicted.array)) == {0, 1}
     truth = load_labels(shared_data / "totalseg" / "example_seg_dicom.nii.gz", reference=image).array
     assert case_mean_dice(np.asarray(predicted.array, np.uint8), (np.asarray(truth) == 5).astype(np.uint8), [1]) > 0.93
+
+
+def test_a_flair_model_reads_the_flair_channel_of_a_two_channel_study(shared_data: Path, flair_ckpt: Path,
+                                                                      tmp_path: Path, capsys) -> None:
+    """A T1c + FLAIR TCIA study through a one-channel FLAIR model: refused with the study's channels
+    and how to choose (no file written); ``--channels 0001`` (or ``1``) runs the model on the FLAIR
+    channel, the same mask as the FLAIR file given alone; a ``dataset.json`` that names the channels
+    picks FLAIR by itself; a channel the study does not have is named in the error."""
+    case = "PGBM-003_19950329"
+    study = shared_data / "tcia-btp/imagesTr" / f"{case}_0000.nii.gz"
+    alone = tmp_path / "flair" / f"{case}.nii.gz"
+    alone.parent.mkdir()
+    alone.symlink_to(shared_data / "tcia-btp/imagesTr" / f"{case}_0001.nii.gz")
+    run = ["-c", str(flair_ckpt), "--no-progress", "--device", "cpu"]
+    assert main(["predict", str(study), "-o", str(tmp_path / "refused"), *run]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 channel(s) (0: 0000, 1: 0001)" in err and "expects 1: FLAIR" in err and "--channels" in err
+    assert not any((tmp_path / "refused").glob("*.nii.gz"))
+    assert main(["predict", str(alone), "-o", str(tmp_path / "alone"), *run]) == 0
+    reference = nib.load(str(tmp_path / "alone" / f"{case}.nii.gz")).get_fdata()
+    for given in ("0001", "1"):
+        out = tmp_path / f"chosen{given}"
+        assert main(["predict", str(study), "-o", str(out), *run, "--channels", given]) == 0
+        assert "channel(s) '0001' as FLAIR (of 2: 0000, 0001)" in capsys.readouterr().err
+        assert_label_matches_image(out / f"{case}.nii.gz", study)
+        np.testing.assert_array_equal(nib.load(str(out / f"{case}.nii.gz")).get_fdata(), reference)
+    named = tmp_path / "named"
+    (named / "imagesTs").mkdir(parents=True)
+    for channel in ("0000", "0001"):
+        (named / "imagesTs" / f"{case}_{channel}.nii.gz").symlink_to(shared_data / "tcia-btp/imagesTr" / f"{case}_{channel}.nii.gz")
+    (named / "dataset.json").write_text('{"channel_names": {"0": "T1c", "1": "FLAIR"}, "labels": {"background": 0, "tumour": 1}}')
+    assert main(["predict", str(named), "-o", str(tmp_path / "auto"), *run]) == 0
+    assert "channel(s) 'FLAIR' as FLAIR (of 2: T1c, FLAIR)" in capsys.readouterr().err
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "auto" / f"{case}.nii.gz")).get_fdata(), reference)
+    assert main(["predict", str(study), "-o", str(tmp_path / "bad"), *run, "--channels", "t2"]) == 2
+    assert "--channels 't2' is none of its channels (0: 0000, 1: 0001)" in capsys.readouterr().err

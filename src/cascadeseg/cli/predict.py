@@ -140,6 +140,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or min (by the scan's smallest finite value)",
     )
     parser.add_argument(
+        "--channels",
+        nargs="+",
+        default=None,
+        metavar="CHANNEL",
+        help="the scan channels that feed the model, one per model input in the card's order, each by "
+        "name (0001, FLAIR) or 0-based index: e.g. --channels 0001 runs a FLAIR model on the FLAIR file "
+        "of a T1c + FLAIR case (default: all of them when the counts agree, else the channels named "
+        "after the card's sequences)",
+    )
+    parser.add_argument(
         "--series-uid",
         default=None,
         help="DICOM folder holding several series: the SeriesInstanceUID of the one to segment "
@@ -191,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size
     )
+    predictor.resolve_depth(args.depth)  # an impossible depth is refused before any scan is read
     mode = args.mode or f"{predictor.card.dims}d"
     slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
     # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.
@@ -206,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for index, case in enumerate(mine, 1):
         volume = load_volume(case.path, nan_policy=args.nan_policy, series_uid=args.series_uid)
+        volume, taken = predictor.choose_channels(volume, args.channels)
+        if taken:
+            print(f"{prefix}{taken}", file=sys.stderr)
         for warning in predictor.input_warnings(volume, args.mode, args.axis):  # before running, not after
             print(f"cascadeseg: warning: {warning}", file=sys.stderr)
         with ProgressBar(f"{prefix}{index}/{len(mine)} {case.case_id}", disable=args.no_progress) as bar:

@@ -19,10 +19,12 @@ works across axes) and run anyway.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ..errors import VolumeError
 from ..io.channels import canonical_channel
 from ..io.modality import looks_like_ct
 from ..io.volume import Volume
@@ -99,3 +101,73 @@ def _fingerprint(card: ModelCard) -> dict[str, Any] | None:
     if isinstance(data, dict) and isinstance(data.get("fingerprint"), dict) and "spacing_min" in data["fingerprint"]:
         return data["fingerprint"]
     return None
+
+
+def choose_channels(volume: Volume, card: ModelCard, chosen: Sequence[str] | None = None) -> tuple[Volume, str | None]:
+    """``volume`` with the channels ``card``'s network reads, in the card's order, and a line saying
+    which were taken (``None`` when the volume was used as it is).
+
+    ``chosen``: one entry per model input, each a channel of the scan by its name (``0001``,
+    ``FLAIR``; a sequence alias such as ``fla`` matches too) or its 0-based index: what
+    ``cascadeseg predict --channels`` passes. Without it, a scan with as many channels as the model
+    is used as it is (:func:`input_warnings` says when their names disagree), and a scan with more
+    channels gives the model those whose names are the sequences the card names, when each matches
+    exactly one (a T1c + FLAIR study through a FLAIR model). Otherwise the error lists the scan's
+    channels and the model's, and says how to choose."""
+    where = str(volume.source) if volume.source else "the scan"
+    expected = card.channel_names
+    count = volume.num_channels
+    names = list(volume.channel_names) if len(volume.channel_names) == count else [f"{c:04d}" for c in range(count)]
+    listing = ", ".join(f"{k}: {n}" for k, n in enumerate(names))
+    model = f"model '{card.name or card.architecture}' expects {len(expected)}: {', '.join(expected)}"
+    if chosen:
+        if len(chosen) != len(expected):
+            raise VolumeError(
+                f"--channels names {len(chosen)} channel(s) ({', '.join(chosen)}) but {model} "
+                f"(one scan channel per model input, in that order)"
+            )
+        picked = [_channel_index(entry, names, where, listing) for entry in chosen]
+    elif count == len(expected):
+        return volume, None
+    else:
+        by_sequence = _channels_by_sequence(expected, names) if count > len(expected) else None
+        if by_sequence is None:
+            raise VolumeError(
+                f"{where}: has {count} channel(s) ({listing}) but {model}; say which of the scan's channels "
+                f"feed it with --channels, one per model input in the model's order, each by name or index"
+            )
+        picked = by_sequence
+    selected = volume.with_array(volume.array[picked], channel_names=[names[k] for k in picked])
+    said = ", ".join(f"'{names[k]}' as {want}" for k, want in zip(picked, expected))
+    return selected, f"{where}: channel(s) {said} (of {count}: {', '.join(names)})"
+
+
+def _channel_index(entry: str, names: list[str], where: str, listing: str) -> int:
+    """The index of the scan channel ``entry`` names: by name, by sequence alias, or as an index."""
+    text = str(entry).strip()
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    key = canonical_channel(text)
+    matches = [k for k, n in enumerate(names) if key is not None and canonical_channel(n) == key]
+    if len(matches) == 1:
+        return matches[0]
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise VolumeError(
+        f"{where}: --channels {text!r} is none of its channels ({listing}); give a channel's name or its index"
+    )
+
+
+def _channels_by_sequence(expected: Sequence[str], names: Sequence[str]) -> list[int] | None:
+    """For each expected channel, the one scan channel named after the same sequence; ``None``
+    when any expected channel has no such match or more than one."""
+    keys = [canonical_channel(n) for n in names]
+    picked = []
+    for want in expected:
+        key = canonical_channel(want)
+        matches = [k for k, have in enumerate(keys) if key is not None and have == key]
+        if len(matches) != 1:
+            return None
+        picked.append(matches[0])
+    return picked

@@ -247,6 +247,13 @@ class Predictor:
 
         return input_warnings(volume, self.card, mode, self.card.slice_axis if axis is None else axis)
 
+    def choose_channels(self, volume: Volume, chosen: Sequence[str] | None = None) -> tuple[Volume, str | None]:
+        """``volume`` with the channels this network reads, and a line saying which were taken
+        (``None``: used as it is); ``chosen`` names them (see :func:`.input_check.choose_channels`)."""
+        from .input_check import choose_channels
+
+        return choose_channels(volume, self.card, chosen)
+
     def prepare(self, volume: Volume, slice_axis: int | None) -> PreparedScan:
         """The scan as this network sees it: the card's preprocessing on the scan's own grid, then
         the card's working grid (see :func:`prepare_scan`). ``slice_axis``: 2D (that axis is not
