@@ -293,3 +293,26 @@ def test_a_flair_model_reads_the_flair_channel_of_a_two_channel_study(shared_dat
     np.testing.assert_array_equal(nib.load(str(tmp_path / "auto" / f"{case}.nii.gz")).get_fdata(), reference)
     assert main(["predict", str(study), "-o", str(tmp_path / "bad"), *run, "--channels", "t2"]) == 2
     assert "--channels 't2' is none of its channels (0: 0000, 1: 0001)" in capsys.readouterr().err
+
+
+def test_a_brats_case_folder_is_one_scan_of_named_sequences(shared_data: Path, flair_ckpt: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    """The BraTS-style folder (one file per sequence, ``<case>_fla_bet.nii.gz``, beside three label
+    maps named by the algorithms that made them) through a FLAIR model: one case of four named
+    channels, the FLAIR one fed to the model (the same mask as that file given alone), the label
+    maps skipped and said so; a label map given on its own is refused (it used to be segmented)."""
+    folder = shared_data / "brats-like" / "TCGA-DU-7294"
+    run = ["-c", str(flair_ckpt), "--no-progress", "--device", "cpu"]
+    assert main(["predict", str(folder), "-o", str(tmp_path / "folder"), *run]) == 0
+    err = capsys.readouterr().err
+    assert "channel(s) 'fla' as FLAIR (of 4: fla, t1, t1c, t2)" in err
+    assert err.count("not a scan: skipped") == 3 and "segmented 1 case(s)" in err and "3 label map(s) skipped" in err
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["TCGA-DU-7294.nii.gz"]
+    assert_label_matches_image(tmp_path / "folder" / "TCGA-DU-7294.nii.gz", folder / "TCGA-DU-7294_fla_bet.nii.gz")
+    assert main(["predict", str(folder / "TCGA-DU-7294_fla_bet.nii.gz"), "-o", str(tmp_path / "alone"), *run]) == 0
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "folder" / "TCGA-DU-7294.nii.gz")).get_fdata(),
+                                  nib.load(str(tmp_path / "alone" / "TCGA-DU-7294_fla_bet.nii.gz")).get_fdata())
+    capsys.readouterr()
+    assert main(["predict", str(folder / "simple.nii.gz"), "-o", str(tmp_path / "label"), *run]) == 2
+    assert "holds a label map (whole numbers, few values), not a scan: nothing to segment" in capsys.readouterr().err
+    assert not (tmp_path / "label").exists() or not any((tmp_path / "label").iterdir())

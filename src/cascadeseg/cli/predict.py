@@ -5,8 +5,13 @@ Inputs (any mix, each argument one of):
 * an image file (NIfTI, MHA/MHD, NRRD); an MSD channel file ``<case>_0000.nii.gz`` brings all of
   its case's channels (``_0001``, ...) and names the output ``<case>.nii.gz``;
 * a DICOM series folder (output named after the folder);
-* a folder of image files (cases grouped by their ``_NNNN`` channel suffix);
+* a folder of image files (cases grouped by their ``_NNNN`` channel suffix, or BraTS-style by the
+  sequence their names give: ``<case>_flair.nii.gz``, ``<case>_t1c_bet.nii.gz`` are one case with
+  channels ``flair``, ``t1c``; label maps found there are skipped, and said so);
 * an MSD / nnU-Net dataset folder: its ``imagesTs/`` when present, else ``imagesTr/``.
+
+A scan with more channels than the model gives it those named after the card's sequences
+(``--channels`` chooses them by name or index when the names say nothing).
 
 Outputs are ``OUTPUT/<case>.nii.gz`` with the source scan's geometry (and, with
 ``--save-probabilities``, ``OUTPUT/<case>_probabilities.nii.gz``: float32 softmax, one volume per
@@ -26,10 +31,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError
+from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError, VolumeError
 from .main import command_parser
+
+if TYPE_CHECKING:
+    from ..io.volume import Volume
 
 OUTPUT_SUFFIX = ".nii.gz"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
@@ -37,10 +45,27 @@ PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
 
 @dataclass(frozen=True)
 class PredictCase:
-    """One scan to segment: the path handed to ``load_volume`` and the output's case id."""
+    """One scan to segment: the path handed to ``load_volume`` and the output's case id.
+
+    ``files``/``channel_names``: a BraTS-style case of a folder, one file per sequence
+    (``<case>_flair.nii.gz``, ``<case>_t1c.nii.gz``), stacked as the channels so named.
+    ``in_folder``: found by listing a folder (a label map there is skipped, not refused)."""
 
     case_id: str
     path: Path
+    files: tuple[Path, ...] = ()
+    channel_names: tuple[str, ...] = ()
+    in_folder: bool = False
+
+    def load(self, nan_policy: str, series_uid: str | None) -> Volume:
+        from ..io import load_volume
+        from ..io.stacking import stack_channels
+
+        if len(self.files) > 1:
+            return stack_channels(
+                [load_volume(f, nan_policy=nan_policy, whole_case=False) for f in self.files], self.channel_names
+            )
+        return load_volume(self.path, nan_policy=nan_policy, series_uid=series_uid)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -167,8 +192,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .._atomic import clean_leftovers
     from ..distributed import rank_info, shard
-    from ..io import load_volume, save_labels, save_volume
+    from ..io import save_labels, save_volume
     from ..io.checks import NAN_POLICIES
+    from ..io.label_maps import looks_like_label_map
     from ..io.reader import check_volume_size
     from ..preprocessing import body_mask
 
@@ -195,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             f"output file(s) already exist: {', '.join(existing[:3])}{more} (pass --overwrite to replace them)"
         )
     for case in mine:  # headers only, before the model loads: an impossible scan fails in milliseconds
-        check_volume_size(case.path)
+        for path in case.files or (case.path,):
+            check_volume_size(path)
     from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
 
     predictor = Predictor.from_checkpoint(
@@ -215,8 +242,16 @@ def run(args: argparse.Namespace) -> int:
     clean_leftovers(out_dir)  # a killed earlier run's temporaries (it says what it removed)
     prefix = f"[rank {info.rank}/{info.world_size}] " if info.is_distributed else ""
     start = time.perf_counter()
+    skipped = 0
     for index, case in enumerate(mine, 1):
-        volume = load_volume(case.path, nan_policy=args.nan_policy, series_uid=args.series_uid)
+        volume = case.load(args.nan_policy, args.series_uid)
+        if looks_like_label_map(volume):
+            what = f"{case.path}: holds a label map (whole numbers, few values), not a scan"
+            if not case.in_folder:
+                raise VolumeError(f"{what}: nothing to segment (give the scan it labels)")
+            print(f"{prefix}{what}: skipped", file=sys.stderr)
+            skipped += 1
+            continue
         volume, taken = predictor.choose_channels(volume, args.channels)
         if taken:
             print(f"{prefix}{taken}", file=sys.stderr)
@@ -246,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
             save_volume(result.probabilities, prob_targets[case.case_id], overwrite=args.overwrite)
         del volume, result, labels
     elapsed = time.perf_counter() - start
-    print(f"{prefix}segmented {len(mine)} case(s) in {elapsed:.1f} s -> {out_dir}", file=sys.stderr)
+    also = f" ({skipped} label map(s) skipped)" if skipped else ""
+    print(f"{prefix}segmented {len(mine) - skipped} case(s) in {elapsed:.1f} s{also} -> {out_dir}", file=sys.stderr)
     return 0
 
 
@@ -333,6 +369,8 @@ def _case_files(case: PredictCase) -> list[Path]:
     """The files a case is read from: its channel files, or the files of its DICOM folder."""
     from ..io.msd_layout import case_channel_files
 
+    if case.files:
+        return list(case.files)
     if case.path.is_dir():
         return [p for p in case.path.iterdir() if p.is_file()]
     return case_channel_files(case.path) or [case.path]
@@ -392,10 +430,30 @@ def _file_case(path: Path) -> PredictCase:
 
 
 def _folder_cases(folder: Path) -> list[PredictCase]:
-    from ..io.msd_layout import is_image_file
+    """The cases of a folder of image files: MSD channel files grouped by their ``_NNNN`` suffix,
+    BraTS-style files by the sequence their name gives (``<case>_flair``, ``<case>_t1c_bet``) when a
+    case has two or more, every other file a case of its own."""
+    from ..io.channels import sequence_in_file_name
+    from ..io.msd_layout import case_channel_files, is_image_file
 
     cases: dict[str, PredictCase] = {}
+    by_sequence: dict[str, list[tuple[str, Path]]] = {}
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         case = _file_case(path)
-        cases.setdefault(case.case_id, case)
-    return list(cases.values())
+        split = None if case_channel_files(path) else sequence_in_file_name(case.case_id)
+        if split is not None:
+            by_sequence.setdefault(split[0], []).append((split[1], path))
+        cases.setdefault(case.case_id, PredictCase(case.case_id, case.path, in_folder=True))
+    for case_id, members in by_sequence.items():
+        if len(members) < 2 or case_id in cases:
+            continue
+        for _, path in members:
+            cases.pop(_file_case(path).case_id)
+        cases[case_id] = PredictCase(
+            case_id,
+            members[0][1],
+            files=tuple(path for _, path in members),
+            channel_names=tuple(sequence for sequence, _ in members),
+            in_folder=True,
+        )
+    return [cases[k] for k in sorted(cases)]
