@@ -63,7 +63,11 @@ class TrainingPlot(QWidget):
         self._redraw(force=True)
 
     def add_step(self, info: Any) -> None:
-        """A :class:`StepInfo` (optimiser step) from the trainer."""
+        """A :class:`StepInfo` (optimiser step) from the trainer. A step count that starts again
+        (the calibration rebuilt the network narrower after timing its first steps) drops the
+        earlier network's points: they were another network's loss."""
+        if self.step_numbers and int(info.step) <= self.step_numbers[-1]:
+            self.step_numbers, self.step_losses = [], []
         self.last_step = info
         self.step_numbers.append(int(info.step))
         self.step_losses.append(float(info.loss))

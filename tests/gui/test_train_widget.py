@@ -324,3 +324,34 @@ def test_labels_default_to_the_corrected_mask_never_a_raw_prediction(make_napari
     widget = TrainWidget(viewer)
     assert widget.labels_combo.currentText() == mask.name
     widget.close()
+
+
+def test_the_loss_plot_starts_again_when_the_calibration_narrows_the_network(qtbot, lgg_crops, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A CPU network planned wide (61 thread-minutes: width 16) is rebuilt at width 8 once its
+    first timed steps show the budget affords too few steps (the floor raised here so that it must);
+    the step count starts again at 1, and the Train dock's loss plot keeps only the narrow
+    network's points (it drew the two networks' losses over one another)."""
+    import threading
+
+    from cascadeseg.training import planner
+    from cascadeseg.training.callbacks import FunctionCallback
+    from cascadeseg.training.config import TrainConfig
+    from cascadeseg.training.trainer import train
+    from napari_cascade._qt.training_plot import TrainingPlot
+
+    monkeypatch.setattr(planner, "WIDTH_STEP_FLOOR", 10**9)
+    steps: list = []
+    stop = threading.Event()
+    config = TrainConfig(data=list(lgg_crops.values()), minutes=61, threads=1, seed=0, model="unet",
+                         run_dir=str(tmp_path / "run"))
+    result = train(config, FunctionCallback(on_step=steps.append, on_train_start=lambda info: stop.set()), stop)
+    assert result.stopped == "cancelled"
+    numbers = [int(s.step) for s in steps]
+    restarts = [i for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1]]
+    assert len(restarts) == 1 and numbers[restarts[0]] == 1, numbers  # the narrowed network's first step
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    for info in steps:
+        plot.add_step(info)
+    assert plot.step_numbers == numbers[restarts[0]:] and len(plot.step_losses) == len(plot.step_numbers)
