@@ -500,3 +500,27 @@ def test_postprocessing_is_chosen_on_validation_and_applied_by_the_predictor(lgg
     raw = predictor.predict(image).labels.array
     predictor.card.postprocessing = {"largest_component": True}
     assert np.array_equal(predictor.predict(image).labels.array, keep_largest_component(raw))
+
+
+def test_a_fine_tuning_that_no_epoch_improves_keeps_its_starting_weights(lgg_pairs, tmp_path: Path) -> None:
+    """The starting weights are validated before the first step (epoch 0 of the log) and compete
+    for ``best/``: the shipped FLAIR ANU-Net fine-tuned at a learning rate that wrecks it keeps its
+    own weights as the run's best, and says so (on the TCIA studies, fifteen minutes of fine-tuning
+    had taken that model from 0.30 to 0.07 on the held-out patient)."""
+    from safetensors.torch import load_file
+
+    from cascadeseg.inference import available_checkpoints
+
+    result = train(tiny_config(lgg_pairs, tmp_path / "tuned", init_checkpoint="lgg_flair_anu_net_2d", model=None,
+                               model_options=None, inplane_size=None, dims=None, epochs=1, steps_per_epoch=2,
+                               lr=10.0, keep="best", val_cases=["TCGA_DU_6404_19850629"]))
+    rows = list(csv.DictReader((tmp_path / "tuned" / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and rows[0]["step"] == "0"
+    start, after = float(rows[0]["best_dice"]), max(float(v) for k, v in rows[1].items() if k.startswith("dice_depth"))
+    assert start > 0.5 > after, rows  # the shipped model finds the lesion; after two steps at a learning rate of 10 it does not
+    assert result.best_epoch == 0 and result.best_dice == pytest.approx(start, abs=1e-4)
+    assert result.model_checkpoint == result.best_checkpoint
+    (entry,) = [e for e in available_checkpoints() if e.name == "lgg_flair_anu_net_2d" and e.source == "shipped"]
+    shipped = load_file(str(entry.path / "model.safetensors"))
+    kept = load_file(str(result.best_checkpoint / "model.safetensors"))
+    assert shipped.keys() == kept.keys() and all(torch.equal(shipped[k], kept[k]) for k in shipped)

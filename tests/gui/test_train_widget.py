@@ -148,7 +148,7 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     result = widget.last_request.outcome["result"]
     assert result.stopped == "epochs" and result.epochs_completed == 2
-    assert widget.plot.epoch_numbers == [1, 2]
+    assert widget.plot.epoch_numbers == [0, 1, 2]  # 0: the starting model, validated before the first step
     # The new model is in the Segment dock's list, selected, and runs at once on the scan.
     entry = segment.models.current_entry()
     assert entry is not None and entry.name == "lgg-from-layers"

@@ -297,6 +297,12 @@ class _ProgressBar:
             self.bar.close()
             self.bar = None
         dice = " ".join(f"d{k}={v:.4f}" for k, v in info.dice_per_depth.items())
+        if info.epoch < 0:  # a fine-tuning's starting weights, validated before the first step
+            print(
+                f"epoch 0 (the starting model): val Dice {dice}, recommended depth {info.recommended_depth}",
+                file=sys.stderr,
+            )
+            return
         print(
             f"epoch {info.epoch + 1}/{info.epochs}: loss {info.train_loss:.4f}, val Dice {dice}, "
             f"recommended depth {info.recommended_depth}, best {info.best_dice:.4f} (epoch {info.best_epoch + 1}), "
@@ -375,7 +381,12 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
     if main_rank:
         best = (
-            f"best Dice {result.best_dice:.4f} (epoch {result.best_epoch})"
+            f"best Dice {result.best_dice:.4f} "
+            + (
+                "(epoch 0: the starting model, which no epoch beat)"
+                if result.best_epoch == 0
+                else f"(epoch {result.best_epoch})"
+            )
             if result.best_dice is not None
             else "no validation yet"
         )
