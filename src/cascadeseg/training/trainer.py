@@ -344,6 +344,7 @@ class Trainer:
         self.epoch_losses: list[float] = []  # no step yet: the log row has no training loss
         self.epoch_samples = 0
         result = self.run_validation()
+        self.state.elapsed = self._elapsed()
         if self.ctx.is_main and result is not None:
             self.on_validation_end(result, 0.0)
         barrier(self.ctx)
