@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
     skipped = 0
     for index, case in enumerate(mine, 1):
         volume = case.load(args.nan_policy, args.series_uid)
-        if looks_like_label_map(volume):
+        # A constant scan is no label map: the predictor's own error says what is wrong with it.
+        if looks_like_label_map(volume) and volume.array.min() != volume.array.max():
             what = f"{case.path}: holds a label map (whole numbers, few values), not a scan"
             if not case.in_folder:
                 raise VolumeError(f"{what}: nothing to segment (give the scan it labels)")

@@ -68,7 +68,9 @@ def input_warnings(volume: Volume, card: ModelCard, mode: str | None = None, axi
             f"pick a {found} model"
         )
     expected = card.channel_names
-    for index, given in enumerate(volume.channel_names[: len(expected)]):
+    # Channel names are compared within a modality: a CT through an MR model has had its warning.
+    named = volume.channel_names[: len(expected)] if not warnings else []
+    for index, given in enumerate(named):
         want_key, given_key = canonical_channel(expected[index]), canonical_channel(given)
         if want_key and given_key and want_key != given_key:
             warnings.append(
