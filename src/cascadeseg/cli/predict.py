@@ -435,26 +435,27 @@ def _folder_cases(folder: Path) -> list[PredictCase]:
     BraTS-style files by the sequence their name gives (``<case>_flair``, ``<case>_t1c_bet``) when a
     case has two or more, every other file a case of its own."""
     from ..io.channels import sequence_in_file_name
-    from ..io.msd_layout import case_channel_files, is_image_file
+    from ..io.msd_layout import channel_of, is_image_file
 
     cases: dict[str, PredictCase] = {}
-    by_sequence: dict[str, list[tuple[str, Path]]] = {}
+    # case named by the sequences -> (sequence, file, the file's own case id)
+    by_sequence: dict[str, list[tuple[str, Path, str]]] = {}
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         case = _file_case(path)
-        split = None if case_channel_files(path) else sequence_in_file_name(case.case_id)
+        split = None if channel_of(path) else sequence_in_file_name(case.case_id)
         if split is not None:
-            by_sequence.setdefault(split[0], []).append((split[1], path))
+            by_sequence.setdefault(split[0], []).append((split[1], path, case.case_id))
         cases.setdefault(case.case_id, PredictCase(case.case_id, case.path, in_folder=True))
     for case_id, members in by_sequence.items():
         if len(members) < 2 or case_id in cases:
             continue
-        for _, path in members:
-            cases.pop(_file_case(path).case_id)
+        for _, _, own_id in members:
+            cases.pop(own_id)
         cases[case_id] = PredictCase(
             case_id,
             members[0][1],
-            files=tuple(path for _, path in members),
-            channel_names=tuple(sequence for sequence, _ in members),
+            files=tuple(path for _, path, _ in members),
+            channel_names=tuple(sequence for sequence, _, _ in members),
             in_folder=True,
         )
     return [cases[k] for k in sorted(cases)]

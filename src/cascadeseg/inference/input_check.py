@@ -150,10 +150,9 @@ def _channel_index(entry: str, names: list[str], where: str, listing: str) -> in
     lowered = [n.lower() for n in names]
     if text.lower() in lowered:
         return lowered.index(text.lower())
-    key = canonical_channel(text)
-    matches = [k for k, n in enumerate(names) if key is not None and canonical_channel(n) == key]
-    if len(matches) == 1:
-        return matches[0]
+    by_sequence = _only_channel_of(canonical_channel(text), [canonical_channel(n) for n in names])
+    if by_sequence is not None:
+        return by_sequence
     if text.isdigit() and int(text) < len(names):
         return int(text)
     raise VolumeError(
@@ -167,9 +166,15 @@ def _channels_by_sequence(expected: Sequence[str], names: Sequence[str]) -> list
     keys = [canonical_channel(n) for n in names]
     picked = []
     for want in expected:
-        key = canonical_channel(want)
-        matches = [k for k, have in enumerate(keys) if key is not None and have == key]
-        if len(matches) != 1:
+        index = _only_channel_of(canonical_channel(want), keys)
+        if index is None:
             return None
-        picked.append(matches[0])
+        picked.append(index)
     return picked
+
+
+def _only_channel_of(key: str | None, keys: Sequence[str | None]) -> int | None:
+    """The index of the one channel whose sequence key is ``key``; ``None`` for none, several, or
+    a ``key`` that names no sequence."""
+    matches = [k for k, have in enumerate(keys) if key is not None and have == key]
+    return matches[0] if len(matches) == 1 else None
