@@ -482,3 +482,44 @@ def test_a_wide_cpu_network_the_budget_affords_few_steps_is_narrowed(fingerprint
     assert width.value == 8 and "61 CPU thread-minutes: width 16, but width 16 measured" in width.reason
     assert measured.schedule["seconds_per_step"] > 0  # the schedule is the narrow network's
     assert built["options"]["base_width"] == 8 and built["first_conv"][0] == 8
+
+
+def test_a_budget_too_small_for_the_number_of_structures_is_flagged_with_the_minutes_it_needs(
+    shared_data: Path, fingerprints
+) -> None:
+    """The 62-class TotalSegmentator CT at 20 minutes (1.87 s per 3D step on this CPU: about 600
+    steps, 10 per structure) is flagged, with the minutes that give 50 per structure; re-planning
+    after a calibration replaces the warning. The same budget for a fine-tuning, or for the
+    hippocampus crops' two structures, is not flagged."""
+    from cascadeseg.training.planner import BUDGET_WARNING_PREFIX, MIN_STEPS_PER_STRUCTURE, schedule_for_budget
+
+    ct = load_volume(shared_data / "totalseg" / "example_ct.nii.gz")
+    seg = load_labels(shared_data / "totalseg" / "example_seg_fast_force_split.nii.gz", reference=ct)
+    fp = fingerprint([("ct", ct, seg.array.astype(np.uint8))], ["CT"], patient_id)
+
+    def flagged(cfg: TrainConfig, plan, step_seconds: float = 1.87) -> list[str]:
+        schedule_for_budget(plan, cfg, step_seconds=step_seconds, case_seconds=[1.2], startup_seconds=13.0,
+                            train_samples=1)
+        return [w for w in plan.warnings if w.startswith(BUDGET_WARNING_PREFIX)]
+
+    cfg, plan = plan_training(TrainConfig(data="x", minutes=20, threads=1), fp, CPU)
+    structures = len(cfg.class_values or []) - 1
+    assert structures == 61
+    (warning,) = flagged(cfg, plan)
+    steps = plan.schedule["estimated_steps"]
+    assert steps < MIN_STEPS_PER_STRUCTURE * structures
+    assert f"about {steps} optimiser steps for 61 structure(s)" in warning
+    minutes = int(warning.split("Give at least ")[1].split(" minutes")[0])
+    (again,) = flagged(cfg, plan, step_seconds=1.5)  # a calibration re-plans: one warning, updated
+    assert again != warning
+    longer, plan = plan_training(TrainConfig(data="x", minutes=minutes, threads=1), fp, CPU)
+    assert flagged(longer, plan) == []  # the minutes asked for buy 50 steps per structure
+    assert plan.schedule["estimated_steps"] >= MIN_STEPS_PER_STRUCTURE * structures
+    shorter, plan = plan_training(TrainConfig(data="x", minutes=0.9 * minutes, threads=1), fp, CPU)
+    assert len(flagged(shorter, plan)) == 1  # and not many more than that
+
+    tuned, plan = plan_training(TrainConfig(data="x", minutes=20, threads=1), fp, CPU)
+    tuned.init_checkpoint = "a checkpoint that knows these organs"
+    assert flagged(tuned, plan) == []
+    hippo, plan = plan_training(TrainConfig(data="x", minutes=20, threads=1), fingerprints["hippocampus"], CPU)
+    assert flagged(hippo, plan) == []
