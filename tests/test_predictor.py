@@ -185,8 +185,13 @@ def test_cancel_stops_within_one_batch_and_returns_nothing(lgg: Volume) -> None:
 def test_bad_input_is_refused_with_clear_messages(lgg: Volume, tcia: Volume) -> None:
     model, card = tiny("unet", 2, [("FLAIR", ZSCORE)], [0, 1])
     predictor = Predictor(model, card, device="cpu")
-    with pytest.raises(VolumeError, match=r"has 2 channel\(s\).*expects 1: FLAIR"):
+    with pytest.raises(VolumeError, match=r"has 2 channel\(s\).*expects 1: FLAIR.*Predictor.choose_channels"):
         predictor.predict(tcia)
+    flair, taken = predictor.choose_channels(tcia, ["0001"])  # what the message points to
+    assert flair.array.shape[0] == 1 and taken is not None and "0001" in taken
+    with pytest.raises(VolumeError, match=r"has 1 channel\(s\).*expects 2") as fewer:
+        Predictor(*tiny("unet", 2, [("T1c", ZSCORE), ("FLAIR", ZSCORE)], [0, 1]), device="cpu").predict(flair)
+    assert "choose_channels" not in str(fewer.value)  # too few channels: nothing to pick
     nan = lgg.with_array(lgg.array[:, :4].astype(np.float32))
     nan.array[0, 1, 2, 3] = np.nan
     with pytest.raises(VolumeError, match="1 voxel\\(s\\) are NaN"):

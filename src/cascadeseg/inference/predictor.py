@@ -383,6 +383,11 @@ class Predictor:
             raise VolumeError(
                 f"{name}: has {array.shape[0]} channel(s){given} but the model "
                 f"'{self.card.name or self.card.architecture}' expects {len(expected)}: {', '.join(expected)}"
+                + (
+                    " (pick them first: Predictor.choose_channels, or --channels from the command line)"
+                    if array.shape[0] > len(expected)
+                    else ""
+                )
             )
         if min(array.shape[1:]) == 0:
             raise VolumeError(f"{name}: the volume is empty (spatial shape {array.shape[1:]})")
