@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--choose-mirroring", action="store_true",
                         help="decide the card's test-time mirroring on the run's validation patients "
                         "(and score the held-out ones both ways)")
+    parser.add_argument("--keep-choices-of", type=Path, default=None, metavar="CHECKPOINT",
+                        help="take the recommended depth and test-time mirroring from this checkpoint's card "
+                        "(a continuation whose own validation is too small to choose them keeps its parent's)")
     args = parser.parse_args()
 
     from cascadeseg.inference import load_checkpoint
@@ -129,11 +132,19 @@ def main() -> None:
     channels = [{**run_card.input_channels[0], "name": spec["channel"]}]
     cases = json.loads(args.holdout.read_text())["cases"] if args.holdout else None
     destination = args.dest / spec["name"]
+    fixed = None
+    if args.keep_choices_of is not None:  # read before the export replaces a shipped parent
+        _, parent = load_checkpoint(args.keep_choices_of)
+        kept_from = parent.validation.get("trainer_validation", {}).get("dice_per_case") or {}
+        fixed = {"recommended_depth": parent.recommended_depth, "test_time_mirroring": parent.test_time_mirroring,
+                 "reason": f"kept from {parent.name or args.keep_choices_of}, chosen there on its "
+                           f"{len(kept_from) or 'own'} validation patients"}
     folder = export_run(
         args.run, destination, which=args.which, name=spec["name"], description=spec["description"],
         holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,
         choose_mirroring=args.choose_mirroring and not args.no_score, holdout_mirror=args.choose_mirroring,
         card_updates={"classes": spec["classes"], "input_channels": channels, "training": {"licence": spec["licence"]}},
+        fixed_choices=fixed,
     )
     card = json.loads((folder / "model_card.json").read_text())
     validation = card["validation"]

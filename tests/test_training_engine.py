@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeseg.errors import DatasetError, GeometryMismatchError, OutputExistsError
+from cascadeseg.errors import CheckpointError, DatasetError, GeometryMismatchError, OutputExistsError
 from cascadeseg.inference.checkpoint import load_checkpoint
 from cascadeseg.io import load_labels, load_volume
 from cascadeseg.io.volume import Volume
@@ -281,6 +281,28 @@ def test_export_scores_the_held_out_patient_through_the_predictor(shared_data: P
     assert card.mirror_axes == [0, 1]  # the 2D trainer flips both in-plane axes
     with pytest.raises(OutputExistsError):
         export_run(run_dir, exported)
+
+
+def test_export_can_keep_a_depth_and_mirroring_decided_elsewhere(shared_data: Path, lgg_pairs, tmp_path: Path) -> None:
+    """A continuation validated on two patients keeps its parent's depth and mirroring: given, they
+    are neither re-derived nor chosen, the quoted figures are the mirrored inference's, and the card
+    says where the choices came from. A depth the network lacks, or another key, is refused."""
+    from cascadeseg.training import export_run
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(lgg_pairs, run_dir, model="unet_plus_plus", model_options={"base_width": 4},
+                      epochs=1, val_cases=["TCGA_DU_6404_19850629"]))
+    fixed = {"recommended_depth": 2, "test_time_mirroring": True, "reason": "the parent's validation patients"}
+    exported = export_run(run_dir, tmp_path / "model", holdout_data=shared_data / "lgg-flair",
+                          choose_mirroring=True, fixed_choices=fixed)
+    _, card = load_checkpoint(exported)
+    assert card.recommended_depth == 2 and card.test_time_mirroring is True
+    assert card.validation["choices"] == fixed and "mirroring_choice" not in card.validation
+    assert "with test-time mirroring" in card.validation["metric"]
+    with pytest.raises(CheckpointError, match="recommended_depth 7 is not one of the model's depths"):
+        export_run(run_dir, tmp_path / "other", fixed_choices={"recommended_depth": 7})
+    with pytest.raises(CheckpointError, match=r"unknown key\(s\) \['depth'\]"):
+        export_run(run_dir, tmp_path / "other", fixed_choices={"depth": 2})
 
 
 def test_time_budget_stops_and_validates(lgg_pairs, tmp_path: Path, monkeypatch) -> None:

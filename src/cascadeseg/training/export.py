@@ -30,6 +30,7 @@ def export_run(
     holdout_mirror: bool = False,
     choose_mirroring: bool = False,
     overwrite: bool = False,
+    fixed_choices: dict[str, Any] | None = None,
 ) -> Path:
     """Copy ``run_dir/<which>`` to ``destination`` (refused if it exists unless ``overwrite``).
 
@@ -42,6 +43,10 @@ def export_run(
     ``validation.plain``). ``choose_mirroring``: decide the card's ``test_time_mirroring`` on
     the run's validation patients (in ``holdout_data``): on when mirrored inference beats plain
     inference there at the recommended depth (recorded under ``validation.mirroring_choice``).
+    ``fixed_choices`` (``recommended_depth``, ``test_time_mirroring``): decided elsewhere, neither
+    re-derived nor chosen here; for a run whose own validation is too small to decide them (a
+    continuation on nearly all patients keeps what its parent's validation patients chose), and
+    recorded with their reason under ``validation.choices``.
     """
     from .validation import recommended_depth
 
@@ -49,6 +54,23 @@ def export_run(
     if source is None:
         raise CheckpointError(f"run folder '{run_dir}' has no complete '{which}' checkpoint to export")
     model, card = load_checkpoint(source, device="cpu")
+    fixed = dict(fixed_choices or {})
+    reason = str(fixed.pop("reason", "given"))
+    unknown = sorted(set(fixed) - {"recommended_depth", "test_time_mirroring"})
+    if unknown:
+        raise CheckpointError(
+            f"fixed_choices: unknown key(s) {unknown} (expected recommended_depth, test_time_mirroring, reason)"
+        )
+    if "recommended_depth" in fixed:
+        depths = model.info.pruning_depths or []
+        if int(fixed["recommended_depth"]) not in depths:
+            raise CheckpointError(
+                f"fixed_choices: recommended_depth {fixed['recommended_depth']} is not one of the model's depths "
+                f"{list(depths)}"
+            )
+        card.recommended_depth = int(fixed["recommended_depth"])
+    if "test_time_mirroring" in fixed:
+        card.test_time_mirroring = bool(fixed["test_time_mirroring"])
     if name is not None:
         card.name = name
     if description is not None:
@@ -61,7 +83,8 @@ def export_run(
             raise CheckpointError(f"{source}: the card lists no validation cases to score; pass holdout_cases")
         # The depth, then mirroring at that depth, are chosen on the run's validation patients,
         # never on the held-out ones quoted.
-        if model.info.pruning_depths and card.validation.get("dice_per_depth"):
+        choose_mirroring = choose_mirroring and "test_time_mirroring" not in fixed
+        if "recommended_depth" not in fixed and model.info.pruning_depths and card.validation.get("dice_per_depth"):
             card.recommended_depth = recommended_depth(
                 {int(d): float(v) for d, v in card.validation["dice_per_depth"].items()},
                 dice_per_case=card.validation.get("dice_per_case"),
@@ -90,6 +113,8 @@ def export_run(
             }
         if choose_mirroring:
             card.validation["mirroring_choice"] = choice
+    if fixed:
+        card.validation["choices"] = {**fixed, "reason": reason}
     for key, value in (card_updates or {}).items():
         if isinstance(value, dict) and isinstance(getattr(card, key, None), dict):
             getattr(card, key).update(value)
