@@ -793,7 +793,11 @@ def _base_width(device: DeviceProfile, thread_minutes: float) -> tuple[int, str]
     if device.is_gpu:
         return 32, "the papers' width (a GPU affords it)"
     if thread_minutes <= 60:
-        return 8, f"{thread_minutes:.0f} CPU thread-minutes: a narrow network takes 4x the steps of width 16"
+        return 8, (
+            f"{thread_minutes:.0f} CPU thread-minutes: a narrow network takes more steps (LGG 2D crops at 20 "
+            "minutes: 14,391 at width 8 against 6,158 at width 16, which validated 0.087 lower on the same 13 "
+            "patients)"
+        )
     if thread_minutes <= 300:
         return 16, f"{thread_minutes:.0f} CPU thread-minutes: width 16"
     return 24, f"{thread_minutes:.0f} CPU thread-minutes: width 24 (paper: 32)"
