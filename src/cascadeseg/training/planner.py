@@ -973,8 +973,8 @@ def _warn_if_too_few_steps(
     """Warn when a from-scratch run gets fewer than :data:`MIN_STEPS_PER_STRUCTURE` optimiser steps
     per structure, with the minutes that would give that many (start-up, the validations and the
     end reserve kept aside as :func:`schedule_for_budget` keeps them; ``validation_seconds``: one
-    validation). Re-planned after a
-    calibration narrows the network: the earlier warning is replaced, not repeated."""
+    validation). Re-planned after a calibration narrows the network: the earlier warning is
+    replaced, not repeated."""
     plan.warnings = [w for w in plan.warnings if not w.startswith(BUDGET_WARNING_PREFIX)]
     if cfg.init_checkpoint:  # fine-tuning starts from a model that has learnt the structures
         return
