@@ -135,10 +135,15 @@ def main() -> None:
     fixed = None
     if args.keep_choices_of is not None:  # read before the export replaces a shipped parent
         _, parent = load_checkpoint(args.keep_choices_of)
-        kept_from = parent.validation.get("trainer_validation", {}).get("dice_per_case") or {}
+        # the parent's own validation (its trainer's figures and its mirroring choice) is the evidence
+        chosen_on = parent.validation.get("choices", {}).get("evidence") or {
+            k: parent.validation[k] for k in ("trainer_validation", "mirroring_choice") if k in parent.validation
+        }
+        patients = len(chosen_on.get("trainer_validation", {}).get("dice_per_case") or {})
         fixed = {"recommended_depth": parent.recommended_depth, "test_time_mirroring": parent.test_time_mirroring,
-                 "reason": f"kept from {parent.name or args.keep_choices_of}, chosen there on its "
-                           f"{len(kept_from) or 'own'} validation patients"}
+                 "reason": f"kept from {parent.name or args.keep_choices_of}, chosen there on its {patients} "
+                           "validation patients",
+                 "evidence": chosen_on}
     folder = export_run(
         args.run, destination, which=args.which, name=spec["name"], description=spec["description"],
         holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,

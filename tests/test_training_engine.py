@@ -292,7 +292,8 @@ def test_export_can_keep_a_depth_and_mirroring_decided_elsewhere(shared_data: Pa
     run_dir = tmp_path / "run"
     train(tiny_config(lgg_pairs, run_dir, model="unet_plus_plus", model_options={"base_width": 4},
                       epochs=1, val_cases=["TCGA_DU_6404_19850629"]))
-    fixed = {"recommended_depth": 2, "test_time_mirroring": True, "reason": "the parent's validation patients"}
+    fixed = {"recommended_depth": 2, "test_time_mirroring": True, "reason": "the parent's validation patients",
+             "evidence": {"trainer_validation": {"dice_per_depth": {"2": 0.8}}}}
     exported = export_run(run_dir, tmp_path / "model", holdout_data=shared_data / "lgg-flair",
                           choose_mirroring=True, fixed_choices=fixed)
     _, card = load_checkpoint(exported)

@@ -46,7 +46,8 @@ def export_run(
     ``fixed_choices`` (``recommended_depth``, ``test_time_mirroring``): decided elsewhere, neither
     re-derived nor chosen here; for a run whose own validation is too small to decide them (a
     continuation on nearly all patients keeps what its parent's validation patients chose), and
-    recorded with their reason under ``validation.choices``.
+    recorded with their ``reason`` and ``evidence`` (the figures they were chosen on) under
+    ``validation.choices``.
     """
     from .validation import recommended_depth
 
@@ -56,10 +57,12 @@ def export_run(
     model, card = load_checkpoint(source, device="cpu")
     fixed = dict(fixed_choices or {})
     reason = str(fixed.pop("reason", "given"))
+    evidence = fixed.pop("evidence", None)
     unknown = sorted(set(fixed) - {"recommended_depth", "test_time_mirroring"})
     if unknown:
         raise CheckpointError(
-            f"fixed_choices: unknown key(s) {unknown} (expected recommended_depth, test_time_mirroring, reason)"
+            f"fixed_choices: unknown key(s) {unknown} (expected recommended_depth, test_time_mirroring, reason, "
+            "evidence)"
         )
     if "recommended_depth" in fixed:
         depths = model.info.pruning_depths or []
@@ -115,6 +118,8 @@ def export_run(
             card.validation["mirroring_choice"] = choice
     if fixed:
         card.validation["choices"] = {**fixed, "reason": reason}
+        if evidence is not None:
+            card.validation["choices"]["evidence"] = evidence
     for key, value in (card_updates or {}).items():
         if isinstance(value, dict) and isinstance(getattr(card, key, None), dict):
             getattr(card, key).update(value)
