@@ -158,10 +158,11 @@ def main() -> None:
         return
     seconds = time_depths(folder, spec["data"], validation["cases"][: args.timing_cases], args.threads)
     names = {str(c["value"]): c["name"] for c in spec["classes"]}
+    chosen = validation.get("choices", {}).get("reason", "chosen on the run's validation patients")
     other_name = "plain" if card["test_time_mirroring"] else "mirrored"
     other = validation.get(other_name, {}).get("dice_per_depth", {})
     print(f"{spec['name']}: {len(validation['cases'])} held-out case(s); recommended depth {card['recommended_depth']} "
-          f"(chosen on the run's validation patients); test-time mirroring by default: {card['test_time_mirroring']}"
+          f"({chosen}); test-time mirroring by default: {card['test_time_mirroring']}"
           + (" ({})".format({k: v for k, v in validation["mirroring_choice"].items() if k != "cases"})
              if "mirroring_choice" in validation else "")
           + f"; seconds per case (the default inference): median over {min(args.timing_cases, len(validation['cases']))} "

@@ -547,3 +547,8 @@ def test_a_fine_tuning_that_no_epoch_improves_keeps_its_starting_weights(lgg_pai
     shipped = load_file(str(entry.path / "model.safetensors"))
     kept = load_file(str(result.best_checkpoint / "model.safetensors"))
     assert shipped.keys() == kept.keys() and all(torch.equal(shipped[k], kept[k]) for k in shipped)
+    # the card names what made its starting weights: the shipped model's own command and step count
+    _, parent = load_checkpoint(entry.path)
+    lineage = load_checkpoint(result.best_checkpoint)[1].training["parent_training"]
+    assert lineage["name"] == "lgg_flair_anu_net_2d" and lineage["command"] == parent.training["command"]
+    assert lineage["steps"] == parent.training["steps"] > 0 and lineage["data_cases"] == parent.training["data"]["cases"]

@@ -122,6 +122,8 @@ def build_card(
         "parent": parent_name,
         "augmentation": cfg.to_dict()["augmentation"],
     }
+    if parent is not None:  # how the starting weights were made, back to the first run
+        training["parent_training"] = parent_lineage(parent)
     if note:
         training["note"] = note
     description = cfg.description or f"{model.info.title} ({cfg.dims}D) trained with cascadeseg train"
@@ -148,3 +150,23 @@ def build_card(
         name=name,
         description=description,
     )
+
+
+LINEAGE_KEYS = ("command", "steps", "elapsed_minutes", "lr", "init_checkpoint")
+
+
+def parent_lineage(parent: ModelCard) -> dict[str, Any]:
+    """What made ``parent``'s weights: its training command, steps, minutes and learning rate, and
+    its own parent's the same way (nested), so that a card names every command behind its weights."""
+    training = parent.training or {}
+    data = training.get("data")
+    data = data if isinstance(data, dict) else {}
+    record = {
+        "name": parent.name or parent.architecture,
+        **{k: training[k] for k in LINEAGE_KEYS if k in training},
+    }
+    if data.get("cases") is not None:
+        record["data_cases"] = data.get("cases")
+    if isinstance(training.get("parent_training"), dict):
+        record["parent_training"] = training["parent_training"]
+    return record
