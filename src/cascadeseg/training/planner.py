@@ -978,10 +978,7 @@ def _warn_if_too_few_steps(
     plan.warnings = [w for w in plan.warnings if not w.startswith(BUDGET_WARNING_PREFIX)]
     if cfg.init_checkpoint:  # fine-tuning starts from a model that has learnt the structures
         return
-    if cfg.class_values:
-        structures = len(cfg.class_values) - 1
-    else:
-        structures = int(cfg.num_classes or 2) - 1
+    structures = len(cfg.class_values or [0]) - 1  # a planned config always lists its values
     wanted = MIN_STEPS_PER_STRUCTURE * structures
     if structures < 1 or steps >= wanted:
         return
