@@ -168,7 +168,7 @@ class AutosaveSession:
         # crc32 reads the array's own buffer and releases the GIL while it does; a ``tobytes()``
         # copy held the GIL for its whole copy and froze the GUI for 0.1-0.7 s on a 512x512x600
         # mask (this runs in a worker right after every accept and autosave tick).
-        return zlib.crc32(np.ascontiguousarray(labels).view(np.uint8).reshape(-1), layout)
+        return zlib.crc32(np.ascontiguousarray(labels).view(np.uint8).reshape(-1).data, layout)
 
     def mark_clean(self, labels: np.ndarray) -> None:
         """The current labels are saved (or freshly loaded): nothing to recover until they change."""
