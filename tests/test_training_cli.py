@@ -50,6 +50,9 @@ def test_cli_trains_from_pairs_and_refuses_to_overwrite(pair_files, tmp_path: Pa
     assert main(args) == 0
     out = capsys.readouterr()
     assert "stopped (epochs) after 1 epoch(s)" in out.out
+    # The depth the epoch line recommends says how many validation cases it was chosen on.
+    val_cases = json.loads((run_dir / "split.json").read_text())["val"]
+    assert f"(on {len(val_cases)} validation case(s))" in out.err
     card = json.loads((run_dir / "best" / "model_card.json").read_text())
     assert card["training"]["command"].startswith("cascadeseg train --pairs")
     assert card["training"]["licence"] == "CC BY-NC-SA 4.0"

@@ -297,15 +297,15 @@ class _ProgressBar:
             self.bar.close()
             self.bar = None
         dice = " ".join(f"d{k}={v:.4f}" for k, v in info.dice_per_depth.items())
+        # How many cases the depth was chosen on: a continuation that keeps two patients to validate
+        # prints a depth two patients cannot choose (its export keeps the parent's).
+        depth = f"recommended depth {info.recommended_depth} (on {len(info.dice_per_case)} validation case(s))"
         if info.epoch < 0:  # a fine-tuning's starting weights, validated before the first step
-            print(
-                f"epoch 0 (the starting model): val Dice {dice}, recommended depth {info.recommended_depth}",
-                file=sys.stderr,
-            )
+            print(f"epoch 0 (the starting model): val Dice {dice}, {depth}", file=sys.stderr)
             return
         print(
             f"epoch {info.epoch + 1}/{info.epochs}: loss {info.train_loss:.4f}, val Dice {dice}, "
-            f"recommended depth {info.recommended_depth}, best {info.best_dice:.4f} (epoch {info.best_epoch + 1}), "
+            f"{depth}, best {info.best_dice:.4f} (epoch {info.best_epoch + 1}), "
             f"{info.samples_per_second:.1f} samples/s, elapsed {info.elapsed_seconds / 60:.1f} min",
             file=sys.stderr,
         )
