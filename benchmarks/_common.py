@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # A training that must keep to one core: one OpenMP thread, passive waiting, no GPU.
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
@@ -48,3 +50,17 @@ def write_results(folder: Path, name: str, markdown: str, payload: Any) -> tuple
     md.write_text(markdown)
     js.write_text(json.dumps(payload, indent=2))
     return md, js
+
+
+def run_model_checkpoint(run: Path) -> Path:
+    """The run's model: the checkpoint ``result.json`` names (what ``cascadeseg train`` installs and
+    ships), looked up inside ``run`` so that a moved run folder still resolves; ``last/`` for runs
+    from before ``result.json`` named it."""
+    result = json.loads((run / "result.json").read_text())
+    return run / Path(result.get("model_checkpoint") or "last").name
+
+
+def paired_standard_error(differences: Sequence[float]) -> float:
+    """Standard error of the mean of paired per-patient differences (NaN for fewer than two)."""
+    diff = np.asarray(differences, dtype=float)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")

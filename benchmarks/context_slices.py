@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results
+from _common import (
+    add_folder_arguments,
+    one_thread_env,
+    paired_standard_error,
+    pinned,
+    run_model_checkpoint,
+    usable_cores,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,9 +73,8 @@ def score_run(run: Path, data: Path) -> dict[str, float]:
     from cascadeseg.metrics import case_mean_dice
 
     torch.set_num_threads(1)
-    result = json.loads((run / "result.json").read_text())
     cases = json.loads((run / "split.json").read_text())["val"]
-    predictor = Predictor.from_checkpoint(run / Path(result["model_checkpoint"]).name, device="cpu")
+    predictor = Predictor.from_checkpoint(run_model_checkpoint(run), device="cpu")
     foreground = [v for v in predictor.card.class_values if v != 0]
     out = {}
     for case in cases:
@@ -102,7 +109,7 @@ def main() -> None:
         payload["seeds"][seed] = {"dice": dice, "steps": steps, "walls": walls}
         rows.append(
             f"| {seed} | {len(diff)} | {one.mean():.3f} ({steps[names[0]]}) | {wide.mean():.3f} ({steps[names[1]]}) | "
-            f"{diff.mean():+.3f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.3f} | {int((diff > 0).sum())} / "
+            f"{diff.mean():+.3f} +- {paired_standard_error(diff):.3f} | {int((diff > 0).sum())} / "
             f"{int((diff < 0).sum())} |"
         )
     d = np.array(all_diffs)
@@ -121,7 +128,7 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"All seeds: **{d.mean():+.3f} +- {d.std(ddof=1) / np.sqrt(len(d)):.3f}** over {len(d)} paired patients.",
+        f"All seeds: **{d.mean():+.3f} +- {paired_standard_error(d):.3f}** over {len(d)} paired patients.",
     ]
     write_results(args.results, "context_slices", "\n".join(lines) + "\n", payload)
 

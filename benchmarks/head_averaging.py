@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import write_results  # noqa: E402
+from _common import paired_standard_error, write_results  # noqa: E402
 
 
 def averaged_heads(model, heads: list[int]) -> None:
@@ -101,7 +101,7 @@ def main() -> None:
     summary = {}
     for name, by_case in dice.items():
         diff = np.array([by_case[c] - base[c] for c in cases])
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        se = paired_standard_error(diff)
         summary[name] = {"mean": float(np.mean(list(by_case.values()))), "diff": float(diff.mean()), "se": se}
         lines.append(f"| {name} | {summary[name]['mean']:.4f} | {diff.mean():+.4f} +- {se:.4f} | {seconds[name]:.2f} |")
     payload = {"checkpoint": str(args.checkpoint), "cases": cases, "dice": dice, "summary": summary, "seconds": seconds}

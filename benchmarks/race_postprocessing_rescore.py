@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import write_results  # noqa: E402
+from _common import run_model_checkpoint, write_results  # noqa: E402
 from one_click_race import score  # noqa: E402  (the race's own scoring of saved predictions)
 
 LGG = ROOT.parent / "shared" / "data" / "lgg-flair"  # the races' data (the first race's holdout.json omits it)
@@ -72,7 +72,7 @@ def main() -> None:
     for race in args.races:
         run = race / "ours"
         # The checkpoint the run's plan keeps (runs from before result.json named it kept last/).
-        kept = Path(json.loads((run / "result.json").read_text()).get("model_checkpoint", run / "last"))
+        kept = run_model_checkpoint(run)
         predictor = Predictor.from_checkpoint(kept, device="cpu")
         old = predictor.card.postprocessing
         result = validate(

@@ -28,16 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import write_results  # noqa: E402
+from _common import paired_standard_error, run_model_checkpoint, write_results  # noqa: E402
 
 MISSED = 0.05  # a patient scored below this has had its lesion missed
-
-
-def model_checkpoint(run: Path) -> Path:
-    """The run's model (``result.json``'s ``model_checkpoint``: what it installs and ships)."""
-    result = json.loads((run / "result.json").read_text())
-    kept = Path(result.get("model_checkpoint") or run / result.get("keep", "last"))
-    return kept if kept.is_absolute() or kept.exists() else run / kept.name
 
 
 def main() -> None:
@@ -61,7 +54,7 @@ def main() -> None:
     if not cases:
         raise SystemExit("the runs share no validation patient")
     refs = {r.case_id: r for r in load_dataset(args.data)}
-    predictors = [Predictor.from_checkpoint(model_checkpoint(run), device="cpu") for run in args.runs]
+    predictors = [Predictor.from_checkpoint(run_model_checkpoint(run), device="cpu") for run in args.runs]
     values = np.asarray(predictors[0].card.class_values)
     for run, predictor in zip(args.runs, predictors):
         if list(predictor.card.class_values) != list(values):
@@ -99,14 +92,13 @@ def main() -> None:
     for name in variants:
         scores = np.array([dice[name][c] for c in cases])
         diff = scores - np.array([base[c] for c in cases])
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        se = paired_standard_error(diff)
         better, worse = int((diff > 0.001).sum()), int((diff < -0.001).sum())
         summary[name] = {"mean": float(scores.mean()), "median": float(np.median(scores)),
                          "diff": float(diff.mean()), "se": se, "missed": int((scores < MISSED).sum())}
         lines.append(f"| {name} | {scores.mean():.4f} | {np.median(scores):.4f} | {diff.mean():+.4f} +- {se:.4f} "
                      f"| {better} / {worse} | {summary[name]['missed']} |")
     text = "\n".join(lines) + "\n"
-    print(text)
     payload = {"runs": [str(r) for r in args.runs], "cases": cases, "dice": dice, "summary": summary}
     write_results(args.out, f"run_ensemble{'_' + args.tag if args.tag else ''}", text, payload)
 

@@ -160,13 +160,12 @@ def parent_lineage(parent: ModelCard) -> dict[str, Any]:
     its own parent's the same way (nested), so that a card names every command behind its weights."""
     training = parent.training or {}
     data = training.get("data")
-    data = data if isinstance(data, dict) else {}
     record = {
         "name": parent.name or parent.architecture,
         **{k: training[k] for k in LINEAGE_KEYS if k in training},
     }
-    if data.get("cases") is not None:
-        record["data_cases"] = data.get("cases")
+    if isinstance(data, dict) and data.get("cases") is not None:
+        record["data_cases"] = data["cases"]
     if isinstance(training.get("parent_training"), dict):
         record["parent_training"] = training["parent_training"]
     return record
