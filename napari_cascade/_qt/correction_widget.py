@@ -824,7 +824,7 @@ class CorrectionWidget(QWidget):
 
     def update_summary(self) -> None:
         try:
-            summary = self.training_set().summary()
+            summary = self.training_set().summary(read_uncounted=False)  # on the GUI thread: read no mask
         except CascadeSegError as exc:
             self.set_summary.setText(str(exc))
             return

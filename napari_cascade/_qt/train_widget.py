@@ -484,7 +484,7 @@ class TrainWidget(QWidget):
             )
         from cascadeseg.editing import TrainingSet
 
-        summary = TrainingSet(folder).summary()
+        summary = TrainingSet(folder).summary(read_uncounted=False)  # on the GUI thread: read no mask
         if summary.num_cases == 0:
             raise DatasetError(f"training data folder {folder}: holds no complete case (image and label)")
         values = set(summary.labels.values()) or None

@@ -2,9 +2,11 @@
 
 A matplotlib ``FigureCanvasQTAgg`` in a dock. It only draws what the trainer reports through
 :class:`cascadeseg.training.callbacks.StepInfo` / ``EpochInfo`` (handed over to the GUI thread by
-the train widget); it computes nothing itself. Redraws are throttled (at most a few per second)
-because a small model on a GPU makes hundreds of steps per second and a full canvas redraw costs
-tens of milliseconds.
+the train widget); it computes nothing itself. Everything it draws runs on the GUI thread, so a
+redraw only moves the data of lines made once and draws at most once a second: clearing and
+re-plotting both axes with a tight layout on every draw, three times a second, cost 150 ms a draw
+and a third of the GUI thread while a CPU training ran (issue 18's Train dock freezes). The tight
+layout is computed when the canvas is resized or a run starts, not on every draw.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-REDRAW_INTERVAL_S = 0.3
+REDRAW_INTERVAL_S = 1.0
 
 
 def format_duration(seconds: float | None) -> str:
@@ -34,11 +37,22 @@ class TrainingPlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.figure = Figure(figsize=(5.0, 3.2), tight_layout=True)
+        self.figure = Figure(figsize=(5.0, 3.2))
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)  # a bottom dock would otherwise squash it to a line
         self.loss_axes = self.figure.add_subplot(1, 2, 1)
         self.dice_axes = self.figure.add_subplot(1, 2, 2)
+        self.loss_axes.set_title("training loss", fontsize=9)
+        self.loss_axes.set_xlabel("step", fontsize=8)
+        self.dice_axes.set_title("validation Dice per pruning depth", fontsize=9)
+        self.dice_axes.set_xlabel("epoch", fontsize=8)
+        self.dice_axes.set_ylim(0.0, 1.0)
+        for axes in (self.loss_axes, self.dice_axes):
+            axes.tick_params(labelsize=7)
+        (self._step_line,) = self.loss_axes.plot([], [], lw=0.8, alpha=0.6, label="per step")
+        (self._epoch_line,) = self.loss_axes.plot([], [], "o-", ms=3, label="epoch mean")
+        self._depth_lines: dict[int, Line2D] = {}
+        self.canvas.mpl_connect("resize_event", lambda _event: self._fit_layout())
         self.status = QLabel("No training yet.")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -59,7 +73,14 @@ class TrainingPlot(QWidget):
         self.last_epoch: Any = None
         self.draw_count = 0
         self._last_draw = 0.0
+        for line in self._depth_lines.values():
+            line.remove()
+        self._depth_lines = {}
+        for axes in (self.loss_axes, self.dice_axes):
+            if axes.get_legend() is not None:
+                axes.get_legend().remove()
         self.status.setText(f"{title}: starting…" if title else "No training yet.")
+        self._fit_layout()
         self._redraw(force=True)
 
     def add_step(self, info: Any) -> None:
@@ -112,34 +133,42 @@ class TrainingPlot(QWidget):
         text = self.status_text()
         self.status.setText(f"{self.title}: {text}" if self.title else text)
 
+    def _fit_layout(self) -> None:
+        """Margins that fit the titles and tick labels (matplotlib's tight layout: about 100 ms,
+        so only when the canvas is resized or a run starts, never per draw)."""
+        if self.canvas.width() > 1 and self.canvas.height() > 1:
+            try:
+                self.figure.tight_layout()
+            except ValueError:  # a canvas too small for any margins: keep the last ones
+                pass
+
     def _redraw(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_draw < REDRAW_INTERVAL_S:
             return
         self._last_draw = now
-        ax = self.loss_axes
-        ax.clear()
-        ax.set_title("training loss", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        if self.step_numbers:
-            ax.plot(self.step_numbers, self.step_losses, lw=0.8, alpha=0.6, label="per step")
+        self._step_line.set_data(self.step_numbers, self.step_losses)
         if self.epoch_numbers and self.last_step is not None:
             # Epoch means sit at the step where each epoch ended.
             steps_per_epoch = max(1, int(self.last_step.steps_per_epoch))
-            ends = [e * steps_per_epoch for e in self.epoch_numbers]
-            ax.plot(ends, self.epoch_losses, "o-", ms=3, label="epoch mean")
-        if self.step_numbers:
-            ax.legend(fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax = self.dice_axes
-        ax.clear()
-        ax.set_title("validation Dice per pruning depth", fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylim(0.0, 1.0)
+            self._epoch_line.set_data([e * steps_per_epoch for e in self.epoch_numbers], self.epoch_losses)
+        else:
+            self._epoch_line.set_data([], [])
+        if self.step_numbers and self.loss_axes.get_legend() is None:
+            self.loss_axes.legend(fontsize=7)
+        new_depth = False
         for depth, points in sorted(self.dice_per_depth.items()):
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, label=f"L{depth}")
-        if self.dice_per_depth:
-            ax.legend(fontsize=7)
-        ax.tick_params(labelsize=7)
+            line = self._depth_lines.get(depth)
+            if line is None:
+                (line,) = self.dice_axes.plot([], [], "o-", ms=3, label=f"L{depth}")
+                self._depth_lines[depth] = line
+                new_depth = True
+            line.set_data([p[0] for p in points], [p[1] for p in points])
+        if new_depth:
+            self.dice_axes.legend(fontsize=7)
+        for axes in (self.loss_axes, self.dice_axes):
+            axes.relim()
+        self.loss_axes.autoscale_view()
+        self.dice_axes.autoscale_view(scaley=False)  # Dice stays on 0..1
         self.canvas.draw_idle()
         self.draw_count += 1

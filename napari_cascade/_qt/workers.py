@@ -86,10 +86,13 @@ def format_progress(progress: Any) -> str:
 # Modules napari and PyOpenGL import on the GUI thread when the first layers of a session arrive
 # (found by listing sys.modules before and after opening a CT): pandas for a labels layer's
 # features (0.2-0.5 s), the histogram model of an image layer, PyOpenGL's array handlers for the
-# first texture upload. Importing them in a worker first leaves the GUI thread a dictionary look-up.
+# first texture upload, and scikit-image's colour conversions (with scipy.linalg: 65 ms) for the
+# first labels layer's colormap (found by profiling the GUI thread while it inserted that layer).
+# Importing them in a worker first leaves the GUI thread a dictionary look-up.
 LAZY_FIRST_LAYER_IMPORTS = (
     "pandas",
     "napari.components.histogram",
+    "skimage.color.colorconv",
     "OpenGL.arrays.ctypesarrays",
     "OpenGL.arrays.ctypespointers",
     "OpenGL.arrays.nones",
@@ -102,22 +105,28 @@ _prebuilt_units: Any = None
 
 def warm_imports() -> None:
     """Prepare, off the GUI thread, what napari otherwise builds lazily on it when the first layers
-    of a session arrive: the modules of :data:`LAZY_FIRST_LAYER_IMPORTS` and pint's default unit
-    registry (parsed for the first layer's units, about 0.3 s). The registry is built privately
+    of a session arrive: the modules of :data:`LAZY_FIRST_LAYER_IMPORTS`, vispy's dash patterns
+    for the first labels layer's overlays, and pint's default unit registry (parsed for the first
+    layer's units, about 0.3 s). The registry is built privately
     here, a new object no other thread can see (napari's own lazy one is not safe to build from a
     worker while napari may touch it); :func:`install_unit_registry` hands it to napari on the GUI
-    thread. Last, the objects alive by then are frozen out of full
+    thread. First and last, the objects alive by then are frozen out of full
     garbage collections when no layer exists yet (:func:`freeze_long_lived_objects`). Never raises."""
     global _warmed, _prebuilt_units
     with _WARM:
         if _warmed:
             return
         _warmed = True
+        # Freeze first as well: the imports and pint's parsing below allocate enough to start a
+        # full collection, which would walk every start-up object with the lock held (0.3 s of
+        # frozen window in the GUI tests, while the Train dock started its run).
+        freeze_long_lived_objects()
         for module in LAZY_FIRST_LAYER_IMPORTS:
             try:
                 importlib.import_module(module)
             except ImportError:  # napari would fail on its own terms; nothing to warm
                 LOG.debug("%s is not importable; nothing to warm", module)
+        _warm_dash_patterns()
         if _units_still_lazy():
             try:
                 import pint
@@ -127,6 +136,18 @@ def warm_imports() -> None:
             except Exception:  # noqa: BLE001 - napari then builds its own, as before
                 LOG.debug("could not prepare pint's unit registry", exc_info=True)
         freeze_long_lived_objects()
+
+
+def _warm_dash_patterns() -> None:
+    """Fill vispy's cache of line dash patterns, which the first labels layer's polygon and brush
+    overlays otherwise compute on the GUI thread (13 patterns, about 55 ms of numpy; cached for
+    the process by ``functools.lru_cache``, which is thread-safe). Pure numpy, no GL."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except Exception:  # noqa: BLE001 - vispy then computes them where it always did
+        LOG.debug("could not prepare vispy's dash patterns", exc_info=True)
 
 
 def freeze_long_lived_objects() -> bool:

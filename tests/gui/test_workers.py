@@ -147,3 +147,63 @@ print("ok", frozen)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().startswith("ok"), proc.stdout + proc.stderr
+
+
+def test_warm_up_leaves_the_first_labels_layer_nothing_to_import_or_compute() -> None:
+    """What napari builds lazily for the first labels layer of a session (scikit-image's colour
+    conversions for its colormap, vispy's dash patterns for its polygon and brush overlays: about
+    0.12 s of the first Segment result's insertion) is prepared by the warm-up worker, so the GUI
+    thread finds it ready: adding that layer to a viewer imports no module and computes no dash
+    pattern. A fresh interpreter, because both are process-wide."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading
+import numpy as np
+import napari
+from vispy.visuals.line.dash_atlas import _make_pattern
+from napari_cascade._qt import workers
+viewer = napari.Viewer(show=False)
+viewer.add_image(np.zeros((4, 8, 8), np.float32))
+assert "skimage.color.colorconv" not in sys.modules and _make_pattern.cache_info().currsize == 0
+thread = threading.Thread(target=workers.warm_imports); thread.start(); thread.join()
+before, misses = set(sys.modules), _make_pattern.cache_info().misses
+viewer.add_labels(np.zeros((4, 8, 8), np.uint8))
+new = sorted(set(sys.modules) - before)
+assert not new, new
+assert _make_pattern.cache_info().misses == misses, _make_pattern.cache_info()
+viewer.close()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
+def test_no_full_collection_during_the_warm_up_walks_the_start_up_objects() -> None:
+    """The warm-up's own work (imports, pint's parsing) allocates enough to start full garbage
+    collections; each must find the start-up objects already frozen, or it walks them all with the
+    interpreter lock held (0.3 s of frozen window in the GUI tests while the Train dock started a
+    run). Full collections are made frequent here so that some happen during the warm-up. A fresh
+    interpreter: freezing is process-wide."""
+    import subprocess
+    import sys
+
+    script = """
+import gc, threading
+import napari
+from napari_cascade._qt import workers
+frozen_at_full = []
+def record(phase, info):
+    if phase == "start" and info["generation"] == 2:
+        frozen_at_full.append(gc.get_freeze_count())
+gc.callbacks.append(record)
+gc.set_threshold(200, 2, 2)
+thread = threading.Thread(target=workers.warm_imports); thread.start(); thread.join()
+gc.callbacks.remove(record)
+assert frozen_at_full, "no full collection ran during the warm-up"
+assert min(frozen_at_full) > 100_000, frozen_at_full
+print("ok", len(frozen_at_full))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("ok"), proc.stdout + proc.stderr
