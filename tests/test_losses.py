@@ -103,9 +103,13 @@ def confident_logits(target: torch.Tensor, num_classes: int, scale: float = 4.0)
 # -- registry -----------------------------------------------------------------------------------
 
 def test_loss_names_cover_the_papers_and_every_model_default() -> None:
+    from cascadeseg.losses import LOSSES
+    from cascadeseg.models import model_class
     from cascadeseg.models.registry import list_models
 
-    assert loss_names() == PAPER_LOSSES
+    assert loss_names() == PAPER_LOSSES == list(LOSSES)  # the torch-free names, the classes' order
+    # The listing reads the catalogue without importing the architectures: each class agrees.
+    assert all(model_class(info.name).info == info for info in list_models())
     defaults = {info.name: info.default_loss for info in list_models()}
     assert defaults, "the model registry lists no model"
     missing = {model: loss for model, loss in defaults.items() if loss not in loss_names()}

@@ -46,11 +46,12 @@ NO_MODEL = "(no model: pick or browse)"
 
 
 def model_info(card: ModelCard) -> Any | None:
-    """The architecture's :class:`~cascadeseg.models.ModelInfo` (``None`` if unknown here)."""
-    from cascadeseg.models import model_class
+    """The architecture's :class:`~cascadeseg.models.ModelInfo` (``None`` if unknown here), from
+    the zoo's catalogue: describing a model imports no torch on the GUI thread."""
+    from cascadeseg.models import model_info as catalogue_entry
 
     try:
-        return model_class(card.architecture).info
+        return catalogue_entry(card.architecture)
     except CascadeSegError:
         return None
 

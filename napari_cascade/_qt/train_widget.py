@@ -619,12 +619,14 @@ class TrainWidget(QWidget):
             show_warning(f"Train: {text}")
 
     def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
-        from cascadeseg.training.callbacks import FunctionCallback
-        from cascadeseg.training.trainer import train
-
         relay = self._relay
 
         def job(progress: Callable[[Any], None], _panel_cancel: threading.Event) -> Any:
+            # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
+            # the window for a second at the first Train of a session.
+            from cascadeseg.training.callbacks import FunctionCallback
+            from cascadeseg.training.trainer import train
+
             def on_step(info: Any) -> None:
                 relay.step.emit(info)
                 if info.time_left_seconds is not None:

@@ -98,6 +98,10 @@ LAZY_FIRST_LAYER_IMPORTS = (
     "OpenGL.arrays.nones",
     "OpenGL.arrays.strings",
 )
+# What the docks' engine calls need first (a device check, a model, the trainer): torch, which
+# the docks no longer import as they open (0.9-1.4 s of frozen window); imported here instead,
+# in the background, it leaves the GUI thread gaps of about 0.2 s.
+ENGINE_IMPORTS = ("torch",)
 _WARM = threading.Lock()
 _warmed = False
 _prebuilt_units: Any = None
@@ -105,7 +109,8 @@ _prebuilt_units: Any = None
 
 def warm_imports() -> None:
     """Prepare, off the GUI thread, what napari otherwise builds lazily on it when the first layers
-    of a session arrive: the modules of :data:`LAZY_FIRST_LAYER_IMPORTS`, vispy's dash patterns
+    of a session arrive: the modules of :data:`LAZY_FIRST_LAYER_IMPORTS` (and torch, for the
+    docks' first engine call: :data:`ENGINE_IMPORTS`), vispy's dash patterns
     for the first labels layer's overlays, and pint's default unit registry (parsed for the first
     layer's units, about 0.3 s). The registry is built privately
     here, a new object no other thread can see (napari's own lazy one is not safe to build from a
@@ -121,7 +126,7 @@ def warm_imports() -> None:
         # full collection, which would walk every start-up object with the lock held (0.3 s of
         # frozen window in the GUI tests, while the Train dock started its run).
         freeze_long_lived_objects()
-        for module in LAZY_FIRST_LAYER_IMPORTS:
+        for module in LAZY_FIRST_LAYER_IMPORTS + ENGINE_IMPORTS:
             try:
                 importlib.import_module(module)
             except ImportError:  # napari would fail on its own terms; nothing to warm

@@ -207,3 +207,38 @@ print("ok", len(frozen_at_full))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().startswith("ok"), proc.stdout + proc.stderr
+
+
+def test_opening_the_docks_imports_no_torch_on_the_gui_thread() -> None:
+    """Opening a dock froze the window for 1.2-2.3 s, most of it importing torch on the GUI thread
+    (the docks' modules and constructors reached it through the device list, the model and loss
+    listings, the trainer). The docks now open without it, and their warm-up worker imports it in
+    the background, so that the first Run or Train finds it ready. A fresh interpreter: imports are
+    process-wide."""
+    import subprocess
+    import sys
+
+    script = """
+import builtins, sys, threading, time
+import napari
+from napari_cascade._qt import workers
+viewer = napari.Viewer(show=False)
+main, original, on_gui_thread = threading.main_thread(), builtins.__import__, []
+def watch(name, *args, **kwargs):
+    if name.split(".")[0] == "torch" and "torch" not in sys.modules and threading.current_thread() is main:
+        on_gui_thread.append(name)
+    return original(name, *args, **kwargs)
+builtins.__import__ = watch
+for dock in ("Segment", "Compare stages and depths", "Correct mask", "Train"):
+    viewer.window.add_plugin_dock_widget("napari-cascade", dock)
+builtins.__import__ = original
+assert not on_gui_thread, on_gui_thread
+deadline = time.monotonic() + 60
+while "torch" not in sys.modules and time.monotonic() < deadline:
+    time.sleep(0.05)
+assert "torch" in sys.modules, "the warm-up did not import torch"
+viewer.close()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "ok" in proc.stdout.split(), proc.stdout + proc.stderr[-3000:]

@@ -10,12 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import DeviceError
 from .allocator import enabled as allocator_enabled
 from .allocator import reuse_freed_memory
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the napari docks import this module for the device
+# choices, and importing torch with it froze the window for 0.9 s when a dock was opened (the
+# docks' warm-up worker imports torch in the background instead).
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
@@ -26,6 +32,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Under ``torchrun`` with CUDA, ``"auto"``/``"cuda"`` pick ``cuda:$LOCAL_RANK`` so each rank uses
     its own GPU. A device that is not available fails naming what is.
     """
+    import torch
+
     if isinstance(device, torch.device):
         return device
     name = str(device).strip().lower()
@@ -62,6 +70,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def available_devices() -> list[str]:
     """Device names usable on this machine, best first (what the GUI's device list shows)."""
+    import torch
+
     names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     if _mps_available():
         names.append("mps")
@@ -70,12 +80,16 @@ def available_devices() -> list[str]:
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision dtype for ``device`` (``None``: run in fp32)."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -88,6 +102,8 @@ def inference_context(device: torch.device, mixed_precision: bool = True) -> Ite
     """``torch.inference_mode`` plus autocast on GPUs (when ``mixed_precision``); on the CPU, in a
     process that opted in (the command line does), freed activation memory is kept for the next
     batch (:mod:`.allocator`)."""
+    import torch
+
     dtype = autocast_dtype(device) if mixed_precision else None
     with torch.inference_mode(), reuse_freed_memory(device.type == "cpu" and allocator_enabled()):
         if dtype is None:
@@ -104,12 +120,16 @@ def memory_format(device: torch.device, dims: int) -> torch.memory_format:
     convolutions at full resolution were 30x slower in NCHW), UNet++ 5.8 -> 3.3 s, UNet# 6.8 -> 3.9 s;
     width 32: U-Net 11.1 -> 7.9 s, ANU-Net 46 -> 31 s; 3D patches 64x96x96: 7-15 % faster.
     Outputs are equal to the contiguous run within float rounding (max difference 1e-7)."""
+    import torch
+
     del device  # the same choice on every device; kept in the signature for callers
     return torch.channels_last if dims == 2 else torch.channels_last_3d
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a CUDA/MPS out-of-memory error (the predictor then retries with a smaller batch)."""
+    import torch
+
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(exc, oom_type):
         return True
@@ -118,6 +138,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def release_cached_memory(device: torch.device) -> None:
     """Give cached allocator blocks back (after an OOM, or when inference ends)."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):

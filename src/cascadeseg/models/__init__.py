@@ -5,12 +5,37 @@
 >>> out = net(x, depth=2)          # SegmentationOutput; out.logits is head 2
 """
 
-from .base import ModelInfo, SegmentationModel
-from .output import LogitsOnly, OutputRequest, SegmentationOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .catalogue import ModelInfo, model_info
 from .registry import create_model, list_models, model_class, model_names, register
+
+if TYPE_CHECKING:
+    from .base import SegmentationModel
+    from .output import LogitsOnly, OutputRequest, SegmentationOutput
+
+# What needs torch is imported when first asked for: listing and describing models (the napari
+# docks, as they open) must not import torch on the GUI thread.
+_NEEDS_TORCH = {
+    "SegmentationModel": ".base",
+    "LogitsOnly": ".output",
+    "OutputRequest": ".output",
+    "SegmentationOutput": ".output",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ModelInfo",
+    "model_info",
     "SegmentationModel",
     "LogitsOnly",
     "OutputRequest",

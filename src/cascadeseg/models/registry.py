@@ -8,16 +8,19 @@ one broken architecture file reports itself by name instead of hiding the others
 from __future__ import annotations
 
 import importlib
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ModelConfigError
-from .base import ModelInfo, SegmentationModel, catalogue_modules
+from .catalogue import ModelInfo, catalogue_modules, model_info
+
+if TYPE_CHECKING:  # the architectures (and torch) are imported on first use, not with the listing
+    from .base import SegmentationModel
 
 # One file per architecture (registry name -> module), from the catalogue.
 ARCHITECTURE_MODULES: dict[str, str] = catalogue_modules()
 
 _REGISTRY: dict[str, type[SegmentationModel]] = {}
-M = TypeVar("M", bound=type[SegmentationModel])
+M = TypeVar("M", bound="type[SegmentationModel]")
 
 
 def register(cls: M) -> M:
@@ -49,8 +52,9 @@ def create_model(name: str, **options: Any) -> SegmentationModel:
 
 
 def list_models() -> list[ModelInfo]:
-    """Every registered architecture's :class:`ModelInfo`, in registry order."""
-    return [_load(name).info for name in ARCHITECTURE_MODULES]
+    """Every architecture's :class:`ModelInfo`, in registry order, from the catalogue (each class's
+    ``info`` is its catalogue entry): listing imports no architecture, and no torch."""
+    return [model_info(name) for name in ARCHITECTURE_MODULES]
 
 
 def model_names() -> list[str]:

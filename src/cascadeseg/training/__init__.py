@@ -8,10 +8,28 @@ The GUI passes in-memory ``(Volume, Volume)`` pairs as ``data``, a callback obje
 (:class:`TrainingCallback`: ``on_step``, ``on_epoch`` ...) and a ``threading.Event`` as ``cancel``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .callbacks import EpochInfo, FunctionCallback, StepInfo, TrainingCallback
 from .config import AugmentationConfig, TrainConfig
-from .export import export_run
-from .trainer import TrainingError, TrainResult, train
+
+if TYPE_CHECKING:
+    from .export import export_run
+    from .trainer import TrainingError, TrainResult, train
+
+# The trainer and the export need torch; they are imported when first asked for, so that the
+# Train dock can import this package's light parts (config, splits) without torch on the GUI thread.
+_NEEDS_TORCH = {"export_run": ".export", "TrainingError": ".trainer", "TrainResult": ".trainer", "train": ".trainer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AugmentationConfig",

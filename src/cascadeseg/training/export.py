@@ -14,7 +14,6 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..inference.checkpoint import load_checkpoint, save_checkpoint, user_models_dir
-from .run_folder import find_checkpoint
 
 
 def export_run(
@@ -49,6 +48,7 @@ def export_run(
     recorded with their ``reason`` and ``evidence`` (the figures they were chosen on) under
     ``validation.choices``.
     """
+    from .run_folder import find_checkpoint  # torch: not for the Train dock's import of this module
     from .validation import recommended_depth
 
     source = find_checkpoint(Path(run_dir), which)

@@ -18,13 +18,14 @@ starting point for such data:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from ..inference.checkpoint import CheckpointEntry, ModelCard, available_checkpoints
 from ..io.channels import canonical_channel
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the Train dock imports this module
+    import torch
 
 
 def map_channels(card_names: Sequence[str], data_names: Sequence[str]) -> list[int | None]:
@@ -50,6 +51,8 @@ def inflate_input_weights(
     input channels). Only tensors whose second dimension holds the input channels change: a
     convolution on the input (``old_in`` -> ``new_in``) or a cascade's stage-2 convolution on
     ``cat([input, stage-1 probabilities])`` (input channels first). Any other mismatch is refused."""
+    import torch
+
     new_in = len(mapping)
     spread: dict[int, int] = {}
     for m in mapping:
