@@ -32,6 +32,7 @@ from typing import Any
 import napari
 import numpy as np
 from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
@@ -68,7 +69,7 @@ from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, n
 from .correction_widget import scan_channel_layers
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
-from .training_plot import TrainingPlot
+from .training_plot import TrainingPlot, import_plotting
 from .workers import JobPanel
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
@@ -118,13 +119,14 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.plot = TrainingPlot()
+        self._plot: TrainingPlot | None = None  # made when first shown (matplotlib, below)
+        create_worker(import_plotting, _start_thread=True)
         self.last_request: TrainRequest | None = None
         self.installed: Path | None = None
         self.last_plan_warnings: list[str] = []
         self._relay = _Relay()
-        self._relay.step.connect(self.plot.add_step)
-        self._relay.epoch.connect(self.plot.add_epoch)
+        self._relay.step.connect(lambda info: self.plot.add_step(info))
+        self._relay.epoch.connect(lambda info: self.plot.add_epoch(info))
         self._relay.plan.connect(lambda text: self.plan_text.setPlainText(text) if text else None)
         self._relay.plan_warnings.connect(self._warn_about_plan)
         self._models = {info.name: info for info in list_models()}
@@ -246,6 +248,14 @@ class TrainWidget(QWidget):
         self._model_changed()
         self._source_changed()
         self._budget_changed()
+
+    @property
+    def plot(self) -> TrainingPlot:
+        """The live training plot, made when first needed: its matplotlib canvas is not built (nor
+        matplotlib imported on the GUI thread) when the dock opens, only when a run starts."""
+        if self._plot is None:
+            self._plot = TrainingPlot()
+        return self._plot
 
     def _build_layout(self) -> None:
         source_box = QGroupBox("Training data")

@@ -11,13 +11,34 @@ layout is computed when the canvas is resized or a run starts, not on every draw
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+if TYPE_CHECKING:
+    from matplotlib.lines import Line2D
+
+# matplotlib is imported when a plot is made, not with this module: the Train dock imports this
+# module as it opens, and matplotlib's import took 0.25 s of that on the GUI thread. The dock
+# imports it in the background meanwhile (:func:`import_plotting`).
+MATPLOTLIB_MODULES = ("matplotlib.backends.backend_qtagg", "matplotlib.figure")
+_PLOTTING_IMPORTED = threading.Event()
+
+
+def import_plotting() -> None:
+    """Import what a :class:`TrainingPlot` needs (for a worker thread: no widget is made)."""
+    import importlib
+
+    for module in MATPLOTLIB_MODULES:
+        importlib.import_module(module)
+    _PLOTTING_IMPORTED.set()
+
+
+def plotting_imported() -> bool:
+    """Whether :func:`import_plotting` has finished (a plot made before waits for it)."""
+    return _PLOTTING_IMPORTED.is_set()
 
 REDRAW_INTERVAL_S = 1.0
 
@@ -37,6 +58,9 @@ class TrainingPlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
         self.figure = Figure(figsize=(5.0, 3.2))
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)  # a bottom dock would otherwise squash it to a line

@@ -103,6 +103,7 @@ LAZY_FIRST_LAYER_IMPORTS = (
 # in the background, it leaves the GUI thread gaps of about 0.2 s.
 ENGINE_IMPORTS = ("torch",)
 _WARM = threading.Lock()
+_WARM_DONE = threading.Event()
 _warmed = False
 _prebuilt_units: Any = None
 
@@ -141,6 +142,14 @@ def warm_imports() -> None:
             except Exception:  # noqa: BLE001 - napari then builds its own, as before
                 LOG.debug("could not prepare pint's unit registry", exc_info=True)
         freeze_long_lived_objects()
+        _WARM_DONE.set()
+
+
+def warm_up_finished() -> bool:
+    """Whether :func:`warm_imports` has run to its end in this process. Until then an engine call
+    on the GUI thread that needs torch (a dock's device check at Run or Train, within a second or
+    so of the first dock opening) waits for the worker's import of it."""
+    return _WARM_DONE.is_set()
 
 
 def _warm_dash_patterns() -> None:
