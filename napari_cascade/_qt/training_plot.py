@@ -40,6 +40,7 @@ def plotting_imported() -> bool:
     """Whether :func:`import_plotting` has finished (a plot made before waits for it)."""
     return _PLOTTING_IMPORTED.is_set()
 
+
 REDRAW_INTERVAL_S = 1.0
 
 
@@ -184,7 +185,8 @@ class TrainingPlot(QWidget):
         for depth, points in sorted(self.dice_per_depth.items()):
             line = self._depth_lines.get(depth)
             if line is None:
-                (line,) = self.dice_axes.plot([], [], "o-", ms=3, label=f"L{depth}")
+                # One colour per depth in every run (the colour cycle is not reset between runs).
+                (line,) = self.dice_axes.plot([], [], "o-", ms=3, label=f"L{depth}", color=f"C{(depth - 1) % 10}")
                 self._depth_lines[depth] = line
                 new_depth = True
             line.set_data([p[0] for p in points], [p[1] for p in points])

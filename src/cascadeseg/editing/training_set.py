@@ -236,18 +236,19 @@ class TrainingSet:
         meta = self.metadata()
         complete, incomplete = self.case_ids()
         cached = meta.get(_CACHE_KEY, {}).get("annotated_slices", {})
-        total: int | None = 0
+        total, counted = 0, True
         for case_id in complete:
             if case_id in cached:
-                total = None if total is None else total + int(cached[case_id])
+                total += int(cached[case_id])
             elif read_uncounted:  # a case copied in by hand: count it from its mask
-                total = None if total is None else total + _count_annotated_slices(self._read_label_array(case_id))
-            else:
-                total = None
+                total += _count_annotated_slices(self._read_label_array(case_id))
+            else:  # counting it would read its mask
+                counted = False
+                break
         return TrainingSetSummary(
             folder=self.folder,
             num_cases=len(complete),
-            annotated_slices=total,
+            annotated_slices=total if counted else None,
             channel_names={str(k): n for k, n in enumerate(channel_names_from_json(meta) or [])},
             labels=label_values_from_json(meta),
             incomplete=tuple(incomplete),
