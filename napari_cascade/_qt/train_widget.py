@@ -22,6 +22,7 @@ The trainer releases the GPU's cached memory when it returns, however it ends.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable
@@ -67,12 +68,25 @@ from cascadeseg.training.transfer import check_labels_fit
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
+from .feeding import collection_paused
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
 from .training_plot import TrainingPlot, import_plotting
 from .workers import JobPanel
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
+
+
+def import_for_first_run() -> None:
+    """Import, in a worker as the dock opens, what the first Train needs and opening the dock does
+    not: the trainer (and with it torch and the training modules) and matplotlib for the live
+    plot. The objects alive are kept out of the garbage collections these imports start: with a
+    CT and a Segment result open, one such collection in the job's import of the trainer held the
+    interpreter lock for 0.33 s, the first Train's freeze."""
+    with collection_paused():
+        importlib.import_module("cascadeseg.training.trainer")
+        import_plotting()  # last: what the tests wait for (training_plot.plotting_imported)
+
 FRESH = "start fresh (or a shipped model, when the planner finds one that fits few patients)"
 AUTO = "auto"
 PLOT_DOCK_NAME = "Training progress"
@@ -120,7 +134,7 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._plot: TrainingPlot | None = None  # made when first shown (matplotlib, below)
-        create_worker(import_plotting, _start_thread=True)
+        create_worker(import_for_first_run, _start_thread=True)
         self.last_request: TrainRequest | None = None
         self.installed: Path | None = None
         self.last_plan_warnings: list[str] = []
@@ -633,9 +647,11 @@ class TrainWidget(QWidget):
 
         def job(progress: Callable[[Any], None], _panel_cancel: threading.Event) -> Any:
             # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
-            # the window for a second at the first Train of a session.
-            from cascadeseg.training.callbacks import FunctionCallback
-            from cascadeseg.training.trainer import train
+            # the window for a second at the first Train of a session (import_for_first_run has
+            # usually imported it by now).
+            with collection_paused():
+                from cascadeseg.training.callbacks import FunctionCallback
+                from cascadeseg.training.trainer import train
 
             def on_step(info: Any) -> None:
                 relay.step.emit(info)

@@ -15,6 +15,7 @@ closed (the viewer closing mid-run) is dropped quietly: there is nothing left to
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import logging
@@ -125,22 +126,26 @@ def warm_imports() -> None:
         _warmed = True
         # Freeze first as well: the imports and pint's parsing below allocate enough to start a
         # full collection, which would walk every start-up object with the lock held (0.3 s of
-        # frozen window in the GUI tests, while the Train dock started its run).
-        freeze_long_lived_objects()
-        for module in LAZY_FIRST_LAYER_IMPORTS + ENGINE_IMPORTS:
-            try:
-                importlib.import_module(module)
-            except ImportError:  # napari would fail on its own terms; nothing to warm
-                LOG.debug("%s is not importable; nothing to warm", module)
-        _warm_dash_patterns()
-        if _units_still_lazy():
-            try:
-                import pint
+        # frozen window in the GUI tests, while the Train dock started its run). Once a layer
+        # exists, the freeze lasts only for this work (collection_paused thaws it).
+        from .feeding import collection_paused
 
-                # What pint's lazy application registry builds on first use, exactly.
-                _prebuilt_units = pint.UnitRegistry(on_redefinition="raise")
-            except Exception:  # noqa: BLE001 - napari then builds its own, as before
-                LOG.debug("could not prepare pint's unit registry", exc_info=True)
+        frozen = freeze_long_lived_objects()
+        with contextlib.nullcontext() if frozen else collection_paused():
+            for module in LAZY_FIRST_LAYER_IMPORTS + ENGINE_IMPORTS:
+                try:
+                    importlib.import_module(module)
+                except ImportError:  # napari would fail on its own terms; nothing to warm
+                    LOG.debug("%s is not importable; nothing to warm", module)
+            _warm_dash_patterns()
+            if _units_still_lazy():
+                try:
+                    import pint
+
+                    # What pint's lazy application registry builds on first use, exactly.
+                    _prebuilt_units = pint.UnitRegistry(on_redefinition="raise")
+                except Exception:  # noqa: BLE001 - napari then builds its own, as before
+                    LOG.debug("could not prepare pint's unit registry", exc_info=True)
         freeze_long_lived_objects()
         _WARM_DONE.set()
 
