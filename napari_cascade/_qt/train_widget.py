@@ -71,21 +71,30 @@ from .correction_widget import scan_channel_layers
 from .feeding import collection_paused
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
-from .training_plot import TrainingPlot, import_plotting
+from .training_plot import MATPLOTLIB_MODULES, TrainingPlot
 from .workers import JobPanel
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
+# What the first Train needs and opening the dock does not import: the trainer (and with it torch
+# and the training modules) and matplotlib for the live plot.
+FIRST_RUN_MODULES = ("cascadeseg.training.trainer", *MATPLOTLIB_MODULES)
+_FIRST_RUN_IMPORTED = threading.Event()
 
 
 def import_for_first_run() -> None:
-    """Import, in a worker as the dock opens, what the first Train needs and opening the dock does
-    not: the trainer (and with it torch and the training modules) and matplotlib for the live
-    plot. The objects alive are kept out of the garbage collections these imports start: with a
-    CT and a Segment result open, one such collection in the job's import of the trainer held the
-    interpreter lock for 0.33 s, the first Train's freeze."""
+    """Import :data:`FIRST_RUN_MODULES` in a worker as the dock opens. The objects alive are kept
+    out of the garbage collections these imports start: with a CT and a Segment result open, one
+    such collection in the job's import of the trainer held the interpreter lock for 0.33 s, the
+    first Train's freeze."""
     with collection_paused():
-        importlib.import_module("cascadeseg.training.trainer")
-        import_plotting()  # last: what the tests wait for (training_plot.plotting_imported)
+        for module in FIRST_RUN_MODULES:
+            importlib.import_module(module)
+    _FIRST_RUN_IMPORTED.set()
+
+
+def first_run_imported() -> bool:
+    """Whether :func:`import_for_first_run` has finished (a Train pressed before waits for it)."""
+    return _FIRST_RUN_IMPORTED.is_set()
 
 FRESH = "start fresh (or a shipped model, when the planner finds one that fits few patients)"
 AUTO = "auto"

@@ -11,8 +11,8 @@ layout is computed when the canvas is resized or a run starts, not on every draw
 
 from __future__ import annotations
 
-import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
@@ -22,23 +22,8 @@ if TYPE_CHECKING:
 
 # matplotlib is imported when a plot is made, not with this module: the Train dock imports this
 # module as it opens, and matplotlib's import took 0.25 s of that on the GUI thread. The dock
-# imports it in the background meanwhile (:func:`import_plotting`).
+# imports these in the background meanwhile (``train_widget.import_for_first_run``).
 MATPLOTLIB_MODULES = ("matplotlib.backends.backend_qtagg", "matplotlib.figure")
-_PLOTTING_IMPORTED = threading.Event()
-
-
-def import_plotting() -> None:
-    """Import what a :class:`TrainingPlot` needs (for a worker thread: no widget is made)."""
-    import importlib
-
-    for module in MATPLOTLIB_MODULES:
-        importlib.import_module(module)
-    _PLOTTING_IMPORTED.set()
-
-
-def plotting_imported() -> bool:
-    """Whether :func:`import_plotting` has finished (a plot made before waits for it)."""
-    return _PLOTTING_IMPORTED.is_set()
 
 
 REDRAW_INTERVAL_S = 1.0
@@ -162,10 +147,11 @@ class TrainingPlot(QWidget):
         """Margins that fit the titles and tick labels (matplotlib's tight layout: about 100 ms,
         so only when the canvas is resized or a run starts, never per draw)."""
         if self.canvas.width() > 1 and self.canvas.height() > 1:
-            try:
+            # On a canvas too small for any margins matplotlib keeps the last ones and warns; a
+            # dock dragged small is not worth a warning on every resize.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
                 self.figure.tight_layout()
-            except ValueError:  # a canvas too small for any margins: keep the last ones
-                pass
 
     def _redraw(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -80,9 +80,9 @@ def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_pa
     # read on the GUI thread at Train, and every redraw of the plot re-laid out both axes). The dock
     # imports torch and matplotlib in the background as it opens; a user takes longer than that to
     # set up a training (Train within a second of the first dock opening waits for those imports).
-    from napari_cascade._qt import training_plot, workers
+    from napari_cascade._qt import train_widget, workers
 
-    qtbot.waitUntil(lambda: workers.warm_up_finished() and training_plot.plotting_imported(), timeout=60_000)
+    qtbot.waitUntil(lambda: workers.warm_up_finished() and train_widget.first_run_imported(), timeout=60_000)
     gaps = {"start": measure(widget.start, lambda: len(widget.plot.step_numbers) > 0, timeout_s=120)}
     assert not widget.start()  # two trainings at once: refused with a message
     assert any("already running" in m for m in notification_messages())

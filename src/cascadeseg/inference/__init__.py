@@ -13,9 +13,9 @@ is both a submodule and the function this package exports.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from .._lazy import lazy_attribute
 from .checkpoint import (
     CheckpointEntry,
     ModelCard,
@@ -30,15 +30,15 @@ from .postprocess import PostProcessing, postprocess
 from .progress import Progress
 
 _EXPORTS = {
-    "DeviceError": "device",
-    "available_devices": "device",
-    "resolve_device": "device",
-    "PredictionRequest": "predictor",
-    "PredictionResult": "predictor",
-    "Predictor": "predictor",
-    "PreparedScan": "predictor",
-    "label_dtype": "predictor",
-    "prepare_scan": "predictor",
+    "DeviceError": ".device",
+    "available_devices": ".device",
+    "resolve_device": ".device",
+    "PredictionRequest": ".predictor",
+    "PredictionResult": ".predictor",
+    "Predictor": ".predictor",
+    "PreparedScan": ".predictor",
+    "label_dtype": ".predictor",
+    "prepare_scan": ".predictor",
 }
 
 __all__ = [
@@ -58,12 +58,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(globals(), _EXPORTS, name)
 
 
 def __dir__() -> list[str]:

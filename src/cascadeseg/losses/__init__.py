@@ -14,9 +14,9 @@ Training in a paper's region of interest: :func:`training_region` gives the ``ro
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_attribute
 from ..errors import ModelConfigError
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ _LAZY = {name: module for module, names in _SUBMODULES.items() for name in names
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_attribute(globals(), _LAZY, name)
 
 
 def loss_names() -> list[str]:

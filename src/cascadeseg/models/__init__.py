@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_attribute
 from .catalogue import ModelInfo, model_info
 from .registry import create_model, list_models, model_class, model_names, register
 
@@ -28,9 +28,7 @@ _NEEDS_TORCH = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_attribute(globals(), _NEEDS_TORCH, name)
 
 
 __all__ = [

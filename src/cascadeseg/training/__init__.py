@@ -10,9 +10,9 @@ The GUI passes in-memory ``(Volume, Volume)`` pairs as ``data``, a callback obje
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_attribute
 from .callbacks import EpochInfo, FunctionCallback, StepInfo, TrainingCallback
 from .config import AugmentationConfig, TrainConfig
 
@@ -26,9 +26,7 @@ _NEEDS_TORCH = {"export_run": ".export", "TrainingError": ".trainer", "TrainResu
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TORCH:
-        return getattr(importlib.import_module(_NEEDS_TORCH[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_attribute(globals(), _NEEDS_TORCH, name)
 
 
 __all__ = [
