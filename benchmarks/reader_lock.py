@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +36,22 @@ def timed_read(path: Path) -> tuple[float, float]:
     """(seconds to read, longest gap in ms between the main thread's ticks meanwhile)."""
     from cascadeseg.io import load_volume
 
+    return timed_in_thread(lambda: load_volume(path))
+
+
+def timed_in_thread(function: Callable[[], object]) -> tuple[float, float]:
+    """Run ``function`` in a thread: (its seconds, the longest gap in ms between the main thread's
+    ticks meanwhile, i.e. the longest it kept the interpreter lock from the GUI thread)."""
     done = threading.Event()
     seconds: list[float] = []
 
-    def read() -> None:
+    def run() -> None:
         start = time.perf_counter()
-        load_volume(path)
+        function()
         seconds.append(time.perf_counter() - start)
         done.set()
 
-    worker = threading.Thread(target=read)
+    worker = threading.Thread(target=run)
     last, longest = time.perf_counter(), 0.0
     worker.start()
     while not done.is_set():

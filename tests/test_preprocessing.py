@@ -200,6 +200,40 @@ def test_resample_thick_slices_to_isotropic(shared_data: Path) -> None:
     np.testing.assert_allclose(centre_new, centre_old, atol=1.0)
 
 
+@pytest.mark.parametrize("case", ["tcia", "ct"])
+def test_resampling_in_slabs_equals_one_pass(case: str, shared_data: Path, ct_case, monkeypatch) -> None:
+    """A 2D model's working grid keeps the slices: the scan is resampled a slab of slices at a
+    time (SimpleITK's whole-volume copy held the interpreter lock, freezing the GUI thread), and the
+    result is the one-pass result: on the oblique two-channel TCIA scan and on a CT label map."""
+    from cascadeseg.preprocessing import resample as resampling
+
+    if case == "tcia":
+        volume = load_volume(shared_data / "tcia-btp" / "imagesTr" / "PGBM-003_19950329_0000.nii.gz")
+    else:
+        volume = ct_case[1]
+    target = (volume.spacing[0], 1.3, 0.9)
+    monkeypatch.setattr(resampling, "_SLAB_VOXELS", 1 << 40)
+    whole = resample_to_spacing(volume, target)
+    back_whole = resample_to_grid(whole, volume)
+    calls: list[tuple[int, ...]] = []
+    one_pass = resampling._resample_array
+    monkeypatch.setattr(resampling, "_resample_array", lambda array, *a, **k: calls.append(array.shape) or one_pass(array, *a, **k))
+    slab_voxels = 3 * int(np.prod(volume.spatial_shape[1:])) + 1  # three slices a slab, the last one shorter
+    monkeypatch.setattr(resampling, "_SLAB_VOXELS", slab_voxels)
+    slabs = resample_to_spacing(volume, target)
+    assert len(calls) == -(-volume.spatial_shape[0] // 3) and all(shape[-3] <= 3 for shape in calls)
+    assert slabs.spatial_shape == whole.spatial_shape and slabs.array.dtype == whole.array.dtype
+    assert slabs.origin == whole.origin and slabs.spacing == whole.spacing
+    np.testing.assert_allclose(slabs.array, whole.array, rtol=0, atol=1e-4 if case == "tcia" else 0)
+    # and back onto the scan's grid (what a prediction's labels do), again in slabs
+    back = resample_to_grid(slabs, volume)
+    np.testing.assert_allclose(back.array, back_whole.array, rtol=0, atol=1e-4 if case == "tcia" else 0)
+    # a grid that keeps no axis is resampled in one pass whatever the volume's size
+    calls.clear()
+    resample_to_spacing(volume, (volume.spacing[0] * 1.5, 1.3, 0.9))
+    assert len(calls) == 1
+
+
 def test_body_mask_on_ct_contains_the_lungs_and_not_the_air(ct_case) -> None:
     image, labels = ct_case
     mask = body_mask(image)

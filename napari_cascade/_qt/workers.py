@@ -15,6 +15,7 @@ closed (the viewer closing mid-run) is dropped quietly: there is nothing left to
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -99,10 +100,11 @@ LAZY_FIRST_LAYER_IMPORTS = (
     "OpenGL.arrays.nones",
     "OpenGL.arrays.strings",
 )
-# What the docks' engine calls need first (a device check, a model, the trainer): torch, which
-# the docks no longer import as they open (0.9-1.4 s of frozen window); imported here instead,
-# in the background, it leaves the GUI thread gaps of about 0.2 s.
-ENGINE_IMPORTS = ("torch",)
+# What the docks' engine calls need first (a device check, a model, the trainer, a file, a mask
+# tool): torch, SimpleITK, nibabel and scipy.ndimage, which the docks no longer import as they
+# open (torch: 0.9-1.4 s of frozen window; the other three about 0.15 s together); imported here
+# instead, in the background, torch leaves the GUI thread gaps of about 0.2 s.
+ENGINE_IMPORTS = ("torch", "SimpleITK", "nibabel", "scipy.ndimage")
 _WARM = threading.Lock()
 _WARM_DONE = threading.Event()
 _warmed = False
@@ -235,6 +237,24 @@ def warm_up_soon() -> None:
     the window for a moment, even from a worker."""
     if not _warmed:
         create_worker(warm_imports, _start_thread=True)
+
+
+# How long Python waits at exit for workers still running (see _wait_for_workers_at_exit).
+EXIT_WAIT_MS = 30_000
+
+
+def _wait_for_workers_at_exit() -> None:
+    """Let the napari workers still running (a dock's imports, a cancelled job) end before Python
+    tears itself down: closing napari right after opening a dock ended Python while a worker
+    still imported torch, and its last signal, emitted through a QObject already gone, printed
+    "RuntimeError: Signal source has been deleted". The window is closed by then; the wait is
+    bounded, since a cancelled job stops within a batch."""
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
+
+atexit.register(_wait_for_workers_at_exit)
 
 
 def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import VolumeError
+
+# scipy.ndimage is imported where it is used: the docks import this module on the GUI thread,
+# where its first import froze the window for about 60 ms (issue 18).
 
 __all__ = [
     "keep_largest_component",
@@ -48,6 +50,8 @@ def _labels_to_process(labels: np.ndarray, label: int | None) -> list[int]:
 
 
 def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    from scipy import ndimage
+
     # None -> full connectivity (corners count), as 3D Slicer's islands effect.
     return ndimage.generate_binary_structure(ndim, ndim if connectivity is None else connectivity)
 
@@ -72,6 +76,8 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 
 def _component_sizes(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Component index of every voxel and the voxel count of each component (index 0 = outside)."""
+    from scipy import ndimage
+
     components, _ = ndimage.label(mask, structure=structure)
     return components, np.bincount(components.ravel())
 
@@ -142,6 +148,8 @@ def remove_distant_islands(
     What it is for: a lesion has one main body with satellites next to it; a stray false positive
     across the brain is small and far (it is what pushes HD95 up). A second lesion as large as
     half the first is kept however far it is."""
+    from scipy import ndimage
+
     labels = _check_labels(labels)
     out = labels.copy()
     structure = _structure(3, connectivity)
@@ -172,6 +180,8 @@ def fill_holes(labels: np.ndarray, label: int | None = None, *, slice_axis: int 
     paints slice by slice means by a hole, since a ring in one slice is usually open above and
     below. Only background voxels are filled, so other labels inside the hole stay.
     """
+    from scipy import ndimage
+
     labels = _check_labels(labels)
     if slice_axis is None:
         structure = _structure(3, 1)
@@ -206,6 +216,8 @@ def _signed_distance(mask2d: np.ndarray, sampling: Sequence[float]) -> np.ndarra
     """Signed distance to the contour: negative inside, positive outside, in mm in-plane. The
     half-voxel shift puts the zero level on the boundary between voxels rather than on the outer
     voxels, so the interpolated shape neither grows nor shrinks at the key slices."""
+    from scipy import ndimage
+
     inside = ndimage.distance_transform_edt(mask2d, sampling=sampling)
     outside = ndimage.distance_transform_edt(~mask2d, sampling=sampling)
     return np.where(mask2d, 0.5 - inside, outside - 0.5)

@@ -73,6 +73,31 @@ def test_closing_the_viewer_mid_job_and_after_one_prints_nothing(make_napari_vie
     assert not [r for r in notification_manager.records if isinstance(r, ErrorNotification)]
 
 
+def test_closing_napari_right_after_opening_the_docks_prints_nothing() -> None:
+    """Opening the docks starts their background imports (torch and the rest, a few seconds);
+    closing napari at once ended Python while a napari worker still ran them, and its last signal
+    printed "RuntimeError: Signal source has been deleted" from a deleted QObject. A fresh
+    interpreter, which must end cleanly and print no traceback."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, napari
+from qtpy.QtCore import QEventLoop, QTimer
+from napari_cascade._qt import workers
+viewer = napari.Viewer(show=True)
+for dock in ("Segment", "Train"):
+    viewer.window.add_plugin_dock_widget("napari-cascade", dock)
+loop = QEventLoop(); QTimer.singleShot(200, loop.quit); loop.exec()
+assert not workers.warm_up_finished(), "the warm-up ended before the close: nothing is tested"
+viewer.close()
+print("closed", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("closed"), proc.stdout + proc.stderr
+    assert "Signal source has been deleted" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_unit_registry_built_in_a_worker_is_the_one_napari_uses() -> None:
     """pint's registry (about 0.3 s of parsing that napari does lazily on the GUI thread for the
     first layer) is built by the warm-up worker as a private object and handed to napari on the
@@ -212,9 +237,10 @@ print("ok", len(frozen_at_full))
 def test_opening_the_docks_imports_no_torch_on_the_gui_thread() -> None:
     """Opening a dock froze the window for 1.2-2.3 s, most of it importing torch on the GUI thread
     (the docks' modules and constructors reached it through the device list, the model and loss
-    listings, the trainer). The docks now open without it, and their warm-up worker imports it in
-    the background, so that the first Run or Train finds it ready. A fresh interpreter: imports are
-    process-wide."""
+    listings, the trainer), and about 0.15 s more importing SimpleITK, nibabel and scipy.ndimage
+    (the engine's I/O and label modules, and reading a card's preprocessing). The docks now open
+    without any of them, and their warm-up worker imports them in the background, so that the first
+    Run or Train finds them ready. A fresh interpreter: imports are process-wide."""
     import subprocess
     import sys
 
@@ -224,19 +250,24 @@ import napari
 from napari_cascade._qt import workers
 viewer = napari.Viewer(show=False)
 main, original, on_gui_thread = threading.main_thread(), builtins.__import__, []
-def watch(name, *args, **kwargs):
-    if name.split(".")[0] == "torch" and "torch" not in sys.modules and threading.current_thread() is main:
-        on_gui_thread.append(name)
-    return original(name, *args, **kwargs)
+HEAVY = ("torch", "SimpleITK", "nibabel", "scipy.ndimage")
+assert not [m for m in HEAVY if m in sys.modules], [m for m in HEAVY if m in sys.modules]
+def watch(name, globals=None, locals=None, fromlist=(), level=0):
+    wanted = [name] + [f"{name}.{item}" for item in (fromlist or ())]
+    for module in HEAVY:
+        if module not in sys.modules and threading.current_thread() is main and any(
+                w == module or w.startswith(module + ".") for w in wanted):
+            on_gui_thread.append(module)
+    return original(name, globals, locals, fromlist, level)
 builtins.__import__ = watch
 for dock in ("Segment", "Compare stages and depths", "Correct mask", "Train"):
     viewer.window.add_plugin_dock_widget("napari-cascade", dock)
 builtins.__import__ = original
 assert not on_gui_thread, on_gui_thread
 deadline = time.monotonic() + 60
-while "torch" not in sys.modules and time.monotonic() < deadline:
+while not workers.warm_up_finished() and time.monotonic() < deadline:
     time.sleep(0.05)
-assert "torch" in sys.modules, "the warm-up did not import torch"
+assert all(m in sys.modules for m in HEAVY), "the warm-up did not import them all"
 viewer.close()
 print("ok")
 """

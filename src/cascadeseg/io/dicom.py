@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from cascadeseg.errors import InputFileError, VolumeError
 from cascadeseg.io.itk_files import check_itk_size, volume_from_sitk
 from cascadeseg.io.volume import Volume
+
+# SimpleITK is imported where it is used: the docks import this module on the GUI thread, where
+# its first import froze the window for about 50 ms (issue 18).
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 _TAG_MODALITY = "0008|0060"
 _TAG_SERIES_DESCRIPTION = "0008|103e"
@@ -55,6 +59,8 @@ class DicomSeries:
 
 
 def _file_tags(filename: str) -> dict[str, str]:
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(filename)
     reader.ReadImageInformation()
@@ -63,6 +69,8 @@ def _file_tags(filename: str) -> dict[str, str]:
 
 def list_series(folder: Path) -> list[DicomSeries]:
     """Every DICOM series in ``folder`` (not recursive), with description and modality."""
+    import SimpleITK as sitk
+
     try:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
@@ -137,6 +145,8 @@ def _check_slice_gaps(reader: sitk.ImageSeriesReader, image: sitk.Image, path: P
 
 def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     """Read one DICOM series as ``(1, Z, Y, X)`` with its geometry, in the scanner's orientation."""
+    import SimpleITK as sitk
+
     chosen = _pick_series(path, series_uid)
     first = sitk.ImageFileReader()
     first.SetFileName(chosen.files[0])

@@ -10,14 +10,18 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from cascadeseg.errors import InputFileError
 from cascadeseg.io.volume import Volume
 from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
+
+# SimpleITK is imported where it is used: the docks import this module on the GUI thread, where
+# its first import froze the window for about 50 ms (issue 18).
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 _BITS = re.compile(r"(\d+)-bit")
@@ -25,6 +29,8 @@ _BITS = re.compile(r"(\d+)-bit")
 
 def _component_bytes(pixel_id: int) -> int:
     """Bytes per component from SimpleITK's pixel type name ("vector of 16-bit signed integer")."""
+    import SimpleITK as sitk
+
     name = sitk.GetPixelIDValueAsString(pixel_id)
     match = _BITS.search(name)
     size = int(match.group(1)) // 8 if match else 8
@@ -37,6 +43,8 @@ def volume_from_sitk(image: sitk.Image, path: Path, meta: dict[str, Any]) -> Vol
     A 4th dimension or a vector pixel is read as channels. 2D images come back with a 2D array so
     the shared dimension checks can name the problem.
     """
+    import SimpleITK as sitk
+
     dimension = image.GetDimension()
     array = sitk.GetArrayFromImage(image)
     components = image.GetNumberOfComponentsPerPixel()
@@ -59,6 +67,8 @@ def sitk_from_array(
     direction: np.ndarray,
 ) -> sitk.Image:
     """SimpleITK image from ``(Z, Y, X)`` (scalar) or ``(C, Z, Y, X)`` (C > 1: vector pixels)."""
+    import SimpleITK as sitk
+
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 4:
@@ -92,6 +102,8 @@ def check_itk_size(reader: sitk.ImageFileReader, path: Path, slices: int = 1) ->
 
 def check_itk_file_size(path: Path) -> None:
     """The size check of :func:`read_itk_file` from the header alone."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -105,6 +117,8 @@ def check_itk_file_size(path: Path) -> None:
 
 def read_itk_file(path: Path) -> Volume:
     """Read a MetaImage or NRRD file (scalar or vector, 2D-4D) in its own orientation."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -131,5 +145,7 @@ def write_itk_file(
     path: Path,
 ) -> None:
     """Write MHA/MHD/NRRD with compression (labels compress ~50x)."""
+    import SimpleITK as sitk
+
     image = sitk_from_array(array, spacing, origin, direction)
     sitk.WriteImage(image, str(path), useCompression=True)

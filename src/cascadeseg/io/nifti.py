@@ -16,17 +16,19 @@ import io
 import math
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
-from nibabel.spatialimages import HeaderDataError
-from nibabel.volumeutils import apply_read_scaling
 
 from cascadeseg.errors import CascadeSegError, InputFileError
 from cascadeseg.io.orientation import geometry_from_matrix, voxel_to_world
 from cascadeseg.io.volume import Volume
 from cascadeseg.memory import array_bytes, check_fits, describe_shape, format_bytes
+
+# nibabel is imported where it is used: the docks import this module on the GUI thread, where its
+# first import froze the window for about 30 ms (issue 18).
+if TYPE_CHECKING:
+    import nibabel as nib
 
 # nibabel's world space is RAS; ITK's (and Volume's) is LPS.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -61,6 +63,8 @@ def _read_head(path: Path) -> tuple[bytes, bool]:
 
 
 def _parse_header(head: bytes, path: Path) -> nib.Nifti1Header:
+    import nibabel as nib
+
     if len(head) < 4:
         raise InputFileError(f"{path}: cannot be read as NIfTI (only {len(head)} bytes); expected a NIfTI header")
     header_size = int.from_bytes(head[:4], "little")
@@ -114,12 +118,14 @@ def _check_header_size(header: nib.Nifti1Header, path: Path, compressed: bool) -
 
 def check_nifti_size(path: Path) -> None:
     """The size checks of :func:`read_nifti` from the header alone (nothing else is read)."""
+    import nibabel as nib
+
     try:
         head, compressed = _read_head(path)
         _check_header_size(_parse_header(head, path), path, compressed)
     except CascadeSegError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, HeaderDataError) as exc:
+    except (OSError, EOFError, zlib.error, ValueError, nib.spatialimages.HeaderDataError) as exc:
         raise InputFileError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
 
 
@@ -185,6 +191,8 @@ def _load_checked(path: Path) -> tuple[np.ndarray, nib.Nifti1Header, np.ndarray]
     corrupted voxels from a damaged file. Its voxels are a view of the decompressed bytes (no
     copy); nibabel's own header, affine and read scaling give them their meaning.
     """
+    import nibabel as nib
+
     head, compressed = _read_head(path)
     header = _parse_header(head, path)
     _check_header_size(header, path, compressed)
@@ -217,7 +225,7 @@ def _load_checked(path: Path) -> tuple[np.ndarray, nib.Nifti1Header, np.ndarray]
     scl_inter: Any = np.asanyarray(0.0 if inter is None else inter)
     if np.can_cast(scl_inter, scl_slope.dtype):
         scl_inter = scl_inter.astype(scl_slope.dtype)
-    data = apply_read_scaling(voxels, scl_slope, scl_inter)
+    data = nib.volumeutils.apply_read_scaling(voxels, scl_slope, scl_inter)
     return data, header, np.asarray(header.get_best_affine(), dtype=float)
 
 
@@ -228,6 +236,8 @@ def read_nifti(path: Path) -> Volume:
     ``(x, y, z, 1, c)``); what is left must be 3D or 4D, and the 4th axis is read as channels.
     The dimension checks themselves live in :mod:`cascadeseg.io.checks`.
     """
+    import nibabel as nib
+
     try:
         data, header, affine = _load_checked(path)
         if data.dtype == np.float64 and header.get_data_dtype() != np.float64:
@@ -236,7 +246,14 @@ def read_nifti(path: Path) -> Volume:
             data = data.astype(np.float32)
     except CascadeSegError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError, HeaderDataError) as exc:
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+        ValueError,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    ) as exc:
         raise InputFileError(
             f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); "
             "expected a complete .nii or .nii.gz file (is it truncated, empty or not an image?)"
@@ -277,6 +294,8 @@ def write_nifti(
     a DICOM or MHA source) an sform and qform are built from the geometry, both with code 1
     (scanner), as ITK does.
     """
+    import nibabel as nib
+
     data = array.T  # (Z, Y, X) -> (x, y, z); (C, Z, Y, X) -> (x, y, z, c)
     affine = _RAS_TO_LPS @ voxel_to_world(spacing, origin, direction)
     image = nib.Nifti1Image(data, affine)

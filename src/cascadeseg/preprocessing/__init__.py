@@ -1,20 +1,55 @@
 """Preprocessing used by the papers: CT windows, MRI normalisation, channel stacking, N4 bias
-correction, resampling, body/head masks. See ``docs/architecture.md``."""
+correction, resampling, body/head masks. See ``docs/architecture.md``.
 
-from cascadeseg.io.stacking import stack_channels
-from cascadeseg.preprocessing.bias import n4_bias_correction
-from cascadeseg.preprocessing.intensity import (
-    CT_WINDOWS,
-    apply_channel_preprocessing,
-    ct_window,
-    minmax,
-    mri_zscore,
-    preprocess_volume,
-    resolve_window,
-)
-from cascadeseg.preprocessing.masks import body_mask, fill_holes, largest_component, otsu_threshold
-from cascadeseg.preprocessing.presets import PreprocessingPreset, preprocessing_presets
-from cascadeseg.preprocessing.resample import resample_to_grid, resample_to_spacing
+The names are imported on first use (PEP 562, :mod:`cascadeseg._lazy`): reading a model card
+checks its preprocessing against :mod:`.presets` on the GUI thread as a dock opens, and this
+package's imports of SimpleITK and scipy.ndimage (bias correction, resampling, masks) froze the
+window there for about 0.1 s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._lazy import lazy_attribute
+
+if TYPE_CHECKING:
+    from cascadeseg.io.stacking import stack_channels
+    from cascadeseg.preprocessing.bias import n4_bias_correction
+    from cascadeseg.preprocessing.intensity import (
+        CT_WINDOWS,
+        apply_channel_preprocessing,
+        ct_window,
+        minmax,
+        mri_zscore,
+        preprocess_volume,
+        resolve_window,
+    )
+    from cascadeseg.preprocessing.masks import body_mask, fill_holes, largest_component, otsu_threshold
+    from cascadeseg.preprocessing.presets import PreprocessingPreset, preprocessing_presets
+    from cascadeseg.preprocessing.resample import resample_to_grid, resample_to_spacing
+
+_EXPORTS = {
+    "stack_channels": "cascadeseg.io.stacking",
+    "n4_bias_correction": ".bias",
+    **{
+        name: ".intensity"
+        for name in (
+            "CT_WINDOWS",
+            "apply_channel_preprocessing",
+            "ct_window",
+            "minmax",
+            "mri_zscore",
+            "preprocess_volume",
+            "resolve_window",
+        )
+    },
+    **{name: ".masks" for name in ("body_mask", "fill_holes", "largest_component", "otsu_threshold")},
+    "PreprocessingPreset": ".presets",
+    "preprocessing_presets": ".presets",
+    "resample_to_grid": ".resample",
+    "resample_to_spacing": ".resample",
+}
 
 __all__ = [
     "CT_WINDOWS",
@@ -35,3 +70,11 @@ __all__ = [
     "resolve_window",
     "stack_channels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(globals(), _EXPORTS, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
