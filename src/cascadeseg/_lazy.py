@@ -3,6 +3,8 @@
 ``cascadeseg.models``, ``.losses``, ``.training`` and ``.inference`` keep what needs torch out of
 their ``import``: the napari docks import their light parts (catalogues, names, configs, cards) on
 the GUI thread as they open, where importing torch froze the window for about a second.
+``cascadeseg.preprocessing`` does the same for SimpleITK and scipy.ndimage (reading a card checks
+its preprocessing against ``preprocessing.presets``).
 """
 
 from __future__ import annotations
