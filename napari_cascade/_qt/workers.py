@@ -15,7 +15,6 @@ closed (the viewer closing mid-run) is dropped quietly: there is nothing left to
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import importlib
@@ -237,24 +236,6 @@ def warm_up_soon() -> None:
     the window for a moment, even from a worker."""
     if not _warmed:
         create_worker(warm_imports, _start_thread=True)
-
-
-# How long Python waits at exit for workers still running (see _wait_for_workers_at_exit).
-EXIT_WAIT_MS = 30_000
-
-
-def _wait_for_workers_at_exit() -> None:
-    """Let the napari workers still running (a dock's imports, a cancelled job) end before Python
-    tears itself down: closing napari right after opening a dock ended Python while a worker
-    still imported torch, and its last signal, emitted through a QObject already gone, printed
-    "RuntimeError: Signal source has been deleted". The window is closed by then; the wait is
-    bounded, since a cancelled job stops within a batch."""
-    from qtpy.QtCore import QThreadPool
-
-    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
-
-
-atexit.register(_wait_for_workers_at_exit)
 
 
 def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,
