@@ -216,8 +216,8 @@ def test_resampling_in_slabs_equals_one_pass(case: str, shared_data: Path, ct_ca
     whole = resample_to_spacing(volume, target)
     back_whole = resample_to_grid(whole, volume)
     calls: list[tuple[int, ...]] = []
-    one_pass = resampling._resample_array
-    monkeypatch.setattr(resampling, "_resample_array", lambda array, *a, **k: calls.append(array.shape) or one_pass(array, *a, **k))
+    one_pass = resampling._resample_once
+    monkeypatch.setattr(resampling, "_resample_once", lambda part, *a, **k: calls.append(part.array.shape) or one_pass(part, *a, **k))
     slab_voxels = 3 * int(np.prod(volume.spatial_shape[1:])) + 1  # three slices a slab, the last one shorter
     monkeypatch.setattr(resampling, "_SLAB_VOXELS", slab_voxels)
     slabs = resample_to_spacing(volume, target)

@@ -35,11 +35,11 @@ def _resample(
     float32). When the grid along some axis is the input's own, slabs along it are resampled one at
     a time (:data:`_SLAB_VOXELS`): the same voxels, computed with bounded copies (SimpleITK's and
     the float32 one of an integer scan)."""
-    array = volume.array
     axis = _kept_axis(volume, shape_zyx, spacing, origin, direction)
     voxels = int(np.prod(volume.spatial_shape))
     if axis is None or voxels <= _SLAB_VOXELS:
-        return _resample_array(array, volume, shape_zyx, spacing, origin, direction, is_label)
+        return _resample_once(volume, shape_zyx, spacing, origin, direction, is_label)
+    array = volume.array
     lead = array.ndim - 3  # the channel axis of an image
     slab = max(1, _SLAB_VOXELS * volume.spatial_shape[axis] // voxels)
     step = np.asarray(volume.direction, dtype=float)[:, 2 - axis] * float(volume.spacing[axis])  # one slice, xyz
@@ -55,7 +55,7 @@ def _resample(
         shape = [int(s) for s in shape_zyx]
         shape[axis] = stop - start
         shifted = tuple(float(o) for o in np.asarray(origin, dtype=float) + offset)
-        result = _resample_array(part.array, part, shape, spacing, shifted, direction, is_label)
+        result = _resample_once(part, shape, spacing, shifted, direction, is_label)
         if out is None:
             full = list(result.shape)
             full[lead + axis] = int(shape_zyx[axis])
@@ -88,8 +88,7 @@ def _kept_axis(
     return None
 
 
-def _resample_array(
-    array: np.ndarray,
+def _resample_once(
     volume: Volume,
     shape_zyx: Sequence[int],
     spacing: Sequence[float],
@@ -104,6 +103,7 @@ def _resample_array(
     resampler.SetOutputDirection([float(v) for v in np.asarray(direction, dtype=float).reshape(-1)])
     resampler.SetInterpolator(sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
     resampler.SetDefaultPixelValue(0)
+    array = volume.array
     if not is_label:
         # float32 first so linear interpolation of integer scans is not truncated back to
         # integers; all channels go through once as one vector image
