@@ -25,7 +25,6 @@ from typing import Any
 import napari
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -58,7 +57,7 @@ from .model_picker import (
     pruning_depths,
 )
 from .notify import error, info, warn
-from .workers import JobPanel
+from .workers import JobPanel, queue_background_task
 
 AXES = (("axial (z)", 0), ("coronal (y)", 1), ("sagittal (x)", 2))
 DEVICE_LABELS = {"auto": "auto (CUDA, MPS, CPU)", "cuda": "CUDA GPU", "mps": "Apple MPS", "cpu": "CPU"}
@@ -138,7 +137,6 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         super().__init__(parent)
         self._init_model_choice(napari_viewer)
         self.last_result: Any = None
-        self._cost_workers: list[Any] = []
         self._feeder: LayerFeeder | None = None
 
         self.depth = QComboBox()
@@ -249,12 +247,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             except RuntimeError:  # the widget was closed while the worker ran
                 return
 
-        worker = create_worker(_quiet_depth_costs, entry.card, depths, _start_thread=False)
-        worker.returned.connect(show)
-        # Keep finished workers referenced until a later start: dropping the last reference from
-        # one of its own signals would delete it while its thread is still emitting.
-        self._cost_workers = [w for w in self._cost_workers if w.is_running] + [worker]
-        worker.start()
+        queue_background_task(_quiet_depth_costs, entry.card, depths, on_result=show, name="napari-cascade: depth costs")
 
     # -- where the result goes -------------------------------------------------------------
     def result_name(self, image_name: str, depth: int | None) -> str:
@@ -471,10 +464,9 @@ class SegmentWidget(QWidget, ModelChoiceDock):
 
 
 def _quiet_depth_costs(card: Any, depths: list[int]) -> dict[int, Any]:
-    """:func:`depth_costs`, with any failure (the interpreter shutting down while torch is being
-    imported, when the viewer is closed right after the dock opened) giving no figures instead of
-    a traceback."""
+    """:func:`depth_costs`, with any failure giving no figures instead of a traceback (a card
+    without them is common: the depth list then shows plain depths)."""
     try:
         return depth_costs(card, depths)
-    except BaseException:  # noqa: BLE001 - a nicety of the depth list, never worth a traceback
+    except Exception:  # noqa: BLE001 - a nicety of the depth list, never worth a traceback
         return {}

@@ -33,7 +33,6 @@ from typing import Any
 import napari
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
@@ -72,7 +71,7 @@ from .feeding import collection_paused
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
 from .training_plot import MATPLOTLIB_MODULES, TrainingPlot
-from .workers import JobPanel
+from .workers import JobPanel, queue_background_task
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 # What the first Train needs and opening the dock does not import: the trainer (and with it torch
@@ -143,7 +142,7 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._plot: TrainingPlot | None = None  # made when first shown (matplotlib, below)
-        create_worker(import_for_first_run, _start_thread=True)
+        queue_background_task(import_for_first_run, name="napari-cascade: importing the trainer")
         self.last_request: TrainRequest | None = None
         self.installed: Path | None = None
         self.last_plan_warnings: list[str] = []

@@ -15,6 +15,7 @@ closed (the viewer closing mid-run) is dropped quietly: there is nothing left to
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import importlib
@@ -106,6 +107,7 @@ LAZY_FIRST_LAYER_IMPORTS = (
 ENGINE_IMPORTS = ("torch", "SimpleITK", "nibabel", "scipy.ndimage")
 _WARM = threading.Lock()
 _WARM_DONE = threading.Event()
+_WARM_STARTED = threading.Event()
 _warmed = False
 _prebuilt_units: Any = None
 
@@ -231,11 +233,90 @@ def install_unit_registry() -> None:
 
 
 def warm_up_soon() -> None:
-    """Start :func:`warm_imports` in a worker now, while a dock is being opened: importing a
+    """Start :func:`warm_imports` in a thread now, while a dock is being opened: importing a
     C extension holds the interpreter lock, so done during a later action it would still freeze
-    the window for a moment, even from a worker."""
-    if not _warmed:
-        create_worker(warm_imports, _start_thread=True)
+    the window for a moment, even from a worker. Nothing waits for it: the docks check
+    :func:`warm_up_finished`."""
+    if not _warmed and not _WARM_STARTED.is_set():
+        _WARM_STARTED.set()
+        queue_background_task(warm_imports, name="napari-cascade warm-up")
+
+
+class _ResultRelay(QObject):
+    """Carries background tasks' results to the GUI thread: one object for the process, made on the
+    GUI thread (so the signal is queued there) and never deleted before the interpreter ends. A
+    relay per task, dropped by the thread that emitted it, was deleted with its delivery still
+    queued, and the GUI thread crashed on the event (a segmentation fault in the GUI tests)."""
+
+    delivered = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delivered.connect(self._deliver)
+
+    @staticmethod
+    def _deliver(item: tuple[Callable[[Any], None], Any]) -> None:
+        on_result, result = item
+        on_result(result)
+
+
+# What the docks prepare as they open, run in order by one plain thread (queue_background_task).
+_TASKS: collections.deque[Callable[[], None]] = collections.deque()
+_TASKS_LOCK = threading.Lock()
+_runner: threading.Thread | None = None
+_relay: _ResultRelay | None = None
+
+
+def queue_background_task(function: Callable[..., Any], *args: Any, on_result: Callable[[Any], None] | None = None,
+                          name: str = "napari-cascade background") -> None:
+    """Run ``function(*args)`` off the GUI thread, after what the docks queued before it; for work a
+    dock starts as it opens (imports, the figures of a list). ``on_result`` gets the return value on
+    the GUI thread (it must cope with its dock being closed meanwhile). A failure is logged with its
+    traceback, never raised into the GUI. Call it on the GUI thread.
+
+    Not napari workers, for what happens when napari is closed within a second of opening a dock:
+    a worker's signal object was deleted with the application while its thread still ran
+    (importing torch), and its end printed superqt's "Signal source has been deleted" traceback.
+    One plain, non-daemon Python thread runs the tasks in order and ends when none is left; Python
+    joins it before it tears anything down, so the exit waits for the work (a second or two) and
+    stays quiet. (Waiting on napari's thread pool at exit instead crashed under load.) One thread,
+    not one per task: the work is mostly imports, which hold the interpreter lock, and one thread
+    leaves the other core to the GUI.
+    """
+    global _runner, _relay
+    if on_result is not None and _relay is None:
+        _relay = _ResultRelay()
+    relay = _relay
+
+    def task() -> None:
+        try:
+            result = function(*args)
+        except Exception:  # noqa: BLE001 - a nicety done ahead of time; the action redoes it
+            LOG.exception("%s failed", name)
+            return
+        if on_result is None or relay is None:
+            return
+        try:
+            relay.delivered.emit((on_result, result))
+        except RuntimeError:  # the application is gone: nobody to deliver to
+            LOG.debug("%s: result not delivered (the application closed)", name)
+
+    with _TASKS_LOCK:
+        _TASKS.append(task)
+        if _runner is None:
+            _runner = threading.Thread(target=_run_tasks, name="napari-cascade background", daemon=False)
+            _runner.start()
+
+
+def _run_tasks() -> None:
+    global _runner
+    while True:
+        with _TASKS_LOCK:
+            if not _TASKS:
+                _runner = None  # under the lock: a task queued from now on starts a new thread
+                return
+            task = _TASKS.popleft()
+        task()
 
 
 def _run_and_flag(job: Job, progress: ProgressCallback, cancel: threading.Event,

@@ -12,6 +12,7 @@ Used by the GUI tests (``with FreezeProbe() as probe: ...``; ``probe.longest_ms`
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,10 @@ class FreezeProbe:
 
     The gap from the last tick to :meth:`stop` counts too, so a synchronous action run between
     :meth:`start` and :meth:`stop` without a turn of the event loop is measured whole.
+
+    It also times Python's garbage collections meanwhile (``gc_longest_ms``, ``gc_total_ms``): a
+    full collection walks every live object, so after hundreds of tests one can take longer than
+    the action itself; a failing bound prints them, to tell the two apart.
     """
 
     def __init__(self, tick_ms: int = TICK_MS) -> None:
@@ -38,6 +43,17 @@ class FreezeProbe:
         self.longest_ms = 0.0
         self.ticks = 0
         self._last = 0.0
+        self.gc_longest_ms = 0.0
+        self.gc_total_ms = 0.0
+        self._gc_started = 0.0
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            took = 1000.0 * (time.perf_counter() - self._gc_started)
+            self.gc_longest_ms = max(self.gc_longest_ms, took)
+            self.gc_total_ms += took
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -47,6 +63,8 @@ class FreezeProbe:
 
     def start(self) -> FreezeProbe:
         self.longest_ms, self.ticks = 0.0, 0
+        self.gc_longest_ms = self.gc_total_ms = self._gc_started = 0.0
+        gc.callbacks.append(self._on_collection)
         self._last = time.perf_counter()
         self.timer.start()
         return self
@@ -54,6 +72,8 @@ class FreezeProbe:
     def stop(self) -> float:
         self._tick()
         self.timer.stop()
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
         return self.longest_ms
 
     def __enter__(self) -> FreezeProbe:
@@ -103,12 +123,23 @@ def measure(action: Callable[[], Any], until: Callable[[], bool] | None = None, 
         check()
 
     probe = FreezeProbe()
+    _LAST[0] = probe
     with probe:
         QTimer.singleShot(100, run)
         loop.exec()
     if "error" in outcome:
         raise outcome["error"]
     return probe.longest_ms
+
+
+_LAST: list[FreezeProbe | None] = [None]
+
+
+def last_collections_ms() -> tuple[float, float]:
+    """The longest and the total time (ms) Python's garbage collector ran during the last
+    :func:`measure`."""
+    probe = _LAST[0]
+    return (probe.gc_longest_ms, probe.gc_total_ms) if probe is not None else (0.0, 0.0)
 
 
 def napari_insertion_ms(viewer: Any, kind: str = "labels") -> float:
