@@ -526,3 +526,25 @@ def test_wrong_input_gets_a_warning_before_running(shared_data: Path) -> None:
     # predict() returns them with its result too.
     small = flair.with_array(flair.array[:, 20:22].copy())
     assert predictor.predict(small, axis=1).warnings and not predictor.predict(small).warnings
+
+
+def test_every_depth_of_one_mirrored_pass_is_that_depth_run_alone(shared_data: Path) -> None:
+    """The Compare view takes every depth's map from one pass of the full network
+    (``PredictionRequest(depths=True)``). With the card's test-time mirroring (the shipped 3D
+    hippocampus model mirrors), each head is mirrored too, so every map is what the predictor gives
+    at that depth alone, really pruned; on this crop mirroring changes the masks, so a head left
+    unmirrored would show."""
+    from cascadeseg.inference.checkpoint import load_checkpoint, resolve_checkpoint
+
+    model, card = load_checkpoint(resolve_checkpoint("hippocampus_unet_plus_plus_3d"), device=None)
+    assert card.test_time_mirroring
+    predictor = Predictor(model, card, device="cpu")
+    scan = load_volume(shared_data / "hippocampus/imagesTr/hippocampus_001_0000.nii.gz")
+    every = predictor.predict(scan, depth=4, want=PredictionRequest(depths=True)).depth_labels
+    mirroring_mattered = 0
+    for depth in (1, 2, 3, 4):
+        alone = predictor.predict(scan, depth=depth).labels.array
+        plain = predictor.predict(scan, depth=depth, want=PredictionRequest(mirror=False)).labels.array
+        assert np.count_nonzero(every[depth].array != alone) <= 2, depth
+        mirroring_mattered += int(np.count_nonzero(alone != plain) > 10)
+    assert mirroring_mattered >= 2

@@ -1,10 +1,11 @@
 """The Compare dock: cascade stages, every pruning depth and the attention maps, side by side.
 
-One click runs the engine's predictor once per pruning depth (each run really pruned, so the time
-shown is the time that depth costs) and, for models that have them, once more for the cascade
-stages and the attention coefficient maps (a 2D model's gates a slab of slices at a time when all
-of them at once would not fit in memory). Everything that touches whole volumes (predictions,
-difference maps, metrics, the attention stack) happens in the worker thread.
+One click runs the engine's predictor once, at full depth, for every pruning depth's map, the
+cascade stages and the attention coefficient maps (a 2D model's gates a slab of slices at a time,
+in a second pass, when all of them at once would not fit in memory); the time shown for a depth is
+measured on a batch of the scan with the network really pruned to it. Everything that touches
+whole volumes (predictions, difference maps, metrics, the attention stack) happens in the worker
+thread.
 
 The panels, in this fixed order, each under its title:
 
@@ -650,8 +651,17 @@ def _shrink(layer: Any) -> None:
 def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np.ndarray | None,
                   truth_name: str | None, device: str, progress: Callable[[Any], None],
                   cancel: threading.Event) -> Comparison:
-    """Every depth (each really pruned and timed), the stages and the attention gates of one model
-    on one scan, their differences and, against ``truth``, their scores (worker thread)."""
+    """Every depth, the stages and the attention gates of one model on one scan, their
+    differences and, against ``truth``, their scores (worker thread).
+
+    One pass of the full network gives every depth's map (a pruned network's output is its head,
+    the same numbers; with the card's test-time mirroring, each head is mirrored as a run at that
+    depth alone would be), the stages and the attention maps that fit in memory. Each depth's time
+    is measured on a batch of the scan with the network really pruned to that depth, and scaled to
+    the whole scan (:meth:`Predictor.estimate_seconds`). One run per depth plus one for the maps,
+    as before, took Compare 145.6 s on a 200-slice 512x512 CT (``benchmarks/gui_freeze.py``), this
+    137.1 s: the network is a small part; HD95 on the CT's large surfaces was most of the rest
+    (faster since: :mod:`cascadeseg.metrics.surface`, 66.6 s in all)."""
     from cascadeseg.inference.predictor import PredictionRequest, Predictor
 
     predictor = Predictor(model, card, device=device)
@@ -659,8 +669,13 @@ def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np
     depths: list[int] = list(described.pruning_depths) if described and described.pruning_depths else []
     stages = bool(described and described.stages)
     attention = bool(described and described.attention)
-    extra_pass = stages or attention or not depths
-    steps = len(depths) + (1 if extra_pass else 0)
+    at_once = attention and _attention_fits(volume, card)
+    # The gates shown are those of the network Segment runs by default (its recommended depth):
+    # from the one pass when that is the full network, else from a pass of their own.
+    full = max(depths) if depths else None
+    shown_depth = predictor.resolve_depth(None) if depths else None
+    gates_apart = attention and (not at_once or shown_depth != full)
+    steps = 1 + (1 if gates_apart else 0)
 
     def step_progress(step: int, label: str) -> Callable[[Any], None]:
         def report(p: Any) -> None:
@@ -669,35 +684,39 @@ def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np
 
     comparison = Comparison(image_name=image_name, reference=None, scan=volume.array[0], truth=truth,
                             truth_name=truth_name, class_colors=card.class_colors)
-    for step, depth in enumerate(depths):
-        result = predictor.predict(volume, depth=depth, progress=step_progress(step, f"L{depth}"), cancel=cancel)
-        comparison.reference = result.labels
-        comparison.depths.append(ComparisonRun(f"L{depth}", result.labels.array,
-                                               result.timings.get("inference"), result.rate, result.unit))
-    if extra_pass:
-        at_once = attention and _attention_fits(volume, card)
-        want = PredictionRequest(stages=stages, attention=attention and at_once)
-        label = "stages" if stages else ("attention" if at_once else "full")
-        result = predictor.predict(volume, want=want, progress=step_progress(steps - 1, label), cancel=cancel)
-        comparison.reference = result.labels
-        timing = (result.timings.get("inference"), result.rate, result.unit)
-        if stages:
-            comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
-            # The last stage is the full network's output: the pass's time is its time.
-            last = comparison.stages[-1]
-            last.seconds, last.rate, last.unit = timing
-        elif not depths:
-            comparison.depths.append(ComparisonRun("full", result.labels.array, *timing))
-        if attention:
-            if at_once:
-                gates = _gate_order(list(result.attention))
-                stack = np.empty((len(gates), *volume.spatial_shape), dtype=np.uint8)
-                for index, gate in enumerate(gates):
-                    _quantise(result.attention.pop(gate).array, stack[index])
-            else:
-                gates, stack = _attention_by_slabs(model, card, volume, device,
-                                                   step_progress(steps - 1, "attention"), cancel)
-            comparison.attention, comparison.gates = stack, gates
+    mode, axis = f"{card.dims}d", card.slice_axis
+    prepared = predictor.prepare_checked(volume, mode, axis)
+    want = PredictionRequest(depths=bool(depths), stages=stages, attention=attention and not gates_apart)
+    label = "every depth" if depths else ("stages" if stages else "full")
+    result = predictor.predict(volume, depth=full, want=want, progress=step_progress(0, label), cancel=cancel,
+                               prepared=prepared)
+    if attention and at_once and gates_apart:
+        result.attention = predictor.predict(volume, depth=shown_depth, want=PredictionRequest(attention=True, mirror=False),
+                                             progress=step_progress(1, "attention"), cancel=cancel,
+                                             prepared=prepared).attention
+    comparison.reference = result.labels
+    for depth in depths:
+        seconds = predictor.estimate_seconds(prepared, mode, axis, depth)
+        comparison.depths.append(ComparisonRun(f"L{depth}", result.depth_labels[depth].array, seconds,
+                                               result.items / seconds if seconds > 0 else None, result.unit))
+    del prepared
+    timing = (result.timings.get("inference"), result.rate, result.unit)
+    if stages:
+        comparison.stages = [ComparisonRun(name, v.array) for name, v in result.stage_labels.items()]
+        # The last stage is the full network's output: the pass's time is its time.
+        last = comparison.stages[-1]
+        last.seconds, last.rate, last.unit = timing
+    elif not depths:
+        comparison.depths.append(ComparisonRun("full", result.labels.array, *timing))
+    if attention:
+        if at_once:  # from the one pass, or from the pass at the shown depth
+            gates = _gate_order(list(result.attention))
+            stack = np.empty((len(gates), *volume.spatial_shape), dtype=np.uint8)
+            for index, gate in enumerate(gates):
+                _quantise(result.attention.pop(gate).array, stack[index])
+        else:
+            gates, stack = _attention_by_slabs(model, card, volume, device, step_progress(1, "attention"), cancel)
+        comparison.attention, comparison.gates = stack, gates
     for run in comparison.runs:
         run.class_values = present_values(run.labels)
     if truth is not None:

@@ -8,6 +8,7 @@ viewer, one combo box per channel, pre-filled by matching layer names to channel
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,19 @@ def _per_depth(card: ModelCard, *keys: str) -> dict[str, Any]:
     return {}
 
 
+# Figures already measured, by what decides them (architecture, options, input shape, depths): a
+# fine-tuned model shares its parent's, and re-picking a model costs nothing.
+_DEPTH_COSTS: dict[str, dict[int, Any]] = {}
+
+
 def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
     """Parameters that run and GFLOPs per slice (2D) / patch (3D) at each depth, measured by the
     engine (``cascadeseg.models.zoo_table.measure``) on the meta device: no weights, no voxels,
-    a few milliseconds. Empty when the architecture cannot run on the meta device."""
+    but every operation of four forward passes counted in Python: about 2 s of a worker taking
+    turns with the GUI thread for the interpreter lock on the 2-core machine. Hence the cache: a
+    Train run's end installs a model of an architecture measured before, and measuring it again
+    while the docks re-listed their models froze the window 508 ms (a cache hit: 153 ms). Empty
+    when the architecture cannot run on the meta device."""
     import torch
 
     from cascadeseg.models.zoo_table import measure
@@ -111,14 +121,19 @@ def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
         shape = (1, len(card.input_channels), *(card.slice_size or (256, 256)))
     else:
         shape = (1, len(card.input_channels), *(card.patch_size or (128, 128, 128)))
+    key = json.dumps([card.architecture, card.model_options, shape, list(depths)], sort_keys=True, default=str)
+    if key in _DEPTH_COSTS:
+        return _DEPTH_COSTS[key]
     try:
         with torch.device("meta"):
             model = card.create_model().eval()
-        return {depth: measure(model, shape, depth) for depth in depths}
+        costs = {depth: measure(model, shape, depth) for depth in depths}
     except (CascadeSegError, NotImplementedError, RuntimeError, TypeError, ValueError):
         # Shape-only (meta) execution cannot run data-dependent models such as the coarse-to-fine
         # crop; the depth list then shows the card's Dice without parameter/FLOP figures.
-        return {}
+        costs = {}
+    _DEPTH_COSTS[key] = costs
+    return costs
 
 
 def pruning_depths(card: ModelCard) -> list[int]:

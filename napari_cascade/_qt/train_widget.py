@@ -34,7 +34,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -67,7 +67,7 @@ from cascadeseg.training.transfer import check_labels_fit
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
-from .feeding import collection_paused
+from .feeding import imports_kept_frozen
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
 from .training_plot import MATPLOTLIB_MODULES, TrainingPlot
@@ -85,7 +85,7 @@ def import_for_first_run() -> None:
     out of the garbage collections these imports start: with a CT and a Segment result open, one
     such collection in the job's import of the trainer held the interpreter lock for 0.33 s, the
     first Train's freeze."""
-    with collection_paused():
+    with imports_kept_frozen():
         for module in FIRST_RUN_MODULES:
             importlib.import_module(module)
     _FIRST_RUN_IMPORTED.set()
@@ -596,8 +596,11 @@ class TrainWidget(QWidget):
         self.last_request = request
         self.installed = None
         self._show_kept_choice(False)
-        self._show_plot()
         self.plot.reset(f"training '{request.model_name}'")
+        # The plot's dock in a turn of its own: napari's dock insertion and the main window's new
+        # layout (0.1-0.4 s of Qt on the GUI thread) on top of building the plot was the first
+        # Train's longest freeze.
+        QTimer.singleShot(0, self._show_plot)
         self._stop = threading.Event()
         started = self.job.start(self._job(request, self._stop), self._trained, f"training {request.model_name}")
         if started:
@@ -657,7 +660,7 @@ class TrainWidget(QWidget):
             # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
             # the window for a second at the first Train of a session (import_for_first_run has
             # usually imported it by now).
-            with collection_paused():
+            with imports_kept_frozen():
                 from cascadeseg.training.callbacks import FunctionCallback
                 from cascadeseg.training.trainer import train
 

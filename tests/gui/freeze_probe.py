@@ -173,3 +173,21 @@ def allowed_ms(viewer: Any, *kinds: str) -> float:
     with :data:`FLOOR_MARGIN`)."""
     floor = max(napari_insertion_ms(viewer, kind) for kind in (kinds or ("labels",)) for _ in range(FLOOR_SAMPLES))
     return max(FREEZE_BOUND_MS, FLOOR_MARGIN * floor)
+
+
+def napari_dock_ms(viewer: Any) -> float:
+    """The bound for an action that adds a dock widget (the Train dock's plot at the first run):
+    200 ms, or what napari and Qt themselves need to dock an empty widget into ``viewer``'s window
+    as it is now and lay the window out again (the slowest of :data:`FLOOR_SAMPLES`, with
+    :data:`FLOOR_MARGIN`); the dock is removed again."""
+    from qtpy.QtWidgets import QWidget
+
+    def one() -> float:
+        docks: list[Any] = []
+        gap = measure(lambda: docks.append(viewer.window.add_dock_widget(QWidget(), name="freeze probe dock")))
+        viewer.window.remove_dock_widget(docks[0])
+        process_events_for(0.3)
+        return gap
+
+    floor = max(one() for _ in range(FLOOR_SAMPLES))
+    return max(FREEZE_BOUND_MS, FLOOR_MARGIN * floor)

@@ -253,3 +253,32 @@ def test_attention_by_slabs_equals_attention_at_once(sample_crop, tiny_models, m
     assert by_slabs.gates == at_once.gates and by_slabs.attention.shape == at_once.attention.shape
     difference = np.abs(by_slabs.attention.astype(int) - at_once.attention.astype(int))
     assert difference.max() <= 1, difference.max()
+
+
+@pytest.mark.parametrize("mirroring", [False, True])
+def test_every_depth_from_one_pass_is_what_that_depth_segments(sample_crop, tiny_models, mirroring: bool) -> None:
+    """Compare runs the network once, at full depth, and takes every depth's map from its heads:
+    each must be what Segment (the predictor at that depth alone, really pruned) gives, with the
+    card's test-time mirroring too (each head mirrored as a pruned run would be). Each depth keeps
+    its own time, measured with the network pruned to it."""
+    import dataclasses
+    import threading
+
+    from cascadeseg.inference.checkpoint import load_checkpoint
+    from cascadeseg.inference.predictor import Predictor
+    from napari_cascade._qt import compare_widget
+
+    model, card = load_checkpoint(tiny_models["anu"])
+    card = dataclasses.replace(card, test_time_mirroring=mirroring, mirror_axes=[0, 1])  # in-plane flips: 4 passes
+    image = sample_crop[0]
+    comparison = compare_widget.compare_model(model, card, image, "crop", None, None, "cpu", lambda p: None,
+                                              threading.Event())
+    predictor = Predictor(model, card, device="cpu")
+    assert [run.name for run in comparison.depths] == ["L1", "L2", "L3", "L4"]
+    found = 0
+    for run, depth in zip(comparison.depths, (1, 2, 3, 4)):
+        alone = predictor.predict(image, depth=depth).labels.array
+        found += np.count_nonzero(alone)
+        assert np.count_nonzero(run.labels != alone) <= alone.size // 10_000, (depth, np.count_nonzero(run.labels != alone))
+        assert run.seconds is not None and run.seconds > 0 and run.rate is not None and run.rate > 0
+    assert found > 1000  # the check compares real masks (the tiny model's L1 finds nothing on this crop)

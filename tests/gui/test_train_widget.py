@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from freeze_probe import FREEZE_BOUND_MS, measure
+from freeze_probe import FREEZE_BOUND_MS, measure, napari_dock_ms
 from gui_helpers import add_labels_volume, add_volume, notification_messages, wait_for_job
 from napari.layers import Labels
 
@@ -83,14 +83,18 @@ def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_pa
     from napari_cascade._qt import train_widget, workers
 
     qtbot.waitUntil(lambda: workers.warm_up_finished() and train_widget.first_run_imported(), timeout=60_000)
+    # Train's first press docks the live plot: held to what napari and Qt need to dock a widget
+    # (0.1-0.4 s on a loaded 2-core machine) when that is over 200 ms, and to nothing more.
+    bounds = {"start": napari_dock_ms(viewer)}
     gaps = {"start": measure(widget.start, lambda: len(widget.plot.step_numbers) > 0, timeout_s=120)}
     assert not widget.start()  # two trainings at once: refused with a message
     assert any("already running" in m for m in notification_messages())
     gaps["plot"] = measure(lambda: None, lambda: len(widget.plot.epoch_numbers) >= 2, timeout_s=120)
     steps_seen = widget.plot.step_numbers[-1]
     gaps["cancel"] = measure(widget.cancel, lambda: not widget.busy, timeout_s=60)
-    print("Train dock, longest GUI gaps (ms):", {k: round(v) for k, v in gaps.items()})
-    assert max(gaps.values()) <= FREEZE_BOUND_MS, gaps
+    print("Train dock, longest GUI gaps (ms):", {k: round(v) for k, v in gaps.items()}, "bounds:", bounds)
+    slow = {k: round(v) for k, v in gaps.items() if v > bounds.get(k, FREEZE_BOUND_MS)}
+    assert not slow, (slow, bounds)
 
     result = widget.last_request.outcome["result"]
     assert result.stopped == "cancelled"

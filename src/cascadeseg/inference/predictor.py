@@ -75,8 +75,8 @@ class PredictionRequest:
     ``mirror``: test-time mirroring, as nnU-Net does: the class probabilities are the mean over the
     input and its mirror images along every combination of the axes training mirrored
     (:attr:`~cascadeseg.inference.checkpoint.ModelCard.test_time_mirror_axes`; the in-plane axes:
-    4 passes); the other maps come from the plain pass. ``None``: the card's
-    ``test_time_mirroring``.
+    4 passes), and so is every depth's map; the stages and attention maps come from the plain pass.
+    ``None``: the card's ``test_time_mirroring``.
     """
 
     probabilities: bool = False
@@ -203,6 +203,7 @@ class Predictor:
         cancel: CancelToken | None = None,
         patch_size: Sequence[int] | None = None,
         overlap: float = 0.5,
+        prepared: PreparedScan | None = None,
     ) -> PredictionResult:
         """Segment ``volume`` (``(C, Z, Y, X)`` with the card's channels in order).
 
@@ -210,6 +211,8 @@ class Predictor:
         and a 3D one only in 3D). ``axis``: slicing axis for 2D (default: the card's
         ``slice_axis``). ``depth``: pruning depth (default: the card's recommended depth).
         ``patch_size``/``overlap``: 3D sliding window (default: the card's ``patch_size``, 50%).
+        ``prepared``: ``volume`` as :meth:`prepare` gave it for this mode and axis, when the caller
+        needs it too (the Compare view times every depth on it); prepared here otherwise.
         """
         t0 = time.perf_counter()
         want = want or PredictionRequest()
@@ -222,10 +225,8 @@ class Predictor:
         depth = self.resolve_depth(depth)
         self._check_volume(volume)
         check_prediction_fits(self, volume, mode, axis, want, patch_size, overlap)  # before allocating
-        try:
-            prepared = self.prepare(volume, axis if mode == "2d" else None)
-        except VolumeError as exc:  # e.g. a constant scan: say which one
-            raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
+        if prepared is None:
+            prepared = self.prepare_checked(volume, mode, axis)
         t1 = time.perf_counter()
         maps, items, unit, stats = self.predict_maps(
             prepared, mode, axis, depth, want, progress, cancel, patch_size, overlap, spacing=volume.spacing
@@ -253,6 +254,13 @@ class Predictor:
         from .input_check import choose_channels
 
         return choose_channels(volume, self.card, chosen)
+
+    def prepare_checked(self, volume: Volume, mode: str, axis: int) -> PreparedScan:
+        """:meth:`prepare` for ``mode`` (2D along ``axis``, or 3D), its errors naming the scan."""
+        try:
+            return self.prepare(volume, axis if mode == "2d" else None)
+        except VolumeError as exc:  # e.g. a constant scan: say which one
+            raise VolumeError(f"{volume.source or 'the scan'}: {exc}") from exc
 
     def prepare(self, volume: Volume, slice_axis: int | None) -> PreparedScan:
         """The scan as this network sees it: the card's preprocessing on the scan's own grid, then
@@ -451,7 +459,11 @@ class Predictor:
         if want.depths and out.heads:
             out.logits = out.heads.get(depth, out.logits)
         if self.card.test_time_mirroring if want.mirror is None else want.mirror:
-            out.logits = self._mirrored_logits(x, depth, out.logits)
+            if want.depths and out.heads:  # every depth's map as that depth alone would give it
+                out.heads = self._mirrored_heads(x, out.heads)
+                out.logits = out.heads.get(depth, out.logits)
+            else:
+                out.logits = self._mirrored_logits(x, depth, out.logits)
         return out
 
     def _mirrored_logits(self, x: torch.Tensor, depth: int, logits: torch.Tensor) -> torch.Tensor:
@@ -465,6 +477,18 @@ class Predictor:
             mirrored = self.model(torch.flip(x, dims), depth=depth).logits
             total += torch.softmax(torch.flip(mirrored, dims).float(), dim=1)
         return torch.log(total.div_(len(flips) + 1).clamp_min_(1e-12))
+
+    def _mirrored_heads(self, x: torch.Tensor, heads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """:meth:`_mirrored_logits` for every head at once: each mirrored pass of the full network
+        computes all of them, and a pruned network's output is its head (the same numbers)."""
+        axes = [2 + a for a in self.card.test_time_mirror_axes]
+        flips = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+        totals = {d: torch.softmax(h.float(), dim=1) for d, h in heads.items()}
+        for dims in flips:
+            mirrored = self.model(torch.flip(x, dims), depth=None, request=OutputRequest(heads=True)).heads
+            for d in totals:
+                totals[d] += torch.softmax(torch.flip(mirrored[d], dims).float(), dim=1)
+        return {d: torch.log(t.div_(len(flips) + 1).clamp_min_(1e-12)) for d, t in totals.items()}
 
     def _smaller_batch(self, exc: Exception, batch: int, what: str) -> int:
         if not is_out_of_memory(exc):

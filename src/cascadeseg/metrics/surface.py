@@ -22,10 +22,17 @@ scan, worst case of a whole-brain mask against a shifted erosion of it (bounding
 volume, 60 000 boundary voxels), 2-core CPU, one thread: k-d tree 0.20 s, SimpleITK
 ``SignedMaurerDistanceMap`` 0.29 s, SciPy ``distance_transform_edt(sampling=spacing)`` 0.92 s; for
 tumour-sized masks all take 0.01-0.02 s. Hence the k-d tree (it is also what MONAI uses on CPU).
+The tree is built unbalanced and uncompacted (SciPy's faster build, whose nodes split at the
+middle of their extent: boundary voxels lie on a lattice, where that costs nothing in the
+queries) and queried by one worker per core this process may run on. On the masks of the Compare
+benchmark (a 512x512x200 CT's organ map against a model's mask: 1,794,127 and 728,555 boundary
+voxels), the two directed queries take 22.5 s with SciPy's defaults, 9.4 s unbalanced, 5.4 s
+unbalanced with two workers on the 2-core machine: the same distances.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,9 +78,21 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     scale = np.asarray(spacing)
     pred_points = np.argwhere(_boundary(pred[box])) * scale
     ref_points = np.argwhere(_boundary(ref[box])) * scale
-    to_ref = cKDTree(ref_points).query(pred_points)[0]
-    to_pred = cKDTree(pred_points).query(ref_points)[0]
-    return to_ref, to_pred
+    return _nearest(ref_points, pred_points), _nearest(pred_points, ref_points)
+
+
+def _nearest(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Distance from each of ``queries`` to the nearest of ``points`` (exact; module docstring)."""
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)
+    return np.asarray(tree.query(queries, workers=_cores())[0])
+
+
+def _cores() -> int:
+    """The cores this process may run on (a training pinned to one core keeps its one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def hausdorff_distance(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0) -> float:
