@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     # An action that fails or runs past the timeout still closes the viewer, so that the docks
     # cancel their workers instead of being torn down under them at exit.
     with tempfile.TemporaryDirectory() as tmp, _closing(viewer):
+        # Everything the docks write (the Correct dock's autosave recovery files, the Train runs and
+        # models) goes to a home folder inside ``tmp``, never the user's.
+        os.environ["CASCADESEG_HOME"] = str(Path(tmp) / "home")
         scan_path = save_volume(image, Path(tmp) / "large_ct.nii.gz")
         del image
         if "open" in args.skip:
@@ -180,7 +183,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
             record("Correct: autosave", lambda: correct.autosave_now(background=True),
                    lambda: getattr(correct, "_autosave_worker", None) is None)
         if "train" not in args.skip:
-            _train_actions(viewer, args.data / "lgg-flair", Path(tmp), record)
+            _train_actions(viewer, args.data / "lgg-flair", record)
         masks = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     context = {
         "shape": list(shape),
@@ -207,15 +210,14 @@ def _closing(viewer: Any) -> Iterator[None]:
         process_events_for(1.5)  # the cancelled workers end and their last signals arrive
 
 
-def _train_actions(viewer: Any, data: Path, tmp: Path, record: Callable[..., None]) -> None:
+def _train_actions(viewer: Any, data: Path, record: Callable[..., None]) -> None:
     """The Train dock as a new user drives it: the LGG folder with every choice left to the
     planner, Train, the live plot over two epochs, Cancel; then a 1-minute run to its end, whose
-    model the dock installs. The runs and the model go to a home folder inside ``tmp``."""
+    model the dock installs (into the temporary home folder :func:`run` sets)."""
     from freeze_probe import process_events_for
 
     from napari_cascade._qt.train_widget import SOURCE_FOLDER, TrainWidget
 
-    os.environ["CASCADESEG_HOME"] = str(tmp / "home")
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train, name="Train", tabify=True)
     process_events_for(3.0)
