@@ -470,19 +470,22 @@ class Predictor:
         """Log of the mean softmax over ``x`` and its mirror images along every combination of
         the axes training mirrored (the plain pass's ``logits`` given); argmax and softmax of the
         result are the mean prediction's."""
-        axes = [2 + a for a in self.card.test_time_mirror_axes]
-        flips = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+        flips = self._mirror_flips()
         total = torch.softmax(logits.float(), dim=1)
         for dims in flips:
             mirrored = self.model(torch.flip(x, dims), depth=depth).logits
             total += torch.softmax(torch.flip(mirrored, dims).float(), dim=1)
         return torch.log(total.div_(len(flips) + 1).clamp_min_(1e-12))
 
+    def _mirror_flips(self) -> list[tuple[int, ...]]:
+        """Every non-empty combination of the tensor dims training mirrored (spatial axis + 2)."""
+        axes = [2 + a for a in self.card.test_time_mirror_axes]
+        return [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+
     def _mirrored_heads(self, x: torch.Tensor, heads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """:meth:`_mirrored_logits` for every head at once: each mirrored pass of the full network
         computes all of them, and a pruned network's output is its head (the same numbers)."""
-        axes = [2 + a for a in self.card.test_time_mirror_axes]
-        flips = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+        flips = self._mirror_flips()
         totals = {d: torch.softmax(h.float(), dim=1) for d, h in heads.items()}
         for dims in flips:
             mirrored = self.model(torch.flip(x, dims), depth=None, request=OutputRequest(heads=True)).heads
