@@ -175,16 +175,18 @@ def allowed_ms(viewer: Any, *kinds: str) -> float:
     return max(FREEZE_BOUND_MS, FLOOR_MARGIN * floor)
 
 
-def napari_dock_ms(viewer: Any) -> float:
+def napari_dock_ms(viewer: Any, make_widget: Any = None) -> float:
     """The bound for an action that adds a dock widget (the Train dock's plot at the first run):
-    200 ms, or what napari and Qt themselves need to dock an empty widget into ``viewer``'s window
-    as it is now and lay the window out again (the slowest of :data:`FLOOR_SAMPLES`, with
-    :data:`FLOOR_MARGIN`); the dock is removed again."""
+    200 ms, or what napari and Qt themselves need to dock a new ``make_widget()`` (default: an
+    empty widget) into ``viewer``'s window as it is now, lay the window out again and paint it
+    (the slowest of :data:`FLOOR_SAMPLES`, with :data:`FLOOR_MARGIN`); the dock is removed again."""
     from qtpy.QtWidgets import QWidget
+
+    make = make_widget or QWidget
 
     def one() -> float:
         docks: list[Any] = []
-        gap = measure(lambda: docks.append(viewer.window.add_dock_widget(QWidget(), name="freeze probe dock")))
+        gap = measure(lambda: docks.append(viewer.window.add_dock_widget(make(), name="freeze probe dock")))
         viewer.window.remove_dock_widget(docks[0])
         process_events_for(0.3)
         return gap
