@@ -32,13 +32,13 @@ unbalanced with two workers on the 2-core machine: the same distances.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .._cores import affinity_cores
 from ..errors import VolumeError
 
 
@@ -84,15 +84,8 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
 def _nearest(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Distance from each of ``queries`` to the nearest of ``points`` (exact; module docstring)."""
     tree = cKDTree(points, balanced_tree=False, compact_nodes=False)
-    return np.asarray(tree.query(queries, workers=_cores())[0])
-
-
-def _cores() -> int:
-    """The cores this process may run on (a training pinned to one core keeps its one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    # One worker per core this process may run on: a training pinned to one core keeps its one.
+    return np.asarray(tree.query(queries, workers=affinity_cores())[0])
 
 
 def hausdorff_distance(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0) -> float:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._cores import affinity_cores
 from ..errors import ModelConfigError
 from ..models import list_models, model_class
 from .config import AugmentationConfig, TrainConfig
@@ -107,10 +108,7 @@ class DeviceProfile:
 
 def available_cores() -> int:
     """CPU cores this process may use: its affinity, capped by ``OMP_NUM_THREADS`` when set."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = affinity_cores()
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         cores = min(cores, int(env))
