@@ -387,7 +387,8 @@ def test_heads_are_averaged_and_aux_compared_with_downscaled_target() -> None:
     assert value == pytest.approx(expected.item())
 
 
-def test_a_linearly_fading_aux_weight_reaches_zero_at_the_last_epoch() -> None:
+def _two_heads_two_aux() -> tuple[torch.Tensor, dict[str, torch.Tensor], SegmentationOutput, float]:
+    """A target, two full-size heads and two decoder branches (4x4, 2x2), and the heads' mean Dice loss."""
     torch.manual_seed(0)
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, 2:6, 3:7] = 1
@@ -395,6 +396,11 @@ def test_a_linearly_fading_aux_weight_reaches_zero_at_the_last_epoch() -> None:
     aux = {"X1,3": torch.randn(1, 2, 4, 4, dtype=torch.float64), "X2,2": torch.randn(1, 2, 2, 2, dtype=torch.float64)}
     output = SegmentationOutput(logits=heads[2], heads=heads, aux=aux)
     main = ((soft_dice_loss(heads[1], target) + soft_dice_loss(heads[2], target)) / 2).item()
+    return target, aux, output, main
+
+
+def test_a_linearly_fading_aux_weight_reaches_zero_at_the_last_epoch() -> None:
+    target, aux, output, main = _two_heads_two_aux()
     aux_sum = sum(soft_dice_loss(v, downscale_labels(target, v.shape[2:])).item() for v in aux.values())
     loss = build_loss("dice", aux_weight=0.1, aux_decay="linear")
     seen = []
@@ -415,6 +421,22 @@ def test_a_linearly_fading_aux_weight_reaches_zero_at_the_last_epoch() -> None:
         build_loss("dice", aux_weight=0.1, aux_decay="cosine")
     with pytest.raises(ModelConfigError, match="aux_weight is None"):
         build_loss("dice", aux_decay="linear")  # nothing separate to schedule when aux joins the mean
+
+
+def test_aux_branches_names_the_decoder_branches_the_loss_supervises() -> None:
+    target, aux, output, main = _two_heads_two_aux()
+    x13 = soft_dice_loss(aux["X1,3"], downscale_labels(target, (4, 4))).item()
+    x22 = soft_dice_loss(aux["X2,2"], downscale_labels(target, (2, 2))).item()
+    assert build_loss("dice", aux_weight=0.1)(output, target).item() == pytest.approx(main + 0.1 * (x13 + x22))
+    only = build_loss("dice", aux_weight=0.1, aux_branches=["X1,3"])
+    assert only(output, target).item() == pytest.approx(main + 0.1 * x13)
+    # pooled into the mean (aux_weight None), a branch left out is not counted in the mean either
+    pooled = build_loss("dice", aux_branches=["X2,2"])
+    assert pooled(output, target).item() == pytest.approx((2 * main + x22) / 3)
+    with pytest.raises(ModelConfigError, match=r"\['X4,0'\] are not aux branches .*'X1,3', 'X2,2'"):
+        build_loss("dice", aux_branches=["X1,3", "X4,0"])(output, target)
+    with pytest.raises(ModelConfigError, match="expected a list of aux branch names"):
+        build_loss("dice", aux_branches="X1,3")
 
 
 def test_max_pool_downscaling_keeps_small_structures() -> None:

@@ -20,7 +20,8 @@ number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down t
 "linear" (straight down to 0 at the last epoch: the aux branches shape the deep nodes early, the
 heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs
 the pruning heads in that mean or sum, shallowest first (default 1 each; an aux branch pooled with
-them counts 1). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the
+them counts 1). ``aux_branches`` names the aux branches supervised (default all; the others are
+computed but get no loss). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the
 stage: stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
@@ -67,6 +68,7 @@ class SupervisedLoss(nn.Module):
         stage_weights: Mapping[str, float] | None = None,
         classification_weight: float = 1.0,
         head_weights: Sequence[float] | None = None,
+        aux_branches: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if branch_reduction not in REDUCTIONS:
@@ -97,6 +99,14 @@ class SupervisedLoss(nn.Module):
                 f"loss option head_weights: expected one weight >= 0 per pruning head, shallowest first "
                 f"(e.g. [2, 1, 1, 1]), not all 0; got {head_weights!r}"
             )
+        if aux_branches is not None and (
+            isinstance(aux_branches, (str, bytes)) or not all(isinstance(name, str) for name in aux_branches)
+        ):
+            raise ModelConfigError(
+                f'loss option aux_branches: expected a list of aux branch names (e.g. ["X1,3", "X2,2"]), '
+                f"got {aux_branches!r}"
+            )
+        self.aux_branches = None if aux_branches is None else list(aux_branches)
         self.head_weights = None if head_weights is None else [float(w) for w in head_weights]
         self.branch_reduction = branch_reduction
         self.aux_weight = aux_weight
@@ -165,6 +175,18 @@ class SupervisedLoss(nn.Module):
             )
         return self.head_weights
 
+    def _aux_outputs(self, output: SegmentationOutput) -> list[tuple[str, Tensor]]:
+        """The aux branches this loss supervises: all of them, or those ``aux_branches`` names."""
+        if self.aux_branches is None or not output.aux:
+            return list(output.aux.items())
+        unknown = sorted(set(self.aux_branches) - set(output.aux))
+        if unknown:
+            raise ModelConfigError(
+                f"loss option aux_branches: {unknown} are not aux branches of this model "
+                f"(expected some of {sorted(output.aux)})"
+            )
+        return [(name, logits) for name, logits in output.aux.items() if name in self.aux_branches]
+
     def forward(self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None) -> Tensor:
         if isinstance(output, Tensor):
             output = SegmentationOutput(logits=output)
@@ -177,7 +199,7 @@ class SupervisedLoss(nn.Module):
             roi = roi.bool()
 
         heads = [self.supervise(f"heads[{k}]", v, target, roi, num_classes) for k, v in sorted(output.heads.items())]
-        aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in output.aux.items()]
+        aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in self._aux_outputs(output)]
         main = heads if heads or output.stages else [self.supervise("logits", logits, target, roi, num_classes)]
 
         weights = self._head_weights(len(heads))
