@@ -437,6 +437,8 @@ def test_aux_branches_names_the_decoder_branches_the_loss_supervises() -> None:
         build_loss("dice", aux_branches=["X1,3", "X4,0"])(output, target)
     with pytest.raises(ModelConfigError, match="expected a list of aux branch names"):
         build_loss("dice", aux_branches="X1,3")
+    with pytest.raises(ModelConfigError, match="gives no aux branches"):  # UNet++: heads, no decoder branches
+        build_loss("dice", aux_branches=["X1,3"])(SegmentationOutput(logits=output.logits, heads=output.heads), target)
 
 
 def test_max_pool_downscaling_keeps_small_structures() -> None:

@@ -177,8 +177,13 @@ class SupervisedLoss(nn.Module):
 
     def _aux_outputs(self, output: SegmentationOutput) -> list[tuple[str, Tensor]]:
         """The aux branches this loss supervises: all of them, or those ``aux_branches`` names."""
-        if self.aux_branches is None or not output.aux:
+        if self.aux_branches is None:
             return list(output.aux.items())
+        if not output.aux:
+            raise ModelConfigError(
+                "loss option aux_branches: the model gives no aux branches to name (UNet#'s and CU-Net's "
+                "decoder branches, in training); leave the option out"
+            )
         unknown = sorted(set(self.aux_branches) - set(output.aux))
         if unknown:
             raise ModelConfigError(
