@@ -21,8 +21,8 @@ number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down t
 heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs
 the pruning heads in that mean or sum, shallowest first (default 1 each; an aux branch pooled with
 them counts 1). ``aux_branches`` names the aux branches supervised (default all; the others are
-computed but get no loss). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0 skips the
-stage: stage-by-stage training).
+computed but get no loss). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0
+skips the stage: stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
 logits), ``target`` a ``(B, *spatial)`` label map, ``roi`` an optional bool ``(B, *spatial)`` mask
