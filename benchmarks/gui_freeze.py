@@ -227,8 +227,10 @@ def _train_actions(viewer: Any, data: Path, record: Callable[..., None]) -> None
     train.model_name.setText("freeze-probe-cancelled")
     record("Train: start on the LGG folder (planning, until the first step is plotted)", train.start,
            lambda: len(train.plot.step_numbers) > 0)
-    record("Train: training with the live plot (until epoch 2 is plotted)", lambda: None,
-           lambda: len(train.plot.epoch_numbers) >= 2)
+    # Until epoch 2 is plotted, or the run ends first (on a slow machine the planner can fit a
+    # single validated epoch into the 3 minutes).
+    record("Train: training with the live plot (until epoch 2 is plotted or the run ends)", lambda: None,
+           lambda: len(train.plot.epoch_numbers) >= 2 or not train.busy)
     record("Train: cancel (until the run has stopped)", train.cancel, _busy(train))
     train.discard_kept()
     train.minutes.setValue(1.0)

@@ -146,14 +146,22 @@ def collection_paused() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def imports_kept_frozen() -> Iterator[None]:
-    """For imports in a worker: the objects alive are kept out of the collections the imports
-    start, as :func:`collection_paused` does; but when the start-up objects are frozen already (no
-    layer exists yet, :func:`napari_cascade._qt.workers.freeze_long_lived_objects`), they stay
-    frozen afterwards, with the modules just imported, instead of being thawed. Thawing them at
-    the end of the Train job's import let the trainer's next import start a full collection over
-    every object of napari, Qt and torch: 421 ms with the interpreter lock held, the first Train's
-    longest freeze (430-530 ms). Nothing a layer owns is frozen this way: none exists."""
+def kept_frozen() -> Iterator[None]:
+    """For long work in a worker (imports, a training): the objects alive at its start are kept
+    out of the collections the work starts, as :func:`collection_paused` does; but when the
+    start-up objects are frozen already (no layer exists yet,
+    :func:`napari_cascade._qt.workers.freeze_long_lived_objects`), they stay frozen afterwards,
+    with what the work made, instead of being thawed.
+
+    Imports: thawing the start-up objects at the end of the Train job's import let the trainer's
+    next import start a full collection over every object of napari, Qt and torch: 421 ms with the
+    interpreter lock held, the first Train's longest freeze (430-530 ms). A training: a CPU run
+    starts a full collection every few seconds, each a walk over everything napari, Qt and torch
+    keep alive, 100-130 ms with the lock held (the live plot's longest freezes once its drawing
+    had left the GUI thread). What is given up while the block runs is collecting reference cycles
+    among the objects frozen at its start: a layer removed during a training is freed when the
+    training ends (or at the next batch of layer changes, whose end thaws everything) rather than
+    at once."""
     if sys.platform == "win32" or gc.isenabled() is False:
         yield
         return

@@ -8,7 +8,9 @@ Train is pressed. Every choice can be overridden here (each field's "auto" is th
 Train runs :func:`cascadeseg.training.train` in a napari thread worker (through
 :class:`~napari_cascade._qt.workers.JobPanel`: one job at a time, Cancel, errors as
 notifications). The trainer's step/epoch callbacks arrive in the worker thread and are handed to
-the GUI thread with a queued Qt signal, where :class:`TrainingPlot` draws them. Cancel sets the
+the GUI thread with a queued Qt signal, where :class:`TrainingPlot` keeps them and has its own
+thread draw them. The training runs with the objects alive at its start frozen out of garbage
+collection (:func:`~napari_cascade._qt.feeding.kept_frozen`). Cancel sets the
 trainer's cancel event: it stops within one step and keeps its last good checkpoint.
 
 When the run ends on its own, the checkpoint its plan keeps (the final weights of a schedule that
@@ -67,27 +69,31 @@ from cascadeseg.training.transfer import check_labels_fit
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
 from .correction_widget import scan_channel_layers
-from .feeding import imports_kept_frozen
+from .feeding import kept_frozen
 from .layout import form, hbox, scrollable
 from .model_picker import select_entry_by_name
-from .training_plot import MATPLOTLIB_MODULES, TrainingPlot
+from .training_plot import MATPLOTLIB_MODULES, TrainingPlot, warm_up_drawing
 from .workers import JobPanel, queue_background_task
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 # What the first Train needs and opening the dock does not import: the trainer (and with it torch
-# and the training modules) and matplotlib for the live plot.
-FIRST_RUN_MODULES = ("cascadeseg.training.trainer", *MATPLOTLIB_MODULES)
+# and the training modules), matplotlib for the live plot, and torch._dynamo, which torch.optim's
+# optimisers import when the first one is made (about 800 modules with sympy and torch.onnx): made
+# in the training, that import started full garbage collections over its 100,000 new objects,
+# 120-220 ms each with the interpreter lock held, the live plot's longest freezes.
+FIRST_RUN_MODULES = ("cascadeseg.training.trainer", "torch._dynamo", *MATPLOTLIB_MODULES)
 _FIRST_RUN_IMPORTED = threading.Event()
 
 
 def import_for_first_run() -> None:
-    """Import :data:`FIRST_RUN_MODULES` in a worker as the dock opens. The objects alive are kept
-    out of the garbage collections these imports start: with a CT and a Segment result open, one
-    such collection in the job's import of the trainer held the interpreter lock for 0.33 s, the
-    first Train's freeze."""
-    with imports_kept_frozen():
+    """Import :data:`FIRST_RUN_MODULES` in a worker as the dock opens, and draw one small figure
+    (:func:`warm_up_drawing`). The objects alive are kept out of the garbage collections these
+    imports start: with a CT and a Segment result open, one such collection in the job's import of
+    the trainer held the interpreter lock for 0.33 s, the first Train's freeze."""
+    with kept_frozen():
         for module in FIRST_RUN_MODULES:
             importlib.import_module(module)
+        warm_up_drawing()
     _FIRST_RUN_IMPORTED.set()
 
 
@@ -660,7 +666,7 @@ class TrainWidget(QWidget):
             # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
             # the window for a second at the first Train of a session (import_for_first_run has
             # usually imported it by now).
-            with imports_kept_frozen():
+            with kept_frozen():
                 from cascadeseg.training.callbacks import FunctionCallback
                 from cascadeseg.training.trainer import train
 
@@ -678,8 +684,9 @@ class TrainWidget(QWidget):
             if not _TRAINING_LOCK.acquire(blocking=False):
                 raise CascadeSegError("a training is already running; wait for it to finish or cancel it")
             try:
-                result = train(request.config, FunctionCallback(
-                    on_step=on_step, on_epoch=relay.epoch.emit, on_train_start=on_train_start), stop)
+                with kept_frozen():  # no full collections over napari's objects while it trains
+                    result = train(request.config, FunctionCallback(
+                        on_step=on_step, on_epoch=relay.epoch.emit, on_train_start=on_train_start), stop)
                 request.outcome["result"] = result
                 if result.stopped != "cancelled":  # a cancelled run waits for the user's choice
                     # the run's model: the checkpoint its plan keeps (the final weights of a schedule
