@@ -155,10 +155,13 @@ def kept_frozen() -> Iterator[None]:
 
     Imports: thawing the start-up objects at the end of the Train job's import let the trainer's
     next import start a full collection over every object of napari, Qt and torch: 421 ms with the
-    interpreter lock held, the first Train's longest freeze (430-530 ms). A training: a CPU run
-    starts a full collection every few seconds, each a walk over everything napari, Qt and torch
-    keep alive, 100-130 ms with the lock held (the live plot's longest freezes once its drawing
-    had left the GUI thread). What is given up while the block runs is collecting reference cycles
+    interpreter lock held, the first Train's longest freeze (430-530 ms). A training: with a layer
+    open the start-up objects are thawed (above), and a full collection started in the training
+    would walk napari's and the scan's objects too; frozen, it walks what the training made
+    (``benchmarks/gui_freeze.py`` with a 600-slice CT open: no collection over 5 ms during Train).
+    The 97-209 ms collections the Train dock's test measured in a first epoch were over
+    torch._dynamo's objects, which the first optimiser imported; the dock's warm-up imports it now
+    (``FIRST_RUN_MODULES``). What is given up while the block runs is collecting reference cycles
     among the objects frozen at its start: a layer removed during a training is freed when the
     training ends (or at the next batch of layer changes, whose end thaws everything) rather than
     at once."""
