@@ -33,24 +33,25 @@ def holdout_split(data: Path, patients: int, seed: int, out: Path) -> tuple[Path
     rng = np.random.default_rng(seed)
     held = {names[i] for i in rng.permutation(len(names))[:patients]}
     train_dir = out / "train_data"
-    for sub in ("imagesTr", "labelsTr"):
-        (train_dir / sub).mkdir(parents=True, exist_ok=True)
-    held_cases = []
-    for ref in refs:
-        if patient_id(ref.case_id) in held:
-            held_cases.append(ref.case_id)
-            continue
-        for f in ref.image_files:
-            link = train_dir / "imagesTr" / f.name
-            if not link.exists():
-                link.symlink_to(f.resolve())
-        if ref.label_file is None:
-            continue
-        link = train_dir / "labelsTr" / ref.label_file.name
-        if not link.exists():
-            link.symlink_to(ref.label_file.resolve())
+    held_cases = [ref.case_id for ref in refs if patient_id(ref.case_id) in held]
+    link_cases([ref for ref in refs if patient_id(ref.case_id) not in held], train_dir)
     (out / "holdout.json").write_text(json.dumps({"data": str(data), "seed": seed, "cases": sorted(held_cases)}, indent=2))
     return train_dir, sorted(held_cases)
+
+
+def link_cases(refs: list, train_dir: Path) -> None:
+    """An MSD folder (``imagesTr``, ``labelsTr``) of symbolic links to the files of ``refs``
+    (:class:`cascadeseg.io.CaseRef`); links already there are kept."""
+    for sub in ("imagesTr", "labelsTr"):
+        (train_dir / sub).mkdir(parents=True, exist_ok=True)
+    for ref in refs:
+        files = [("imagesTr", f) for f in ref.image_files]
+        if ref.label_file is not None:
+            files.append(("labelsTr", ref.label_file))
+        for sub, f in files:
+            link = train_dir / sub / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
 
 
 def ct_liver_set(out: Path) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import one_thread_env, paired_standard_error, pinned, run_model_checkpoint
+from datasets import link_cases
 from one_click_race import score
 
 
@@ -39,16 +40,6 @@ def fold_cases(train_folder: Path, folds: int, fold: int, seed: int) -> tuple[li
     size = len(order) // folds
     validation = sorted(order[size * fold : size * (fold + 1)])
     return [c for c in cases if c not in validation], validation
-
-
-def link_folder(source: Path, cases: list[str], target: Path) -> None:
-    """A training folder of links to ``source``'s files for ``cases``."""
-    for sub, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
-        (target / sub).mkdir(parents=True, exist_ok=True)
-        for case in cases:
-            link = target / sub / f"{case}{suffix}"
-            if not link.exists():
-                link.symlink_to((source / sub / f"{case}{suffix}").resolve())
 
 
 def main() -> None:
@@ -66,7 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     training, validation = fold_cases(args.train_folder, args.folds, args.fold, args.seed)
     fold = args.out / f"fold{args.fold}"
-    link_folder(args.train_folder, training, fold / "train_data")
+    from cascadeseg.io import load_dataset
+
+    link_cases([ref for ref in load_dataset(args.train_folder) if ref.case_id in training], fold / "train_data")
     json.dump({"seed": args.seed, "folds": args.folds, "fold": args.fold, "val": validation},
               open(fold / "val.json", "w"), indent=1)
     runs = {"planned": [], "variant": list(args.variant)}

@@ -105,7 +105,7 @@ class FigureDrawer:
         re-layout, which the newer one must not lose)."""
         with self._condition:
             if self._pending is not None and self._pending.relayout and not data.relayout:
-                data = _with_relayout(data)
+                data = replace(data, relayout=True)
             self._pending = data
             self._condition.notify()
 
@@ -216,7 +216,7 @@ class FigureDrawer:
         canvas.draw()
         width, height = canvas.get_width_height(physical=True)
         # copy(): the QImage owns its pixels, not matplotlib's buffer (redrawn by the next draw).
-        image = QImage(bytes(canvas.buffer_rgba()), width, height, 4 * width, QImage.Format.Format_RGBA8888).copy()
+        image = QImage(canvas.buffer_rgba(), width, height, 4 * width, QImage.Format.Format_RGBA8888).copy()
         image.setDevicePixelRatio(data.device_pixel_ratio)
         self.draw_count += 1
         return image
@@ -237,10 +237,6 @@ def warm_up_drawing() -> None:
     axes.plot([0, 1], [0, 1], "o-", label="L1")
     axes.legend(fontsize=7)
     canvas.draw()
-
-
-def _with_relayout(data: PlotData) -> PlotData:
-    return replace(data, relayout=True)
 
 
 class PlotCanvas(QWidget):
