@@ -25,6 +25,7 @@ The trainer releases the GPU's cached memory when it returns, however it ends.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +82,17 @@ SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 # optimisers import when the first one is made (about 800 modules with sympy and torch.onnx): made
 # in the training, that import started full garbage collections over its 100,000 new objects,
 # 120-220 ms each with the interpreter lock held, the live plot's longest freezes.
-FIRST_RUN_MODULES = ("cascadeseg.training.trainer", "torch._dynamo", *MATPLOTLIB_MODULES)
+# Also what a run's start imports inside the engine's functions (the lock on the run folder, the
+# memory check, the checkpoint format, torch's serialisation settings, the losses, preprocessing
+# and architectures): 55 modules the dock had not imported, each read again by PySide's import hook,
+# which, with the live plot's first layout, left the GUI thread a 329 ms gap at Train's start with
+# a CT open. The engine packages below are imported whole (every module: a few ms each).
+FIRST_RUN_MODULES = (
+    "cascadeseg.training.trainer", "torch._dynamo", *MATPLOTLIB_MODULES,
+    "cascadeseg.training.cpu_layout", "cascadeseg.resources", "filelock", "safetensors.torch",
+    "torch.utils.serialization", "torch.profiler._cupti_monitor",
+)
+FIRST_RUN_PACKAGES = ("cascadeseg.losses", "cascadeseg.preprocessing", "cascadeseg.models")
 _FIRST_RUN_IMPORTED = threading.Event()
 
 
@@ -92,7 +103,14 @@ def import_for_first_run() -> None:
     the trainer held the interpreter lock for 0.33 s, the first Train's freeze."""
     with kept_frozen():
         for module in FIRST_RUN_MODULES:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a torch without that module: nothing to warm
+                continue
+        for package in FIRST_RUN_PACKAGES:
+            path = importlib.import_module(package).__path__
+            for info in pkgutil.walk_packages(path, prefix=f"{package}."):
+                importlib.import_module(info.name)
         warm_up_drawing()
     _FIRST_RUN_IMPORTED.set()
 

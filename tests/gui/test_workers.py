@@ -276,3 +276,59 @@ print("closed with", len(running), "threads running")
     # The work was still running when napari closed, so the test tried what it says.
     assert int(proc.stdout.split("closed with")[1].split()[0]) >= 1, proc.stdout
     assert "Signal source has been deleted" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_layer_feeder_lets_the_window_timers_run_between_its_steps(qapp) -> None:
+    """A feed of slow steps (200 ms each, an insertion on a loaded machine) freezes the window for
+    one step at a time: Qt's timers run between two steps. (Chained with 0 ms single shots, Qt ran
+    the next step ahead of the expired timers: two or more steps per gap.)"""
+    import time
+
+    from freeze_probe import measure
+
+    from napari_cascade._qt.feeding import LayerFeeder
+
+    def slow_step() -> None:
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+
+    feeder = LayerFeeder(None, [slow_step] * 5)
+    ended: list[bool] = []
+    feeder.done.connect(lambda: ended.append(True))
+    gap = measure(feeder.start, lambda: bool(ended), timeout_s=30)
+    assert ended and not feeder.steps
+    assert gap < 2 * 200 - 50, f"two steps ran without a timer between them ({gap:.0f} ms)"
+
+
+def test_a_training_start_imports_nothing_the_train_dock_did_not_warm(shared_data) -> None:
+    """After the docks' warm-ups (:func:`workers.warm_imports`, the Train dock's
+    :func:`import_for_first_run`), a real training run on two LGG patients imports no module: an
+    import in the run's worker is read by PySide's import hook with the interpreter lock held (55
+    modules: the lock on the run folder, the checkpoint format, losses, preprocessing and the
+    architectures; Train's start froze the window 329 ms with a CT open). A fresh interpreter,
+    because imports are process-wide; the command line's own modules are left out."""
+    import subprocess
+    import sys
+
+    data = shared_data / "lgg-flair"
+    cases = ("TCGA_CS_4941_19960909", "TCGA_CS_4943_20000902")
+    pairs = [str(p) for case in cases for p in (data / "imagesTr" / f"{case}_0000.nii.gz", data / "labelsTr" / f"{case}.nii.gz")]
+    script = f"""
+import sys, tempfile
+import PySide6.QtWidgets
+from napari_cascade._qt import train_widget, workers
+workers.warm_imports()
+train_widget.import_for_first_run()
+from cascadeseg.cli.main import main
+before = set(sys.modules)
+code = main(["train", "--pairs", *{pairs!r}, "--base-width", "4", "--levels", "3", "--inplane-size", "64",
+             "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--val-fraction", "0.5", "--threads", "1",
+             "--run-dir", tempfile.mkdtemp() + "/run", "--no-progress"])
+assert code == 0, code
+new = sorted(m for m in set(sys.modules) - before if not m.startswith("cascadeseg.cli"))
+assert not new, new
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
