@@ -52,6 +52,9 @@ def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], l
     from napari.qt.threading import create_worker
 
     from .notify import error, info
+    from .workers import share_the_interpreter_lock
+
+    share_the_interpreter_lock()  # the read runs Python beside the GUI thread, as the docks' jobs do
 
     names = ", ".join(Path(p).name for p in paths)
 

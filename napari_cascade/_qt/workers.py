@@ -20,6 +20,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -232,11 +233,30 @@ def install_unit_registry() -> None:
         pint.set_application_registry(registry)
 
 
+# The longest a thread running Python keeps the interpreter lock once another thread asks for it
+# (Python's default: 5 ms). The docks' workers run Python (the planner, imports, the live plot's
+# layout) while the GUI thread needs the lock for every slot it runs and again after every OpenGL
+# call of a paint (ctypes lets the lock go around each), so each of those waits could cost it up to
+# the interval. benchmarks/gui_freeze.py, Train's start with a 600-slice CT open, the same hour:
+# longest gap 321-392 ms at 5 ms, 205-235 ms at 1 ms, with as many training steps (349-414 against
+# 332-359 before the Cancel).
+GUI_SWITCH_INTERVAL_S = 0.001
+
+
+def share_the_interpreter_lock() -> None:
+    """Lower the interpreter's switch interval to :data:`GUI_SWITCH_INTERVAL_S` for this napari
+    session (never raise one set lower)."""
+    if sys.getswitchinterval() > GUI_SWITCH_INTERVAL_S:
+        sys.setswitchinterval(GUI_SWITCH_INTERVAL_S)
+
+
 def warm_up_soon() -> None:
     """Start :func:`warm_imports` in a thread now, while a dock is being opened: importing a
     C extension holds the interpreter lock, so done during a later action it would still freeze
     the window for a moment, even from a worker. Nothing waits for it: the docks check
-    :func:`warm_up_finished`."""
+    :func:`warm_up_finished`. The interpreter lock is shared more often from now on
+    (:func:`share_the_interpreter_lock`), as the docks' workers start."""
+    share_the_interpreter_lock()
     if not _warmed and not _WARM_STARTED.is_set():
         _WARM_STARTED.set()
         queue_background_task(warm_imports, name="napari-cascade warm-up")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from cascadeseg.errors import CancelledError, CheckpointError
 from cascadeseg.inference.progress import Progress
 from napari_cascade._qt.workers import format_progress, run_job
@@ -263,6 +265,8 @@ def test_closing_napari_right_after_opening_the_docks_prints_nothing() -> None:
 
     script = """
 import threading
+
+import pytest
 import napari
 viewer = napari.Viewer(show=False)
 for dock in ("Segment", "Compare stages and depths", "Correct mask", "Train"):
@@ -332,3 +336,25 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_opening_a_dock_shares_the_interpreter_lock_more_often(qapp) -> None:
+    """A dock's job panel lowers Python's switch interval to 1 ms for the session, so the GUI
+    thread waits less for the lock behind its workers' Python (Train's start with a CT open:
+    321-392 ms longest gap at 5 ms, 205-235 ms at 1 ms, benchmarks/gui_freeze.py); a lower
+    interval someone set is kept."""
+    import sys
+
+    from napari_cascade._qt.workers import GUI_SWITCH_INTERVAL_S, JobPanel
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        panel = JobPanel()
+        assert sys.getswitchinterval() == pytest.approx(GUI_SWITCH_INTERVAL_S)
+        sys.setswitchinterval(0.0002)
+        panel.close()
+        JobPanel().close()
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+    finally:
+        sys.setswitchinterval(before)
