@@ -303,3 +303,28 @@ def test_input_files_are_never_modified(shared_data: Path, tmp_path: Path) -> No
     load_volume(shared_data / PGBM_DICOM)
 
     assert {p: _fingerprint(p) for p in before} == before
+
+
+def test_dataset_folder_pairs_each_case_with_its_own_label_map_and_names_orphans(shared_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Five real LGG cases linked into an nnU-Net folder: each case gets its own label map, a case
+    whose map is missing gets none, and a map without an image is refused with its name."""
+    from cascadeseg.errors import DatasetError
+    from cascadeseg.io import load_dataset
+
+    source = shared_data / "lgg-flair"
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (source / "labelsTr").glob("*.nii.gz"))[:5]
+    folder = tmp_path / "data"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for case in cases:
+        (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
+    for case in cases[1:]:
+        (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    refs = {ref.case_id: ref for ref in load_dataset(folder)}
+    assert sorted(refs) == cases
+    assert refs[cases[0]].label_file is None
+    assert all(refs[case].label_file == folder / "labelsTr" / f"{case}.nii.gz" for case in cases[1:])
+    (folder / "imagesTr" / f"{cases[2]}_0000.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=f"1 label map\\(s\\) have no image in imagesTr/ \\({cases[2]}\\)"):
+        load_dataset(folder)

@@ -112,19 +112,16 @@ def _group_cases(images_dir: Path) -> dict[str, dict[int, Path]]:
     return cases
 
 
-def _label_cases(labels_dir: Path) -> set[str]:
+def _label_files(labels_dir: Path) -> dict[str, Path]:
+    """case id -> its label map (the first by name when a case has two file types); one listing of
+    the folder (a glob per case read the folder once per case: 6,400 entries for 80 cases)."""
     if not labels_dir.is_dir():
-        return set()
-    return {split_suffix(p)[0] for p in labels_dir.iterdir() if is_image_file(p)}
-
-
-def _label_file(labels_dir: Path, case: str) -> Path | None:
-    if not labels_dir.is_dir():
-        return None
-    for path in sorted(labels_dir.glob(f"{case}.*")):
-        if is_image_file(path) and split_suffix(path)[0] == case:
-            return path
-    return None
+        return {}
+    files: dict[str, Path] = {}
+    for path in sorted(labels_dir.iterdir()):
+        if is_image_file(path):
+            files.setdefault(split_suffix(path)[0], path)
+    return files
 
 
 def load_dataset(folder: PathLike, *, images: str = "imagesTr", labels: str = "labelsTr") -> list[CaseRef]:
@@ -148,6 +145,7 @@ def load_dataset(folder: PathLike, *, images: str = "imagesTr", labels: str = "l
         raise DatasetError(f"{images_dir}: holds no image files; expected <case>_0000.nii.gz files")
 
     json_names = channel_names_from_json(description)
+    label_files = _label_files(root / labels)
     refs: list[CaseRef] = []
     expected_channels: list[int] | None = None
     for case, channels in cases.items():
@@ -170,11 +168,11 @@ def load_dataset(folder: PathLike, *, images: str = "imagesTr", labels: str = "l
             CaseRef(
                 case_id=case,
                 image_files=tuple(channels[i] for i in indices),
-                label_file=_label_file(root / labels, case),
+                label_file=label_files.get(case),
                 channel_names=tuple(names),
             )
         )
-    orphans = sorted(_label_cases(root / labels) - set(cases))
+    orphans = sorted(set(label_files) - set(cases))
     if orphans:
         raise DatasetError(
             f"{root / labels}: {len(orphans)} label map(s) have no image in {images}/ "
