@@ -83,10 +83,10 @@ SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 # in the training, that import started full garbage collections over its 100,000 new objects,
 # 120-220 ms each with the interpreter lock held, the live plot's longest freezes.
 # Also what a run's start imports inside the engine's functions (the lock on the run folder, the
-# memory check, the checkpoint format, torch's serialisation settings, the losses, preprocessing
-# and architectures): 55 modules the dock had not imported, each read again by PySide's import hook,
-# which, with the live plot's first layout, left the GUI thread a 329 ms gap at Train's start with
-# a CT open. The engine packages below are imported whole (every module: a few ms each).
+# checkpoint format, torch's serialisation settings, the losses, preprocessing and architectures):
+# 55 modules the dock had not imported, each read again by PySide's import hook, which, with the
+# live plot's first layout, left the GUI thread a 329 ms gap at Train's start with a CT open. The
+# engine packages are imported whole, so an architecture or loss the plan picks is among them.
 FIRST_RUN_MODULES = (
     "cascadeseg.training.trainer", "torch._dynamo", *MATPLOTLIB_MODULES,
     "cascadeseg.training.cpu_layout", "cascadeseg.resources", "filelock", "safetensors.torch",
@@ -97,7 +97,8 @@ _FIRST_RUN_IMPORTED = threading.Event()
 
 
 def import_for_first_run() -> None:
-    """Import :data:`FIRST_RUN_MODULES` in a worker as the dock opens, and draw one small figure
+    """Import :data:`FIRST_RUN_MODULES` and every module of :data:`FIRST_RUN_PACKAGES` in a
+    worker as the dock opens, and draw one small figure
     (:func:`warm_up_drawing`). The objects alive are kept out of the garbage collections these
     imports start: with a CT and a Segment result open, one such collection in the job's import of
     the trainer held the interpreter lock for 0.33 s, the first Train's freeze."""
