@@ -14,7 +14,6 @@ Prints a Markdown table and writes it with a JSON of the figures under
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKS = ("Segment", "Compare stages and depths", "Correct mask", "Train")
@@ -83,12 +84,9 @@ def main() -> None:
         gaps = " / ".join(f"{g:.0f}" for g in row["longest_gap_ms"])
         lines.append(f"| {row['dock']} | {gaps} | {row['median_ms']:.0f} | {row['wall_s']:.1f} | {row['modules_imported']} |")
     table = "\n".join(lines) + "\n"
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"dock_open{'_' + args.label if args.label else ''}_{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "commit": commit}, indent=2))
-    print(f"written: {stem}.md / .json")
+    # The shared writer: a label with a dot ("si0.001") no longer loses the stamp to with_suffix.
+    md, _ = write_results(args.out, "dock_open" + ("_" + args.label if args.label else ""), table, {"rows": rows, "commit": commit})
+    print(f"written: {md} / .json")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -34,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from _common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "gui"))
@@ -72,12 +73,9 @@ def main() -> None:
         if display is not None:
             display.stop()
     table = render(rows, context)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"gui_freeze{'_' + args.label if args.label else ''}_{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, **context}, indent=2))
-    print(f"written: {stem}.md / .json")
+    # The shared writer: a label with a dot ("si0.001") no longer loses the stamp to with_suffix.
+    md, _ = write_results(args.out, "gui_freeze" + ("_" + args.label if args.label else ""), table, {"rows": rows, **context})
+    print(f"written: {md} / .json")
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
