@@ -24,6 +24,7 @@ The trainer releases the GPU's cached memory when it returns, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import threading
@@ -90,8 +91,9 @@ SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 FIRST_RUN_MODULES = (
     "cascadeseg.training.trainer", "torch._dynamo", *MATPLOTLIB_MODULES,
     "cascadeseg.training.cpu_layout", "cascadeseg.resources", "filelock", "safetensors.torch",
-    "torch.utils.serialization", "torch.profiler._cupti_monitor",
 )
+# torch's private modules a run's start imported (torch 2.13): another torch may not have them.
+FIRST_RUN_TORCH_INTERNALS = ("torch.utils.serialization", "torch.profiler._cupti_monitor")
 FIRST_RUN_PACKAGES = ("cascadeseg.losses", "cascadeseg.preprocessing", "cascadeseg.models")
 _FIRST_RUN_IMPORTED = threading.Event()
 
@@ -104,10 +106,10 @@ def import_for_first_run() -> None:
     the trainer held the interpreter lock for 0.33 s, the first Train's freeze."""
     with kept_frozen():
         for module in FIRST_RUN_MODULES:
-            try:
+            importlib.import_module(module)
+        for module in FIRST_RUN_TORCH_INTERNALS:
+            with contextlib.suppress(ImportError):  # a torch without it: nothing to warm
                 importlib.import_module(module)
-            except ImportError:  # a torch without that module: nothing to warm
-                continue
         for package in FIRST_RUN_PACKAGES:
             path = importlib.import_module(package).__path__
             for info in pkgutil.walk_packages(path, prefix=f"{package}."):
