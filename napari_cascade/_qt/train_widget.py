@@ -119,12 +119,18 @@ def import_for_first_run() -> None:
 
 
 def first_run_imported() -> bool:
-    """Whether :func:`import_for_first_run` has finished (a Train pressed before waits for it)."""
+    """Whether :func:`import_for_first_run` has finished. Train does not wait for it: a run
+    started earlier imports what it needs itself (waiting only on Python's lock for a module the
+    warm-up is importing at that moment), and its start may then freeze the window as before."""
     return _FIRST_RUN_IMPORTED.is_set()
 
 FRESH = "start fresh (or a shipped model, when the planner finds one that fits few patients)"
 AUTO = "auto"
 PLOT_DOCK_NAME = "Training progress"
+# How long the window gets to lay out and paint the plot's dock before the training starts, and
+# the longest a training waits for that (a window that never runs the timer).
+DOCK_SETTLE_MS = 150
+DOCK_SETTLE_TIMEOUT_S = 2.0
 # The decay of the shipped cascade's recipe (docs/default_models.md): a horizon of ~500 steps.
 EMA_DECAY = 0.998
 
@@ -627,9 +633,11 @@ class TrainWidget(QWidget):
         # The plot's dock in a turn of its own: napari's dock insertion and the main window's new
         # layout (0.1-0.4 s of Qt on the GUI thread) on top of building the plot was the first
         # Train's longest freeze.
-        QTimer.singleShot(0, self._show_plot)
+        dock_settled = threading.Event()
+        QTimer.singleShot(0, lambda: self._show_plot(dock_settled))
         self._stop = threading.Event()
-        started = self.job.start(self._job(request, self._stop), self._trained, f"training {request.model_name}")
+        job = self._job(request, self._stop, dock_settled)
+        started = self.job.start(job, self._trained, f"training {request.model_name}")
         if started:
             self.train_button.setEnabled(False)
             self.cancel_button.setEnabled(True)
@@ -647,11 +655,13 @@ class TrainWidget(QWidget):
             self.cancel_button.setEnabled(False)
             self.status.setText("cancelling: the trainer stops after the current step or batch…")
 
-    def _show_plot(self) -> None:
+    def _show_plot(self, settled: threading.Event) -> None:
+        """Dock the plot, then set ``settled`` once the window has had :data:`DOCK_SETTLE_MS` to
+        lay the dock out and paint it: the training waits for that before it starts."""
         window = getattr(self.viewer, "window", None)
-        if window is None or PLOT_DOCK_NAME in window.dock_widgets:
-            return
-        window.add_dock_widget(self.plot, name=PLOT_DOCK_NAME, area="bottom")
+        if window is not None and PLOT_DOCK_NAME not in window.dock_widgets:
+            window.add_dock_widget(self.plot, name=PLOT_DOCK_NAME, area="bottom")
+        QTimer.singleShot(DOCK_SETTLE_MS, settled.set)
 
     def show_plan(self) -> bool:
         """Plan with the current choices in a worker and show the plan (nothing is trained)."""
@@ -680,10 +690,14 @@ class TrainWidget(QWidget):
         for text in warnings:
             show_warning(f"Train: {text}")
 
-    def _job(self, request: TrainRequest, stop: threading.Event) -> Callable[..., Any]:
+    def _job(self, request: TrainRequest, stop: threading.Event, dock_settled: threading.Event) -> Callable[..., Any]:
         relay = self._relay
 
         def job(progress: Callable[[Any], None], _panel_cancel: threading.Event) -> Any:
+            # The plot's dock first: its insertion and layout on the GUI thread make hundreds of
+            # Python calls, each waiting its turn for the interpreter lock while the planner reads
+            # the data (with a CT open, Train's start froze the window for 0.3-0.4 s).
+            dock_settled.wait(DOCK_SETTLE_TIMEOUT_S)
             # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
             # the window for a second at the first Train of a session (import_for_first_run has
             # usually imported it by now).

@@ -11,7 +11,9 @@ thread: the GUI thread never touches it after it is made.
 Draws are requested at most once a second (and at every epoch, reset, resize and finish); a request
 made while a draw is running replaces any older one still waiting, so a slow machine draws less
 often instead of queueing draws. The tight layout is computed when the canvas size changes or a
-run starts, not on every draw (about 100 ms).
+run starts, not on every draw (about 100 ms). The draws of those events wait until the requests
+have stopped for a moment (:data:`SETTLE_QUIET_S`), which is when the GUI thread has finished the
+work that came with them (docking the plot, announcing a model).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 MATPLOTLIB_MODULES = ("matplotlib.backends.backend_agg", "matplotlib.figure")
 
 REDRAW_INTERVAL_S = 1.0
+# A forced draw (a run's start or end, an epoch, a resize) waits until requests have stopped for
+# this long: they come while the GUI thread docks and lays out the plot, or announces the run's
+# model, and a draw then (0.1-0.2 s of Python taking the interpreter lock in 1 ms turns) slowed
+# every Python call of that work (Train's start with a CT open: 298-405 ms of freeze).
+SETTLE_QUIET_S = 0.2
 # The figure's size before the canvas has one (a plot not yet shown), and its resolution.
 DEFAULT_SIZE_PX = (500, 320)
 DPI = 100.0
@@ -65,6 +72,7 @@ class PlotData:
     epoch_losses: tuple[float, ...] = ()
     dice_per_depth: dict[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
     relayout: bool = False
+    settle: bool = False  # drawn once requests have stopped for SETTLE_QUIET_S
 
 
 class _ImageReady(QObject):
@@ -102,10 +110,11 @@ class FigureDrawer:
     # -- GUI thread ---------------------------------------------------------------------------
     def request(self, data: PlotData) -> None:
         """Draw ``data`` when the thread is free; replaces a request still waiting (keeping its
-        re-layout, which the newer one must not lose)."""
+        re-layout and settling, which the newer one must not lose)."""
         with self._condition:
-            if self._pending is not None and self._pending.relayout and not data.relayout:
-                data = replace(data, relayout=True)
+            if self._pending is not None:
+                relayout, settle = data.relayout or self._pending.relayout, data.settle or self._pending.settle
+                data = replace(data, relayout=relayout, settle=settle)
             self._pending = data
             self._condition.notify()
 
@@ -133,8 +142,14 @@ class FigureDrawer:
             with self._condition:
                 while self._pending is None and not self._stopped:
                     self._condition.wait()
+                while self._pending is not None and self._pending.settle and not self._stopped:
+                    waiting = self._pending
+                    self._condition.wait(SETTLE_QUIET_S)
+                    if self._pending is waiting:
+                        break
                 if self._stopped:
                     return
+                assert self._pending is not None
                 data, self._pending, self._busy = self._pending, None, True
             try:
                 image = self._draw(data)
@@ -394,5 +409,6 @@ class TrainingPlot(QWidget):
                 epoch_losses=tuple(self.epoch_losses) if epoch_steps else (),
                 dice_per_depth={depth: tuple(points) for depth, points in self.dice_per_depth.items()},
                 relayout=relayout,
+                settle=force,
             )
         )

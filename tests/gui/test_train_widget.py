@@ -9,6 +9,7 @@ seconds on 2 CPU cores; what is tested is the path from the GUI to the trainer a
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def _tiny(widget: TrainWidget, model: str = "anu_net") -> None:
     widget.threads.setValue(1)  # 2 shared CI cores: two OpenMP threads contend and run ~10x slower
 
 
-def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops) -> None:
+def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_path: Path, lgg_crops,
+                                              monkeypatch) -> None:
     folder = tmp_path / "training_set"
     for case, (image, labels) in lgg_crops.items():
         TrainingSet(folder).add_case(image, labels, case_id=case)
@@ -90,12 +92,25 @@ def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_pa
     from napari_cascade._qt.training_plot import TrainingPlot
 
     bounds = {"start": napari_dock_ms(viewer, TrainingPlot)}
+    # The training starts once the plot's dock is in the window and laid out, not beside it (a
+    # longer settling time than the dock's, so that the order cannot come about by chance).
+    from cascadeseg.training import trainer
+
+    settle_s = 1.5
+    monkeypatch.setattr(train_widget, "DOCK_SETTLE_MS", int(1000 * settle_s))
+    times: dict[str, float] = {}
+    real_train, real_show_plot = trainer.train, widget._show_plot
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: (times.setdefault("train", time.monotonic()),
+                                                           real_train(*a, **k))[1])
+    monkeypatch.setattr(widget, "_show_plot", lambda settled: (real_show_plot(settled),
+                                                               times.setdefault("docked", time.monotonic())))
     gaps = {"start": measure(widget.start, lambda: len(widget.plot.step_numbers) > 0, timeout_s=120)}
     assert not widget.start()  # two trainings at once: refused with a message
     assert any("already running" in m for m in notification_messages())
     gaps["plot"] = measure(lambda: None, lambda: len(widget.plot.epoch_numbers) >= 2, timeout_s=120)
     steps_seen = widget.plot.step_numbers[-1]
     gaps["cancel"] = measure(widget.cancel, lambda: not widget.busy, timeout_s=60)
+    assert times["train"] - times["docked"] >= 0.9 * settle_s, times
     print("Train dock, longest GUI gaps (ms):", {k: round(v) for k, v in gaps.items()}, "bounds:", bounds)
     slow = {k: round(v) for k, v in gaps.items() if v > bounds.get(k, FREEZE_BOUND_MS)}
     assert not slow, (slow, bounds)
@@ -427,9 +442,18 @@ def test_live_plot_draws_off_the_gui_thread_and_lays_out_once_a_run(qtbot, monke
     qtbot.waitUntil(lambda: plot.canvas.image is not None and plot.canvas.image.width() == round(
         plot.canvas.width() * plot.canvas.devicePixelRatioF()), timeout=10_000)
     assert abs(plot.canvas.image.height() - plot.canvas.height() * plot.canvas.devicePixelRatioF()) <= 1
+    # Resizes in a burst (a dock being laid out) are drawn once, at the last size, after they stop.
+    monkeypatch.setattr(training_plot, "SETTLE_QUIET_S", 0.5)
+    draws = plot.draw_count
+    for width in (700, 760, 820, 880):
+        plot.resize(width, 300)
+        qtbot.wait(50)
+    assert plot.wait_drawn() and plot.draw_count == draws + 1 and layouts == [1, 1]
+    qtbot.waitUntil(lambda: plot.canvas.image.width() == round(plot.canvas.width() * plot.canvas.devicePixelRatioF()),
+                    timeout=10_000)
     plot.reset("second run")  # a new run starts from empty axes
     assert plot.wait_drawn()
-    assert not drawer._depth_lines and len(drawer._step_line.get_xdata()) == 0 and layouts == [1, 1]
+    assert not drawer._depth_lines and len(drawer._step_line.get_xdata()) == 0 and layouts == [1, 1, 1]
     plot.close()  # the drawing thread ends with the plot
     drawer._thread.join(timeout=10)
     assert not drawer._thread.is_alive()
