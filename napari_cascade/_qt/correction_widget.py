@@ -84,7 +84,7 @@ from .._state import (
     result_info,
     state_for,
 )
-from .feeding import VoxelWriter
+from .feeding import LayerFeeder, VoxelWriter
 from .layout import Section, hbox, scrollable
 from .notify import error, info, warn
 from .workers import JobPanel
@@ -162,6 +162,7 @@ class CorrectionWidget(QWidget):
         self._autosave_worker: Any = None
         self._dirty = False
         self._writer: VoxelWriter | None = None
+        self._feeder: LayerFeeder | None = None  # an accepted prediction's new layer, being added
         self._offered: set[str] = set()
         self._picked: dict[str, str] = {}  # combo -> layer name the user chose
         self.pending_recovery: tuple[str, Image | Labels] | None = None
@@ -425,7 +426,7 @@ class CorrectionWidget(QWidget):
     @property
     def busy(self) -> bool:
         """A tool, a save or an add to the training set is running or still writing voxels."""
-        return self.job.busy or self._writer is not None
+        return self.job.busy or self._writer is not None or self._feeder is not None
 
     def wait(self, timeout_s: float = 600.0) -> Any:
         """Process events until the running tool has finished; returns what it gave back."""
@@ -600,26 +601,47 @@ class CorrectionWidget(QWidget):
             copy = np.array(predicted, copy=True)
             return LabelEdit.between(np.zeros_like(copy), copy, name), copy
 
-        def place(outcome: tuple[LabelEdit, np.ndarray | None]) -> None:
-            edit, copy = outcome
-            if copy is None:  # the empty chosen mask receives the copy
-                layer = target
-                self._write_edit(layer, edit)
-            else:
-                data, kwargs, _ = labels_layer(copy, reference_volume(prediction), EDITED_PREFIX + prediction.name)
-                if "class" in prediction.features:  # the classes keep their names (status bar, training set)
-                    kwargs["features"] = prediction.features.copy()
-                kwargs["metadata"][GEOMETRY_KEY][RESULT_KEY] = {
-                    "kind": WORKING_MASK, "prediction": prediction.name, "created": time.time(),
-                }
-                layer = self.viewer.add_labels(data, **kwargs)
-                self.select_mask(layer)
-                self.history(layer).push(edit)  # undo empties the new mask, as undo of an accept should
-                self._update_undo_buttons()
-                self.status.setText(f"{name}: '{layer.name}' is the working mask")
+        def show(layer: Labels) -> None:
             layer.selected_label = max(1, int(self.label_spin.value()))
             self.viewer.layers.selection.active = layer
             self.last_value = layer
+
+        def place(outcome: tuple[LabelEdit, np.ndarray | None]) -> None:
+            edit, copy = outcome
+            if copy is None:  # the empty chosen mask receives the copy
+                self._write_edit(target, edit)
+                show(target)
+                return
+            data, kwargs, _ = labels_layer(copy, reference_volume(prediction), EDITED_PREFIX + prediction.name)
+            if "class" in prediction.features:  # the classes keep their names (status bar, training set)
+                kwargs["features"] = prediction.features.copy()
+            kwargs["metadata"][GEOMETRY_KEY][RESULT_KEY] = {
+                "kind": WORKING_MASK, "prediction": prediction.name, "created": time.time(),
+            }
+
+            def added() -> None:
+                self._feeder = None
+                layer = feeder.results[0]
+                self.select_mask(layer)
+                self.history(layer).push(edit)  # undo empties the new mask, as undo of an accept should
+                self.status.setText(f"{name}: '{layer.name}' is the working mask")
+                show(layer)
+                self._set_tools_enabled()
+
+            def failed(exc: Exception) -> None:
+                self._feeder = None
+                self._set_tools_enabled()
+                error(f"{name}: the working mask could not be added: {exc}")
+
+            # The new layer in a turn of its own, napari's scene update in the next, and the dock's
+            # own updates after them (all in one turn: 284-504 ms of freeze with a CT open, against
+            # 233-380 ms for napari's insertion alone).
+            feeder = LayerFeeder(self.viewer, [lambda: self.viewer.add_labels(data, **kwargs)], batch=True, owner=self)
+            feeder.done.connect(added)
+            feeder.failed.connect(failed)
+            self._feeder = feeder
+            self._set_tools_enabled(False)
+            feeder.start()
 
         return self._start(name, job, place, wait)
 

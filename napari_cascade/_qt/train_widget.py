@@ -696,7 +696,7 @@ class TrainWidget(QWidget):
         def job(progress: Callable[[Any], None], _panel_cancel: threading.Event) -> Any:
             # The plot's dock first: its insertion and layout on the GUI thread make hundreds of
             # Python calls, each waiting its turn for the interpreter lock while the planner reads
-            # the data (with a CT open, Train's start froze the window for 0.3-0.4 s).
+            # the data (with a CT open, Train's start froze the window for 0.30-0.36 s).
             dock_settled.wait(DOCK_SETTLE_TIMEOUT_S)
             # Imported here, in the worker: the trainer brings torch, which on the GUI thread froze
             # the window for a second at the first Train of a session (import_for_first_run has

@@ -42,7 +42,7 @@ REDRAW_INTERVAL_S = 1.0
 # A forced draw (a run's start or end, an epoch, a resize) waits until requests have stopped for
 # this long: they come while the GUI thread docks and lays out the plot, or announces the run's
 # model, and a draw then (0.1-0.2 s of Python taking the interpreter lock in 1 ms turns) slowed
-# every Python call of that work (Train's start with a CT open: 298-405 ms of freeze).
+# every Python call of that work (Train's start with a CT open: 298-358 ms of freeze).
 SETTLE_QUIET_S = 0.2
 # The figure's size before the canvas has one (a plot not yet shown), and its resolution.
 DEFAULT_SIZE_PX = (500, 320)
