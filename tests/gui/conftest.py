@@ -7,6 +7,7 @@ segmentation is *good* is tested with the shipped default model (see test_segmen
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def _isolated_models_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("CASCADESEG_HOME", None)
     else:
         os.environ["CASCADESEG_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_gui_thread():
+    """A full garbage collection on the GUI thread after each test, once its viewer is closed.
+
+    napari's ``make_napari_viewer`` runs a full one only every 50 tests, so a closed viewer's Qt
+    wrappers in reference cycles lived on until some thread's allocation started a full
+    collection. Started in a worker (a dock's background task building a model), it destroyed
+    them there: ``~QObject`` took Qt's connection lock and waited for the interpreter lock, which
+    the GUI thread held while it waited for that Qt lock in ``connect`` (a CI run hung in
+    ``test_checkpoint_that_fails_to_load``; gdb showed the two threads)."""
+    yield
+    gc.collect()
 
 
 SAMPLE_CROP = (slice(22, 30), slice(64, 192), slice(64, 192))
