@@ -98,6 +98,7 @@ def test_train_on_training_set_plot_and_cancel(make_napari_viewer, qtbot, tmp_pa
 
     settle_s = 1.5
     monkeypatch.setattr(train_widget, "DOCK_SETTLE_MS", int(1000 * settle_s))
+    monkeypatch.setattr(train_widget, "DOCK_SETTLE_TIMEOUT_S", 30.0)  # a slow dock insertion must not end the wait
     times: dict[str, float] = {}
     real_train, real_show_plot = trainer.train, widget._show_plot
     monkeypatch.setattr(trainer, "train", lambda *a, **k: (times.setdefault("train", time.monotonic()),
