@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     import napari
     import numpy as np
     import torch
-    from freeze_probe import last_collections_ms, measure, process_events_for
+    from freeze_probe import last_collections_ms, last_collections_off_gui, measure, process_events_for
     from large_ct import large_ct
     from napari.layers import Labels
 
@@ -101,8 +101,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
         # The longest garbage collection meanwhile, in any thread: it holds the interpreter lock,
         # so one longer than the bound explains a freeze that no GUI-thread code does.
         gc_longest, _ = last_collections_ms()
+        # Collections on other threads: one that frees a Qt object there can deadlock the window.
+        off_gui, off_gui_full = last_collections_off_gui()
         rows.append({"action": action, "longest_gap_ms": round(gap, 1),
-                     "wall_s": round(time.perf_counter() - start, 2), "gc_longest_ms": round(gc_longest, 1)})
+                     "wall_s": round(time.perf_counter() - start, 2), "gc_longest_ms": round(gc_longest, 1),
+                     "gc_off_gui": off_gui, "gc_off_gui_full": off_gui_full})
         print(f"{action}: longest gap {gap:.0f} ms ({rows[-1]['wall_s']:.1f} s)", flush=True)
 
     viewer = napari.Viewer(show=True)
@@ -281,14 +284,16 @@ def render(rows: list[dict[str, Any]], context: dict[str, Any]) -> str:
         f"{context['machine']}, torch threads {context['torch_threads']}, load average at the end "
         f"{context['load_average_end']}, {context['date']}.",
         "",
-        "| action | longest gap (ms) | wall (s) | longest garbage collection (ms) |",
-        "| --- | ---: | ---: | ---: |",
+        "| action | longest gap (ms) | wall (s) | longest garbage collection (ms) "
+        "| collections off the GUI thread (all / full) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         gap = "—" if row["longest_gap_ms"] is None else f"{row['longest_gap_ms']:.0f}"
         wall = "—" if row["wall_s"] is None else f"{row['wall_s']:.1f}"
         collection = "—" if row.get("gc_longest_ms") is None else f"{row['gc_longest_ms']:.0f}"
-        lines.append(f"| {row['action']} | {gap} | {wall} | {collection} |")
+        off_gui = "—" if row.get("gc_off_gui") is None else f"{row['gc_off_gui']} / {row['gc_off_gui_full']}"
+        lines.append(f"| {row['action']} | {gap} | {wall} | {collection} | {off_gui} |")
     return "\n".join(lines) + "\n"
 
 

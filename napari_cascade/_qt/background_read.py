@@ -65,6 +65,9 @@ def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], l
         return read(items)
 
     worker = create_worker(read_and_warm, list(paths), _start_thread=False)
+    from .collection import hold_until_finished
+
+    hold_until_finished(worker)  # garbage is collected on the GUI thread while the read runs
     state: dict[str, Any] = {"worker": worker, "viewer": viewer, "layers": None}
 
     def returned(layers: list[Any]) -> None:

@@ -84,6 +84,7 @@ from .._state import (
     result_info,
     state_for,
 )
+from . import collection
 from .feeding import LayerFeeder, VoxelWriter
 from .layout import Section, hbox, scrollable
 from .notify import error, info, warn
@@ -705,6 +706,7 @@ class CorrectionWidget(QWidget):
             worker.returned.connect(done)
         worker.finished.connect(self._autosave_finished)
         self._autosave_worker = worker
+        collection.hold_until_finished(worker)  # garbage is collected on the GUI thread meanwhile
         worker.start()
 
     def autosave_now(self, background: bool = False) -> Path | None:

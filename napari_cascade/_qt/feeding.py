@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from .collection import collections_happen
+
 LOG = logging.getLogger(__name__)
 
 # GUI-thread time one turn of the event loop may spend adding layers; with the 50 ms freeze
@@ -141,7 +143,7 @@ class LayerFeeder(QObject):
 def collection_paused() -> Iterator[None]:
     """Leave the objects alive now out of the garbage collections napari runs inside the block
     (module docstring); a no-op on Windows."""
-    if sys.platform == "win32" or gc.isenabled() is False:
+    if sys.platform == "win32" or not collections_happen():
         yield
         return
     gc.freeze()
@@ -171,7 +173,7 @@ def kept_frozen() -> Iterator[None]:
     among the objects frozen at its start: a layer removed during a training is freed when the
     training ends (or at the next batch of layer changes, whose end thaws everything) rather than
     at once."""
-    if sys.platform == "win32" or gc.isenabled() is False:
+    if sys.platform == "win32" or not collections_happen():
         yield
         return
     keep = gc.get_freeze_count() > 0

@@ -28,6 +28,8 @@ from qtpy.QtCore import QObject, QRect, Signal
 from qtpy.QtGui import QImage, QPainter
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from . import collection
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -104,6 +106,9 @@ class FigureDrawer:
         self._busy = False
         self._stopped = False
         self._condition = threading.Condition()
+        # From a request until the thread has drawn what was asked, its garbage is collected on
+        # the GUI thread (collection.py); idle, it runs no Python.
+        self._holding = False
         self._thread = threading.Thread(target=self._loop, name="napari-cascade training plot", daemon=True)
         self._thread.start()
 
@@ -116,6 +121,9 @@ class FigureDrawer:
                 relayout, settle = data.relayout or self._pending.relayout, data.settle or self._pending.settle
                 data = replace(data, relayout=relayout, settle=settle)
             self._pending = data
+            if not self._holding and not self._stopped:
+                collection.hold()
+                self._holding = True
             self._condition.notify()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
@@ -148,6 +156,7 @@ class FigureDrawer:
                     if self._pending is waiting:
                         break
                 if self._stopped:
+                    self._release_hold()
                     return
                 assert self._pending is not None
                 data, self._pending, self._busy = self._pending, None, True
@@ -162,6 +171,16 @@ class FigureDrawer:
                 self._condition.notify_all()
             if image is not None and not stopped:
                 self.ready.image.emit(image)
+            with self._condition:
+                if self._pending is None:
+                    self._release_hold()
+
+    def _release_hold(self) -> None:
+        """(With the condition held.) The drawing asked for is done: automatic collection may
+        come back (collection.py)."""
+        if self._holding:
+            self._holding = False
+            collection.release()
 
     def _make_figure(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg

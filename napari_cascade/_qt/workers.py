@@ -33,6 +33,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidg
 
 from cascadeseg.errors import CancelledError, CascadeSegError
 
+from . import collection
 from .layout import hbox
 from .notify import error, info
 
@@ -324,7 +325,10 @@ def queue_background_task(function: Callable[..., Any], *args: Any, on_result: C
     with _TASKS_LOCK:
         _TASKS.append(task)
         if _runner is None:
-            _runner = threading.Thread(target=_run_tasks, name="napari-cascade background", daemon=False)
+            # Collections wait for the GUI thread while the runner works (collection.py).
+            collection.hold()
+            _runner = threading.Thread(target=collection.releasing(_run_tasks), name="napari-cascade background",
+                                       daemon=False)
             _runner.start()
 
 
@@ -425,6 +429,7 @@ class JobPanel(QWidget):
         )
         worker.returned.connect(self._done)
         self._worker = worker
+        collection.hold_until_finished(worker)  # collections run on the GUI thread meanwhile
         worker.start()
         return True
 

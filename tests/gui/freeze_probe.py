@@ -13,6 +13,7 @@ Used by the GUI tests (``with FreezeProbe() as probe: ...``; ``probe.longest_ms`
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,10 @@ class FreezeProbe:
 
     It also times Python's garbage collections meanwhile (``gc_longest_ms``, ``gc_total_ms``): a
     full collection walks every live object, so after hundreds of tests one can take longer than
-    the action itself; a failing bound prints them, to tell the two apart.
+    the action itself; a failing bound prints them, to tell the two apart. And it counts the
+    collections that ran on another thread than the GUI thread (``gc_off_gui``, full ones
+    ``gc_off_gui_full``): one that frees a Qt object there can deadlock the window
+    (:mod:`napari_cascade._qt.collection`).
     """
 
     def __init__(self, tick_ms: int = TICK_MS) -> None:
@@ -46,10 +50,15 @@ class FreezeProbe:
         self.gc_longest_ms = 0.0
         self.gc_total_ms = 0.0
         self._gc_started = 0.0
+        self.gc_off_gui = self.gc_off_gui_full = 0
+        self._gui_thread = threading.get_ident()
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
+            if threading.get_ident() != self._gui_thread:
+                self.gc_off_gui += 1
+                self.gc_off_gui_full += int(info.get("generation") == 2)
         elif self._gc_started:
             took = 1000.0 * (time.perf_counter() - self._gc_started)
             self.gc_longest_ms = max(self.gc_longest_ms, took)
@@ -64,6 +73,8 @@ class FreezeProbe:
     def start(self) -> FreezeProbe:
         self.longest_ms, self.ticks = 0.0, 0
         self.gc_longest_ms = self.gc_total_ms = self._gc_started = 0.0
+        self.gc_off_gui = self.gc_off_gui_full = 0
+        self._gui_thread = threading.get_ident()
         gc.callbacks.append(self._on_collection)
         self._last = time.perf_counter()
         self.timer.start()
@@ -140,6 +151,13 @@ def last_collections_ms() -> tuple[float, float]:
     :func:`measure`."""
     probe = _LAST[0]
     return (probe.gc_longest_ms, probe.gc_total_ms) if probe is not None else (0.0, 0.0)
+
+
+def last_collections_off_gui() -> tuple[int, int]:
+    """How many garbage collections (all, full) ran on other threads than the GUI thread during
+    the last :func:`measure`."""
+    probe = _LAST[0]
+    return (probe.gc_off_gui, probe.gc_off_gui_full) if probe is not None else (0, 0)
 
 
 def napari_insertion_ms(viewer: Any, kind: str = "labels") -> float:

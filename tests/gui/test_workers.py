@@ -358,3 +358,51 @@ def test_opening_a_dock_shares_the_interpreter_lock_more_often(qapp) -> None:
         assert sys.getswitchinterval() == pytest.approx(0.0002)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_garbage_a_job_leaves_is_collected_on_the_gui_thread(qtbot, sample_crop, tiny_models) -> None:
+    """A collection that destroys a Qt object in a worker thread can deadlock the window
+    (``~QObject`` holds Qt's connection lock and waits for the interpreter lock, which the GUI
+    thread holds while it waits for that lock in ``connect``; a CI run hung so). While a dock's
+    job runs, collections happen on the GUI thread only: a Qt object left in a reference cycle by a
+    job that segments a real scan dies there, and automatic collection is back after the job."""
+    import gc
+    import time
+    import weakref
+
+    from qtpy.QtCore import QObject
+
+    from cascadeseg.inference import Predictor, load_checkpoint
+    from napari_cascade._qt import collection
+    from napari_cascade._qt.workers import JobPanel
+
+    gui_thread = threading.get_ident()
+    died_on: list[int] = []
+    seen: dict[str, object] = {}
+
+    def job(progress, cancel):
+        model, card = load_checkpoint(tiny_models["anu"])
+        mask = Predictor(model, card, device="cpu").predict(sample_crop[0], mode="2d").labels.array
+        seen["automatic_during_job"] = gc.isenabled()
+        orphan = QObject()
+        orphan.itself = orphan  # a reference cycle only the cyclic collector can free
+        weakref.finalize(orphan, lambda: died_on.append(threading.get_ident()))
+        del orphan
+        # More new objects than CPython's youngest generation holds: a collection is now due.
+        seen["kept"] = [[] for _ in range(3 * gc.get_threshold()[0])]
+        deadline = time.monotonic() + 10.0
+        while not died_on and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return int(mask.sum())
+
+    panel = JobPanel()
+    qtbot.addWidget(panel)
+    results: list[int] = []
+    assert panel.start(job, results.append, "segment")
+    qtbot.waitUntil(lambda: panel.last_outcome is not None, timeout=120_000)
+    assert panel.last_outcome.ok, panel.last_outcome
+    assert results and seen["automatic_during_job"] is False
+    assert died_on == [gui_thread], (died_on, gui_thread)
+    # Holds pair with releases: with the job and the docks' background work over, CPython
+    # collects automatically again.
+    qtbot.waitUntil(lambda: gc.isenabled() and not collection.held(), timeout=60_000)

@@ -1,0 +1,169 @@
+"""Python's garbage collections run on the GUI thread while the plugin's own threads run Python.
+
+CPython starts a collection in whichever thread happens to allocate when a generation is due. A
+collection that frees a Qt object's Python wrapper caught in a reference cycle (a closed dock's
+widgets, a removed layer's controls) destroys the object in that thread: ``~QObject`` takes Qt's
+lock on the signal connections and then needs the interpreter lock for the wrapper, while the GUI
+thread, holding the interpreter lock, waits for that same Qt lock in a ``connect``. The window
+then hangs for good. A CI run of the GUI tests hung exactly so (gdb showed the two threads, a
+worker in a collection and the GUI thread in ``QObject::connect``); a viewer hangs the same way
+when a collection starts in a dock's worker after a dock or layer was closed.
+
+pyqtgraph meets the same hazard by switching automatic collection off for the whole process and
+collecting from a timer on the GUI thread. Here it is scoped: while a thread of the plugin runs
+Python beside the GUI (a dock's job, the reader, the background imports, the training plot while
+it draws), automatic collection is off (:func:`hold` / :func:`release`, counted; each hold ends
+with its thread's work), and a timer on the GUI thread collects as CPython would have
+(:func:`collect_due`: the same thresholds, and the same rule that a full collection waits until
+the objects promoted since the last one exceed a quarter of the long-lived ones). When the last
+hold is released, automatic collection is back, so nothing changes for a script that never starts
+a job, nor for a test session's engine tests after its GUI tests. If the event loop is not running
+while a hold lasts (a script that blocks the GUI thread on a job), cycles wait for the loop or the
+release rather than being collected in another thread.
+
+Not covered: napari's own threads outside the plugin's jobs. Its status thread, which follows the
+cursor, ran three young-generation collections while a CT was being opened
+(``benchmarks/gui_freeze.py`` with a stack per collection). Holding for as long as a dock is open
+would cover it, but a dock's end is Qt's deferred delete: in the GUI tests closed viewers' docks
+kept their holds for several tests, so automatic collection would have stayed off for the engine
+tests after them.
+
+What this costs: a collection that was due runs up to :data:`TICK_MS` later, on the GUI thread.
+It freezes the window no longer than before: a collection holds the interpreter lock in any
+thread, so the GUI thread waited for it either way (``benchmarks/gui_freeze.py`` counts the
+collections off the GUI thread per action).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QCoreApplication, QThread, QTimer
+
+# How often the GUI thread looks whether a collection is due while automatic ones are off.
+# CPython's youngest generation is due every 700 net allocations, many times in 100 ms of busy
+# work; one collection per tick collects the same objects, later and in fewer walks.
+TICK_MS = 100
+
+_lock = threading.Lock()
+_holders = 0
+_switched_off = False  # automatic collection was switched off here (never when the user had)
+_timer: QTimer | None = None
+# Objects in the oldest generation after this module's last full collection (CPython's
+# long_lived_total, which Python does not expose): the base of the quarter rule.
+_long_lived = 0
+
+
+def on_gui_thread() -> bool:
+    """Whether the caller runs on the thread of the Qt application (False without one)."""
+    app = QCoreApplication.instance()
+    return app is not None and QThread.currentThread() is app.thread()
+
+
+def hold() -> None:
+    """Before starting a thread that runs Python beside the GUI: automatic collection stays off,
+    and the GUI thread collects, until each :func:`hold` has had its :func:`release`. Call it on
+    the GUI thread; elsewhere (no Qt application, a test without one) it does nothing but count,
+    so that its :func:`release` pairs."""
+    global _holders, _switched_off
+    gui = on_gui_thread()
+    if gui:
+        _start_timer()
+    with _lock:
+        _holders += 1
+        if gui and not _switched_off and gc.isenabled():
+            gc.disable()
+            _switched_off = True
+
+
+def release() -> None:
+    """One :func:`hold` is over (any thread). The last one switches automatic collection back on."""
+    global _holders, _switched_off
+    with _lock:
+        _holders = max(0, _holders - 1)
+        if _holders == 0 and _switched_off:
+            _switched_off = False
+            gc.enable()
+
+
+def held() -> bool:
+    """Whether automatic collection is off because a thread of the plugin runs."""
+    return _switched_off
+
+
+def collections_happen() -> bool:
+    """Whether garbage is being collected at all, automatically or from the GUI thread's timer
+    (:func:`gc.isenabled` alone says False while a thread holds collection on the GUI thread)."""
+    return gc.isenabled() or _switched_off
+
+
+def releasing(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` that releases one hold when it returns or raises: :func:`hold` on the GUI
+    thread, then run this in the thread."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            release()
+
+    return run
+
+
+def hold_until_finished(worker: Any) -> None:
+    """:func:`hold` for a napari worker about to start; released by its ``finished`` signal, which
+    the worker emits as the last thing its thread does (after a result or an error)."""
+    hold()
+    released = threading.Event()
+
+    def once(*_: Any) -> None:
+        if not released.is_set():
+            released.set()
+            release()
+
+    worker.finished.connect(once)
+
+
+def collect_due() -> int | None:
+    """Run the collection CPython would have started by now (GUI thread, while automatic ones are
+    off); return the generation collected, or None when none was due."""
+    global _long_lived
+    threshold = gc.get_threshold()
+    count = gc.get_count()
+    if threshold[0] == 0 or count[0] <= threshold[0]:
+        return None
+    for generation in (2, 1, 0):
+        if count[generation] <= threshold[generation]:
+            continue
+        if generation == 2:
+            # Counting the oldest generation walks its list (a few ms for 400,000 objects), so
+            # only when a full collection is otherwise due: at most every hundred ticks.
+            if len(gc.get_objects(generation=2)) - _long_lived < _long_lived // 4:
+                continue
+            gc.collect(2)
+            _long_lived = len(gc.get_objects(generation=2))
+            return 2
+        gc.collect(generation)
+        return generation
+    return None
+
+
+def _tick() -> None:
+    if _switched_off:
+        collect_due()
+    elif _timer is not None:
+        _timer.stop()  # nothing held: no wake-ups until the next hold starts it again
+
+
+def _start_timer() -> None:
+    global _timer, _long_lived
+    if _timer is None:
+        _long_lived = len(gc.get_objects(generation=2))
+        _timer = QTimer()
+        _timer.setInterval(TICK_MS)
+        _timer.timeout.connect(_tick)
+    if not _timer.isActive():
+        _timer.start()
