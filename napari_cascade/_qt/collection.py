@@ -52,9 +52,13 @@ _lock = threading.Lock()
 _holders = 0
 _switched_off = False  # automatic collection was switched off here (never when the user had)
 _timer: QTimer | None = None
-# Objects in the oldest generation after this module's last full collection (CPython's
-# long_lived_total, which Python does not expose): the base of the quarter rule.
+# Objects in the oldest generation after the last full collection (CPython's long_lived_total,
+# which Python does not expose): the base of the quarter rule. Counted after every full
+# collection, ours or another's (napari calls gc.collect()), and again when objects were frozen
+# or thawed since: CPython does not count thawed objects as promoted, and counting them would
+# start a full collection over everything right after each gc.unfreeze.
 _long_lived = 0
+_frozen_seen = -1
 
 
 def on_gui_thread() -> bool:
@@ -130,7 +134,7 @@ def hold_until_finished(worker: Any) -> None:
 def collect_due() -> int | None:
     """Run the collection CPython would have started by now (GUI thread, while automatic ones are
     off); return the generation collected, or None when none was due."""
-    global _long_lived
+    global _long_lived, _frozen_seen
     threshold = gc.get_threshold()
     count = gc.get_count()
     if threshold[0] == 0 or count[0] <= threshold[0]:
@@ -141,10 +145,12 @@ def collect_due() -> int | None:
         if generation == 2:
             # Counting the oldest generation walks its list (a few ms for 400,000 objects), so
             # only when a full collection is otherwise due: at most every hundred ticks.
-            if len(gc.get_objects(generation=2)) - _long_lived < _long_lived // 4:
+            oldest = len(gc.get_objects(generation=2))
+            if gc.get_freeze_count() != _frozen_seen:
+                _long_lived, _frozen_seen = oldest, gc.get_freeze_count()
+            if oldest - _long_lived < _long_lived // 4:
                 continue
-            gc.collect(2)
-            _long_lived = len(gc.get_objects(generation=2))
+            gc.collect(2)  # _count_long_lived runs at its end
             return 2
         gc.collect(generation)
         return generation
@@ -158,10 +164,19 @@ def _tick() -> None:
         _timer.stop()  # nothing held: no wake-ups until the next hold starts it again
 
 
+def _count_long_lived(phase: str = "stop", info: dict[str, Any] | None = None) -> None:
+    """After a full collection (a gc callback, any thread; a few ms on top of one that walked
+    every object): the survivors are the new base of the quarter rule."""
+    global _long_lived, _frozen_seen
+    if phase == "stop" and (info is None or info.get("generation") == 2):
+        _long_lived, _frozen_seen = len(gc.get_objects(generation=2)), gc.get_freeze_count()
+
+
 def _start_timer() -> None:
-    global _timer, _long_lived
+    global _timer
     if _timer is None:
-        _long_lived = len(gc.get_objects(generation=2))
+        _count_long_lived()
+        gc.callbacks.append(_count_long_lived)
         _timer = QTimer()
         _timer.setInterval(TICK_MS)
         _timer.timeout.connect(_tick)

@@ -406,3 +406,63 @@ def test_garbage_a_job_leaves_is_collected_on_the_gui_thread(qtbot, sample_crop,
     # Holds pair with releases: with the job and the docks' background work over, CPython
     # collects automatically again.
     qtbot.waitUntil(lambda: gc.isenabled() and not collection.held(), timeout=60_000)
+
+
+def test_collections_on_the_gui_thread_follow_cpythons_rules() -> None:
+    """While a hold lasts, the GUI thread's timer collects what CPython would have: the youngest
+    generation when more than its threshold of new objects exist, and a full collection only when
+    the objects promoted to the oldest generation since the last full one exceed a quarter of the
+    long-lived ones (hand-counted below with 40,000 long-lived objects), objects thawed by
+    ``gc.unfreeze`` not counted as promoted. A fresh interpreter:
+    collection switches are process-wide."""
+    import subprocess
+    import sys
+
+    script = """
+import gc
+from qtpy.QtCore import QCoreApplication
+from napari_cascade._qt import collection
+app = QCoreApplication([])
+gc.collect()
+gc.freeze()  # what the interpreter built at start-up is out of the count, as after the warm-up
+long_lived = [[] for _ in range(40_000)]
+gc.collect()  # the 40,000 lists now make the oldest generation
+collection.hold()
+assert not gc.isenabled() and collection.held() and collection.collections_happen()
+assert collection.collect_due() is None  # nothing new yet
+gc.set_threshold(100, 1, 1)
+kept = [[[] for _ in range(150)]]
+assert collection.collect_due() == 0  # 150 > 100 new objects: the youngest generation
+full = []
+gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and full.append(1))
+def promote(n):
+    kept.append([[] for _ in range(n)])
+    gc.collect(1)  # into the oldest generation
+def due_checks(times):
+    for _ in range(times):
+        batch = [[] for _ in range(400)]  # a collection is due again (and the oldest generation's count)
+        generation = collection.collect_due()
+        del batch
+        if generation == 2:
+            return
+promote(6_000)  # under a quarter of 40,000: no full collection, however often one is due
+due_checks(20)
+assert not full, full
+promote(6_000)  # 12,000 > 10,000: the next time the oldest generation is due, it is collected
+due_checks(20)
+assert full == [1], full
+# Freezing moves the long-lived objects out of the count: the few left make the new base, and a
+# full collection over them (cheap) is due at once. Thawing brings 50,000 objects back into the
+# oldest generation; CPython does not count them as promoted, nor is a full collection started.
+gc.freeze()
+due_checks(20)
+assert full == [1, 1], full
+gc.unfreeze()
+due_checks(20)
+assert full == [1, 1], full
+collection.release()
+assert gc.isenabled() and not collection.held()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
