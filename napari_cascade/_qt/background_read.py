@@ -33,10 +33,10 @@ _PENDING: list[Any] = []
 
 def _inside_event_loop() -> bool:
     from qtpy.QtCore import QThread
-    from qtpy.QtWidgets import QApplication
 
-    app = QApplication.instance()
-    return app is not None and QThread.currentThread() is app.thread() and QThread.currentThread().loopLevel() > 0
+    from .collection import on_gui_thread
+
+    return on_gui_thread() and QThread.currentThread().loopLevel() > 0
 
 
 def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], list[Any]]) -> bool:
@@ -51,6 +51,7 @@ def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], l
         return False
     from napari.qt.threading import create_worker
 
+    from .collection import hold_until_finished
     from .notify import error, info
     from .workers import share_the_interpreter_lock
 
@@ -65,8 +66,6 @@ def read_in_background(paths: Sequence[Path], read: Callable[[Sequence[Path]], l
         return read(items)
 
     worker = create_worker(read_and_warm, list(paths), _start_thread=False)
-    from .collection import hold_until_finished
-
     hold_until_finished(worker)  # garbage is collected on the GUI thread while the read runs
     state: dict[str, Any] = {"worker": worker, "viewer": viewer, "layers": None}
 
