@@ -21,12 +21,15 @@ a job, nor for a test session's engine tests after its GUI tests. If the event l
 while a hold lasts (a script that blocks the GUI thread on a job), cycles wait for the loop or the
 release rather than being collected in another thread.
 
-Not covered: napari's own threads outside the plugin's jobs. Its status thread, which follows the
-cursor, ran three young-generation collections while a CT was being opened
-(``benchmarks/gui_freeze.py`` with a stack per collection). Holding for as long as a dock is open
-would cover it, but a dock's end is Qt's deferred delete: in the GUI tests closed viewers' docks
-kept their holds for several tests, so automatic collection would have stayed off for the engine
-tests after them.
+napari's own threads run Python too: its status thread, which follows the cursor, ran three
+young-generation collections while a CT was being opened (``benchmarks/gui_freeze.py`` with a
+stack per collection). So a window that shows a dock of the plugin is held while it is on screen
+(:func:`hold_while_shown`): from the dock's first show until the window is hidden or closed,
+which Qt reports at once (the window's ``visibleChanged``). Holding until the dock's end instead
+did not work: a dock ends with Qt's deferred delete, and in the GUI tests closed viewers' docks
+kept their holds for several tests, so automatic collection stayed off into the engine tests.
+A viewer that is never shown (a script, most GUI tests) has no cursor for the status thread to
+follow and is not held.
 
 What this costs: a collection that was due runs up to :data:`TICK_MS` later, on the GUI thread.
 It freezes the window no longer than before: a collection holds the interpreter lock in any
@@ -41,7 +44,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QCoreApplication, QThread, QTimer
+from qtpy.QtCore import QCoreApplication, QEvent, QObject, QThread, QTimer
+from qtpy.QtWidgets import QWidget
 
 # How often the GUI thread looks whether a collection is due while automatic ones are off.
 # CPython's youngest generation is due every 700 net allocations, many times in 100 ms of busy
@@ -134,6 +138,46 @@ def hold_until_finished(worker: Any) -> None:
             release()
 
     worker.finished.connect(once)
+
+
+# The windows held by hold_while_shown (their QWindow handles), each released when it is hidden.
+_shown_windows: set[int] = set()
+
+
+class _ShowWatcher(QObject):
+    """Event filter on a dock: its Show event holds the window it is shown in."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Show and isinstance(watched, QWidget):
+            _hold_window(watched.window())
+        return False
+
+
+def hold_while_shown(dock: QWidget) -> None:
+    """Hold collection on the GUI thread while the window ``dock`` is shown in is on screen (see
+    the module docstring: napari's status thread). Call it once when the dock is built; the hold
+    starts when the dock is first shown and ends when its window is hidden or closed, one hold per
+    window however many docks it shows."""
+    watcher = _ShowWatcher(dock)  # parented: it lives as long as the dock
+    dock.installEventFilter(watcher)
+    if dock.isVisible():
+        _hold_window(dock.window())
+
+
+def _hold_window(window: QWidget) -> None:
+    handle = window.windowHandle()
+    if handle is None or not handle.isVisible() or id(handle) in _shown_windows:
+        return
+    hold()
+    _shown_windows.add(id(handle))
+
+    def visibility(visible: bool) -> None:
+        if not visible and id(handle) in _shown_windows:
+            _shown_windows.discard(id(handle))
+            handle.visibleChanged.disconnect(visibility)
+            release()
+
+    handle.visibleChanged.connect(visibility)
 
 
 def collect_due() -> int | None:

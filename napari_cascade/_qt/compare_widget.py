@@ -56,6 +56,7 @@ from cascadeseg.inference.device import resolve_device
 from .._layers import GEOMETRY_KEY, display_limits, geometry_metadata, transform_kwargs
 from .._montage import Montage, TileLayout
 from .._state import COMPARE, REFERENCE, RESULT_KEY, connect_while_alive, layer_role, newest, result_info
+from . import collection
 from .feeding import LayerFeeder, one_scene_update
 from .layout import hbox, scrollable
 from .model_picker import ModelChoiceDock, model_and_channel_boxes, model_info
@@ -229,6 +230,7 @@ class CompareWidget(QWidget, ModelChoiceDock):
         layout.addLayout(scores)
         layout.addWidget(self.table, 1)
         scrollable(self, layout)
+        collection.hold_while_shown(self)  # napari's status thread collects on the GUI thread too
 
         self.models.changed.connect(self._model_changed)
         self.compare_button.clicked.connect(self.run)

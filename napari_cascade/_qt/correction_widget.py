@@ -291,6 +291,7 @@ class CorrectionWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         scrollable(self, layout)
+        collection.hold_while_shown(self)  # napari's status thread collects on the GUI thread too
 
     def _connect(self) -> None:
         events = self.viewer.layers.events

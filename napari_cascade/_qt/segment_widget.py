@@ -47,6 +47,7 @@ from .._layers import (
     transform_kwargs,
 )
 from .._state import EDITED_PREFIX, PREDICTION, PROBABILITIES, RESULT_KEY, connect_while_alive, result_info
+from . import collection
 from .feeding import LayerFeeder
 from .layout import form, hbox, scrollable
 from .model_picker import (
@@ -178,6 +179,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         layout.addWidget(self.job)
         layout.addStretch(1)
         scrollable(self, layout)
+        collection.hold_while_shown(self)  # napari's status thread collects on the GUI thread too
 
         self.models.changed.connect(self._model_changed)
         self._picked_target: str | None = None

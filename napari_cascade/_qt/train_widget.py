@@ -70,6 +70,7 @@ from cascadeseg.training.transfer import check_labels_fit
 
 from .._layers import volume_from_image_layers
 from .._state import REFERENCE, WORKING_MASK, connect_while_alive, layer_role, newest, state_for
+from . import collection
 from .correction_widget import scan_channel_layers
 from .feeding import kept_frozen
 from .layout import form, hbox, scrollable
@@ -360,6 +361,7 @@ class TrainWidget(QWidget):
         layout.addLayout(kept)
         layout.addStretch(1)
         scrollable(self, layout)
+        collection.hold_while_shown(self)  # napari's status thread collects on the GUI thread too
 
     # -- choices ------------------------------------------------------------------------------
     def _on_inserted(self, event: Any) -> None:

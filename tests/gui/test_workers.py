@@ -408,6 +408,55 @@ def test_garbage_a_job_leaves_is_collected_on_the_gui_thread(qtbot, sample_crop,
     qtbot.waitUntil(lambda: gc.isenabled() and not collection.held(), timeout=60_000)
 
 
+def test_a_shown_window_with_a_dock_collects_napari_threads_garbage_on_the_gui_thread(
+    make_napari_viewer, qtbot
+) -> None:
+    """napari's status thread runs Python beside the GUI whenever the cursor moves, with no job
+    of ours running. While a window shows a dock of the plugin, a Qt object that a thread other
+    than ours leaves in a reference cycle dies on the GUI thread; the window's close gives
+    automatic collection back at once, and a viewer never shown holds nothing."""
+    import gc
+    import time
+    import weakref
+
+    from qtpy.QtCore import QObject
+
+    from napari_cascade._qt import collection
+
+    hidden = make_napari_viewer()
+    hidden.window.add_plugin_dock_widget("napari-cascade", "Segment")
+    # Its background listing holds while it runs, and only that: then automatic collection is back.
+    qtbot.waitUntil(lambda: not collection.held(), timeout=30_000)
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("napari-cascade", "Segment")
+    viewer.window.add_plugin_dock_widget("napari-cascade", "Correct mask")
+    qtbot.waitUntil(collection.held, timeout=5_000)
+    gui_thread = threading.get_ident()
+    died_on: list[int] = []
+
+    def napari_like_thread() -> None:
+        orphan = QObject()
+        orphan.itself = orphan  # a reference cycle only the cyclic collector can free
+        weakref.finalize(orphan, lambda: died_on.append(threading.get_ident()))
+        del orphan
+        kept = [[] for _ in range(3 * gc.get_threshold()[0])]  # a collection is now due
+        deadline = time.monotonic() + 5.0
+        while not died_on and time.monotonic() < deadline:
+            time.sleep(0.02)
+        del kept
+
+    thread = threading.Thread(target=napari_like_thread)
+    thread.start()
+    qtbot.waitUntil(lambda: bool(died_on), timeout=10_000)
+    thread.join()
+    assert died_on == [gui_thread], (died_on, gui_thread)
+    assert len(collection._shown_windows) == 1  # two docks, one window: one hold
+    viewer.close()
+    assert not collection._shown_windows  # released as the window goes, not at the docks' deletion
+    qtbot.waitUntil(lambda: gc.isenabled() and not collection.held(), timeout=30_000)
+
+
 def test_collections_on_the_gui_thread_follow_cpythons_rules() -> None:
     """While a hold lasts, the GUI thread's timer collects what CPython would have: the youngest
     generation when more than its threshold of new objects exist, and a full collection only when
