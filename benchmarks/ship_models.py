@@ -102,7 +102,13 @@ def time_depths(checkpoint: Path, data: Path, cases: list[str], threads: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=sorted(MODELS))
-    parser.add_argument("--run", type=Path, required=True, help="the run folder of cascadeseg train")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="the run folder of cascadeseg train, or a checkpoint folder (a shipped model)")
+    parser.add_argument("--ensemble-with", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="ship the average of --run's network and these (cascadeseg ensemble), chosen beforehand "
+                        "by benchmarks/ensemble_choice.py on validation patients")
+    parser.add_argument("--ensemble-evidence", type=Path, default=None, metavar="JSON",
+                        help="the ensemble_choice results file the ensemble was chosen on (its summary goes on the card)")
     parser.add_argument("--holdout", type=Path, default=None,
                         help="holdout.json of benchmarks/datasets.py (default: the card's validation cases)")
     parser.add_argument("--which", default="best", choices=["best", "last"])
@@ -119,12 +125,14 @@ def main() -> None:
                         "(a continuation whose own validation is too small to choose them keeps its parent's)")
     args = parser.parse_args()
 
+    import tempfile
+
     from cascadeseg.inference import load_checkpoint
-    from cascadeseg.training import export_run
+    from cascadeseg.training import build_ensemble, export_checkpoint
     from cascadeseg.training.run_folder import find_checkpoint
 
     spec = MODELS[args.model]
-    source = find_checkpoint(args.run, args.which)
+    source = args.run if (args.run / "model_card.json").is_file() else find_checkpoint(args.run, args.which)
     if source is None:
         raise SystemExit(f"{args.run}: no '{args.which}' checkpoint")
     # The data folders name their channel by file suffix ('0000'); the card names the sequence.
@@ -144,13 +152,25 @@ def main() -> None:
                  "reason": f"kept from {parent.name or args.keep_choices_of}, chosen there on its {patients} "
                            "validation patients",
                  "evidence": chosen_on}
-    folder = export_run(
-        args.run, destination, which=args.which, name=spec["name"], description=spec["description"],
-        holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,
-        choose_mirroring=args.choose_mirroring and not args.no_score, holdout_mirror=args.choose_mirroring,
-        card_updates={"classes": spec["classes"], "input_channels": channels, "training": {"licence": spec["licence"]}},
-        fixed_choices=fixed,
-    )
+    updates: dict[str, Any] = {"classes": spec["classes"], "input_channels": channels,
+                               "training": {"licence": spec["licence"]}}
+    if args.ensemble_evidence is not None:
+        evidence = json.loads(args.ensemble_evidence.read_text())
+        updates["validation"] = {"ensemble_choice": {
+            "file": args.ensemble_evidence.name, "cases": evidence["cases"], "mirror": evidence["mirror"],
+            "members": evidence["members"], "ensemble_minus_member": evidence["summary"]}}
+    with tempfile.TemporaryDirectory(prefix="ship-ensemble-") as staging:
+        description = spec["description"]
+        if args.ensemble_with:  # built before the export replaces a shipped member
+            source = build_ensemble([source, *args.ensemble_with], Path(staging) / "ensemble")
+            description += (f" An ensemble of {1 + len(args.ensemble_with)} such networks trained apart: their class "
+                            "probabilities are averaged.")
+        folder = export_checkpoint(
+            source, destination, name=spec["name"], description=description,
+            holdout_data=None if args.no_score else spec["data"], holdout_cases=cases, overwrite=True,
+            choose_mirroring=args.choose_mirroring and not args.no_score, holdout_mirror=args.choose_mirroring,
+            card_updates=updates, fixed_choices=fixed,
+        )
     card = json.loads((folder / "model_card.json").read_text())
     validation = card["validation"]
     if args.no_score:

@@ -17,7 +17,7 @@ from cascadeseg.errors import CascadeSegError
 from cascadeseg.inference.checkpoint import read_card, resolve_checkpoint
 from cascadeseg.models import model_names
 
-MY_COMMANDS = ("predict", "evaluate", "models", "bench", "train", "plan", "demo")
+MY_COMMANDS = ("predict", "evaluate", "models", "bench", "train", "plan", "demo", "ensemble")
 LGG_CASES = ("TCGA_CS_4941_19960909", "TCGA_CS_6665_20010817")
 
 

@@ -66,7 +66,8 @@ def card_summary(card: ModelCard) -> str:
     data = _training_data_text(card.training.get("data", ""))
     licence = card.training.get("licence", "")
     lines = [
-        f"<b>{card.name or card.architecture}</b> — {title}, {card.dims}D",
+        f"<b>{card.name or card.architecture}</b> — {title}, {card.dims}D"
+        + (f", an ensemble of {card.ensemble_members} networks" if card.ensemble_members > 1 else ""),
         f"channels: {channels}; classes: {classes}",
     ]
     if data:
@@ -121,7 +122,9 @@ def depth_costs(card: ModelCard, depths: list[int]) -> dict[int, Any]:
         shape = (1, len(card.input_channels), *(card.slice_size or (256, 256)))
     else:
         shape = (1, len(card.input_channels), *(card.patch_size or (128, 128, 128)))
-    key = json.dumps([card.architecture, card.model_options, shape, list(depths)], sort_keys=True, default=str)
+    key = json.dumps(
+        [card.architecture, card.model_options, card.ensemble_members, shape, list(depths)], sort_keys=True, default=str
+    )
     if key in _DEPTH_COSTS:
         return _DEPTH_COSTS[key]
     try:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("cascadeseg.cli.models", "list the model zoo, its measured table, and installed checkpoints"),
     "bench": ("cascadeseg.cli.bench", "measure inference speed and memory of the models on this device"),
     "train": ("cascadeseg.cli.train", "train a model on an MSD folder or image/label pairs (planned for the budget)"),
+    "ensemble": ("cascadeseg.cli.ensemble", "average trained networks of one architecture into one checkpoint"),
     "plan": ("cascadeseg.cli.plan", "print the training plan for a dataset on this machine, without training"),
     "demo": ("cascadeseg.cli.demo", "run the bundled sample through the default model (GUI or headless)"),
 }

@@ -117,7 +117,7 @@ def checkpoints_table() -> str:
             (
                 e.name,
                 e.source,
-                card.architecture,
+                card.architecture + (f" x{card.ensemble_members}" if card.ensemble_members > 1 else ""),
                 f"{card.dims}D",
                 ",".join(card.channel_names),
                 ",".join(card.class_names),

@@ -84,6 +84,9 @@ class ModelCard:
       patients; ``cascadeseg predict --no-mirror`` and the Segment dock's checkbox override it).
     * ``postprocessing``: what the predictor does to its label maps by default (``None``: nothing),
       chosen by the trainer on the validation patients.
+    * ``ensemble_members``: how many networks of this architecture and options the weights hold
+      (``members.0.*``, ...); their class probabilities are averaged (:mod:`cascadeseg.models.ensemble`).
+      1 (the default): one network.
     * ``name``, ``description``: shown in model lists.
     * ``project_version``: the napari-cascade version that wrote it.
     * ``weights_sha256``: SHA-256 (hex) of ``model.safetensors``, written by :func:`save_checkpoint`
@@ -113,6 +116,9 @@ class ModelCard:
     # when training ended (None: the raw argmax): {"largest_component": true} or
     # {"distant_islands_mm": 10.0} (cascadeseg.inference.postprocess.PostProcessing's fields).
     postprocessing: dict[str, Any] | None = None
+    # Networks averaged as one (cascadeseg.models.ensemble): 1 is a single network; n > 1 stores n
+    # networks of this architecture and these options as members.0.* .. members.{n-1}.*.
+    ensemble_members: int = 1
     name: str = ""
     description: str = ""
     project_version: str = ""
@@ -243,6 +249,12 @@ class ModelCard:
             raise CheckpointError(
                 f"{source}: mirror_axes must list spatial axes 0..{self.dims - 1}, got {self.mirror_axes!r}"
             )
+        if (
+            isinstance(self.ensemble_members, bool)
+            or not isinstance(self.ensemble_members, int)
+            or self.ensemble_members < 1
+        ):
+            raise CheckpointError(f"{source}: ensemble_members must be an integer >= 1, got {self.ensemble_members!r}")
         values = self.class_values
         if len(set(values)) != len(values) or min(values) < 0:
             raise CheckpointError(f"{source}: class values must be distinct and non-negative, got {values}")
@@ -266,14 +278,19 @@ class ModelCard:
                 raise CheckpointError(f"{source}: input_channels[{index}] ({channel.get('name', '?')}): {problem}")
 
     def create_model(self) -> Any:
-        """The untrained network this card describes (``create_model(architecture, **options)``)."""
+        """The untrained network this card describes (``create_model(architecture, **options)``),
+        or an ensemble of ``ensemble_members`` such networks."""
         from ..models import create_model
 
         options = dict(self.model_options)
         options.setdefault("in_channels", self.network_in_channels)
         options.setdefault("num_classes", len(self.classes))
         options.setdefault("dims", self.dims)
-        return create_model(self.architecture, **options)
+        if self.ensemble_members == 1:
+            return create_model(self.architecture, **options)
+        from ..models.ensemble import ModelEnsemble
+
+        return ModelEnsemble([create_model(self.architecture, **options) for _ in range(self.ensemble_members)])
 
 
 def _is_hex_color(value: Any) -> bool:
@@ -569,6 +586,11 @@ def _check_card_fits_model(card: ModelCard, model: Any, target: Path) -> None:
         actual = getattr(model, attr, expected)
         if actual != expected:
             raise CheckpointError(f"{target}: card says {attr}={expected} but the model has {attr}={actual}")
+    members = len(getattr(model, "members", ())) or 1
+    if members != card.ensemble_members:
+        raise CheckpointError(
+            f"{target}: card says ensemble_members={card.ensemble_members} but the model holds {members} network(s)"
+        )
 
 
 # -- discovery -------------------------------------------------------------------------------------

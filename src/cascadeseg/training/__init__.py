@@ -17,12 +17,19 @@ from .callbacks import EpochInfo, FunctionCallback, StepInfo, TrainingCallback
 from .config import AugmentationConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from .export import export_run
+    from .export import build_ensemble, export_checkpoint, export_run
     from .trainer import TrainingError, TrainResult, train
 
 # The trainer and the export need torch; they are imported when first asked for, so that the
 # Train dock can import this package's light parts (config, splits) without torch on the GUI thread.
-_NEEDS_TORCH = {"export_run": ".export", "TrainingError": ".trainer", "TrainResult": ".trainer", "train": ".trainer"}
+_NEEDS_TORCH = {
+    "build_ensemble": ".export",
+    "export_checkpoint": ".export",
+    "export_run": ".export",
+    "TrainingError": ".trainer",
+    "TrainResult": ".trainer",
+    "train": ".trainer",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +45,8 @@ __all__ = [
     "TrainResult",
     "TrainingCallback",
     "TrainingError",
+    "build_ensemble",
+    "export_checkpoint",
     "export_run",
     "train",
 ]

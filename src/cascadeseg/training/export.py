@@ -16,11 +16,21 @@ from ..errors import CheckpointError
 from ..inference.checkpoint import load_checkpoint, save_checkpoint, user_models_dir
 
 
-def export_run(
-    run_dir: Path,
+def export_run(run_dir: Path, destination: Path, *, which: str = "best", **options: Any) -> Path:
+    """:func:`export_checkpoint` of the run's ``which`` checkpoint (``"best"`` or ``"last"``);
+    ``options`` are :func:`export_checkpoint`'s."""
+    from .run_folder import find_checkpoint  # torch: not for the Train dock's import of this module
+
+    source = find_checkpoint(Path(run_dir), which)
+    if source is None:
+        raise CheckpointError(f"run folder '{run_dir}' has no complete '{which}' checkpoint to export")
+    return export_checkpoint(source, destination, **options)
+
+
+def export_checkpoint(
+    source: Path,
     destination: Path,
     *,
-    which: str = "best",
     name: str | None = None,
     description: str | None = None,
     holdout_data: Path | None = None,
@@ -31,7 +41,8 @@ def export_run(
     overwrite: bool = False,
     fixed_choices: dict[str, Any] | None = None,
 ) -> Path:
-    """Copy ``run_dir/<which>`` to ``destination`` (refused if it exists unless ``overwrite``).
+    """Copy the checkpoint folder ``source`` (a run's ``best/`` or ``last/``, or an ensemble written
+    by :func:`build_ensemble`) to ``destination`` (refused if it exists unless ``overwrite``).
 
     With ``holdout_data`` (the MSD folder the run trained on), the held-out cases (``holdout_cases``,
     default: the card's validation cases) are segmented by the predictor at every depth; the card
@@ -48,12 +59,8 @@ def export_run(
     recorded with their ``reason`` and ``evidence`` (the figures they were chosen on) under
     ``validation.choices``.
     """
-    from .run_folder import find_checkpoint  # torch: not for the Train dock's import of this module
     from .validation import recommended_depth
 
-    source = find_checkpoint(Path(run_dir), which)
-    if source is None:
-        raise CheckpointError(f"run folder '{run_dir}' has no complete '{which}' checkpoint to export")
     model, card = load_checkpoint(source, device="cpu")
     fixed = dict(fixed_choices or {})
     reason = str(fixed.pop("reason", "given"))
@@ -126,6 +133,78 @@ def export_run(
         else:
             setattr(card, key, value)
     return save_checkpoint(model, card, destination, overwrite=overwrite)
+
+
+# What members must share to be averaged (colours, names and descriptions may differ).
+ENSEMBLE_MUST_AGREE = (
+    "architecture",
+    "model_options",
+    "dims",
+    "class_values",
+    "regions",
+    "target_spacing",
+    "patch_size",
+    "slice_size",
+    "slice_axis",
+    "context_slices",
+    "test_time_mirror_axes",
+)
+
+
+def build_ensemble(
+    checkpoints: Sequence[str | Path],
+    destination: Path,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """One checkpoint that averages the networks of ``checkpoints`` (:mod:`cascadeseg.models.ensemble`).
+
+    The networks must be the same architecture with the same options, classes, grid and input
+    channels (names and preprocessing); anything else is refused naming the field. The card is the
+    first checkpoint's, with ``ensemble_members`` set, each member's name, checksum and training
+    under ``training.members``, and no validation figures: the members' figures are not the
+    ensemble's. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
+    A member that is itself an ensemble is refused (list its members instead).
+    """
+    import dataclasses
+
+    from ..models.ensemble import ModelEnsemble
+
+    if len(checkpoints) < 2:
+        raise CheckpointError(f"an ensemble needs at least 2 checkpoints, got {len(checkpoints)}")
+    loaded = [load_checkpoint(path, device="cpu") for path in checkpoints]
+    first = loaded[0][1]
+    for path, (_, card) in zip(checkpoints, loaded):
+        if card.ensemble_members != 1:
+            raise CheckpointError(
+                f"{path}: is already an ensemble of {card.ensemble_members} networks; list the checkpoints of its members"
+            )
+        differing = [key for key in ENSEMBLE_MUST_AGREE if getattr(card, key) != getattr(first, key)]
+        preprocessing = [ch.get("preprocessing") for ch in card.input_channels]
+        if preprocessing != [ch.get("preprocessing") for ch in first.input_channels]:
+            differing.append("input_channels (preprocessing)")
+        if differing:
+            raise CheckpointError(
+                f"{path}: cannot be averaged with {checkpoints[0]}: they differ in {', '.join(differing)} "
+                "(expected networks of one architecture and options trained for one task)"
+            )
+    members = [
+        {"name": card.name or str(path), "weights_sha256": card.weights_sha256, "training": card.training}
+        for path, (_, card) in zip(checkpoints, loaded)
+    ]
+    card = dataclasses.replace(
+        first,
+        ensemble_members=len(loaded),
+        training={**first.training, "members": members},
+        validation={},
+        name=name if name is not None else first.name,
+        description=description if description is not None else first.description,
+        weights_sha256=None,
+    )
+    ensemble = ModelEnsemble([model for model, _ in loaded])
+    return save_checkpoint(ensemble, card, Path(destination), overwrite=overwrite)
 
 
 def unique_model_name(wanted: str) -> str:

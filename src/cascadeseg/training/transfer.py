@@ -130,6 +130,12 @@ def load_for_data(
 
     folder = resolve_checkpoint(init)
     model, card = load_checkpoint(folder, device=None)
+    members = card.ensemble_members
+    if members > 1:
+        # An ensemble is fine-tuned from its first member: one network trains, as from any checkpoint.
+        import dataclasses
+
+        model, card = model.members[0], dataclasses.replace(card, ensemble_members=1)
     old_in = len(card.input_channels)
     context = card.context_slices if context_slices is None else int(context_slices)
     if context != card.context_slices and card.context_slices != 0:
@@ -162,7 +168,12 @@ def load_for_data(
     from ..models import create_model
 
     adapted = create_model(card.architecture, **{k: v for k, v in options.items()})
-    state = inflate_input_weights(load_file(str(folder / WEIGHTS_FILE)), adapted, network_old_in, network_mapping)
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    if members > 1:
+        from ..models.ensemble import member_state
+
+        weights = member_state(weights, 0)
+    state = inflate_input_weights(weights, adapted, network_old_in, network_mapping)
     adapted.load_state_dict(state, strict=True)
     return adapted, card, mapping
 
