@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CascadeSegError
     from ..training.export import build_ensemble, export_checkpoint
 
-    if len(args.checkpoints) < 2:
-        raise CascadeSegError(f"ensemble: give at least 2 checkpoints, got {len(args.checkpoints)}")
     if bool(args.score_data) != bool(args.score_case):
         raise CascadeSegError("ensemble: --score-data and --score-case go together (the folder and the cases to score)")
     if args.out.exists() and not args.overwrite:

@@ -43,15 +43,12 @@ class ModelEnsemble(nn.Module):
         super().__init__()
         if len(members) < 2:
             raise ModelConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
-        first = members[0]
+        expected = _what_it_is(members[0])
         for index, member in enumerate(members[1:], start=1):
-            mine = (member.info.name, member.in_channels, member.num_classes, member.dims, member.max_depth)
-            theirs = (first.info.name, first.in_channels, first.num_classes, first.dims, first.max_depth)
-            if mine != theirs or tuple(member.size_divisor) != tuple(first.size_divisor):
+            if _what_it_is(member) != expected:
                 raise ModelConfigError(
-                    f"ensemble member {index} ({mine[0]}, in {mine[1]}, classes {mine[2]}, {mine[3]}D, depth "
-                    f"{mine[4]}) differs from member 0 ({theirs[0]}, in {theirs[1]}, classes {theirs[2]}, {theirs[3]}D, "
-                    f"depth {theirs[4]}); expected networks of one architecture with the same options"
+                    f"ensemble member {index} ({_what_it_is(member)}) differs from member 0 ({expected}); "
+                    "expected networks of one architecture with the same options"
                 )
         self.members = nn.ModuleList(members)
 
@@ -94,6 +91,14 @@ class ModelEnsemble(nn.Module):
     def forward(self, x: Tensor, depth: int | None = None, request: OutputRequest | None = None) -> SegmentationOutput:
         outputs = [member(x, depth=depth, request=request) for member in self.members]
         return average_outputs(outputs)
+
+
+def _what_it_is(model: SegmentationModel) -> str:
+    """What members must share, as the refusal names it."""
+    return (
+        f"{model.info.name}, in {model.in_channels}, classes {model.num_classes}, {model.dims}D, "
+        f"depth {model.max_depth}, size divisor {tuple(model.size_divisor)}"
+    )
 
 
 def average_outputs(outputs: Sequence[SegmentationOutput]) -> SegmentationOutput:
