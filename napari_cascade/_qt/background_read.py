@@ -98,11 +98,16 @@ def _feed_when_all_read() -> None:
     waiting = [state for state in _PENDING if "feeder" not in state]
     if not waiting or any(state["layers"] is None for state in waiting):
         return
-    from .feeding import LayerFeeder
+    from .feeding import LayerFeeder, dims_step
 
+    viewer = waiting[0]["viewer"]
+    layers = [layer for state in waiting for layer in state["layers"]]
     steps = [_adder(state["viewer"], layer) for state in waiting for layer in state["layers"]]
+    raise_dims = dims_step(viewer, layers)  # the viewer's new axes get a turn of their own
+    if raise_dims is not None:
+        steps.insert(0, raise_dims)
     # Each insertion and first draw is 0.1-0.3 s of GUI time: one per turn.
-    feeder = LayerFeeder(waiting[0]["viewer"], steps, budget_s=0.0, pause_ms=60)
+    feeder = LayerFeeder(viewer, steps, budget_s=0.0, pause_ms=60)
     for state in waiting:
         state["feeder"] = feeder
     feeder.done.connect(lambda: [_finish(state) for state in waiting])

@@ -105,7 +105,8 @@ LAZY_FIRST_LAYER_IMPORTS = (
 # What the docks' engine calls need first (a device check, a model, the trainer, a file, a mask
 # tool): torch, SimpleITK, nibabel and scipy.ndimage, which the docks no longer import as they
 # open (torch: 0.9-1.4 s of frozen window; the other three about 0.15 s together); imported here
-# instead, in the background, torch leaves the GUI thread gaps of about 0.2 s.
+# instead, in the background, torch leaves the GUI thread gaps of about 0.2 s, or about 0.05 s
+# with its core library loaded first with the lock released (_load_torch_library_unlocked).
 ENGINE_IMPORTS = ("torch", "SimpleITK", "nibabel", "scipy.ndimage")
 _WARM = threading.Lock()
 _WARM_DONE = threading.Event()
@@ -137,6 +138,7 @@ def warm_imports() -> None:
 
         frozen = freeze_long_lived_objects()
         with contextlib.nullcontext() if frozen else collection_paused():
+            _load_torch_library_unlocked()
             for module in LAZY_FIRST_LAYER_IMPORTS + ENGINE_IMPORTS:
                 try:
                     importlib.import_module(module)
@@ -160,6 +162,45 @@ def warm_up_finished() -> bool:
     on the GUI thread that needs torch (a dock's device check at Run or Train, within a second or
     so of the first dock opening) waits for the worker's import of it."""
     return _WARM_DONE.is_set()
+
+
+def _load_torch_library_unlocked() -> bool:
+    """Load torch's core shared library (``libtorch_cpu.so``) with the interpreter lock released;
+    whether it was loaded here. Linux only, once, before torch is imported; never raises.
+
+    Python imports an extension module with its lock held, and ``import torch`` loads
+    ``libtorch_cpu.so`` on the way: the dynamic linker maps and relocates it and runs its static
+    initialisers (torch's operator registry) for 150-230 ms, during which no other thread runs
+    Python. A GUI thread waiting for the lock that long is a frozen window (stop 45: the longest
+    gap of opening the 600-slice CT was this, inside the read worker's warm-up). ``dlopen`` called
+    through ctypes runs with the lock released; the import that follows finds the library loaded
+    (the same object: it is a dependency by name) and holds the lock for 40-70 ms at most
+    (``benchmarks/import_lock.py``: the warm-up's longest hold 166 -> 69 ms). ``RTLD_LOCAL``, as
+    Python's own import would load it: its symbols do not become visible to later libraries. Nothing touches Python from those
+    initialisers (libtorch_cpu knows nothing of Python; the Python bindings, which do, are left to
+    the import)."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        import importlib.util
+        import os
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        library = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libtorch_cpu.so"
+        if not library.is_file():
+            return False
+        dlopen = ctypes.CDLL(None).dlopen  # a foreign call: ctypes releases the lock around it
+        dlopen.restype = ctypes.c_void_p
+        dlopen.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        # The handle is kept on purpose (never dlclose): torch keeps the library for the process.
+        return bool(dlopen(os.fsencode(library), os.RTLD_NOW | os.RTLD_LOCAL))
+    except Exception:  # noqa: BLE001 - torch then loads it under the lock, as before
+        LOG.debug("could not load torch's library ahead of its import", exc_info=True)
+        return False
 
 
 def _warm_dash_patterns() -> None:

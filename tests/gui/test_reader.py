@@ -203,3 +203,35 @@ def test_reading_from_the_event_loop_happens_in_the_background(make_napari_viewe
     assert [layer.data.shape for layer in viewer.layers] == [(22, 320, 280), (22, 320, 280)]
     # Outside the event loop (a script) the same call returns the layers.
     assert len(read_paths(str(shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz"))) == 2
+
+
+def test_a_background_open_gives_the_viewer_its_axes_a_turn_before_the_first_layer(
+    make_napari_viewer, qtbot, shared_data: Path
+) -> None:
+    """The first 3D layer of a viewer costs napari a new slider and a canvas resize besides the
+    insertion; the background open raises the viewer's axes in a turn of their own, while no layer
+    exists yet, and the user sees the same view as a script that adds the layers at once."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_cascade._qt.background_read import wait_for_reads
+    from napari_cascade._reader import read_now, read_paths
+
+    path = shared_data / "tcia-btp/imagesTr/PGBM-003_19950329_0000.nii.gz"
+    viewer = make_napari_viewer()
+    layers_when_3d: list[int] = []
+    viewer.dims.events.ndim.connect(lambda event: layers_when_3d.append(len(viewer.layers)))
+    loop = QEventLoop()
+    QTimer.singleShot(0, lambda: (read_paths(str(path)), loop.quit()))
+    loop.exec()
+    assert wait_for_reads(60)
+    assert layers_when_3d == [0] and len(viewer.layers) == 2
+
+    reference = make_napari_viewer()
+    for data, kwargs, kind in read_now([path]):
+        getattr(reference, f"add_{kind}")(data, **kwargs)
+
+    def view(v) -> tuple:
+        return (v.dims.ndim, v.dims.range, v.dims.current_step, v.dims.axis_labels, v.dims.order,
+                tuple(np.round(v.camera.center, 6)), round(v.camera.zoom, 6))
+
+    assert view(viewer) == view(reference)

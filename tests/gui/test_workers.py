@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -149,6 +150,37 @@ print("ok", frozen)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().startswith("ok"), proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the unlocked load is Linux's dlopen")
+def test_warm_up_loads_torchs_core_library_before_importing_torch() -> None:
+    """``import torch`` loads libtorch_cpu.so with the interpreter lock held (150-230 ms of frozen
+    window while a worker warms up; ``benchmarks/import_lock.py``); the warm-up loads that library
+    first through ``dlopen``, which runs with the lock released, and the import then uses the
+    loaded library: torch works. A fresh interpreter, because torch is imported once per process."""
+    import subprocess
+
+    script = """
+import sys, threading
+from napari_cascade._qt import workers
+assert "torch" not in sys.modules
+loaded = []
+original = workers._load_torch_library_unlocked
+def recording():
+    done = original()
+    loaded.append((done, "torch" in sys.modules, "libtorch_cpu.so" in open("/proc/self/maps").read()))
+    return done
+workers._load_torch_library_unlocked = recording
+thread = threading.Thread(target=workers.warm_imports); thread.start(); thread.join()
+assert loaded == [(True, False, True)], loaded
+import torch
+assert not original()  # torch is imported: nothing left to load
+x = torch.nn.functional.conv2d(torch.ones(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
+assert float(x.sum()) == 9 * 36
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
 
 
 def test_warm_up_leaves_the_first_labels_layer_nothing_to_import_or_compute() -> None:
