@@ -124,9 +124,7 @@ def load_for_data(
     ``context_slices``: the slices per sample the new run reads (``None``: the checkpoint's). A
     one-slice checkpoint becomes 2.5D with its weights on the centre slice and zeros on the
     neighbours, so it starts out computing exactly what it did; another change is refused."""
-    from safetensors.torch import load_file
-
-    from ..inference.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_checkpoint
+    from ..inference.checkpoint import load_checkpoint, resolve_checkpoint
 
     folder = resolve_checkpoint(init)
     model, card = load_checkpoint(folder, device=None)
@@ -168,12 +166,8 @@ def load_for_data(
     from ..models import create_model
 
     adapted = create_model(card.architecture, **{k: v for k, v in options.items()})
-    weights = load_file(str(folder / WEIGHTS_FILE))
-    if members > 1:
-        from ..models.ensemble import member_state
-
-        weights = member_state(weights, 0)
-    state = inflate_input_weights(weights, adapted, network_old_in, network_mapping)
+    # The weights as loaded above (an ensemble's first member's), not a second read of the file.
+    state = inflate_input_weights(model.state_dict(), adapted, network_old_in, network_mapping)
     adapted.load_state_dict(state, strict=True)
     return adapted, card, mapping
 
