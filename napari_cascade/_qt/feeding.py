@@ -140,8 +140,9 @@ class LayerFeeder(QObject):
 
 
 def dims_step(viewer: Any, layers: Sequence[tuple[Any, dict[str, Any], str]]) -> Callable[[], Any] | None:
-    """A feeder step that gives ``viewer`` the axes of the layers about to be added, before the
-    first of them; ``None`` when it has them already.
+    """A feeder step that gives an empty ``viewer`` the axes of the layers about to be added, before
+    the first of them; ``None`` when it has them already or holds a layer (napari derives its axes
+    from the layers it holds: more axes than those layers have breaks its view fitting).
 
     The viewer's first 3D layer costs napari a new dims slider, a canvas resize and the paints a
     resize forces, on top of the insertion: 235-306 ms of frozen window for a 600-slice CT on the
@@ -151,11 +152,11 @@ def dims_step(viewer: Any, layers: Sequence[tuple[Any, dict[str, Any], str]]) ->
     warm-up's torch load, is in ``benchmarks/results/gui_freeze_open_final_*``). napari centres
     the sliders and resets the camera on the first layer either way, so the view is the same."""
     ndim = max((np.ndim(data) for data, _kwargs, _kind in layers), default=0)
-    if ndim <= viewer.dims.ndim:
+    if len(viewer.layers) or ndim <= viewer.dims.ndim:
         return None
 
     def raise_dims() -> None:
-        if ndim > viewer.dims.ndim:  # a layer added meanwhile may have raised them already
+        if not len(viewer.layers) and ndim > viewer.dims.ndim:  # still empty when its turn comes
             viewer.dims.ndim = ndim
 
     return raise_dims

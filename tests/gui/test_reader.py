@@ -235,3 +235,16 @@ def test_a_background_open_gives_the_viewer_its_axes_a_turn_before_the_first_lay
                 tuple(np.round(v.camera.center, 6)), round(v.camera.zoom, 6))
 
     assert view(viewer) == view(reference)
+
+    # A viewer that holds a 2D layer keeps napari's own way: the scan's layers arrive as a script's.
+    flat_reference = make_napari_viewer()
+    flat = make_napari_viewer()  # the newest viewer: the one napari's File > Open serves
+    for target in (flat, flat_reference):
+        target.add_image(np.zeros((50, 60), np.float32), name="a 2D image")
+    QTimer.singleShot(0, lambda: (read_paths(str(path)), loop.quit()))
+    loop.exec()
+    assert wait_for_reads(60)
+    for data, kwargs, kind in read_now([path]):
+        getattr(flat_reference, f"add_{kind}")(data, **kwargs)
+    assert [layer.data.shape for layer in flat.layers] == [(50, 60), (22, 320, 280), (22, 320, 280)]
+    assert view(flat) == view(flat_reference)
