@@ -101,9 +101,9 @@ def _feed_when_all_read() -> None:
     from .feeding import LayerFeeder, dims_step
 
     viewer = waiting[0]["viewer"]
-    layers = [layer for state in waiting for layer in state["layers"]]
-    steps = [_adder(state["viewer"], layer) for state in waiting for layer in state["layers"]]
-    raise_dims = dims_step(viewer, layers)  # the viewer's new axes get a turn of their own
+    arriving = [(state["viewer"], layer) for state in waiting for layer in state["layers"]]
+    steps = [_adder(target, layer) for target, layer in arriving]
+    raise_dims = dims_step(viewer, [layer for _, layer in arriving])  # an empty viewer's axes: a turn of their own
     if raise_dims is not None:
         steps.insert(0, raise_dims)
     # Each insertion and first draw is 0.1-0.3 s of GUI time: one per turn.

@@ -176,9 +176,9 @@ def _load_torch_library_unlocked() -> bool:
     through ctypes runs with the lock released; the import that follows finds the library loaded
     (the same object: it is a dependency by name) and holds the lock for 40-70 ms at most
     (``benchmarks/import_lock.py``: the warm-up's longest hold 166 -> 69 ms). ``RTLD_LOCAL``, as
-    Python's own import would load it: its symbols do not become visible to later libraries. Nothing touches Python from those
-    initialisers (libtorch_cpu knows nothing of Python; the Python bindings, which do, are left to
-    the import)."""
+    Python's own import would load it: its symbols do not become visible to later libraries.
+    Nothing touches Python from those initialisers (libtorch_cpu knows nothing of Python; the
+    Python bindings, which do, are left to the import)."""
     if "torch" in sys.modules or not sys.platform.startswith("linux"):
         return False
     try:
