@@ -396,29 +396,37 @@ def test_real_lgg_slice_through_every_output(name: str, lgg: tuple[Tensor, Tenso
 def test_unet_sharp_learns_a_real_lesion_and_its_cgm_removes_false_positives(lgg: tuple[Tensor, Tensor]) -> None:
     """A short fit on two real slices (tumour / no tumour), down-scaled to 64x64 to stay cheap: deep
     supervision on heads and aux plus the CGM's BCE. Afterwards the CGM tells the slices apart, the
-    gated outputs of the tumour-free slice have no foreground, and the tumour is found. 80 steps:
-    the default modules read detached features (``cgm_detach``) and learn presence from whatever
-    the segmentation made of them, which takes longer than when the BCE shapes the features too
-    (40 steps left X(0,1)'s module undecided on the tumour-free slice)."""
+    gated outputs of the tumour-free slice have no foreground, and the tumour is found. 200 steps
+    on one thread: the default modules read detached features (``cgm_detach``) and learn presence
+    from whatever the segmentation made of them, which takes longer than when the BCE shapes the
+    features too. At lr 1e-2 the trajectory depends on the float summation order: at 80 steps the
+    tumour-free slice's module sat at -0.80 with two threads and +0.14 with one, and the shallowest
+    head's own module still let foreground through at 100-160 steps on one thread. One thread
+    makes the trajectory the same on every machine; at 200 steps the modules say 3.3 / -5.3."""
     images, labels = lgg
     images = F.avg_pool2d(images, 4)
     labels = F.max_pool2d(labels[:, None].float(), 4)[:, 0].long()
     present = labels.flatten(1).any(1).float()[:, None]
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = create_model("unet_sharp", in_channels=1, num_classes=2, dims=2, base_width=8, levels=3,
                          norm="instance")
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     weight = torch.tensor([1.0, 10.0])  # the lesion is ~2% of the slice
-    for _ in range(80):
-        out = model(images, request=OutputRequest.for_training())
-        loss = sum(F.cross_entropy(h, labels, weight=weight) for h in out.heads.values())
-        loss = loss + sum(F.cross_entropy(a, F.interpolate(labels[:, None].float(), size=a.shape[2:]).long()[:, 0],
-                                          weight=weight) for a in out.aux.values())
-        # Every branch's own classification-guided module learns presence (the loss's BCE term).
-        loss = loss + sum(F.binary_cross_entropy_with_logits(p, present) for p in out.branch_classification.values())
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    try:
+        for _ in range(200):
+            out = model(images, request=OutputRequest.for_training())
+            loss = sum(F.cross_entropy(h, labels, weight=weight) for h in out.heads.values())
+            loss = loss + sum(F.cross_entropy(a, F.interpolate(labels[:, None].float(), size=a.shape[2:]).long()[:, 0],
+                                              weight=weight) for a in out.aux.values())
+            # Every branch's own classification-guided module learns presence (the loss's BCE term).
+            loss = loss + sum(F.binary_cross_entropy_with_logits(p, present) for p in out.branch_classification.values())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     with torch.no_grad():
         out = model(images, request=OutputRequest(heads=True, classification=True))
