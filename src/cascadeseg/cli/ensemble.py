@@ -3,7 +3,7 @@
 nnU-Net's way of shipping a model: networks trained apart (other seeds, folds or patients)
 make partly different mistakes, and their averaged class probabilities are usually better than
 any one of them. The checkpoints must be the same architecture with the same options, classes,
-grid and input channels (a fine-tuned copy of a model and another training of the same recipe
+grid and input preprocessing (a fine-tuned copy of a model and another training of the same recipe
 are). The result is an ordinary checkpoint folder: ``cascadeseg predict``, pruning depths,
 test-time mirroring and the napari docks use it as they use one network, at the cost of one pass
 per member. Its card keeps each member's training and has no validation figures of its own until

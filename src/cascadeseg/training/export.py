@@ -162,10 +162,10 @@ def build_ensemble(
     """One checkpoint that averages the networks of ``checkpoints`` (:mod:`cascadeseg.models.ensemble`).
 
     The networks must be the same architecture with the same options, classes, grid and input
-    channels (names and preprocessing); anything else is refused naming the field. The card is the
-    first checkpoint's, with ``ensemble_members`` set, each member's name, checksum and training
-    under ``training.members``, and no validation figures: the members' figures are not the
-    ensemble's. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
+    preprocessing per channel (the card keeps the first checkpoint's channel names); anything else
+    is refused naming the field. The card is the first checkpoint's, with ``ensemble_members`` set,
+    each member's name, checksum and training under ``training.members``, and no validation
+    figures: the members' figures are not the ensemble's. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
     A member that is itself an ensemble is refused (list its members instead).
     """
     import dataclasses
