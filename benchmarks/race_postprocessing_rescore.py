@@ -30,12 +30,14 @@ from one_click_race import score  # noqa: E402  (the race's own scoring of saved
 LGG = ROOT.parent / "shared" / "data" / "lgg-flair"  # the races' data (the first race's holdout.json omits it)
 
 
-def validation_cases(run: Path, card) -> list:
+def validation_cases(run: Path, card, data: Path | None = None) -> list:
+    """The run's validation patients, prepared as training prepared them; read from ``data``
+    (default: the folder the run trained on, as its config recorded it)."""
     from cascadeseg.training.datasets import case_sources, prepare_case, read_cases
 
     split = json.loads((run / "split.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    sources = [s for s in case_sources(Path(config["data"])) if s.case_id in set(split["val"])]
+    data = data or Path(json.loads((run / "config.json").read_text())["data"])
+    sources = [s for s in case_sources(data) if s.case_id in set(split["val"])]
     raw = read_cases(sources, len(card.classes))
     specs = [channel["preprocessing"] for channel in card.input_channels]
     values = [c["value"] for c in card.classes]
@@ -43,11 +45,14 @@ def validation_cases(run: Path, card) -> list:
     return [prepare_case(r, specs, card.target_spacing, axis, values) for r in raw]
 
 
-def holdout_dice(predictor, holdout: dict, postprocessing: dict | None) -> dict[str, float]:
+def holdout_dice(predictor, holdout: dict, **card_fields) -> dict[str, float]:
+    """Per-patient Dice of the held-out patients through the predictor, with ``card_fields``
+    (e.g. ``postprocessing=...``) set on its card first."""
     from cascadeseg.io import load_labels, load_volume
     from cascadeseg.metrics import case_mean_dice
 
-    predictor.card.postprocessing = postprocessing
+    for key, value in card_fields.items():
+        setattr(predictor.card, key, value)
     data = Path(holdout.get("data", LGG))
     dice = {}
     for case in holdout["cases"]:
@@ -84,8 +89,8 @@ def main() -> None:
         )
         new = result.postprocessing
         holdout = json.loads((race / "holdout.json").read_text())
-        before = holdout_dice(predictor, holdout, old)
-        after = before if new == old else holdout_dice(predictor, holdout, new)
+        before = holdout_dice(predictor, holdout, postprocessing=old)
+        after = before if new == old else holdout_dice(predictor, holdout, postprocessing=new)
         monai = score(race / "monai_pred", Path(holdout.get("data", LGG)), holdout["cases"])
         m_before, m_after, m_monai = (float(np.mean(list(d.values()))) for d in (before, after, monai))
         rows.append(

@@ -369,9 +369,27 @@ def test_stagewise_cascade_freezes_stage_one_in_the_second_half(lgg_pairs, tmp_p
 
 
 def test_3d_patch_training_validates_with_sliding_windows(lgg_pairs, tmp_path: Path) -> None:
-    result = train(tiny_config(lgg_pairs, tmp_path / "run", dims=3, patch_size=[8, 32, 32], batch_size=2, epochs=1, steps_per_epoch=2))
+    result = train(tiny_config(
+        lgg_pairs, tmp_path / "run", dims=3, patch_size=[8, 32, 32], batch_size=2, epochs=1, steps_per_epoch=2, choose_threshold=True
+    ))
     _, card = load_checkpoint(tmp_path / "run" / "best")
     assert card.dims == 3 and card.patch_size == [8, 32, 32] and result.best_dice is not None
+    # The sliding window's threshold levels are the predictor's label maps too (one path in 3D).
+    from cascadeseg.inference import Predictor
+    from cascadeseg.inference.predictor import PredictionRequest, labels_at_threshold
+    from cascadeseg.training.validation import THRESHOLD_CANDIDATES
+
+    assert len(card.validation["threshold_candidates"]) == len(THRESHOLD_CANDIDATES)
+    image, _ = lgg_pairs[PATIENTS.index(card.validation["cases"][0])]
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best", device="cpu")
+    predictor.card.postprocessing = None
+    want = PredictionRequest(threshold_candidates=THRESHOLD_CANDIDATES)
+    depth = predictor.resolve_depth(None)
+    maps, *_ = predictor.predict_maps(predictor.prepare(image, None), "3d", 0, depth, want)
+    for t in (0.5, 0.2):
+        predictor.card.foreground_threshold = None if t == 0.5 else t
+        expected = labels_at_threshold(maps["levels"][depth], THRESHOLD_CANDIDATES, t, 1)
+        assert np.array_equal(predictor.predict(image, mode="3d").labels.array, expected)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -515,6 +533,7 @@ def test_postprocessing_is_chosen_on_validation_and_applied_by_the_predictor(lgg
               "none": None}[expected]
     assert card["postprocessing"] == chosen
     assert card["validation"]["dice_per_depth"] == candidates[expected]
+    assert card["foreground_threshold"] is None and "threshold_candidates" not in card["validation"]  # opt-in
     # The predictor applies a card's post-processing: the same checkpoint told to keep the largest
     # island gives exactly the raw map with its other islands removed.
     image, _ = lgg_pairs[2]
@@ -552,3 +571,60 @@ def test_a_fine_tuning_that_no_epoch_improves_keeps_its_starting_weights(lgg_pai
     lineage = load_checkpoint(result.best_checkpoint)[1].training["parent_training"]
     assert lineage["name"] == "lgg_flair_anu_net_2d" and lineage["command"] == parent.training["command"]
     assert lineage["steps"] == parent.training["steps"] > 0 and lineage["data_cases"] == parent.training["data"]["cases"]
+
+
+def test_foreground_threshold_is_chosen_on_validation_and_the_predictor_scores_it_alike(lgg_pairs, tmp_path: Path) -> None:
+    """Asked to (``--choose-threshold``), a two-class model's validation scores every candidate threshold at the recommended depth and
+    keeps the best (ties: the higher; 0.5 is the argmax, recorded as None). The levels it compares
+    give exactly the label map the predictor makes with that threshold on its card, and a card's
+    threshold is 'foreground probability above t'."""
+    from cascadeseg.inference import Predictor
+    from cascadeseg.inference.predictor import PredictionRequest, labels_at_threshold
+    from cascadeseg.metrics import case_mean_dice
+    from cascadeseg.training.validation import THRESHOLD_CANDIDATES
+
+    val_case = "TCGA_DU_6404_19850629"
+    config = tiny_config(lgg_pairs, tmp_path / "run", epochs=1, steps_per_epoch=6, val_cases=[val_case], choose_threshold=True)
+    result = train(config)
+    card = json.loads((result.best_checkpoint / "model_card.json").read_text())
+    means = {float(t): v for t, v in card["validation"]["threshold_candidates"].items()}
+    assert sorted(means, reverse=True) == list(THRESHOLD_CANDIDATES)
+    best = max(means, key=lambda t: (means[t], t))
+    assert card["foreground_threshold"] == (None if best == 0.5 else best)
+    depth = str(card["recommended_depth"] or 1)
+    assert card["validation"]["dice_per_depth"][depth] == pytest.approx(means[best], abs=1e-4)
+
+    image, labels = lgg_pairs[PATIENTS.index(val_case)]
+    predictor = Predictor.from_checkpoint(result.best_checkpoint, device="cpu")
+    # One path: the predictor with the card's threshold scores what validation recorded.
+    dice = case_mean_dice(predictor.predict(image).labels.array, labels.array, [1])
+    assert dice == pytest.approx(card["validation"]["dice_per_case"][val_case][depth], abs=1e-4)
+    # Each candidate's label map from the levels is exactly the predictor's with that threshold.
+    predictor.card.postprocessing = None
+    prepared = predictor.prepare(image, 0)
+    want = PredictionRequest(threshold_candidates=THRESHOLD_CANDIDATES, probabilities=True)
+    maps, *_ = predictor.predict_maps(prepared, "2d", 0, predictor.resolve_depth(None), want)
+    levels, foreground = next(iter(maps["levels"].values())), maps["probabilities"][1]
+    counts = []
+    for t in THRESHOLD_CANDIDATES:
+        predictor.card.foreground_threshold = None if t == 0.5 else t
+        labels_t = predictor.predict(image).labels.array
+        assert np.array_equal(labels_t, labels_at_threshold(levels, THRESHOLD_CANDIDATES, t, 1))
+        # The rule is "probability above t" (float rounding may flip a voxel at the boundary).
+        assert np.mean(labels_t.astype(bool) != (foreground > t)) < 1e-4
+        counts.append(int(labels_t.sum()))
+    assert counts == sorted(counts) and counts[-1] > counts[0]  # lower thresholds only add voxels
+
+
+def test_a_threshold_needs_a_two_class_card_in_range() -> None:
+    from cascadeseg.inference.checkpoint import ModelCard
+
+    base = dict(architecture="unet", model_options={}, dims=2, input_channels=[{"name": "FLAIR"}])
+    two = [{"value": 0, "name": "background"}, {"value": 1, "name": "lesion"}]
+    assert ModelCard(**base, classes=two, foreground_threshold=0.3).foreground_threshold == 0.3
+    for bad in (0.0, 1.0, 1.5, True, "0.3"):
+        with pytest.raises(CheckpointError, match="foreground_threshold must be a number in"):
+            ModelCard.from_dict({**base, "classes": two, "foreground_threshold": bad}, "card.json")
+    three = [*two, {"value": 2, "name": "oedema"}]
+    with pytest.raises(CheckpointError, match="needs a two-class model"):
+        ModelCard.from_dict({**base, "classes": three, "foreground_threshold": 0.3}, "card.json")

@@ -300,6 +300,8 @@ class _ProgressBar:
         # How many cases the depth was chosen on: a continuation that keeps two patients to validate
         # prints a depth two patients cannot choose (its export keeps the parent's).
         depth = f"recommended depth {info.recommended_depth} (on {len(info.dice_per_case)} validation case(s))"
+        if info.extra.get("foreground_threshold") is not None:  # the figures are that threshold's
+            depth += f", foreground above {info.extra['foreground_threshold']}"
         if info.epoch < 0:  # a fine-tuning's starting weights, validated before the first step
             print(f"epoch 0 (the starting model): val Dice {dice}, {depth}", file=sys.stderr)
             return

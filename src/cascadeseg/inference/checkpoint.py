@@ -84,6 +84,10 @@ class ModelCard:
       patients; ``cascadeseg predict --no-mirror`` and the Segment dock's checkbox override it).
     * ``postprocessing``: what the predictor does to its label maps by default (``None``: nothing),
       chosen by the trainer on the validation patients.
+    * ``foreground_threshold``: two-class models only; a voxel is foreground when the softmax
+      probability of the foreground class exceeds it (``None``: the argmax, i.e. 0.5), chosen by
+      the trainer on the validation patients (:data:`cascadeseg.training.validation.THRESHOLD_CANDIDATES`).
+      The probabilities the predictor returns stay the network's; only the label rule moves.
     * ``ensemble_members``: how many networks of this architecture and options the weights hold
       (``members.0.*``, ...); their class probabilities are averaged (:mod:`cascadeseg.models.ensemble`).
       1 (the default): one network.
@@ -116,6 +120,9 @@ class ModelCard:
     # when training ended (None: the raw argmax): {"largest_component": true} or
     # {"distant_islands_mm": 10.0} (cascadeseg.inference.postprocess.PostProcessing's fields).
     postprocessing: dict[str, Any] | None = None
+    # Two-class models: the foreground probability above which a voxel is foreground (None: 0.5,
+    # the argmax), chosen on the validation patients when training ended.
+    foreground_threshold: float | None = None
     # Networks averaged as one (cascadeseg.models.ensemble): 1 is a single network; n > 1 stores n
     # networks of this architecture and these options as members.0.* .. members.{n-1}.*.
     ensemble_members: int = 1
@@ -249,6 +256,15 @@ class ModelCard:
             raise CheckpointError(
                 f"{source}: mirror_axes must list spatial axes 0..{self.dims - 1}, got {self.mirror_axes!r}"
             )
+        if self.foreground_threshold is not None:
+            t = self.foreground_threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+                raise CheckpointError(f"{source}: foreground_threshold must be a number in (0, 1), got {t!r}")
+            if len(self.classes) != 2:
+                raise CheckpointError(
+                    f"{source}: foreground_threshold={t} needs a two-class model (background and one class); "
+                    f"this card lists {len(self.classes)} classes"
+                )
         if (
             isinstance(self.ensemble_members, bool)
             or not isinstance(self.ensemble_members, int)

@@ -28,6 +28,7 @@ Choices made here, and why:
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,12 @@ class PredictionRequest:
     stages: bool = False
     attention: bool = False
     mirror: bool | None = None
+    # Two-class models: per depth, how many of these foreground thresholds each voxel passes
+    # (uint8 "levels"; a threshold's label map is levels > its rank among the candidates sorted
+    # from high to low, see :func:`labels_at_threshold`), computed with the label rule itself so
+    # that training can compare thresholds on one pass and score exactly what a card with the
+    # chosen one predicts.
+    threshold_candidates: tuple[float, ...] = ()
 
     def output_request(self) -> OutputRequest:
         return OutputRequest(heads=self.depths, stages=self.stages, attention=self.attention)
@@ -311,7 +318,8 @@ class Predictor:
             release_cached_memory(self.device)
         if prepared.body is not None:  # the paper's test-time fusion with the body / head mask
             outside = ~prepared.body
-            for array in [maps["labels"], *maps.get("depths", {}).values(), *maps.get("stages", {}).values()]:
+            groups = ("depths", "stages", "levels")
+            for array in [maps["labels"], *(a for g in groups for a in maps.get(g, {}).values())]:
                 array[outside] = 0
         options = from_card(self.card.postprocessing) if postprocess else None
         if options is not None:
@@ -425,7 +433,7 @@ class Predictor:
         planes = np.moveaxis(image, axis + 1, 1)  # (C, N, H, W) view, no copy
         n, h, w = planes.shape[1:]
         plane_zoom = zoom.in_plane(axis) if zoom is not None else None
-        sink = _MapSink(native_shape, self.card.num_classes, self.label_dtype, want, plane_zoom)
+        sink = self._sink(native_shape, want, plane_zoom, depth)
         divisor = tuple(int(d) for d in self.model.size_divisor)
         pad = (0, (-w) % divisor[1], 0, (-h) % divisor[0])
         tracker = ProgressTracker(n, "slices", progress, cancel)
@@ -550,9 +558,13 @@ class Predictor:
         outputs = maps
         del x
         native = zoom.native_shape if zoom is not None else spatial
-        sink = _MapSink(native, self.card.num_classes, self.label_dtype, want, zoom)
+        sink = self._sink(native, want, zoom, depth)
         sink.write_3d(outputs, self._lut)
         return sink.maps, n_windows, "patches"
+
+    def _sink(self, shape: Sequence[int], want: PredictionRequest, zoom: NativeZoom | None, depth: int) -> _MapSink:
+        card = self.card
+        return _MapSink(shape, card.num_classes, self.label_dtype, want, zoom, depth, card.foreground_threshold)
 
     def _patch_size(self, patch_size: Sequence[int] | None) -> tuple[int, int, int]:
         """Requested or card patch size, rounded up to the network's size divisor per axis."""
@@ -775,6 +787,28 @@ def slices_with_context(planes: np.ndarray, start: int, stop: int, context: int)
     return stacked.transpose(1, 0, 4, 2, 3).copy().reshape(stop - start, c * window, h, w)
 
 
+def foreground_logit_offset(threshold: float) -> float:
+    """What to add to a two-class network's foreground logit so that the argmax becomes "softmax
+    foreground probability above ``threshold``": p1 > t <=> l1 - l0 > log(t / (1 - t))."""
+    return math.log((1.0 - threshold) / threshold)
+
+
+def foreground_mask(logits: torch.Tensor, offset: float) -> torch.Tensor:
+    """``(B, 2, ...)`` logits -> bool ``(B, ...)``: the foreground logit plus ``offset`` beats the
+    background's (offset 0 is the argmax, ties to background as argmax gives them)."""
+    return logits[:, 1] + offset > logits[:, 0]
+
+
+def labels_at_threshold(levels: np.ndarray, candidates: Sequence[float], threshold: float, value: int) -> np.ndarray:
+    """The label map (0 / ``value``) a card with ``threshold`` predicts, from the levels of
+    :attr:`PredictionRequest.threshold_candidates` (``threshold`` must be one of them)."""
+    ordered = sorted(candidates, reverse=True)
+    if threshold not in ordered:
+        raise ValueError(f"threshold {threshold} is not one of the candidates {ordered}")
+    passes = levels >= len(ordered) - ordered.index(threshold)  # offsets grow as thresholds fall
+    return passes.astype(levels.dtype if value <= np.iinfo(levels.dtype).max else np.int32) * value
+
+
 def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(dim=1)`` as uint8 (int32 beyond 255 classes), computed with one vectorised
     comparison per class: PyTorch's CPU argmax over the strided channel axis is ~10x slower
@@ -840,8 +874,16 @@ class _MapSink:
         dtype: np.dtype,
         want: PredictionRequest,
         zoom: NativeZoom | None = None,
+        depth: int = 0,
+        threshold: float | None = None,
     ) -> None:
         self.spatial = tuple(int(s) for s in spatial)
+        self.depth = depth  # the requested depth: the key of the main map's levels
+        # None: the argmax; else the foreground rule of a two-class card (foreground_mask)
+        self.offset = None if threshold is None or num_classes != 2 else foreground_logit_offset(threshold)
+        self.level_offsets = [foreground_logit_offset(t) for t in sorted(want.threshold_candidates, reverse=True)]
+        if self.level_offsets and num_classes != 2:
+            raise ModelConfigError(f"threshold candidates need a two-class model, not {num_classes} classes")
         self.zoom = zoom  # working -> native (in-plane in 2D), applied to every map before use
         self.dtype = dtype
         self.want = want
@@ -849,13 +891,24 @@ class _MapSink:
         if want.probabilities:
             self.maps["probabilities"] = np.zeros((num_classes, *self.spatial), dtype=np.float32)
         self.maps["depths"], self.maps["stages"], self.maps["attention"] = {}, {}, {}
+        if self.level_offsets:
+            self.maps["levels"] = {}
         self.num_classes = num_classes
 
     def _labels_from_logits(self, logits: torch.Tensor, lut: torch.Tensor | None) -> np.ndarray:
-        index = channel_argmax(logits)
+        if self.offset is not None and logits.shape[1] == 2:
+            index = foreground_mask(logits, self.offset).to(torch.uint8)
+        else:
+            index = channel_argmax(logits)
         if lut is not None and logits.shape[1] == len(lut):
             index = lut.to(index.device)[index.long()]
         return index.to("cpu").numpy().astype(self.dtype, copy=False)
+
+    def _levels(self, logits: torch.Tensor) -> np.ndarray:
+        levels = torch.zeros((logits.shape[0], *logits.shape[2:]), dtype=torch.uint8, device=logits.device)
+        for offset in self.level_offsets:
+            levels += foreground_mask(logits, offset)
+        return levels.to("cpu").numpy()
 
     def _stage_labels(self, logits: torch.Tensor, lut: torch.Tensor | None) -> np.ndarray:
         """A stage with the final class count uses the class values; another (CU-Net's
@@ -885,9 +938,12 @@ class _MapSink:
             np.moveaxis(self.maps["probabilities"], axis + 1, 1)[:, start:stop] = probs.swapaxes(0, 1)
         if self.want.depths:
             for d, head in out.heads.items():
-                planes(self._new("depths", d, self.spatial, self.dtype))[...] = self._labels_from_logits(
-                    native(head[crop].float()), lut
-                )
+                head = native(head[crop].float())
+                planes(self._new("depths", d, self.spatial, self.dtype))[...] = self._labels_from_logits(head, lut)
+                if self.level_offsets:
+                    planes(self._new("levels", d, self.spatial, np.uint8))[...] = self._levels(head)
+        if self.level_offsets and not (self.want.depths and out.heads):
+            planes(self._new("levels", self.depth, self.spatial, np.uint8))[...] = self._levels(logits)
         if self.want.stages:
             for name, stage in out.stages.items():
                 # Stage maps are few classes; uint8 always holds them (checked by label_dtype).
@@ -907,6 +963,8 @@ class _MapSink:
         native = self.zoom.apply if self.zoom is not None else (lambda t: t)  # noqa: E731
         logits = native(outputs.pop("logits"))
         self.maps["labels"][...] = self._labels_from_logits(logits, lut)[0]
+        if self.level_offsets and not any(k.startswith("depth:") for k in outputs):
+            self.maps["levels"][self.depth] = self._levels(logits)[0]
         if self.want.probabilities:
             self.maps["probabilities"][...] = torch.softmax(logits, dim=1)[0].numpy()
         del logits
@@ -914,7 +972,10 @@ class _MapSink:
             tensor = outputs.pop(key)
             group, _, name = key.partition(":")
             if group == "depth":
-                self.maps["depths"][int(name)] = self._labels_from_logits(native(tensor), lut)[0]
+                tensor = native(tensor)
+                self.maps["depths"][int(name)] = self._labels_from_logits(tensor, lut)[0]
+                if self.level_offsets:
+                    self.maps["levels"][int(name)] = self._levels(tensor)[0]
             elif group == "stage":
                 self.maps["stages"][name] = self._stage_labels(native(tensor), lut)[0]
             elif group == "attention":
@@ -932,6 +993,7 @@ __all__ = [
     "preprocess_channels",
     "working_spacing",
     "label_dtype",
+    "labels_at_threshold",
     "count_windows",
     "slices_with_context",
 ]

@@ -85,6 +85,10 @@ def build_card(
             validation_section["postprocessing_candidates"] = {
                 name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()
             }
+        if validation.threshold_candidates:
+            validation_section["threshold_candidates"] = {
+                str(t): round(v, 4) for t, v in validation.threshold_candidates.items()
+            }
     licence = cfg.data_licence or (parent.training.get("licence") if parent is not None else None)
     parent_name = (parent.name or parent.architecture) if parent is not None else None
     training = {
@@ -147,6 +151,7 @@ def build_card(
         recommended_depth=recommended,
         mirror_axes=mirrored_axes(cfg.augmentation or AugmentationConfig(enabled=False), int(cfg.dims or 2)),
         postprocessing=None if validation is None else validation.postprocessing,
+        foreground_threshold=None if validation is None else validation.foreground_threshold,
         name=name,
         description=description,
     )

@@ -292,6 +292,15 @@ class TrainConfig:
         flag="--no-postprocessing",
         action="store_false",
     )
+    choose_threshold: bool = option(
+        False,
+        "two-class models: each validation also scores foreground thresholds "
+        "0.5 down to 0.1 at the recommended depth and the model keeps the best "
+        "(figures and card follow it; off unless asked: no gain on held-out LGG "
+        "patients, docs/one_click_training.md)",
+        group="budget",
+        action="store_true",
+    )
     val_batch_size: int | None = option(
         None,
         "slices (2D) or windows (3D) per validation batch (unset: the predictor's own, as at inference)",

@@ -164,8 +164,9 @@ def build_ensemble(
     The networks must be the same architecture with the same options, classes, grid and input
     preprocessing per channel (the card keeps the first checkpoint's channel names); anything else
     is refused naming the field. The card is the first checkpoint's, with ``ensemble_members`` set,
-    each member's name, checksum and training under ``training.members``, and no validation
-    figures: the members' figures are not the ensemble's. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
+    each member's name, checksum and training under ``training.members``, no validation figures
+    and no foreground threshold: the members' figures are not the ensemble's, and a threshold
+    chosen on one member's probabilities does not fit their (smoother) average; the argmax does. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
     A member that is itself an ensemble is refused (list its members instead).
     """
     import dataclasses
@@ -199,6 +200,7 @@ def build_ensemble(
         ensemble_members=len(loaded),
         training={**first.training, "members": members},
         validation={},
+        foreground_threshold=None,
         name=name if name is not None else first.name,
         description=description if description is not None else first.description,
         weights_sha256=None,

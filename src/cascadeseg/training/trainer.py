@@ -1111,6 +1111,7 @@ class Trainer:
             batch_size=self.cfg.val_batch_size,
             cancel=self.cancel,
             choose_postprocessing=self.cfg.choose_postprocessing,
+            choose_threshold=self.cfg.choose_threshold,
         )
         self.model.train()
         self.state.validation_seconds = result.seconds
@@ -1164,6 +1165,7 @@ class Trainer:
                 validation_seconds=result.seconds,
                 samples_per_second=self.epoch_samples / max(train_seconds, 1e-9),
                 time_left_seconds=None if budget is None else max(0.0, budget - self.state.elapsed),
+                extra={"foreground_threshold": result.foreground_threshold} if result.threshold_candidates else {},
             ),
         )
 

@@ -15,6 +15,7 @@ One forward pass with all deep-supervision heads requested gives every pruning d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..inference.checkpoint import ModelCard
 from ..inference.postprocess import CANDIDATES, from_card, postprocess, to_card
-from ..inference.predictor import PredictionRequest, Predictor
+from ..inference.predictor import PredictionRequest, Predictor, labels_at_threshold
 from ..metrics import case_mean_dice
 from .datasets import TrainingCase
 
@@ -42,6 +43,11 @@ POSTPROCESSING_MARGIN = 0.005
 # found a patient's lesion (Dice 0.18 -> 0.00): a rare, total loss that a mean over 13 validation
 # patients does not show, and a Dice point or less of gain is not worth that risk.
 POSTPROCESSING_MAX_CASE_LOSS = 0.1
+# Foreground thresholds a two-class model's validation compares when asked (0.5 is the argmax).
+# Not the trainer's default: chosen this way on each 20-minute LGG run's own validation patients, a
+# threshold gained +0.016 +- 0.009 on the held-out patients of three splits and -0.002 +- 0.003 on
+# four fresh ones (docs/one_click_training.md, benchmarks/threshold_choice.py).
+THRESHOLD_CANDIDATES = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
 
 
 @dataclass
@@ -57,6 +63,10 @@ class ValidationResult:
     # and what each candidate scored: {name or "none": {depth: mean Dice}}.
     postprocessing: dict[str, Any] | None = None
     candidates: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Two-class models: the foreground threshold the figures above use (None: the argmax) and the
+    # mean Dice of every candidate at the recommended depth, after the chosen post-processing.
+    foreground_threshold: float | None = None
+    threshold_candidates: dict[float, float] = field(default_factory=dict)
 
     @property
     def best_dice(self) -> float:
@@ -113,6 +123,7 @@ def validate(
     batch_size: int | None = None,
     cancel: Any = None,
     choose_postprocessing: bool = False,
+    choose_threshold: bool = False,
 ) -> ValidationResult:
     """Segment each case with the predictor (every pruning depth when ``depths``) and score it.
 
@@ -124,13 +135,21 @@ def validate(
     (nnU-Net decides its post-processing on validation folds the same way) and costs no case more
     than :data:`POSTPROCESSING_MAX_CASE_LOSS` there; otherwise the card's own post-processing, as
     the predictor applies it.
+    ``choose_threshold`` (two-class models): then, at the recommended depth and with that
+    post-processing, score each foreground threshold of :data:`THRESHOLD_CANDIDATES` and keep the
+    one with the best mean Dice (ties: the higher threshold; 0.5 is the argmax); every figure of
+    the result is then that threshold's. The depth and the post-processing are chosen at the
+    argmax, so each choice is made once, in this order.
     """
     t0 = time.perf_counter()
+    thresholds = THRESHOLD_CANDIDATES if choose_threshold and card.num_classes == 2 else ()
+    if thresholds:  # the candidates are compared from the argmax, whatever the card had
+        card = dataclasses.replace(card, foreground_threshold=None)
     predictor = Predictor(model, card, device=device, batch_size=batch_size)
     mode = f"{card.dims}d"
     axis = int(card.slice_axis)
     full_depth = predictor.resolve_depth(predictor.model.max_depth)
-    want = PredictionRequest(depths=depths)
+    want = PredictionRequest(depths=depths, threshold_candidates=thresholds)
     foreground = [v for v in card.class_values if v != 0]
     variants: dict[str, Any] = {"none": None}
     if choose_postprocessing:
@@ -138,8 +157,10 @@ def validate(
     elif card.postprocessing:
         variants = {"card": from_card(card.postprocessing)}
     per_variant: dict[str, dict[str, dict[int, float]]] = {name: {} for name in variants}
+    levels: dict[str, dict[int, _SparseLevels]] = {}
     for case in cases:
-        maps = _predict(predictor, case, mode, axis, full_depth, want, cancel)
+        maps, case_levels = _predict(predictor, case, mode, axis, full_depth, want, cancel)
+        levels[case.case_id] = {d: _SparseLevels.of(a) for d, a in case_levels.items()}
         for name, options in variants.items():
             per_variant[name][case.case_id] = {
                 d: case_mean_dice(
@@ -154,15 +175,55 @@ def validate(
     if choose_postprocessing:
         chosen = pick_postprocessing(per_variant)
     options = variants[chosen]
+    dice_per_case, dice_per_depth = per_variant[chosen], means[chosen]
+    depth = recommended_depth(dice_per_depth, dice_per_case=dice_per_case)
+    threshold, threshold_means = None, {}
+    if thresholds:
+        value = card.class_values[1]
+
+        def score(t: float, d: int, c: TrainingCase) -> float:
+            labels = labels_at_threshold(levels[c.case_id][d].dense(), thresholds, t, value)
+            if options is not None:
+                labels = postprocess(labels, options, spacing=c.native_spacing)
+            return case_mean_dice(labels, c.labels_full, foreground)
+
+        threshold_means = {t: _nanmean([score(t, depth, c) for c in cases]) for t in thresholds}
+        best = max(thresholds, key=lambda t: (_finite_or_low(threshold_means[t]), t))
+        if best != 0.5:
+            threshold = best
+            dice_per_case = {c.case_id: {d: score(best, d, c) for d in levels[c.case_id]} for c in cases}
+            dice_per_depth = _means(dice_per_case)
     return ValidationResult(
-        dice_per_depth=means[chosen],
-        dice_per_case=per_variant[chosen],
-        recommended_depth=recommended_depth(means[chosen], dice_per_case=per_variant[chosen]),
+        dice_per_depth=dice_per_depth,
+        dice_per_case=dice_per_case,
+        recommended_depth=depth,
         seconds=time.perf_counter() - t0,
         cases=[c.case_id for c in cases],
         postprocessing=to_card(options) if options is not None else None,
         candidates=means,
+        foreground_threshold=threshold,
+        threshold_candidates=threshold_means,
     )
+
+
+@dataclass
+class _SparseLevels:
+    """A levels map kept between cases as its non-zero voxels only (a lesion's neighbourhood, not
+    the whole scan: a validation set of large scans would otherwise hold one map per depth each)."""
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, levels: np.ndarray) -> _SparseLevels:
+        index = np.flatnonzero(levels)
+        return cls(levels.shape, index, levels.ravel()[index])
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=np.uint8)
+        out.ravel()[self.index] = self.values
+        return out
 
 
 def pick_postprocessing(per_variant: dict[str, dict[str, dict[int, float]]]) -> str:
@@ -211,11 +272,12 @@ def _best(dice_per_depth: dict[int, float]) -> float:
 
 def _predict(
     predictor: Predictor, case: TrainingCase, mode: str, axis: int, depth: int, want: PredictionRequest, cancel: Any
-) -> dict[int, np.ndarray]:
-    """Label maps (class indices) on the case's own grid: ``{depth: labels}``."""
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Label maps (class values) on the case's own grid, ``{depth: labels}``, and the threshold
+    levels the request asked for, ``{depth: levels}`` (empty when none)."""
     maps, _, _, _ = predictor.predict_maps(case.scan, mode, axis, depth, want, cancel=cancel, postprocess=False)
     out = dict(maps.get("depths", {})) or {depth: maps["labels"]}
-    return {int(d): labels for d, labels in out.items()}
+    return {int(d): labels for d, labels in out.items()}, {int(d): a for d, a in maps.get("levels", {}).items()}
 
 
 def _nanmean(values: list[float]) -> float:
