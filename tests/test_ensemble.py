@@ -119,3 +119,20 @@ def test_fine_tuning_an_ensemble_starts_from_its_first_member(tmp_path: Path) ->
     first_conv = next(k for k, v in model.state_dict().items() if v.ndim == 5 and v.shape[1] == 2)
     weights = model.state_dict()[first_conv]
     assert torch.equal(weights[:, :1], single_model.state_dict()[first_conv]) and not weights[:, 1].any()
+
+
+def test_an_ensemble_drops_a_members_foreground_threshold(tmp_path: Path) -> None:
+    """A threshold chosen on one member's probabilities does not fit the members' average: the
+    ensemble's card labels by the argmax."""
+    import shutil
+
+    from cascadeseg.inference import load_checkpoint, resolve_checkpoint
+    from cascadeseg.training.export import build_ensemble
+
+    member = tmp_path / "member"
+    shutil.copytree(resolve_checkpoint("lgg_flair_cascaded_unet_2d"), member)
+    card = json.loads((member / "model_card.json").read_text())
+    (member / "model_card.json").write_text(json.dumps({**card, "foreground_threshold": 0.3}))
+    assert load_checkpoint(member)[1].foreground_threshold == 0.3
+    _, ensemble = load_checkpoint(build_ensemble([member, member], tmp_path / "x2"))
+    assert ensemble.ensemble_members == 2 and ensemble.foreground_threshold is None

@@ -85,8 +85,9 @@ class ModelCard:
     * ``postprocessing``: what the predictor does to its label maps by default (``None``: nothing),
       chosen by the trainer on the validation patients.
     * ``foreground_threshold``: two-class models only; a voxel is foreground when the softmax
-      probability of the foreground class exceeds it (``None``: the argmax, i.e. 0.5), chosen by
-      the trainer on the validation patients (:data:`cascadeseg.training.validation.THRESHOLD_CANDIDATES`).
+      probability of the foreground class exceeds it (``None``: the argmax, i.e. 0.5). Chosen on
+      the validation patients by ``cascadeseg train --choose-threshold`` among
+      :data:`cascadeseg.training.validation.THRESHOLD_CANDIDATES` (off by default), or set by hand.
       The probabilities the predictor returns stay the network's; only the label rule moves.
     * ``ensemble_members``: how many networks of this architecture and options the weights hold
       (``members.0.*``, ...); their class probabilities are averaged (:mod:`cascadeseg.models.ensemble`).
@@ -121,7 +122,7 @@ class ModelCard:
     # {"distant_islands_mm": 10.0} (cascadeseg.inference.postprocess.PostProcessing's fields).
     postprocessing: dict[str, Any] | None = None
     # Two-class models: the foreground probability above which a voxel is foreground (None: 0.5,
-    # the argmax), chosen on the validation patients when training ended.
+    # the argmax); `cascadeseg train --choose-threshold` chooses it on the validation patients.
     foreground_threshold: float | None = None
     # Networks averaged as one (cascadeseg.models.ensemble): 1 is a single network; n > 1 stores n
     # networks of this architecture and these options as members.0.* .. members.{n-1}.*.

@@ -86,10 +86,10 @@ class PredictionRequest:
     attention: bool = False
     mirror: bool | None = None
     # Two-class models: per depth, how many of these foreground thresholds each voxel passes
-    # (uint8 "levels"; a threshold's label map is levels > its rank among the candidates sorted
-    # from high to low, see :func:`labels_at_threshold`), computed with the label rule itself so
-    # that training can compare thresholds on one pass and score exactly what a card with the
-    # chosen one predicts.
+    # (uint8 "levels", in ``maps["levels"]``; a voxel passing a threshold passes every lower one,
+    # so one map holds every candidate's label map: :func:`labels_at_threshold`), computed with the
+    # label rule itself so that training compares thresholds in one pass and scores exactly what
+    # a card with the chosen one predicts.
     threshold_candidates: tuple[float, ...] = ()
 
     def output_request(self) -> OutputRequest:

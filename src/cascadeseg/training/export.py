@@ -166,7 +166,8 @@ def build_ensemble(
     is refused naming the field. The card is the first checkpoint's, with ``ensemble_members`` set,
     each member's name, checksum and training under ``training.members``, no validation figures
     and no foreground threshold: the members' figures are not the ensemble's, and a threshold
-    chosen on one member's probabilities does not fit their (smoother) average; the argmax does. Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
+    chosen on one member's probabilities does not fit their (smoother) average; the argmax does.
+    Score it with :func:`export_checkpoint` (``holdout_data``) or ``cascadeseg evaluate``.
     A member that is itself an ensemble is refused (list its members instead).
     """
     import dataclasses
