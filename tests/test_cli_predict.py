@@ -133,11 +133,29 @@ def test_bad_inputs_give_one_line_errors(shared_data: Path, flair_ckpt: Path, tm
         (["predict", str(tmp_path / "missing.nii.gz"), "-o", out, "-c", str(flair_ckpt)], "does not exist"),
         (["predict", tcia, "-o", out, "-c", str(flair_ckpt), "--depth", "3"], "pruning depth 3"),
         (["predict", tcia, "-o", out, "-c", str(flair_ckpt), "--device", "tpu"], "device 'tpu' is unknown"),
+        (["predict", tcia, "-o", out, "-c", str(flair_ckpt), "--foreground-threshold", "1.5"],
+         "--foreground-threshold must be between 0 and 1"),
+        (["predict", tcia, "-o", out, "-c", "hippocampus_unet_plus_plus_3d", "--foreground-threshold", "0.3"],
+         "--foreground-threshold needs a two-class model"),
     ]
     for argv, message in cases:
         assert main([*argv, "--no-progress"]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("cascadeseg: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_a_foreground_threshold_trades_sensitivity_for_specificity(shared_data: Path, tmp_path: Path) -> None:
+    """The shipped FLAIR cascade on a real patient: a lower threshold only adds voxels to the mask,
+    a higher one only removes them, and the default (0.5, the argmax) lies between."""
+    masks = {}
+    for name, extra in (("low", ["--foreground-threshold", "0.2"]), ("argmax", []),
+                        ("high", ["--foreground-threshold", "0.8"])):
+        out = tmp_path / name
+        argv = ["predict", str(lgg_image(shared_data, LGG_CASES[0])), "-o", str(out), "-c", "lgg_flair_cascaded_unet_2d"]
+        assert main([*argv, *extra, "--no-progress"]) == 0
+        masks[name] = np.asarray(nib.load(out / f"{LGG_CASES[0]}.nii.gz").dataobj) > 0
+    assert not (masks["high"] & ~masks["argmax"]).any() and not (masks["argmax"] & ~masks["low"]).any()
+    assert masks["low"].sum() > masks["high"].sum() > 0
 
 
 def test_two_torchrun_ranks_share_the_cases(shared_data: Path, flair_ckpt: Path, tmp_path: Path) -> None:

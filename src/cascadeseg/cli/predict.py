@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError, VolumeError
+from ..errors import DatasetError, InputFileError, ModelConfigError, OutputExistsError, OutputIsInputError, VolumeError
 from .main import command_parser
 
 if TYPE_CHECKING:
@@ -143,6 +143,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "test_time_mirroring)",
     )
     parser.add_argument(
+        "--foreground-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="two-class models: a voxel is foreground when its foreground probability is above T "
+        "(lower finds more, higher keeps less) (default: the model card's foreground_threshold, "
+        "else 0.5, the argmax)",
+    )
+    parser.add_argument(
         "--save-probabilities",
         action="store_true",
         help="also write OUTPUT/<case>_probabilities.nii.gz (float32 softmax, class along "
@@ -200,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")
+    threshold = args.foreground_threshold
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise InputFileError(f"--foreground-threshold must be between 0 and 1 (exclusive), got {threshold}")
     if args.nan_policy not in NAN_POLICIES:
         raise InputFileError(f"--nan-policy {args.nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
     cases = discover_cases(args.inputs)
@@ -229,6 +241,13 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size
     )
     predictor.resolve_depth(args.depth)  # an impossible depth is refused before any scan is read
+    if threshold is not None:
+        if predictor.card.num_classes != 2:
+            raise ModelConfigError(
+                f"--foreground-threshold needs a two-class model (background and one class); "
+                f"{args.checkpoint} has {predictor.card.num_classes} classes ({', '.join(predictor.card.class_names)})"
+            )
+        predictor.card.foreground_threshold = threshold
     mode = args.mode or f"{predictor.card.dims}d"
     slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
     # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.
