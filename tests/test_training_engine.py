@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeseg.errors import CheckpointError, DatasetError, GeometryMismatchError, OutputExistsError
+from cascadeseg.errors import (
+    CheckpointError,
+    DatasetError,
+    GeometryMismatchError,
+    ModelConfigError,
+    OutputExistsError,
+)
 from cascadeseg.inference.checkpoint import load_checkpoint
 from cascadeseg.io import load_labels, load_volume
 from cascadeseg.io.volume import Volume
@@ -614,10 +620,18 @@ def test_foreground_threshold_is_chosen_on_validation_and_the_predictor_scores_i
         assert np.mean(labels_t.astype(bool) != (foreground > t)) < 1e-4
         counts.append(int(labels_t.sum()))
     assert counts == sorted(counts) and counts[-1] > counts[0]  # lower thresholds only add voxels
+    # A run may ask for its own threshold without touching the card.
+    predictor.card.foreground_threshold = None
+    by_request = predictor.predict(image, want=PredictionRequest(foreground_threshold=0.2)).labels.array
+    assert np.array_equal(by_request, labels_at_threshold(levels, THRESHOLD_CANDIDATES, 0.2, 1))
+    with pytest.raises(ModelConfigError, match="between 0 and 1"):
+        predictor.predict(image, want=PredictionRequest(foreground_threshold=1.5))
 
 
-def test_a_threshold_needs_a_two_class_card_in_range() -> None:
+def test_a_threshold_needs_a_two_class_card_in_range(shared_data: Path) -> None:
+    from cascadeseg.inference import Predictor
     from cascadeseg.inference.checkpoint import ModelCard
+    from cascadeseg.inference.predictor import PredictionRequest
 
     base = dict(architecture="unet", model_options={}, dims=2, input_channels=[{"name": "FLAIR"}])
     two = [{"value": 0, "name": "background"}, {"value": 1, "name": "lesion"}]
@@ -628,3 +642,8 @@ def test_a_threshold_needs_a_two_class_card_in_range() -> None:
     three = [*two, {"value": 2, "name": "oedema"}]
     with pytest.raises(CheckpointError, match="needs a two-class model"):
         ModelCard.from_dict({**base, "classes": three, "foreground_threshold": 0.3}, "card.json")
+    # Asked of a run: refused before the scan is prepared, naming the classes.
+    predictor = Predictor.from_checkpoint("hippocampus_unet_plus_plus_3d", device="cpu")
+    crop = load_volume(shared_data / "hippocampus" / "imagesTr" / "hippocampus_001_0000.nii.gz")
+    with pytest.raises(ModelConfigError, match="needs a two-class model.*3 classes"):
+        predictor.predict(crop, want=PredictionRequest(foreground_threshold=0.3))

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QPushButton,
     QRadioButton,
     QVBoxLayout,
@@ -114,6 +115,7 @@ class SegmentRequest:
     device: str
     probabilities: bool
     mirror: bool = False
+    foreground_threshold: float | None = None  # two-class models; None: the model's own rule
     target: str = ADD  # ADD, or the name of the earlier result to replace
     # The voxels of the layer to replace, checked against its recorded checksum in the worker.
     target_data: Any = None
@@ -153,6 +155,14 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self.probabilities = QCheckBox("also add the probability map")
         self.mirror = QCheckBox("test-time mirroring (more accurate, 4x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setToolTip(
+            "Two-class models: a voxel is foreground when its probability is above this "
+            "(lower finds more, higher keeps less; 0.50 is the usual argmax)"
+        )
         self.rerun = QComboBox()
         self.rerun.setToolTip(
             "Where the result goes: a new layer, or in place of an earlier result of this scan "
@@ -169,6 +179,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             ("device:", self.device),
             ("output:", self.probabilities),
             ("", self.mirror),
+            ("foreground above:", self.threshold),
             ("result:", self.rerun),
         )
         layout = QVBoxLayout()
@@ -214,6 +225,8 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self._measure_depths(entry)
         self.mirror.setChecked(card.test_time_mirroring and bool(card.test_time_mirror_axes))
         self.mirror.setEnabled(bool(card.test_time_mirror_axes))
+        self.threshold.setValue(card.foreground_threshold or 0.5)
+        self.threshold.setEnabled(card.num_classes == 2)
         if card.recommended_depth is not None:
             index = self.depth.findData(card.recommended_depth)
             if index >= 0:
@@ -310,6 +323,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             device=device,
             probabilities=self.probabilities.isChecked(),
             mirror=self.mirror.isChecked(),
+            foreground_threshold=self.threshold.value() if self.threshold.isEnabled() else None,
             target=target if target_layer is not None else ADD,
             target_data=target_layer.data if target_layer is not None else None,
             target_checksum=(recorded or {}).get("checksum"),
@@ -348,7 +362,11 @@ class SegmentWidget(QWidget, ModelChoiceDock):
                 mode=request.mode,
                 axis=request.axis if request.mode == "2d" else None,
                 depth=request.depth,
-                want=PredictionRequest(probabilities=request.probabilities, mirror=request.mirror),
+                want=PredictionRequest(
+                    probabilities=request.probabilities,
+                    mirror=request.mirror,
+                    foreground_threshold=request.foreground_threshold,
+                ),
                 progress=progress,
                 cancel=cancel,
             )
@@ -376,6 +394,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             "mode": result.mode,
             "device": result.device,
             "classes": dict(zip(map(str, card.class_values), card.class_names)),
+            "foreground_threshold": request.foreground_threshold,
             "seconds": round(float(result.timings.get("total", 0.0)), 3),
             "rate": round(float(result.rate), 2),
             "unit": result.unit,

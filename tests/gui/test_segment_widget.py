@@ -65,6 +65,18 @@ def test_shipped_default_segments_the_bundled_sample(make_napari_viewer, qtbot) 
     # the model's quality itself is measured by the training issue.
     scores = evaluate_case(np.asarray(labels.data), np.asarray(truth.data), image.scale)
     assert scores["1"]["dice"] > SAMPLE_DICE_FLOOR, scores
+    # A two-class model: "foreground above" is offered, at the model's own rule (0.5: the argmax),
+    # and a lower threshold adds a layer whose mask holds the first one and more.
+    assert widget.threshold.isEnabled() and widget.threshold.value() == 0.5
+    assert info["foreground_threshold"] == 0.5
+    widget.threshold.setValue(0.2)
+    widget.rerun.setCurrentIndex(widget.rerun.findData(ADD))
+    assert widget.run()
+    assert wait_for_job(qtbot, widget, 300_000).ok
+    lower = next(layer for layer in _results(viewer) if layer is not labels)
+    assert lower.metadata["cascadeseg"]["result"]["foreground_threshold"] == 0.2
+    first, more = np.asarray(labels.data) > 0, np.asarray(lower.data) > 0
+    assert not (first & ~more).any() and more.sum() > first.sum()
 
 
 def test_segment_sample_crop_gives_labels_on_the_image_grid(make_napari_viewer, qtbot, sample_crop, tiny_models) -> None:

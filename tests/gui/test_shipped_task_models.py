@@ -71,6 +71,8 @@ def test_shipped_3d_model_segments_in_3d_with_named_coloured_classes(
     # The card's defaults reach the dock: its full depth and (chosen on validation) mirroring.
     assert widget.depth.currentData() == card.recommended_depth == 4
     assert widget.mirror.isChecked() == card.test_time_mirroring is True
+    assert not widget.threshold.isEnabled()  # three classes: no single foreground to threshold
+    assert labels.metadata["cascadeseg"]["result"]["foreground_threshold"] is None
     _assert_named_and_coloured(labels, card)
     (truth,) = viewer.open(str(truth_path), plugin=PLUGIN)
     scores = evaluate_case(np.asarray(labels.data), np.asarray(truth.data), image.scale, classes=[1, 2], surface=False)

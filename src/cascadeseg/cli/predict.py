@@ -241,13 +241,11 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size
     )
     predictor.resolve_depth(args.depth)  # an impossible depth is refused before any scan is read
-    if threshold is not None:
-        if predictor.card.num_classes != 2:
-            raise ModelConfigError(
-                f"--foreground-threshold needs a two-class model (background and one class); "
-                f"{args.checkpoint} has {predictor.card.num_classes} classes ({', '.join(predictor.card.class_names)})"
-            )
-        predictor.card.foreground_threshold = threshold
+    if threshold is not None and predictor.card.num_classes != 2:  # before any scan is read
+        raise ModelConfigError(
+            f"--foreground-threshold needs a two-class model (background and one class); "
+            f"{args.checkpoint} has {predictor.card.num_classes} classes ({', '.join(predictor.card.class_names)})"
+        )
     mode = args.mode or f"{predictor.card.dims}d"
     slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
     # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.
@@ -283,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 axis=args.axis,
                 depth=args.depth,
-                want=PredictionRequest(probabilities=args.save_probabilities, mirror=args.mirror),
+                want=PredictionRequest(
+                    probabilities=args.save_probabilities, mirror=args.mirror, foreground_threshold=threshold
+                ),
                 progress=bar.update,
                 patch_size=args.patch_size,
                 overlap=args.overlap,

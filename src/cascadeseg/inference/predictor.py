@@ -91,6 +91,9 @@ class PredictionRequest:
     # label rule itself so that training compares thresholds in one pass and scores exactly what
     # a card with the chosen one predicts.
     threshold_candidates: tuple[float, ...] = ()
+    # Two-class models: this run's foreground threshold (None: the card's ``foreground_threshold``,
+    # else the argmax), e.g. a more sensitive mask asked for by hand without changing the card.
+    foreground_threshold: float | None = None
 
     def output_request(self) -> OutputRequest:
         return OutputRequest(heads=self.depths, stages=self.stages, attention=self.attention)
@@ -223,6 +226,7 @@ class Predictor:
         """
         t0 = time.perf_counter()
         want = want or PredictionRequest()
+        self._check_threshold(want.foreground_threshold)  # before the scan is prepared
         mode = self._check_mode(mode)
         axis = self.card.slice_axis if axis is None else int(axis)
         if axis not in (0, 1, 2):
@@ -303,6 +307,7 @@ class Predictor:
         ``postprocess``: apply the card's post-processing (``spacing``: the scan's, in mm); training
         turns it off to compare the candidates itself."""
         want = want or PredictionRequest()
+        self._check_threshold(want.foreground_threshold)
         crop_fractions = _CropFractions(self.model)
         try:
             if mode == "2d":
@@ -564,7 +569,20 @@ class Predictor:
 
     def _sink(self, shape: Sequence[int], want: PredictionRequest, zoom: NativeZoom | None, depth: int) -> _MapSink:
         card = self.card
-        return _MapSink(shape, card.num_classes, self.label_dtype, want, zoom, depth, card.foreground_threshold)
+        threshold = card.foreground_threshold if want.foreground_threshold is None else want.foreground_threshold
+        return _MapSink(shape, card.num_classes, self.label_dtype, want, zoom, depth, threshold)
+
+    def _check_threshold(self, threshold: float | None) -> None:
+        """A requested foreground threshold: a number in (0, 1), for a two-class model."""
+        if threshold is None:
+            return
+        if not 0.0 < float(threshold) < 1.0:
+            raise ModelConfigError(f"foreground threshold must be between 0 and 1 (exclusive), got {threshold}")
+        if self.card.num_classes != 2:
+            raise ModelConfigError(
+                f"a foreground threshold needs a two-class model (background and one class); this one has "
+                f"{self.card.num_classes} classes ({', '.join(self.card.class_names)})"
+            )
 
     def _patch_size(self, patch_size: Sequence[int] | None) -> tuple[int, int, int]:
         """Requested or card patch size, rounded up to the network's size divisor per axis."""
