@@ -156,7 +156,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self.mirror = QCheckBox("test-time mirroring (more accurate, 4x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
         self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
         self.threshold.setDecimals(2)
         self.threshold.setToolTip(
