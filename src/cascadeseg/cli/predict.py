@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DatasetError, InputFileError, ModelConfigError, OutputExistsError, OutputIsInputError, VolumeError
+from ..errors import DatasetError, InputFileError, OutputExistsError, OutputIsInputError, VolumeError
 from .main import command_parser
 
 if TYPE_CHECKING:
@@ -209,9 +209,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputFileError(f"--batch-size must be >= 1, got {args.batch_size}")
-    threshold = args.foreground_threshold
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise InputFileError(f"--foreground-threshold must be between 0 and 1 (exclusive), got {threshold}")
     if args.nan_policy not in NAN_POLICIES:
         raise InputFileError(f"--nan-policy {args.nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
     cases = discover_cases(args.inputs)
@@ -236,16 +233,14 @@ def run(args: argparse.Namespace) -> int:
         for path in case.files or (case.path,):
             check_volume_size(path)
     from ..inference import PostProcessing, PredictionRequest, Predictor, postprocess
+    from ..inference.predictor import check_foreground_threshold
 
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, mixed_precision=not args.no_mixed_precision, batch_size=args.batch_size
     )
     predictor.resolve_depth(args.depth)  # an impossible depth is refused before any scan is read
-    if threshold is not None and predictor.card.num_classes != 2:  # before any scan is read
-        raise ModelConfigError(
-            f"--foreground-threshold needs a two-class model (background and one class); "
-            f"{args.checkpoint} has {predictor.card.num_classes} classes ({', '.join(predictor.card.class_names)})"
-        )
+    threshold = args.foreground_threshold
+    check_foreground_threshold(threshold, predictor.card, "--foreground-threshold")  # before any scan is read
     mode = args.mode or f"{predictor.card.dims}d"
     slice_axis = predictor.card.slice_axis if args.axis is None else args.axis
     # 2D predictions are made slice by slice, so the holes to fill are those closed within a slice.

@@ -226,7 +226,7 @@ class Predictor:
         """
         t0 = time.perf_counter()
         want = want or PredictionRequest()
-        self._check_threshold(want.foreground_threshold)  # before the scan is prepared
+        check_foreground_threshold(want.foreground_threshold, self.card)  # before the scan is prepared
         mode = self._check_mode(mode)
         axis = self.card.slice_axis if axis is None else int(axis)
         if axis not in (0, 1, 2):
@@ -307,7 +307,7 @@ class Predictor:
         ``postprocess``: apply the card's post-processing (``spacing``: the scan's, in mm); training
         turns it off to compare the candidates itself."""
         want = want or PredictionRequest()
-        self._check_threshold(want.foreground_threshold)
+        check_foreground_threshold(want.foreground_threshold, self.card)
         crop_fractions = _CropFractions(self.model)
         try:
             if mode == "2d":
@@ -572,18 +572,6 @@ class Predictor:
         threshold = card.foreground_threshold if want.foreground_threshold is None else want.foreground_threshold
         return _MapSink(shape, card.num_classes, self.label_dtype, want, zoom, depth, threshold)
 
-    def _check_threshold(self, threshold: float | None) -> None:
-        """A requested foreground threshold: a number in (0, 1), for a two-class model."""
-        if threshold is None:
-            return
-        if not 0.0 < float(threshold) < 1.0:
-            raise ModelConfigError(f"foreground threshold must be between 0 and 1 (exclusive), got {threshold}")
-        if self.card.num_classes != 2:
-            raise ModelConfigError(
-                f"a foreground threshold needs a two-class model (background and one class); this one has "
-                f"{self.card.num_classes} classes ({', '.join(self.card.class_names)})"
-            )
-
     def _patch_size(self, patch_size: Sequence[int] | None) -> tuple[int, int, int]:
         """Requested or card patch size, rounded up to the network's size divisor per axis."""
         size = tuple(patch_size or self.card.patch_size or DEFAULT_PATCH_3D)
@@ -805,6 +793,20 @@ def slices_with_context(planes: np.ndarray, start: int, stop: int, context: int)
     return stacked.transpose(1, 0, 4, 2, 3).copy().reshape(stop - start, c * window, h, w)
 
 
+def check_foreground_threshold(threshold: float | None, card: ModelCard, what: str = "a foreground threshold") -> None:
+    """Refuse a requested foreground threshold (``what`` names it in the error) that is not a
+    number in (0, 1) or asks it of a model that is not two-class."""
+    if threshold is None:
+        return
+    if not 0.0 < float(threshold) < 1.0:
+        raise ModelConfigError(f"{what} must be between 0 and 1 (exclusive), got {threshold}")
+    if card.num_classes != 2:
+        raise ModelConfigError(
+            f"{what} needs a two-class model (background and one class); this one has "
+            f"{card.num_classes} classes ({', '.join(card.class_names)})"
+        )
+
+
 def foreground_logit_offset(threshold: float) -> float:
     """What to add to a two-class network's foreground logit so that the argmax becomes "softmax
     foreground probability above ``threshold``": p1 > t <=> l1 - l0 > log(t / (1 - t))."""
@@ -1011,6 +1013,7 @@ __all__ = [
     "preprocess_channels",
     "working_spacing",
     "label_dtype",
+    "check_foreground_threshold",
     "labels_at_threshold",
     "count_windows",
     "slices_with_context",

@@ -187,7 +187,10 @@ def validate(
                 labels = postprocess(labels, options, spacing=c.native_spacing)
             return case_mean_dice(labels, c.labels_full, foreground)
 
-        threshold_means = {t: _nanmean([score(t, depth, c) for c in cases]) for t in thresholds}
+        # 0.5 is the argmax: its figure is the one just computed, not scored again.
+        threshold_means = {
+            t: dice_per_depth[depth] if t == 0.5 else _nanmean([score(t, depth, c) for c in cases]) for t in thresholds
+        }
         best = max(thresholds, key=lambda t: (_finite_or_low(threshold_means[t]), t))
         if best != 0.5:
             threshold = best
