@@ -597,6 +597,9 @@ def test_foreground_threshold_is_chosen_on_validation_and_the_predictor_scores_i
     assert sorted(means, reverse=True) == list(THRESHOLD_CANDIDATES)
     best = max(means, key=lambda t: (means[t], t))
     assert card["foreground_threshold"] == (None if best == 0.5 else best)
+    with open(tmp_path / "run" / "log.csv", newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    assert float(logged[-1]["foreground_threshold"]) == best  # the epoch's choice, in the last column
     depth = str(card["recommended_depth"] or 1)
     assert card["validation"]["dice_per_depth"][depth] == pytest.approx(means[best], abs=1e-4)
 

@@ -61,7 +61,7 @@ from .feeding import LayerFeeder, one_scene_update
 from .layout import hbox, scrollable
 from .model_picker import ModelChoiceDock, model_and_channel_boxes, model_info
 from .notify import error, info
-from .segment_widget import device_combo
+from .segment_widget import chosen_threshold, device_combo, show_card_threshold, threshold_box
 from .workers import JobPanel
 
 NO_GROUND_TRUTH = "(none)"
@@ -119,6 +119,7 @@ class Comparison:
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     structures: list[str] = field(default_factory=list)
     class_colors: dict[int, str] = field(default_factory=dict)  # the card's colours, by class value
+    foreground_threshold: float | None = None  # the run's, when asked for (two-class models)
 
     @property
     def runs(self) -> list[ComparisonRun]:
@@ -194,6 +195,7 @@ class CompareWidget(QWidget, ModelChoiceDock):
         self.ground_truth = QComboBox()
         self.ground_truth.setToolTip("The labels layer the others are scored against (none: no scores)")
         self.device = device_combo()
+        self.threshold = threshold_box()
         self.grid = QCheckBox("show the panels side by side")
         self.grid.setToolTip("Your own layers are hidden while the panels are shown, and shown again after")
         self.grid.setChecked(True)
@@ -215,6 +217,7 @@ class CompareWidget(QWidget, ModelChoiceDock):
         form = QFormLayout()
         form.addRow("ground truth:", self.ground_truth)
         form.addRow("device:", self.device)
+        form.addRow("foreground above:", self.threshold)
         form.addRow("", self.grid)
         buttons = hbox(self.compare_button, self.clear_button)
         layout = QVBoxLayout()
@@ -262,6 +265,8 @@ class CompareWidget(QWidget, ModelChoiceDock):
     def _model_changed(self) -> None:
         entry = self.models.current_entry()
         self.channels.set_channels(entry.card.input_channels if entry else ["image"])
+        if entry is not None:
+            show_card_threshold(self.threshold, entry.card)
 
     def _layers_changed(self, event: Any = None) -> None:
         layer = getattr(event, "value", None)
@@ -310,17 +315,18 @@ class CompareWidget(QWidget, ModelChoiceDock):
         except CascadeSegError as exc:
             error(str(exc))
             return False
-        job = self._job(entry, image_name, volume, truth, truth_name, device)
+        job = self._job(entry, image_name, volume, truth, truth_name, device, chosen_threshold(self.threshold))
         started = self.job.start(job, self._show, "comparison")
         if started:
             self.compare_button.setEnabled(False)
         return started
 
     def _job(self, entry: Any, image_name: str, volume: Any, truth: np.ndarray | None,
-             truth_name: str | None, device: str) -> Callable[..., Comparison]:
+             truth_name: str | None, device: str, threshold: float | None) -> Callable[..., Comparison]:
         def job(progress: Callable[[Any], None], cancel: threading.Event) -> Comparison:
             model, card = self.cache.load(entry.path)
-            return compare_model(model, card, volume, image_name, truth, truth_name, device, progress, cancel)
+            return compare_model(model, card, volume, image_name, truth, truth_name, device, progress, cancel,
+                                 foreground_threshold=threshold)
 
         return job
 
@@ -423,6 +429,8 @@ class CompareWidget(QWidget, ModelChoiceDock):
             f"Compared {len(comparison.depths)} depth(s), {len(comparison.stages)} stage(s) and "
             f"{len(comparison.gates)} attention gate(s) of '{comparison.image_name}'"
             + (f" against '{comparison.truth_name}'" if comparison.truth_name else "")
+            + (f", foreground above {comparison.foreground_threshold:.2f}"
+               if comparison.foreground_threshold not in (None, 0.5) else "")
         )
 
     def _owned(self) -> list[Any]:
@@ -493,6 +501,7 @@ class CompareWidget(QWidget, ModelChoiceDock):
     def _place(self, comparison: Comparison, role: str, kind: str, data: Any, kwargs: dict[str, Any]) -> Any:
         """Add the layer for ``role`` hidden, or give the existing one its new data."""
         recorded = {"kind": COMPARE, "role": role, "image": comparison.image_name, "created": time.time(),
+                    "foreground_threshold": comparison.foreground_threshold,
                     **({"gates": list(comparison.gates)} if role == "attention" else {})}
         metadata = {GEOMETRY_KEY: geometry_metadata(comparison.reference, **{RESULT_KEY: recorded})}
         layer = self._owned_layer_role(role)
@@ -652,7 +661,7 @@ def _shrink(layer: Any) -> None:
 
 def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np.ndarray | None,
                   truth_name: str | None, device: str, progress: Callable[[Any], None],
-                  cancel: threading.Event) -> Comparison:
+                  cancel: threading.Event, foreground_threshold: float | None = None) -> Comparison:
     """Every depth, the stages and the attention gates of one model on one scan, their
     differences and, against ``truth``, their scores (worker thread).
 
@@ -685,10 +694,14 @@ def compare_model(model: Any, card: Any, volume: Any, image_name: str, truth: np
         return report
 
     comparison = Comparison(image_name=image_name, reference=None, scan=volume.array[0], truth=truth,
-                            truth_name=truth_name, class_colors=card.class_colors)
+                            truth_name=truth_name, class_colors=card.class_colors,
+                            foreground_threshold=foreground_threshold)
     mode, axis = f"{card.dims}d", card.slice_axis
     prepared = predictor.prepare_checked(volume, mode, axis)
-    want = PredictionRequest(depths=bool(depths), stages=stages, attention=attention and not gates_apart)
+    # The run's foreground threshold (two-class models) applies to every depth and stage with the
+    # final class count, as Segment applies it to the depth it runs.
+    want = PredictionRequest(depths=bool(depths), stages=stages, attention=attention and not gates_apart,
+                             foreground_threshold=foreground_threshold)
     label = "every depth" if depths else ("stages" if stages else "full")
     result = predictor.predict(volume, depth=full, want=want, progress=step_progress(0, label), cancel=cancel,
                                prepared=prepared)

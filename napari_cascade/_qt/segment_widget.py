@@ -71,6 +71,31 @@ def device_combo() -> QComboBox:
     for name in DEVICE_CHOICES:
         combo.addItem(DEVICE_LABELS.get(name, name), name)
     return combo
+
+
+def threshold_box() -> QDoubleSpinBox:
+    """The 'foreground above' choice of the docks that run a model (Segment, Compare)."""
+    box = QDoubleSpinBox()
+    box.setRange(0.01, 0.99)  # wide enough to show a card's own threshold unclamped
+    box.setSingleStep(0.05)
+    box.setDecimals(2)
+    box.setToolTip(
+        "Two-class models: a voxel is foreground when its probability is above this "
+        "(lower finds more, higher keeps less; 0.50 is the usual argmax)"
+    )
+    return box
+
+
+def show_card_threshold(box: QDoubleSpinBox, card: Any) -> None:
+    """The card's own rule (0.50: the argmax), editable for two-class models only."""
+    box.setValue(card.foreground_threshold or 0.5)
+    box.setEnabled(card.num_classes == 2)
+
+
+def chosen_threshold(box: QDoubleSpinBox) -> float | None:
+    """The threshold a run asks for (``PredictionRequest.foreground_threshold``); ``None`` for
+    models with other class counts, whose labels are the argmax."""
+    return box.value() if box.isEnabled() else None
 ADD = "add"
 
 
@@ -155,14 +180,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self.probabilities = QCheckBox("also add the probability map")
         self.mirror = QCheckBox("test-time mirroring (more accurate, 4x slower)")
         self.mirror.setToolTip("Average the prediction over the image and its mirror images, as nnU-Net does")
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.01, 0.99)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setDecimals(2)
-        self.threshold.setToolTip(
-            "Two-class models: a voxel is foreground when its probability is above this "
-            "(lower finds more, higher keeps less; 0.50 is the usual argmax)"
-        )
+        self.threshold = threshold_box()
         self.rerun = QComboBox()
         self.rerun.setToolTip(
             "Where the result goes: a new layer, or in place of an earlier result of this scan "
@@ -225,8 +243,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
         self._measure_depths(entry)
         self.mirror.setChecked(card.test_time_mirroring and bool(card.test_time_mirror_axes))
         self.mirror.setEnabled(bool(card.test_time_mirror_axes))
-        self.threshold.setValue(card.foreground_threshold or 0.5)
-        self.threshold.setEnabled(card.num_classes == 2)
+        show_card_threshold(self.threshold, card)
         if card.recommended_depth is not None:
             index = self.depth.findData(card.recommended_depth)
             if index >= 0:
@@ -323,7 +340,7 @@ class SegmentWidget(QWidget, ModelChoiceDock):
             device=device,
             probabilities=self.probabilities.isChecked(),
             mirror=self.mirror.isChecked(),
-            foreground_threshold=self.threshold.value() if self.threshold.isEnabled() else None,
+            foreground_threshold=chosen_threshold(self.threshold),
             target=target if target_layer is not None else ADD,
             target_data=target_layer.data if target_layer is not None else None,
             target_checksum=(recorded or {}).get("checksum"),

@@ -121,13 +121,21 @@ def test_depths_attention_and_metrics_table(make_napari_viewer, qtbot, sample_cr
     widget.grid.setChecked(False)
     assert image.visible and truth.visible and not any(layer.visible for layer in _compare_layers(viewer))
 
-    # A re-run without ground truth keeps the panel order and reuses the layers.
+    # A re-run without ground truth keeps the panel order and reuses the layers; a lower foreground
+    # threshold (a two-class model: the box is on, at the card's 0.50) only adds voxels at every depth.
     widget.grid.setChecked(True)
     count = len(viewer.layers)
+    assert widget.threshold.isEnabled() and widget.threshold.value() == 0.5
+    at_half = {run.name: run.labels.copy() for run in comparison.depths}
+    widget.threshold.setValue(0.2)
     widget.ground_truth.setCurrentText("(none)")
     assert widget.run() and wait_for_job(qtbot, widget, 120_000).ok
     assert widget.panel_titles()[:5] == ["L1", "L2", "L3", "L4", "L4 vs L1"]
     assert len(viewer.layers) == count  # the same three layers, new tiles
+    lower = {run.name: run.labels for run in widget.last_comparison.depths}
+    assert all(np.all(lower[name][at_half[name] > 0] > 0) for name in at_half)
+    assert sum(int(np.count_nonzero(lower[n])) for n in lower) > sum(int(np.count_nonzero(at_half[n])) for n in at_half)
+    assert _role(viewer, "masks").metadata["cascadeseg"]["result"]["foreground_threshold"] == 0.2
 
 
 def test_cascade_stages_and_their_difference(make_napari_viewer, qtbot, sample_crop, tiny_models) -> None:
@@ -255,29 +263,32 @@ def test_attention_by_slabs_equals_attention_at_once(sample_crop, tiny_models, m
     assert difference.max() <= 1, difference.max()
 
 
-@pytest.mark.parametrize("mirroring", [False, True])
-def test_every_depth_from_one_pass_is_what_that_depth_segments(sample_crop, tiny_models, mirroring: bool) -> None:
+@pytest.mark.parametrize(("mirroring", "threshold"), [(False, None), (True, None), (False, 0.2)])
+def test_every_depth_from_one_pass_is_what_that_depth_segments(sample_crop, tiny_models, mirroring: bool,
+                                                              threshold: float | None) -> None:
     """Compare runs the network once, at full depth, and takes every depth's map from its heads:
     each must be what Segment (the predictor at that depth alone, really pruned) gives, with the
-    card's test-time mirroring too (each head mirrored as a pruned run would be). Each depth keeps
-    its own time, measured with the network pruned to it."""
+    card's test-time mirroring too (each head mirrored as a pruned run would be), and with a
+    foreground threshold chosen for the run. Each depth keeps its own time, measured with the
+    network pruned to it."""
     import dataclasses
     import threading
 
     from cascadeseg.inference.checkpoint import load_checkpoint
-    from cascadeseg.inference.predictor import Predictor
+    from cascadeseg.inference.predictor import PredictionRequest, Predictor
     from napari_cascade._qt import compare_widget
 
     model, card = load_checkpoint(tiny_models["anu"])
     card = dataclasses.replace(card, test_time_mirroring=mirroring, mirror_axes=[0, 1])  # in-plane flips: 4 passes
     image = sample_crop[0]
     comparison = compare_widget.compare_model(model, card, image, "crop", None, None, "cpu", lambda p: None,
-                                              threading.Event())
+                                              threading.Event(), foreground_threshold=threshold)
     predictor = Predictor(model, card, device="cpu")
     assert [run.name for run in comparison.depths] == ["L1", "L2", "L3", "L4"]
     found = 0
+    want = PredictionRequest(foreground_threshold=threshold)
     for run, depth in zip(comparison.depths, (1, 2, 3, 4)):
-        alone = predictor.predict(image, depth=depth).labels.array
+        alone = predictor.predict(image, depth=depth, want=want).labels.array
         found += np.count_nonzero(alone)
         assert np.count_nonzero(run.labels != alone) <= alone.size // 10_000, (depth, np.count_nonzero(run.labels != alone))
         assert run.seconds is not None and run.seconds > 0 and run.rate is not None and run.rate > 0

@@ -312,6 +312,9 @@ class Trainer:
                 "samples_per_second",
                 "elapsed_seconds",
             ]
+            # Last, and only in runs that choose a threshold: readers that index the columns by
+            # position (benchmark scripts) see the same columns as before.
+            + (["foreground_threshold"] if self.cfg.choose_threshold else [])
         )
         self.log = CsvLog(self.run_dir / LOG_FILE, self.columns)
         if self.ctx.is_main and self.cfg.resume:
@@ -1144,6 +1147,9 @@ class Trainer:
         }
         for depth, value in result.dice_per_depth.items():
             row[f"dice_depth{depth}"] = round(value, 4)
+        if result.threshold_candidates:
+            # 0.5 (the argmax) is recorded as such, not as an empty cell.
+            row["foreground_threshold"] = result.foreground_threshold or 0.5
         self.log.append(row)
         self.history.append(row)
         budget = self._budget()
