@@ -96,6 +96,8 @@ def chosen_threshold(box: QDoubleSpinBox) -> float | None:
     """The threshold a run asks for (``PredictionRequest.foreground_threshold``); ``None`` for
     models with other class counts, whose labels are the argmax."""
     return box.value() if box.isEnabled() else None
+
+
 ADD = "add"
 
 
