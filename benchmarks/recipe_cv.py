@@ -91,7 +91,8 @@ def pooled_table(folders: list[Path]) -> tuple[str, dict]:
 
 def score_runs(fold: Path, data: Path, validation: list[str], meta: dict) -> dict[str, dict[str, float]]:
     """Apply the kept model of ``fold/planned`` and ``fold/variant`` to the held-out patients with
-    ``cascadeseg predict``, score them, and write ``dice.json`` and ``val.json`` (with the step counts)."""
+    ``cascadeseg predict``, score them, and write ``dice.json`` and ``val.json`` (now with the step
+    counts)."""
     images = [str(data / "imagesTr" / f"{case}_0000.nii.gz") for case in validation]
     dice = {}
     for name in ("planned", "variant"):
@@ -137,13 +138,8 @@ def main() -> None:
         markdown, payload = pooled_table(args.pool)
         write_results(args.results, f"recipe_cv_{args.name}", markdown, payload)
         return
-    if args.score:
-        saved = args.score / "val.json"
-        meta = json.loads(saved.read_text()) if saved.exists() else {}
-        if "val" not in meta:
-            meta["val"] = json.loads((args.score / "holdout.json").read_text())["cases"]
-        if args.variant is not None:
-            meta["variant"] = list(args.variant)
+    if args.score:  # the held-out patients and the variant were recorded before training
+        meta = json.loads((args.score / "val.json").read_text())
         score_runs(args.score, args.data, meta["val"], meta)
         return
     if args.folder is None or args.out is None or args.variant is None or (args.fold is None) == (args.holdout_seed is None):
@@ -160,6 +156,8 @@ def main() -> None:
         train_data = fold / "train_data"
         link_cases([ref for ref in load_dataset(args.folder) if ref.case_id in training], train_data)
         meta = {"seed": args.seed, "folds": args.folds, "fold": args.fold, "val": validation}
+    meta["variant"] = list(args.variant)
+    json.dump(meta, open(fold / "val.json", "w"), indent=1)  # so that --score can finish an interrupted fold
     runs = {"planned": [], "variant": list(args.variant)}
     procs = {}
     for core, (name, extra) in enumerate(runs.items()):
@@ -170,7 +168,6 @@ def main() -> None:
     for name, proc in procs.items():
         if proc.wait() != 0:
             raise SystemExit(f"{name} training failed: see {fold / f'{name}.log'}")
-    meta["variant"] = list(args.variant)
     score_runs(fold, args.data, validation, meta)
 
 
