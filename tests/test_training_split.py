@@ -250,6 +250,51 @@ def test_scanner_augmentations_change_intensities_only_and_keep_their_promises(s
     assert 0.0 < float((out - x).std()) <= 0.1
 
 
+def test_foreground_contrast_dims_the_real_lesion_against_its_own_surroundings(shared_data: Path) -> None:
+    """On real z-scored LGG slices through the lesion: inside the lesion (one voxel in from its
+    edge) the contrast to the ring's mean is exactly the drawn factor, voxels two or more beyond
+    the lesion do not move, labels do not change; the body mask riding in the labels (class +
+    num_classes) does not count as foreground; a 3D batch takes the same path."""
+    from cascadeseg.inference.predictor import prepare_scan
+    from cascadeseg.io import load_labels, load_volume
+
+    root = shared_data / "lgg-flair"
+    image = load_volume(root / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    truth = load_labels(root / "labelsTr" / "TCGA_DU_6404_19850629.nii.gz", reference=image).array
+    scan = prepare_scan(image, [{"type": "mri_zscore", "percentiles": [0.5, 99.5]}], None, 0)
+    lesion_slices = np.flatnonzero(truth.reshape(truth.shape[0], -1).any(1))[:3]
+    assert len(lesion_slices) == 3
+    x = torch.from_numpy(scan.image[:, lesion_slices].swapaxes(0, 1).copy())  # (3, 1, H, W)
+    labels = torch.from_numpy(truth[lesion_slices].astype(np.int64))
+    off = dict(flip=False, rot90=False, rotate_degrees=0.0, scale_range=(1.0, 1.0), elastic_probability=0.0,
+               intensity_scale=(1.0, 1.0), intensity_shift=0.0)
+    dim = AugmentationConfig(**off, foreground_contrast_probability=1.0, foreground_contrast_range=(0.25, 0.25))
+    out, lab = augment_batch(x, labels, dim, torch.Generator().manual_seed(0))
+    assert torch.equal(lab, labels)
+    fg = labels[:, None].float()
+    interior = -torch.nn.functional.max_pool2d(-fg, 3, 1, 1) > 0  # the lesion eroded by one voxel
+    near = torch.nn.functional.max_pool2d(fg, 3, 1, 1) > 0
+    ring = (torch.nn.functional.max_pool2d(fg, 7, 1, 3) > 0) & ~(fg > 0)
+    for i in range(3):
+        m = x[i][ring[i]].mean()
+        assert interior[i].sum() > 10
+        assert torch.allclose(out[i][interior[i]] - m, 0.25 * (x[i][interior[i]] - m), atol=1e-4)
+        # the lesion stood out before, and stands out a quarter as much after
+        before, after = float(x[i][interior[i]].mean() - m), float(out[i][interior[i]].mean() - m)
+        assert before > 0.3 and after == pytest.approx(before / 4, abs=1e-4)
+    assert torch.allclose(out[~near], x[~near], atol=1e-4)  # (the identity resampling is exact to rounding)
+    # The body mask rides in the labels as class + num_classes: body without lesion is not foreground.
+    with_body = labels + 2 * (x[:, 0] > -0.5).long()
+    out_body, _ = augment_batch(x, with_body, dim, torch.Generator().manual_seed(0), num_classes=2)
+    assert torch.allclose(out_body, out)
+    # Off (the planned default) it draws nothing and changes nothing.
+    plain = AugmentationConfig(**off)
+    assert torch.allclose(augment_batch(x, labels, plain, torch.Generator().manual_seed(0))[0], x, atol=1e-4)
+    volume = x[:1, :, None].repeat(1, 1, 4, 1, 1)  # (1, 1, 4, H, W)
+    out3d, _ = augment_batch(volume, labels[:1, None].repeat(1, 4, 1, 1), dim, torch.Generator().manual_seed(0))
+    assert torch.allclose(out3d[0, 0, 1], out[0, 0], atol=1e-4)  # each slice of a z-constant lesion as in 2D
+
+
 def test_plateau_schedule_drops_after_patience_validations_without_a_better_dice() -> None:
     from cascadeseg.models.recipes import PlateauSchedule
     from cascadeseg.training.schedule import lr_factor

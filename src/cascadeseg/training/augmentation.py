@@ -16,7 +16,9 @@ of clinical scans is usually much coarser than the plane.
 Intensity scaling and shifting are drawn per sample and channel; so are, each with its own
 probability, what makes scans from another scanner look different: gamma on the sample's own
 intensity range, contrast around its mean, Gaussian noise, and a smooth multiplicative bias field
-(MR coil inhomogeneity, built on the same cubic B-spline basis as the elastic field). Everything is
+(MR coil inhomogeneity, built on the same cubic B-spline basis as the elastic field). One, off by
+default, changes the patient rather than the scanner: the labelled structure's contrast to the
+tissue around it (a lesion that barely stands out). Everything is
 drawn from a ``torch.Generator`` the trainer seeds per step, so a run is reproducible.
 """
 
@@ -44,13 +46,20 @@ def mirrored_axes(cfg: AugmentationConfig, dims: int) -> list[int]:
 
 
 def augment_batch(
-    images: Tensor, labels: Tensor, cfg: AugmentationConfig, gen: torch.Generator, channel_slices: int = 1
+    images: Tensor,
+    labels: Tensor,
+    cfg: AugmentationConfig,
+    gen: torch.Generator,
+    channel_slices: int = 1,
+    num_classes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Augment ``images`` (B, C, *S) and ``labels`` (B, *S) with the same spatial transform per
     sample; ``S`` is (H, W) or (D, H, W). ``gen`` must live on the images' device.
     ``channel_slices``: a 2.5D sample's channels are ``C / channel_slices`` scan channels of
     ``channel_slices`` neighbouring slices each; the intensity changes are drawn per scan channel
-    and applied to its slices together (a scanner changes the whole volume, not one slice)."""
+    and applied to its slices together (a scanner changes the whole volume, not one slice).
+    ``num_classes``: labels at or above it carry a second mask on top of the class (the trainer's
+    body mask, ``class + num_classes``); the foreground is then ``labels % num_classes > 0``."""
     if not cfg.enabled:
         return images, labels
     dims = images.ndim - 2
@@ -68,6 +77,8 @@ def augment_batch(
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     labels = labels[:, 0].round().long()
+    # Before the scanner's changes: a dim lesion is a property of the patient, the scanner comes after.
+    images = _foreground_contrast(images, labels, cfg, gen, channel_slices, num_classes)
     if channel_slices > 1 and dims == 2:
         grouped = images.reshape(b, images.shape[1] // channel_slices, channel_slices, *spatial)
         images = _intensity(grouped, cfg, gen).reshape(images.shape)
@@ -169,6 +180,43 @@ def _intensity(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) ->
     scale = _uniform((b, c), cfg.intensity_scale[0], cfg.intensity_scale[1], gen, device).view(view)
     shift = _uniform((b, c), -cfg.intensity_shift, cfg.intensity_shift, gen, device).view(view)
     return images * scale + shift
+
+
+def _foreground_contrast(
+    images: Tensor,
+    labels: Tensor,
+    cfg: AugmentationConfig,
+    gen: torch.Generator,
+    channel_slices: int,
+    num_classes: int | None,
+) -> Tensor:
+    """Make the labelled structure stand out less (or as much): ``x -> m + s (x - m)`` on the
+    foreground, ``m`` the mean of a ring of ``foreground_contrast_margin`` voxels around it (the
+    tissue it is seen against), ``s`` drawn per sample and scan channel from
+    ``foreground_contrast_range``. The edge is averaged over 3 voxels so that no step at the
+    label's border tells the network where the structure is. Samples without foreground, or
+    whose foreground fills the ring's whole neighbourhood, are left alone."""
+    if cfg.foreground_contrast_probability <= 0:
+        return images
+    b, c = images.shape[:2]
+    dims = images.ndim - 2
+    device = images.device
+    classes = labels % num_classes if num_classes else labels
+    foreground = (classes > 0).to(images.dtype)[:, None]  # (B, 1, *S)
+    max_pool = F.max_pool2d if dims == 2 else F.max_pool3d
+    avg_pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+    margin = int(cfg.foreground_contrast_margin)
+    ring = max_pool(foreground, 2 * margin + 1, 1, margin) - foreground
+    ring_voxels = ring.flatten(2).sum(2)  # (B, 1)
+    view = (b, c) + (1,) * dims
+    ring_mean = ((images * ring).flatten(2).sum(2) / ring_voxels.clamp(min=1)).view(view)
+    edge = avg_pool(foreground, 3, 1, 1, count_include_pad=False)
+    low, high = cfg.foreground_contrast_range
+    factor = _uniform((b, c // channel_slices), low, high, gen, device).repeat_interleave(channel_slices, dim=1)
+    chosen = torch.rand((b,), generator=gen, device=device) < cfg.foreground_contrast_probability
+    chosen = chosen & (ring_voxels[:, 0] > 0)
+    factor = torch.where(chosen[:, None], factor, torch.ones_like(factor)).view(view)
+    return images - edge * (1 - factor) * (images - ring_mean)
 
 
 def _gamma(images: Tensor, cfg: AugmentationConfig, gen: torch.Generator) -> Tensor:

@@ -52,6 +52,12 @@ class AugmentationConfig:
     noise_std: float = 0.1  # Gaussian noise, at most this standard deviation (normalised units)
     bias_probability: float = 0.0
     bias_magnitude: float = 0.3  # a smooth multiplicative field exp(+-magnitude), MR's coil inhomogeneity
+    # A structure that barely stands out (a small, dim lesion): the labelled foreground's contrast to
+    # the tissue around it scaled by a factor drawn from the range, per sample holding foreground
+    # and channel. Off unless asked for (docs/one_click_training.md measures it).
+    foreground_contrast_probability: float = 0.0
+    foreground_contrast_range: tuple[float, float] = (0.25, 1.0)
+    foreground_contrast_margin: int = 3  # voxels: the ring around the foreground its contrast is taken to
 
 
 # What the planner decides when a field is left as None ("auto"); every one can be given instead.

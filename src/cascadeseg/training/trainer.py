@@ -1041,7 +1041,12 @@ class Trainer:
         gen.manual_seed(int(cfg.seed) * 1_000_003 + self.ctx.rank * 7919 + self.state.step)
         if cfg.augmentation is not None:
             images, labels = augment_batch(
-                images, labels, cfg.augmentation, gen, channel_slices=2 * self.cfg.slice_context + 1
+                images,
+                labels,
+                cfg.augmentation,
+                gen,
+                channel_slices=2 * self.cfg.slice_context + 1,
+                num_classes=self.num_classes,
             )
         body = None
         if self.needs_body:  # the body mask rode in the labels (see PatchDataset): split them again
