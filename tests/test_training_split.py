@@ -287,7 +287,7 @@ def test_foreground_contrast_dims_the_real_lesion_against_its_own_surroundings(s
     with_body = labels + 2 * (x[:, 0] > -0.5).long()
     out_body, _ = augment_batch(x, with_body, dim, torch.Generator().manual_seed(0), num_classes=2)
     assert torch.allclose(out_body, out)
-    # Off (the planned default) it draws nothing and changes nothing.
+    # Off (the planned default) it changes nothing.
     plain = AugmentationConfig(**off)
     assert torch.allclose(augment_batch(x, labels, plain, torch.Generator().manual_seed(0))[0], x, atol=1e-4)
     volume = x[:1, :, None].repeat(1, 1, 4, 1, 1)  # (1, 1, 4, H, W)
