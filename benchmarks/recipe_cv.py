@@ -41,6 +41,8 @@ from _common import one_thread_env, paired_standard_error, pinned, run_model_che
 from datasets import holdout_split, link_cases
 from one_click_race import score
 
+from cascadeseg._atomic import write_json
+
 
 def fold_cases(train_folder: Path, folds: int, fold: int, seed: int) -> tuple[list[str], list[str]]:
     """(training, validation) patients of ``fold``: the folder's cases shuffled with ``seed``,
@@ -91,8 +93,7 @@ def pooled_table(folders: list[Path]) -> tuple[str, dict]:
 
 def score_runs(fold: Path, data: Path, validation: list[str], meta: dict) -> dict[str, dict[str, float]]:
     """Apply the kept model of ``fold/planned`` and ``fold/variant`` to the held-out patients with
-    ``cascadeseg predict``, score them, and write ``dice.json`` and ``val.json`` (now with the step
-    counts)."""
+    ``cascadeseg predict``, score them, and write ``dice.json`` and ``val.json`` (with the step counts)."""
     images = [str(data / "imagesTr" / f"{case}_0000.nii.gz") for case in validation]
     dice = {}
     for name in ("planned", "variant"):
@@ -103,8 +104,8 @@ def score_runs(fold: Path, data: Path, validation: list[str], meta: dict) -> dic
         dice[name] = score(out, data, validation)
         log = (fold / name / "log.csv").read_text().strip().splitlines()
         meta[f"{name}_steps"] = int(log[-1].split(",")[1])
-    json.dump(meta, open(fold / "val.json", "w"), indent=1)
-    json.dump(dice, open(fold / "dice.json", "w"), indent=1)
+    write_json(fold / "val.json", meta)
+    write_json(fold / "dice.json", dice)
     print(f"{fold.name}: {len(validation)} held-out patients; variant: {' '.join(meta.get('variant', []))}")
     for name, values in dice.items():
         diffs = [values[c] - dice["planned"][c] for c in validation]
@@ -157,7 +158,7 @@ def main() -> None:
         link_cases([ref for ref in load_dataset(args.folder) if ref.case_id in training], train_data)
         meta = {"seed": args.seed, "folds": args.folds, "fold": args.fold, "val": validation}
     meta["variant"] = list(args.variant)
-    json.dump(meta, open(fold / "val.json", "w"), indent=1)  # so that --score can finish an interrupted fold
+    write_json(fold / "val.json", meta)  # so that --score can finish an interrupted fold
     runs = {"planned": [], "variant": list(args.variant)}
     procs = {}
     for core, (name, extra) in enumerate(runs.items()):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..losses.targets import dilate
 from .config import AugmentationConfig
 
 
@@ -202,11 +203,10 @@ def _foreground_contrast(
     dims = images.ndim - 2
     device = images.device
     classes = labels % num_classes if num_classes else labels
-    foreground = (classes > 0).to(images.dtype)[:, None]  # (B, 1, *S)
-    max_pool = F.max_pool2d if dims == 2 else F.max_pool3d
+    inside = classes > 0
+    foreground = inside.to(images.dtype)[:, None]  # (B, 1, *S)
     avg_pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
-    margin = int(cfg.foreground_contrast_margin)
-    ring = max_pool(foreground, 2 * margin + 1, 1, margin) - foreground
+    ring = (dilate(inside, int(cfg.foreground_contrast_margin)) & ~inside).to(images.dtype)[:, None]
     ring_voxels = ring.flatten(2).sum(2)  # (B, 1)
     view = (b, c) + (1,) * dims
     ring_mean = ((images * ring).flatten(2).sum(2) / ring_voxels.clamp(min=1)).view(view)
