@@ -99,6 +99,27 @@ def time_depths(checkpoint: Path, data: Path, cases: list[str], threads: int) ->
     return seconds
 
 
+def held_out_estimate(parent_checkpoint: Path) -> dict[str, Any]:
+    """The parent's held-out figures, as the estimate for new patients of a continuation that then
+    trained on those patients too (nnU-Net's final models train on all the data the same way): the
+    recipe was measured on them before they were trained on; the new weights cannot be."""
+    from cascadeseg.inference import load_checkpoint
+
+    _, parent = load_checkpoint(parent_checkpoint)
+    figures = {k: parent.validation[k] for k in ("dice_per_depth", "dice_per_class", "hd95_per_depth", "metric")
+               if k in parent.validation}
+    if "dice_per_depth" not in figures or not parent.validation.get("cases"):
+        raise SystemExit(f"{parent_checkpoint}: its card has no held-out figures to carry as an estimate")
+    return {
+        **figures,
+        "patients": len(parent.validation["cases"]),
+        "of": {"name": parent.name, "weights_sha256": parent.weights_sha256},
+        "reason": (f"these weights continued {parent.name} on every one of its {len(parent.validation['cases'])} "
+                   "held-out patients as well, so none is left to score them on; the figures are the parent's on "
+                   "those patients before they were trained on, the estimate of this recipe for new patients"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=sorted(MODELS))
@@ -123,6 +144,10 @@ def main() -> None:
     parser.add_argument("--keep-choices-of", type=Path, default=None, metavar="CHECKPOINT",
                         help="take the recommended depth and test-time mirroring from this checkpoint's card "
                         "(a continuation whose own validation is too small to choose them keeps its parent's)")
+    parser.add_argument("--estimate-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="a continuation that trained on its parent's held-out patients: put the parent's held-out "
+                        "figures on the card as the estimate for new patients (validation.estimate); --holdout then "
+                        "names the few patients neither model trained on")
     args = parser.parse_args()
 
     import tempfile
@@ -154,11 +179,13 @@ def main() -> None:
                  "evidence": chosen_on}
     updates: dict[str, Any] = {"classes": spec["classes"], "input_channels": channels,
                                "training": {"licence": spec["licence"]}}
+    if args.estimate_from is not None:  # read before the export replaces a shipped parent
+        updates["validation"] = {"estimate": held_out_estimate(args.estimate_from)}
     if args.ensemble_evidence is not None:
         evidence = json.loads(args.ensemble_evidence.read_text())
-        updates["validation"] = {"ensemble_choice": {
+        updates.setdefault("validation", {})["ensemble_choice"] = {
             "file": args.ensemble_evidence.name, "cases": evidence["cases"], "mirror": evidence["mirror"],
-            "members": evidence["members"], "ensemble_minus_member": evidence["summary"]}}
+            "members": evidence["members"], "ensemble_minus_member": evidence["summary"]}
     with tempfile.TemporaryDirectory(prefix="ship-ensemble-") as staging:
         description = spec["description"]
         if args.ensemble_with:  # built before the export replaces a shipped member
@@ -197,6 +224,10 @@ def main() -> None:
         alternative = f"{other[depth]:.3f}" if depth in other else "-"
         print(f"| {depth} | {dice:.3f} | {classes} | {hd['mean_mm']} / {hd['median_mm']} | {alternative} "
               f"| {seconds[int(depth)]:.2f} |")
+    if "estimate" in validation:
+        estimate = validation["estimate"]
+        print(f"quoted for new patients (validation.estimate, {estimate['of']['name']} on its {estimate['patients']} "
+              f"held-out patients): {estimate['dice_per_depth']}")
     sys.stdout.flush()
 
 

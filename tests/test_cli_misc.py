@@ -212,12 +212,16 @@ def test_plan_command_prints_the_plan_and_writes_it_as_json(
     folder = tmp_path / "hippo"
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True)
-    for label in sorted((source / "labelsTr").glob("*.nii.gz"))[:8]:
-        case = label.name[: -len(".nii.gz")]
-        (folder / "labelsTr" / label.name).symlink_to(label)
+    # The two crops the shipped model never trained on validate (the trainer refuses to validate a
+    # fine-tuning on its checkpoint's training patients); six it did train on are the training set.
+    unseen = ["hippocampus_014", "hippocampus_036"]
+    seen = [p.name[: -len(".nii.gz")] for p in sorted((source / "labelsTr").glob("*.nii.gz"))]
+    for case in [c for c in seen if c not in unseen][:6] + unseen:
+        (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
         (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
     out_json = tmp_path / "plan.json"
-    assert main(["plan", str(folder), "--minutes", "2", "--threads", "1", "--json", str(out_json)]) == 0
+    forced = [arg for case in unseen for arg in ("--val-case", case)]
+    assert main(["plan", str(folder), "--minutes", "2", "--threads", "1", *forced, "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
     assert "dims" in printed and "estimated_steps" in printed
     plan = json.loads(out_json.read_text())

@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def recorded_dice(card: Any) -> float | None:
-    """The validation Dice a card holds for what runs by default: the recommended depth's, or, for
-    a model without pruning depths (a cascade), the one figure the trainer recorded."""
+    """The Dice a card quotes for what runs by default (:meth:`ModelCard.dice_for_depth`): the
+    recommended depth's, or, for a model without pruning depths (a cascade), the one figure the
+    trainer recorded."""
     per_depth = card.validation.get("dice_per_depth") or {}
     if card.recommended_depth is not None:
         return card.dice_for_depth(card.recommended_depth)

@@ -75,7 +75,9 @@ class ModelCard:
       channel 0, then of channel 1, ...; beyond the volume the pad value). ``0``: one slice.
     * ``training``: ``{"data": summary, "command": "...", "licence": "..."}`` and anything else the
       trainer records (epochs, time).
-    * ``validation``: ``{"dice_per_depth": {"1": 0.78, ...}, ...}`` (string keys: JSON objects).
+    * ``validation``: ``{"dice_per_depth": {"1": 0.78, ...}, ...}`` (string keys: JSON objects);
+      ``validation.estimate``, when present, holds the figures quoted for new patients of weights
+      that trained on every patient their parent was scored on (the parent's, with the reason).
     * ``recommended_depth``: the pruning depth inference uses by default (``None``: full depth).
     * ``mirror_axes``: the spatial axes of the network input (2D: y, x = 0, 1; 3D: z, y, x = 0, 1, 2)
       along which training mirrored its samples; test-time mirroring flips only these (``None``:
@@ -186,8 +188,11 @@ class ModelCard:
         return (0, 1) if self.dims == 2 else (1, 2)
 
     def dice_for_depth(self, depth: int) -> float | None:
-        """Validation Dice recorded for ``depth`` (``None`` when the card has none)."""
-        value = self.validation.get("dice_per_depth", {}).get(str(depth))
+        """The Dice the card quotes for ``depth`` on new patients (``None`` when it has none): its
+        ``validation.estimate`` when it has one (weights that trained on their parent's held-out
+        patients carry the parent's figures on them), else its own ``validation.dice_per_depth``."""
+        figures = self.validation.get("estimate") or self.validation
+        value = figures.get("dice_per_depth", {}).get(str(depth))
         return None if value is None else float(value)
 
     # -- (de)serialisation -----------------------------------------------------------------
