@@ -74,11 +74,11 @@ def recorded_dice(card: Any) -> float | None:
     """The Dice a card quotes for what runs by default (:meth:`ModelCard.dice_for_depth`): the
     recommended depth's, or, for a model without pruning depths (a cascade), the one figure the
     trainer recorded."""
-    per_depth = card.validation.get("dice_per_depth") or {}
     if card.recommended_depth is not None:
         return card.dice_for_depth(card.recommended_depth)
+    per_depth = card.validation.get("dice_per_depth") or {}
     if len(per_depth) == 1:
-        return float(next(iter(per_depth.values())))
+        return card.dice_for_depth(int(next(iter(per_depth))))
     return None
 
 
