@@ -103,9 +103,9 @@ def held_out_estimate(parent_checkpoint: Path) -> dict[str, Any]:
     """The parent's held-out figures, as the estimate for new patients of a continuation that then
     trained on those patients too (nnU-Net's final models train on all the data the same way): the
     recipe was measured on them before they were trained on; the new weights cannot be."""
-    from cascadeseg.inference import load_checkpoint
+    from cascadeseg.inference import read_card
 
-    _, parent = load_checkpoint(parent_checkpoint)
+    parent = read_card(parent_checkpoint)
     figures = {k: parent.validation[k] for k in ("dice_per_depth", "dice_per_class", "hd95_per_depth", "metric")
                if k in parent.validation}
     if "dice_per_depth" not in figures or not parent.validation.get("cases"):
@@ -152,7 +152,7 @@ def main() -> None:
 
     import tempfile
 
-    from cascadeseg.inference import load_checkpoint
+    from cascadeseg.inference import read_card
     from cascadeseg.training import build_ensemble, export_checkpoint
     from cascadeseg.training.run_folder import find_checkpoint
 
@@ -161,13 +161,13 @@ def main() -> None:
     if source is None:
         raise SystemExit(f"{args.run}: no '{args.which}' checkpoint")
     # The data folders name their channel by file suffix ('0000'); the card names the sequence.
-    _, run_card = load_checkpoint(source)
+    run_card = read_card(source)
     channels = [{**run_card.input_channels[0], "name": spec["channel"]}]
     cases = json.loads(args.holdout.read_text())["cases"] if args.holdout else None
     destination = args.dest / spec["name"]
     fixed = None
     if args.keep_choices_of is not None:  # read before the export replaces a shipped parent
-        _, parent = load_checkpoint(args.keep_choices_of)
+        parent = read_card(args.keep_choices_of)
         # the parent's own validation (its trainer's figures and its mirroring choice) is the evidence
         chosen_on = parent.validation.get("choices", {}).get("evidence") or {
             k: parent.validation[k] for k in ("trainer_validation", "mirroring_choice") if k in parent.validation
