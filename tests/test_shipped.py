@@ -65,7 +65,7 @@ def test_every_sample_is_real_data_its_model_was_or_was_not_trained_on_as_it_say
 
     assert set(SAMPLES) == {"brain", "abdomen", "ct"}
     copies = {
-        "abdomen": (shared_data / "chaos-t2/imagesTr/chaos_t2_02_0000.nii.gz", shared_data / "chaos-t2/labelsTr/chaos_t2_02.nii.gz"),
+        "abdomen": (shared_data / "chaos-t2/imagesTr/chaos_t2_08_0000.nii.gz", shared_data / "chaos-t2/labelsTr/chaos_t2_08.nii.gz"),
         "ct": (shared_data / "totalseg/example_ct_sm.nii.gz", None),
     }
     for key, sample in SAMPLES.items():

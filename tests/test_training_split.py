@@ -124,21 +124,28 @@ def test_a_depth_every_validation_patient_finds_worse_is_not_recommended() -> No
     assert recommended_depth({2: 0.88, 4: 0.8804}, dice_per_case=noisy) == 2
 
 
-def test_weights_trained_on_their_parents_held_out_patients_quote_the_parents_figures() -> None:
-    """The shipped hippocampus weights continued on every crop but two, the parent's 40 held-out
-    ones included: the card scores them only on the two crops neither trained on, and quotes for
-    new patients (model lists, the Segment dock) the parent's figures on the 40, measured before
-    those crops were trained on."""
+@pytest.mark.parametrize(("model", "patients", "depth"), [
+    ("hippocampus_unet_plus_plus_3d", 40, 4),
+    ("chaos_t2_anu_net_2d", 3, 3),
+])
+def test_weights_trained_on_their_parents_held_out_patients_quote_the_parents_figures(
+    model: str, patients: int, depth: int
+) -> None:
+    """The shipped hippocampus and CHAOS weights continued on every patient but two, the parent's
+    held-out ones included: the card scores them only on the two patients neither trained on, and
+    quotes for new patients (model lists, the Segment dock) the parent's figures on its held-out
+    patients, measured before those patients were trained on."""
     from cascadeseg.cli.models import recorded_dice
     from cascadeseg.inference.checkpoint import load_checkpoint, resolve_checkpoint
 
-    _, card = load_checkpoint(resolve_checkpoint("hippocampus_unet_plus_plus_3d"), device=None)
+    _, card = load_checkpoint(resolve_checkpoint(model), device=None)
     trained_on = set(card.training["data"]["train_cases"])
     own, estimate = card.validation, card.validation["estimate"]
-    assert own["cases"] and not trained_on & set(own["cases"])
-    assert estimate["patients"] == 40 and estimate["of"]["weights_sha256"] != card.weights_sha256
-    assert recorded_dice(card) == card.dice_for_depth(4) == estimate["dice_per_depth"]["4"]
-    assert card.dice_for_depth(4) != own["dice_per_depth"]["4"]  # the two crops' own figure is not quoted
+    assert len(own["cases"]) == 2 and not trained_on & set(own["cases"])
+    assert estimate["patients"] == patients and estimate["of"]["weights_sha256"] != card.weights_sha256
+    assert card.recommended_depth == depth
+    assert recorded_dice(card) == card.dice_for_depth(depth) == estimate["dice_per_depth"][str(depth)]
+    assert card.dice_for_depth(depth) != own["dice_per_depth"][str(depth)]  # the two patients' own figure is not quoted
 
 
 def test_augmentation_moves_image_and_labels_together_and_is_seeded() -> None:

@@ -39,11 +39,11 @@ SAMPLES: dict[str, Sample] = {
         ),
         Sample(
             "abdomen",
-            "chaos_t2_02",
-            "sample/chaos_t2_02_t2spir.nii.gz",
-            "sample/chaos_t2_02_organs.nii.gz",
+            "chaos_t2_08",
+            "sample/chaos_t2_08_t2spir.nii.gz",
+            "sample/chaos_t2_08_organs.nii.gz",
             "chaos_t2_anu_net_2d",
-            unseen=True,  # one of the CHAOS model's three held-out patients
+            unseen=True,  # a validation patient of the CHAOS model: it never trained on it (nor did its parent)
         ),
         Sample(
             "ct",
