@@ -108,13 +108,14 @@ def held_out_estimate(parent_checkpoint: Path) -> dict[str, Any]:
     parent = read_card(parent_checkpoint)
     figures = {k: parent.validation[k] for k in ("dice_per_depth", "dice_per_class", "hd95_per_depth", "metric")
                if k in parent.validation}
-    if "dice_per_depth" not in figures or not parent.validation.get("cases"):
+    patients = len(parent.validation.get("cases") or [])
+    if "dice_per_depth" not in figures or not patients:
         raise SystemExit(f"{parent_checkpoint}: its card has no held-out figures to carry as an estimate")
     return {
         **figures,
-        "patients": len(parent.validation["cases"]),
+        "patients": patients,
         "of": {"name": parent.name, "weights_sha256": parent.weights_sha256},
-        "reason": (f"these weights continued {parent.name} on every one of its {len(parent.validation['cases'])} "
+        "reason": (f"these weights continued {parent.name} on every one of its {patients} "
                    "held-out patients as well, so none is left to score them on; the figures are the parent's on "
                    "those patients before they were trained on, the estimate of this recipe for new patients"),
     }

@@ -215,8 +215,8 @@ def test_plan_command_prints_the_plan_and_writes_it_as_json(
     # The two crops the shipped model never trained on validate (the trainer refuses to validate a
     # fine-tuning on its checkpoint's training patients); six it did train on are the training set.
     unseen = ["hippocampus_014", "hippocampus_036"]
-    seen = [p.name[: -len(".nii.gz")] for p in sorted((source / "labelsTr").glob("*.nii.gz"))]
-    for case in [c for c in seen if c not in unseen][:6] + unseen:
+    crops = [p.name[: -len(".nii.gz")] for p in sorted((source / "labelsTr").glob("*.nii.gz"))]
+    for case in [c for c in crops if c not in unseen][:6] + unseen:
         (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
         (folder / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}_0000.nii.gz")
     out_json = tmp_path / "plan.json"

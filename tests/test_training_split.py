@@ -136,9 +136,9 @@ def test_weights_trained_on_their_parents_held_out_patients_quote_the_parents_fi
     quotes for new patients (model lists, the Segment dock) the parent's figures on its held-out
     patients, measured before those patients were trained on."""
     from cascadeseg.cli.models import recorded_dice
-    from cascadeseg.inference.checkpoint import load_checkpoint, resolve_checkpoint
+    from cascadeseg.inference.checkpoint import read_card, resolve_checkpoint
 
-    _, card = load_checkpoint(resolve_checkpoint(model), device=None)
+    card = read_card(resolve_checkpoint(model))
     trained_on = set(card.training["data"]["train_cases"])
     own, estimate = card.validation, card.validation["estimate"]
     assert len(own["cases"]) == 2 and not trained_on & set(own["cases"])
