@@ -124,6 +124,19 @@ def test_cpu_and_gpu_plans_differ_where_the_device_matters(fingerprints) -> None
     assert cpu.threads == 2 and gpu.threads is None
 
 
+def test_cpu_training_steps_are_planned_in_bf16_only_where_the_cpu_computes_it(fingerprints) -> None:
+    native = DeviceProfile(kind="cpu", name="cpu", cores=2, threads=2, memory_gb=16.0, native_bf16=True)
+    bf16, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], native)
+    assert bf16.cpu_precision == "bf16" and plan.choices["cpu_precision"].source == "planned"
+    assert "timed against fp32" in plan.choices["cpu_precision"].reason  # the run's first steps decide
+    emulated, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert emulated.cpu_precision == "fp32" and "no bf16 in hardware" in plan.choices["cpu_precision"].reason
+    given, plan = plan_training(TrainConfig(data="x", minutes=20, cpu_precision="fp32"), fingerprints["lgg"], native)
+    assert given.cpu_precision == "fp32" and plan.choices["cpu_precision"].source == "given"
+    gpu, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], GPU)
+    assert gpu.cpu_precision is None and "cpu_precision" not in plan.choices  # CUDA: --no-amp decides
+
+
 def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints) -> None:
     asked = TrainConfig(data="x", minutes=20, dims=3, batch_size=3, model="anu_net", target_spacing=[2.0, 2.0, 2.0])
     before = asked.to_dict()
@@ -215,9 +228,12 @@ def test_a_tiny_budget_is_kept_and_leaves_a_validated_checkpoint(lgg_pairs, tmp_
     from cascadeseg.training import trainer as trainer_module
 
     monkeypatch.setattr(planner, "available_cores", lambda: 2)  # threads are planned: two, then measured
-    # One thread is tried only while the calibration has used under half its share (5 % of 30 s:
-    # 0.75 s for four steps, missed on a loaded CI machine); a quarter of the budget leaves room.
-    monkeypatch.setattr(trainer_module, "CALIBRATION_SHARE", 0.25)
+    # bf16 steps are planned (as on a CPU with AMX), then timed against fp32 (emulated bf16 loses).
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: True)
+    # One thread (and then fp32) is tried only while the calibration has used under half its share
+    # (5 % of 30 s: 0.75 s, missed on a loaded CI machine); 40 % of the budget leaves room for
+    # both comparisons (the timed steps are training steps: the budget is not spent on them).
+    monkeypatch.setattr(trainer_module, "CALIBRATION_SHARE", 0.4)
     budget = 30.0
     config = TrainConfig(data=lgg_pairs, run_dir=str(tmp_path / "run"), minutes=budget / 60, seed=0, model="unet",
                          val_cases=["TCGA_DU_6404_19850629"], val_fraction=0.34)
@@ -241,6 +257,9 @@ def test_a_tiny_budget_is_kept_and_leaves_a_validated_checkpoint(lgg_pairs, tmp_
     threads = plan["choices"]["threads"]
     assert threads["source"] == "measured" and threads["value"] in (1, 2)
     assert "with 1 thread" in threads["reason"] and "with 2" in threads["reason"]
+    precision = plan["choices"]["cpu_precision"]
+    assert precision["source"] == "measured" and precision["value"] in ("bf16", "fp32")
+    assert "in bf16" in precision["reason"] and "in fp32" in precision["reason"]
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert stored["dims"] == 2 and stored["target_spacing"] and stored["batch_size"]  # the planned config
     assert config.dims is None and config.batch_size is None  # the caller's is untouched

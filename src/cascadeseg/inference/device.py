@@ -1,8 +1,10 @@
 """Which device inference runs on, and the GPU-only speed settings that go with it.
 
-``"auto"`` picks CUDA, then Apple MPS, then the CPU. Mixed precision (bf16 where the GPU supports
-it, else fp16) and channels-last memory layout are used on GPUs only: on the CPU autocast to bf16
-is slower than fp32 on most hardware and changes results, so the CPU path stays plain fp32.
+``"auto"`` picks CUDA, then Apple MPS, then the CPU. Mixed precision for inference (bf16 where the
+GPU supports it, else fp16) is used on GPUs only: on a CPU without bf16 hardware autocast to bf16 is
+slower than fp32, and prediction is one path whose figures the cards quote, so CPU inference stays
+plain fp32. (Training steps on a CPU with bf16 hardware are another matter: the planner plans them in
+bf16 and times them against fp32, ``training.planner``.)
 """
 
 from __future__ import annotations

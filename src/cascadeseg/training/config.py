@@ -239,6 +239,13 @@ class TrainConfig:
         flag="--no-amp",
         action="store_false",
     )
+    cpu_precision: str | None = option(
+        None,
+        "arithmetic of the training steps on a CPU: fp32, or bf16 autocast (planned: bf16 where the CPU "
+        "computes it in hardware and its first steps time faster, else fp32; validation and prediction stay fp32)",
+        group="loss and optimiser",
+        choices=("fp32", "bf16"),
+    )
     seed: int = option(0, "seed of split, sampling and augmentation", type=int)
     val_fraction: float = option(0.2, "share of patients for validation", group="data and sampling", type=float)
     val_cases: list[str] = option(

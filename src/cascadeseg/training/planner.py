@@ -49,6 +49,11 @@ CONTEXT_SLICES_REASON = (
     "one slice per sample: 2.5D (--context-slices 1) scored 0.027 +- 0.018 lower per patient on LGG at 20 "
     "CPU minutes (fewer steps, no gain from the neighbours)"
 )
+CPU_BF16_REASON = (
+    "this CPU computes bf16 in hardware: training steps in bf16 autocast, timed against fp32 on the run's "
+    "first steps and kept if faster (validation and prediction stay fp32); on LGG at 20 minutes bf16 took "
+    "1.35x the steps and scored +0.027 +- 0.013 per patient over three fresh splits"
+)
 DEFAULT_MINUTES = 30.0  # `cascadeseg train DATA` with neither --minutes nor --epochs
 # Above this anisotropy (largest / smallest spacing) a 3D network mixes slices it cannot resolve:
 # slice by slice along the coarse axis (nnU-Net plans 2D-like patches there too).
@@ -97,6 +102,7 @@ class DeviceProfile:
     memory_gb: float  # RAM available now
     gpu_memory_gb: float | None = None
     processes: int = 1  # data-parallel processes of this run (each with ``threads`` threads)
+    native_bf16: bool = False  # a CPU that computes bf16 in hardware (AMX / AVX512-BF16)
 
     @property
     def is_gpu(self) -> bool:
@@ -145,7 +151,17 @@ def device_profile(device: torch.device, threads: int | None = None, processes: 
         memory_gb=available_memory_gb(),
         gpu_memory_gb=gpu,
         processes=max(1, int(processes)),
+        native_bf16=device.type == "cpu" and cpu_has_native_bf16(),
     )
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions in hardware (AMX or AVX512-BF16): there a bf16
+    training step is faster than fp32; elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass
@@ -261,6 +277,7 @@ def plan_training(
         plan.choose("threads", cfg.threads, "given", "given")
     if not device.is_gpu:
         _choose_processes(cfg, device, plan)
+        _choose_cpu_precision(cfg, device, plan)
 
     # -- starting point ---------------------------------------------------------------------------
     if init_card is not None:
@@ -856,6 +873,20 @@ def _choose_processes(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) 
     else:
         reason, source = "one process (measuring threads against processes is the command line's step)", "planned"
     cfg.processes = plan.choose("processes", device.processes, reason, source)
+
+
+def _choose_cpu_precision(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) -> None:
+    """The arithmetic of a CPU run's training steps. bf16 autocast where the CPU computes bf16 in
+    hardware; the run's first steps then time it against fp32 and keep the faster
+    (``Trainer._pick_precision``). Validation, export and prediction stay fp32 (one predictor)."""
+    if cfg.cpu_precision is not None:
+        plan.choose("cpu_precision", cfg.cpu_precision, "given", "given")
+    elif device.native_bf16:
+        cfg.cpu_precision = plan.choose("cpu_precision", "bf16", CPU_BF16_REASON)
+    else:
+        cfg.cpu_precision = plan.choose(
+            "cpu_precision", "fp32", "this CPU has no bf16 in hardware (AMX / AVX512-BF16): emulated bf16 is slower"
+        )
 
 
 def estimate_training_memory_gb(dims: int, patch: list[int], width: int, num_classes: int, batch: int) -> float:

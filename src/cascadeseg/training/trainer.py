@@ -293,6 +293,7 @@ class Trainer:
         del raw
         self._build_network()
         self.amp_dtype = autocast_dtype(self.device) if (self.cfg.amp and self.device.type == "cuda") else None
+        self._set_cpu_precision(self.cfg.cpu_precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.phases = self._phases()
         if self.cfg.resume:
@@ -830,6 +831,16 @@ class Trainer:
                     f"over half the calibration's {cap:.2f} s share of the budget",
                     planned.source,
                 )
+        if self._precision_to_compare():
+            if self.ctx.is_distributed:
+                # Data-parallel ranks must take the same steps: they keep the planned precision
+                # (the command line's layout measurement timed the processes with it).
+                self._keep_planned_precision("data-parallel processes keep it, untimed against fp32")
+            elif time.perf_counter() - calibration_start < cap / 2:
+                self._set_cpu_precision("fp32")
+                step_seconds = self._pick_precision(step_seconds, timed_steps(1 + CALIBRATION_STEPS))
+            else:
+                self._keep_planned_precision("fp32 not timed: the first steps took over half the calibration's share")
         step_seconds, elapsed = all_max([step_seconds, self._elapsed()], self.ctx, self.device)
         budget = self._budget()
         if budget is not None and self.plan is not None:
@@ -922,6 +933,44 @@ class Trainer:
             "measured",
         )
         return min(one, many_seconds)
+
+    def _set_cpu_precision(self, precision: str | None) -> None:
+        """bf16 autocast for the training steps of a CPU run (``cpu_precision``); fp32 otherwise."""
+        if self.device.type == "cpu":
+            self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def _precision_to_compare(self) -> bool:
+        """A CPU run whose bf16 steps were planned (not given): in one process its first steps are
+        timed in bf16 and the next ones in fp32, and the faster is kept."""
+        choice = self.plan.choices.get("cpu_precision") if self.plan is not None else None
+        return (
+            self.device.type == "cpu"
+            and choice is not None
+            and choice.source == "planned"
+            and self.cfg.cpu_precision == "bf16"
+        )
+
+    def _keep_planned_precision(self, why: str) -> None:
+        assert self.plan is not None
+        planned = self.plan.choices["cpu_precision"]
+        self.plan.choose("cpu_precision", self.cfg.cpu_precision, f"{planned.reason}; {why}", planned.source)
+
+    def _pick_precision(self, bf16_seconds: float, fp32_times: list[float]) -> float:
+        """Keep the faster of bf16 steps (``bf16_seconds`` per step) and fp32 steps
+        (``fp32_times``: the caller's next steps, run in fp32); sets it and returns its step time.
+        The plan records both."""
+        fp32 = float(np.median(fp32_times[1:])) if len(fp32_times) > 1 else float("inf")
+        self.cfg.cpu_precision = "bf16" if bf16_seconds < fp32 else "fp32"
+        self._set_cpu_precision(self.cfg.cpu_precision)
+        assert self.plan is not None
+        self.plan.choose(
+            "cpu_precision",
+            self.cfg.cpu_precision,
+            f"measured on the run's first steps: {bf16_seconds:.3f} s per step in bf16, {fp32:.3f} s in fp32 "
+            "(validation and prediction stay fp32)",
+            "measured",
+        )
+        return min(bf16_seconds, fp32)
 
     def _validation_costs(self) -> list[float]:
         """Seconds each validation case will take, measured by the predictor on real data (one
