@@ -813,6 +813,15 @@ class Trainer:
 
         times = timed_steps(min(1 + CALIBRATION_STEPS, max(2, self.steps_per_epoch)))
         step_seconds = float(np.median(times[1:]))
+
+        def room() -> int:
+            """Steps the precision comparison may time: the calibration's steps are epoch 0's, so
+            a given epoch length (``--steps-per-epoch``) is not exceeded (a planned one is
+            re-sized from the measured pace below)."""
+            if self.requested.steps_per_epoch is None:
+                return 1 + CALIBRATION_STEPS
+            return min(1 + CALIBRATION_STEPS, self.steps_per_epoch - done)
+
         if self._threads_to_compare():
             spent = time.perf_counter() - calibration_start
             if spent < cap / 2:
@@ -836,11 +845,13 @@ class Trainer:
                 # Data-parallel ranks must take the same steps: they keep the planned precision
                 # (the command line's layout measurement timed the processes with it).
                 self._keep_planned_precision("data-parallel processes keep it, untimed against fp32")
-            elif time.perf_counter() - calibration_start < cap / 2:
-                self._set_cpu_precision("fp32")
-                step_seconds = self._pick_precision(step_seconds, timed_steps(1 + CALIBRATION_STEPS))
-            else:
+            elif time.perf_counter() - calibration_start >= cap / 2:
                 self._keep_planned_precision("fp32 not timed: the first steps took over half the calibration's share")
+            elif room() < 2:
+                self._keep_planned_precision("fp32 not timed: the given epoch length leaves no steps to time it")
+            else:
+                self._set_cpu_precision("fp32")
+                step_seconds = self._pick_precision(step_seconds, timed_steps(room()))
         step_seconds, elapsed = all_max([step_seconds, self._elapsed()], self.ctx, self.device)
         budget = self._budget()
         if budget is not None and self.plan is not None:
