@@ -831,24 +831,22 @@ class Trainer:
                 # Slow first steps on a small budget (or a loaded machine): trying one thread
                 # would take the calibration past its share, so the planned threads stay, and
                 # the plan says why they were not measured.
-                assert self.plan is not None
-                planned = self.plan.choices["threads"]
-                self.plan.choose(
+                self._keep_planned(
                     "threads",
-                    self.cfg.threads,
-                    f"{planned.reason}; one thread not tried: the first steps took {spent:.2f} s, "
+                    f"one thread not tried: the first steps took {spent:.2f} s, "
                     f"over half the calibration's {cap:.2f} s share of the budget",
-                    planned.source,
                 )
         if self._precision_to_compare():
             if self.ctx.is_distributed:
                 # Data-parallel ranks must take the same steps: they keep the planned precision
                 # (the command line's layout measurement timed the processes with it).
-                self._keep_planned_precision("data-parallel processes keep it, untimed against fp32")
+                self._keep_planned("cpu_precision", "data-parallel processes keep it, untimed against fp32")
             elif time.perf_counter() - calibration_start >= cap / 2:
-                self._keep_planned_precision("fp32 not timed: the first steps took over half the calibration's share")
+                self._keep_planned(
+                    "cpu_precision", "fp32 not timed: the first steps took over half the calibration's share"
+                )
             elif room() < 2:
-                self._keep_planned_precision("fp32 not timed: the given epoch length leaves no steps to time it")
+                self._keep_planned("cpu_precision", "fp32 not timed: the given epoch length leaves no steps to time it")
             else:
                 self._set_cpu_precision("fp32")
                 step_seconds = self._pick_precision(step_seconds, timed_steps(room()))
@@ -961,10 +959,11 @@ class Trainer:
             and self.cfg.cpu_precision == "bf16"
         )
 
-    def _keep_planned_precision(self, why: str) -> None:
+    def _keep_planned(self, name: str, why: str) -> None:
+        """A calibration comparison not made: the planned ``name`` stays, and its reason says why."""
         assert self.plan is not None
-        planned = self.plan.choices["cpu_precision"]
-        self.plan.choose("cpu_precision", self.cfg.cpu_precision, f"{planned.reason}; {why}", planned.source)
+        planned = self.plan.choices[name]
+        self.plan.choose(name, getattr(self.cfg, name), f"{planned.reason}; {why}", planned.source)
 
     def _pick_precision(self, bf16_seconds: float, fp32_times: list[float]) -> float:
         """Keep the faster of bf16 steps (``bf16_seconds`` per step) and fp32 steps
