@@ -341,6 +341,23 @@ def test_given_epoch_length_is_kept_under_a_budget(lgg_pairs, tmp_path: Path) ->
     assert plan["choices"]["steps_per_epoch"] == {"value": 6, "source": "given", "reason": "given: every epoch this long"}
 
 
+def test_given_epoch_length_bounds_the_threads_comparison(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    # Two planned threads are timed against one on the run's first steps; with a given epoch of 3
+    # steps those steps are epoch 0's, so the comparison may only time what the epoch has left
+    # (before, it timed 4 more steps: 2 x 3 became 10).
+    from cascadeseg.training import planner
+    from cascadeseg.training import trainer as trainer_module
+
+    monkeypatch.setattr(planner, "available_cores", lambda: 2)
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(trainer_module, "CALIBRATION_SHARE", 1.0)  # room to compare, however slow the machine
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=2, steps_per_epoch=3, minutes=5, threads=None))
+    assert result.stopped == "epochs" and result.epochs_completed == 2 and result.steps == 6
+    threads = json.loads((run_dir / "plan.json").read_text())["choices"]["threads"]
+    assert threads["value"] == 2 and "given epoch length" in threads["reason"], threads
+
+
 def test_single_volume_is_split_by_slice_blocks_with_a_gap(lgg_pairs, tmp_path: Path) -> None:
     image, labels = lgg_pairs[0]
     image = image.with_array(image.array[:, :, 64:192, 64:192].copy())

@@ -815,8 +815,8 @@ class Trainer:
         step_seconds = float(np.median(times[1:]))
 
         def room() -> int:
-            """Steps the precision comparison may time: the calibration's steps are epoch 0's, so
-            a given epoch length (``--steps-per-epoch``) is not exceeded (a planned one is
+            """Steps a comparison (threads, precision) may time: the calibration's steps are epoch
+            0's, so a given epoch length (``--steps-per-epoch``) is not exceeded (a planned one is
             re-sized from the measured pace below)."""
             if self.requested.steps_per_epoch is None:
                 return 1 + CALIBRATION_STEPS
@@ -824,10 +824,7 @@ class Trainer:
 
         if self._threads_to_compare():
             spent = time.perf_counter() - calibration_start
-            if spent < cap / 2:
-                torch.set_num_threads(1)
-                step_seconds = self._pick_threads(step_seconds, timed_steps(1 + CALIBRATION_STEPS))
-            else:
+            if spent >= cap / 2:
                 # Slow first steps on a small budget (or a loaded machine): trying one thread
                 # would take the calibration past its share, so the planned threads stay, and
                 # the plan says why they were not measured.
@@ -836,6 +833,11 @@ class Trainer:
                     f"one thread not tried: the first steps took {spent:.2f} s, "
                     f"over half the calibration's {cap:.2f} s share of the budget",
                 )
+            elif room() < 2:
+                self._keep_planned("threads", "one thread not tried: the given epoch length leaves no steps to time it")
+            else:
+                torch.set_num_threads(1)
+                step_seconds = self._pick_threads(step_seconds, timed_steps(room()))
         if self._precision_to_compare():
             if self.ctx.is_distributed:
                 # Data-parallel ranks must take the same steps: they keep the planned precision
