@@ -134,6 +134,34 @@ def test_resume_after_a_kill_continues_from_the_last_checkpoint(lgg_pairs, tmp_p
     assert [r["epoch"] for r in read_log(run_dir)] == ["1", "2", "3"]
 
 
+def test_a_resume_on_a_cpu_without_bf16_continues_in_fp32(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    # The first sitting ran where bf16 is computed in hardware (planned bf16 steps); the run folder
+    # is resumed on a CPU that would emulate bf16, slower than fp32 there: it continues in fp32.
+    from cascadeseg.training import planner
+    from cascadeseg.training import trainer as trainer_module
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: True)
+    train(tiny_config(lgg_pairs, run_dir, epochs=1))
+    assert json.loads((run_dir / "config.json").read_text())["cpu_precision"] == "bf16"
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: False)
+    seen = {}
+    real_set = trainer_module.Trainer._set_cpu_precision
+
+    def record(self, precision):
+        seen["precision"] = precision
+        return real_set(self, precision)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_set_cpu_precision", record)
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=2, resume=True))
+    assert result.epochs_completed == 2 and seen["precision"] == "fp32"
+    choice = json.loads((run_dir / "plan.json").read_text())["choices"]["cpu_precision"]
+    assert choice["value"] == "fp32" and "resumed on a CPU without bf16 in hardware" in choice["reason"], choice
+    # bf16 given to the resume is kept, wherever it runs.
+    train(tiny_config(lgg_pairs, run_dir, epochs=3, resume=True, cpu_precision="bf16"))
+    assert seen["precision"] == "bf16"
+
+
 def test_a_kill_between_the_checkpoint_renames_leaves_a_loadable_checkpoint(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     train(tiny_config(lgg_pairs, run_dir, epochs=1))

@@ -57,6 +57,7 @@ from ..errors import CancelledError, DatasetError, ModelConfigError, TrainingErr
 from ..inference.checkpoint import ModelCard, load_weights, read_card
 from ..inference.device import autocast_dtype, memory_format, release_cached_memory, resolve_device
 from ..models import OutputRequest, SegmentationOutput, create_model, list_models
+from . import planner as planner_module
 from .augmentation import augment_batch
 from .callbacks import CallbackList, EpochInfo, StepInfo
 from .card import DataInfo, build_card
@@ -367,7 +368,7 @@ class Trainer:
         """Resume: the stored (planned) config, with the caller's budget extensions."""
         stored = TrainConfig.load(self.run_dir)
         stored.data, stored.resume, stored.run_dir = self.cfg.data, True, self.cfg.run_dir
-        for key in ("epochs", "minutes", "threads"):
+        for key in ("epochs", "minutes", "threads", "cpu_precision"):
             value = getattr(self.requested, key)
             if value is not None and value != getattr(TrainConfig(), key):
                 setattr(stored, key, value)
@@ -377,6 +378,30 @@ class Trainer:
             import json
 
             self.plan = TrainPlan.from_dict(json.loads(plan_path.read_text()))
+            self._resume_precision_here()
+
+    def _resume_precision_here(self) -> None:
+        """A resumed CPU run whose earlier sitting planned (or measured) bf16 steps continues in
+        fp32 on a CPU that emulates bf16, where it is slower than fp32 (a run folder moved to
+        another machine); bf16 given to either sitting is kept. The plan records the change."""
+        assert self.plan is not None
+        choice = self.plan.choices.get("cpu_precision")
+        if (
+            self.device.type != "cpu"
+            or self.cfg.cpu_precision != "bf16"
+            or self.requested.cpu_precision is not None
+            or choice is None
+            or choice.source == "given"
+            or planner_module.cpu_has_native_bf16()
+        ):
+            return
+        self.cfg.cpu_precision = self.plan.choose(
+            "cpu_precision",
+            "fp32",
+            f"{choice.reason}; resumed on a CPU without bf16 in hardware, where emulated bf16 is slower: fp32",
+        )
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / PLAN_FILE, self.plan.to_dict())
 
     def _plan(self, fp: DatasetFingerprint, raw: list[RawCase]) -> None:
         """Fill the config's open choices (:mod:`.planner`); a few patients and no checkpoint or
