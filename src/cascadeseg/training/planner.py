@@ -913,7 +913,13 @@ def _batch_size(dims: int, patch: list[int], width: int, num_classes: int, devic
         where = f"{budget:.1f} GB of RAM (so a whole run stays under 4 GB)"
     while batch > 1 and estimate_training_memory_gb(dims, patch, width, num_classes, batch) > budget:
         batch //= 2
-    return batch, f"fits {where} at this patch, width and {num_classes} classes"
+    why = f"fits {where} at this patch, width and {num_classes} classes"
+    if batch == 8 and dims == 2 and not device.is_gpu:
+        why += (
+            "; on LGG at 20 CPU minutes batch 4 (1.6x the steps) scored 0.079 +- 0.037 lower per patient on one "
+            "split and batch 16 (0.56x the steps) 0.008 +- 0.012 lower over three"
+        )
+    return batch, why
 
 
 # ----------------------------------------------------------------------------------------------
