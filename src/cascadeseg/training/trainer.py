@@ -847,33 +847,37 @@ class Trainer:
                 return 1 + CALIBRATION_STEPS
             return min(1 + CALIBRATION_STEPS, self.steps_per_epoch - done)
 
-        if self._threads_to_compare():
+        def untimed(alternative: str) -> str | None:
+            """Why a comparison may not time ``alternative`` now, or ``None`` when it may: slow
+            first steps on a small budget (or a loaded machine) would take the calibration past
+            its share, and a given epoch length may have no steps left."""
             spent = time.perf_counter() - calibration_start
             if spent >= cap / 2:
-                # Slow first steps on a small budget (or a loaded machine): trying one thread
-                # would take the calibration past its share, so the planned threads stay, and
-                # the plan says why they were not measured.
-                self._keep_planned(
-                    "threads",
-                    f"one thread not tried: the first steps took {spent:.2f} s, "
-                    f"over half the calibration's {cap:.2f} s share of the budget",
+                return (
+                    f"{alternative}: the first steps took {spent:.2f} s, "
+                    f"over half the calibration's {cap:.2f} s share of the budget"
                 )
-            elif room() < 2:
-                self._keep_planned("threads", "one thread not tried: the given epoch length leaves no steps to time it")
+            if room() < 2:
+                return f"{alternative}: the given epoch length leaves no steps to time it"
+            return None
+
+        if self._threads_to_compare():
+            why = untimed("one thread not tried")
+            if why is not None:
+                self._keep_planned("threads", why)  # the plan says why they were not measured
             else:
                 torch.set_num_threads(1)
                 step_seconds = self._pick_threads(step_seconds, timed_steps(room()))
         if self._precision_to_compare():
-            if self.ctx.is_distributed:
-                # Data-parallel ranks must take the same steps: they keep the planned precision
-                # (the command line's layout measurement timed the processes with it).
-                self._keep_planned("cpu_precision", "data-parallel processes keep it, untimed against fp32")
-            elif time.perf_counter() - calibration_start >= cap / 2:
-                self._keep_planned(
-                    "cpu_precision", "fp32 not timed: the first steps took over half the calibration's share"
-                )
-            elif room() < 2:
-                self._keep_planned("cpu_precision", "fp32 not timed: the given epoch length leaves no steps to time it")
+            # Data-parallel ranks must take the same steps: they keep the planned precision (the
+            # command line's layout measurement timed the processes with it).
+            why = (
+                "data-parallel processes keep it, untimed against fp32"
+                if self.ctx.is_distributed
+                else untimed("fp32 not timed")
+            )
+            if why is not None:
+                self._keep_planned("cpu_precision", why)
             else:
                 self._set_cpu_precision("fp32")
                 step_seconds = self._pick_precision(step_seconds, timed_steps(room()))
