@@ -162,6 +162,36 @@ def test_a_resume_on_a_cpu_without_bf16_continues_in_fp32(lgg_pairs, tmp_path: P
     assert seen["precision"] == "bf16"
 
 
+def test_a_passing_slowdown_on_the_first_steps_does_not_decide_the_cpu_precision(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
+    # Here fp32 steps cost 0.3 s more than bf16 ones, and a passing load slows the run's first four
+    # steps (the planned bf16 ones) by 0.8 s. Timed one after the other (before), bf16 looked the
+    # slower and the run kept fp32; taking turns, each setting sees the load alike and bf16 is kept.
+    import time
+
+    from cascadeseg.training import planner
+    from cascadeseg.training import trainer as trainer_module
+
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer_module, "CALIBRATION_SHARE", 1.0)  # room to compare, however slow the machine
+    real_step = trainer_module.Trainer.train_step
+    precisions: list[str] = []
+
+    def step(self, *args, **kwargs):
+        loss = real_step(self, *args, **kwargs)
+        precisions.append("fp32" if self.amp_dtype is None else "bf16")
+        time.sleep((0.8 if len(precisions) <= 4 else 0.0) + (0.3 if self.amp_dtype is None else 0.0))
+        return loss
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step)
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(lgg_pairs, run_dir, epochs=1, steps_per_epoch=12, minutes=5))
+    assert result.steps == 12
+    assert precisions[:11] == ["bf16"] * 4 + ["fp32", "bf16"] * 3 + ["fp32"], precisions  # turns after the first four
+    assert precisions[11:] == ["bf16"]
+    choice = json.loads((run_dir / "plan.json").read_text())["choices"]["cpu_precision"]
+    assert choice["value"] == "bf16" and choice["source"] == "measured", choice
+
+
 def test_a_kill_between_the_checkpoint_renames_leaves_a_loadable_checkpoint(lgg_pairs, tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     train(tiny_config(lgg_pairs, run_dir, epochs=1))
