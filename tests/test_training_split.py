@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeseg.errors import DatasetError
+from cascadeseg.errors import DatasetError, ModelConfigError
 from cascadeseg.inference.predictor import PAD_VALUE, PreparedScan
 from cascadeseg.training.augmentation import augment_batch
-from cascadeseg.training.config import AugmentationConfig
+from cascadeseg.training.config import AugmentationConfig, TrainConfig
 from cascadeseg.training.datasets import TrainingCase
-from cascadeseg.training.sampling import PatchDataset
+from cascadeseg.training.sampling import PatchDataset, foreground_components
 from cascadeseg.training.split import Split, patient_id, split_by_patient, split_by_slice_blocks
 from cascadeseg.training.validation import recommended_depth
 
@@ -214,6 +214,41 @@ def test_foreground_oversampling_hits_rare_foreground() -> None:
     assert img.shape == (1, 8, 32, 32) and lab.shape == (8, 32, 32) and lab.any()
     # Same (seed, epoch, index) -> same sample, whatever worker draws it.
     assert torch.equal(with_fg[7][0], with_fg[7][0])
+
+
+def test_component_sampling_draws_a_lesions_small_parts_more_often(shared_data: Path) -> None:
+    """--foreground-sampling component on a real LGG patient: the lesion's voxels grouped by slice
+    component (each within one slice, together the whole lesion), every component kept when the
+    coordinates are subsampled, and foreground-centred crops showing a small part of the lesion
+    (under 50 pixels) several times as often as the per-voxel draw gives them."""
+    from cascadeseg.io import load_labels, load_volume
+
+    root = shared_data / "lgg-flair"
+    image = load_volume(root / "imagesTr" / "TCGA_DU_6404_19850629_0000.nii.gz")
+    labels = load_labels(root / "labelsTr" / "TCGA_DU_6404_19850629.nii.gz", reference=image).array.astype(np.uint8)
+    coords, offsets = foreground_components(labels, 1, 0, np.random.default_rng(0))
+    sizes = np.diff(offsets)
+    assert len(sizes) > 1 and sizes.sum() == (labels == 1).sum() and np.all(labels[tuple(coords.T)] == 1)
+    assert all(len(np.unique(coords[a:b, 0])) == 1 for a, b in zip(offsets[:-1], offsets[1:]))
+    _, offsets_3d = foreground_components(labels, 1, None, np.random.default_rng(0))
+    assert len(offsets_3d) < len(offsets)  # across slices the lesion's parts join
+    few, few_offsets = foreground_components(labels, 1, 0, np.random.default_rng(0), limit=100)
+    assert len(few_offsets) == len(offsets) and np.all(np.diff(few_offsets) >= 1)
+    assert len(few) <= 100 + len(sizes) and np.all(labels[tuple(few.T)] == 1)
+
+    case = TrainingCase("lgg", PreparedScan(image.array[None].astype(np.float32), labels.shape), labels, labels,
+                        (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    small_share = {}
+    for mode in ("voxel", "component"):
+        sampler = PatchDataset([case], 2, 0, (32, 32), 1.0, 400, seed=0, foreground_sampling=mode)
+        areas = np.array([sampler[i][1].sum().item() for i in range(400)])
+        assert np.all(areas > 0)  # every crop is centred on the lesion
+        small_share[mode] = float(np.mean(areas < 50))
+    assert small_share["component"] > 3 * small_share["voxel"]
+    with pytest.raises(ValueError, match="foreground_sampling"):
+        PatchDataset([case], 2, 0, (32, 32), 1.0, 4, seed=0, foreground_sampling="per_lesion")
+    with pytest.raises(ModelConfigError, match="'foreground_sampling' = 'per_lesion'.*'voxel', 'component'"):
+        TrainConfig(data="x", foreground_sampling="per_lesion").validate()
 
 
 def test_training_crops_pad_with_the_predictors_pad_value(shared_data: Path) -> None:

@@ -24,6 +24,8 @@ CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant", "plateau")
 CASCADE_TRAINING = ("end_to_end", "stagewise")
+# Which foreground voxel a foreground-centred sample is centred on (training/sampling.py).
+FOREGROUND_SAMPLING = ("voxel", "component")
 
 
 @dataclass
@@ -267,6 +269,13 @@ class TrainConfig:
         group="data and sampling",
         type=float,
     )
+    foreground_sampling: str = option(
+        "voxel",
+        "foreground-centred samples: a voxel drawn uniformly from the class's voxels, or a connected "
+        "component (per slice in 2D) first, so small islands and a lesion's end slices are drawn as often as its bulk",
+        group="data and sampling",
+        choices=FOREGROUND_SAMPLING,
+    )
     augmentation: AugmentationConfig | None = option(None, cli=False)
     # Settings changed on top of the augmentation (planned or given): `--augmentation '{"flip": false}'`
     # changes that one setting of the plan and keeps the rest.
@@ -400,6 +409,8 @@ class TrainConfig:
             raise bad("val_fraction", self.val_fraction, "a fraction between 0 and 1")
         if self.foreground_probability is not None and not 0.0 <= self.foreground_probability <= 1.0:
             raise bad("foreground_probability", self.foreground_probability, "a probability in [0, 1]")
+        if self.foreground_sampling not in FOREGROUND_SAMPLING:
+            raise bad("foreground_sampling", self.foreground_sampling, f"one of {FOREGROUND_SAMPLING}")
         if self.context_slices is not None and not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
             raise bad("context_slices", self.context_slices, f"0..{MAX_CONTEXT_SLICES} neighbours on either side")
         if self.context_slices and self.dims == 3:

@@ -20,10 +20,44 @@ import torch
 from torch.utils.data import Dataset
 
 from ..inference.predictor import PAD_VALUE  # one pad value for training crops and inference
+from .config import FOREGROUND_SAMPLING
 from .datasets import TrainingCase
 
 # Foreground coordinates kept per case and class: enough to sample from, bounded for huge CTs.
 _MAX_FG_COORDS = 20_000
+
+
+def foreground_components(
+    labels: np.ndarray, cls: int, slice_axis: int | None, rng: np.random.Generator, limit: int = _MAX_FG_COORDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels of class ``cls`` grouped by connected component: ``(coords, offsets)``, component
+    ``j`` being ``coords[offsets[j]:offsets[j + 1]]``.
+
+    Components are face-connected within each slice normal to ``slice_axis`` (2D sampling), or in
+    3D when ``slice_axis`` is None. Over ``limit`` voxels, each component keeps a share of
+    ``limit`` proportional to its size, and at least one voxel, so no component is lost.
+    """
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 1)
+    if slice_axis is not None:  # no connection across slices
+        across = [1, 1, 1]
+        for offset in (0, 2):
+            across[slice_axis] = offset
+            structure[tuple(across)] = False
+    components, count = ndimage.label(labels == cls, structure=structure)
+    coords = np.argwhere(components > 0)
+    ids = components[tuple(coords.T)]
+    order = np.argsort(ids, kind="stable")
+    coords, ids = coords[order], ids[order]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if len(coords) > limit:
+        keep = np.maximum(1, (sizes * limit) // len(coords))
+        picked = [offsets[j] + rng.choice(sizes[j], int(keep[j]), replace=False) for j in range(count)]
+        coords = coords[np.concatenate(picked)]
+        offsets = np.concatenate([[0], np.cumsum(keep)])
+    return coords.astype(np.int32), offsets.astype(np.int64)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -73,7 +107,11 @@ class PatchDataset(Dataset):
         seed: int,
         body_code: int | None = None,
         context_slices: int = 0,
+        foreground_sampling: str = "voxel",
     ) -> None:
+        if foreground_sampling not in FOREGROUND_SAMPLING:
+            raise ValueError(f"foreground_sampling: {foreground_sampling!r}; expected one of {FOREGROUND_SAMPLING}")
+        self.foreground_sampling = foreground_sampling
         self.cases = list(cases)
         self.context_slices = int(context_slices) if dims == 2 else 0
         # A case's body mask rides in the labels as label + body_code (body_code = the number of
@@ -93,6 +131,18 @@ class PatchDataset(Dataset):
         )
         self.case_weights = sizes / sizes.sum()
         self.foreground = [self._foreground_coords(c) for c in self.cases]
+        # Component mode: per case and class, the voxels grouped by component (coords, offsets).
+        self.components = (
+            [
+                {
+                    k: foreground_components(c.labels, k, axis if dims == 2 else None, np.random.default_rng(0))
+                    for k in per_class
+                }
+                for c, per_class in zip(self.cases, self.foreground)
+            ]
+            if foreground_sampling == "component"
+            else []
+        )
         self.cases_with_foreground = [i for i, fg in enumerate(self.foreground) if fg]
 
     @staticmethod
@@ -122,8 +172,13 @@ class PatchDataset(Dataset):
             case_index = int(rng.choice(self.cases_with_foreground))
             per_class = self.foreground[case_index]
             cls = int(rng.choice(list(per_class)))
-            coords = per_class[cls]
-            centre = coords[rng.integers(len(coords))]
+            if self.components:
+                coords, offsets = self.components[case_index][cls]
+                component = int(rng.integers(len(offsets) - 1))
+                centre = coords[rng.integers(offsets[component], offsets[component + 1])]
+            else:
+                coords = per_class[cls]
+                centre = coords[rng.integers(len(coords))]
         else:
             case_index = int(rng.choice(len(self.cases), p=self.case_weights))
         case = self.cases[case_index]

@@ -716,6 +716,7 @@ class Trainer:
             cfg.seed,
             body_code=self.num_classes if self.needs_body else None,
             context_slices=self.cfg.slice_context,
+            foreground_sampling=cfg.foreground_sampling,
         )
         self._make_loader()
 
