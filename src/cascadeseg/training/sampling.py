@@ -111,7 +111,6 @@ class PatchDataset(Dataset):
     ) -> None:
         if foreground_sampling not in FOREGROUND_SAMPLING:
             raise ValueError(f"foreground_sampling: {foreground_sampling!r}; expected one of {FOREGROUND_SAMPLING}")
-        self.foreground_sampling = foreground_sampling
         self.cases = list(cases)
         self.context_slices = int(context_slices) if dims == 2 else 0
         # A case's body mask rides in the labels as label + body_code (body_code = the number of
