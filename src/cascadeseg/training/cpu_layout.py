@@ -279,13 +279,34 @@ def run_processes(config: TrainConfig, processes: int, started: float, extra_arg
 CANCELLED_EXIT = 130  # what ``cascadeseg train`` returns for a cancelled run
 
 
+CANCEL_GRACE_SECONDS = 30.0  # after one process stopped on Cancel, the others' time to follow
+
+
 def _wait(children: list[subprocess.Popen[bytes]]) -> int:
     """Wait for every process. A cancelled one (exit 130) is waited for with the others (they
-    stop together after saving); one that failed otherwise gets the others stopped after a grace
-    period (they would wait for it at the next collective until the group's timeout)."""
+    decide to stop together and finish within a moment of each other; one still running
+    ``CANCEL_GRACE_SECONDS`` later is stuck and is stopped); one that failed otherwise gets the
+    others stopped after a grace period (they would wait for it at the next collective until the
+    group's timeout)."""
+    cancelled_at: float | None = None
     while True:
         codes = [child.poll() for child in children]
         failed = [c for c in codes if c not in (None, 0, CANCELLED_EXIT)]
+        if CANCELLED_EXIT in codes and cancelled_at is None:
+            cancelled_at = time.perf_counter()
+        if cancelled_at is not None and time.perf_counter() - cancelled_at > CANCEL_GRACE_SECONDS:
+            stuck = [r for r, c in enumerate(codes) if c is None]
+            if stuck:
+                print(
+                    f"cascadeseg: process(es) {stuck} still running {CANCEL_GRACE_SECONDS:.0f} s after the "
+                    "others stopped on Cancel; stopping them",
+                    file=sys.stderr,
+                )
+                for r in stuck:
+                    children[r].terminate()
+                for child in children:
+                    child.wait()
+                return CANCELLED_EXIT
         if failed:
             deadline = time.perf_counter() + 5.0
             while time.perf_counter() < deadline and any(child.poll() is None for child in children):

@@ -284,7 +284,12 @@ class Trainer:
         barrier(self.ctx)
         if cfg.resume:
             self._load_planned_config()
-        raw = read_cases(case_sources(cfg.data), cfg.num_classes, self.cancel)
+        try:
+            raw = read_cases(case_sources(cfg.data), cfg.num_classes, self.cancel)
+            read_cancelled = False
+        except CancelledError:
+            read_cancelled = True
+        self._check_cancel("while reading the data", read_cancelled)
         self.patient_groups = patient_groups(cfg.data)  # versions and cases of one patient (dataset.json)
         data_channel_names = self._data_channel_names(raw[0])
         fp = fingerprint(
@@ -355,7 +360,7 @@ class Trainer:
         Dice is then the first row of the log, the yardstick of what the run added."""
         self.epoch_losses: list[float] = []  # no step yet: the log row has no training loss
         self.epoch_samples = 0
-        result = self.run_validation()
+        result = self._validation_agreed(True)
         self.state.elapsed = self._elapsed()
         if self.ctx.is_main and result is not None:
             self.on_validation_end(result, 0.0)
@@ -367,8 +372,15 @@ class Trainer:
         if self.plan is not None:
             write_json_atomic(self.run_dir / PLAN_FILE, self.plan.to_dict())
 
-    def _check_cancel(self, where: str) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+    def _check_cancel(self, where: str, cancelled: bool = False) -> None:
+        """Raise :class:`CancelledError` when Cancel was asked here (or ``cancelled``: a part only
+        this rank ran, rank 0's validation, was cancelled) on any rank. Every rank calls this at the
+        same points and they decide together: a Ctrl-C reaches the processes a moment apart, and a
+        rank that stopped alone would leave the others waiting in their next collective."""
+        cancelled = cancelled or bool(self.cancel is not None and self.cancel.is_set())
+        if self.ctx.is_distributed:
+            cancelled = bool(all_max([float(cancelled)], self.ctx, self.device)[0])
+        if cancelled:
             raise CancelledError(f"training cancelled {where}")
 
     def _load_planned_config(self) -> None:
@@ -829,12 +841,20 @@ class Trainer:
             nonlocal done
             times: list[float] = []
             for i in range(count):
-                if i >= 2 and time.perf_counter() - calibration_start > cap:
-                    break  # slow steps on a small budget: two are enough to know the pace
+                # Slow steps on a small budget: two are enough to know the pace. Decided with the
+                # Cancel by every rank together (each rank's clock could fall either side of the cap).
+                over_cap = i >= 2 and time.perf_counter() - calibration_start > cap
+                cancelled = bool(self.cancel is not None and self.cancel.is_set())
+                over_cap, cancelled = (
+                    bool(v) for v in all_max([float(over_cap), float(cancelled)], self.ctx, self.device)
+                )
+                if cancelled:
+                    raise CancelledError("training cancelled while measuring the training speed")
+                if over_cap:
+                    break
                 if setting is not None:
                     setting(i)
                 images, labels = self.draw_batch(fresh=done == 0)
-                self._check_cancel("while measuring the training speed")
                 t0 = time.perf_counter()
                 elapsed, reserve = all_max([self._elapsed(), self._end_reserve()], self.ctx, self.device)
                 loss = self.train_step(images, labels, elapsed, reserve)
@@ -1204,7 +1224,7 @@ class Trainer:
             self.state.elapsed = self._elapsed()
             return  # the budget ran out right after a validation: nothing new to validate
         validated = (epoch + 1) % self.cfg.val_every == 0 or reason == "time" or epoch + 1 == self.cfg.epochs
-        result = self.run_validation() if validated else None
+        result = self._validation_agreed(validated)
         self.state.epoch = epoch + 1
         self.state.elapsed = self._elapsed()
         if self.ctx.is_main and result is not None:
@@ -1213,6 +1233,18 @@ class Trainer:
             self.save_checkpoint("last", validation=result)
         barrier(self.ctx)
         self._keep_epoch_duration(loop_seconds)
+
+    def _validation_agreed(self, validated: bool) -> ValidationResult | None:
+        """:meth:`run_validation` (when ``validated``), then every rank learns whether it was
+        cancelled: only rank 0 validates, so only rank 0 sees a Cancel between its batches."""
+        cancelled = False
+        result = None
+        try:
+            result = self.run_validation() if validated else None
+        except CancelledError:
+            cancelled = True
+        self._check_cancel("during validation", cancelled)
+        return result
 
     def run_validation(self) -> ValidationResult | None:
         """Rank 0: the validation subset through the predictor (:mod:`.validation`)."""
