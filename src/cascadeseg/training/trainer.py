@@ -1137,8 +1137,12 @@ class Trainer:
             self.epoch_losses.append(loss)
             self.epoch_samples += images.shape[0] * self.ctx.world_size
             self._report_step(loss, step_in_epoch)
-        if budget is not None and self._elapsed() + self._end_reserve() >= budget:
-            return "time"
+        if budget is not None:
+            # Every rank reaches this point after the same steps; they decide on the clock they
+            # agree on (each rank's own could fall either side of the budget).
+            elapsed, reserve = all_max([self._elapsed(), self._end_reserve()], self.ctx, self.device)
+            if elapsed + reserve >= budget:
+                return "time"
         return None
 
     def _report_step(self, loss: float, step_in_epoch: int) -> None:
@@ -1220,9 +1224,13 @@ class Trainer:
         epoch = self.state.epoch
         train_seconds = time.perf_counter() - self.epoch_start
         loop_seconds = time.perf_counter() - self.loop_start
-        if reason == "time" and not self.epoch_losses and self.last_validation is not None:
-            self.state.elapsed = self._elapsed()
-            return  # the budget ran out right after a validation: nothing new to validate
+        # The budget ran out right after a validation: nothing new to validate. Only rank 0 holds
+        # the validation, so it decides for all (a rank that validated alone would wait for ever).
+        if reason == "time" and not self.epoch_losses:
+            nothing_new = self.last_validation is not None
+            if all_max([float(nothing_new)], self.ctx, self.device)[0]:
+                self.state.elapsed = self._elapsed()
+                return
         validated = (epoch + 1) % self.cfg.val_every == 0 or reason == "time" or epoch + 1 == self.cfg.epochs
         result = self._validation_agreed(validated)
         self.state.epoch = epoch + 1
