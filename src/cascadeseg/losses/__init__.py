@@ -70,7 +70,7 @@ _SUBMODULES = {
         "UNetSharpMixedLoss",
         "WeightedSamplingLoss",
     ),
-    ".overlap": ("focal_tversky_loss", "laplace_dice_loss", "soft_dice_loss"),
+    ".overlap": ("component_dice_loss", "focal_tversky_loss", "laplace_dice_loss", "soft_dice_loss"),
     ".pixelwise": (
         "anu_focal_term",
         "class_frequency_weighted_ce",
@@ -122,6 +122,7 @@ __all__ = [
     "build_loss",
     "class_frequency_weighted_ce",
     "class_frequency_weights",
+    "component_dice_loss",
     "cross_entropy_loss",
     "focal_loss",
     "focal_tversky_loss",

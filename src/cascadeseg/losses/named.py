@@ -14,7 +14,7 @@ from torch import Tensor
 from ..errors import ModelConfigError
 from ..models.output import SegmentationOutput
 from .lovasz import lovasz_hinge_loss
-from .overlap import focal_tversky_loss, laplace_dice_loss, soft_dice_loss
+from .overlap import component_dice_loss, focal_tversky_loss, laplace_dice_loss, soft_dice_loss
 from .pixelwise import anu_focal_term, class_frequency_weighted_ce, cross_entropy_loss, focal_loss
 from .sampling import sample_matrix
 from .supervision import SupervisedLoss
@@ -39,16 +39,25 @@ class SoftDiceLoss(SupervisedLoss):
 
 
 class DiceCELoss(SoftDiceLoss):
-    """ "dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss)."""
+    """ "dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss);
+    ``component_weight`` > 0 adds that much of :func:`.overlap.component_dice_loss` (each lesion
+    component's own Dice; 0, the default, leaves the loss as it was)."""
 
-    def __init__(self, *, ce_weight: float = 1.0, dice_weight: float = 1.0, **options: Any) -> None:
+    def __init__(
+        self, *, ce_weight: float = 1.0, dice_weight: float = 1.0, component_weight: float = 0.0, **options: Any
+    ) -> None:
         super().__init__(**options)
-        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        if component_weight < 0:
+            raise ModelConfigError(f"loss 'dice_ce': component_weight must be >= 0, got {component_weight}")
+        self.ce_weight, self.dice_weight, self.component_weight = ce_weight, dice_weight, component_weight
 
     def term(self, logits: Tensor, target: Tensor, roi: Tensor | None) -> Tensor:
-        return self.ce_weight * cross_entropy_loss(logits, target, roi=roi) + self.dice_weight * super().term(
+        loss = self.ce_weight * cross_entropy_loss(logits, target, roi=roi) + self.dice_weight * super().term(
             logits, target, roi
         )
+        if self.component_weight:
+            loss = loss + self.component_weight * component_dice_loss(logits, target, roi=roi)
+        return loss
 
 
 class FocalTverskyLoss(SupervisedLoss):
