@@ -126,9 +126,9 @@ def component_dice_loss(logits: Tensor, target: Tensor, *, smooth: float = 1e-5,
         # Indices: 1..count the components, count + 1 + b image b's background, -1 left out.
         ids = np.where(labels == 0, count + 1 + image_of_voxel, found)
         ids[(labels != 0) & (labels != c)] = -1
-        image_of_component = np.zeros(count + 1, dtype=np.int64)
-        image_of_component[found.ravel()] = image_of_voxel.ravel()
-        image_of_component = torch.from_numpy(image_of_component[1:]).to(probs.device)
+        owner = np.zeros(count + 1, dtype=np.int64)
+        owner[found.ravel()] = image_of_voxel.ravel()
+        image_of_component = torch.from_numpy(owner[1:]).to(probs.device)
         flat = torch.from_numpy(ids.reshape(-1)).to(probs.device)
         kept = flat >= 0
         index = flat[kept]
