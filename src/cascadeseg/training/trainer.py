@@ -373,8 +373,8 @@ class Trainer:
             write_json_atomic(self.run_dir / PLAN_FILE, self.plan.to_dict())
 
     def _check_cancel(self, where: str, cancelled: bool = False) -> None:
-        """Raise :class:`CancelledError` when Cancel was asked here (or ``cancelled``: a part only
-        this rank ran, rank 0's validation, was cancelled) on any rank. Every rank calls this at the
+        """Raise :class:`CancelledError` when Cancel was asked (or ``cancelled``: this rank's
+        reading of the data stopped on it) on any rank. Every rank calls this at the
         same points and they decide together: a Ctrl-C reaches the processes a moment apart, and a
         rank that stopped alone would leave the others waiting in their next collective."""
         cancelled = cancelled or bool(self.cancel is not None and self.cancel.is_set())
@@ -1244,14 +1244,19 @@ class Trainer:
 
     def _validation_agreed(self, validated: bool) -> ValidationResult | None:
         """:meth:`run_validation` (when ``validated``), then every rank learns whether it was
-        cancelled: only rank 0 validates, so only rank 0 sees a Cancel between its batches."""
+        cancelled: only rank 0 validates, so only rank 0 sees a Cancel between its batches. A
+        Cancel that came after the validation's last batch is left to the next step's check, so
+        the finished validation is kept (it may be the run's best)."""
         cancelled = False
         result = None
         try:
             result = self.run_validation() if validated else None
         except CancelledError:
             cancelled = True
-        self._check_cancel("during validation", cancelled)
+        if self.ctx.is_distributed:
+            cancelled = bool(all_max([float(cancelled)], self.ctx, self.device)[0])
+        if cancelled:
+            raise CancelledError("training cancelled during validation")
         return result
 
     def run_validation(self) -> ValidationResult | None:
