@@ -14,6 +14,7 @@ the command has not exited 30 s later (its processes are then killed). Prints a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -73,10 +74,8 @@ def one_round(folder: Path, run: Path, rank0_only: bool, rng: random.Random) -> 
         proc.wait(timeout=HANG_SECONDS)
     except subprocess.TimeoutExpired:
         for pid in [*children.values(), proc.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
         return "hang", delay, HANG_SECONDS
     took = time.monotonic() - asked

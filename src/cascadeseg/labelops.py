@@ -29,6 +29,7 @@ __all__ = [
     "remove_islands",
     "interpolate_between_slices",
     "annotated_slices",
+    "face_structure",
 ]
 
 
@@ -54,6 +55,20 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
 
     # None -> full connectivity (corners count), as 3D Slicer's islands effect.
     return ndimage.generate_binary_structure(ndim, ndim if connectivity is None else connectivity)
+
+
+def face_structure(ndim: int, unconnected_axis: int | None = None) -> np.ndarray:
+    """Face connectivity in ``ndim`` dimensions (6-neighbourhood in 3D), with no connection along
+    ``unconnected_axis`` when given: components per slice of a volume, or per image of a batch."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(ndim, 1)
+    if unconnected_axis is not None:
+        for offset in (0, 2):
+            index = [1] * ndim
+            index[unconnected_axis] = offset
+            structure[tuple(index)] = False
+    return structure
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -111,12 +111,12 @@ def component_dice_loss(logits: Tensor, target: Tensor, *, smooth: float = 1e-5,
     import numpy as np
     from scipy import ndimage
 
+    from ..labelops import face_structure
+
     probs, _ = _probabilities_and_onehot(logits, target, roi)
     batch, spatial = target.shape[0], target.ndim - 1
     labels = target.detach().cpu().numpy()
-    # Face connectivity within an image, none across the batch axis.
-    structure = np.zeros((3,) * (spatial + 1), dtype=bool)
-    structure[1] = ndimage.generate_binary_structure(spatial, 1)
+    structure = face_structure(spatial + 1, unconnected_axis=0)  # within an image, not across the batch
     image_of_voxel = np.broadcast_to(np.arange(batch).reshape((batch,) + (1,) * spatial), labels.shape)
     losses: list[Tensor] = []
     for c in range(1, logits.shape[1]):

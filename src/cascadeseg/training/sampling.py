@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..inference.predictor import PAD_VALUE  # one pad value for training crops and inference
+from ..labelops import face_structure
 from .config import FOREGROUND_SAMPLING
 from .datasets import TrainingCase
 
@@ -39,13 +40,7 @@ def foreground_components(
     """
     from scipy import ndimage
 
-    structure = ndimage.generate_binary_structure(3, 1)
-    if slice_axis is not None:  # no connection across slices
-        across = [1, 1, 1]
-        for offset in (0, 2):
-            across[slice_axis] = offset
-            structure[tuple(across)] = False
-    components, count = ndimage.label(labels == cls, structure=structure)
+    components, count = ndimage.label(labels == cls, structure=face_structure(3, slice_axis))
     coords = np.argwhere(components > 0)
     ids = components[tuple(coords.T)]
     order = np.argsort(ids, kind="stable")
