@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 
 # A training that must keep to one core: one OpenMP thread, passive waiting, no GPU.
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": ""}
@@ -21,11 +26,16 @@ def one_thread_env() -> dict[str, str]:
 
 
 def pinned(core: int | None) -> Callable[[], None]:
-    """A ``preexec_fn`` that pins the child process to ``core`` (Linux; elsewhere a no-op)."""
+    """A ``preexec_fn`` that pins the child process to ``core`` and has the kernel stop it (SIGTERM)
+    when the benchmark that started it dies (Linux; elsewhere a no-op). Without the second part, a
+    killed benchmark leaves its trainings running: they compete for the cores of the next
+    measurement and keep writing into run folders the next start reuses."""
 
     def pin() -> None:
         if core is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {core})
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return pin
 
@@ -40,6 +50,7 @@ def add_folder_arguments(parser: argparse.ArgumentParser, run_name: str) -> None
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--out", type=Path, default=root / "runs" / run_name)
     parser.add_argument("--results", type=Path, default=root / "benchmarks" / "results")
+
 
 def write_results(folder: Path, name: str, markdown: str, payload: Any) -> tuple[Path, Path]:
     """``<folder>/<name>_<UTC stamp>.md`` and ``.json``; prints the Markdown too."""

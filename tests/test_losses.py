@@ -601,30 +601,33 @@ def test_component_dice_scores_each_lesion_island_alone(shared_data: Path) -> No
         fg = torch.where(mask > 0, 8.0, -8.0).double()
         return torch.stack([-fg, fg], dim=1).requires_grad_(True)
 
-    assert float(component_dice_loss(logits_for(target), target)) < 1e-3
+    def value(loss: torch.Tensor) -> float:
+        return loss.detach().item()  # the graph is kept for the gradient check below
+
+    assert value(component_dice_loss(logits_for(target), target)) < 1e-3
     missed = logits_for(found_large)
     loss = component_dice_loss(missed, target)
-    assert abs(float(loss) - 0.5) < 0.01
-    assert float(soft_dice_loss(logits_for(found_large), target)) < 0.01  # the global Dice hardly sees it
+    assert abs(value(loss) - 0.5) < 0.01
+    assert value(soft_dice_loss(logits_for(found_large), target)) < 0.01  # the global Dice hardly sees it
     # Against a loop: each island against its own pixels and the background, the other left out.
     p = torch.softmax(missed.detach(), 1)[0, 1].numpy()
     expected = np.mean([
         1 - (2 * p[islands == k].sum() + 1e-5) / (p[islands == 0].sum() + p[islands == k].sum() + (islands == k).sum() + 1e-5)
         for k in (1, 2)
     ])
-    assert float(loss) == pytest.approx(expected, rel=1e-9)
+    assert value(loss) == pytest.approx(expected, rel=1e-9)
     loss.backward()
     grad = missed.grad[0, 1].numpy()
     assert (grad[small] < 0).all()  # raising the missed island's logits lowers the loss
     # An image without lesion adds nothing; a batch without any gives 0 and a graph.
     empty = torch.zeros_like(target)
     both = component_dice_loss(logits_for(torch.cat([found_large, empty])), torch.cat([target, empty]))
-    assert float(both) == pytest.approx(float(loss), rel=1e-9)
+    assert value(both) == pytest.approx(value(loss), rel=1e-9)
     none = component_dice_loss(logits_for(empty), empty)
-    assert float(none) == 0.0 and none.requires_grad
+    assert value(none) == 0.0 and none.requires_grad
     # Images are averaged: one with its small island missed (0.5), one found whole (0).
     pair = component_dice_loss(logits_for(torch.cat([found_large, target])), torch.cat([target, target]))
-    assert float(pair) == pytest.approx(float(loss) / 2, abs=1e-3)
+    assert value(pair) == pytest.approx(value(loss) / 2, abs=1e-3)
     # 3D patches: components connect across slices (this scan: 2 lesions in 3D, 5 slice islands);
     # missing the smaller 3D lesion costs half.
     scan = _read(shared_data / "lgg-flair/labelsTr/TCGA_CS_6188_20010812.nii.gz").astype(np.int64)
@@ -632,12 +635,12 @@ def test_component_dice_scores_each_lesion_island_alone(shared_data: Path) -> No
     assert count == 2 and sum(ndimage.label(s > 0)[1] for s in scan) == 5
     smaller = lesions == (int(np.argmin(np.bincount(lesions.ravel())[1:])) + 1)
     volume = torch.from_numpy(scan)[None]
-    assert float(component_dice_loss(logits_for(volume), volume)) < 0.01  # 1.5 M voxels of e^-16 each
+    assert value(component_dice_loss(logits_for(volume), volume)) < 0.01  # 1.5 M voxels of e^-16 each
     missed_3d = component_dice_loss(logits_for(torch.from_numpy(np.where(smaller, 0, scan))[None]), volume)
-    assert abs(float(missed_3d) - 0.5) < 0.01
+    assert abs(value(missed_3d) - 0.5) < 0.01
     # As a part of dice_ce: off by default (the planned loss is unchanged), weighted when asked.
     plain = build_loss("dice_ce")(SegmentationOutput(logits=logits_for(found_large)), target)
     weighted = build_loss("dice_ce", component_weight=1.0)(SegmentationOutput(logits=logits_for(found_large)), target)
-    assert float(weighted) - float(plain) == pytest.approx(float(loss), rel=1e-6)
+    assert value(weighted) - value(plain) == pytest.approx(value(loss), rel=1e-6)
     with pytest.raises(ModelConfigError, match="component_weight"):
         build_loss("dice_ce", component_weight=-1.0)

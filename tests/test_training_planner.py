@@ -181,6 +181,40 @@ def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fing
         assert plan.choices["loss_options"].source == source
 
 
+def test_a_fresh_2d_lesion_run_scores_each_lesion_component_alone(fingerprints) -> None:
+    """The planned U-Net on one lesion class in 2D adds dice_ce's component term (measured on LGG);
+    given options, 3D, several classes, other models and fine-tunings are left as they were."""
+    from cascadeseg.losses import build_loss
+
+    lgg, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert (lgg.model, lgg.dims, lgg.loss, lgg.loss_options) == ("unet", 2, "dice_ce", {"component_weight": 1.0})
+    assert plan.choices["loss_options"].source == "planned" and "five splits" in plan.choices["loss_options"].reason
+    assert build_loss(lgg.loss, **lgg.loss_options).component_weight == 1.0
+    off, plan = plan_training(TrainConfig(data="x", minutes=20, loss_options={"component_weight": 0.0}),
+                              fingerprints["lgg"], CPU)
+    assert off.loss_options == {"component_weight": 0.0} and plan.choices["loss_options"].source == "given"
+    hippo, _ = plan_training(TrainConfig(data="x", minutes=10), fingerprints["hippocampus"], CPU)
+    organs, _ = plan_training(TrainConfig(data="x", minutes=15), fingerprints["chaos"], CPU)
+    as_3d, _ = plan_training(TrainConfig(data="x", minutes=20, dims=3), fingerprints["lgg"], CPU)
+    nested, _ = plan_training(TrainConfig(data="x", minutes=20, model="unet_plus_plus"), fingerprints["lgg"], CPU)
+    assert (hippo.dims, len(organs.class_values)) == (3, 5)
+    # A fine-tuning of a plain U-Net whose card records no loss options keeps none.
+    import dataclasses
+
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    options = {k: v for k, v in card.model_options.items() if k not in ("attention", "merge", "levels")}
+    unet_card = dataclasses.replace(card, architecture="unet", model_options=options,
+                                    training={k: v for k, v in {**card.training, "loss": "dice_ce"}.items()
+                                              if k != "loss_options"})
+    tuned, _ = plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="x"), fingerprints["lgg"], CPU, unet_card)
+    assert tuned.model == "unet"
+    for other in (hippo, organs, as_3d, nested, tuned):
+        assert other.loss == "dice_ce" and not (other.loss_options or {}).get("component_weight")
+
+
 def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
     """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
     plateau schedule does not settle by the end of a budget: its best validated one; nor does a

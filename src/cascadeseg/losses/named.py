@@ -41,7 +41,8 @@ class SoftDiceLoss(SupervisedLoss):
 class DiceCELoss(SoftDiceLoss):
     """ "dice_ce": cross-entropy + soft Dice, weights 1 and 1 (nnU-Net's default loss);
     ``component_weight`` > 0 adds that much of :func:`.overlap.component_dice_loss` (each lesion
-    component's own Dice; 0, the default, leaves the loss as it was)."""
+    component's own Dice; 0, the loss's default, leaves it as it was; the planner asks for 1 on fresh
+    2D U-Net runs of one lesion class, docs/one_click_training.md)."""
 
     def __init__(
         self, *, ce_weight: float = 1.0, dice_weight: float = 1.0, component_weight: float = 0.0, **options: Any
