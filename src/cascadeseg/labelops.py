@@ -60,9 +60,7 @@ def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
 def face_structure(ndim: int, unconnected_axis: int | None = None) -> np.ndarray:
     """Face connectivity in ``ndim`` dimensions (6-neighbourhood in 3D), with no connection along
     ``unconnected_axis`` when given: components per slice of a volume, or per image of a batch."""
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(ndim, 1)
+    structure = _structure(ndim, 1)
     if unconnected_axis is not None:
         for offset in (0, 2):
             index = [1] * ndim
@@ -198,17 +196,11 @@ def fill_holes(labels: np.ndarray, label: int | None = None, *, slice_axis: int 
     from scipy import ndimage
 
     labels = _check_labels(labels)
-    if slice_axis is None:
-        structure = _structure(3, 1)
-    else:
-        if slice_axis not in (0, 1, 2):
-            raise VolumeError(f"slice_axis: expected 0, 1, 2 or None, got {slice_axis}")
-        # A structure with no neighbours along slice_axis makes one call treat every slice on its
-        # own, without a Python loop over slices.
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        index: list[slice | int] = [slice(None)] * 3
-        index[slice_axis] = 1
-        structure[tuple(index)] = _structure(2, 1)
+    if slice_axis not in (None, 0, 1, 2):
+        raise VolumeError(f"slice_axis: expected 0, 1, 2 or None, got {slice_axis}")
+    # No neighbours along slice_axis makes one call treat every slice on its own, without a
+    # Python loop over slices.
+    structure = face_structure(3, slice_axis)
     out = labels.copy()
     for value in _labels_to_process(labels, label):
         box = _bounding_box(labels == value)

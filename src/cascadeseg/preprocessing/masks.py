@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from cascadeseg.errors import VolumeError
 from cascadeseg.io.volume import Volume
+from cascadeseg.labelops import face_structure
 
 CT_BODY_THRESHOLD_HU = -500.0
 ZERO_BACKGROUND_FRACTION = 0.3
@@ -63,10 +64,8 @@ def _fill_enclosed(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[i
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed holes in 3D, then in every axial slice (a cavity open at the top or bottom
     slice of the scan, like the lungs cut by the field of view, is closed within its slices)."""
-    filled = _fill_enclosed(mask, ndimage.generate_binary_structure(3, 1), (0, 1, 2))
-    in_slice = np.zeros((3, 3, 3), dtype=bool)
-    in_slice[1] = ndimage.generate_binary_structure(2, 1)
-    return _fill_enclosed(filled, in_slice, (1, 2))
+    filled = _fill_enclosed(mask, face_structure(3), (0, 1, 2))
+    return _fill_enclosed(filled, face_structure(3, unconnected_axis=0), (1, 2))
 
 
 def body_mask(image: Volume | np.ndarray, *, threshold: float | None = None, modality: str | None = None) -> np.ndarray:

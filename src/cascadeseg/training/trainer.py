@@ -377,7 +377,10 @@ class Trainer:
         reading of the data stopped on it) on any rank. Every rank calls this at the
         same points and they decide together: a Ctrl-C reaches the processes a moment apart, and a
         rank that stopped alone would leave the others waiting in their next collective."""
-        cancelled = cancelled or bool(self.cancel is not None and self.cancel.is_set())
+        self._agree_cancel(where, cancelled or bool(self.cancel is not None and self.cancel.is_set()))
+
+    def _agree_cancel(self, where: str, cancelled: bool) -> None:
+        """Raise :class:`CancelledError` on every rank when ``cancelled`` on any."""
         if self.ctx.is_distributed:
             cancelled = bool(all_max([float(cancelled)], self.ctx, self.device)[0])
         if cancelled:
@@ -1253,10 +1256,7 @@ class Trainer:
             result = self.run_validation() if validated else None
         except CancelledError:
             cancelled = True
-        if self.ctx.is_distributed:
-            cancelled = bool(all_max([float(cancelled)], self.ctx, self.device)[0])
-        if cancelled:
-            raise CancelledError("training cancelled during validation")
+        self._agree_cancel("during validation", cancelled)  # not the live Cancel: see above
         return result
 
     def run_validation(self) -> ValidationResult | None:
