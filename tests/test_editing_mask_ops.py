@@ -202,6 +202,47 @@ def test_interpolate_along_another_axis_and_errors(one_tumour: np.ndarray) -> No
         keep_largest_component(labels[0])
 
 
+def _distant_islands_whole_volume(labels: np.ndarray, spacing: tuple[float, ...], max_mm: float) -> np.ndarray:
+    """The rule of remove_distant_islands computed the plain way: islands labelled and the distance
+    to the main island transformed over the whole volume, island by island."""
+    islands, count = ndimage.label(labels == 1, structure=FULL)
+    sizes = np.bincount(islands.ravel())
+    sizes[0] = 0
+    main = int(np.argmax(sizes))
+    distance = ndimage.distance_transform_edt(islands != main, sampling=spacing)
+    out = labels.copy()
+    for index in range(1, count + 1):
+        if index != main and sizes[index] < 0.5 * sizes[main] and distance[islands == index].min() > max_mm:
+            out[islands == index] = 0
+    return out
+
+
+def test_distant_islands_are_those_of_the_whole_volume_distance(two_islands: np.ndarray) -> None:
+    """The distance to the main island is transformed only near it (its box grown by the reach);
+    on a real tumour with strays scattered over the scan, every reach and an anisotropic spacing
+    drop exactly the islands the whole-volume distance drops."""
+    from cascadeseg.labelops import remove_distant_islands
+
+    labels = two_islands.copy()
+    rng = np.random.default_rng(0)
+    strays = 0
+    while strays < 40:  # single-voxel islands, none touching the tumour or each other
+        z, y, x = (int(rng.integers(1, n - 1)) for n in labels.shape)
+        if not labels[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2].any():
+            labels[z, y, x] = 1
+            strays += 1
+    for spacing in ((1.0, 1.0, 1.0), (3.0, 0.7, 0.7)):
+        for max_mm in (1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0):
+            expected = _distant_islands_whole_volume(labels, spacing, max_mm)
+            got = remove_distant_islands(labels, spacing, max_mm)
+            assert np.array_equal(got, expected), (spacing, max_mm)
+            kept = ndimage.label(got == 1, structure=FULL)[1]
+            assert 1 <= kept <= 42  # the tumour stays; its own island and the strays go by distance
+    # Something is decided at both ends: at 1 mm only the tumour's neighbours stay, at 80 mm most strays do.
+    assert ndimage.label(remove_distant_islands(labels, (1.0, 1.0, 1.0), 1.0) == 1, structure=FULL)[1] < 10
+    assert ndimage.label(remove_distant_islands(labels, (1.0, 1.0, 1.0), 80.0) == 1, structure=FULL)[1] > 20
+
+
 def test_distant_small_islands_go_near_or_large_ones_stay() -> None:
     from cascadeseg.labelops import remove_distant_islands
 

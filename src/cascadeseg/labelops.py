@@ -161,28 +161,49 @@ def remove_distant_islands(
     What it is for: a lesion has one main body with satellites next to it; a stray false positive
     across the brain is small and far (it is what pushes HD95 up). A second lesion as large as
     half the first is kept however far it is."""
-    from scipy import ndimage
-
     labels = _check_labels(labels)
     out = labels.copy()
-    structure = _structure(3, connectivity)
     sampling = [float(s) for s in spacing]
-    for value in _labels_to_process(labels, label):
-        mask = labels == value
-        if not mask.any():
-            continue
-        components, sizes = _component_sizes(mask, structure)
+    for box, components, sizes in _islands(labels, label, connectivity):
         if len(sizes) <= 2:
             continue
         sizes[0] = 0
         main = int(np.argmax(sizes))
-        distance = ndimage.distance_transform_edt(components != main, sampling=sampling)
-        for index in range(1, len(sizes)):
-            if index == main or sizes[index] >= keep_fraction * sizes[main]:
-                continue
-            if float(distance[components == index].min()) > max_distance_mm:
-                out[components == index] = 0
+        small = [i for i in range(1, len(sizes)) if i != main and sizes[i] < keep_fraction * sizes[main]]
+        if not small:
+            continue
+        nearest = _distance_to(components == main, components, small, sampling, float(max_distance_mm))
+        far = [i for i, d in zip(small, nearest) if d > max_distance_mm]
+        if far:
+            out[box][np.isin(components, far)] = 0
     return out
+
+
+def _distance_to(
+    target: np.ndarray, components: np.ndarray, indices: list[int], sampling: Sequence[float], reach_mm: float
+) -> list[float]:
+    """For each island in ``indices`` (of ``components``), the distance in mm from its nearest voxel
+    to the nearest ``target`` voxel: exact up to ``reach_mm``, ``inf`` beyond.
+
+    Why a box: the distance transform runs only on ``target``'s bounding box grown by ``reach_mm``
+    along each axis. A voxel outside that box is farther than ``reach_mm`` along one axis alone,
+    and inside it the nearest target voxel is in the box too, so the distances are the whole
+    volume's. On LGG predictions this made the function 5-10x faster per scan than one transform of
+    the whole scan (docs/one_click_training.md, "Validation time")."""
+    from scipy import ndimage
+
+    box = _bounding_box(target)
+    assert box is not None  # the main island is never empty
+    # In voxels per axis, one more than reach_mm covers (and never more than the axis).
+    reach = [int(min(np.ceil(reach_mm / s) + 1, n)) for s, n in zip(sampling, target.shape)]
+    grown = tuple(slice(max(0, sl.start - r), min(n, sl.stop + r)) for sl, r, n in zip(box, reach, target.shape))
+    distance = ndimage.distance_transform_edt(~target[grown], sampling=sampling)
+    # Per island, the nearest of its voxels inside the grown box; an island outside it stays inf.
+    near = components[grown]
+    voxels = near != 0
+    nearest = np.full(int(components.max()) + 1, np.inf)
+    np.minimum.at(nearest, near[voxels], distance[voxels])
+    return [float(nearest[i]) for i in indices]
 
 
 def fill_holes(labels: np.ndarray, label: int | None = None, *, slice_axis: int | None = None) -> np.ndarray:
