@@ -169,21 +169,21 @@ def remove_distant_islands(
             continue
         sizes[0] = 0
         main = int(np.argmax(sizes))
-        small = [i for i in range(1, len(sizes)) if i != main and sizes[i] < keep_fraction * sizes[main]]
-        if not small:
+        small = sizes < keep_fraction * sizes[main]
+        small[[0, main]] = False
+        if not small.any():
             continue
-        nearest = _distance_to(components == main, components, small, sampling, float(max_distance_mm))
-        far = [i for i, d in zip(small, nearest) if d > max_distance_mm]
-        if far:
-            out[box][np.isin(components, far)] = 0
+        nearest = _nearest_distances(components == main, components, len(sizes), sampling, float(max_distance_mm))
+        far = small & (nearest > max_distance_mm)
+        out[box][far[components]] = 0
     return out
 
 
-def _distance_to(
-    target: np.ndarray, components: np.ndarray, indices: list[int], sampling: Sequence[float], reach_mm: float
-) -> list[float]:
-    """For each island in ``indices`` (of ``components``), the distance in mm from its nearest voxel
-    to the nearest ``target`` voxel: exact up to ``reach_mm``, ``inf`` beyond.
+def _nearest_distances(
+    target: np.ndarray, components: np.ndarray, count: int, sampling: Sequence[float], reach_mm: float
+) -> np.ndarray:
+    """Per island index of ``components`` (``count`` entries, 0 the background), the distance in mm
+    from its nearest voxel to the nearest ``target`` voxel: exact up to ``reach_mm``, ``inf`` beyond.
 
     Why a box: the distance transform runs only on ``target``'s bounding box grown by ``reach_mm``
     along each axis. A voxel outside that box is farther than ``reach_mm`` along one axis alone,
@@ -198,12 +198,12 @@ def _distance_to(
     reach = [int(min(np.ceil(reach_mm / s) + 1, n)) for s, n in zip(sampling, target.shape)]
     grown = tuple(slice(max(0, sl.start - r), min(n, sl.stop + r)) for sl, r, n in zip(box, reach, target.shape))
     distance = ndimage.distance_transform_edt(~target[grown], sampling=sampling)
-    # Per island, the nearest of its voxels inside the grown box; an island outside it stays inf.
+    # The nearest of each island's voxels inside the grown box; an island outside it stays inf.
     near = components[grown]
     voxels = near != 0
-    nearest = np.full(int(components.max()) + 1, np.inf)
+    nearest = np.full(count, np.inf)
     np.minimum.at(nearest, near[voxels], distance[voxels])
-    return [float(nearest[i]) for i in indices]
+    return nearest
 
 
 def fill_holes(labels: np.ndarray, label: int | None = None, *, slice_axis: int | None = None) -> np.ndarray:
