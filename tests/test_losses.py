@@ -581,6 +581,29 @@ def test_head_weights_weigh_the_pruning_heads_shallowest_first() -> None:
         build_loss("dice", head_weights=[1])(SegmentationOutput(logits=heads[3]), target)
 
 
+def test_aux_weights_weigh_the_deep_supervision_outputs_by_name() -> None:
+    """nnU-Net's deep supervision: the full-resolution output and the down-scaled ones in one
+    weighted mean (weights halved per level); with a separate aux_weight, a weighted sum."""
+    torch.manual_seed(0)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 3:7] = 1
+    logits = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    aux = {"level1": torch.randn(1, 2, 4, 4, dtype=torch.float64), "level2": torch.randn(1, 2, 2, 2, dtype=torch.float64)}
+    output = SegmentationOutput(logits=logits, aux=aux)
+    main = soft_dice_loss(logits, target).item()
+    a1 = soft_dice_loss(aux["level1"], downscale_labels(target, (4, 4))).item()
+    a2 = soft_dice_loss(aux["level2"], downscale_labels(target, (2, 2))).item()
+    halved = build_loss("dice", aux_weights={"level1": 0.5, "level2": 0.25})
+    assert halved(output, target).item() == pytest.approx((main + 0.5 * a1 + 0.25 * a2) / 1.75)
+    assert build_loss("dice", aux_weights={"level2": 0.0})(output, target).item() == pytest.approx((main + a1) / 2)
+    summed = build_loss("dice", aux_weight=0.1, aux_weights={"level1": 0.5, "level2": 0.25})
+    assert summed(output, target).item() == pytest.approx(main + 0.1 * (0.5 * a1 + 0.25 * a2))
+    with pytest.raises(ModelConfigError, match=r"aux_weights: \['level3'\] are not aux branches"):
+        build_loss("dice", aux_weights={"level3": 0.5})(output, target)
+    with pytest.raises(ModelConfigError, match="aux_weights: expected aux branch names with a weight >= 0"):
+        build_loss("dice", aux_weights=[0.5, 0.25])
+
+
 def test_component_dice_scores_each_lesion_island_alone(shared_data: Path) -> None:
     """A real LGG slice with two lesion islands (836 and 11 pixels): a prediction that finds the
     large one and misses the small one loses half of the component Dice, while the batch soft Dice

@@ -215,6 +215,24 @@ def test_a_fresh_2d_lesion_run_scores_each_lesion_component_alone(fingerprints) 
         assert other.loss == "dice_ce" and not (other.loss_options or {}).get("component_weight")
 
 
+def test_a_deeply_supervised_unet_gets_nnunets_halved_weights(fingerprints) -> None:
+    """--model-option deep_supervision=true on the plain U-Net: its outputs below full resolution
+    weighted as nnU-Net weighs them, beside the planned loss options; given weights are kept."""
+    cfg, plan = plan_training(TrainConfig(data="x", minutes=20, model_options={"deep_supervision": True}),
+                              fingerprints["lgg"], CPU)
+    assert cfg.model_options["deep_supervision"] is True and "levels" not in cfg.model_options  # 5 levels
+    assert cfg.loss_options == {"component_weight": 1.0, "aux_weights": {"level1": 0.5, "level2": 0.25, "level3": 0.125}}
+    assert "five splits" in plan.choices["loss_options"].reason and "nnU-Net" in plan.choices["loss_options"].reason
+    given, plan = plan_training(
+        TrainConfig(data="x", minutes=20, model_options={"deep_supervision": True}, loss_options={"aux_weights": {"level1": 1}}),
+        fingerprints["lgg"], CPU)
+    assert given.loss_options == {"aux_weights": {"level1": 1}} and plan.choices["loss_options"].source == "given"
+    hippo, _ = plan_training(TrainConfig(data="x", minutes=10, model_options={"deep_supervision": True}),
+                             fingerprints["hippocampus"], CPU)
+    levels = hippo.model_options.get("levels", 5)
+    assert hippo.loss_options["aux_weights"] == {f"level{k}": 0.5**k for k in range(1, levels - 1)}
+
+
 def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
     """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
     plateau schedule does not settle by the end of a budget: its best validated one; nor does a

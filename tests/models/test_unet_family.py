@@ -356,3 +356,24 @@ def test_coarse_to_fine_refuses_export_with_a_clear_error() -> None:
     model = tiny("coarse_to_fine_unet", 2).eval()
     with pytest.raises(Exception, match="cannot be exported"):
         torch.export.export(LogitsOnly(model), (torch.randn(1, 1, *spatial(2, model)),))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unet_deep_supervision_gives_one_output_per_level_below_full_resolution(dims: int) -> None:
+    """nnU-Net's deep supervision: a head on every decoder level but full resolution and the
+    bottleneck, only when heads are asked for; the logits are those of the same U-Net without it."""
+    plain = tiny("unet", dims, levels=4)
+    supervised = tiny("unet", dims, levels=4, deep_supervision=True)
+    supervised.load_state_dict(plain.state_dict(), strict=False)  # the same body, extra heads
+    x = torch.randn(2, 1, *spatial(dims, supervised, scale=4))
+    out = supervised(x, request=OutputRequest.for_training())
+    assert sorted(out.aux) == ["level1", "level2"]
+    for level, name in ((1, "level1"), (2, "level2")):
+        assert out.aux[name].shape == (2, 3, *(s // 2**level for s in x.shape[2:]))
+    torch.testing.assert_close(out.logits, plain(x).logits)
+    assert supervised(x).aux == {}  # prediction asks for nothing
+    assert sorted(n for n, _ in supervised.named_parameters() if "aux_heads" in n) == [
+        "aux_heads.level1.bias", "aux_heads.level1.weight", "aux_heads.level2.bias", "aux_heads.level2.weight"
+    ]
+    with pytest.raises(ModelConfigError, match="deep_supervision must be one of"):
+        tiny("unet", dims, deep_supervision="yes")

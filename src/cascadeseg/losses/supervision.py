@@ -21,7 +21,9 @@ number over the run: "none", "step" (CU-Net's omega: /10 every ten epochs down t
 heads alone finish the weights that are kept; UNet#, docs/model_zoo.md). ``head_weights`` weighs
 the pruning heads in that mean or sum, shallowest first (default 1 each; an aux branch pooled with
 them counts 1). ``aux_branches`` names the aux branches supervised (default all; the others are
-computed but get no loss). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0
+computed but get no loss); ``aux_weights`` (name -> weight, default 1 each) weighs them within
+either combination (nnU-Net's deep supervision halves the weight per level below full resolution:
+the plain U-Net's ``deep_supervision``). Stages are summed with ``stage_weights`` (default 1 each; a weight of 0
 skips the stage: stage-by-stage training).
 
 The call is ``loss(output, target, roi=None)``: ``output`` a :class:`SegmentationOutput` (or bare
@@ -69,6 +71,7 @@ class SupervisedLoss(nn.Module):
         classification_weight: float = 1.0,
         head_weights: Sequence[float] | None = None,
         aux_branches: Sequence[str] | None = None,
+        aux_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if branch_reduction not in REDUCTIONS:
@@ -106,7 +109,16 @@ class SupervisedLoss(nn.Module):
                 f'loss option aux_branches: expected a list of aux branch names (e.g. ["X1,3", "X2,2"]), '
                 f"got {aux_branches!r}"
             )
+        if aux_weights is not None and (
+            not isinstance(aux_weights, Mapping)
+            or not all(isinstance(k, str) and isinstance(w, (int, float)) and w >= 0 for k, w in aux_weights.items())
+        ):
+            raise ModelConfigError(
+                f'loss option aux_weights: expected aux branch names with a weight >= 0 each (e.g. {{"level1": 0.5, '
+                f'"level2": 0.25}}), got {aux_weights!r}'
+            )
         self.aux_branches = None if aux_branches is None else list(aux_branches)
+        self.aux_weights = None if aux_weights is None else {k: float(w) for k, w in aux_weights.items()}
         self.head_weights = None if head_weights is None else [float(w) for w in head_weights]
         self.branch_reduction = branch_reduction
         self.aux_weight = aux_weight
@@ -192,6 +204,18 @@ class SupervisedLoss(nn.Module):
             )
         return [(name, logits) for name, logits in output.aux.items() if name in self.aux_branches]
 
+    def _aux_weights(self, names: list[str], output: SegmentationOutput) -> list[float] | None:
+        """One weight per supervised aux branch (``aux_weights``; a branch it does not name: 1)."""
+        if self.aux_weights is None:
+            return None
+        unknown = sorted(set(self.aux_weights) - set(output.aux))
+        if unknown:
+            raise ModelConfigError(
+                f"loss option aux_weights: {unknown} are not aux branches of this model "
+                f"(expected some of {sorted(output.aux) or 'none: it gives no aux branches'})"
+            )
+        return [self.aux_weights.get(name, 1.0) for name in names]
+
     def forward(self, output: SegmentationOutput | Tensor, target: Tensor, roi: Tensor | None = None) -> Tensor:
         if isinstance(output, Tensor):
             output = SegmentationOutput(logits=output)
@@ -204,19 +228,28 @@ class SupervisedLoss(nn.Module):
             roi = roi.bool()
 
         heads = [self.supervise(f"heads[{k}]", v, target, roi, num_classes) for k, v in sorted(output.heads.items())]
-        aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in self._aux_outputs(output)]
+        aux_outputs = self._aux_outputs(output)
+        aux = [self.supervise(f"aux[{k}]", v, target, roi, num_classes) for k, v in aux_outputs]
         main = heads if heads or output.stages else [self.supervise("logits", logits, target, roi, num_classes)]
 
         weights = self._head_weights(len(heads))
+        aux_weights = self._aux_weights([name for name, _ in aux_outputs], output) if aux else None
         parts: list[Tensor] = []
         if self.aux_weight is None:
             if main or aux:
-                parts.append(self._reduce(main + aux, None if weights is None else weights + [1.0] * len(aux)))
+                if weights is None and aux_weights is None:
+                    parts.append(self._reduce(main + aux))
+                else:
+                    branch_weights = (weights or [1.0] * len(main)) + (aux_weights or [1.0] * len(aux))
+                    parts.append(self._reduce(main + aux, branch_weights))
         else:
             if main:
                 parts.append(self._reduce(main, weights))
             if aux:
-                parts.append(self.aux_weight * torch.stack(aux).sum())
+                stacked = torch.stack(aux)
+                if aux_weights is not None:
+                    stacked = stacked * torch.tensor(aux_weights, dtype=stacked.dtype, device=stacked.device)
+                parts.append(self.aux_weight * stacked.sum())
         for name, stage_logits in output.stages.items():
             weight = float(self.stage_weights.get(name, 1.0))
             if weight == 0.0:

@@ -19,6 +19,11 @@ Choices where the papers leave room:
   so each decoder block reads ``w[l+1] + w[l]`` channels. The second is the U-Net that paper 004
   compares with: at width 32 it has 7.85 M parameters, the figure of its Table 1 (the transposed
   version has 7.76 M).
+* ``deep_supervision=True`` adds nnU-Net's deep supervision: a 1x1 head on each decoder level below
+  full resolution except the coarsest (the bottleneck, whose map nnU-Net does not supervise either),
+  returned as ``aux`` (``"level1"`` at half resolution, ``"level2"`` ...) when heads are requested
+  (a training step does); the loss compares each with the down-scaled labels (``aux_weights`` weighs them, as
+  nnU-Net halves its weights per level). Prediction reads ``logits`` only.
 """
 
 from __future__ import annotations
@@ -70,17 +75,45 @@ class UNet(SegmentationModel):
     info = model_info("unet")
 
     def __init__(
-        self, in_channels: int, num_classes: int, dims: int, upsample: str = "transpose", **common: Any
+        self,
+        in_channels: int,
+        num_classes: int,
+        dims: int,
+        upsample: str = "transpose",
+        deep_supervision: bool = False,
+        **common: Any,
     ) -> None:
         super().__init__(in_channels, num_classes, dims, **common)
         self.check_option("upsample", upsample, UPSAMPLING)
+        self.check_option("deep_supervision", deep_supervision, (False, True))
         self.upsample = upsample
+        self.deep_supervision = bool(deep_supervision)
         layout = self.level_layout(double_conv_factory(dims, self.norm))
         self.body = UNetBody(layout, in_channels, num_classes, upsample=upsample)
+        supervised = range(1, len(layout.widths) - 1) if self.deep_supervision else range(0)
+        self.aux_heads = nn.ModuleDict(
+            {aux_name(level): segmentation_head(dims, layout.widths[level], num_classes) for level in supervised}
+        )
 
     def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
-        # A plain U-Net has no heads, stages, attention or classification: nothing optional to compute.
-        return SegmentationOutput(logits=self.body(x))
+        # No pruning heads, stages, attention or classification; the deep-supervision outputs only
+        # when asked for (as UNet#'s and CU-Net's: with the heads).
+        if not (self.aux_heads and request.heads):
+            return SegmentationOutput(logits=self.body(x))
+        features = self.body.features(x)
+        aux = {name: head(features[int(name.removeprefix("level"))]) for name, head in self.aux_heads.items()}
+        return SegmentationOutput(logits=self.body.head(features[0]), aux=aux)
 
 
-__all__ = ["UNet", "UNetBody"]
+def aux_name(level: int) -> str:
+    """The ``aux`` key of the deep-supervision output at decoder ``level`` (1: half resolution)."""
+    return f"level{level}"
+
+
+def deep_supervision_weights(levels: int) -> dict[str, float]:
+    """nnU-Net's loss weights of the deep-supervision outputs of a ``levels``-level U-Net, relative
+    to the full-resolution output's 1: halved per level (the loss's weighted mean normalises them)."""
+    return {aux_name(level): 0.5**level for level in range(1, levels - 1)}
+
+
+__all__ = ["UNet", "UNetBody", "aux_name", "deep_supervision_weights"]

@@ -470,6 +470,7 @@ def plan_training(
             "splits, no split lower, every split's worst patient raised (docs/one_click_training.md); "
             "--loss-option component_weight=0 turns it off",
         )
+    _weigh_unet_deep_supervision(cfg, plan)
     if cfg.foreground_probability is None:
         rare = fp.rarest_foreground_fraction
         cfg.foreground_probability = plan.choose(
@@ -870,6 +871,25 @@ def _levels(model: str, patch: list[int]) -> tuple[int | None, str]:
     if levels == 5:
         return None, ""
     return levels, f"{levels} levels: the coarsest map keeps >= 4 voxels of the {smallest}-voxel patch axis"
+
+
+def _weigh_unet_deep_supervision(cfg: TrainConfig, plan: TrainPlan) -> None:
+    """A plain U-Net with ``deep_supervision`` gets nnU-Net's halving weights for its outputs below
+    full resolution, unless ``aux_weights`` was given (other given loss options are kept)."""
+    options = cfg.model_options or {}
+    if cfg.model != "unet" or not options.get("deep_supervision"):
+        return
+    given = dict(cfg.loss_options or {})
+    if "aux_weights" in given:
+        return
+    from ..models.unet import deep_supervision_weights
+
+    weights = deep_supervision_weights(int(options.get("levels", 5)))
+    before = plan.choices.get("loss_options")
+    reason = "nnU-Net's deep-supervision weights, halved per level below full resolution"
+    if before is not None:
+        reason = f"{before.reason}; plus {reason}"
+    cfg.loss_options = plan.choose("loss_options", {**given, "aux_weights": weights}, reason)
 
 
 def per_process_batch(batch: int, processes: int) -> int:
