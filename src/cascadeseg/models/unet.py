@@ -90,18 +90,22 @@ class UNet(SegmentationModel):
         self.deep_supervision = bool(deep_supervision)
         layout = self.level_layout(double_conv_factory(dims, self.norm))
         self.body = UNetBody(layout, in_channels, num_classes, upsample=upsample)
-        supervised = range(1, len(layout.widths) - 1) if self.deep_supervision else range(0)
+        # decoder levels with a deep-supervision head: all but full resolution and the bottleneck
+        self.supervised_levels = tuple(range(1, len(layout.widths) - 1)) if self.deep_supervision else ()
         self.aux_heads = nn.ModuleDict(
-            {aux_name(level): segmentation_head(dims, layout.widths[level], num_classes) for level in supervised}
+            {
+                aux_name(level): segmentation_head(dims, layout.widths[level], num_classes)
+                for level in self.supervised_levels
+            }
         )
 
     def _forward(self, x: Tensor, depth: int, request: OutputRequest) -> SegmentationOutput:
         # No pruning heads, stages, attention or classification; the deep-supervision outputs only
         # when asked for (as UNet#'s and CU-Net's: with the heads).
-        if not (self.aux_heads and request.heads):
+        if not (self.supervised_levels and request.heads):
             return SegmentationOutput(logits=self.body(x))
         features = self.body.features(x)
-        aux = {name: head(features[int(name.removeprefix("level"))]) for name, head in self.aux_heads.items()}
+        aux = {aux_name(level): self.aux_heads[aux_name(level)](features[level]) for level in self.supervised_levels}
         return SegmentationOutput(logits=self.body.head(features[0]), aux=aux)
 
 
