@@ -23,6 +23,7 @@ import torch
 from cascadeseg.io import load_labels, load_volume
 from cascadeseg.losses import build_loss
 from cascadeseg.models import OutputRequest, create_model
+from cascadeseg.training.planner import cpu_has_native_bf16
 
 DATA = Path(os.environ.get("CASCADESEG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -100,9 +101,8 @@ def main() -> None:
     ]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
-    flags = Path("/proc/cpuinfo").read_text()
-    print(f"# bf16 against fp32 training steps, one thread, {cpu} (avx512_bf16: {'avx512_bf16' in flags}, "
-          f"amx_bf16: {'amx_bf16' in flags}), torch {torch.__version__}\n")
+    print(f"# bf16 against fp32 training steps, one thread, {cpu} (bf16 in hardware, as the planner "
+          f"sees it: {cpu_has_native_bf16()}), torch {torch.__version__}\n")
     print("| network | input | bf16 step (s) | fp32 step (s) | fp32 / bf16 |\n|---|---|---:|---:|---:|")
     for name, dims, width, (x, y), what in rows:
         bf16, fp32 = step_seconds(name, dims, width, x, y, args.steps)

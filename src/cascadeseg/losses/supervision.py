@@ -205,14 +205,15 @@ class SupervisedLoss(nn.Module):
         return [(name, logits) for name, logits in output.aux.items() if name in self.aux_branches]
 
     def _aux_weights(self, names: list[str], output: SegmentationOutput) -> list[float] | None:
-        """One weight per supervised aux branch (``aux_weights``; a branch it does not name: 1)."""
+        """One weight per supervised aux branch (``aux_weights``; a branch it does not name: 1).
+        Called only when the output has aux branches (a cascade's stage-1 phase scores none)."""
         if self.aux_weights is None:
             return None
         unknown = sorted(set(self.aux_weights) - set(output.aux))
         if unknown:
             raise ModelConfigError(
                 f"loss option aux_weights: {unknown} are not aux branches of this model "
-                f"(expected some of {sorted(output.aux) or 'none: it gives no aux branches'})"
+                f"(expected some of {sorted(output.aux)})"
             )
         return [self.aux_weights.get(name, 1.0) for name in names]
 
@@ -237,11 +238,11 @@ class SupervisedLoss(nn.Module):
         parts: list[Tensor] = []
         if self.aux_weight is None:
             if main or aux:
-                if weights is None and aux_weights is None:
-                    parts.append(self._reduce(main + aux))
-                else:
-                    branch_weights = (weights or [1.0] * len(main)) + (aux_weights or [1.0] * len(aux))
-                    parts.append(self._reduce(main + aux, branch_weights))
+                weighted = weights is not None or aux_weights is not None
+                branch_weights = (
+                    (weights or [1.0] * len(main)) + (aux_weights or [1.0] * len(aux)) if weighted else None
+                )
+                parts.append(self._reduce(main + aux, branch_weights))
         else:
             if main:
                 parts.append(self._reduce(main, weights))

@@ -32,6 +32,7 @@ import torch
 from .._cores import affinity_cores
 from ..errors import ModelConfigError
 from ..models import list_models, model_class
+from ..models.unet import deep_supervision_weights
 from .config import AugmentationConfig, TrainConfig
 from .fingerprint import DatasetFingerprint
 from .split import MIN_PATIENTS_FOR_A_PATIENT_SPLIT
@@ -882,8 +883,6 @@ def _weigh_unet_deep_supervision(cfg: TrainConfig, plan: TrainPlan) -> None:
     given = dict(cfg.loss_options or {})
     if "aux_weights" in given:
         return
-    from ..models.unet import deep_supervision_weights
-
     weights = deep_supervision_weights(int(options.get("levels", 5)))
     before = plan.choices.get("loss_options")
     reason = "nnU-Net's deep-supervision weights, halved per level below full resolution"
