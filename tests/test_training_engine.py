@@ -725,3 +725,51 @@ def test_a_threshold_needs_a_two_class_card_in_range(shared_data: Path) -> None:
     crop = load_volume(shared_data / "hippocampus" / "imagesTr" / "hippocampus_001_0000.nii.gz")
     with pytest.raises(ModelConfigError, match="needs a two-class model.*3 classes"):
         predictor.predict(crop, want=PredictionRequest(foreground_threshold=0.3))
+
+
+def test_freeze_encoder_keeps_the_starting_encoder_and_trains_the_rest(lgg_pairs, tmp_path: Path) -> None:
+    """``freeze="encoder"`` on the shipped FLAIR ANU-Net fine-tuned on real LGG patients: after its
+    steps every encoder parameter is the shipped one and the decoder has moved; the plan says how
+    many parameters were kept. A network trained from scratch, or one with no encoder module,
+    refuses the option with the reason."""
+    from safetensors.torch import load_file
+
+    from cascadeseg.inference import available_checkpoints
+    from cascadeseg.training.trainer import is_encoder_parameter
+
+    result = train(tiny_config(lgg_pairs, tmp_path / "tuned", init_checkpoint="lgg_flair_anu_net_2d", model=None,
+                               model_options=None, inplane_size=None, dims=None, epochs=1, steps_per_epoch=3,
+                               lr=1e-2, keep="last", freeze="encoder", val_cases=["TCGA_DU_6404_19850629"]))
+    (entry,) = [e for e in available_checkpoints() if e.name == "lgg_flair_anu_net_2d" and e.source == "shipped"]
+    shipped = load_file(str(entry.path / "model.safetensors"))
+    tuned = load_file(str(result.last_checkpoint / "model.safetensors"))
+    model, _ = load_checkpoint(result.last_checkpoint)
+    parameters = [name for name, _ in model.named_parameters()]
+    encoder = [n for n in parameters if is_encoder_parameter(n)]
+    assert encoder and all(n.startswith("encoder.") for n in encoder)
+    assert all(torch.equal(shipped[n], tuned[n]) for n in encoder)
+    assert any(not torch.equal(shipped[n], tuned[n]) for n in parameters if n.startswith("nodes."))
+    plan = json.loads((tmp_path / "tuned" / "plan.json").read_text())
+    assert plan["choices"]["freeze"]["value"] == "encoder"
+    kept = sum(shipped[n].numel() for n in encoder)
+    assert f"{kept:,} of" in plan["choices"]["freeze"]["reason"]
+
+    with pytest.raises(ModelConfigError, match="needs a starting model"):
+        train(tiny_config(lgg_pairs, tmp_path / "scratch", freeze="encoder", auto_init=False))
+
+
+def test_every_model_has_an_encoder_to_freeze_and_a_rest_to_train() -> None:
+    """``is_encoder_parameter`` over every registered architecture: some parameters are encoder,
+    some are not, and U2-Net's decoder blocks (small U-Nets with encoders of their own) stay
+    trainable."""
+    from cascadeseg.models import create_model, model_names
+    from cascadeseg.training.trainer import is_encoder_parameter
+
+    for name in model_names():
+        names = [n for n, _ in create_model(name, in_channels=1, num_classes=2, dims=2).named_parameters()]
+        encoder = [n for n in names if is_encoder_parameter(n)]
+        assert 0 < len(encoder) < len(names), name
+        if name == "inner_cascaded_u2net":
+            for n in names:
+                outer = n.split(".")[1]  # body.<former|latter>_<encoder|decoder>...
+                assert (n in encoder) == outer.endswith("_encoder"), n

@@ -26,6 +26,7 @@ SCHEDULES = ("cosine", "step", "constant", "plateau")
 CASCADE_TRAINING = ("end_to_end", "stagewise")
 # Which foreground voxel a foreground-centred sample is centred on (training/sampling.py).
 FOREGROUND_SAMPLING = ("voxel", "component")
+FREEZE = ("none", "encoder")
 
 
 @dataclass
@@ -296,6 +297,13 @@ class TrainConfig:
         "validate on its training patients",
         group="model",
     )
+    freeze: str = option(
+        "none",
+        "fine-tuning: 'encoder' keeps the starting model's encoder (every parameter under a module "
+        "named *encoder) as it is and trains the rest",
+        group="model",
+        choices=FREEZE,
+    )
     # No init checkpoint given: may the planner start from a shipped model that fits the data?
     auto_init: bool = option(
         True,
@@ -411,6 +419,8 @@ class TrainConfig:
             raise bad("foreground_probability", self.foreground_probability, "a probability in [0, 1]")
         if self.foreground_sampling not in FOREGROUND_SAMPLING:
             raise bad("foreground_sampling", self.foreground_sampling, f"one of {FOREGROUND_SAMPLING}")
+        if self.freeze not in FREEZE:
+            raise bad("freeze", self.freeze, f"one of {FREEZE}")
         if self.context_slices is not None and not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
             raise bad("context_slices", self.context_slices, f"0..{MAX_CONTEXT_SLICES} neighbours on either side")
         if self.context_slices and self.dims == 3:
