@@ -730,8 +730,8 @@ def test_a_threshold_needs_a_two_class_card_in_range(shared_data: Path) -> None:
 def test_freeze_encoder_keeps_the_starting_encoder_and_trains_the_rest(lgg_pairs, tmp_path: Path) -> None:
     """``freeze="encoder"`` on the shipped FLAIR ANU-Net fine-tuned on real LGG patients: after its
     steps every encoder parameter is the shipped one and the decoder has moved; the plan says how
-    many parameters were kept. A network trained from scratch, or one with no encoder module,
-    refuses the option with the reason."""
+    many parameters were kept. A network trained from scratch refuses the option with the reason
+    (every registered architecture has an encoder: the next test)."""
     from safetensors.torch import load_file
 
     from cascadeseg.inference import available_checkpoints
