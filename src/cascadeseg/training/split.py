@@ -207,9 +207,10 @@ def split_by_slice_blocks(
 
     if foreground is not None and np.asarray(foreground).any():
         amount = np.asarray(foreground, dtype=np.float64)
+        total = float(amount.sum())
 
         def share(blocks: list[SliceBlock]) -> float:
-            return float(sum(amount[b.start : b.stop].sum() for b in blocks) / amount.sum())
+            return sum(float(amount[b.start : b.stop].sum()) for b in blocks) / total
 
         both_sides: Split | None = None
         for try_gap in range(gap, -1, -1):
@@ -220,13 +221,13 @@ def split_by_slice_blocks(
                         split = attempt(try_block, try_gap, amount, seed + draw)
                     except DatasetError:
                         break  # too few blocks show the structure: no draw changes that
-                    if share(split.val_blocks) > 0 and share(split.train_blocks) > 0:
-                        if share(split.train_blocks) >= MIN_TRAINING_SHARE and try_gap >= min(gap, 1):
-                            split.seed = seed
-                            return split
-                        if both_sides is None:
-                            split.seed = seed
-                            both_sides = split
+                    val, train = share(split.val_blocks), share(split.train_blocks)
+                    if val <= 0 or train <= 0:
+                        continue
+                    split.seed = seed  # the caller's seed, whichever draw gave the split
+                    if train >= MIN_TRAINING_SHARE and try_gap >= min(gap, 1):
+                        return split
+                    both_sides = both_sides or split
                 try_block //= 2
         if both_sides is not None:
             return both_sides
