@@ -652,6 +652,10 @@ def test_a_fine_tuning_that_no_epoch_improves_keeps_its_starting_weights(lgg_pai
     lineage = load_checkpoint(result.best_checkpoint)[1].training["parent_training"]
     assert lineage["name"] == "lgg_flair_anu_net_2d" and lineage["command"] == parent.training["command"]
     assert lineage["steps"] == parent.training["steps"] > 0 and lineage["data_cases"] == parent.training["data"]["cases"]
+    # One validation patient cannot move the depth the shipped model's own 12 chose (its card's L4).
+    kept_card = load_checkpoint(result.best_checkpoint)[1]
+    assert parent.recommended_depth == 4 and kept_card.validation["prior_depth"] == 4
+    assert kept_card.recommended_depth == 4 and {r["recommended_depth"] for r in rows} == {"4"}
 
 
 def test_foreground_threshold_is_chosen_on_validation_and_the_predictor_scores_it_alike(lgg_pairs, tmp_path: Path) -> None:

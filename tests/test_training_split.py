@@ -129,6 +129,50 @@ def test_a_depth_every_validation_patient_finds_worse_is_not_recommended() -> No
     assert recommended_depth({2: 0.88, 4: 0.8804}, dice_per_case=noisy) == 2
 
 
+# The kept weights' validation in the three TCIA leave-one-patient-out folds of stop 58 (slice
+# blocks of the training studies), per case and depth as their cards recorded it.
+TCIA_FOLD_VALIDATION = {
+    "without PGBM-001": {
+        "PGBM-003_19950329[val12:16]": {"1": 0.606, "2": 0.664, "3": 0.63, "4": 0.625},
+        "PGBM-006_19961210[val0:8]": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0},
+    },
+    "without PGBM-003": {
+        "PGBM-006_19961210[val0:8]": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0},
+        "PGBM-001_19911119[val20:24]": {"1": 0.192, "2": 0.0, "3": 0.0, "4": 0.0},
+        "PGBM-001_19920402[val20:24]": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0},
+    },
+    "without PGBM-006": {
+        "PGBM-003_19950329[val12:16]": {"1": 0.0, "2": 0.0, "3": 0.566, "4": 0.4},
+        "PGBM-001_19911119[val20:24]": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0},
+        "PGBM-001_19920402[val20:24]": {"1": 0.0, "2": 0.0, "3": 0.0, "4": 0.0},
+    },
+}
+
+
+def test_a_fine_tuning_keeps_its_starting_models_depth_unless_validation_measurably_prefers_another() -> None:
+    """Without a prior the TCIA folds' validation pruned the fine-tuned ANU-Net to L2, L1 and L3,
+    where its held-out studies scored 0.340, 0.084 and 0.304; at the starting model's L4 they
+    score 0.348, 0.157 and 0.320 (docs/one_click_training.md). With the starting model's depth as
+    the prior, each fold keeps L4: no other depth is measurably better on two or three blocks."""
+    for fold, expected in zip(TCIA_FOLD_VALIDATION.values(), (2, 1, 3)):
+        means = {int(d): float(np.mean([case[d] for case in fold.values()])) for d in ("1", "2", "3", "4")}
+        assert recommended_depth(means, dice_per_case=fold) == expected
+        assert recommended_depth(means, dice_per_case=fold, prior_depth=4) == 4
+    # Evidence moves it: ten cases, each 0.09-0.11 better at L2 than at the prior L4.
+    consistent = {f"case {i}": {"2": 0.80 + 0.01 * (i % 3), "4": 0.70} for i in range(10)}
+    means = {2: float(np.mean([c["2"] for c in consistent.values()])), 4: 0.70}
+    assert recommended_depth(means, dice_per_case=consistent, prior_depth=4) == 2
+    # ... and the prior L2 stays where L4 is better on average but not case by case.
+    split = {f"case {i}": {"2": 0.70, "4": 0.70 + (0.3 if i % 2 else -0.25)} for i in range(6)}
+    assert recommended_depth({2: 0.70, 4: 0.725}, dice_per_case=split) == 4
+    assert recommended_depth({2: 0.70, 4: 0.725}, dice_per_case=split, prior_depth=2) == 2
+    # One case is no evidence however large the gap, a validation that found nothing keeps the
+    # prior, and a prior the model does not have is ignored.
+    assert recommended_depth({2: 0.9, 4: 0.5}, dice_per_case={"only": {"2": 0.9, "4": 0.5}}, prior_depth=4) == 4
+    assert recommended_depth({1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}, prior_depth=3) == 3
+    assert recommended_depth({1: 0.81, 2: 0.80}, prior_depth=4) == 1
+
+
 @pytest.mark.parametrize(("model", "patients", "depth"), [
     ("hippocampus_unet_plus_plus_3d", 40, 4),
     ("chaos_t2_anu_net_2d", 3, 3),

@@ -221,6 +221,12 @@ class TrainWidget(QWidget):
         self.base_width = _auto_spin_box(
             128, "Channels of the first level (paper: 32); auto: planned for the device and budget"
         )
+        self.freeze_encoder = QCheckBox("keep the starting model's encoder (train the rest)")
+        self.freeze_encoder.setToolTip(
+            "Fine-tuning only: the encoder's weights stay as the chosen model's, the decoder, gates and "
+            "heads learn. Off by default: on the TCIA glioblastoma studies it scored lower than fine-tuning "
+            "everything (docs/one_click_training.md)"
+        )
 
         # -- budget and device ----------------------------------------------------------------
         self.budget_kind = QComboBox()
@@ -332,6 +338,7 @@ class TrainWidget(QWidget):
             ("2D / 3D:", self.dims_combo),
             ("2D slices along:", self.axis_combo),
             ("base width:", self.base_width),
+            self.freeze_encoder,
             parent=model_box,
         )
 
@@ -498,6 +505,9 @@ class TrainWidget(QWidget):
         fresh = entry is None
         for widget in (self.model_combo, self.dims_combo, self.base_width):
             widget.setEnabled(fresh)
+        self.freeze_encoder.setEnabled(not fresh)  # a fresh network has no encoder worth keeping
+        if fresh:
+            self.freeze_encoder.setChecked(False)
         if entry is not None:
             self.model_combo.setCurrentIndex(self.model_combo.findData(entry.card.architecture))
             self.dims_combo.setCurrentIndex(self.dims_combo.findData(entry.card.dims))
@@ -600,6 +610,7 @@ class TrainWidget(QWidget):
             threads=int(self.threads.value()) or None,
             ema_decay=EMA_DECAY if self.average_weights.isChecked() else None,
             init_checkpoint=str(entry.path) if entry else None,
+            freeze="encoder" if entry is not None and self.freeze_encoder.isChecked() else "none",
             annotated_slices_only=bool(
                 self.source.currentData() == SOURCE_LAYERS and self.annotated_only.isChecked()
             ),

@@ -170,8 +170,11 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     widget.image_combo.setCurrentText(scan.name)
     widget.labels_combo.setCurrentText(mask.name)
     _tiny(widget)
+    assert not widget.freeze_encoder.isEnabled()  # a fresh network has no encoder to keep
     widget.add_init_checkpoint(tiny_models["anu"])  # fine-tune: architecture and classes from it
     assert widget.loss_combo.currentData() == "dice_ce"  # the loss the checkpoint was trained with
+    assert widget.freeze_encoder.isEnabled() and not widget.freeze_encoder.isChecked()
+    widget.freeze_encoder.setChecked(True)
     widget.average_weights.setChecked(True)
     widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
     widget.epochs.setValue(2)
@@ -189,6 +192,19 @@ def test_fine_tune_from_layers_then_segment_with_new_model(
     assert "fine-tuned from 'tiny-anu'" in entry.card.description
     assert entry.card.training["loss"] == "dice_ce"
     assert entry.card.training["ema_decay"] == 0.998  # the installed weights are the average
+    assert entry.card.training["freeze"] == "encoder"
+    # The run's last weights keep the starting encoder (up to the average's rounding), the rest learnt.
+    import torch
+    from safetensors.torch import load_file
+
+    from cascadeseg.training.trainer import is_encoder_parameter
+
+    start = load_file(str(Path(tiny_models["anu"]) / "model.safetensors"))
+    last = load_file(str(result.last_checkpoint / "model.safetensors"))
+    parameters = [name for name, _ in load_checkpoint(result.last_checkpoint)[0].named_parameters()]
+    encoder = [n for n in parameters if is_encoder_parameter(n)]
+    assert encoder and all(torch.allclose(start[n], last[n], rtol=0, atol=1e-6) for n in encoder)
+    assert any(not torch.allclose(start[n], last[n]) for n in parameters if n.startswith("nodes."))
     # The run's model is installed: one volume, validated on blocks of its own slices, so the plan
     # keeps the best validated weights rather than the final ones.
     assert result.keep == "best" and entry.card.training["installed_checkpoint"] == "best"

@@ -81,6 +81,8 @@ def build_card(
         }
         if model.info.pruning_depths:
             recommended = validation.recommended_depth
+            if validation.prior_depth is not None:
+                validation_section["prior_depth"] = int(validation.prior_depth)
         if validation.candidates:
             validation_section["postprocessing_candidates"] = {
                 name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()
@@ -123,6 +125,7 @@ def build_card(
         "cascade_training": cfg.cascade_training,
         "ema_decay": cfg.ema_decay,
         "init_checkpoint": cfg.init_checkpoint,
+        "freeze": cfg.freeze,
         "parent": parent_name,
         "augmentation": cfg.to_dict()["augmentation"],
     }

@@ -1315,10 +1315,19 @@ class Trainer:
             cancel=self.cancel,
             choose_postprocessing=self.cfg.choose_postprocessing,
             choose_threshold=self.cfg.choose_threshold,
+            prior_depth=self._prior_depth(),
         )
         self.model.train()
         self.state.validation_seconds = result.seconds
         return result
+
+    def _prior_depth(self) -> int | None:
+        """A fine-tuning's starting point for the depth choice: the starting model's recommended
+        depth, chosen on its own validation patients (:func:`.validation.recommended_depth`)."""
+        card = self.parent_card
+        if card is None or card.recommended_depth is None or not self.model.info.pruning_depths:
+            return None
+        return int(card.recommended_depth)
 
     def on_validation_end(self, result: ValidationResult, train_seconds: float) -> None:
         epoch = self.state.epoch - 1

@@ -67,6 +67,8 @@ class ValidationResult:
     # mean Dice of every candidate at the recommended depth, after the chosen post-processing.
     foreground_threshold: float | None = None
     threshold_candidates: dict[float, float] = field(default_factory=dict)
+    # A fine-tuning: the starting model's recommended depth, which the choice above started from.
+    prior_depth: int | None = None
 
     @property
     def best_dice(self) -> float:
@@ -78,6 +80,7 @@ def recommended_depth(
     dice_per_depth: Mapping[int, float],
     tolerance: float = RECOMMENDATION_TOLERANCE,
     dice_per_case: Mapping[str, Mapping[Any, float]] | None = None,
+    prior_depth: int | None = None,
 ) -> int:
     """The shallowest depth whose Dice is within ``tolerance`` of the best depth's and, given the
     per-case values (``{case: {depth: Dice}}``), not measurably below it: its mean paired
@@ -91,20 +94,53 @@ def recommended_depth(
     A validation that found nothing at any depth (every Dice 0) says nothing about depths: the
     full depth, as without validation. Taking the shallowest of equal zeros had run the shipped
     FLAIR ANU-Net at L1 on TCIA studies whose validation slices held 1-12 % of the lesion
-    (0.108 on the held-out study, where the same weights give 0.439 at L4)."""
+    (0.108 on the held-out study, where the same weights give 0.439 at L4).
+
+    ``prior_depth`` (a fine-tuning: the starting model's recommended depth, chosen on its own
+    validation patients) is kept when this validation found nothing, and unless it measurably
+    prefers another depth: the depth the rule above picks replaces it only when it scores more
+    than ``tolerance`` above it and the per-case paired gain exceeds
+    :data:`PAIRED_STANDARD_ERRORS` standard errors over two or more cases. A few-shot validation
+    (a few slice blocks of two or three lesions) cannot rank depths, and the rule alone then
+    prunes on noise: on the three TCIA folds it ran the fine-tuned ANU-Net at L2, L1 and L3, where
+    its starting model's L4 did 0.01, 0.07 and 0.02 better on the held-out studies
+    (docs/one_click_training.md)."""
+    depths = [int(d) for d in dice_per_depth]
+    prior = int(prior_depth) if prior_depth is not None and int(prior_depth) in depths else None
     finite = {int(d): v for d, v in dice_per_depth.items() if math.isfinite(v)}
     if not finite or max(finite.values()) <= 0.0:
-        return max(int(d) for d in dice_per_depth)
+        return prior if prior is not None else max(depths)
+    chosen = _depth_by_validation(finite, tolerance, dice_per_case)
+    if prior is None or prior not in finite or chosen == prior:
+        return chosen
+    if finite[chosen] - finite[prior] <= tolerance or dice_per_case is None:
+        return prior
+    gains = _paired_differences(dice_per_case, chosen, prior)
+    if len(gains) < 2:
+        return prior
+    mean, spread = float(np.mean(gains)), float(np.std(gains, ddof=1))
+    return chosen if mean > PAIRED_STANDARD_ERRORS * spread / math.sqrt(len(gains)) else prior
+
+
+def _paired_differences(dice_per_case: Mapping[str, Mapping[Any, float]], depth: int, reference: int) -> list[float]:
+    """Per case, Dice at ``depth`` minus Dice at ``reference`` (cases that have both)."""
+    return [
+        float(by_depth[_depth_key(by_depth, depth)]) - float(by_depth[_depth_key(by_depth, reference)])
+        for by_depth in dice_per_case.values()
+        if _depth_key(by_depth, depth) is not None and _depth_key(by_depth, reference) is not None
+    ]
+
+
+def _depth_by_validation(
+    finite: dict[int, float], tolerance: float, dice_per_case: Mapping[str, Mapping[Any, float]] | None
+) -> int:
+    """:func:`recommended_depth` without a prior, on the finite depths of a validation that found something."""
     best_depth = max(finite, key=lambda d: (finite[d], -d))
     best = finite[best_depth]
     for depth in sorted(d for d, v in finite.items() if v >= best - tolerance):
         if depth == best_depth or dice_per_case is None:
             return depth
-        diffs = [
-            float(by_depth[_depth_key(by_depth, depth)]) - float(by_depth[_depth_key(by_depth, best_depth)])
-            for by_depth in dice_per_case.values()
-            if _depth_key(by_depth, depth) is not None and _depth_key(by_depth, best_depth) is not None
-        ]
+        diffs = _paired_differences(dice_per_case, depth, best_depth)
         if len(diffs) < 2:
             return depth
         mean, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
@@ -129,6 +165,7 @@ def validate(
     cancel: Any = None,
     choose_postprocessing: bool = False,
     choose_threshold: bool = False,
+    prior_depth: int | None = None,
 ) -> ValidationResult:
     """Segment each case with the predictor (every pruning depth when ``depths``) and score it.
 
@@ -181,7 +218,7 @@ def validate(
         chosen = pick_postprocessing(per_variant)
     options = variants[chosen]
     dice_per_case, dice_per_depth = per_variant[chosen], means[chosen]
-    depth = recommended_depth(dice_per_depth, dice_per_case=dice_per_case)
+    depth = recommended_depth(dice_per_depth, dice_per_case=dice_per_case, prior_depth=prior_depth)
     threshold, threshold_means = None, {}
     if thresholds:
         value = card.class_values[1]
@@ -211,6 +248,7 @@ def validate(
         candidates=means,
         foreground_threshold=threshold,
         threshold_candidates=threshold_means,
+        prior_depth=prior_depth,
     )
 
 
