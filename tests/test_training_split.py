@@ -173,6 +173,22 @@ def test_a_fine_tuning_keeps_its_starting_models_depth_unless_validation_measura
     assert recommended_depth({1: 0.81, 2: 0.80}, prior_depth=4) == 1
 
 
+def test_best_is_the_dice_at_the_depth_the_model_runs_at() -> None:
+    """What chooses ``best/`` is the Dice at the recommended depth, not the highest depth's. The
+    TCIA fold without PGBM-003 (stop 59, its log): epoch 8 validated 0.117 at L1 and 0 at L2-L4,
+    and with the starting model's L4 as prior it runs at L4, where it found nothing: its best Dice
+    is 0, so it cannot replace the starting weights as the run's best."""
+    from cascadeseg.training.validation import ValidationResult
+
+    epoch_8 = {1: 0.1171, 2: 0.0, 3: 0.0, 4: 0.0}
+    fine_tuned = ValidationResult(epoch_8, {}, recommended_depth(epoch_8, prior_depth=4))
+    assert fine_tuned.recommended_depth == 4 and fine_tuned.best_dice == 0.0
+    fresh = ValidationResult(epoch_8, {}, recommended_depth(epoch_8))
+    assert fresh.recommended_depth == 1 and fresh.best_dice == pytest.approx(0.1171)
+    # A depth without a finite figure falls back to the best of those that have one.
+    assert ValidationResult({1: 0.5, 2: float("nan")}, {}, 2).best_dice == 0.5
+
+
 @pytest.mark.parametrize(("model", "patients", "depth"), [
     ("hippocampus_unet_plus_plus_3d", 40, 4),
     ("chaos_t2_anu_net_2d", 3, 3),

@@ -861,10 +861,14 @@ class Trainer:
         self._resumed_elapsed = self.state.elapsed  # this sitting's clock adds to the earlier ones
         best = find_checkpoint(self.run_dir, "best")
         if best is not None:
-            dpd = read_card(best).validation.get("dice_per_depth", {})
+            best_card = read_card(best)
+            dpd = best_card.validation.get("dice_per_depth", {})
             if dpd:
                 values = {int(k): float(v) for k, v in dpd.items()}
-                self.last_validation = ValidationResult(values, {}, max(values, key=lambda d: values[d]))
+                depth = best_card.recommended_depth
+                if depth not in values:
+                    depth = max(values, key=lambda d: values[d])
+                self.last_validation = ValidationResult(values, {}, int(depth))
 
     # ------------------------------------------------------------------------------ calibration
 

@@ -72,6 +72,16 @@ class ValidationResult:
 
     @property
     def best_dice(self) -> float:
+        """The Dice of the model as it runs by default, at its recommended depth: what ``best/`` is
+        chosen on and every "best Dice" quotes (the highest depth's when that one is missing).
+
+        Not the highest of the depths: with a fine-tuning's prior depth the recommended depth can
+        score below a depth it is not measurably worse than, and a checkpoint chosen on a depth it
+        will not run at is chosen on the wrong figure (a TCIA fold kept epoch 8 for its L1 0.117 while
+        running at L4, where that epoch scored 0 and the starting weights 0.44 on the held-out study)."""
+        value = self.dice_per_depth.get(self.recommended_depth, float("nan"))
+        if math.isfinite(value):
+            return value
         finite = [v for v in self.dice_per_depth.values() if math.isfinite(v)]
         return max(finite) if finite else float("nan")
 
