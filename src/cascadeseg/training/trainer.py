@@ -866,9 +866,8 @@ class Trainer:
             if dpd:
                 values = {int(k): float(v) for k, v in dpd.items()}
                 depth = best_card.recommended_depth
-                if depth not in values:
-                    depth = max(values, key=lambda d: values[d])
-                self.last_validation = ValidationResult(values, {}, int(depth))
+                kept = depth if depth in values else max(values, key=values.__getitem__)
+                self.last_validation = ValidationResult(values, {}, kept)
 
     # ------------------------------------------------------------------------------ calibration
 

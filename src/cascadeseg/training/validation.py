@@ -128,8 +128,13 @@ def recommended_depth(
     gains = _paired_differences(dice_per_case, chosen, prior)
     if len(gains) < 2:
         return prior
-    mean, spread = float(np.mean(gains)), float(np.std(gains, ddof=1))
-    return chosen if mean > PAIRED_STANDARD_ERRORS * spread / math.sqrt(len(gains)) else prior
+    mean, error = _mean_and_standard_error(gains)
+    return chosen if mean > PAIRED_STANDARD_ERRORS * error else prior
+
+
+def _mean_and_standard_error(values: list[float]) -> tuple[float, float]:
+    """The mean of two or more paired differences and its standard error."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) / math.sqrt(len(values))
 
 
 def _paired_differences(dice_per_case: Mapping[str, Mapping[Any, float]], depth: int, reference: int) -> list[float]:
@@ -153,8 +158,8 @@ def _depth_by_validation(
         diffs = _paired_differences(dice_per_case, depth, best_depth)
         if len(diffs) < 2:
             return depth
-        mean, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
-        if mean >= -PAIRED_STANDARD_ERRORS * spread / math.sqrt(len(diffs)):
+        mean, error = _mean_and_standard_error(diffs)
+        if mean >= -PAIRED_STANDARD_ERRORS * error:
             return depth
     return best_depth
 
