@@ -657,6 +657,26 @@ def test_a_fine_tuning_that_no_epoch_improves_keeps_its_starting_weights(lgg_pai
     kept_card = load_checkpoint(result.best_checkpoint)[1]
     assert parent.recommended_depth == 4 and kept_card.validation["prior_depth"] == 4
     assert kept_card.recommended_depth == 4 and {r["recommended_depth"] for r in rows} == {"4"}
+    assert "prior_fixed" not in kept_card.validation  # whole patients could have moved it, with evidence
+
+
+def test_a_fine_tuning_validated_on_slice_blocks_runs_at_its_starting_models_depth(lgg_pairs, tmp_path: Path) -> None:
+    """One patient: validation is slice blocks of its own volume, which cannot overturn the shipped
+    model's depth (``prior_fixed``); every epoch and the card keep its L4, and export's re-derivation
+    agrees."""
+    from cascadeseg.training.validation import recommended_depth
+
+    run_dir = tmp_path / "one_patient"
+    result = train(tiny_config(lgg_pairs[:1], run_dir, init_checkpoint="lgg_flair_anu_net_2d", model=None,
+                               model_options=None, inplane_size=None, dims=None, epochs=1, steps_per_epoch=1,
+                               keep="best", val_fraction=0.25))
+    assert json.loads((run_dir / "split.json").read_text())["kind"] == "slice_blocks"
+    card = load_checkpoint(result.best_checkpoint)[1]
+    assert card.validation["prior_depth"] == 4 and card.validation["prior_fixed"] is True
+    assert card.recommended_depth == 4
+    assert {r["recommended_depth"] for r in csv.DictReader((run_dir / "log.csv").open())} == {"4"}
+    dice = {int(d): float(v) for d, v in card.validation["dice_per_depth"].items()}
+    assert recommended_depth(dice, dice_per_case=card.validation["dice_per_case"], prior_depth=4, prior_fixed=True) == 4
 
 
 def test_foreground_threshold_is_chosen_on_validation_and_the_predictor_scores_it_alike(lgg_pairs, tmp_path: Path) -> None:

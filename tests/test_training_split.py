@@ -182,11 +182,28 @@ def test_best_is_the_dice_at_the_depth_the_model_runs_at() -> None:
 
     epoch_8 = {1: 0.1171, 2: 0.0, 3: 0.0, 4: 0.0}
     fine_tuned = ValidationResult(epoch_8, {}, recommended_depth(epoch_8, prior_depth=4))
-    assert fine_tuned.recommended_depth == 4 and fine_tuned.best_dice == 0.0
+    assert fine_tuned.recommended_depth == 4 and fine_tuned.dice_at_recommended_depth == 0.0
     fresh = ValidationResult(epoch_8, {}, recommended_depth(epoch_8))
-    assert fresh.recommended_depth == 1 and fresh.best_dice == pytest.approx(0.1171)
+    assert fresh.recommended_depth == 1 and fresh.dice_at_recommended_depth == pytest.approx(0.1171)
     # A depth without a finite figure falls back to the best of those that have one.
-    assert ValidationResult({1: 0.5, 2: float("nan")}, {}, 2).best_dice == 0.5
+    assert ValidationResult({1: 0.5, 2: float("nan")}, {}, 2).dice_at_recommended_depth == 0.5
+
+
+def test_slice_blocks_of_the_training_volumes_cannot_overturn_the_starting_models_depth() -> None:
+    """The shipped FLAIR ANU-Net fine-tuned on two shifted LGG patients (benchmarks/fewshot_rules.py,
+    fold 0, epoch 2): its two validation blocks, one per training volume, both scored L1 0.35-0.39
+    and L2-L4 0, a paired gain far over two standard errors, so the prior L4 gave way to L1, where
+    the ten held-out patients scored 0.390 against 0.563 at L4. Validation on slice blocks keeps
+    the prior; the same figures from whole patients still move it."""
+    blocks = {
+        "TCGA_CS_6668_20011025[val10:12]": {"1": 0.3463, "2": 0.0, "3": 0.0, "4": 0.0},
+        "TCGA_FG_7643_20021104[val15:16]": {"1": 0.3922, "2": 0.0, "3": 0.0, "4": 0.0},
+    }
+    means = {1: 0.3693, 2: 0.0, 3: 0.0, 4: 0.0}
+    assert recommended_depth(means, dice_per_case=blocks, prior_depth=4) == 1
+    assert recommended_depth(means, dice_per_case=blocks, prior_depth=4, prior_fixed=True) == 4
+    # Without a prior there is nothing to keep: the validation decides as before.
+    assert recommended_depth(means, dice_per_case=blocks, prior_fixed=True) == 1
 
 
 @pytest.mark.parametrize(("model", "patients", "depth"), [

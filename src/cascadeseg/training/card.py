@@ -83,6 +83,8 @@ def build_card(
             recommended = validation.recommended_depth
             if validation.prior_depth is not None:
                 validation_section["prior_depth"] = int(validation.prior_depth)
+                if validation.prior_fixed:
+                    validation_section["prior_fixed"] = True
         if validation.candidates:
             validation_section["postprocessing_candidates"] = {
                 name: {str(k): round(v, 4) for k, v in means.items()} for name, means in validation.candidates.items()

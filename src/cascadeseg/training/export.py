@@ -99,6 +99,7 @@ def export_checkpoint(
                 {int(d): float(v) for d, v in card.validation["dice_per_depth"].items()},
                 dice_per_case=card.validation.get("dice_per_case"),
                 prior_depth=card.validation.get("prior_depth"),
+                prior_fixed=bool(card.validation.get("prior_fixed")),
             )
         if choose_mirroring:
             card.test_time_mirroring, choice = _choose_mirroring(source, card, Path(holdout_data))

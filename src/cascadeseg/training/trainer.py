@@ -1319,6 +1319,7 @@ class Trainer:
             choose_postprocessing=self.cfg.choose_postprocessing,
             choose_threshold=self.cfg.choose_threshold,
             prior_depth=self._prior_depth(),
+            prior_fixed=self.split.kind == "slice_blocks",
         )
         self.model.train()
         self.state.validation_seconds = result.seconds
@@ -1335,7 +1336,7 @@ class Trainer:
     def on_validation_end(self, result: ValidationResult, train_seconds: float) -> None:
         epoch = self.state.epoch - 1
         self.last_validation = result
-        best = result.best_dice
+        best = result.dice_at_recommended_depth
         if self.cfg.schedule == "plateau":
             self._update_plateau(best)
         is_best = math.isfinite(best) and best > self.state.best_dice
@@ -1484,8 +1485,8 @@ class Trainer:
             dpd = {int(k): float(v) for k, v in card.validation.get("dice_per_depth", {}).items()}
             rec = card.recommended_depth
         last_dice = None
-        if self.last_validation is not None and math.isfinite(self.last_validation.best_dice):
-            last_dice = float(self.last_validation.best_dice)
+        if self.last_validation is not None and math.isfinite(self.last_validation.dice_at_recommended_depth):
+            last_dice = float(self.last_validation.dice_at_recommended_depth)
         return TrainResult(
             run_dir=self.run_dir,
             best_checkpoint=best,

@@ -67,11 +67,13 @@ class ValidationResult:
     # mean Dice of every candidate at the recommended depth, after the chosen post-processing.
     foreground_threshold: float | None = None
     threshold_candidates: dict[float, float] = field(default_factory=dict)
-    # A fine-tuning: the starting model's recommended depth, which the choice above started from.
+    # A fine-tuning: the starting model's recommended depth, which the choice above started from,
+    # and whether this validation could overturn it (False: slice blocks, which cannot).
     prior_depth: int | None = None
+    prior_fixed: bool = False
 
     @property
-    def best_dice(self) -> float:
+    def dice_at_recommended_depth(self) -> float:
         """The Dice of the model as it runs by default, at its recommended depth: what ``best/`` is
         chosen on and every "best Dice" quotes (the highest depth's when that one is missing).
 
@@ -91,6 +93,7 @@ def recommended_depth(
     tolerance: float = RECOMMENDATION_TOLERANCE,
     dice_per_case: Mapping[str, Mapping[Any, float]] | None = None,
     prior_depth: int | None = None,
+    prior_fixed: bool = False,
 ) -> int:
     """The shallowest depth whose Dice is within ``tolerance`` of the best depth's and, given the
     per-case values (``{case: {depth: Dice}}``), not measurably below it: its mean paired
@@ -114,9 +117,17 @@ def recommended_depth(
     (a few slice blocks of two or three lesions) cannot rank depths, and the rule alone then
     prunes on noise: on the three TCIA folds it ran the fine-tuned ANU-Net at L2, L1 and L3, where
     its starting model's L4 did 0.01, 0.07 and 0.02 better on the held-out studies
-    (docs/one_click_training.md)."""
+    (docs/one_click_training.md).
+
+    ``prior_fixed``: the validation cannot overturn the prior at all, whatever its figures (the
+    trainer sets it when validation is slice blocks of the training volumes: blocks of a few slices
+    whose neighbours the network trains on are not evidence of the kind the prior was chosen on,
+    whole unseen patients; on shifted LGG patients two such blocks agreed that L1 beat L4 by 0.37
+    while the other ten patients scored L1 0.39 and L4 0.56, benchmarks/fewshot_rules.py)."""
     depths = [int(d) for d in dice_per_depth]
     prior = int(prior_depth) if prior_depth is not None and int(prior_depth) in depths else None
+    if prior is not None and prior_fixed:
+        return prior
     finite = {int(d): v for d, v in dice_per_depth.items() if math.isfinite(v)}
     if not finite or max(finite.values()) <= 0.0:
         return prior if prior is not None else max(depths)
@@ -181,6 +192,7 @@ def validate(
     choose_postprocessing: bool = False,
     choose_threshold: bool = False,
     prior_depth: int | None = None,
+    prior_fixed: bool = False,
 ) -> ValidationResult:
     """Segment each case with the predictor (every pruning depth when ``depths``) and score it.
 
@@ -233,7 +245,9 @@ def validate(
         chosen = pick_postprocessing(per_variant)
     options = variants[chosen]
     dice_per_case, dice_per_depth = per_variant[chosen], means[chosen]
-    depth = recommended_depth(dice_per_depth, dice_per_case=dice_per_case, prior_depth=prior_depth)
+    depth = recommended_depth(
+        dice_per_depth, dice_per_case=dice_per_case, prior_depth=prior_depth, prior_fixed=prior_fixed
+    )
     threshold, threshold_means = None, {}
     if thresholds:
         value = card.class_values[1]
@@ -264,6 +278,7 @@ def validate(
         foreground_threshold=threshold,
         threshold_candidates=threshold_means,
         prior_depth=prior_depth,
+        prior_fixed=prior_fixed and prior_depth is not None,
     )
 
 

@@ -1,0 +1,314 @@
+"""Few-shot fine-tuning's two selection rules checked where many patients can score them.
+
+The rules a fine-tuning runs by (stop 59) were written on the TCIA folds, whose held-out side is
+four studies: the starting model's recommended depth as a prior (``recommended_depth(prior_depth=)``)
+and ``best/`` chosen on the Dice at the recommended depth rather than at the best depth. This
+benchmark asks the same questions on patients enough to measure them:
+
+* the target: the 12 LGG patients the shipped FLAIR ANU-Net validated on and never trained on,
+  made into "another source" as issue 14 describes one: slices twice as thick (pairs of slices
+  averaged, a voxel labelled where the pair's mean label is at least a half; the slice spacing
+  doubled) and another intensity response (gamma 0.6 on the 0-255 range, times 4, plus 100: a
+  background that is not 0, int16);
+* six few-shot folds, each ``cascadeseg train`` on two of those patients (so slice-block
+  validation, the TCIA regime) from the shipped ANU-Net, for ``--minutes`` each, every validated
+  epoch's weights saved;
+* every epoch's weights (epoch 0: the starting model) segment the fold's ten other patients
+  through the real predictor at every depth (``training.holdout.score_predictor``);
+* the run's recorded validation is replayed under the rules before and after stop 59 and under
+  stop 60's (slice blocks never overturn the prior depth), and the held-out Dice of the (epoch,
+  depth) each chooses is read from that table.
+
+    python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot
+
+One core per fold, ``--parallel`` folds at a time. A worker mode (``--worker K``) trains and
+scores one fold; the driver starts the workers and writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import (  # noqa: E402
+    add_folder_arguments,
+    one_thread_env,
+    paired_standard_error,
+    pinned,
+    usable_cores,
+    write_results,
+)
+
+LGG = ROOT.parent / "shared" / "data" / "lgg-flair"
+STARTING_MODEL = "lgg_flair_anu_net_2d"
+PATIENTS_PER_FOLD = 2
+
+
+def target_patients() -> list[str]:
+    """The starting model's validation patients: never trained on by it."""
+    from cascadeseg.inference.checkpoint import available_checkpoints
+
+    entry = next(e for e in available_checkpoints() if e.name == STARTING_MODEL)
+    return sorted(str(c) for c in entry.card.validation["cases"])
+
+
+def build_target(folder: Path, patients: list[str]) -> None:
+    """The shifted copies of ``patients`` as an MSD folder (written once)."""
+    import nibabel as nib
+
+    if (folder / "done").exists():
+        return
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for case in patients:
+        image = nib.load(LGG / "imagesTr" / f"{case}_0000.nii.gz")
+        label = nib.load(LGG / "labelsTr" / f"{case}.nii.gz")
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        truth = np.asarray(label.dataobj, dtype=np.float32)
+        # The slicing axis of these files is their last (22-36 slices of 256 x 256).
+        pairs = data.shape[2] // 2
+        thick = data[:, :, : 2 * pairs].reshape(data.shape[0], data.shape[1], pairs, 2).mean(axis=3)
+        thick_truth = truth[:, :, : 2 * pairs].reshape(truth.shape[0], truth.shape[1], pairs, 2).mean(axis=3)
+        shifted = 4.0 * 255.0 * (np.clip(thick, 0, 255) / 255.0) ** 0.6 + 100.0
+        affine = image.affine.copy()
+        affine[:3, 2] *= 2.0
+        out_image = nib.Nifti1Image(np.round(shifted).astype(np.int16), affine)
+        out_label = nib.Nifti1Image((thick_truth >= 0.5).astype(np.uint8), affine)
+        nib.save(out_image, folder / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(out_label, folder / "labelsTr" / f"{case}.nii.gz")
+    (folder / "done").write_text("\n".join(patients))
+
+
+def fold_patients(patients: list[str]) -> list[list[str]]:
+    order = np.random.default_rng(0).permutation(len(patients))
+    shuffled = [patients[i] for i in order]
+    return [shuffled[i : i + PATIENTS_PER_FOLD] for i in range(0, len(shuffled), PATIENTS_PER_FOLD)]
+
+
+def fold_folder(target: Path, train: list[str], out: Path) -> Path:
+    folder = out / f"fold_{'_'.join(p[5:12] for p in train)}"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for case in train:
+        for sub, name in (("imagesTr", f"{case}_0000.nii.gz"), ("labelsTr", f"{case}.nii.gz")):
+            link = folder / sub / name
+            if not link.exists():
+                link.symlink_to((target / sub / name).resolve())
+    return folder
+
+
+def run_worker(fold: int, minutes: float, out: Path) -> None:
+    """Train fold ``fold`` with every validated epoch's weights saved, then score each of them on
+    the fold's held-out patients at every depth."""
+    from cascadeseg.cli.train import add_train_arguments, config_from_args
+    from cascadeseg.distributed import init_distributed
+    from cascadeseg.inference.predictor import Predictor
+    from cascadeseg.training.callbacks import CallbackList, TrainingCallback
+    from cascadeseg.training.holdout import score_predictor
+    from cascadeseg.training.trainer import Trainer, resolve_device
+
+    target = out / "target"
+    patients = target_patients()
+    train = fold_patients(patients)[fold]
+    held = [p for p in patients if p not in train]
+    folder = fold_folder(target, train, out)
+    run_dir = out / f"run_{fold}"
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(
+        [str(folder), "--minutes", str(minutes), "--run-dir", str(run_dir), "--threads", "1"]
+        + ["--init-checkpoint", STARTING_MODEL]
+    )
+    config = config_from_args(args)
+    records: list[dict[str, Any]] = []
+
+    class SaveEpochs(TrainingCallback):
+        trainer: Any = None
+
+        def on_epoch(self, info: Any) -> None:
+            # Epoch 0 of a fine-tuning is the starting model, validated before any step.
+            number = len(records)
+            # A checkpoint folder as best/ is (the predictor folds batch norm on loading).
+            self.trainer.save_checkpoint(f"epoch_{number}", validation=None)
+            records.append(
+                {
+                    "epoch": number,
+                    "dice_per_depth": {int(k): float(v) for k, v in info.dice_per_depth.items()},
+                    "dice_per_case": {
+                        str(c): {int(k): float(v) for k, v in d.items()} for c, d in info.dice_per_case.items()
+                    },
+                    "recommended_depth": int(info.recommended_depth),
+                    "is_best": bool(info.is_best),
+                }
+            )
+
+    callback = SaveEpochs()
+    started = time.perf_counter()
+    config.validate()
+    device = resolve_device(config.device)
+    trainer = Trainer(config, CallbackList([callback]), None, device, init_distributed(device), started)
+    callback.trainer = trainer
+    result = trainer.run_training()
+    trainer.release()
+    kept = Path(result.model_checkpoint or run_dir / "best")
+    for record in records:
+        predictor = Predictor.from_checkpoint(run_dir / f"epoch_{record['epoch']}", device="cpu")
+        scores = score_predictor(predictor, target, held)
+        record["held_out"] = {int(d): {c: float(v) for c, v in cases.items()} for d, cases in scores.dice.items()}
+    card = json.loads((kept / "model_card.json").read_text())
+    payload = {
+        "fold": fold,
+        "train": train,
+        "held_out": held,
+        "records": records,
+        "kept": kept.name,
+        "kept_best_epoch": result.best_epoch,
+        "card_recommended_depth": card.get("recommended_depth"),
+        "prior_depth": (card.get("validation") or {}).get("prior_depth"),
+        "steps": result.steps,
+        "elapsed_seconds": result.elapsed_seconds,
+    }
+    (out / f"fold_{fold}.json").write_text(json.dumps(payload, indent=1))
+
+
+def choose(
+    records: list[dict[str, Any]], prior: int | None, epoch_rule: str, prior_fixed: bool = False
+) -> tuple[int, int]:
+    """The (epoch, depth) a run keeps under a depth rule (with or without the prior) and an epoch
+    rule ("at_depth": an epoch's Dice at its recommended depth, stop 59; "max": its best depth's,
+    before). Ties keep the earlier epoch, as the trainer does."""
+    from cascadeseg.training.validation import recommended_depth
+
+    best, best_epoch, best_depth = -1.0, 0, 4
+    for record in records:
+        dpd = {int(k): v for k, v in record["dice_per_depth"].items()}
+        dpc = {c: {int(k): v for k, v in d.items()} for c, d in record["dice_per_case"].items()}
+        depth = recommended_depth(dpd, dice_per_case=dpc, prior_depth=prior, prior_fixed=prior_fixed)
+        value = dpd[depth] if epoch_rule == "at_depth" else max(dpd.values())
+        if value > best:
+            best, best_epoch, best_depth = value, record["epoch"], depth
+    return best_epoch, best_depth
+
+
+def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    # Every fold validates on slice blocks (two patients), so "fixed" keeps the prior throughout.
+    rules = {
+        "stop 59 (prior depth, best at that depth)": (4, "at_depth", False),
+        "before (no prior, best at the best depth)": (None, "max", False),
+        "no prior, best at the recommended depth": (None, "at_depth", False),
+        "prior depth, best at the best depth": (4, "max", False),
+        "slice blocks keep the prior (stop 60), best at that depth": (4, "at_depth", True),
+    }
+    per_rule: dict[str, list[float]] = {name: [] for name in rules}
+    per_patient: dict[str, dict[str, list[float]]] = {name: {} for name in rules}
+    lines = [
+        "| fold (training patients) | steps | start L4 | "
+        + " | ".join(f"{name}: epoch, depth, held-out" for name in rules)
+        + " | last epoch L4 |",
+        "|---" * (4 + len(rules)) + "|",
+    ]
+    start_l4, last_l4 = [], []
+    for fold in folds:
+        recs = fold["records"]
+        by_epoch = {r["epoch"]: r for r in recs}
+        cells = []
+        for name, (prior, epoch_rule, fixed) in rules.items():
+            epoch, depth = choose(recs, prior, epoch_rule, fixed)
+            scores = _depth(by_epoch[epoch]["held_out"], depth)
+            value = float(np.mean(list(scores.values())))
+            per_rule[name].append(value)
+            for case, v in scores.items():
+                per_patient[name].setdefault(case, []).append(v)
+            cells.append(f"{epoch}, L{depth}, {value:.3f}")
+        start = float(np.mean(list(_depth(by_epoch[0]["held_out"], 4).values())))
+        last = float(np.mean(list(_depth(recs[-1]["held_out"], 4).values())))
+        start_l4.append(start)
+        last_l4.append(last)
+        lines.append(
+            f"| {fold['fold']} ({', '.join(p[:15] for p in fold['train'])}) | {fold['steps']} | {start:.3f} | "
+            + " | ".join(cells)
+            + f" | {last:.3f} |"
+        )
+    lines.append(
+        f"| mean of {len(folds)} folds | | {np.mean(start_l4):.3f} | "
+        + " | ".join(f"{np.mean(v):.3f}" for v in per_rule.values())
+        + f" | {np.mean(last_l4):.3f} |"
+    )
+    names = list(rules)
+    summary = ""
+    for a, b in ((0, 1), (4, 0), (4, 1)):
+        first, second = np.array(per_rule[names[a]]), np.array(per_rule[names[b]])
+        diff = first - second
+        summary += (
+            f"\n{names[a]} - {names[b]}, per fold (each fold's mean over its 10 held-out patients): "
+            f"{np.mean(diff):+.4f} +- {paired_standard_error(list(diff)):.4f} over {len(folds)} folds "
+            f"(better in {int((diff > 1e-9).sum())}, worse in {int((diff < -1e-9).sum())})\n"
+        )
+    text = (
+        "# Few-shot fine-tuning rules on shifted LGG patients (benchmarks/fewshot_rules.py)\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + summary
+    )
+    return text, {"per_rule": per_rule, "start_l4": start_l4, "last_l4": last_l4, "folds": folds}
+
+
+def _depth(held: dict[Any, dict[str, float]], depth: int) -> dict[str, float]:
+    return held[str(depth)] if str(depth) in held else held[depth]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--folds", type=int, nargs="*", help="fold numbers to run (default: all)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--table-only", action="store_true", help="write the table from the folds already run")
+    add_folder_arguments(parser, "fewshot")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    if args.worker is not None:
+        run_worker(args.worker, args.minutes, out)
+        return
+    patients = target_patients()
+    build_target(out / "target", patients)
+    folds = list(range(len(fold_patients(patients)))) if not args.folds else args.folds
+    if not args.table_only:
+        env, cores = one_thread_env(), usable_cores()[: args.parallel]
+        pending, running = list(folds), []
+        while pending or running:
+            while pending and len(running) < len(cores):
+                fold = pending.pop(0)
+                core = cores[len(running) % len(cores)]
+                cmd = [sys.executable, __file__, "--worker", str(fold), "--minutes", str(args.minutes)]
+                cmd += ["--out", str(out)]
+                log = open(out / f"fold_{fold}.log", "w")
+                running.append(
+                    (
+                        fold,
+                        subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT),
+                    )
+                )
+            time.sleep(2)
+            for item in list(running):
+                fold, proc = item
+                if proc.poll() is not None:
+                    running.remove(item)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"fold {fold} failed: see {out / f'fold_{fold}.log'}")
+    done = [json.loads((out / f"fold_{k}.json").read_text()) for k in folds if (out / f"fold_{k}.json").exists()]
+    text, payload = table(done)
+    write_results(args.results, "fewshot_rules", text, payload)
+
+
+if __name__ == "__main__":
+    main()
