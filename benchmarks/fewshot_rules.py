@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def fold_folder(target: Path, train: list[str], out: Path) -> Path:
     return folder
 
 
-def run_worker(fold: int, minutes: float, out: Path) -> None:
+def run_worker(fold: int, minutes: float, out: Path, train_args: str = "") -> None:
     """Train fold ``fold`` with every validated epoch's weights saved, then score each of them on
     the fold's held-out patients at every depth."""
     from cascadeseg.cli.train import add_train_arguments, config_from_args
@@ -126,7 +127,7 @@ def run_worker(fold: int, minutes: float, out: Path) -> None:
     add_train_arguments(parser)
     args = parser.parse_args(
         [str(folder), "--minutes", str(minutes), "--run-dir", str(run_dir), "--threads", "1"]
-        + ["--init-checkpoint", STARTING_MODEL]
+        + ["--init-checkpoint", STARTING_MODEL, *shlex.split(train_args)]
     )
     config = config_from_args(args)
     records: list[dict[str, Any]] = []
@@ -271,13 +272,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--folds", type=int, nargs="*", help="fold numbers to run (default: all)")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="a variant: extra 'cascadeseg train' options, written --train-args='--lr 1e-4' (default: none)",
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="write the table from the folds already run")
     add_folder_arguments(parser, "fewshot")
     args = parser.parse_args()
     out = args.out.resolve()
     if args.worker is not None:
-        run_worker(args.worker, args.minutes, out)
+        run_worker(args.worker, args.minutes, out, args.train_args)
         return
     patients = target_patients()
     build_target(out / "target", patients)
@@ -290,7 +296,7 @@ def main() -> None:
                 fold = pending.pop(0)
                 core = cores[len(running) % len(cores)]
                 cmd = [sys.executable, __file__, "--worker", str(fold), "--minutes", str(args.minutes)]
-                cmd += ["--out", str(out)]
+                cmd += ["--out", str(out), f"--train-args={args.train_args}"]
                 log = open(out / f"fold_{fold}.log", "w")
                 running.append(
                     (
@@ -307,7 +313,10 @@ def main() -> None:
                         raise SystemExit(f"fold {fold} failed: see {out / f'fold_{fold}.log'}")
     done = [json.loads((out / f"fold_{k}.json").read_text()) for k in folds if (out / f"fold_{k}.json").exists()]
     text, payload = table(done)
-    write_results(args.results, "fewshot_rules", text, payload)
+    variant = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in args.train_args.strip()).strip("-_")
+    if variant:
+        text = text.replace("\n\n", f"\n\nVariant: `cascadeseg train ... {args.train_args}`\n\n", 1)
+    write_results(args.results, "fewshot_rules" + (f"_{variant}" if variant else ""), text, payload)
 
 
 if __name__ == "__main__":

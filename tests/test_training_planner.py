@@ -594,3 +594,24 @@ def test_a_budget_too_small_for_the_number_of_structures_is_flagged_with_the_min
     assert flagged(tuned, plan) == []
     hippo, plan = plan_training(TrainConfig(data="x", minutes=20, threads=1), fingerprints["hippocampus"], CPU)
     assert flagged(hippo, plan) == []
+
+
+def test_a_fine_tuning_on_a_few_patients_gets_a_tenth_of_the_learning_rate(fingerprints) -> None:
+    """The shipped FLAIR ANU-Net on the TCIA studies (3 patients): 1e-4, the rate that fine-tuned it
+    best on few shifted patients (benchmarks/fewshot_rules.py); LGG from scratch or a fine-tuning on
+    more than ten patients: 1e-3; a given rate wins."""
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    tuned, plan = plan_training(TrainConfig(data="x", minutes=15, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
+    assert fingerprints["tcia"].num_patients == 3
+    assert tuned.lr == 1e-4 and plan.choices["lr"].source == "planned" and "3 patient(s)" in plan.choices["lr"].reason
+    fresh, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
+    assert fresh.lr == 1e-3 and plan.choices["lr"].source == "planned"
+    many, _ = plan_training(TrainConfig(data="x", minutes=20, init_checkpoint="c"), fingerprints["lgg"], CPU, card)
+    assert fingerprints["lgg"].num_patients == 12 and many.lr == 1e-3
+    given, plan = plan_training(
+        TrainConfig(data="x", minutes=15, init_checkpoint="c", lr=3e-4), fingerprints["tcia"], CPU, card
+    )
+    assert given.lr == 3e-4 and plan.choices["lr"].source == "given"

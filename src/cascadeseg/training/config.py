@@ -201,7 +201,12 @@ class TrainConfig:
         None, "batches per epoch (planned: one validation interval)", group="budget", type=int
     )
     optimizer: str = option("adam", "optimiser", group="loss and optimiser", choices=("adam", "adamw", "sgd"))
-    lr: float = option(1e-3, "base learning rate", group="loss and optimiser", type=float)
+    lr: float | None = option(
+        None,
+        "base learning rate (planned: 1e-3; a fine-tuning on 10 patients or fewer 1e-4)",
+        group="loss and optimiser",
+        type=float,
+    )
     momentum: float = option(0.99, "SGD momentum", group="loss and optimiser", type=float)
     weight_decay: float = option(0.0, "weight decay", group="loss and optimiser", type=float)
     schedule: str = option(
@@ -411,7 +416,7 @@ class TrainConfig:
             raise bad("schedule", self.schedule, f"one of {SCHEDULES}")
         if self.cascade_training not in CASCADE_TRAINING:
             raise bad("cascade_training", self.cascade_training, f"one of {CASCADE_TRAINING}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise bad("lr", self.lr, "a positive learning rate")
         if not 0.0 < self.val_fraction < 1.0:
             raise bad("val_fraction", self.val_fraction, "a fraction between 0 and 1")

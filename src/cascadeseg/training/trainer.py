@@ -809,13 +809,18 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
+        lr = self._base_lr()
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
-            )
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+    def _base_lr(self) -> float:
+        """The planned (or given) base learning rate; a planned config always has one."""
+        if self.cfg.lr is None:
+            raise RuntimeError("the training configuration was not planned: it has no learning rate")
+        return float(self.cfg.lr)
 
     def _make_ema(self) -> AveragedModel | None:
         """torch's ``AveragedModel`` of the weights and batch-norm statistics. Why: on 60-70
@@ -1573,7 +1578,7 @@ class Trainer:
             plateau_factor=self.state.plateau_factor,
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
+            group["lr"] = self._base_lr() * factor
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -68,7 +68,7 @@ class ValidationResult:
     foreground_threshold: float | None = None
     threshold_candidates: dict[float, float] = field(default_factory=dict)
     # A fine-tuning: the starting model's recommended depth, which the choice above started from,
-    # and whether this validation could overturn it (False: slice blocks, which cannot).
+    # and whether it was held fixed (a validation of slice blocks cannot overturn it).
     prior_depth: int | None = None
     prior_fixed: bool = False
 
