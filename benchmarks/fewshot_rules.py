@@ -20,6 +20,12 @@ benchmark asks the same questions on patients enough to measure them:
   depth) each chooses is read from that table.
 
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot
+    python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot_lr --train-args='--lr 1e-4'
+
+(the second: a variant, extra ``cascadeseg train`` options; stop 60 chose the planned
+fine-tuning rate this way). Both ran before that choice, at the then planned 1e-3: the first
+table is now reproduced with ``--train-args='--lr 1e-3'``, and the plain command runs the planned
+1e-4. A fold's own run and epoch checkpoints stay in ``--out``.
 
 One core per fold, ``--parallel`` folds at a time. A worker mode (``--worker K``) trains and
 scores one fold; the driver starts the workers and writes the table.
