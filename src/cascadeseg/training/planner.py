@@ -931,16 +931,12 @@ def _choose_learning_rate(cfg: TrainConfig, fp: DatasetFingerprint, init_card: A
             "on ten others: 0.694 against 0.635 at 1e-3 (+0.060 +- 0.021, no fold lower), the starting model 0.641",
         )
     else:
-        cfg.lr = plan.choose(
-            "lr",
-            LEARNING_RATE,
+        reason = (
             "the base rate (Adam's usual one); on LGG at 20 CPU minutes 3e-3 scored 0.037 +- 0.013 lower per patient"
-            + (
-                " (a fine-tuning on more than a few patients keeps it: a tenth is measured on few-shot runs only)"
-                if init_card is not None
-                else ""
-            ),
         )
+        if init_card is not None:
+            reason += " (a fine-tuning on more than a few patients keeps it: a tenth is measured on few-shot runs only)"
+        cfg.lr = plan.choose("lr", LEARNING_RATE, reason)
 
 
 def _choose_cpu_precision(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) -> None:

@@ -1577,8 +1577,9 @@ class Trainer:
             warmup_steps=cfg.warmup_steps,
             plateau_factor=self.state.plateau_factor,
         )
+        lr = self._base_lr() * factor  # once per step, not once per parameter group
         for group in self.optimizer.param_groups:
-            group["lr"] = self._base_lr() * factor
+            group["lr"] = lr
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
