@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,9 @@ from pathlib import Path
 import numpy as np
 from _common import (
     add_folder_arguments,
-    one_thread_env,
     paired_standard_error,
-    pinned,
     run_model_checkpoint,
-    usable_cores,
+    run_pinned_jobs,
     write_results,
 )
 
@@ -41,27 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_pair(data: Path, out: Path, minutes: float, seed: int, context: int) -> dict[str, float]:
     """Both variants of one seed, side by side on two cores; wall seconds per run."""
-    cores = usable_cores()
-    two = (cores + cores)[:2]
     runs = {
         f"s{seed}_k0": [],
         f"s{seed}_k{context}": ["--context-slices", str(context)],
     }
-    procs, started, walls = {}, {}, {}
-    for (name, extra), core in zip(runs.items(), two):
-        if (out / name / "result.json").is_file():
-            continue
-        cmd = [sys.executable, "-m", "cascadeseg.cli.main", "train", str(data), "--minutes", str(minutes),
+    commands = {
+        name: [sys.executable, "-m", "cascadeseg.cli.main", "train", str(data), "--minutes", str(minutes),
                "--seed", str(seed), "--threads", "1", "--processes", "1", "--run-dir", str(out / name),
                "--no-progress", *extra]
-        started[name] = time.perf_counter()
-        procs[name] = subprocess.Popen(cmd, env=one_thread_env(), preexec_fn=pinned(core),
-                                       stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-    for name, proc in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"{name} training failed: see {out / f'{name}.log'}")
-        walls[name] = time.perf_counter() - started[name]
-    return walls
+        for name, extra in runs.items()
+        if not (out / name / "result.json").is_file()
+    }
+    done = run_pinned_jobs(commands, lambda name: out / f"{name}.log", 2)
+    return {name: job.wall_seconds for name, job in done.items()}
 
 
 def score_run(run: Path, data: Path) -> dict[str, float]:

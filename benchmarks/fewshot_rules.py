@@ -21,11 +21,14 @@ benchmark asks the same questions on patients enough to measure them:
 
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot_lr --train-args='--lr 1e-4'
+    python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot3 --patients-per-fold 3
 
-(the second: a variant, extra ``cascadeseg train`` options; stop 60 chose the planned
-fine-tuning rate this way). Both ran before that choice, at the then planned 1e-3: the first
-table is now reproduced with ``--train-args='--lr 1e-3'``, and the plain command runs the planned
-1e-4. A fold's own run and epoch checkpoints stay in ``--out``.
+The second is a variant (extra ``cascadeseg train`` options; stop 60 chose the planned
+fine-tuning rate this way). The first two ran at the then planned 1e-3: the first table is now
+reproduced with ``--train-args='--lr 1e-3'``, and the plain command runs the planned 1e-4. The
+third (stop 61) makes four folds of three patients, which validate on a whole patient instead of
+slice blocks, each scored on the nine others. A fold's own run and epoch checkpoints stay in
+``--out``.
 
 One core per fold, ``--parallel`` folds at a time. A worker mode (``--worker K``) trains and
 scores one fold; the driver starts the workers and writes the table.
@@ -36,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,18 +48,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import (  # noqa: E402
-    add_folder_arguments,
-    one_thread_env,
-    paired_standard_error,
-    pinned,
-    usable_cores,
-    write_results,
-)
+from _common import add_folder_arguments, paired_standard_error, run_pinned_jobs, write_results  # noqa: E402
 
 LGG = ROOT.parent / "shared" / "data" / "lgg-flair"
 STARTING_MODEL = "lgg_flair_anu_net_2d"
-PATIENTS_PER_FOLD = 2
 
 
 def target_patients() -> list[str]:
@@ -95,10 +89,11 @@ def build_target(folder: Path, patients: list[str]) -> None:
     (folder / "done").write_text("\n".join(patients))
 
 
-def fold_patients(patients: list[str]) -> list[list[str]]:
+def fold_patients(patients: list[str], per_fold: int = 2) -> list[list[str]]:
+    """The folds' training patients: one shuffle (seed 0), cut into groups of ``per_fold``."""
     order = np.random.default_rng(0).permutation(len(patients))
     shuffled = [patients[i] for i in order]
-    return [shuffled[i : i + PATIENTS_PER_FOLD] for i in range(0, len(shuffled), PATIENTS_PER_FOLD)]
+    return [shuffled[i : i + per_fold] for i in range(0, len(shuffled) - per_fold + 1, per_fold)]
 
 
 def fold_folder(target: Path, train: list[str], out: Path) -> Path:
@@ -113,7 +108,7 @@ def fold_folder(target: Path, train: list[str], out: Path) -> Path:
     return folder
 
 
-def run_worker(fold: int, minutes: float, out: Path, train_args: str = "") -> None:
+def run_worker(fold: int, minutes: float, out: Path, train_args: str = "", per_fold: int = 2) -> None:
     """Train fold ``fold`` with every validated epoch's weights saved, then score each of them on
     the fold's held-out patients at every depth."""
     from cascadeseg.cli.train import add_train_arguments, config_from_args
@@ -125,7 +120,7 @@ def run_worker(fold: int, minutes: float, out: Path, train_args: str = "") -> No
 
     target = out / "target"
     patients = target_patients()
-    train = fold_patients(patients)[fold]
+    train = fold_patients(patients, per_fold)[fold]
     held = [p for p in patients if p not in train]
     folder = fold_folder(target, train, out)
     run_dir = out / f"run_{fold}"
@@ -178,6 +173,8 @@ def run_worker(fold: int, minutes: float, out: Path, train_args: str = "") -> No
         "held_out": held,
         "records": records,
         "kept": kept.name,
+        "split": json.loads((run_dir / "split.json").read_text()).get("kind"),
+        "prior_fixed": bool((card.get("validation") or {}).get("prior_fixed")),
         "kept_best_epoch": result.best_epoch,
         "card_recommended_depth": card.get("recommended_depth"),
         "prior_depth": (card.get("validation") or {}).get("prior_depth"),
@@ -207,56 +204,60 @@ def choose(
 
 
 def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    # Every fold validates on slice blocks (two patients), so "fixed" keeps the prior throughout.
-    rules = {
+    # "fold": the prior is fixed where the fold's split was slice blocks (stop 60), as the trainer sets it.
+    rules: dict[str, tuple[int | None, str, bool | str]] = {
         "stop 59 (prior depth, best at that depth)": (4, "at_depth", False),
         "before (no prior, best at the best depth)": (None, "max", False),
         "no prior, best at the recommended depth": (None, "at_depth", False),
         "prior depth, best at the best depth": (4, "max", False),
-        "slice blocks keep the prior (stop 60), best at that depth": (4, "at_depth", True),
+        "best/ now (prior depth, fixed for slice blocks, best at that depth)": (4, "at_depth", "fold"),
     }
-    per_rule: dict[str, list[float]] = {name: [] for name in rules}
-    per_patient: dict[str, dict[str, list[float]]] = {name: {} for name in rules}
+    model = "the run's model (what its plan keeps, at its card's depth)"
+    per_rule: dict[str, list[float]] = {name: [] for name in [*rules, model]}
     lines = [
-        "| fold (training patients) | steps | start L4 | "
-        + " | ".join(f"{name}: epoch, depth, held-out" for name in rules)
+        "| fold (training patients) | split | steps | start L4 | "
+        + " | ".join(f"{name}: epoch, depth, held-out" for name in [*rules, model])
         + " | last epoch L4 |",
-        "|---" * (4 + len(rules)) + "|",
+        "|---" * (6 + len(rules)) + "|",
     ]
     start_l4, last_l4 = [], []
     for fold in folds:
         recs = fold["records"]
         by_epoch = {r["epoch"]: r for r in recs}
+        split = fold.get("split", "slice_blocks")  # folds run before stop 61 were all slice blocks
         cells = []
+        choices = {}
         for name, (prior, epoch_rule, fixed) in rules.items():
-            epoch, depth = choose(recs, prior, epoch_rule, fixed)
-            scores = _depth(by_epoch[epoch]["held_out"], depth)
-            value = float(np.mean(list(scores.values())))
+            fixed_here = fold.get("prior_fixed", split == "slice_blocks") if fixed == "fold" else bool(fixed)
+            choices[name] = choose(recs, prior, epoch_rule, fixed_here)
+        kept_epoch = recs[-1]["epoch"] if fold["kept"] == "last" else fold["kept_best_epoch"]
+        choices[model] = (kept_epoch, int(fold["card_recommended_depth"] or 4))
+        for name, (epoch, depth) in choices.items():
+            value = float(np.mean(list(_depth(by_epoch[epoch]["held_out"], depth).values())))
             per_rule[name].append(value)
-            for case, v in scores.items():
-                per_patient[name].setdefault(case, []).append(v)
-            cells.append(f"{epoch}, L{depth}, {value:.3f}")
+            cells.append(f"{fold['kept'] + ' ' if name == model else ''}{epoch}, L{depth}, {value:.3f}")
         start = float(np.mean(list(_depth(by_epoch[0]["held_out"], 4).values())))
         last = float(np.mean(list(_depth(recs[-1]["held_out"], 4).values())))
         start_l4.append(start)
         last_l4.append(last)
         lines.append(
-            f"| {fold['fold']} ({', '.join(p[:15] for p in fold['train'])}) | {fold['steps']} | {start:.3f} | "
-            + " | ".join(cells)
-            + f" | {last:.3f} |"
+            f"| {fold['fold']} ({', '.join(p[:15] for p in fold['train'])}) | {split} | {fold['steps']} | "
+            f"{start:.3f} | " + " | ".join(cells) + f" | {last:.3f} |"
         )
     lines.append(
-        f"| mean of {len(folds)} folds | | {np.mean(start_l4):.3f} | "
+        f"| mean of {len(folds)} folds | | | {np.mean(start_l4):.3f} | "
         + " | ".join(f"{np.mean(v):.3f}" for v in per_rule.values())
         + f" | {np.mean(last_l4):.3f} |"
     )
-    names = list(rules)
+    names = list(per_rule)
+    per_rule["start L4"] = start_l4
+    held = len(folds[0]["held_out"]) if folds else 0
     summary = ""
-    for a, b in ((0, 1), (4, 0), (4, 1)):
-        first, second = np.array(per_rule[names[a]]), np.array(per_rule[names[b]])
-        diff = first - second
+    for a, b in ((0, 1), (4, 0), (4, 1), (4, 5), (5, 6)):
+        first_name, second_name = names[a], (names + ["start L4"])[b]
+        diff = np.array(per_rule[first_name]) - np.array(per_rule[second_name])
         summary += (
-            f"\n{names[a]} - {names[b]}, per fold (each fold's mean over its 10 held-out patients): "
+            f"\n{first_name} - {second_name}, per fold (each fold's mean over its {held} held-out patients): "
             f"{np.mean(diff):+.4f} +- {paired_standard_error(list(diff)):.4f} over {len(folds)} folds "
             f"(better in {int((diff > 1e-9).sum())}, worse in {int((diff < -1e-9).sum())})\n"
         )
@@ -283,45 +284,35 @@ def main() -> None:
         default="",
         help="a variant: extra 'cascadeseg train' options, written --train-args='--lr 1e-4' (default: none)",
     )
+    parser.add_argument(
+        "--patients-per-fold",
+        type=int,
+        default=2,
+        help="training patients per fold: 2 (six folds, slice-block validation) or 3 (four folds, a validation patient)",
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="write the table from the folds already run")
     add_folder_arguments(parser, "fewshot")
     args = parser.parse_args()
     out = args.out.resolve()
     if args.worker is not None:
-        run_worker(args.worker, args.minutes, out, args.train_args)
+        run_worker(args.worker, args.minutes, out, args.train_args, args.patients_per_fold)
         return
     patients = target_patients()
     build_target(out / "target", patients)
-    folds = list(range(len(fold_patients(patients)))) if not args.folds else args.folds
+    folds = list(range(len(fold_patients(patients, args.patients_per_fold)))) if not args.folds else args.folds
     if not args.table_only:
-        env, cores = one_thread_env(), usable_cores()[: args.parallel]
-        pending, running = list(folds), []
-        while pending or running:
-            while pending and len(running) < len(cores):
-                fold = pending.pop(0)
-                core = cores[len(running) % len(cores)]
-                cmd = [sys.executable, __file__, "--worker", str(fold), "--minutes", str(args.minutes)]
-                cmd += ["--out", str(out), f"--train-args={args.train_args}"]
-                log = open(out / f"fold_{fold}.log", "w")
-                running.append(
-                    (
-                        fold,
-                        subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT),
-                    )
-                )
-            time.sleep(2)
-            for item in list(running):
-                fold, proc = item
-                if proc.poll() is not None:
-                    running.remove(item)
-                    if proc.returncode != 0:
-                        raise SystemExit(f"fold {fold} failed: see {out / f'fold_{fold}.log'}")
+        shared = ["--minutes", str(args.minutes), "--out", str(out), f"--train-args={args.train_args}"]
+        shared += ["--patients-per-fold", str(args.patients_per_fold)]
+        jobs = {str(fold): [sys.executable, __file__, "--worker", str(fold), *shared] for fold in folds}
+        run_pinned_jobs(jobs, lambda fold: out / f"fold_{fold}.log", args.parallel)
     done = [json.loads((out / f"fold_{k}.json").read_text()) for k in folds if (out / f"fold_{k}.json").exists()]
     text, payload = table(done)
     variant = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in args.train_args.strip()).strip("-_")
     if variant:
         text = text.replace("\n\n", f"\n\nVariant: `cascadeseg train ... {args.train_args}`\n\n", 1)
+    if args.patients_per_fold != 2:
+        variant = f"{args.patients_per_fold}_per_fold" + (f"_{variant}" if variant else "")
     write_results(args.results, "fewshot_rules" + (f"_{variant}" if variant else ""), text, payload)
 
 

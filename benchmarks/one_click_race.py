@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import add_folder_arguments, one_thread_env, run_pinned_jobs, write_results  # noqa: E402
 
 
 def make_split(data: Path, holdout: int, seed: int, out: Path) -> tuple[Path, list[str]]:
@@ -63,23 +63,14 @@ def main() -> None:
     train_dir, held = make_split(args.data, args.holdout, args.seed, out)
     env = one_thread_env()
     load_before = os.getloadavg()
-    cores = usable_cores()
-    two = (cores + cores)[:2] if len(cores) >= 2 else [cores[0], cores[0]]
     runs = {
         "ours": [sys.executable, "-m", "cascadeseg.cli.main", "train", str(train_dir), "--minutes", str(args.minutes),
                  "--run-dir", str(out / "ours"), "--no-progress"],
         "monai": [sys.executable, str(ROOT / "benchmarks" / "monai_baseline.py"), "train", str(train_dir),
                   "--minutes", str(args.minutes), "--out", str(out / "monai")],
     }
-    procs, started, walls = {}, {}, {}
-    for (name, cmd), core in zip(runs.items(), two):
-        started[name] = time.perf_counter()
-        procs[name] = subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=open(out / f"{name}.log", "w"),
-                                       stderr=subprocess.STDOUT)
-    for name, proc in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"{name} training failed: see {out / f'{name}.log'}")
-        walls[name] = time.perf_counter() - started[name]
+    done = run_pinned_jobs(runs, lambda name: out / f"{name}.log", 2, env=env)
+    walls = {name: job.wall_seconds for name, job in done.items()}
     load_after = os.getloadavg()
     images = [str(args.data / "imagesTr" / f"{c}_0000.nii.gz") for c in held]
     # Ours is the run's model (the checkpoint its plan keeps, result.json); the other checkpoint is

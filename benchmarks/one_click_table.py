@@ -19,14 +19,13 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import JobResult, add_folder_arguments, run_pinned_jobs, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -90,33 +89,20 @@ def main() -> None:
         return
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = one_thread_env()
-    cores = usable_cores()
-    jobs = [(name, m) for m in args.minutes for name in args.datasets]
+    jobs = {f"{name}-{m:g}min": (name, m) for m in args.minutes for name in args.datasets}
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    running: list[tuple] = []
     rows = []
-    free = list(cores[: args.parallel])
-    while jobs or running:
-        while jobs and free:
-            name, minutes = jobs.pop(0)
-            core = free.pop(0)
-            run = out / f"{name}-{minutes:g}min"
-            cmd = [sys.executable, "-m", "cascadeseg.cli.main", "train", *DATASETS[name], "--minutes", str(minutes),
-                   "--run-dir", str(run), "--no-progress"]
-            log = open(out / f"{name}-{minutes:g}min.log", "w")
-            running.append((name, minutes, run, core, time.perf_counter(),
-                            subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT)))
-        time.sleep(1.0)
-        for item in list(running):
-            name, minutes, run, core, started, proc = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            free.append(core)
-            rows.append(_row(name, minutes, run, time.perf_counter() - started, proc.returncode))
-            print(json.dumps(rows[-1]), flush=True)
+
+    def done(job: str, result: JobResult) -> None:
+        name, minutes = jobs[job]
+        rows.append(_row(name, minutes, out / job, result.wall_seconds, result.returncode))
+        print(json.dumps(rows[-1]), flush=True)
+
+    commands = {job: [sys.executable, "-m", "cascadeseg.cli.main", "train", *DATASETS[name], "--minutes", str(minutes),
+                      "--run-dir", str(out / job), "--no-progress"] for job, (name, minutes) in jobs.items()}
+    # A failed run is a row of the table (its exit status), not the end of the benchmark.
+    run_pinned_jobs(commands, lambda job: out / f"{job}.log", args.parallel, check=False, on_done=done)
     made = (
         f"Made by `python benchmarks/one_click_table.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
         f"--parallel {args.parallel}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `cascadeseg train DATA "

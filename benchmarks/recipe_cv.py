@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _common import one_thread_env, paired_standard_error, pinned, run_model_checkpoint, write_results
+from _common import paired_standard_error, run_model_checkpoint, run_pinned_jobs, write_results
 from datasets import holdout_split, link_cases
 from one_click_race import score
 
@@ -160,15 +160,12 @@ def main() -> None:
     meta["variant"] = list(args.variant)
     write_json(fold / "val.json", meta)  # so that --score can finish an interrupted fold
     runs = {"planned": [], "variant": list(args.variant)}
-    procs = {}
-    for core, (name, extra) in enumerate(runs.items()):
-        cmd = [sys.executable, "-m", "cascadeseg.cli.main", "train", str(train_data), "--minutes",
-               args.minutes, "--run-dir", str(fold / name), "--no-progress", "--seed", "0", *extra]
-        procs[name] = subprocess.Popen(cmd, env=one_thread_env(), preexec_fn=pinned(core),
-                                       stdout=open(fold / f"{name}.log", "w"), stderr=subprocess.STDOUT)
-    for name, proc in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"{name} training failed: see {fold / f'{name}.log'}")
+    commands = {
+        name: [sys.executable, "-m", "cascadeseg.cli.main", "train", str(train_data), "--minutes", args.minutes,
+               "--run-dir", str(fold / name), "--no-progress", "--seed", "0", *extra]
+        for name, extra in runs.items()
+    }
+    run_pinned_jobs(commands, lambda name: fold / f"{name}.log", 2)
     score_runs(fold, args.data, validation, meta)
 
 

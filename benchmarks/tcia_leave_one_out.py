@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import add_folder_arguments, one_thread_env, pinned, usable_cores, write_results  # noqa: E402
+from _common import add_folder_arguments, one_thread_env, run_pinned_jobs, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tcia-btp"
 
@@ -71,39 +71,14 @@ def main() -> None:
     for held in patients:
         folder, cases = fold_folder(held, out)
         jobs.append((held, folder, cases))
-    env, cores = one_thread_env(), usable_cores()[: args.parallel]
-    started, walls, running = {}, {}, []
-    pending = list(jobs)
-    while pending or running:
-        while pending and len(running) < len(cores):
-            held, folder, cases = pending.pop(0)
-            core = cores[len(running) % len(cores)]
-            started[held] = time.perf_counter()
-            cmd = [
-                sys.executable,
-                "-m",
-                "cascadeseg.cli.main",
-                "train",
-                str(folder),
-                "--minutes",
-                str(args.minutes),
-                "--run-dir",
-                str(out / f"run_without_{held}"),
-                "--no-progress",
-                *shlex.split(args.train_args),
-            ]
-            log = open(out / f"without_{held}.log", "w")
-            running.append(
-                (held, subprocess.Popen(cmd, env=env, preexec_fn=pinned(core), stdout=log, stderr=subprocess.STDOUT))
-            )
-        time.sleep(2)
-        for item in list(running):
-            held, proc = item
-            if proc.poll() is not None:
-                running.remove(item)
-                walls[held] = time.perf_counter() - started[held]
-                if proc.returncode != 0:
-                    raise SystemExit(f"training without {held} failed: see {out / f'without_{held}.log'}")
+    train = [sys.executable, "-m", "cascadeseg.cli.main", "train", "--minutes", str(args.minutes), "--no-progress"]
+    runs = {
+        held: [*train, str(folder), "--run-dir", str(out / f"run_without_{held}"), *shlex.split(args.train_args)]
+        for held, folder, _ in jobs
+    }
+    done = run_pinned_jobs(runs, lambda held: out / f"without_{held}.log", args.parallel)
+    walls = {held: job.wall_seconds for held, job in done.items()}
+    env = one_thread_env()
     rows, dice = [], {}
     for held, _, cases in jobs:
         pred_dir = out / f"pred_{held}"
