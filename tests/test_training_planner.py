@@ -245,6 +245,14 @@ def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints,
     assert plateau.keep == "best"
     given, plan = plan_training(TrainConfig(data="x", minutes=20, keep="best"), fingerprints["lgg"], CPU)
     assert given.keep == "best" and plan.choices["keep"].source == "given"
+    # A fine-tuning on three patients (the TCIA studies, validated on a whole patient) keeps its
+    # final weights too, and says what the three-patient folds of benchmarks/fewshot_rules.py measured.
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    tuned, plan = plan_training(TrainConfig(data="x", minutes=15, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
+    assert tuned.keep == "last" and "three shifted LGG patients" in plan.choices["keep"].reason
 
 
 def test_gapped_label_values_are_packed_into_channels(shared_data: Path) -> None:
