@@ -249,13 +249,14 @@ def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         + " | ".join(f"{np.mean(v):.3f}" for v in per_rule.values())
         + f" | {np.mean(last_l4):.3f} |"
     )
-    names = list(per_rule)
-    per_rule["start L4"] = start_l4
+    compared = {**per_rule, "start L4": start_l4}
+    names = list(compared)
     held = len(folds[0]["held_out"]) if folds else 0
     summary = ""
+    # stop 59 against before it; now against both; best/ against the run's model; that against the start
     for a, b in ((0, 1), (4, 0), (4, 1), (4, 5), (5, 6)):
-        first_name, second_name = names[a], (names + ["start L4"])[b]
-        diff = np.array(per_rule[first_name]) - np.array(per_rule[second_name])
+        first_name, second_name = names[a], names[b]
+        diff = np.array(compared[first_name]) - np.array(compared[second_name])
         summary += (
             f"\n{first_name} - {second_name}, per fold (each fold's mean over its {held} held-out patients): "
             f"{np.mean(diff):+.4f} +- {paired_standard_error(list(diff)):.4f} over {len(folds)} folds "
