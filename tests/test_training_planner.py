@@ -37,6 +37,15 @@ def _fingerprint(folder: Path, limit: int | None = None):
 
 
 @pytest.fixture(scope="module")
+def flair_anu_card():
+    """The shipped FLAIR ANU-Net's card, the starting point of the fine-tuning plans below."""
+    from cascadeseg.inference.checkpoint import read_card
+    from cascadeseg.shipped import checkpoints_dir
+
+    return read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+
+
+@pytest.fixture(scope="module")
 def fingerprints(shared_data: Path) -> dict:
     return {
         "tcia": _fingerprint(shared_data / "tcia-btp"),
@@ -147,7 +156,7 @@ def test_explicit_options_win_and_the_callers_config_is_not_changed(fingerprints
     assert planned.loss == "anu_hybrid"  # the chosen model's paper loss
 
 
-def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fingerprints) -> None:
+def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fingerprints, flair_anu_card) -> None:
     from cascadeseg.losses import build_loss
 
     planned, plan = plan_training(TrainConfig(data="x", minutes=20, model="unet_sharp"), fingerprints["lgg"], CPU)
@@ -168,10 +177,7 @@ def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fing
     # a card from before cards recorded options gets the model's.
     import dataclasses
 
-    from cascadeseg.inference.checkpoint import read_card
-    from cascadeseg.shipped import checkpoints_dir
-
-    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    card = flair_anu_card
     options = {k: v for k, v in card.model_options.items() if k not in ("attention", "merge")}
     for recorded, expected, source in (({"loss_options": {}}, {}, "checkpoint"), ({}, {"aux_weight": 0.1}, "planned")):
         sharp = dataclasses.replace(card, architecture="unet_sharp", model_options=options,
@@ -181,7 +187,7 @@ def test_unet_sharp_weights_its_decoder_branches_whichever_loss_unless_told(fing
         assert plan.choices["loss_options"].source == source
 
 
-def test_a_fresh_2d_lesion_run_scores_each_lesion_component_alone(fingerprints) -> None:
+def test_a_fresh_2d_lesion_run_scores_each_lesion_component_alone(fingerprints, flair_anu_card) -> None:
     """The planned U-Net on one lesion class in 2D adds dice_ce's component term (measured on LGG);
     given options, 3D, several classes, other models and fine-tunings are left as they were."""
     from cascadeseg.losses import build_loss
@@ -201,10 +207,7 @@ def test_a_fresh_2d_lesion_run_scores_each_lesion_component_alone(fingerprints) 
     # A fine-tuning of a plain U-Net whose card records no loss options keeps none.
     import dataclasses
 
-    from cascadeseg.inference.checkpoint import read_card
-    from cascadeseg.shipped import checkpoints_dir
-
-    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    card = flair_anu_card
     options = {k: v for k, v in card.model_options.items() if k not in ("attention", "merge", "levels")}
     unet_card = dataclasses.replace(card, architecture="unet", model_options=options,
                                     training={k: v for k, v in {**card.training, "loss": "dice_ce"}.items()
@@ -233,7 +236,7 @@ def test_a_deeply_supervised_unet_gets_nnunets_halved_weights(fingerprints) -> N
     assert hippo.loss_options["aux_weights"] == {f"level{k}": 0.5**k for k in range(1, levels - 1)}
 
 
-def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, shared_data: Path) -> None:
+def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints, flair_anu_card, shared_data: Path) -> None:
     """A cosine schedule ends at a tiny learning rate: the run's model is its last checkpoint; a
     plateau schedule does not settle by the end of a budget: its best validated one; nor does a
     run on one or two volumes, validated on blocks of them (the real LiTS crop)."""
@@ -247,10 +250,7 @@ def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints,
     assert given.keep == "best" and plan.choices["keep"].source == "given"
     # A fine-tuning on three patients (the TCIA studies, validated on a whole patient) keeps its
     # final weights too, and says what the three-patient folds of benchmarks/fewshot_rules.py measured.
-    from cascadeseg.inference.checkpoint import read_card
-    from cascadeseg.shipped import checkpoints_dir
-
-    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    card = flair_anu_card
     tuned, plan = plan_training(TrainConfig(data="x", minutes=15, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
     assert tuned.keep == "last" and "three shifted LGG patients" in plan.choices["keep"].reason
 
@@ -604,14 +604,11 @@ def test_a_budget_too_small_for_the_number_of_structures_is_flagged_with_the_min
     assert flagged(hippo, plan) == []
 
 
-def test_a_fine_tuning_on_a_few_patients_gets_a_tenth_of_the_learning_rate(fingerprints) -> None:
+def test_a_fine_tuning_on_a_few_patients_gets_a_tenth_of_the_learning_rate(fingerprints, flair_anu_card) -> None:
     """The shipped FLAIR ANU-Net on the TCIA studies (3 patients): 1e-4, the rate that fine-tuned it
     best on few shifted patients (benchmarks/fewshot_rules.py); LGG from scratch or a fine-tuning on
     more than ten patients: 1e-3; a given rate wins."""
-    from cascadeseg.inference.checkpoint import read_card
-    from cascadeseg.shipped import checkpoints_dir
-
-    card = read_card(checkpoints_dir() / "lgg_flair_anu_net_2d")
+    card = flair_anu_card
     tuned, plan = plan_training(TrainConfig(data="x", minutes=15, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
     assert fingerprints["tcia"].num_patients == 3
     assert tuned.lr == 1e-4 and plan.choices["lr"].source == "planned" and "3 patient(s)" in plan.choices["lr"].reason

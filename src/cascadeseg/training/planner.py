@@ -503,7 +503,7 @@ def plan_training(
                 "ones (nnU-Net ships its final checkpoint); the best of a few validations on a few patients is "
                 "partly noise and can be an early, unsettled epoch"
             )
-            if init_card is not None and fp.num_patients <= FEW_SHOT_PATIENTS:
+            if _few_shot_fine_tuning(fp, init_card):
                 reason += (
                     " (a fine-tuning on three shifted LGG patients, four folds, each scored on nine others: the best "
                     "validated epoch +0.017 +- 0.010 over the final one, not over two standard errors)"
@@ -920,13 +920,19 @@ def _choose_processes(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) 
     cfg.processes = plan.choose("processes", device.processes, reason, source)
 
 
+def _few_shot_fine_tuning(fp: DatasetFingerprint, init_card: Any) -> bool:
+    """A fine-tuning (a starting checkpoint) on ``FEW_SHOT_PATIENTS`` patients or fewer: the
+    regime benchmarks/fewshot_rules.py measures, which gets its own learning rate."""
+    return init_card is not None and fp.num_patients <= FEW_SHOT_PATIENTS
+
+
 def _choose_learning_rate(cfg: TrainConfig, fp: DatasetFingerprint, init_card: Any, plan: TrainPlan) -> None:
     """The optimiser's base learning rate: 1e-3, or a tenth of it for a fine-tuning on a few
     patients, which at 1e-3 moves a trained network away from what it knew faster than two or three
     patients can teach it anything."""
     if cfg.lr is not None:
         plan.choose("lr", cfg.lr, "given", "given")
-    elif init_card is not None and fp.num_patients <= FEW_SHOT_PATIENTS:
+    elif _few_shot_fine_tuning(fp, init_card):
         cfg.lr = plan.choose(
             "lr",
             FEW_SHOT_LEARNING_RATE,
