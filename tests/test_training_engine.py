@@ -302,6 +302,33 @@ def test_weight_average_is_what_is_validated_and_saved(lgg_pairs, tmp_path: Path
     assert load_checkpoint(two.last_checkpoint)[1].training["ema_decay"] == 0.5
 
 
+def test_batch_norm_statistics_of_clean_samples_are_what_is_validated_and_saved(lgg_pairs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cascadeseg.inference import Predictor
+    from cascadeseg.metrics import case_mean_dice
+
+    clean = train(
+        tiny_config(lgg_pairs, tmp_path / "clean", val_cases=["TCGA_DU_6404_19850629"], batch_norm_statistics="clean")
+    )
+    moving = train(tiny_config(lgg_pairs, tmp_path / "moving", val_cases=["TCGA_DU_6404_19850629"]))  # planned
+    choice = json.loads((tmp_path / "moving" / "plan.json").read_text())["choices"]["batch_norm_statistics"]
+    assert choice["value"] == "running" and choice["source"] == "planned" and "-0.0016" in choice["reason"]
+    a = load_file(str(clean.last_checkpoint / "model.safetensors"))
+    b = load_file(str(moving.last_checkpoint / "model.safetensors"))
+    statistics = [k for k in a if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert statistics
+    for k in set(a) - set(statistics):  # the same steps: measuring statistics changes no weight
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    means = [k for k in statistics if k.endswith("running_mean")]
+    assert all(not torch.allclose(a[k], b[k]) for k in means)
+    # What was validated is what was saved: the card's Dice is the predictor's on the saved weights.
+    image, truth = lgg_pairs[2]
+    card = load_checkpoint(clean.last_checkpoint)[1]
+    labels = Predictor.from_checkpoint(clean.last_checkpoint, device="cpu").predict(image).labels.array
+    assert card.validation["dice_per_depth"]["1"] == pytest.approx(case_mean_dice(labels, truth.array, [1]), abs=1e-4)
+
+
 def test_resume_with_a_weight_average_ends_where_an_unbroken_run_ends(lgg_pairs, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

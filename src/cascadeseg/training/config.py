@@ -86,6 +86,7 @@ PLANNED_FIELDS = (
     "class_values",
     "keep",
     "context_slices",
+    "batch_norm_statistics",
 )
 
 
@@ -239,6 +240,14 @@ class TrainConfig:
         "validate, checkpoint and ship it instead of the raw weights",
         group="loss and optimiser",
         type=float,
+    )
+    batch_norm_statistics: str | None = option(
+        None,
+        "batch-norm statistics of the weights each validation scores and each checkpoint keeps: "
+        "'running' (training's moving averages; planned) or 'clean' (measured again on un-augmented "
+        "training samples first; on LGG no measurable change at 5 or 20 minutes)",
+        group="loss and optimiser",
+        choices=("clean", "running"),
     )
     amp: bool = option(
         True,

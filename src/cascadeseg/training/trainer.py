@@ -33,7 +33,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from ..inference.device import autocast_dtype, memory_format, release_cached_mem
 from ..models import OutputRequest, SegmentationOutput, create_model, list_models
 from . import planner as planner_module
 from .augmentation import augment_batch
+from .batch_norm import reestimate_batch_norm, reestimation_samples
 from .callbacks import CallbackList, EpochInfo, StepInfo
 from .card import DataInfo, build_card
 from .config import TrainConfig, write_json_atomic
@@ -985,6 +986,7 @@ class Trainer:
                 return
         count = done
         case_seconds = self._validation_costs() if self.ctx.is_main else [0.0] * len(self.val_order)
+        statistics_seconds = self._batch_norm_cost() if self.ctx.is_main else 0.0
         values = [0.0, 0.0, 0.0, 0.0]
         if self.ctx.is_main:
             assert self.plan is not None
@@ -1001,6 +1003,7 @@ class Trainer:
                 startup_seconds=time.perf_counter() - self.started,
                 train_samples=samples,
                 world_size=self.planned_processes,
+                statistics_seconds=statistics_seconds,
             )
             values = [
                 float(out["steps_per_epoch"]),
@@ -1121,6 +1124,19 @@ class Trainer:
         self.model.train()
         per_voxel = seconds / float(np.prod(largest.scan.working_shape))
         return [per_voxel * float(np.prod(c.scan.working_shape)) for c in self.val_order]
+
+    def _batch_norm_cost(self) -> float:
+        """Seconds the batch-norm statistics take before each validation: two of their batches
+        timed (a real, short measurement; each validation measures them again in full), scaled."""
+        if self.cfg.batch_norm_statistics != "clean":
+            return 0.0
+        return self.reestimate_batch_norm(batches=2) / 2 * self._batch_norm_batches()
+
+    def _batch_norm_batches(self) -> int:
+        """Batches the statistics are measured on: the planned voxel count, but never more than an
+        epoch's steps (forward passes only: at most about a third of an epoch's training time)."""
+        batch = int(self.cfg.batch_size or 8)
+        return min(reestimation_samples(self.patch, batch) // batch, max(2, int(self.steps_per_epoch)))
 
     def _validate_depths(self) -> bool:
         """Every pruning depth from one pass, unless its maps would not fit: a many-class 3D map
@@ -1308,9 +1324,39 @@ class Trainer:
         self._agree_cancel("during validation", cancelled)  # not the live Cancel: see above
         return result
 
+    def _clean_batches(self, count: int) -> Iterator[torch.Tensor]:
+        """``count`` batches of this epoch's training samples as the loader draws them, without the
+        augmentation a training step adds (:meth:`train_step`), for the batch-norm statistics."""
+        batch = int(self.cfg.batch_size or 8)
+        for start in range(0, count * batch, batch):
+            if self.cancel is not None and self.cancel.is_set():
+                raise CancelledError("training cancelled while measuring the batch-norm statistics")
+            images = torch.stack([self.dataset[i][0] for i in range(start, start + batch)])
+            yield images.to(self.device).contiguous(memory_format=self.memory_format)
+
+    def reestimate_batch_norm(self, batches: int | None = None) -> float:
+        """Rank 0, where the plan says ``batch_norm_statistics = "clean"``: the batch-norm
+        statistics of the weights about to be validated and saved measured again on clean
+        training samples (:mod:`.batch_norm`; ``batches``: default the planned voxel count).
+        Returns the seconds it took (0 where nothing was done)."""
+        if self.cfg.batch_norm_statistics != "clean" or not self.ctx.is_main:
+            return 0.0
+        count = batches if batches is not None else self._batch_norm_batches()
+        model = self.shipped_model
+        t0 = time.perf_counter()
+        reestimate_batch_norm(
+            model, self._clean_batches(count), lambda images: model(images, request=OutputRequest.for_training())
+        )
+        return time.perf_counter() - t0
+
     def run_validation(self) -> ValidationResult | None:
-        """Rank 0: the validation subset through the predictor (:mod:`.validation`)."""
-        if not self.ctx.is_main or not self.val_order:
+        """Rank 0: the batch-norm statistics of the weights about to be validated and saved
+        (:meth:`reestimate_batch_norm`), then the validation subset through the predictor
+        (:mod:`.validation`); the statistics count in the validation's seconds."""
+        if not self.ctx.is_main:
+            return None
+        statistics_seconds = self.reestimate_batch_norm()
+        if not self.val_order:
             return None
         cases = self.val_order[: self.cfg.val_max_cases or len(self.val_order)]
         result = validate(
@@ -1327,6 +1373,7 @@ class Trainer:
             prior_fixed=self.split.kind == "slice_blocks",
         )
         self.model.train()
+        result.seconds += statistics_seconds
         self.state.validation_seconds = result.seconds
         return result
 
