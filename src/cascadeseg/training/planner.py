@@ -262,7 +262,8 @@ def _show(value: Any) -> str:
 BATCH_NORM_STATISTICS_REASON = (
     "training's moving averages, as saved: measured again on clean training samples before each validation, "
     "the kept LGG models scored -0.0016 +- 0.0022 per patient at 20 minutes and -0.0008 +- 0.0010 at 5 "
-    "(six runs each, 48 held-out patients), and the measurement costs validation time"
+    "(six runs each, 48 held-out patients), three-patient fine-tunings of the shipped ANU-Net -0.006 +- 0.004 "
+    "(36), and the measurement costs validation time"
 )
 
 
