@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import paired_standard_error, run_model_checkpoint, write_results
-from one_click_race import score
+from one_click_race import predict_and_score
 
 from cascadeseg.distributed import DistContext
 from cascadeseg.inference.checkpoint import load_weights, read_card, save_checkpoint
@@ -64,14 +62,6 @@ def clean_statistics_model(
         finally:
             trainer.release()
     return out, seconds
-
-
-def predict_and_score(model: Path, data: Path, cases: list[str], out: Path) -> dict[str, float]:
-    """``model`` applied to ``cases`` of ``data`` by ``cascadeseg predict``, per-patient Dice."""
-    images = [str(data / "imagesTr" / f"{case}_0000.nii.gz") for case in cases]
-    subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", *images, "-o", str(out), "-c",
-                    str(model), "--overwrite", "--no-progress"], check=True, capture_output=True)
-    return score(out, data, cases)
 
 
 def compare(

@@ -50,6 +50,15 @@ def score(pred_dir: Path, data: Path, cases: list[str]) -> dict[str, float]:
     return out
 
 
+def predict_and_score(model: Path, data: Path, cases: list[str], out: Path) -> dict[str, float]:
+    """``model`` (a checkpoint folder) applied to ``cases`` of ``data`` by ``cascadeseg predict``
+    (predictions in ``out``), per-patient Dice."""
+    images = [str(data / "imagesTr" / f"{case}_0000.nii.gz") for case in cases]
+    subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", *images, "-o", str(out), "-c",
+                    str(model), "--overwrite", "--no-progress"], check=True, capture_output=True)
+    return score(out, data, cases)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "lgg-flair")

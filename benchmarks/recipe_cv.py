@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from _common import paired_standard_error, run_model_checkpoint, run_pinned_jobs, write_results
 from datasets import holdout_split, link_cases
-from one_click_race import score
+from one_click_race import predict_and_score
 
 from cascadeseg._atomic import write_json
 
@@ -94,14 +93,9 @@ def pooled_table(folders: list[Path]) -> tuple[str, dict]:
 def score_runs(fold: Path, data: Path, validation: list[str], meta: dict) -> dict[str, dict[str, float]]:
     """Apply the kept model of ``fold/planned`` and ``fold/variant`` to the held-out patients with
     ``cascadeseg predict``, score them, and write ``dice.json`` and ``val.json`` (with the step counts)."""
-    images = [str(data / "imagesTr" / f"{case}_0000.nii.gz") for case in validation]
     dice = {}
     for name in ("planned", "variant"):
-        out = fold / f"{name}_pred"
-        subprocess.run([sys.executable, "-m", "cascadeseg.cli.main", "predict", *images, "-o", str(out), "-c",
-                        str(run_model_checkpoint(fold / name)), "--overwrite", "--no-progress"],
-                       check=True, capture_output=True)
-        dice[name] = score(out, data, validation)
+        dice[name] = predict_and_score(run_model_checkpoint(fold / name), data, validation, fold / f"{name}_pred")
         log = (fold / name / "log.csv").read_text().strip().splitlines()
         meta[f"{name}_steps"] = int(log[-1].split(",")[1])
     write_json(fold / "val.json", meta)

@@ -244,6 +244,7 @@ def test_the_run_keeps_its_final_weights_when_the_schedule_settles(fingerprints,
     assert one_volume.keep == "best" and "blocks of the training volumes" in plan.choices["keep"].reason
     cosine, plan = plan_training(TrainConfig(data="x", minutes=20), fingerprints["lgg"], CPU)
     assert cosine.keep == "last" and "final weights" in plan.choices["keep"].reason
+    assert "-0.008 +- 0.009" in plan.choices["keep"].reason  # measured at 5 minutes on held-out patients
     plateau, _ = plan_training(TrainConfig(data="x", minutes=20, schedule="plateau"), fingerprints["lgg"], CPU)
     assert plateau.keep == "best"
     given, plan = plan_training(TrainConfig(data="x", minutes=20, keep="best"), fingerprints["lgg"], CPU)

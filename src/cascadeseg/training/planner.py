@@ -511,7 +511,8 @@ def plan_training(
             reason = (
                 f"the {cfg.schedule} schedule ends at a small learning rate: the final weights are the converged "
                 "ones (nnU-Net ships its final checkpoint); the best of a few validations on a few patients is "
-                "partly noise and can be an early, unsettled epoch"
+                "partly noise and can be an early, unsettled epoch (5-minute LGG runs, six scored on 48 held-out "
+                "patients: the best validated epoch -0.008 +- 0.009 against the final one)"
             )
             if _few_shot_fine_tuning(fp, init_card):
                 reason += (
