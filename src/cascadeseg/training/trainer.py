@@ -1325,13 +1325,12 @@ class Trainer:
         return result
 
     def _clean_batches(self, count: int) -> Iterator[torch.Tensor]:
-        """``count`` batches of this epoch's training samples as the loader draws them, without the
+        """The first ``count`` batches of this epoch's pass (:meth:`draw_batch`), without the
         augmentation a training step adds (:meth:`train_step`), for the batch-norm statistics."""
-        batch = int(self.cfg.batch_size or 8)
-        for start in range(0, count * batch, batch):
+        for i in range(count):
             if self.cancel is not None and self.cancel.is_set():
                 raise CancelledError("training cancelled while measuring the batch-norm statistics")
-            images = torch.stack([self.dataset[i][0] for i in range(start, start + batch)])
+            images, _ = self.draw_batch(fresh=i == 0)
             yield images.to(self.device).contiguous(memory_format=self.memory_format)
 
     def reestimate_batch_norm(self, batches: int | None = None) -> float:
