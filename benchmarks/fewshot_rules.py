@@ -22,13 +22,16 @@ benchmark asks the same questions on patients enough to measure them:
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot_lr --train-args='--lr 1e-4'
     python benchmarks/fewshot_rules.py --minutes 8 --out runs/fewshot3 --patients-per-fold 3
+    python benchmarks/fewshot_rules.py --patients-per-fold 3 --minutes 2 --out runs/fewshot3_2min \\
+        --compare-with runs/fewshot3
 
 The second is a variant (extra ``cascadeseg train`` options; stop 60 chose the planned
 fine-tuning rate this way). The first two ran at the then planned 1e-3: the first table is now
 reproduced with ``--train-args='--lr 1e-3'``, and the plain command runs the planned 1e-4. The
 third (stop 61) makes four folds of three patients, which validate on a whole patient instead of
 slice blocks, each scored on the nine others. A fold's own run and epoch checkpoints stay in
-``--out``.
+``--out``. The fourth (stop 63) is another budget, its kept models paired per fold with an earlier
+run's (``--compare-with``): it chose the planned budget of a fine-tuning given none.
 
 One core per fold, ``--parallel`` folds at a time. A worker mode (``--worker K``) trains and
 scores one fold; the driver starts the workers and writes the table.
@@ -271,6 +274,37 @@ def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return text, {"per_rule": per_rule, "start_l4": start_l4, "last_l4": last_l4, "folds": folds}
 
 
+def run_model_held_out(fold: dict[str, Any]) -> float:
+    """The held-out mean of the model the fold's plan kept, at its card's depth."""
+    recs = fold["records"]
+    epoch = recs[-1]["epoch"] if fold["kept"] == "last" else fold["kept_best_epoch"]
+    record = next(r for r in recs if r["epoch"] == epoch)
+    return float(np.mean(list(_depth(record["held_out"], int(fold["card_recommended_depth"] or 4)).values())))
+
+
+def compare_with(folds: list[dict[str, Any]], other: Path) -> str:
+    """This run's kept models against another run's (``--compare-with``: another budget or variant)
+    on the same folds (matched by training patients), per fold and paired."""
+    theirs = {tuple(f["train"]): f for f in (json.loads(p.read_text()) for p in sorted(other.glob("fold_*.json")))}
+    rows, diff = [], []
+    for fold in folds:
+        match = theirs.get(tuple(fold["train"]))
+        if match is None:
+            raise SystemExit(f"{other}: no fold trained on {fold['train']}")
+        ours, base = run_model_held_out(fold), run_model_held_out(match)
+        diff.append(ours - base)
+        rows.append(f"| {fold['fold']} | {fold['steps']} / {match['steps']} | {ours:.3f} | {base:.3f} | {ours - base:+.3f} |")
+    if not diff:
+        return f"\n(no finished fold to compare with `{other}`)\n"
+    return (
+        f"\n## The run's model against `{other}`'s (the same folds and held-out patients)\n\n"
+        "| fold | steps (this / that) | this run | that run | this - that |\n|---|---|---:|---:|---:|\n"
+        + "\n".join(rows)
+        + f"\n\nthis - that, per fold: {np.mean(diff):+.4f} +- {paired_standard_error(diff):.4f} over {len(diff)} folds"
+        f" (better in {sum(d > 1e-9 for d in diff)}, worse in {sum(d < -1e-9 for d in diff)}; lowest {min(diff):+.3f})\n"
+    )
+
+
 def _depth(held: dict[Any, dict[str, float]], depth: int) -> dict[str, float]:
     return held[str(depth)] if str(depth) in held else held[depth]
 
@@ -293,6 +327,7 @@ def main() -> None:
     )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--table-only", action="store_true", help="write the table from the folds already run")
+    parser.add_argument("--compare-with", type=Path, help="another run's --out (same folds): its kept models against these")
     add_folder_arguments(parser, "fewshot")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -309,11 +344,15 @@ def main() -> None:
         run_pinned_jobs(jobs, lambda fold: out / f"fold_{fold}.log", args.parallel)
     done = [json.loads((out / f"fold_{k}.json").read_text()) for k in folds if (out / f"fold_{k}.json").exists()]
     text, payload = table(done)
+    if args.compare_with is not None:
+        text += compare_with(done, args.compare_with.resolve())
     variant = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in args.train_args.strip()).strip("-_")
     if variant:
         text = text.replace("\n\n", f"\n\nVariant: `cascadeseg train ... {args.train_args}`\n\n", 1)
     if args.patients_per_fold != 2:
         variant = f"{args.patients_per_fold}_per_fold" + (f"_{variant}" if variant else "")
+    if args.minutes != 8.0:  # the budget the earlier tables ran at
+        variant = f"{args.minutes:g}min" + (f"_{variant}" if variant else "")
     write_results(args.results, "fewshot_rules" + (f"_{variant}" if variant else ""), text, payload)
 
 

@@ -3,6 +3,7 @@ Cancel within seconds, validation that is the predictor, and bounded memory on a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -603,6 +604,30 @@ def test_a_budget_too_small_for_the_number_of_structures_is_flagged_with_the_min
     assert flagged(tuned, plan) == []
     hippo, plan = plan_training(TrainConfig(data="x", minutes=20, threads=1), fingerprints["hippocampus"], CPU)
     assert flagged(hippo, plan) == []
+
+
+def test_a_few_shot_fine_tuning_given_no_budget_runs_two_minutes(fingerprints, flair_anu_card) -> None:
+    """Neither minutes nor epochs: a fine-tuning on three to ten patients gets FEW_SHOT_MINUTES (its
+    held-out gain comes in the first epoch), on one or two the budget their rules were measured at,
+    anything else DEFAULT_MINUTES; the plan says which and why, and a given budget wins."""
+    from cascadeseg.training.config import DEFAULT_MINUTES, FEW_SHOT_MINUTES, SLICE_BLOCK_FINE_TUNING_MINUTES
+
+    card = flair_anu_card
+    tuned, plan = plan_training(TrainConfig(data="x", init_checkpoint="c"), fingerprints["tcia"], CPU, card)
+    assert tuned.minutes == FEW_SHOT_MINUTES == plan.minutes == 2.0
+    assert "a fine-tuning on 3 patient(s)" in plan.choices["minutes"].reason
+    assert "+0.009 +- 0.010 against 8" in plan.choices["minutes"].reason
+    fresh, plan = plan_training(TrainConfig(data="x"), fingerprints["tcia"], CPU)
+    assert fresh.minutes == DEFAULT_MINUTES and plan.choices["minutes"].reason == "no budget given: 30 minutes"
+    many, _ = plan_training(TrainConfig(data="x", init_checkpoint="c"), fingerprints["lgg"], CPU, card)
+    assert fingerprints["lgg"].num_patients == 12 and many.minutes == DEFAULT_MINUTES
+    two = dataclasses.replace(fingerprints["tcia"], num_patients=2)  # slice-block validation, best/ kept
+    pair, plan = plan_training(TrainConfig(data="x", init_checkpoint="c"), two, CPU, card)
+    assert pair.minutes == SLICE_BLOCK_FINE_TUNING_MINUTES == 8.0 and "-0.018 +- 0.017" in plan.choices["minutes"].reason
+    given, plan = plan_training(TrainConfig(data="x", minutes=15, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
+    assert given.minutes == 15 and "minutes" not in plan.choices
+    by_epochs, plan = plan_training(TrainConfig(data="x", epochs=3, init_checkpoint="c"), fingerprints["tcia"], CPU, card)
+    assert by_epochs.minutes is None and "minutes" not in plan.choices
 
 
 def test_a_fine_tuning_on_a_few_patients_gets_a_tenth_of_the_learning_rate(fingerprints, flair_anu_card) -> None:

@@ -64,6 +64,7 @@ from cascadeseg.inference.checkpoint import (
 )
 from cascadeseg.inference.device import DEVICE_CHOICES, resolve_device
 from cascadeseg.models import list_models
+from cascadeseg.training.config import DEFAULT_MINUTES, FEW_SHOT_MINUTES, SLICE_BLOCK_FINE_TUNING_MINUTES
 from cascadeseg.training.export import describe_kept, install_model, unique_model_name
 from cascadeseg.training.split import slice_split_options
 from cascadeseg.training.transfer import check_labels_fit
@@ -79,6 +80,11 @@ from .training_plot import MATPLOTLIB_MODULES, TrainingPlot, warm_up_drawing
 from .workers import JobPanel, queue_background_task
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
+# The minutes a new network starts with in the dock; a fine-tuning starts with the planner's budget
+# (0 on the spin box, shown as "planned": 2 minutes on 3-10 patients, 8 on 1-2; the plan says why).
+FRESH_MINUTES = 10.0
+PLANNED_MINUTES = 0.0
+
 # What the first Train needs and opening the dock does not import: the trainer (and with it torch
 # and the training modules), matplotlib for the live plot, and torch._dynamo, which torch.optim's
 # optimisers import when the first one is made (about 800 modules with sympy and torch.onnx): made
@@ -233,10 +239,18 @@ class TrainWidget(QWidget):
         self.budget_kind.addItem("time budget", "minutes")
         self.budget_kind.addItem("epochs", "epochs")
         self.minutes = QDoubleSpinBox()
-        self.minutes.setRange(0.01, 10_000)
+        self.minutes.setRange(PLANNED_MINUTES, 10_000)
         self.minutes.setDecimals(2)
-        self.minutes.setValue(10.0)
+        self.minutes.setSpecialValueText("planned")  # shown at PLANNED_MINUTES: the planner's budget
+        self.minutes.setValue(FRESH_MINUTES)
         self.minutes.setSuffix(" min")
+        self.minutes.setToolTip(
+            f"The run ends within 10 % of this, validation and export included. {FRESH_MINUTES:g} minutes for a new "
+            "network; 'planned' (0) when weights to fine-tune are chosen, until you change it: the planner gives a "
+            f"fine-tuning on 3-10 patients {FEW_SHOT_MINUTES:g} minutes (its gain comes in the first epoch), on 1-2 "
+            f"{SLICE_BLOCK_FINE_TUNING_MINUTES:g}, and any other run {DEFAULT_MINUTES:g} (Show plan says which)"
+        )
+        self._default_minutes = FRESH_MINUTES  # the dock's last default: replaced only while the user keeps it
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 100_000)
         self.epochs.setValue(50)
@@ -508,6 +522,11 @@ class TrainWidget(QWidget):
         self.freeze_encoder.setEnabled(not fresh)  # a fresh network has no encoder worth keeping
         if fresh:
             self.freeze_encoder.setChecked(False)
+        # The budget follows the choice until the user sets one of their own.
+        default = FRESH_MINUTES if fresh else PLANNED_MINUTES
+        if self.minutes.value() == self._default_minutes:
+            self.minutes.setValue(default)
+        self._default_minutes = default
         if entry is not None:
             self.model_combo.setCurrentIndex(self.model_combo.findData(entry.card.architecture))
             self.dims_combo.setCurrentIndex(self.dims_combo.findData(entry.card.dims))
@@ -604,7 +623,7 @@ class TrainWidget(QWidget):
             batch_size=int(self.batch_size.value()) or None,
             # A time budget stops the run (the planner sizes the epochs to it).
             epochs=None if by_time else int(self.epochs.value()),
-            minutes=float(self.minutes.value()) if by_time else None,
+            minutes=float(self.minutes.value()) if by_time and self.minutes.value() > PLANNED_MINUTES else None,
             steps_per_epoch=int(self.steps_per_epoch.value()) or None,
             device=device,
             threads=int(self.threads.value()) or None,
@@ -834,7 +853,8 @@ class TrainWidget(QWidget):
         self.installed = installed
         if result.stopped == "cancelled":
             kept = describe_kept(result)
-            done = result.elapsed_seconds / max(result.elapsed_seconds, (self.last_request.config.minutes or 0) * 60, 1e-9)
+            minutes = self.last_request.config.minutes or (result.plan.minutes if result.plan is not None else None)
+            done = result.elapsed_seconds / max(result.elapsed_seconds, (minutes or 0) * 60, 1e-9)
             self.job.progress_bar.setValue(int(1000 * min(1.0, done)))
             self.job.status.setText(f"training cancelled after {result.steps} steps")
             self.plot.finish(f"cancelled: {kept}")

@@ -21,7 +21,7 @@ from napari.layers import Labels
 from cascadeseg.editing import TrainingSet
 from cascadeseg.inference.checkpoint import available_checkpoints, load_checkpoint, user_models_dir
 from cascadeseg.io import Volume, load_labels, load_volume
-from napari_cascade._qt.train_widget import SOURCE_FOLDER, SOURCE_LAYERS, TrainWidget
+from napari_cascade._qt.train_widget import FRESH_MINUTES, SOURCE_FOLDER, SOURCE_LAYERS, SOURCE_SET, TrainWidget
 
 pytestmark = pytest.mark.gui
 
@@ -339,6 +339,16 @@ def test_one_click_fine_tune_after_add_to_training_set(make_napari_viewer, qtbot
     state_for(viewer).case_added.emit({"folder": str(folder), "case_id": "TCGA_CS_4941_19960909",
                                        "model": "tiny-anu-installed"})
     assert not widget.fine_tune_button.isHidden() and "tiny-anu-installed" in widget.fine_tune_button.text()
+    # The budget follows the weights chosen (a fine-tuning gains in its first epoch) until the user sets one.
+    assert widget.minutes.value() == FRESH_MINUTES
+    assert widget.select_init("tiny-anu-installed") and widget.minutes.text() == "planned"
+    widget.source.setCurrentIndex(widget.source.findData(SOURCE_SET))
+    widget.folder.setText(str(folder))
+    assert widget.gather().config.minutes is None  # the planner's budget for a fine-tuning on these patients
+    widget.init_combo.setCurrentIndex(0)
+    assert widget.minutes.value() == FRESH_MINUTES
+    widget.minutes.setValue(5.0)
+    assert widget.select_init("tiny-anu-installed") and widget.minutes.value() == 5.0
     widget.threads.setValue(1)
     widget.budget_kind.setCurrentIndex(widget.budget_kind.findData("epochs"))
     widget.epochs.setValue(1)

@@ -63,6 +63,29 @@ class AugmentationConfig:
     foreground_contrast_margin: int = 3  # voxels: the ring around the foreground its contrast is taken to
 
 
+# The budget of a run given neither minutes nor epochs (the planner records which and why; the
+# Train dock's "planned" budget for a fine-tuning). Here, not in the planner, because the dock
+# reads them at opening, before torch is imported.
+DEFAULT_MINUTES = 30.0  # `cascadeseg train DATA` with neither --minutes nor --epochs
+# ... unless it fine-tunes a model on a few patients (benchmarks/fewshot_rules.py --minutes 2
+# --compare-with an 8-minute run; docs/one_click_training.md, stop 63). From three patients the run
+# validates on a whole patient and keeps its last weights, and the gain comes in the first epoch:
+FEW_SHOT_MINUTES = 2.0
+FEW_SHOT_MINUTES_REASON = (
+    "from three patients (whole-patient validation, the last weights kept) the gain comes in the first epoch "
+    "and holds: the shipped FLAIR ANU-Net fine-tuned on three shifted LGG patients, four folds each scored on "
+    "nine others, 2 minutes +0.009 +- 0.010 against 8 (0.726 against 0.718; the starting model 0.641); "
+    "--minutes gives more"
+)
+# One or two patients validate on slice blocks and keep the best validated weights; 2 minutes did
+# not hold there, so they get the budget their rules were measured at.
+SLICE_BLOCK_FINE_TUNING_MINUTES = 8.0
+SLICE_BLOCK_FINE_TUNING_MINUTES_REASON = (
+    "one or two patients validate on slice blocks and keep the best validated weights: six two-patient folds "
+    "of shifted LGG patients, each scored on ten others, kept 0.694 at 8 minutes (the starting model 0.641); "
+    "at 2 minutes -0.018 +- 0.017 against 8, one fold -0.098; --minutes gives another"
+)
+
 # What the planner decides when a field is left as None ("auto"); every one can be given instead.
 PLANNED_FIELDS = (
     "model",
@@ -189,12 +212,16 @@ class TrainConfig:
     )
     batch_size: int | None = option(None, "samples per step", group="budget", type=int)
     epochs: int | None = option(
-        None, "epochs (an upper bound with --minutes; neither given: a 30-minute budget)", group="budget", type=int
+        None,
+        "epochs (an upper bound with --minutes; neither given: a 30-minute budget, less for a few-shot fine-tuning)",
+        group="budget",
+        type=int,
     )
     minutes: float | None = option(
         None,
         "wall-clock budget including data loading, validation and checkpoints "
-        "(planned: 30 when neither --minutes nor --epochs is given)",
+        "(planned when neither --minutes nor --epochs is given: 30; a fine-tuning on 3-10 patients 2, on 1-2 "
+        "patients 8)",
         group="budget",
         type=float,
     )

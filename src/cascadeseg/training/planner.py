@@ -33,7 +33,15 @@ from .._cores import affinity_cores
 from ..errors import ModelConfigError
 from ..models import list_models, model_class
 from ..models.unet import deep_supervision_weights
-from .config import AugmentationConfig, TrainConfig
+from .config import (
+    DEFAULT_MINUTES,
+    FEW_SHOT_MINUTES,
+    FEW_SHOT_MINUTES_REASON,
+    SLICE_BLOCK_FINE_TUNING_MINUTES,
+    SLICE_BLOCK_FINE_TUNING_MINUTES_REASON,
+    AugmentationConfig,
+    TrainConfig,
+)
 from .fingerprint import DatasetFingerprint
 from .split import MIN_PATIENTS_FOR_A_PATIENT_SPLIT
 
@@ -55,7 +63,6 @@ CPU_BF16_REASON = (
     "first steps and kept if faster (validation and prediction stay fp32); on LGG at 20 minutes bf16 took "
     "1.35x the steps and scored +0.027 +- 0.013 per patient over three fresh splits"
 )
-DEFAULT_MINUTES = 30.0  # `cascadeseg train DATA` with neither --minutes nor --epochs
 # Above this anisotropy (largest / smallest spacing) a 3D network mixes slices it cannot resolve:
 # slice by slice along the coarse axis (nnU-Net plans 2D-like patches there too).
 ANISOTROPY_2D = 3.0
@@ -273,9 +280,12 @@ def plan_training(
     """Fill every ``None`` of ``config`` (a copy is returned; ``config`` is not changed)."""
     cfg = config.copy()
     minutes = cfg.minutes
+    budget_reason = ""
     if minutes is None and cfg.epochs is None:
-        minutes = DEFAULT_MINUTES
+        minutes, budget_reason = default_minutes(fp, init_card)
     plan = TrainPlan(fingerprint=fp.to_dict(), device=device.to_dict(), minutes=minutes)
+    if budget_reason:
+        plan.choose("minutes", minutes, budget_reason)
     cfg.minutes = minutes
     thread_minutes = (minutes or 60.0) * device.threads * (1 if device.is_gpu else device.processes)
     given = _given(config)
@@ -933,6 +943,16 @@ def _choose_processes(cfg: TrainConfig, device: DeviceProfile, plan: TrainPlan) 
     else:
         reason, source = "one process (measuring threads against processes is the command line's step)", "planned"
     cfg.processes = plan.choose("processes", device.processes, reason, source)
+
+
+def default_minutes(fp: DatasetFingerprint, init_card: Any) -> tuple[float, str]:
+    """The budget of a run given neither minutes nor epochs, and why."""
+    if not _few_shot_fine_tuning(fp, init_card):
+        return DEFAULT_MINUTES, f"no budget given: {DEFAULT_MINUTES:g} minutes"
+    given = f"no budget given, a fine-tuning on {fp.num_patients} patient(s): "
+    if fp.num_patients < MIN_PATIENTS_FOR_A_PATIENT_SPLIT:
+        return SLICE_BLOCK_FINE_TUNING_MINUTES, given + SLICE_BLOCK_FINE_TUNING_MINUTES_REASON
+    return FEW_SHOT_MINUTES, given + FEW_SHOT_MINUTES_REASON
 
 
 def _few_shot_fine_tuning(fp: DatasetFingerprint, init_card: Any) -> bool:
