@@ -233,8 +233,7 @@ def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         for name, (prior, epoch_rule, fixed) in rules.items():
             fixed_here = fold.get("prior_fixed", split == "slice_blocks") if fixed == "fold" else bool(fixed)
             choices[name] = choose(recs, prior, epoch_rule, fixed_here)
-        kept_epoch = recs[-1]["epoch"] if fold["kept"] == "last" else fold["kept_best_epoch"]
-        choices[model] = (kept_epoch, int(fold["card_recommended_depth"] or 4))
+        choices[model] = kept_choice(fold)
         for name, (epoch, depth) in choices.items():
             value = float(np.mean(list(_depth(by_epoch[epoch]["held_out"], depth).values())))
             per_rule[name].append(value)
@@ -274,12 +273,17 @@ def table(folds: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return text, {"per_rule": per_rule, "start_l4": start_l4, "last_l4": last_l4, "folds": folds}
 
 
+def kept_choice(fold: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, depth) of the model the fold's plan kept: its last or best epoch, at its card's depth."""
+    epoch = fold["records"][-1]["epoch"] if fold["kept"] == "last" else fold["kept_best_epoch"]
+    return epoch, int(fold["card_recommended_depth"] or 4)
+
+
 def run_model_held_out(fold: dict[str, Any]) -> float:
-    """The held-out mean of the model the fold's plan kept, at its card's depth."""
-    recs = fold["records"]
-    epoch = recs[-1]["epoch"] if fold["kept"] == "last" else fold["kept_best_epoch"]
-    record = next(r for r in recs if r["epoch"] == epoch)
-    return float(np.mean(list(_depth(record["held_out"], int(fold["card_recommended_depth"] or 4)).values())))
+    """The held-out mean of the model the fold's plan kept."""
+    epoch, depth = kept_choice(fold)
+    record = next(r for r in fold["records"] if r["epoch"] == epoch)
+    return float(np.mean(list(_depth(record["held_out"], depth).values())))
 
 
 def compare_with(folds: list[dict[str, Any]], other: Path) -> str:

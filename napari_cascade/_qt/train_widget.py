@@ -81,7 +81,8 @@ from .workers import JobPanel, queue_background_task
 
 SOURCE_LAYERS, SOURCE_SET, SOURCE_FOLDER = "layers", "training_set", "folder"
 # The minutes a new network starts with in the dock; a fine-tuning starts with the planner's budget
-# (0 on the spin box, shown as "planned": 2 minutes on 3-10 patients, 8 on 1-2; the plan says why).
+# (0 on the spin box, shown as "planned": FEW_SHOT_MINUTES or SLICE_BLOCK_FINE_TUNING_MINUTES by
+# the number of patients; the plan says which and why).
 FRESH_MINUTES = 10.0
 PLANNED_MINUTES = 0.0
 

@@ -213,15 +213,16 @@ class TrainConfig:
     batch_size: int | None = option(None, "samples per step", group="budget", type=int)
     epochs: int | None = option(
         None,
-        "epochs (an upper bound with --minutes; neither given: a 30-minute budget, less for a few-shot fine-tuning)",
+        f"epochs (an upper bound with --minutes; neither given: a {DEFAULT_MINUTES:g}-minute budget, less for a "
+        "few-shot fine-tuning)",
         group="budget",
         type=int,
     )
     minutes: float | None = option(
         None,
         "wall-clock budget including data loading, validation and checkpoints "
-        "(planned when neither --minutes nor --epochs is given: 30; a fine-tuning on 3-10 patients 2, on 1-2 "
-        "patients 8)",
+        f"(planned when neither --minutes nor --epochs is given: {DEFAULT_MINUTES:g}; a fine-tuning on 3-10 "
+        f"patients {FEW_SHOT_MINUTES:g}, on 1-2 patients {SLICE_BLOCK_FINE_TUNING_MINUTES:g})",
         group="budget",
         type=float,
     )
